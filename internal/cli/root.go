@@ -1,0 +1,89 @@
+// Package cli implements the mvmctl command line. Each command lives in its
+// own file and registers itself with register(); every command calls into
+// internal/runtime (or the evidence and image packages) rather than
+// re-implementing the model.
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/mvm-sandbox/mvm/internal/paths"
+	"github.com/spf13/cobra"
+)
+
+// Version is the mvmctl version, set at build time with -ldflags.
+var Version = "0.1.0-dev"
+
+// App is what every command needs: where state lives and where output goes.
+type App struct {
+	Dirs   paths.Dirs
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+}
+
+var builders []func(*App) *cobra.Command
+
+// register adds a top-level command; files call it from init().
+func register(b func(*App) *cobra.Command) { builders = append(builders, b) }
+
+// ExitError carries a process exit code out of a command. A command that
+// has already printed its message sets Silent.
+type ExitError struct {
+	Code   int
+	Err    error
+	Silent bool
+}
+
+func (e *ExitError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("exit status %d", e.Code)
+	}
+	return e.Err.Error()
+}
+
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// exitCode wraps err so that mvmctl exits with code.
+func exitCode(code int, err error) error { return &ExitError{Code: code, Err: err} }
+
+// NewRoot builds the command tree.
+func NewRoot(app *App) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "mvmctl",
+		Short:         "mvm: microVM sandboxes for untrusted code",
+		Version:       Version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetIn(app.Stdin)
+	root.SetOut(app.Stdout)
+	root.SetErr(app.Stderr)
+	for _, b := range builders {
+		root.AddCommand(b(app))
+	}
+	return root
+}
+
+// Main runs mvmctl with args and returns the process exit code.
+func Main(args []string) int {
+	app := &App{Dirs: paths.FromEnv(), Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
+	root := NewRoot(app)
+	root.SetArgs(args)
+	err := root.Execute()
+	if err == nil {
+		return 0
+	}
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		if !ee.Silent && ee.Err != nil {
+			fmt.Fprintf(app.Stderr, "mvmctl: %v\n", ee.Err)
+		}
+		return ee.Code
+	}
+	fmt.Fprintf(app.Stderr, "mvmctl: %v\n", err)
+	return 1
+}
