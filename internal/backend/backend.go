@@ -1,0 +1,59 @@
+// Package backend defines what the runtime needs from a virtual machine
+// monitor. Each VMM lives in its own subpackage (qemu, firecracker).
+package backend
+
+import (
+	"context"
+	"net"
+	"time"
+)
+
+// Disk is a block device given to the guest, in order (/dev/vda, /dev/vdb...).
+type Disk struct {
+	Path     string
+	ReadOnly bool
+}
+
+// Spec describes one microVM.
+type Spec struct {
+	// Name tags the VMM process so that it can be recognised by pid.
+	Name      string
+	Kernel    string // uncompressed vmlinux (PVH ELF)
+	Initrd    string
+	Cmdline   string // extra kernel command line; the backend adds its own
+	CPUs      int
+	MemoryMiB int
+	Disks     []Disk
+	// Dir is the sandbox's private directory: sockets and the console log
+	// are created there. It must be short enough for unix socket paths.
+	Dir string
+	// Accel is "kvm" or "tcg"; empty chooses the best available.
+	Accel string
+}
+
+// Machine is a started microVM.
+type Machine interface {
+	// Pid is the VMM's process id.
+	Pid() int
+	// Accel reports the accelerator the VM runs under.
+	Accel() string
+	// ConsolePath is the file receiving the guest's serial console.
+	ConsolePath() string
+	// DialChannel connects to the guest agent's channel.
+	DialChannel(ctx context.Context) (net.Conn, error)
+	// Done is closed when the VMM process has exited.
+	Done() <-chan struct{}
+	// ExitErr describes how the VMM exited, once Done is closed.
+	ExitErr() error
+	// Pause and Resume stop and continue the guest's vCPUs.
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+	// Kill ends the VMM at once.
+	Kill() error
+	// Stop asks the VMM to quit and kills it if it has not exited by the
+	// deadline of ctx.
+	Stop(ctx context.Context) error
+}
+
+// DefaultStopGrace is how long a stop waits before killing.
+const DefaultStopGrace = 5 * time.Second

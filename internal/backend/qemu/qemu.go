@@ -1,0 +1,273 @@
+// Package qemu runs microVMs with QEMU's microvm machine: virtio-mmio
+// devices, KVM when usable and TCG otherwise, QMP for control, a
+// virtio-serial port for the agent, and no NIC unless asked.
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/agentapi"
+	"github.com/mvm-sandbox/mvm/internal/backend"
+)
+
+// Binary is the QEMU executable; MVM_QEMU overrides it.
+func Binary() string {
+	if v := os.Getenv("MVM_QEMU"); v != "" {
+		return v
+	}
+	return "qemu-system-x86_64"
+}
+
+// File names inside the sandbox directory.
+const (
+	ChannelSocket = "channel.sock"
+	QMPSocket     = "qmp.sock"
+	ConsoleLog    = "console.log"
+	VMMLog        = "vmm.log"
+)
+
+// KernelCmdline is the command line every guest gets, before the
+// sandbox-specific part. The same line is used by the boot benchmark's
+// floor so that the two are comparable.
+func KernelCmdline(accel string) string {
+	parts := []string{"console=ttyS0", "reboot=t", "panic=-1", "quiet", "8250.nr_uarts=1"}
+	if accel == "tcg" {
+		if khz := hostTSCkHz(); khz > 0 {
+			parts = append(parts, "tsc_early_khz="+strconv.Itoa(khz))
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// Args returns QEMU's argument list for spec under accel.
+func Args(spec backend.Spec, accel string) []string {
+	dir := spec.Dir
+	cmdline := KernelCmdline(accel)
+	if spec.Cmdline != "" {
+		cmdline += " " + spec.Cmdline
+	}
+	args := []string{
+		"-name", spec.Name,
+		"-M", "microvm,x-option-roms=off,isa-serial=on",
+		"-accel", accel,
+		"-m", strconv.Itoa(spec.MemoryMiB),
+		"-smp", strconv.Itoa(spec.CPUs),
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-kernel", spec.Kernel,
+		"-append", cmdline,
+		"-chardev", "file,id=con,path=" + filepath.Join(dir, ConsoleLog),
+		"-serial", "chardev:con",
+		"-device", "virtio-serial-device,max_ports=2",
+		"-chardev", "socket,id=agent,path=" + filepath.Join(dir, ChannelSocket) + ",server=on,wait=off",
+		"-device", "virtserialport,chardev=agent,name=" + agentapi.PortName,
+		"-qmp", "unix:" + filepath.Join(dir, QMPSocket) + ",server=on,wait=off",
+	}
+	if accel == "kvm" {
+		args = append(args, "-cpu", "host")
+	}
+	if spec.Initrd != "" {
+		args = append(args, "-initrd", spec.Initrd)
+	}
+	for i, d := range spec.Disks {
+		id := fmt.Sprintf("disk%d", i)
+		drive := "file=" + d.Path + ",if=none,format=raw,id=" + id + ",cache=unsafe"
+		if d.ReadOnly {
+			drive += ",readonly=on"
+		}
+		args = append(args, "-drive", drive, "-device", "virtio-blk-device,drive="+id)
+	}
+	return args
+}
+
+// Machine is a running QEMU process.
+type Machine struct {
+	cmd   *exec.Cmd
+	dir   string
+	accel string
+	done  chan struct{}
+
+	mu      sync.Mutex
+	exitErr error
+	qmp     *qmp
+}
+
+var _ backend.Machine = (*Machine)(nil)
+
+// maxSocketPath is the longest unix socket path Linux accepts, less slack.
+const maxSocketPath = 104
+
+// Start launches QEMU for spec. The VMM dies with the calling process
+// (PR_SET_PDEATHSIG), so a supervisor killed with SIGKILL takes its VM
+// with it.
+func Start(ctx context.Context, spec backend.Spec) (*Machine, error) {
+	if spec.CPUs < 1 || spec.MemoryMiB < 64 {
+		return nil, fmt.Errorf("qemu: need at least 1 cpu and 64 MiB (got %d, %d)", spec.CPUs, spec.MemoryMiB)
+	}
+	if p := filepath.Join(spec.Dir, ChannelSocket); len(p) > maxSocketPath {
+		return nil, fmt.Errorf("qemu: socket path %s is too long for a unix socket (%d > %d bytes): use a shorter MVM_STATE_DIR", p, len(p), maxSocketPath)
+	}
+	bin, err := exec.LookPath(Binary())
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %s not found: run `mvmctl setup` (or apt-get install qemu-system-x86)", Binary())
+	}
+	accel := spec.Accel
+	if accel == "" {
+		accel = DetectAccel().Accel
+	}
+	logf, err := os.OpenFile(filepath.Join(spec.Dir, VMMLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, Args(spec, accel)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("qemu: start: %w", err)
+	}
+	m := &Machine{cmd: cmd, dir: spec.Dir, accel: accel, done: make(chan struct{})}
+	go func() {
+		err := cmd.Wait()
+		m.mu.Lock()
+		m.exitErr = describeExit(err, filepath.Join(spec.Dir, VMMLog))
+		m.mu.Unlock()
+		close(m.done)
+	}()
+	return m, nil
+}
+
+func describeExit(err error, logPath string) error {
+	msg := "exited"
+	if err != nil {
+		msg = err.Error()
+	}
+	if b, rerr := os.ReadFile(logPath); rerr == nil {
+		if s := strings.TrimSpace(string(b)); s != "" {
+			lines := strings.Split(s, "\n")
+			msg += ": " + lines[len(lines)-1]
+		}
+	}
+	if err == nil {
+		return nil
+	}
+	return errors.New("qemu " + msg)
+}
+
+func (m *Machine) Pid() int            { return m.cmd.Process.Pid }
+func (m *Machine) Accel() string       { return m.accel }
+func (m *Machine) ConsolePath() string { return filepath.Join(m.dir, ConsoleLog) }
+func (m *Machine) Done() <-chan struct{} {
+	return m.done
+}
+
+func (m *Machine) ExitErr() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.exitErr
+}
+
+// dialUnix waits for QEMU to create the socket at path and connects.
+func (m *Machine) dialUnix(ctx context.Context, path string) (net.Conn, error) {
+	var d net.Dialer
+	for {
+		conn, err := d.DialContext(ctx, "unix", path)
+		if err == nil {
+			return conn, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connect %s: %w", filepath.Base(path), ctx.Err())
+		case <-m.done:
+			return nil, fmt.Errorf("connect %s: vmm exited: %v", filepath.Base(path), m.ExitErr())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+func (m *Machine) DialChannel(ctx context.Context) (net.Conn, error) {
+	return m.dialUnix(ctx, filepath.Join(m.dir, ChannelSocket))
+}
+
+func (m *Machine) monitor(ctx context.Context) (*qmp, error) {
+	m.mu.Lock()
+	q := m.qmp
+	m.mu.Unlock()
+	if q != nil {
+		return q, nil
+	}
+	conn, err := m.dialUnix(ctx, filepath.Join(m.dir, QMPSocket))
+	if err != nil {
+		return nil, err
+	}
+	conn.Close() // the socket exists; dialQMP makes the real connection
+	q, err = dialQMP(ctx, filepath.Join(m.dir, QMPSocket))
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.qmp != nil {
+		q.close()
+		return m.qmp, nil
+	}
+	m.qmp = q
+	return q, nil
+}
+
+func (m *Machine) Pause(ctx context.Context) error {
+	q, err := m.monitor(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = q.run(ctx, "stop", nil)
+	return err
+}
+
+func (m *Machine) Resume(ctx context.Context) error {
+	q, err := m.monitor(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = q.run(ctx, "cont", nil)
+	return err
+}
+
+func (m *Machine) Kill() error {
+	select {
+	case <-m.done:
+		return nil
+	default:
+	}
+	err := m.cmd.Process.Kill()
+	<-m.done
+	return err
+}
+
+// Stop asks QEMU to quit over QMP and kills it when ctx ends first.
+func (m *Machine) Stop(ctx context.Context) error {
+	select {
+	case <-m.done:
+		return nil
+	default:
+	}
+	if q, err := m.monitor(ctx); err == nil {
+		q.run(ctx, "quit", nil)
+	}
+	select {
+	case <-m.done:
+		return nil
+	case <-ctx.Done():
+		return m.Kill()
+	}
+}

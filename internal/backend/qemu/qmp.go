@@ -1,0 +1,105 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// qmp is a minimal QEMU Machine Protocol client: one command at a time,
+// asynchronous events skipped.
+type qmp struct {
+	mu   sync.Mutex
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+const maxQMPLine = 1 << 20
+
+func dialQMP(ctx context.Context, path string) (*qmp, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, err
+	}
+	q := &qmp{conn: conn, r: bufio.NewReaderSize(conn, 64<<10)}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	if _, err := q.readMessage(); err != nil { // greeting
+		conn.Close()
+		return nil, fmt.Errorf("qmp greeting: %w", err)
+	}
+	if _, err := q.execute("qmp_capabilities", nil); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	conn.SetDeadline(time.Time{})
+	return q, nil
+}
+
+type qmpMessage struct {
+	Return json.RawMessage `json:"return"`
+	Error  *struct {
+		Class string `json:"class"`
+		Desc  string `json:"desc"`
+	} `json:"error"`
+	Event string `json:"event"`
+	QMP   any    `json:"QMP"`
+}
+
+func (q *qmp) readMessage() (*qmpMessage, error) {
+	line, err := q.r.ReadSlice('\n')
+	if err == bufio.ErrBufferFull || len(line) > maxQMPLine {
+		return nil, fmt.Errorf("qmp: message too long")
+	}
+	if err != nil {
+		return nil, err
+	}
+	var m qmpMessage
+	if err := json.Unmarshal(line, &m); err != nil {
+		return nil, fmt.Errorf("qmp: %w", err)
+	}
+	return &m, nil
+}
+
+func (q *qmp) execute(cmd string, args any) (json.RawMessage, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	req := map[string]any{"execute": cmd}
+	if args != nil {
+		req["arguments"] = args
+	}
+	b, _ := json.Marshal(req)
+	if _, err := q.conn.Write(append(b, '\n')); err != nil {
+		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
+	}
+	for {
+		m, err := q.readMessage()
+		if err != nil {
+			return nil, fmt.Errorf("qmp %s: %w", cmd, err)
+		}
+		if m.Event != "" {
+			continue
+		}
+		if m.Error != nil {
+			return nil, fmt.Errorf("qmp %s: %s: %s", cmd, m.Error.Class, m.Error.Desc)
+		}
+		return m.Return, nil
+	}
+}
+
+// run executes cmd with ctx's deadline.
+func (q *qmp) run(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		q.conn.SetDeadline(dl)
+		defer q.conn.SetDeadline(time.Time{})
+	}
+	return q.execute(cmd, args)
+}
+
+func (q *qmp) close() error { return q.conn.Close() }

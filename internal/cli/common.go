@@ -1,0 +1,170 @@
+package cli
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/mvm-sandbox/mvm/internal/agentapi"
+	"github.com/mvm-sandbox/mvm/internal/manifest"
+	"github.com/mvm-sandbox/mvm/internal/runtime"
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"golang.org/x/term"
+)
+
+// Exit codes of mvmctl beyond the guest's own.
+const (
+	ExitUsage      = 2   // bad flags or arguments
+	ExitNotFound   = 3   // no such sandbox
+	ExitMvm        = 125 // mvm could not run the command (boot, transport)
+	ExitCannotExec = 126 // the command exists but may not run
+	ExitNoCommand  = 127 // the command does not exist in the guest
+	ExitTimeout    = 124 // --timeout passed; the command was killed
+	ExitInterrupt  = 130 // SIGINT
+	ExitTerminated = 143 // SIGTERM
+)
+
+// auditHook is where supervisor lifecycle events go; evidence wiring sets it.
+var auditHook = func(*App) func(string, *sandbox.State, map[string]any) { return nil }
+
+func (app *App) runtime() (*runtime.Runtime, error) {
+	return runtime.New(app.Dirs)
+}
+
+// signalContext is cancelled by SIGINT or SIGTERM; sig tells which.
+func signalContext(parent context.Context) (ctx context.Context, sig func() os.Signal, stop func()) {
+	ctx, cancel := context.WithCancel(parent)
+	ch := make(chan os.Signal, 2)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
+	var got os.Signal
+	done := make(chan struct{})
+	go func() {
+		select {
+		case got = <-ch:
+			cancel()
+		case <-done:
+		}
+	}()
+	return ctx, func() os.Signal {
+			select {
+			case <-ctx.Done():
+			default:
+				return nil
+			}
+			return got
+		}, func() {
+			signal.Stop(ch)
+			close(done)
+			cancel()
+		}
+}
+
+func signalExit(sig os.Signal) int {
+	if sig == syscall.SIGTERM {
+		return ExitTerminated
+	}
+	return ExitInterrupt
+}
+
+// parseEnv turns K=V flags into a map.
+func parseEnv(kvs []string) (map[string]string, error) {
+	env := map[string]string{}
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			// -e NAME passes the caller's value, as docker does.
+			val, present := os.LookupEnv(kv)
+			if !present {
+				return nil, exitCode(ExitUsage, fmt.Errorf("-e %s: expected KEY=VALUE (or the name of a variable set here)", kv))
+			}
+			k, v = kv, val
+		}
+		env[k] = v
+	}
+	return env, nil
+}
+
+// parseMemory accepts 512M, 1G or a number of MiB.
+func parseMemory(s string) (int, error) {
+	mib, err := manifest.ParseSize(s)
+	if err != nil {
+		return 0, exitCode(ExitUsage, fmt.Errorf("--memory %q: %v", s, err))
+	}
+	return int(mib), nil
+}
+
+func isTerminal(f any) bool {
+	if file, ok := f.(*os.File); ok {
+		return term.IsTerminal(int(file.Fd()))
+	}
+	return false
+}
+
+// capture keeps up to limit bytes of a stream and counts the rest.
+type capture struct {
+	buf   []byte
+	limit int
+	total int64
+}
+
+func (c *capture) Write(p []byte) (int, error) {
+	c.total += int64(len(p))
+	if room := c.limit - len(c.buf); room > 0 {
+		if len(p) < room {
+			room = len(p)
+		}
+		c.buf = append(c.buf, p[:room]...)
+	}
+	return len(p), nil
+}
+
+func (c *capture) truncated() bool { return c.total > int64(len(c.buf)) }
+
+// streamJSON puts captured output into a result object: text when it is
+// UTF-8, base64 otherwise.
+func (c *capture) into(obj map[string]any, name string) {
+	if utf8.Valid(c.buf) {
+		obj[name] = string(c.buf)
+	} else {
+		obj[name+"_base64"] = base64.StdEncoding.EncodeToString(c.buf)
+	}
+	obj[name+"_bytes"] = c.total
+	obj[name+"_truncated"] = c.truncated()
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}
+
+// commandError maps an agent or runtime error of a run/exec to an exit code.
+func commandError(err error, argv0 string) error {
+	switch {
+	case agentapi.IsNotFound(err):
+		return exitCode(ExitNoCommand, fmt.Errorf("%s: command not found in the sandbox", argv0))
+	case agentapi.IsPermissionDenied(err):
+		return exitCode(ExitCannotExec, fmt.Errorf("%s: permission denied in the sandbox", argv0))
+	case agentapi.IsRefused(err):
+		return exitCode(ExitCannotExec, errors.New(agentapi.Message(err)))
+	case errors.Is(err, runtime.ErrNotFound):
+		return exitCode(ExitNotFound, err)
+	case errors.Is(err, runtime.ErrNotRunning):
+		return exitCode(ExitMvm, err)
+	}
+	if _, ok := err.(interface{ GRPCStatus() any }); ok {
+		return exitCode(ExitMvm, errors.New(agentapi.Message(err)))
+	}
+	return exitCode(ExitMvm, fmt.Errorf("%s", agentapi.Message(err)))
+}
+
+func ms(d time.Duration) int64 { return d.Milliseconds() }

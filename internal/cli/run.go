@@ -1,0 +1,154 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/runtime"
+	"github.com/spf13/cobra"
+)
+
+func init() { register(newRunCmd) }
+
+type runFlags struct {
+	cpus      int
+	memory    string
+	timeout   time.Duration
+	env       []string
+	workdir   string
+	image     string
+	jsonOut   bool
+	stdin     bool
+	maxOutput int
+}
+
+func newRunCmd(app *App) *cobra.Command {
+	f := &runFlags{}
+	cmd := &cobra.Command{
+		Use:   "run [flags] -- ARGV...",
+		Short: "Boot a transient sandbox, run one command in it, tear it down",
+		Long: `run boots a fresh microVM, runs ARGV in it with stdout and stderr streamed
+separately, exits with the command's exit code and removes the sandbox on
+every path (success, failure, timeout, Ctrl-C, SIGTERM).
+
+Standard input is forwarded when it is not a terminal (use -i to force it).
+
+Exit codes: the command's own; 124 timeout; 125 mvm failed (boot, transport);
+126 command not executable; 127 command not found; 130/143 interrupted.`,
+		Example: `  mvmctl run -- uname -a
+  echo hi | mvmctl run -- cat
+  mvmctl run --timeout 10s --memory 1G -e MODE=fast -- sh -c 'echo $MODE'
+  mvmctl run --json -- true`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runRun(cmd.Context(), app, f, args)
+		},
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&f.cpus, "cpus", 1, "virtual CPUs")
+	fl.StringVar(&f.memory, "memory", "512M", "guest memory (e.g. 512M, 1G)")
+	fl.DurationVar(&f.timeout, "timeout", 0, "kill the command after this long (exit 124); 0 = no limit")
+	fl.StringArrayVarP(&f.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
+	fl.StringVarP(&f.workdir, "workdir", "w", "", "working directory in the guest")
+	fl.StringVar(&f.image, "image", "", "image to boot (default: the built-in minimal image)")
+	fl.BoolVar(&f.jsonOut, "json", false, "print one JSON object with the result instead of streaming output")
+	fl.BoolVarP(&f.stdin, "interactive", "i", false, "forward standard input even when it is a terminal")
+	fl.IntVar(&f.maxOutput, "max-output", 4<<20, "with --json: bytes of each stream kept in the result")
+	return cmd
+}
+
+func runRun(parent context.Context, app *App, f *runFlags, argv []string) error {
+	mem, err := parseMemory(f.memory)
+	if err != nil {
+		return err
+	}
+	env, err := parseEnv(f.env)
+	if err != nil {
+		return err
+	}
+	if f.timeout < 0 {
+		return exitCode(ExitUsage, errors.New("--timeout must not be negative"))
+	}
+	rt, err := app.runtime()
+	if err != nil {
+		return exitCode(ExitMvm, err)
+	}
+	if parent == nil {
+		parent = context.Background()
+	}
+	ctx, sig, stop := signalContext(parent)
+	defer stop()
+
+	opts := runtime.RunOptions{
+		Up:      runtime.UpOptions{Image: f.image, CPUs: f.cpus, MemoryMiB: mem, Env: env},
+		Exec:    runtime.ExecOptions{Argv: argv, Cwd: f.workdir},
+		Timeout: f.timeout,
+	}
+	if err := opts.Up.Validate(); err != nil {
+		return exitCode(ExitUsage, err)
+	}
+	if f.stdin || !isTerminal(app.Stdin) {
+		opts.Exec.Stdin = app.Stdin
+	}
+	var outCap, errCap *capture
+	if f.jsonOut {
+		outCap = &capture{limit: f.maxOutput}
+		errCap = &capture{limit: f.maxOutput}
+		opts.Exec.Stdout, opts.Exec.Stderr = outCap, errCap
+	} else {
+		opts.Exec.Stdout, opts.Exec.Stderr = app.Stdout, app.Stderr
+	}
+	t0 := time.Now()
+	res, err := rt.Run(ctx, opts)
+	total := time.Since(t0)
+	if s := sig(); s != nil {
+		fmt.Fprintf(app.Stderr, "mvmctl: interrupted by %v; sandbox removed\n", s)
+		return &ExitError{Code: signalExit(s), Silent: true}
+	}
+	if err != nil && !errors.Is(err, runtime.ErrTimeout) {
+		if res == nil {
+			return exitCode(ExitMvm, err)
+		}
+		return commandError(err, argv[0])
+	}
+	code := 0
+	timedOut := errors.Is(err, runtime.ErrTimeout)
+	if timedOut {
+		code = ExitTimeout
+	} else {
+		code = res.Exit.ExitCode
+	}
+	if f.jsonOut {
+		obj := map[string]any{
+			"schema_version": 1,
+			"sandbox_id":     res.SandboxID,
+			"name":           res.Name,
+			"exit_code":      code,
+			"timed_out":      timedOut,
+			"timings": map[string]int64{
+				"boot_ms": ms(res.BootTime), "exec_ms": ms(res.ExecTime), "total_ms": ms(total),
+			},
+		}
+		if res.Exit != nil {
+			obj["signal"] = res.Exit.Signal
+		}
+		outCap.into(obj, "stdout")
+		errCap.into(obj, "stderr")
+		writeJSON(app.Stdout, obj)
+	}
+	if timedOut {
+		if !f.jsonOut {
+			fmt.Fprintf(app.Stderr, "mvmctl: %v; the command was killed and the sandbox removed\n", err)
+		}
+		return &ExitError{Code: ExitTimeout, Silent: true}
+	}
+	if code != 0 {
+		return &ExitError{Code: code, Silent: true}
+	}
+	return nil
+}
+
+var _ io.Writer = (*capture)(nil)

@@ -1,0 +1,199 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"syscall"
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/agentapi"
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
+)
+
+// SupervisorCommand is the hidden mvmctl subcommand that runs a supervisor.
+const SupervisorCommand = "__supervise"
+
+// Connect opens an agent client to a running sandbox.
+func (r *Runtime) Connect(ctx context.Context, nameOrID string) (*agentapi.Client, *sandbox.State, error) {
+	_, dir, err := r.dir(nameOrID)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := r.state(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	if st.Status != sandbox.Running {
+		why := st.Status
+		if st.Reason != "" {
+			why += ": " + st.Reason
+		}
+		return nil, st, fmt.Errorf("%w: %s is %s", ErrNotRunning, st.Name, why)
+	}
+	c, err := agentapi.Dial(ctx, func(ctx context.Context) (net.Conn, error) {
+		return sandbox.DialIn(ctx, dir, sandbox.AgentSocket)
+	})
+	if err != nil {
+		return nil, st, fmt.Errorf("connect to %s: %w", st.Name, err)
+	}
+	return c, st, nil
+}
+
+// ExecOptions describe a command to run in a sandbox.
+type ExecOptions struct {
+	Argv       []string
+	Env        map[string]string
+	Cwd        string
+	TTY        bool
+	Rows, Cols uint32
+	Stdin      io.Reader
+	Stdout     io.Writer
+	Stderr     io.Writer
+}
+
+// Exec runs a command in a running sandbox and waits for it.
+func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*agentapi.ExecResult, error) {
+	for k := range o.Env {
+		if !validEnvKey(k) {
+			return nil, fmt.Errorf("invalid environment variable name %q", k)
+		}
+	}
+	c, _, err := r.Connect(ctx, nameOrID)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	env := map[string]string{}
+	if _, dir, err := r.dir(nameOrID); err == nil {
+		sandbox.ReadJSON(filepath.Join(dir, envFile), &env)
+	}
+	for k, v := range o.Env {
+		env[k] = v
+	}
+	return c.Exec(ctx, agentapi.ExecRequest{
+		Argv: o.Argv, Env: env, Cwd: o.Cwd, TTY: o.TTY, Rows: o.Rows, Cols: o.Cols,
+		Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr,
+	})
+}
+
+// state reads a sandbox's state and corrects it when its supervisor has
+// died without saying so (SIGKILL, host crash).
+func (r *Runtime) state(dir string) (*sandbox.State, error) {
+	st, err := sandbox.ReadState(dir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s has no state (it is being removed)", ErrNotFound, filepath.Base(dir))
+		}
+		return nil, err
+	}
+	if sandbox.Active(st.Status) && !sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
+		st.Status = sandbox.Failed
+		st.Reason = fmt.Sprintf("supervisor (pid %d) died", st.SupervisorPID)
+		if sandbox.ProcessAlive(st.VMMPID, sandbox.VMMTag(st.ID)) {
+			st.Reason += "; its VMM is still running"
+		}
+	}
+	return st, nil
+}
+
+// Get returns one sandbox's state.
+func (r *Runtime) Get(nameOrID string) (*sandbox.State, error) {
+	_, dir, err := r.dir(nameOrID)
+	if err != nil {
+		return nil, err
+	}
+	return r.state(dir)
+}
+
+// List returns sandboxes, oldest first; all includes stopped and failed.
+func (r *Runtime) List(all bool) ([]*sandbox.State, error) {
+	ids, err := r.Layout.IDs()
+	if err != nil {
+		return nil, err
+	}
+	var out []*sandbox.State
+	for _, id := range ids {
+		st, err := r.state(r.Layout.Dir(id))
+		if err != nil {
+			continue // being created or removed
+		}
+		if all || sandbox.Active(st.Status) {
+			out = append(out, st)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
+	return out, nil
+}
+
+// Down stops a sandbox and removes its state. A sandbox whose supervisor
+// or VMM was killed is cleaned up all the same.
+func (r *Runtime) Down(ctx context.Context, nameOrID string) error {
+	id, dir, err := r.dir(nameOrID)
+	if err != nil {
+		return err
+	}
+	st, _ := sandbox.ReadState(dir)
+	if st != nil && sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
+		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		_, err := sandbox.Control(cctx, dir, sandbox.Request{Op: "stop"})
+		cancel()
+		if err == nil {
+			waitGone(st.SupervisorPID, SupervisorCommand, 5*time.Second)
+		}
+		if sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
+			syscall.Kill(st.SupervisorPID, syscall.SIGKILL)
+			waitGone(st.SupervisorPID, SupervisorCommand, 5*time.Second)
+		}
+	}
+	if st != nil && sandbox.ProcessAlive(st.VMMPID, sandbox.VMMTag(id)) {
+		syscall.Kill(st.VMMPID, syscall.SIGKILL)
+		waitGone(st.VMMPID, sandbox.VMMTag(id), 5*time.Second)
+	}
+	name := id
+	if st != nil {
+		name = st.Name
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	r.Layout.Release(name, id)
+	if name == id && nameOrID != id {
+		r.Layout.Release(nameOrID, id)
+	}
+	return nil
+}
+
+func waitGone(pid int, tag string, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for sandbox.ProcessAlive(pid, tag) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Control sends a lifecycle request (pause, resume, status) to a sandbox.
+func (r *Runtime) Control(ctx context.Context, nameOrID, op string) (*sandbox.State, error) {
+	_, dir, err := r.dir(nameOrID)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := sandbox.Control(ctx, dir, sandbox.Request{Op: op})
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", op, nameOrID, err)
+	}
+	if !resp.OK {
+		return nil, fmt.Errorf("%s %s: %s", op, nameOrID, resp.Error)
+	}
+	return resp.State, nil
+}
+
+// Dir returns the state directory of a sandbox (for logs).
+func (r *Runtime) Dir(nameOrID string) (string, error) {
+	_, dir, err := r.dir(nameOrID)
+	return dir, err
+}

@@ -1,0 +1,69 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/agentapi"
+)
+
+// RunOptions describe a one-shot run: a transient sandbox, one command,
+// teardown.
+type RunOptions struct {
+	Up   UpOptions
+	Exec ExecOptions
+	// Timeout bounds the command (not the boot); 0 means none.
+	Timeout time.Duration
+}
+
+// RunResult is what a run produced.
+type RunResult struct {
+	SandboxID string
+	Name      string
+	Exit      *agentapi.ExecResult
+	TimedOut  bool
+	BootTime  time.Duration
+	ExecTime  time.Duration
+}
+
+// ErrTimeout reports a command that ran past its timeout and was killed.
+var ErrTimeout = errors.New("command timed out")
+
+// Run boots a transient sandbox, runs one command and tears the sandbox
+// down on every path. Cancelling ctx (Ctrl-C, SIGTERM) kills the VM.
+func (r *Runtime) Run(ctx context.Context, o RunOptions) (*RunResult, error) {
+	o.Up.Transient = true
+	t0 := time.Now()
+	sb, err := r.Up(ctx, o.Up)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		sb.Hold.Close()
+		r.Down(context.Background(), sb.ID)
+	}()
+	res := &RunResult{SandboxID: sb.ID, Name: sb.Name, BootTime: time.Since(t0)}
+	ectx := ctx
+	if o.Timeout > 0 {
+		var cancel context.CancelFunc
+		ectx, cancel = context.WithTimeout(ctx, o.Timeout)
+		defer cancel()
+	}
+	t1 := time.Now()
+	exit, err := r.Exec(ectx, sb.ID, o.Exec)
+	res.ExecTime = time.Since(t1)
+	if err != nil {
+		if o.Timeout > 0 && errors.Is(ectx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+			res.TimedOut = true
+			return res, fmt.Errorf("%w after %s", ErrTimeout, o.Timeout)
+		}
+		if ctx.Err() != nil {
+			return res, ctx.Err()
+		}
+		return res, err
+	}
+	res.Exit = exit
+	return res, nil
+}

@@ -1,0 +1,261 @@
+package runtime
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/backend"
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/mvm-sandbox/mvm/internal/supervisor"
+)
+
+// UpOptions describe a sandbox to boot.
+type UpOptions struct {
+	Name      string // "" generates one
+	Image     string // "" is the built-in minimal image
+	CPUs      int
+	MemoryMiB int
+	Env       map[string]string
+	TTL       time.Duration
+	// Transient sandboxes are removed when they stop, and when the hold
+	// connection returned by Up closes.
+	Transient   bool
+	BootTimeout time.Duration
+	Profile     string
+	// Progress, when set, receives short human-readable phase messages.
+	Progress func(string)
+}
+
+// Sandbox is a booted sandbox.
+type Sandbox struct {
+	ID    string
+	Name  string
+	Dir   string
+	State *sandbox.State
+	// Hold is set for transient sandboxes: closing it tears the sandbox
+	// down, so that it dies with its creator.
+	Hold interface{ Close() error }
+}
+
+func (o *UpOptions) defaults() {
+	if o.CPUs == 0 {
+		o.CPUs = 1
+	}
+	if o.MemoryMiB == 0 {
+		o.MemoryMiB = 512
+	}
+	if o.BootTimeout == 0 {
+		o.BootTimeout = BootTimeout()
+	}
+	if o.Profile == "" {
+		o.Profile = "standard"
+	}
+}
+
+// Validate checks options before anything is created.
+func (o *UpOptions) Validate() error {
+	if o.Name != "" {
+		if err := sandbox.ValidateName(o.Name); err != nil {
+			return err
+		}
+	}
+	if o.CPUs < 1 || o.CPUs > 64 {
+		return fmt.Errorf("--cpus %d: must be between 1 and 64", o.CPUs)
+	}
+	if o.MemoryMiB < 128 || o.MemoryMiB > 256<<10 {
+		return fmt.Errorf("--memory %dM: must be between 128M and 256G", o.MemoryMiB)
+	}
+	if o.TTL < 0 {
+		return fmt.Errorf("--ttl must not be negative")
+	}
+	for k := range o.Env {
+		if !validEnvKey(k) {
+			return fmt.Errorf("invalid environment variable name %q: use letters, digits and '_', not starting with a digit", k)
+		}
+	}
+	return nil
+}
+
+func validEnvKey(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i, c := range k {
+		if c == '_' || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (i > 0 && c >= '0' && c <= '9') {
+			continue
+		}
+		return false
+	}
+	return true
+}
+
+// Up boots a sandbox and returns once its agent is ready. On any failure
+// nothing is left behind: no process, no directory, no name.
+func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
+	o.defaults()
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	progress := o.Progress
+	if progress == nil {
+		progress = func(string) {}
+	}
+	img, err := r.resolveImage(o.Image)
+	if err != nil {
+		return nil, err
+	}
+	id := sandbox.NewID()
+	name := o.Name
+	if name == "" {
+		prefix := "sb"
+		if o.Transient {
+			prefix = "run"
+		}
+		name = prefix + "-" + id
+	}
+	if err := r.Layout.Reserve(name, id); err != nil {
+		return nil, err
+	}
+	dir := r.Layout.Dir(id)
+	cleanup := func() {
+		os.RemoveAll(dir)
+		r.Layout.Release(name, id)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		cleanup()
+		return nil, fmt.Errorf("create sandbox dir: %w", err)
+	}
+	envKeys := make([]string, 0, len(o.Env))
+	for k := range o.Env {
+		envKeys = append(envKeys, k)
+	}
+	sort.Strings(envKeys)
+	spec := sandbox.Spec{
+		ID: id, Name: name, Transient: o.Transient,
+		VM: backend.Spec{
+			Kernel: img.kernel.Vmlinux, Initrd: img.initrd, Cmdline: img.cmdline,
+			CPUs: o.CPUs, MemoryMiB: o.MemoryMiB, Disks: img.disks,
+		},
+		BootTimeout: o.BootTimeout, TTL: o.TTL,
+		Image: img.ref, Kernel: img.kernel.Digest,
+		Profile: o.Profile, Network: "none", Env: envKeys,
+		Created: time.Now().UTC(),
+	}
+	if err := sandbox.WriteJSON(filepath.Join(dir, sandbox.SpecFile), spec); err != nil {
+		cleanup()
+		return nil, err
+	}
+	if len(o.Env) > 0 {
+		if err := sandbox.WriteJSON(filepath.Join(dir, envFile), o.Env); err != nil {
+			cleanup()
+			return nil, err
+		}
+	}
+	progress(fmt.Sprintf("booting %s (%s, %d cpu, %d MiB)", name, img.ref.Name, o.CPUs, o.MemoryMiB))
+	st, err := r.spawnSupervisor(ctx, dir, o.BootTimeout)
+	if err != nil {
+		cleanup()
+		return nil, fmt.Errorf("%w: %s: %v", ErrBoot, name, err)
+	}
+	sb := &Sandbox{ID: id, Name: name, Dir: dir, State: st}
+	if o.Transient {
+		hold, err := sandbox.Hold(ctx, dir)
+		if err != nil {
+			r.Down(context.Background(), id)
+			return nil, fmt.Errorf("hold %s: %w", name, err)
+		}
+		sb.Hold = hold
+	}
+	return sb, nil
+}
+
+// envFile holds the sandbox's default environment for every exec.
+const envFile = "env.json"
+
+// spawnSupervisor re-executes mvmctl as the sandbox's supervisor and
+// waits for its ready line.
+func (r *Runtime) spawnSupervisor(ctx context.Context, dir string, bootTimeout time.Duration) (*sandbox.State, error) {
+	rd, wr, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer rd.Close()
+	logf, err := os.OpenFile(filepath.Join(dir, sandbox.SupervisorLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		wr.Close()
+		return nil, err
+	}
+	cmd := exec.Command(r.Exe, SupervisorCommand, dir)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{wr} // fd 3
+	// Its own session: a terminal's Ctrl-C goes to mvmctl, which decides.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	wr.Close()
+	logf.Close()
+	if err != nil {
+		return nil, fmt.Errorf("start supervisor: %w", err)
+	}
+	go cmd.Wait() // reap it whenever it exits
+	type result struct {
+		ready supervisor.Ready
+		err   error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		line, err := bufio.NewReader(rd).ReadBytes('\n')
+		if err != nil {
+			ch <- result{err: fmt.Errorf("supervisor exited before the sandbox was ready%s", logTail(filepath.Join(dir, sandbox.SupervisorLog)))}
+			return
+		}
+		var res result
+		res.err = json.Unmarshal(line, &res.ready)
+		ch <- res
+	}()
+	// The supervisor enforces the boot deadline itself; this is a backstop.
+	backstop := time.NewTimer(bootTimeout + 15*time.Second)
+	defer backstop.Stop()
+	kill := func() {
+		cmd.Process.Kill() // the VMM dies with it
+	}
+	select {
+	case res := <-ch:
+		if res.err != nil {
+			kill()
+			return nil, res.err
+		}
+		if !res.ready.OK {
+			kill()
+			return nil, errors.New(res.ready.Error)
+		}
+		return res.ready.State, nil
+	case <-ctx.Done():
+		kill()
+		return nil, ctx.Err()
+	case <-backstop.C:
+		kill()
+		return nil, fmt.Errorf("supervisor did not report within %s", bootTimeout+15*time.Second)
+	}
+}
+
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
+	s := strings.TrimSpace(string(b))
+	if err != nil || s == "" {
+		return ""
+	}
+	if len(s) > 2000 {
+		s = s[len(s)-2000:]
+	}
+	return ": " + s
+}

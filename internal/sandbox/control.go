@@ -1,0 +1,106 @@
+package sandbox
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Request is one line on the control socket.
+type Request struct {
+	// Op is "status", "stop", "hold", "pause" or "resume". A "hold"
+	// connection is kept open by the caller: when it closes, a transient
+	// sandbox is torn down (the caller has died or finished).
+	Op     string `json:"op"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// Response answers a Request.
+type Response struct {
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+	State *State `json:"state,omitempty"`
+}
+
+// maxSun is the usable length of a unix socket path.
+const maxSun = 104
+
+// DialIn connects to the unix socket name inside dir, going through
+// /proc/self/fd when the full path is too long for a socket address.
+func DialIn(ctx context.Context, dir, name string) (net.Conn, error) {
+	var d net.Dialer
+	full := filepath.Join(dir, name)
+	if len(full) < maxSun {
+		return d.DialContext(ctx, "unix", full)
+	}
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	return d.DialContext(ctx, "unix", fmt.Sprintf("/proc/self/fd/%d/%s", fd, name))
+}
+
+// Control sends one request to the supervisor of the sandbox in dir.
+func Control(ctx context.Context, dir string, req Request) (*Response, error) {
+	conn, err := DialIn(ctx, dir, ControlSocket)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	} else {
+		conn.SetDeadline(time.Now().Add(30 * time.Second))
+	}
+	b, _ := json.Marshal(req)
+	if _, err := conn.Write(append(b, '\n')); err != nil {
+		return nil, err
+	}
+	r := bufio.NewReader(conn)
+	line, err := r.ReadBytes('\n')
+	if err != nil {
+		return nil, fmt.Errorf("supervisor closed the connection: %w", err)
+	}
+	var resp Response
+	if err := json.Unmarshal(line, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+// Hold opens a hold connection; closing it releases a transient sandbox.
+func Hold(ctx context.Context, dir string) (net.Conn, error) {
+	conn, err := DialIn(ctx, dir, ControlSocket)
+	if err != nil {
+		return nil, err
+	}
+	b, _ := json.Marshal(Request{Op: "hold"})
+	if _, err := conn.Write(append(b, '\n')); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
+// ReadState reads a sandbox's state file.
+func ReadState(dir string) (*State, error) {
+	var st State
+	if err := ReadJSON(filepath.Join(dir, StateFile), &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// Exists reports whether path exists.
+func Exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}

@@ -1,0 +1,228 @@
+// Package sandbox defines what the runtime and a sandbox's supervisor share
+// on disk: the directory layout, the spec the supervisor boots from, the
+// state it keeps up to date, and the control protocol on its socket.
+package sandbox
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/backend"
+)
+
+// Files inside a sandbox directory ($MVM_STATE_DIR/sb/<id>).
+const (
+	SpecFile      = "spec.json"
+	StateFile     = "state.json"
+	AgentSocket   = "agent.sock" // every connection is proxied to the agent
+	ControlSocket = "ctl.sock"   // supervisor control (JSON lines)
+	SupervisorLog = "supervisor.log"
+	PlanFile      = "plan.json"
+	UpperDisk     = "upper.img"
+	namesDir      = "names"
+	sandboxesDir  = "sb"
+)
+
+// Statuses a sandbox can be in.
+const (
+	Starting = "starting"
+	Running  = "running"
+	Paused   = "paused"
+	Stopped  = "stopped"
+	Failed   = "failed"
+)
+
+// Active reports whether a status means a VM should exist.
+func Active(status string) bool {
+	return status == Starting || status == Running || status == Paused
+}
+
+// Spec is everything the supervisor needs to boot and own one sandbox.
+type Spec struct {
+	ID        string       `json:"id"`
+	Name      string       `json:"name"`
+	Transient bool         `json:"transient"`
+	VM        backend.Spec `json:"vm"`
+	// BootTimeout bounds the time from VMM start to a ready agent.
+	BootTimeout time.Duration `json:"boot_timeout"`
+	TTL         time.Duration `json:"ttl,omitempty"`
+	Image       ImageRef      `json:"image"`
+	Kernel      string        `json:"kernel_digest"`
+	Profile     string        `json:"profile"`
+	Network     string        `json:"network"`
+	Env         []string      `json:"env_keys,omitempty"`
+	Created     time.Time     `json:"created"`
+}
+
+// ImageRef names the image a sandbox boots.
+type ImageRef struct {
+	Name    string `json:"name"`
+	Digest  string `json:"digest"`
+	Profile string `json:"profile,omitempty"`
+}
+
+// BootReport is readiness per component and boot timings.
+type BootReport struct {
+	Accel string `json:"accel"`
+	// Host-side milliseconds from VMM start.
+	VMMStartedMS  int64 `json:"vmm_started_ms"`
+	ChannelOpenMS int64 `json:"channel_open_ms"`
+	AgentReadyMS  int64 `json:"agent_ready_ms"`
+	// Guest-side milliseconds since the kernel started.
+	Guest      map[string]int64  `json:"guest_ms,omitempty"`
+	Components map[string]string `json:"components,omitempty"`
+	AgentInfo  map[string]string `json:"agent,omitempty"`
+}
+
+// State is the supervisor's view of a sandbox, rewritten atomically.
+type State struct {
+	ID            string     `json:"id"`
+	Name          string     `json:"name"`
+	Status        string     `json:"status"`
+	Reason        string     `json:"reason,omitempty"`
+	Transient     bool       `json:"transient"`
+	Image         ImageRef   `json:"image"`
+	CPUs          int        `json:"cpus"`
+	MemoryMiB     int        `json:"memory_mib"`
+	Created       time.Time  `json:"created"`
+	Expires       *time.Time `json:"expires,omitempty"`
+	SupervisorPID int        `json:"supervisor_pid,omitempty"`
+	VMMPID        int        `json:"vmm_pid,omitempty"`
+	Boot          BootReport `json:"boot"`
+	Updated       time.Time  `json:"updated"`
+}
+
+// Layout locates sandboxes under a state directory.
+type Layout struct{ Root string }
+
+// Dir is the directory of sandbox id.
+func (l Layout) Dir(id string) string { return filepath.Join(l.Root, sandboxesDir, id) }
+
+// NameLink is the symlink reserving name for one sandbox.
+func (l Layout) NameLink(name string) string { return filepath.Join(l.Root, namesDir, name) }
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,39}$`)
+
+// ValidateName checks a user-chosen sandbox name.
+func ValidateName(name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("invalid sandbox name %q: use 1-40 lowercase letters, digits and '-', starting with a letter or digit", name)
+	}
+	return nil
+}
+
+// NewID returns a fresh sandbox id.
+func NewID() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// ErrNameTaken says another sandbox already has the name.
+var ErrNameTaken = errors.New("name already in use")
+
+// Reserve atomically claims name for id.
+func (l Layout) Reserve(name, id string) error {
+	if err := os.MkdirAll(filepath.Join(l.Root, namesDir), 0o700); err != nil {
+		return err
+	}
+	if err := os.Symlink(filepath.Join("..", sandboxesDir, id), l.NameLink(name)); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("sandbox %q: %w (choose another --name, or `mvmctl down %s` first)", name, ErrNameTaken, name)
+		}
+		return err
+	}
+	return nil
+}
+
+// Release drops the name reservation if it still points at id.
+func (l Layout) Release(name, id string) {
+	if target, err := os.Readlink(l.NameLink(name)); err == nil && filepath.Base(target) == id {
+		os.Remove(l.NameLink(name))
+	}
+}
+
+// Resolve finds the sandbox id for a name or id.
+func (l Layout) Resolve(nameOrID string) (string, bool) {
+	if target, err := os.Readlink(l.NameLink(nameOrID)); err == nil {
+		id := filepath.Base(target)
+		if _, err := os.Stat(l.Dir(id)); err == nil {
+			return id, true
+		}
+	}
+	if _, err := os.Stat(filepath.Join(l.Dir(nameOrID), StateFile)); err == nil && nameOrID != "" && !strings.ContainsAny(nameOrID, "/.") {
+		return nameOrID, true
+	}
+	return "", false
+}
+
+// IDs lists the ids of every sandbox directory.
+func (l Layout) IDs() ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(l.Root, sandboxesDir))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, e := range ents {
+		if e.IsDir() {
+			ids = append(ids, e.Name())
+		}
+	}
+	return ids, nil
+}
+
+// WriteJSON writes v to path atomically.
+func WriteJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp" + strconv.Itoa(os.Getpid())
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// ReadJSON reads path into v.
+func ReadJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}
+
+// ProcessAlive reports whether pid runs and its command line contains want
+// (guarding against a recycled pid).
+func ProcessAlive(pid int, want string) bool {
+	if pid <= 0 {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		// A zombie is not alive.
+		if i := strings.LastIndexByte(string(st), ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
+			return false
+		}
+	}
+	return want == "" || strings.Contains(string(b), want)
+}
+
+// VMMTag is the -name QEMU gets, so a VMM can be recognised by pid.
+func VMMTag(id string) string { return "mvm-" + id }

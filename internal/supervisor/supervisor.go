@@ -1,0 +1,461 @@
+// Package supervisor is the one small process that owns a running
+// sandbox: the VMM child, the single agent channel, the console log, the
+// TTL and the state file. It listens on two unix sockets in the sandbox
+// directory: agent.sock, where every connection becomes one multiplexed
+// stream to the guest agent, and ctl.sock, for lifecycle requests.
+//
+// mvmctl starts it by re-executing itself; there is no global daemon.
+package supervisor
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/mvm-sandbox/mvm/internal/agentapi"
+	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/backend/qemu"
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
+)
+
+// Ready is the one JSON line the supervisor writes to its ready pipe.
+type Ready struct {
+	OK    bool           `json:"ok"`
+	Error string         `json:"error,omitempty"`
+	State *sandbox.State `json:"state,omitempty"`
+}
+
+// Events receives lifecycle events for evidence; nil drops them.
+type Events func(kind string, st *sandbox.State, fields map[string]any)
+
+type supervisor struct {
+	dir    string
+	spec   sandbox.Spec
+	events Events
+
+	mu    sync.Mutex
+	state sandbox.State
+
+	vm      *qemu.Machine
+	session *yamux.Session
+	client  *agentapi.Client
+
+	stopOnce sync.Once
+	stopCh   chan stopRequest
+}
+
+type stopRequest struct {
+	reason string
+	remove bool // remove the sandbox directory afterwards
+	done   chan struct{}
+}
+
+// Run boots the sandbox described by dir/spec.json, reports readiness on
+// ready, and serves until the sandbox stops. It returns when the VMM is
+// gone and the state is final.
+func Run(dir string, ready io.WriteCloser, events Events) error {
+	if events == nil {
+		events = func(string, *sandbox.State, map[string]any) {}
+	}
+	s := &supervisor{dir: dir, events: events, stopCh: make(chan stopRequest, 4)}
+	if err := sandbox.ReadJSON(filepath.Join(dir, sandbox.SpecFile), &s.spec); err != nil {
+		return reportFailure(ready, fmt.Errorf("read spec: %w", err))
+	}
+	// Sockets are created relative to the sandbox directory, which keeps
+	// their paths short whatever MVM_STATE_DIR is.
+	if err := os.Chdir(dir); err != nil {
+		return reportFailure(ready, err)
+	}
+	s.state = sandbox.State{
+		ID: s.spec.ID, Name: s.spec.Name, Status: sandbox.Starting, Transient: s.spec.Transient,
+		Image: s.spec.Image, CPUs: s.spec.VM.CPUs, MemoryMiB: s.spec.VM.MemoryMiB,
+		Created: s.spec.Created, SupervisorPID: os.Getpid(),
+	}
+	if s.spec.TTL > 0 {
+		exp := s.spec.Created.Add(s.spec.TTL)
+		s.state.Expires = &exp
+	}
+	s.save()
+
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	bootCtx, cancel := context.WithTimeout(context.Background(), s.spec.BootTimeout)
+	err := s.boot(bootCtx, sigs)
+	cancel()
+	if err != nil {
+		if s.vm != nil {
+			s.vm.Kill()
+		}
+		s.setStatus(sandbox.Failed, err.Error())
+		s.events("sandbox.failed", s.snapshot(), map[string]any{"phase": "boot"})
+		return reportFailure(ready, err)
+	}
+	agentL, err := net.Listen("unix", sandbox.AgentSocket)
+	if err != nil {
+		s.vm.Kill()
+		return reportFailure(ready, err)
+	}
+	ctlL, err := net.Listen("unix", sandbox.ControlSocket)
+	if err != nil {
+		s.vm.Kill()
+		return reportFailure(ready, err)
+	}
+	go s.serveAgent(agentL)
+	go s.serveControl(ctlL)
+	s.setStatus(sandbox.Running, "")
+	s.events("sandbox.started", s.snapshot(), map[string]any{"accel": s.vm.Accel(), "boot_ms": s.state.Boot.AgentReadyMS})
+	b, _ := json.Marshal(Ready{OK: true, State: s.snapshot()})
+	ready.Write(append(b, '\n'))
+	ready.Close()
+
+	var ttl <-chan time.Time
+	if s.state.Expires != nil {
+		t := time.NewTimer(time.Until(*s.state.Expires))
+		defer t.Stop()
+		ttl = t.C
+	}
+	var req stopRequest
+	select {
+	case <-s.vm.Done():
+		agentL.Close()
+		ctlL.Close()
+		reason := "vmm exited"
+		if err := s.vm.ExitErr(); err != nil {
+			reason = err.Error()
+		}
+		if s.spec.Transient {
+			s.finish(stopRequest{remove: true})
+			return nil
+		}
+		s.setStatus(sandbox.Failed, reason)
+		s.events("sandbox.failed", s.snapshot(), map[string]any{"phase": "run"})
+		return nil
+	case sig := <-sigs:
+		req = stopRequest{reason: "signal " + sig.String(), remove: s.spec.Transient}
+	case <-ttl:
+		req = stopRequest{reason: "ttl", remove: s.spec.Transient}
+	case req = <-s.stopCh:
+	}
+	agentL.Close()
+	ctlL.Close()
+	s.shutdown()
+	s.finish(req)
+	return nil
+}
+
+func reportFailure(ready io.WriteCloser, err error) error {
+	b, _ := json.Marshal(Ready{OK: false, Error: err.Error()})
+	ready.Write(append(b, '\n'))
+	ready.Close()
+	return err
+}
+
+// boot starts the VMM and waits for the agent.
+func (s *supervisor) boot(ctx context.Context, sigs <-chan os.Signal) error {
+	t0 := time.Now()
+	spec := s.spec.VM
+	spec.Dir = "."
+	spec.Name = sandbox.VMMTag(s.spec.ID)
+	spec.Cmdline = strings.TrimSpace(spec.Cmdline + " mvm.hostname=" + hostname(s.spec.Name))
+	vm, err := qemu.Start(ctx, spec)
+	if err != nil {
+		return err
+	}
+	s.vm = vm
+	s.mu.Lock()
+	s.state.VMMPID = vm.Pid()
+	s.state.Boot.Accel = vm.Accel()
+	s.state.Boot.VMMStartedMS = time.Since(t0).Milliseconds()
+	s.mu.Unlock()
+	s.save()
+
+	// Give up on a signal as well as on the deadline.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-sigs:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	fail := func(what string, err error) error {
+		if ctx.Err() == context.DeadlineExceeded {
+			return fmt.Errorf("boot timed out after %s waiting for %s%s", s.spec.BootTimeout, what, consoleTail(vm.ConsolePath()))
+		}
+		select {
+		case <-vm.Done():
+			return fmt.Errorf("vm stopped during boot (%v)%s", vm.ExitErr(), consoleTail(vm.ConsolePath()))
+		default:
+		}
+		return fmt.Errorf("%s: %w%s", what, err, consoleTail(vm.ConsolePath()))
+	}
+	conn, err := vm.DialChannel(ctx)
+	if err != nil {
+		return fail("the agent channel", err)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	err = agentapi.HostHandshake(ctx, conn)
+	stop()
+	if err != nil {
+		return fail("the guest agent", err)
+	}
+	s.state.Boot.ChannelOpenMS = time.Since(t0).Milliseconds()
+	sess, err := agentapi.HostSession(conn, io.Discard)
+	if err != nil {
+		return fail("the agent session", err)
+	}
+	s.session = sess
+	client, err := agentapi.Dial(ctx, func(context.Context) (net.Conn, error) { return sess.Open() })
+	if err != nil {
+		return fail("agent hello", err)
+	}
+	s.client = client
+	rep, err := client.Agent.Readiness(ctx, &pb.ReadinessRequest{})
+	if err != nil {
+		return fail("agent readiness", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := &s.state.Boot
+	b.AgentReadyMS = time.Since(t0).Milliseconds()
+	b.Guest = map[string]int64{
+		"agent_started":  rep.Boot.GetAgentStartedMs(),
+		"modules_loaded": rep.Boot.GetModulesLoadedMs(),
+		"root_mounted":   rep.Boot.GetRootMountedMs(),
+		"channel_bound":  rep.Boot.GetChannelBoundMs(),
+		"first_request":  rep.Boot.GetFirstRequestMs(),
+	}
+	b.Components = map[string]string{"vmm": "ready", "channel": "ready"}
+	for _, c := range rep.Components {
+		b.Components[c.Name] = c.State
+	}
+	b.AgentInfo = map[string]string{
+		"version": client.Hello.AgentVersion, "profile": client.Hello.Profile,
+		"kernel": client.Hello.KernelRelease, "capabilities": strings.Join(client.Hello.Capabilities, ","),
+	}
+	s.state.Image.Profile = client.Hello.Profile
+	return nil
+}
+
+func hostname(name string) string {
+	if name == "" {
+		return "mvm"
+	}
+	return name
+}
+
+// consoleTail returns the end of the console log, for error messages.
+func consoleTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(strings.TrimSpace(string(b))) == 0 {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 15 {
+		lines = lines[len(lines)-15:]
+	}
+	return "\n--- console log (last lines) ---\n" + strings.Join(lines, "\n")
+}
+
+// serveAgent proxies each connection to a new stream on the guest channel.
+func (s *supervisor) serveAgent(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			stream, err := s.session.Open()
+			if err != nil {
+				return
+			}
+			defer stream.Close()
+			done := make(chan struct{}, 2)
+			go func() { io.Copy(stream, c); stream.Close(); done <- struct{}{} }()
+			go func() { io.Copy(c, stream); c.Close(); done <- struct{}{} }()
+			<-done
+		}()
+	}
+}
+
+func (s *supervisor) serveControl(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go s.handleControl(c)
+	}
+}
+
+func (s *supervisor) handleControl(c net.Conn) {
+	defer c.Close()
+	r := bufio.NewReader(io.LimitReader(c, 64<<10))
+	line, err := r.ReadBytes('\n')
+	if err != nil {
+		return
+	}
+	var req sandbox.Request
+	reply := func(resp sandbox.Response) {
+		b, _ := json.Marshal(resp)
+		c.Write(append(b, '\n'))
+	}
+	if err := json.Unmarshal(line, &req); err != nil {
+		reply(sandbox.Response{Error: "bad request: " + err.Error()})
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	switch req.Op {
+	case "status":
+		reply(sandbox.Response{OK: true, State: s.snapshot()})
+	case "stop":
+		done := make(chan struct{})
+		reason := req.Reason
+		if reason == "" {
+			reason = "stopped by request"
+		}
+		s.stopCh <- stopRequest{reason: reason, remove: true, done: done}
+		<-done
+		reply(sandbox.Response{OK: true})
+	case "hold":
+		// Block until the holder goes away.
+		io.Copy(io.Discard, r)
+		if s.spec.Transient {
+			select {
+			case s.stopCh <- stopRequest{reason: "holder went away", remove: true}:
+			default:
+			}
+		}
+	case "pause", "resume":
+		var err error
+		if req.Op == "pause" {
+			err = s.vm.Pause(ctx)
+		} else {
+			err = s.vm.Resume(ctx)
+		}
+		if err != nil {
+			reply(sandbox.Response{Error: err.Error()})
+			return
+		}
+		if req.Op == "pause" {
+			s.setStatus(sandbox.Paused, "")
+		} else {
+			s.setStatus(sandbox.Running, "")
+		}
+		reply(sandbox.Response{OK: true, State: s.snapshot()})
+	default:
+		reply(sandbox.Response{Error: fmt.Sprintf("unknown op %q", req.Op)})
+	}
+}
+
+// shutdown asks the guest to power off and makes sure the VMM is gone.
+func (s *supervisor) shutdown() {
+	if s.state.Status == sandbox.Paused {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		s.vm.Resume(ctx)
+		cancel()
+	}
+	if s.client != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := s.client.Agent.Shutdown(ctx, &pb.ShutdownRequest{})
+		cancel()
+		if err == nil {
+			select {
+			case <-s.vm.Done():
+			case <-time.After(3 * time.Second):
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	s.vm.Stop(ctx)
+	if s.session != nil {
+		s.session.Close()
+	}
+}
+
+// finish records the final state, or removes the sandbox, and answers
+// whoever asked for the stop.
+func (s *supervisor) finish(req stopRequest) {
+	st := s.snapshot()
+	if req.remove {
+		s.events("sandbox.stopped", st, map[string]any{"reason": tag(req.reason)})
+		l := sandbox.Layout{Root: filepath.Dir(filepath.Dir(s.dir))}
+		l.Release(s.spec.Name, s.spec.ID)
+		if err := os.RemoveAll(s.dir); err != nil {
+			log.Printf("remove %s: %v", s.dir, err)
+		}
+	} else {
+		s.setStatus(sandbox.Stopped, req.reason)
+		s.events("sandbox.stopped", s.snapshot(), map[string]any{"reason": tag(req.reason)})
+	}
+	if req.done != nil {
+		close(req.done)
+	}
+	// Answer any other waiting stop requests too.
+	for {
+		select {
+		case r := <-s.stopCh:
+			if r.done != nil {
+				close(r.done)
+			}
+		default:
+			return
+		}
+	}
+}
+
+// tag reduces a reason to a policy tag (no free text in evidence).
+func tag(reason string) string {
+	switch {
+	case reason == "ttl":
+		return "ttl"
+	case strings.HasPrefix(reason, "signal"):
+		return "signal"
+	case strings.HasPrefix(reason, "holder"):
+		return "holder_gone"
+	default:
+		return "requested"
+	}
+}
+
+func (s *supervisor) setStatus(status, reason string) {
+	s.mu.Lock()
+	s.state.Status = status
+	s.state.Reason = reason
+	s.mu.Unlock()
+	s.save()
+}
+
+func (s *supervisor) snapshot() *sandbox.State {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.state
+	return &st
+}
+
+func (s *supervisor) save() {
+	st := s.snapshot()
+	st.Updated = time.Now().UTC()
+	if err := sandbox.WriteJSON(filepath.Join(s.dir, sandbox.StateFile), st); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.Printf("write state: %v", err)
+	}
+}
