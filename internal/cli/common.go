@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/mvm-sandbox/mvm/internal/manifest"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/spf13/cobra"
 	"golang.org/x/term"
 )
 
@@ -168,3 +170,22 @@ func commandError(err error, argv0 string) error {
 }
 
 func ms(d time.Duration) int64 { return d.Milliseconds() }
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// usageArgs wraps a cobra argument check so that its failure exits 2.
+func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return exitCode(ExitUsage, fmt.Errorf("%v (see `%s --help`)", err, cmd.CommandPath()))
+		}
+		return nil
+	}
+}

@@ -62,8 +62,11 @@ func NewRoot(app *App) *cobra.Command {
 	root.SetIn(app.Stdin)
 	root.SetOut(app.Stdout)
 	root.SetErr(app.Stderr)
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return exitCode(2, fmt.Errorf("%v (see `%s --help`)", err, cmd.CommandPath()))
+	})
 	for _, b := range builders {
-		root.AddCommand(b(app))
+		root.AddCommand(wrapArgs(b(app)))
 	}
 	return root
 }
@@ -86,4 +89,15 @@ func Main(args []string) int {
 	}
 	fmt.Fprintf(app.Stderr, "mvmctl: %v\n", err)
 	return 1
+}
+
+// wrapArgs makes argument-count errors of cmd and its children exit 2.
+func wrapArgs(cmd *cobra.Command) *cobra.Command {
+	if cmd.Args != nil {
+		cmd.Args = usageArgs(cmd.Args)
+	}
+	for _, c := range cmd.Commands() {
+		wrapArgs(c)
+	}
+	return cmd
 }

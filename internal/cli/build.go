@@ -1,0 +1,146 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/image"
+	"github.com/mvm-sandbox/mvm/internal/manifest"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+func init() { register(newBuildCmd) }
+
+// Exit codes of build.
+const (
+	exitBuildFailed = 1 // mmdebstrap, mkfs or I/O failed
+	exitBuildInput  = 2 // bad manifest, unknown template or package, bad usage
+)
+
+func newBuildCmd(app *App) *cobra.Command {
+	var (
+		template string
+		jsonOut  bool
+		refresh  bool
+		profile  string
+	)
+	cmd := &cobra.Command{
+		Use:   "build [DIR]",
+		Short: "Build a root filesystem image from DIR/mvm.toml or a template",
+		Long: `Build a root filesystem image.
+
+With DIR (default "."), reads DIR/mvm.toml (see docs/manifest.md) and builds
+its template plus packages, files and configuration. --template overrides the
+manifest's template. Without DIR and with no mvm.toml in the current
+directory, --template builds the bare template.
+
+Images are content-addressed and cached: building the same input again
+resolves from the cache. Templates: ` + fmt.Sprint(image.TemplateNames()),
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir := ""
+			switch {
+			case len(args) == 1:
+				dir = args[0]
+				if _, err := os.Stat(filepath.Join(dir, manifest.FileName)); err != nil {
+					return exitCode(exitBuildInput, fmt.Errorf("no %s in %s", manifest.FileName, dir))
+				}
+			default:
+				if _, err := os.Stat(manifest.FileName); err == nil {
+					dir = "."
+				} else if template == "" {
+					return exitCode(exitBuildInput, fmt.Errorf("no %s in the current directory: give a DIR that has one, or --template NAME", manifest.FileName))
+				}
+			}
+			if profile != "" && dir != "" {
+				return exitCode(exitBuildInput, errors.New("--profile applies to bare template builds; set profile in mvm.toml"))
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return buildRun(ctx, app, dir, template, image.BuildOptions{Refresh: refresh, Profile: profile}, jsonOut)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&template, "template", "t", "", "template to build from (overrides the manifest's)")
+	f.BoolVar(&jsonOut, "json", false, "print NDJSON progress events, then {\"artifact\": {...}}")
+	f.BoolVar(&refresh, "refresh", false, "rebuild even if cached (picks up Debian updates)")
+	f.StringVar(&profile, "profile", "", "profile of a bare template image: dev (default) or sealed")
+	return cmd
+}
+
+func imgIsTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+func buildRun(ctx context.Context, app *App, dir, template string, opts image.BuildOptions, jsonOut bool) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	start := time.Now()
+	var mu sync.Mutex
+	enc := json.NewEncoder(app.Stdout)
+	tty := imgIsTerminal(app.Stderr)
+	progress := func(e image.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		if jsonOut {
+			_ = enc.Encode(e)
+			return
+		}
+		if e.Status == image.StatusProgress && !tty {
+			return
+		}
+		msg := e.Message
+		if msg != "" {
+			msg = ": " + msg
+		}
+		fmt.Fprintf(app.Stderr, "[%6.1fs] %-9s %s%s\n", time.Since(start).Seconds(), e.Phase, e.Status, msg)
+	}
+	a, err := image.Build(ctx, app.Dirs, dir, template, opts, progress)
+	if err != nil {
+		code := exitBuildFailed
+		var me *manifest.Error
+		var ut *image.UnknownTemplateError
+		var up *image.UnknownPackageError
+		if errors.As(err, &me) || errors.As(err, &ut) || errors.As(err, &up) {
+			code = exitBuildInput
+		}
+		if jsonOut {
+			_ = enc.Encode(map[string]string{"error": err.Error()})
+		}
+		return exitCode(code, err)
+	}
+	if jsonOut {
+		return enc.Encode(map[string]any{"artifact": a})
+	}
+	how := "built"
+	if a.Cached {
+		how = "cached"
+	}
+	fmt.Fprintf(app.Stdout, "%s  %s  %s  %s in %.1fs\n", a.Digest, a.Template, imgHumanBytes(a.Size), how, time.Since(start).Seconds())
+	return nil
+}
+
+func imgHumanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	default:
+		return fmt.Sprintf("%d B", n)
+	}
+}

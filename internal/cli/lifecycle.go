@@ -1,0 +1,521 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/runtime"
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+func init() {
+	register(newUpCmd)
+	register(newExecCmd)
+	register(newDownCmd)
+	register(newLsCmd)
+	register(newLogsCmd)
+	register(newWaitCmd)
+	register(newBootReportCmd)
+	register(newPauseCmd)
+	register(newResumeCmd)
+}
+
+// stateJSON is the public shape of a sandbox in --json output.
+func stateJSON(st *sandbox.State) map[string]any {
+	obj := map[string]any{
+		"name": st.Name, "id": st.ID, "state": st.Status,
+		"image": st.Image.Name, "image_digest": st.Image.Digest, "profile": st.Image.Profile,
+		"cpus": st.CPUs, "memory_mib": st.MemoryMiB,
+		"created": st.Created.Format(time.RFC3339), "transient": st.Transient,
+	}
+	if st.Reason != "" {
+		obj["reason"] = st.Reason
+	}
+	if st.Expires != nil {
+		obj["expires"] = st.Expires.Format(time.RFC3339)
+	} else {
+		obj["expires"] = nil
+	}
+	return obj
+}
+
+func newUpCmd(app *App) *cobra.Command {
+	var (
+		o       runtime.UpOptions
+		name    string
+		memory  string
+		env     []string
+		jsonOut bool
+	)
+	cmd := &cobra.Command{
+		Use:   "up [DIR] [--image NAME] [--name N]",
+		Short: "Boot a named sandbox that keeps running until `down` or its TTL",
+		Example: `  mvmctl up --name dev
+  mvmctl up --name dev --ttl 30m --memory 1G -e MODE=dev
+  mvmctl up --json`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			mem, err := parseMemory(memory)
+			if err != nil {
+				return err
+			}
+			if o.Env, err = parseEnv(env); err != nil {
+				return err
+			}
+			o.Name, o.MemoryMiB = name, mem
+			if len(args) == 1 {
+				if o.Image != "" {
+					return exitCode(ExitUsage, errors.New("give either DIR or --image, not both"))
+				}
+				o.Image = args[0]
+			}
+			if err := o.Validate(); err != nil {
+				return exitCode(ExitUsage, err)
+			}
+			rt, err := app.runtime()
+			if err != nil {
+				return err
+			}
+			ctx, sig, stop := signalContext(context.Background())
+			defer stop()
+			if !jsonOut {
+				o.Progress = func(msg string) { fmt.Fprintln(app.Stderr, msg) }
+			}
+			sb, err := rt.Up(ctx, o)
+			if s := sig(); s != nil {
+				return &ExitError{Code: signalExit(s), Err: fmt.Errorf("interrupted by %v; nothing was left running", s)}
+			}
+			if err != nil {
+				if errors.Is(err, sandbox.ErrNameTaken) {
+					return exitCode(1, err)
+				}
+				return exitCode(ExitMvm, err)
+			}
+			if jsonOut {
+				return writeJSON(app.Stdout, stateJSON(sb.State))
+			}
+			fmt.Fprintln(app.Stdout, sb.Name)
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&name, "name", "", "sandbox name (default: generated)")
+	fl.StringVar(&o.Image, "image", "", "image or template to boot (default: minimal)")
+	fl.IntVar(&o.CPUs, "cpus", 1, "virtual CPUs")
+	fl.StringVar(&memory, "memory", "512M", "guest memory (e.g. 512M, 1G)")
+	fl.StringArrayVarP(&env, "env", "e", nil, "default environment for every exec, KEY=VALUE (repeatable)")
+	fl.DurationVar(&o.TTL, "ttl", 0, "stop the sandbox after this long (e.g. 30m); 0 = no limit")
+	fl.BoolVar(&jsonOut, "json", false, "print the sandbox as JSON")
+	return cmd
+}
+
+func newExecCmd(app *App) *cobra.Command {
+	var (
+		env       []string
+		workdir   string
+		stdin     bool
+		tty       bool
+		timeout   time.Duration
+		jsonOut   bool
+		maxOutput int
+	)
+	cmd := &cobra.Command{
+		Use:   "exec NAME [flags] -- ARGV...",
+		Short: "Run a command in a running sandbox",
+		Long: `exec runs ARGV in the named sandbox, streams its output and exits with its
+exit code. Many execs may run at once against one sandbox.
+
+Exit codes: the command's own; 3 no such sandbox; 124 timeout; 125 mvm
+failed; 126 not executable (or refused by a sealed image); 127 not found.`,
+		Example: `  mvmctl exec dev -- python /work/task.py
+  echo data | mvmctl exec -i dev -- wc -c
+  mvmctl exec -t dev -- sh`,
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			envMap, err := parseEnv(env)
+			if err != nil {
+				return err
+			}
+			rt, err := app.runtime()
+			if err != nil {
+				return err
+			}
+			ctx, sig, stop := signalContext(context.Background())
+			defer stop()
+			if timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, timeout)
+				defer cancel()
+			}
+			o := runtime.ExecOptions{Argv: args[1:], Env: envMap, Cwd: workdir, TTY: tty}
+			if stdin {
+				o.Stdin = app.Stdin
+			}
+			var outCap, errCap *capture
+			if jsonOut {
+				outCap, errCap = &capture{limit: maxOutput}, &capture{limit: maxOutput}
+				o.Stdout, o.Stderr = outCap, errCap
+			} else {
+				o.Stdout, o.Stderr = app.Stdout, app.Stderr
+			}
+			if tty {
+				restore, err := rawTerminal(app, &o)
+				if err != nil {
+					return err
+				}
+				defer restore()
+			}
+			t0 := time.Now()
+			res, err := rt.Exec(ctx, args[0], o)
+			if s := sig(); s != nil {
+				return &ExitError{Code: signalExit(s), Err: fmt.Errorf("interrupted by %v; the command was killed", s)}
+			}
+			timedOut := timeout > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded)
+			if err != nil && !timedOut {
+				return commandError(err, args[1])
+			}
+			code := ExitTimeout
+			if res != nil {
+				code = res.ExitCode
+			}
+			if jsonOut {
+				obj := map[string]any{"schema_version": 1, "sandbox": args[0], "exit_code": code,
+					"timed_out": timedOut, "duration_ms": ms(time.Since(t0))}
+				outCap.into(obj, "stdout")
+				errCap.into(obj, "stderr")
+				writeJSON(app.Stdout, obj)
+			} else if timedOut {
+				fmt.Fprintf(app.Stderr, "mvmctl: command timed out after %s and was killed\n", timeout)
+			}
+			if code != 0 {
+				return &ExitError{Code: code, Silent: true}
+			}
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringArrayVarP(&env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
+	fl.StringVarP(&workdir, "workdir", "w", "", "working directory in the guest")
+	fl.BoolVarP(&stdin, "interactive", "i", false, "forward standard input")
+	fl.BoolVarP(&tty, "tty", "t", false, "allocate a pseudo-terminal")
+	fl.DurationVar(&timeout, "timeout", 0, "kill the command after this long (exit 124)")
+	fl.BoolVar(&jsonOut, "json", false, "print one JSON object with the result instead of streaming output")
+	fl.IntVar(&maxOutput, "max-output", 4<<20, "with --json: bytes of each stream kept in the result")
+	return cmd
+}
+
+// rawTerminal puts the caller's terminal in raw mode for -t and returns
+// the function that restores it.
+func rawTerminal(app *App, o *runtime.ExecOptions) (func(), error) {
+	f, ok := app.Stdin.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return func() {}, nil
+	}
+	if w, h, err := term.GetSize(int(f.Fd())); err == nil {
+		o.Rows, o.Cols = uint32(h), uint32(w)
+	}
+	old, err := term.MakeRaw(int(f.Fd()))
+	if err != nil {
+		return nil, fmt.Errorf("raw terminal: %w", err)
+	}
+	return func() { term.Restore(int(f.Fd()), old) }, nil
+}
+
+func newDownCmd(app *App) *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "down NAME... | --all",
+		Short: "Stop sandboxes and remove their state",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if all == (len(args) > 0) {
+				return exitCode(ExitUsage, errors.New("name the sandboxes to stop, or pass --all"))
+			}
+			rt, err := app.runtime()
+			if err != nil {
+				return err
+			}
+			if all {
+				sts, err := rt.List(true)
+				if err != nil {
+					return err
+				}
+				for _, st := range sts {
+					args = append(args, st.ID)
+				}
+			}
+			failed := 0
+			notFound := 0
+			for _, name := range args {
+				if err := rt.Down(context.Background(), name); err != nil {
+					fmt.Fprintf(app.Stderr, "mvmctl: %v\n", err)
+					if errors.Is(err, runtime.ErrNotFound) {
+						notFound++
+					} else {
+						failed++
+					}
+					continue
+				}
+				if !all {
+					fmt.Fprintln(app.Stdout, name)
+				}
+			}
+			switch {
+			case failed > 0:
+				return &ExitError{Code: 1, Silent: true}
+			case notFound > 0:
+				return &ExitError{Code: ExitNotFound, Silent: true}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "stop every sandbox of this state directory")
+	return cmd
+}
+
+func newLsCmd(app *App) *cobra.Command {
+	var all, jsonOut bool
+	cmd := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"ps"},
+		Short:   "List sandboxes (running ones; -a adds stopped and failed)",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rt, err := app.runtime()
+			if err != nil {
+				return err
+			}
+			sts, err := rt.List(all)
+			if err != nil {
+				return err
+			}
+			if jsonOut {
+				rows := make([]map[string]any, 0, len(sts))
+				for _, st := range sts {
+					rows = append(rows, stateJSON(st))
+				}
+				return writeJSON(app.Stdout, rows)
+			}
+			tw := tabwriter.NewWriter(app.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tCPUS\tMEMORY\tCREATED\tEXPIRES")
+			for _, st := range sts {
+				state := st.Status
+				if st.Reason != "" && !sandbox.Active(st.Status) {
+					state += " (" + st.Reason + ")"
+				}
+				exp := "-"
+				if st.Expires != nil {
+					exp = humanSince(time.Until(*st.Expires))
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dM\t%s ago\t%s\n", st.Name, state, st.Image.Name,
+					st.CPUs, st.MemoryMiB, humanSince(time.Since(st.Created)), exp)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVarP(&all, "all", "a", false, "include stopped and failed sandboxes")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print a JSON array")
+	return cmd
+}
+
+func humanSince(d time.Duration) string {
+	if d < 0 {
+		return "expired"
+	}
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+func newLogsCmd(app *App) *cobra.Command {
+	var follow bool
+	var lines int
+	cmd := &cobra.Command{
+		Use:   "logs NAME",
+		Short: "Show the guest console and agent log (-f to follow)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rt, err := app.runtime()
+			if err != nil {
+				return err
+			}
+			dir, err := rt.Dir(args[0])
+			if err != nil {
+				return exitCode(ExitNotFound, err)
+			}
+			path := filepath.Join(dir, "console.log")
+			ctx, _, stop := signalContext(context.Background())
+			defer stop()
+			return tailFile(ctx, app.Stdout, path, lines, follow, func() bool {
+				st, err := rt.Get(args[0])
+				return err == nil && sandbox.Active(st.Status)
+			})
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output until the sandbox stops or Ctrl-C")
+	cmd.Flags().IntVarP(&lines, "lines", "n", 0, "print only the last N lines (0 = all)")
+	return cmd
+}
+
+// tailFile prints path (its last n lines when n > 0) and, with follow,
+// what is appended until alive() turns false or ctx ends.
+func tailFile(ctx context.Context, w io.Writer, path string, n int, follow bool, alive func() bool) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("no log yet: %w", err)
+	}
+	defer f.Close()
+	if n > 0 {
+		b, err := io.ReadAll(f)
+		if err != nil {
+			return err
+		}
+		ls := strings.SplitAfter(string(b), "\n")
+		if len(ls) > 0 && ls[len(ls)-1] == "" {
+			ls = ls[:len(ls)-1]
+		}
+		if len(ls) > n {
+			ls = ls[len(ls)-n:]
+		}
+		io.WriteString(w, strings.Join(ls, ""))
+	} else if _, err := io.Copy(w, f); err != nil {
+		return err
+	}
+	if !follow {
+		return nil
+	}
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if _, err := io.Copy(w, f); err != nil {
+			return err
+		}
+		if !alive() {
+			io.Copy(w, f)
+			return nil
+		}
+	}
+}
+
+func newWaitCmd(app *App) *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "wait NAME",
+		Short: "Wait until a sandbox is running and its agent answers (exit 75 on timeout)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rt, err := app.runtime()
+			if err != nil {
+				return err
+			}
+			deadline := time.Now().Add(timeout)
+			for {
+				st, err := rt.Get(args[0])
+				if err != nil {
+					return exitCode(ExitNotFound, err)
+				}
+				if st.Status == sandbox.Running {
+					ctx, cancel := context.WithTimeout(context.Background(), time.Until(deadline)+time.Second)
+					c, _, err := rt.Connect(ctx, args[0])
+					cancel()
+					if err == nil {
+						c.Close()
+						fmt.Fprintln(app.Stdout, st.Name, "ready")
+						return nil
+					}
+				} else if !sandbox.Active(st.Status) {
+					return exitCode(65, fmt.Errorf("%s is %s: %s", st.Name, st.Status, st.Reason))
+				}
+				if time.Now().After(deadline) {
+					return exitCode(75, fmt.Errorf("%s not ready after %s (state %s)", st.Name, timeout, st.Status))
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "give up after this long")
+	return cmd
+}
+
+func newBootReportCmd(app *App) *cobra.Command {
+	var jsonOut bool
+	cmd := &cobra.Command{
+		Use:   "boot-report NAME",
+		Short: "Show readiness per component and boot timings",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rt, err := app.runtime()
+			if err != nil {
+				return err
+			}
+			st, err := rt.Get(args[0])
+			if err != nil {
+				return exitCode(ExitNotFound, err)
+			}
+			if jsonOut {
+				return writeJSON(app.Stdout, map[string]any{"schema_version": 1, "name": st.Name, "id": st.ID, "state": st.Status, "boot": st.Boot})
+			}
+			b := st.Boot
+			fmt.Fprintf(app.Stdout, "%s (%s, %s)\n", st.Name, st.Status, b.Accel)
+			fmt.Fprintf(app.Stdout, "host:  vmm started %d ms, channel open %d ms, agent ready %d ms\n", b.VMMStartedMS, b.ChannelOpenMS, b.AgentReadyMS)
+			fmt.Fprintf(app.Stdout, "guest: agent started %d ms, modules %d ms, root %d ms, channel bound %d ms (since kernel start)\n",
+				b.Guest["agent_started"], b.Guest["modules_loaded"], b.Guest["root_mounted"], b.Guest["channel_bound"])
+			tw := tabwriter.NewWriter(app.Stdout, 0, 4, 2, ' ', 0)
+			for _, k := range sortedKeys(b.Components) {
+				fmt.Fprintf(tw, "  %s\t%s\n", k, b.Components[k])
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print JSON")
+	return cmd
+}
+
+func newPauseCmd(app *App) *cobra.Command { return controlCmd(app, "pause", "Pause a sandbox's vCPUs") }
+func newResumeCmd(app *App) *cobra.Command {
+	return controlCmd(app, "resume", "Resume a paused sandbox")
+}
+
+func controlCmd(app *App, op, short string) *cobra.Command {
+	return &cobra.Command{
+		Use:   op + " NAME",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rt, err := app.runtime()
+			if err != nil {
+				return err
+			}
+			if _, err := rt.Get(args[0]); err != nil {
+				return exitCode(ExitNotFound, err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			st, err := rt.Control(ctx, args[0], op)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(app.Stdout, st.Name, st.Status)
+			return nil
+		},
+	}
+}

@@ -1,0 +1,877 @@
+package image
+
+// Building root filesystem artifacts and keeping them in the cache.
+//
+// Cache layout, under d.Images():
+//
+//	artifacts/<hex>/rootfs.ext4     the image; <hex> is the sha256 of its bytes
+//	artifacts/<hex>/artifact.json   what it is (Artifact)
+//	rootfs-index/<key>.json         input key -> digest, for cache hits
+//	trees/<key>/                    unpacked root trees (template + packages)
+//	locks/<key>.lock                flock(2) per tree or image key
+//	tmp/                            work directories, renamed into place
+//
+// See docs/images.md.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/manifest"
+	"github.com/mvm-sandbox/mvm/internal/paths"
+	"golang.org/x/sys/unix"
+)
+
+// rootfsFormat is mixed into every key; bump it when the bytes produced for
+// the same inputs change.
+const rootfsFormat = "mvm-rootfs-v1"
+
+// RootfsConfigPath is where the image's configuration is written; the
+// guest agent reads it.
+const RootfsConfigPath = "/etc/mvm/image.json"
+
+// RootfsFile is the image file name inside an artifact directory.
+const RootfsFile = "rootfs.ext4"
+
+// Build phases and statuses reported through Event.
+const (
+	PhaseResolve   = "resolve"
+	PhaseBootstrap = "bootstrap"
+	PhasePackages  = "packages"
+	PhaseFiles     = "files"
+	PhasePack      = "pack"
+	PhaseRecord    = "record"
+
+	StatusStarted  = "started"
+	StatusDone     = "done"
+	StatusFailed   = "failed"
+	StatusProgress = "progress"
+)
+
+// Event is one progress report of a build.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Phase   string    `json:"phase"`
+	Status  string    `json:"status"`
+	Message string    `json:"message,omitempty"`
+}
+
+// RootfsConfig is /etc/mvm/image.json: what the agent needs to know about
+// the image it booted. The agent reads profile, env, command and workdir;
+// the rest is informational (and makes images that differ in them differ in
+// digest).
+type RootfsConfig struct {
+	Profile   string            `json:"profile"`
+	Env       map[string]string `json:"env,omitempty"`
+	Command   []string          `json:"command,omitempty"`
+	Workdir   string            `json:"workdir,omitempty"`
+	Template  string            `json:"template"`
+	Name      string            `json:"name,omitempty"`
+	CPUs      int               `json:"cpus,omitempty"`
+	MemoryMiB int64             `json:"memory_mib,omitempty"`
+	DiskMiB   int64             `json:"disk_mib,omitempty"`
+}
+
+// Artifact is a built root filesystem image (artifact.json).
+type Artifact struct {
+	Digest    string            `json:"digest"` // "sha256:<hex>" of the image bytes
+	Size      int64             `json:"size"`   // image file size in bytes
+	Format    string            `json:"format"` // "ext4"
+	Template  string            `json:"template"`
+	Suite     string            `json:"suite,omitempty"`
+	Packages  []string          `json:"packages,omitempty"`       // every package asked for (template's and extra)
+	Extra     []string          `json:"extra_packages,omitempty"` // the manifest's packages
+	Created   time.Time         `json:"created"`
+	Profile   string            `json:"profile"`
+	Env       map[string]string `json:"env,omitempty"`
+	Command   []string          `json:"command,omitempty"`
+	Workdir   string            `json:"workdir"`
+	Name      string            `json:"name,omitempty"`
+	CPUs      int               `json:"cpus,omitempty"`
+	MemoryMiB int64             `json:"memory_mib,omitempty"`
+	DiskMiB   int64             `json:"disk_mib"`
+	Source    string            `json:"source"`    // manifest directory, or "template:<name>"
+	InputKey  string            `json:"input_key"` // hash of everything the image was built from
+	Files     int               `json:"files,omitempty"`
+	FileBytes int64             `json:"file_bytes,omitempty"`
+	BuildMS   int64             `json:"build_ms,omitempty"`
+
+	// Path is the image file (filled in when loaded, not stored).
+	Path string `json:"path,omitempty"`
+	// Cached is true when Build found the artifact in the cache.
+	Cached bool `json:"cached,omitempty"`
+}
+
+// ID is the artifact's sha256 in hex (its directory name).
+func (a *Artifact) ID() string { return strings.TrimPrefix(a.Digest, "sha256:") }
+
+// ShortID is the first 12 hex digits of the digest.
+func (a *Artifact) ShortID() string {
+	id := a.ID()
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// BuildOptions adjusts a build.
+type BuildOptions struct {
+	// Manifest, when set, is used instead of loading DIR/mvm.toml.
+	Manifest *manifest.Manifest
+	// Profile overrides the manifest's profile for a bare template build
+	// ("" = dev).
+	Profile string
+	// Refresh rebuilds trees and images even when cached (to pick up
+	// Debian updates).
+	Refresh bool
+}
+
+// NotBuiltError is returned by ResolveImage for a template that has no
+// artifact yet; Build makes it.
+type NotBuiltError struct{ Template string }
+
+func (e *NotBuiltError) Error() string {
+	return fmt.Sprintf("template %q is not built yet (mvmctl build --template %s)", e.Template, e.Template)
+}
+
+// ErrArtifactInUse is returned by RemoveArtifact for an image a sandbox uses.
+var ErrArtifactInUse = errors.New("artifact is in use")
+
+type rfDirs struct{ root string }
+
+func rfLayout(d paths.Dirs) rfDirs          { return rfDirs{d.Images()} }
+func (l rfDirs) artifacts() string          { return filepath.Join(l.root, "artifacts") }
+func (l rfDirs) artifact(hex string) string { return filepath.Join(l.root, "artifacts", hex) }
+func (l rfDirs) index(key string) string    { return filepath.Join(l.root, "rootfs-index", key+".json") }
+func (l rfDirs) tree(key string) string     { return filepath.Join(l.root, "trees", key) }
+func (l rfDirs) lock(key string) string     { return filepath.Join(l.root, "locks", key+".lock") }
+func (l rfDirs) tmp() string                { return filepath.Join(l.root, "tmp") }
+
+// rfPlan is everything an image is made of.
+type rfPlan struct {
+	tpl      Template
+	packages []string // all packages (template + extra), sorted
+	extra    []string
+	m        *manifest.Manifest // nil for a bare template
+	cfg      RootfsConfig
+	source   string
+	busybox  string // sha256 of the host busybox (minimal)
+	treeKey  string
+	imageKey string
+	files    int
+	bytes    int64
+}
+
+func rfHash(parts ...any) string {
+	b, _ := json.Marshal(parts)
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+func rfFileSHA(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// rfHashSources hashes the content, modes and layout of every file mapping.
+func rfHashSources(m *manifest.Manifest) (key string, files int, size int64, err error) {
+	h := sha256.New()
+	for _, fm := range m.Files {
+		src := m.SourcePath(fm)
+		fmt.Fprintf(h, "map %q %q %q\n", fm.Guest, fm.Source, fm.Exclude)
+		if _, err := os.Lstat(src); errors.Is(err, os.ErrNotExist) && fm.Source == "." {
+			continue
+		}
+		ex := map[string]bool{}
+		for _, e := range fm.Exclude {
+			ex[path.Clean(e)] = true
+		}
+		err = filepath.WalkDir(src, func(p string, de fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			rel, _ := filepath.Rel(src, p)
+			rel = filepath.ToSlash(rel)
+			if rel != "." && ex[rel] {
+				if de.IsDir() {
+					return fs.SkipDir
+				}
+				return nil
+			}
+			info, err := de.Info()
+			if err != nil {
+				return err
+			}
+			mode := info.Mode()
+			switch {
+			case mode.IsDir():
+				fmt.Fprintf(h, "d %q %o\n", rel, mode.Perm())
+			case mode.IsRegular():
+				sum, err := rfFileSHA(p)
+				if err != nil {
+					return err
+				}
+				files++
+				size += info.Size()
+				fmt.Fprintf(h, "f %q %o %s\n", rel, mode.Perm(), sum)
+			case mode&os.ModeSymlink != 0:
+				t, err := os.Readlink(p)
+				if err != nil {
+					return err
+				}
+				files++
+				fmt.Fprintf(h, "l %q %q\n", rel, t)
+			}
+			return nil
+		})
+		if err != nil {
+			return "", 0, 0, err
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), files, size, nil
+}
+
+// rfMakePlan resolves the template and computes the input keys.
+func rfMakePlan(m *manifest.Manifest, templateName string, opts BuildOptions) (*rfPlan, error) {
+	if templateName == "" && m != nil {
+		templateName = m.Template
+	}
+	if templateName == "" {
+		return nil, errors.New("no template: give one (--template) or a directory with an mvm.toml")
+	}
+	tpl, err := ResolveTemplate(templateName)
+	if err != nil {
+		return nil, err
+	}
+	p := &rfPlan{tpl: tpl, m: m}
+	set := map[string]bool{}
+	for _, x := range tpl.Packages {
+		set[x] = true
+	}
+	if m != nil {
+		for _, x := range m.Packages {
+			if !set[x] {
+				p.extra = append(p.extra, x)
+			}
+			set[x] = true
+		}
+	}
+	for x := range set {
+		p.packages = append(p.packages, x)
+	}
+	sort.Strings(p.packages)
+	sort.Strings(p.extra)
+	if !tpl.debian() && len(p.extra) > 0 {
+		return nil, fmt.Errorf("template %s has no package manager: packages %s need a Debian-based template (debian, python, node)", tpl.Name, strings.Join(p.extra, ", "))
+	}
+
+	p.cfg = RootfsConfig{Profile: manifest.DefaultProfile, Workdir: manifest.DefaultWorkdir, Template: tpl.Name}
+	if opts.Profile != "" {
+		if opts.Profile != manifest.ProfileDev && opts.Profile != manifest.ProfileSealed {
+			return nil, fmt.Errorf("profile must be %q or %q, got %q", manifest.ProfileDev, manifest.ProfileSealed, opts.Profile)
+		}
+	}
+	var filesKey string
+	if m != nil {
+		p.cfg.Profile = m.Profile
+		p.cfg.Env = m.Env
+		p.cfg.Command = m.Command
+		p.cfg.Workdir = m.Workdir
+		p.cfg.Name = m.Name
+		p.cfg.CPUs = m.CPUs
+		p.cfg.MemoryMiB = m.MemoryMiB
+		p.cfg.DiskMiB = m.DiskMiB
+		p.source = m.Dir
+		filesKey, p.files, p.bytes, err = rfHashSources(m)
+		if err != nil {
+			return nil, fmt.Errorf("hash build files: %w", err)
+		}
+	} else {
+		p.source = "template:" + tpl.Name
+		p.cfg.DiskMiB = manifest.DefaultDiskMiB
+	}
+	if opts.Profile != "" {
+		p.cfg.Profile = opts.Profile
+	}
+
+	if tpl.debian() {
+		p.treeKey = rfHash(rootfsFormat, "debian", tpl.Suite, p.packages, rfDpkgExcludes)
+	} else {
+		if err := rfCheckStaticBusybox(HostBusybox); err != nil {
+			return nil, err
+		}
+		p.busybox, err = rfFileSHA(HostBusybox)
+		if err != nil {
+			return nil, err
+		}
+		p.treeKey = rfHash(rootfsFormat, "minimal", p.busybox)
+	}
+	p.imageKey = rfHash(rootfsFormat, "image", p.treeKey, p.cfg, filesKey)
+	return p, nil
+}
+
+// rfLock takes an exclusive flock on a key; the returned func releases it.
+func rfLock(ctx context.Context, l rfDirs, key string) (func(), error) {
+	if err := os.MkdirAll(filepath.Dir(l.lock(key)), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(l.lock(key), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { _ = unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			f.Close()
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+type rfIndex struct {
+	Digest string `json:"digest"`
+}
+
+// rfLookup returns the cached artifact for an input key, if any.
+func rfLookup(l rfDirs, key string) (*Artifact, bool) {
+	raw, err := os.ReadFile(l.index(key))
+	if err != nil {
+		return nil, false
+	}
+	var idx rfIndex
+	if json.Unmarshal(raw, &idx) != nil || !validRootfsDigest(idx.Digest) {
+		return nil, false
+	}
+	a, err := rfLoadArtifact(l, strings.TrimPrefix(idx.Digest, "sha256:"))
+	if err != nil {
+		return nil, false
+	}
+	return a, true
+}
+
+func validRootfsDigest(d string) bool {
+	h, ok := strings.CutPrefix(d, "sha256:")
+	return ok && rfValidHex(h) && len(h) == 64
+}
+
+func rfValidHex(s string) bool {
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func rfLoadArtifact(l rfDirs, id string) (*Artifact, error) {
+	dir := l.artifact(id)
+	raw, err := os.ReadFile(filepath.Join(dir, "artifact.json"))
+	if err != nil {
+		return nil, err
+	}
+	var a Artifact
+	if err := json.Unmarshal(raw, &a); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "artifact.json"), err)
+	}
+	if a.ID() != id {
+		return nil, fmt.Errorf("%s: digest %s does not match its directory", dir, a.Digest)
+	}
+	a.Path = filepath.Join(dir, RootfsFile)
+	st, err := os.Stat(a.Path)
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() != a.Size {
+		return nil, fmt.Errorf("%s: size %d, artifact.json says %d", a.Path, st.Size(), a.Size)
+	}
+	return &a, nil
+}
+
+func rfWriteAtomic(p string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), p)
+}
+
+// Build makes (or finds in the cache) the root filesystem artifact for a
+// build directory or a bare template.
+//
+// dir is the manifest directory ("" for a bare template). templateName,
+// when not empty, overrides the manifest's template. progress (may be nil)
+// receives phase events. A second build of the same input (template,
+// packages, file contents and modes, image configuration) is a cache hit
+// that runs neither mmdebstrap nor mkfs.
+func Build(ctx context.Context, d paths.Dirs, dir, templateName string, opts BuildOptions, progress func(Event)) (*Artifact, error) {
+	start := time.Now()
+	emit := func(phase, status, format string, args ...any) {
+		if progress != nil {
+			progress(Event{Time: time.Now().UTC(), Phase: phase, Status: status, Message: fmt.Sprintf(format, args...)})
+		}
+	}
+	phase := PhaseResolve
+	fail := func(err error) (*Artifact, error) {
+		emit(phase, StatusFailed, "%v", err)
+		return nil, err
+	}
+	emit(phase, StatusStarted, "")
+	m := opts.Manifest
+	if m == nil && dir != "" {
+		var err error
+		if m, err = manifest.Load(dir); err != nil {
+			return fail(err)
+		}
+	}
+	plan, err := rfMakePlan(m, templateName, opts)
+	if err != nil {
+		return fail(err)
+	}
+	l := rfLayout(d)
+	if !opts.Refresh {
+		if a, ok := rfLookup(l, plan.imageKey); ok {
+			a.Cached = true
+			emit(phase, StatusDone, "cache hit: %s (%s)", a.Digest, plan.tpl.Name)
+			return a, nil
+		}
+	}
+	emit(phase, StatusDone, "template %s, %d package(s), %d file(s)", plan.tpl.Name, len(plan.packages), plan.files)
+
+	unlock, err := rfLock(ctx, l, plan.imageKey)
+	if err != nil {
+		return fail(err)
+	}
+	defer unlock()
+	// someone else may have built it while we waited
+	if !opts.Refresh {
+		if a, ok := rfLookup(l, plan.imageKey); ok {
+			a.Cached = true
+			return a, nil
+		}
+	}
+
+	// tree: template (and packages)
+	phase = PhaseBootstrap
+	if len(plan.extra) > 0 {
+		phase = PhasePackages
+	}
+	tree, err := rfEnsureTree(ctx, l, plan, opts.Refresh, func(status, msg string) { emit(phase, status, "%s", msg) })
+	if err != nil {
+		return fail(err)
+	}
+
+	// staging: a hard-linked copy of the tree plus files and config
+	phase = PhaseFiles
+	emit(phase, StatusStarted, "")
+	if err := os.MkdirAll(l.tmp(), 0o755); err != nil {
+		return fail(err)
+	}
+	work, err := os.MkdirTemp(l.tmp(), "build-")
+	if err != nil {
+		return fail(err)
+	}
+	defer rfSafeRemoveAll(work)
+	stage := filepath.Join(work, "root")
+	if err := rfLinkTree(ctx, tree, stage); err != nil {
+		return fail(err)
+	}
+	nfiles, nbytes := 0, int64(0)
+	if m != nil {
+		for _, fm := range m.Files {
+			src := m.SourcePath(fm)
+			if _, err := os.Lstat(src); errors.Is(err, os.ErrNotExist) && fm.Source == "." {
+				continue
+			}
+			n, b, err := rfCopyIn(stage, src, fm.Guest, fm.Exclude, func(rel string) {
+				emit(phase, StatusProgress, "skipped %s (not a regular file, directory or symlink)", filepath.Join(fm.Source, rel))
+			})
+			if err != nil {
+				return fail(fmt.Errorf("copy %s to %s: %w", fm.Source, fm.Guest, err))
+			}
+			nfiles += n
+			nbytes += b
+		}
+	}
+	if _, err := rfMkdirAllInRoot(stage, plan.cfg.Workdir); err != nil {
+		return fail(fmt.Errorf("workdir %s: %w", plan.cfg.Workdir, err))
+	}
+	cfgJSON, err := json.MarshalIndent(plan.cfg, "", "  ")
+	if err != nil {
+		return fail(err)
+	}
+	if err := rfWriteGuestFile(stage, RootfsConfigPath, append(cfgJSON, '\n'), 0o644); err != nil {
+		return fail(err)
+	}
+	// directories the build wrote into get the fixed time too
+	for _, g := range rfTouchedDirs(plan, m) {
+		if h, err := rfResolveInRoot(stage, g); err == nil {
+			if fi, err := os.Lstat(h); err == nil && fi.IsDir() {
+				_ = rfSetTime(h)
+			}
+		}
+	}
+	emit(phase, StatusDone, "%d file(s), %d bytes", nfiles, nbytes)
+
+	// pack
+	phase = PhasePack
+	emit(phase, StatusStarted, "")
+	img := filepath.Join(work, RootfsFile)
+	var seed [16]byte
+	k, _ := hex.DecodeString(plan.imageKey)
+	copy(seed[:], k)
+	if err := rfPack(ctx, stage, img, seed, !plan.tpl.debian()); err != nil {
+		return fail(err)
+	}
+	sum, err := rfFileSHA(img)
+	if err != nil {
+		return fail(err)
+	}
+	st, err := os.Stat(img)
+	if err != nil {
+		return fail(err)
+	}
+	emit(phase, StatusDone, "sha256:%s, %d bytes", sum, st.Size())
+
+	// record
+	phase = PhaseRecord
+	emit(phase, StatusStarted, "")
+	a := &Artifact{
+		Digest: "sha256:" + sum, Size: st.Size(), Format: "ext4",
+		Template: plan.tpl.Name, Suite: plan.tpl.Suite, Packages: plan.packages, Extra: plan.extra,
+		Created: time.Now().UTC(),
+		Profile: plan.cfg.Profile, Env: plan.cfg.Env, Command: plan.cfg.Command, Workdir: plan.cfg.Workdir,
+		Name: plan.cfg.Name, CPUs: plan.cfg.CPUs, MemoryMiB: plan.cfg.MemoryMiB, DiskMiB: plan.cfg.DiskMiB,
+		Source: plan.source, InputKey: plan.imageKey, Files: nfiles, FileBytes: nbytes,
+		BuildMS: time.Since(start).Milliseconds(),
+	}
+	meta, _ := json.MarshalIndent(a, "", "  ")
+	if err := os.WriteFile(filepath.Join(work, "artifact.json"), append(meta, '\n'), 0o644); err != nil {
+		return fail(err)
+	}
+	if err := os.MkdirAll(l.artifacts(), 0o755); err != nil {
+		return fail(err)
+	}
+	final := l.artifact(sum)
+	pub := filepath.Join(work, "publish")
+	if err := os.Mkdir(pub, 0o755); err != nil {
+		return fail(err)
+	}
+	for _, n := range []string{RootfsFile, "artifact.json"} {
+		if err := os.Rename(filepath.Join(work, n), filepath.Join(pub, n)); err != nil {
+			return fail(err)
+		}
+	}
+	if existing, err := rfLoadArtifact(l, sum); err == nil {
+		// The same bytes are already cached (built from other inputs, or
+		// refreshed without change): keep the existing record.
+		a = existing
+	} else {
+		if _, err := os.Stat(final); err == nil {
+			// a broken leftover: replace it
+			if err := rfSafeRemoveAll(final); err != nil {
+				return fail(err)
+			}
+		}
+		if err := os.Rename(pub, final); err != nil {
+			return fail(err)
+		}
+		a.Path = filepath.Join(final, RootfsFile)
+	}
+	idx, _ := json.Marshal(rfIndex{Digest: a.Digest})
+	if err := rfWriteAtomic(l.index(plan.imageKey), idx); err != nil {
+		return fail(err)
+	}
+	emit(phase, StatusDone, "%s", a.Digest)
+	return a, nil
+}
+
+// rfTouchedDirs lists guest directories whose mtime the build changed.
+func rfTouchedDirs(p *rfPlan, m *manifest.Manifest) []string {
+	set := map[string]bool{"/": true}
+	add := func(g string) {
+		for g = path.Dir(g); ; g = path.Dir(g) {
+			set[g] = true
+			if g == "/" {
+				break
+			}
+		}
+	}
+	add(RootfsConfigPath)
+	add(p.cfg.Workdir + "/x")
+	if m != nil {
+		for _, f := range m.Files {
+			add(f.Guest)
+		}
+	}
+	out := make([]string, 0, len(set))
+	for g := range set {
+		out = append(out, g)
+	}
+	// deepest first
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
+}
+
+// rfEnsureTree returns the cached tree for the plan, making it if missing.
+func rfEnsureTree(ctx context.Context, l rfDirs, p *rfPlan, refresh bool, progress func(status, msg string)) (string, error) {
+	final := l.tree(p.treeKey)
+	if !refresh {
+		if fi, err := os.Stat(final); err == nil && fi.IsDir() {
+			progress(StatusDone, "cached tree "+p.treeKey[:12])
+			return final, nil
+		}
+	}
+	unlock, err := rfLock(ctx, l, "tree-"+p.treeKey)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if !refresh {
+		if fi, err := os.Stat(final); err == nil && fi.IsDir() {
+			progress(StatusDone, "cached tree "+p.treeKey[:12])
+			return final, nil
+		}
+	}
+	if err := os.MkdirAll(l.tmp(), 0o755); err != nil {
+		return "", err
+	}
+	work, err := os.MkdirTemp(l.tmp(), "tree-")
+	if err != nil {
+		return "", err
+	}
+	defer rfSafeRemoveAll(work)
+	target := filepath.Join(work, "root")
+	t0 := time.Now()
+	if p.tpl.debian() {
+		progress(StatusStarted, fmt.Sprintf("mmdebstrap %s: %s", p.tpl.Suite, strings.Join(p.packages, " ")))
+		if err := rfDebootstrap(ctx, p.tpl.Suite, p.packages, target, func(s string) { progress(StatusProgress, s) }); err != nil {
+			return "", err
+		}
+	} else {
+		progress(StatusStarted, "busybox tree from "+HostBusybox)
+		if err := os.Mkdir(target, 0o755); err != nil {
+			return "", err
+		}
+		if err := rfMinimalTree(ctx, target, HostBusybox); err != nil {
+			return "", err
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(final); err == nil {
+		// refresh: move the old tree aside (builds using it hold hard links)
+		old := filepath.Join(work, "old")
+		if err := os.Rename(final, old); err != nil {
+			return "", err
+		}
+	}
+	if err := os.Rename(target, final); err != nil {
+		return "", err
+	}
+	progress(StatusDone, fmt.Sprintf("tree %s in %.1fs", p.treeKey[:12], time.Since(t0).Seconds()))
+	return final, nil
+}
+
+// ListArtifacts returns every cached artifact, newest first.
+func ListArtifacts(d paths.Dirs) ([]*Artifact, error) {
+	l := rfLayout(d)
+	ents, err := os.ReadDir(l.artifacts())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []*Artifact
+	for _, e := range ents {
+		if !e.IsDir() || len(e.Name()) != 64 || !rfValidHex(e.Name()) {
+			continue
+		}
+		a, err := rfLoadArtifact(l, e.Name())
+		if err != nil {
+			continue
+		}
+		out = append(out, a)
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if !out[i].Created.Equal(out[j].Created) {
+			return out[i].Created.After(out[j].Created)
+		}
+		return out[i].Digest < out[j].Digest
+	})
+	return out, nil
+}
+
+// findArtifact resolves a digest ("sha256:<hex>", "<hex>" or a unique
+// prefix of at least 4 hex digits) to an artifact.
+func findArtifact(d paths.Dirs, idOrPrefix string) (*Artifact, error) {
+	id := strings.ToLower(strings.TrimPrefix(idOrPrefix, "sha256:"))
+	if len(id) < 4 || len(id) > 64 || !rfValidHex(id) {
+		return nil, fmt.Errorf("no image %q (want a digest or a digest prefix of at least 4 hex digits)", idOrPrefix)
+	}
+	all, err := ListArtifacts(d)
+	if err != nil {
+		return nil, err
+	}
+	var match []*Artifact
+	for _, a := range all {
+		if strings.HasPrefix(a.ID(), id) {
+			match = append(match, a)
+		}
+	}
+	switch len(match) {
+	case 0:
+		return nil, fmt.Errorf("no image %q", idOrPrefix)
+	case 1:
+		return match[0], nil
+	default:
+		ids := make([]string, len(match))
+		for i, a := range match {
+			ids[i] = a.ShortID()
+		}
+		return nil, fmt.Errorf("image prefix %q is ambiguous: %s", idOrPrefix, strings.Join(ids, ", "))
+	}
+}
+
+// ResolveImage resolves a template name (its bare build), an image name
+// (from a manifest's name key, newest first) or a digest prefix to a cached
+// artifact. A template that has not been built yet gives *NotBuiltError;
+// building it is the caller's job (Build).
+func ResolveImage(d paths.Dirs, name string) (*Artifact, error) {
+	if _, err := ResolveTemplate(name); err == nil {
+		plan, err := rfMakePlan(nil, name, BuildOptions{})
+		if err != nil {
+			return nil, err
+		}
+		if a, ok := rfLookup(rfLayout(d), plan.imageKey); ok {
+			return a, nil
+		}
+		return nil, &NotBuiltError{Template: name}
+	}
+	all, err := ListArtifacts(d)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range all {
+		if a.Name != "" && a.Name == name {
+			return a, nil
+		}
+	}
+	a, err := findArtifact(d, name)
+	if err != nil {
+		var ut *UnknownTemplateError
+		if _, terr := ResolveTemplate(name); errors.As(terr, &ut) && !rfValidHex(strings.TrimPrefix(name, "sha256:")) {
+			return nil, fmt.Errorf("no image %q: not an image name or digest, and %v", name, terr)
+		}
+		return nil, err
+	}
+	return a, nil
+}
+
+// RemoveArtifact deletes a cached artifact (by digest or unique prefix)
+// and the index entries that point to it. inUse (may be nil) is asked with
+// the "sha256:<hex>" digest; when it says yes the artifact is kept and the
+// error wraps ErrArtifactInUse. Cached trees are kept.
+func RemoveArtifact(d paths.Dirs, idOrPrefix string, inUse func(digest string) bool) (*Artifact, error) {
+	a, err := findArtifact(d, idOrPrefix)
+	if err != nil {
+		return nil, err
+	}
+	if inUse != nil && inUse(a.Digest) {
+		return nil, fmt.Errorf("image %s: %w by a sandbox", a.ShortID(), ErrArtifactInUse)
+	}
+	l := rfLayout(d)
+	unlock, err := rfLock(context.Background(), l, "artifact-"+a.ID())
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	// index entries first, so that no build resolves to a missing artifact
+	idxDir := filepath.Dir(l.index("x"))
+	if ents, err := os.ReadDir(idxDir); err == nil {
+		for _, e := range ents {
+			p := filepath.Join(idxDir, e.Name())
+			raw, err := os.ReadFile(p)
+			if err != nil {
+				continue
+			}
+			var idx rfIndex
+			if json.Unmarshal(raw, &idx) == nil && idx.Digest == a.Digest {
+				_ = os.Remove(p)
+			}
+		}
+	}
+	if err := os.MkdirAll(l.tmp(), 0o755); err != nil {
+		return nil, err
+	}
+	trash, err := os.MkdirTemp(l.tmp(), "rm-")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Rename(l.artifact(a.ID()), filepath.Join(trash, "a")); err != nil {
+		return nil, err
+	}
+	return a, rfSafeRemoveAll(trash)
+}
+
+// RootfsBuildTools reports missing host tools for building the given
+// template (for doctor-style checks).
+func RootfsBuildTools(t Template) []string {
+	need := []string{"mkfs.ext4", "cp"}
+	if t.debian() {
+		need = append(need, "mmdebstrap")
+	}
+	var missing []string
+	for _, n := range need {
+		if _, err := exec.LookPath(n); err != nil {
+			missing = append(missing, n)
+		}
+	}
+	return missing
+}

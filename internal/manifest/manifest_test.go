@@ -1,0 +1,211 @@
+package manifest
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestSmallest(t *testing.T) {
+	m, err := Parse("/d/mvm.toml", []byte(`template = "python"`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Template != "python" || m.Workdir != "/work" || m.Profile != "dev" || m.DiskMiB != 4096 {
+		t.Fatalf("defaults: %+v", m)
+	}
+	want := []FileMapping{{Guest: "/work", Source: ".", Exclude: []string{"mvm.toml", ".git"}}}
+	if !reflect.DeepEqual(m.Files, want) {
+		t.Fatalf("files: %+v", m.Files)
+	}
+	if m.Dir != "/d" || m.Path != "/d/mvm.toml" {
+		t.Fatalf("path: %q %q", m.Dir, m.Path)
+	}
+}
+
+func TestFull(t *testing.T) {
+	src := `
+template = "python-3.11"
+name = "my-app"
+packages = ["curl", "git", "curl"]
+cpus = 2
+memory = "1G"
+disk = 8192
+command = ["python", "main.py"]
+workdir = "/srv"
+profile = "sealed"
+
+[env]
+FOO = "bar"
+_X1 = ""
+
+[files]
+"/opt/app" = "src"
+"/work" = ""
+`
+	m, err := Parse("/d/mvm.toml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Name != "my-app" || m.CPUs != 2 || m.MemoryMiB != 1024 || m.DiskMiB != 8192 ||
+		m.Workdir != "/srv" || m.Profile != "sealed" || m.Template != "python-3.11" {
+		t.Fatalf("%+v", m)
+	}
+	if !reflect.DeepEqual(m.Packages, []string{"curl", "git"}) {
+		t.Fatalf("packages %v", m.Packages)
+	}
+	if !reflect.DeepEqual(m.Command, []string{"python", "main.py"}) {
+		t.Fatalf("command %v", m.Command)
+	}
+	if !reflect.DeepEqual(m.Env, map[string]string{"FOO": "bar", "_X1": ""}) {
+		t.Fatalf("env %v", m.Env)
+	}
+	if !reflect.DeepEqual(m.Files, []FileMapping{{Guest: "/opt/app", Source: "src"}}) {
+		t.Fatalf("files %+v", m.Files)
+	}
+}
+
+func TestErrorsNameFileKeyLine(t *testing.T) {
+	cases := []struct {
+		name, src, key string
+		line           int
+		msg            string
+	}{
+		{"unknown top", "template = \"python\"\nfoo = 1\n", "foo", 2, "unknown key"},
+		{"unknown table", "template = \"python\"\n[bar]\nx = 1\n", "bar", 2, "unknown key"},
+		{"missing template", "name = \"x\"\n", "template", 0, "required"},
+		{"template type", "template = 3\n", "template", 1, "wrong type"},
+		{"bad template", "template = \"Py thon\"\n", "template", 1, "invalid template"},
+		{"bad name", "template = \"python\"\nname = \"-x\"\n", "name", 2, "invalid name"},
+		{"long name", "template = \"python\"\nname = \"" + strings.Repeat("a", 64) + "\"\n", "name", 2, "invalid name"},
+		{"cpus type", "template = \"python\"\ncpus = \"2\"\n", "cpus", 2, "integer"},
+		{"cpus range", "template = \"python\"\n\ncpus = 17\n", "cpus", 3, "between 1 and 16"},
+		{"cpus zero", "template = \"python\"\ncpus = 0\n", "cpus", 2, "between"},
+		{"memory small", "template = \"python\"\nmemory = \"64M\"\n", "memory", 2, "between 128M and 16G"},
+		{"memory big", "template = \"python\"\nmemory = 32768\n", "memory", 2, "between"},
+		{"memory junk", "template = \"python\"\nmemory = \"lots\"\n", "memory", 2, "invalid size"},
+		{"memory bool", "template = \"python\"\nmemory = true\n", "memory", 2, "size string"},
+		{"disk junk", "template = \"python\"\ndisk = \"4Q\"\n", "disk", 2, "invalid size"},
+		{"packages type", "template = \"python\"\npackages = \"curl\"\n", "packages", 2, "list of package names"},
+		{"package name", "template = \"python\"\npackages = [\"ok\", \"Bad Name\"]\n", "packages", 2, "not a Debian package"},
+		{"package option", "template = \"python\"\npackages = [\"--allow-unauthenticated\"]\n", "packages", 2, "not a Debian package"},
+		{"env key", "template = \"python\"\n[env]\n\"1X\" = \"a\"\n", `env.1X`, 3, "invalid environment variable"},
+		{"env value", "template = \"python\"\n[env]\nA = 1\n", "env.A", 3, "must be a string"},
+		{"env nested", "template = \"python\"\n[env.A]\nB = \"x\"\n", "env.A", 2, "must be a string"},
+		{"command type", "template = \"python\"\ncommand = \"python main.py\"\n", "command", 2, "list of strings"},
+		{"command empty", "template = \"python\"\ncommand = []\n", "command", 2, "empty"},
+		{"command item", "template = \"python\"\ncommand = [\"a\", 1]\n", "command", 2, "entry 1"},
+		{"workdir rel", "template = \"python\"\nworkdir = \"work\"\n", "workdir", 2, "absolute"},
+		{"workdir unclean", "template = \"python\"\nworkdir = \"/a/../b\"\n", "workdir", 2, "not clean"},
+		{"profile", "template = \"python\"\nprofile = \"prod\"\n", "profile", 2, `"dev" or "sealed"`},
+		{"files escape", "template = \"python\"\n[files]\n\"/opt\" = \"../x\"\n", `files."/opt"`, 3, "leaves the manifest directory"},
+		{"files abs", "template = \"python\"\n[files]\n\"/opt\" = \"/etc\"\n", `files."/opt"`, 3, "relative"},
+		{"files guest rel", "template = \"python\"\n[files]\n\"opt\" = \"x\"\n", "files.opt", 3, "absolute"},
+		{"files proc", "template = \"python\"\n[files]\n\"/proc/x\" = \"x\"\n", `files."/proc/x"`, 3, "runtime owns"},
+		{"files type", "template = \"python\"\n[files]\n\"/opt\" = 1\n", `files."/opt"`, 3, "must be a string"},
+		{"duplicate", "template = \"python\"\ncpus = 1\ncpus = 2\n", "cpus", 3, "already defined"},
+		{"syntax", "template = \"python\n", "", 1, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse("/some/dir/mvm.toml", []byte(c.src))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			s := err.Error()
+			if !strings.Contains(s, "/some/dir/mvm.toml") {
+				t.Errorf("error does not name the file: %s", s)
+			}
+			var e *Error
+			if !errors.As(err, &e) {
+				t.Fatalf("not a *Error: %T %v", err, err)
+			}
+			if e.Key != c.key {
+				t.Errorf("key = %q, want %q (%s)", e.Key, c.key, s)
+			}
+			if c.key != "" && !strings.Contains(s, c.key) {
+				t.Errorf("error does not name the key: %s", s)
+			}
+			if e.Line != c.line {
+				t.Errorf("line = %d, want %d (%s)", e.Line, c.line, s)
+			}
+			if !strings.Contains(s, c.msg) {
+				t.Errorf("error %q does not contain %q", s, c.msg)
+			}
+		})
+	}
+}
+
+func TestMultipleErrors(t *testing.T) {
+	_, err := Parse("m.toml", []byte("template = \"python\"\ncpus = 99\nprofile = \"x\"\n"))
+	var l ErrorList
+	if !errors.As(err, &l) || len(l) != 2 {
+		t.Fatalf("want 2 errors, got %v", err)
+	}
+	if l[0].Key != "cpus" || l[1].Key != "profile" {
+		t.Fatalf("order: %v", err)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	good := map[string]int64{
+		"512M": 512, "512": 512, "1G": 1024, "1g": 1024, "1.5G": 1536, "2GiB": 2048,
+		"256MiB": 256, "256MB": 256, "4G": 4096, "1T": 1024 * 1024, " 8G ": 8192,
+	}
+	for in, want := range good {
+		got, err := ParseSize(in)
+		if err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "G", "-1G", "0", "0M", "1.3M", "abc", "1K", "1e3", "0x10", "NaN", "Inf", "1_000", "1.0000001G"} {
+		if v, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) = %d, want error", in, v)
+		}
+	}
+	if FormatSize(2048) != "2G" || FormatSize(512) != "512M" {
+		t.Error("FormatSize")
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, s string) {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "no mvm.toml") {
+		t.Fatalf("missing manifest: %v", err)
+	}
+	write("src/a.py", "print(1)\n")
+	write("mvm.toml", "template = \"python\"\n[files]\n\"/opt/app\" = \"src\"\n")
+	m, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Files) != 2 || m.SourcePath(m.Files[1]) != filepath.Join(dir, "src") {
+		t.Fatalf("%+v", m.Files)
+	}
+
+	write("mvm.toml", "template = \"python\"\n[files]\n\"/opt/app\" = \"nope\"\n")
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), `files."/opt/app"`) || !strings.Contains(err.Error(), ":3:") {
+		t.Fatalf("missing source: %v", err)
+	}
+
+	// a symlink that points outside DIR is refused
+	outside := t.TempDir()
+	if err := os.Symlink(outside, filepath.Join(dir, "out")); err != nil {
+		t.Fatal(err)
+	}
+	write("mvm.toml", "template = \"python\"\n[files]\n\"/opt/app\" = \"out\"\n")
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "outside the manifest directory") {
+		t.Fatalf("escape via symlink: %v", err)
+	}
+}

@@ -1,0 +1,344 @@
+// Package plan synthesizes, signs, verifies and admits execution plans.
+// Every boot is admitted through a signed plan: Synthesize -> Sign ->
+// Admit (verify signature, check window, check profile policy, consume
+// nonce, store, audit). An admission failure means no boot.
+package plan
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/evidence"
+)
+
+// SchemaVersion is the plan schema this build writes and admits.
+const SchemaVersion = 1
+
+// DefaultValidity is the plan validity window.
+const DefaultValidity = 10 * time.Minute
+
+// SandboxRef names the sandbox a plan boots.
+type SandboxRef struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+}
+
+// Resources are the VM's sizes.
+type Resources struct {
+	CPUs      int `json:"cpus"`
+	MemoryMiB int `json:"memory_mib"`
+	DiskMiB   int `json:"disk_mib"`
+}
+
+// Plan is an execution plan. It holds host and guest paths of mounts (it is
+// an admission document stored with the sandbox, mode 0600) but never env
+// values or argv.
+type Plan struct {
+	SchemaVersion int        `json:"schema_version"`
+	PlanID        string     `json:"plan_id"`
+	Sandbox       SandboxRef `json:"sandbox"`
+	ImageDigest   string     `json:"image_digest"`
+	KernelDigest  string     `json:"kernel_digest"`
+	Resources     Resources  `json:"resources"`
+	Profile       Profile    `json:"profile"`
+	Network       Network    `json:"network"`
+	Mounts        []Mount    `json:"mounts"`
+	EnvKeys       []string   `json:"env_keys"`
+	Console       bool       `json:"console"`
+	ValidFrom     string     `json:"valid_from"`
+	ValidUntil    string     `json:"valid_until"`
+	Nonce         string     `json:"nonce"`
+}
+
+// Input is what a boot asks for.
+type Input struct {
+	SandboxID    string
+	SandboxName  string
+	ImageDigest  string
+	KernelDigest string
+	Resources    Resources
+	Profile      Profile // "" means DefaultProfile
+	Network      Network // zero value means no network
+	Mounts       []Mount
+	EnvKeys      []string // names only
+	Console      bool
+	// Validity overrides DefaultValidity (tests).
+	Validity time.Duration
+}
+
+// Synthesize builds a plan from in, valid from now for DefaultValidity,
+// with a fresh 32-byte nonce. It checks the plan is well formed; whether
+// the profile allows it is checked by Admit (and Profile.Validate).
+func Synthesize(in Input, now time.Time) (*Plan, error) {
+	prof := in.Profile
+	if prof == "" {
+		prof = DefaultProfile
+	}
+	validity := in.Validity
+	if validity <= 0 {
+		validity = DefaultValidity
+	}
+	var nonce [32]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return nil, err
+	}
+	net := in.Network
+	if net.Mode == "" {
+		net.Mode = NetNone
+	}
+	if net.Allow == nil {
+		net.Allow = []string{}
+	}
+	mounts := append([]Mount{}, in.Mounts...)
+	env := append([]string{}, in.EnvKeys...)
+	sort.Strings(env)
+	p := &Plan{
+		SchemaVersion: SchemaVersion,
+		PlanID:        evidence.NewID(),
+		Sandbox:       SandboxRef{ID: in.SandboxID, Name: in.SandboxName},
+		ImageDigest:   in.ImageDigest,
+		KernelDigest:  in.KernelDigest,
+		Resources:     in.Resources,
+		Profile:       prof,
+		Network:       net,
+		Mounts:        mounts,
+		EnvKeys:       env,
+		Console:       in.Console,
+		ValidFrom:     evidence.FormatTime(now),
+		ValidUntil:    evidence.FormatTime(now.Add(validity)),
+		Nonce:         hex.EncodeToString(nonce[:]),
+	}
+	if err := p.Check(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+var (
+	nameRe  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	nonceRe = regexp.MustCompile(`^[0-9a-f]{64}$`)
+)
+
+// Check verifies that the plan is well formed (schema, not policy).
+func (p *Plan) Check() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrMalformed, fmt.Sprintf(format, a...))
+	}
+	if p.SchemaVersion != SchemaVersion {
+		return fmt.Errorf("%w: plan schema_version %d, this build admits %d", ErrUnsupportedSchema, p.SchemaVersion, SchemaVersion)
+	}
+	if !evidence.IsID(p.PlanID) {
+		return bad("plan_id is not a UUID v4")
+	}
+	if !nameRe.MatchString(p.Sandbox.ID) {
+		return bad("sandbox id %q is not a valid id", p.Sandbox.ID)
+	}
+	if p.Sandbox.Name != "" && !nameRe.MatchString(p.Sandbox.Name) {
+		return bad("sandbox name %q is not a valid name", p.Sandbox.Name)
+	}
+	if !evidence.IsDigest(p.ImageDigest) {
+		return bad("image_digest %q is not a digest", p.ImageDigest)
+	}
+	if !evidence.IsDigest(p.KernelDigest) {
+		return bad("kernel_digest %q is not a digest", p.KernelDigest)
+	}
+	r := p.Resources
+	if r.CPUs < 1 || r.CPUs > 256 {
+		return bad("cpus %d outside 1..256", r.CPUs)
+	}
+	if r.MemoryMiB < 16 || r.MemoryMiB > 1<<20 {
+		return bad("memory_mib %d outside 16..1048576", r.MemoryMiB)
+	}
+	if r.DiskMiB < 0 || r.DiskMiB > 1<<24 {
+		return bad("disk_mib %d outside 0..16777216", r.DiskMiB)
+	}
+	if _, ok := profileCaps[p.Profile]; !ok {
+		return bad("unknown profile %q", string(p.Profile))
+	}
+	if p.Mounts == nil || p.EnvKeys == nil || p.Network.Allow == nil {
+		return bad("mounts, env_keys and network.allow must be present")
+	}
+	if !sort.StringsAreSorted(p.EnvKeys) {
+		return bad("env_keys must be sorted")
+	}
+	from, err := evidence.ParseTime(p.ValidFrom)
+	if err != nil {
+		return bad("valid_from: %v", err)
+	}
+	until, err := evidence.ParseTime(p.ValidUntil)
+	if err != nil {
+		return bad("valid_until: %v", err)
+	}
+	if !until.After(from) {
+		return bad("valid_until is not after valid_from")
+	}
+	if until.Sub(from) > time.Hour {
+		return bad("validity window %s exceeds 1h", until.Sub(from))
+	}
+	if !nonceRe.MatchString(p.Nonce) {
+		return bad("nonce is not 32 bytes of lowercase hex")
+	}
+	return nil
+}
+
+// Window returns the parsed validity window.
+func (p *Plan) Window() (from, until time.Time, err error) {
+	if from, err = evidence.ParseTime(p.ValidFrom); err != nil {
+		return
+	}
+	until, err = evidence.ParseTime(p.ValidUntil)
+	return
+}
+
+// Request returns what the plan asks of its profile.
+func (p *Plan) Request() Request {
+	return Request{EnvKeys: p.EnvKeys, Mounts: p.Mounts, Network: p.Network, Console: p.Console}
+}
+
+// SignedPlan is a plan with its signature. On disk it is the canonical
+// JSON {"payload":{...},"public_key_sha256":"...","signature":"<base64>",
+// "signer_id":"host:<hostname>"} plus "\n". The signature is Ed25519 over
+// evidence.DomainPlan || JCS(payload).
+type SignedPlan struct {
+	Payload         Plan   `json:"payload"`
+	SignerID        string `json:"signer_id"`
+	PublicKeySHA256 string `json:"public_key_sha256"`
+	Signature       string `json:"signature"`
+}
+
+// Sign signs p with s.
+func Sign(p *Plan, s *evidence.Signer) (*SignedPlan, error) {
+	if err := p.Check(); err != nil {
+		return nil, err
+	}
+	b, err := evidence.Canonical(p)
+	if err != nil {
+		return nil, err
+	}
+	return &SignedPlan{
+		Payload:         *p,
+		SignerID:        s.ID,
+		PublicKeySHA256: s.Fingerprint(),
+		Signature:       base64.StdEncoding.EncodeToString(s.Sign(evidence.DomainPlan, b)),
+	}, nil
+}
+
+// Prepare synthesizes and signs a plan in one step.
+func Prepare(in Input, s *evidence.Signer, now time.Time) (*SignedPlan, error) {
+	p, err := Synthesize(in, now)
+	if err != nil {
+		return nil, err
+	}
+	return Sign(p, s)
+}
+
+// Canonical returns the canonical bytes of the signed plan (the stored
+// file without its trailing "\n").
+func (sp *SignedPlan) Canonical() ([]byte, error) { return evidence.Canonical(sp) }
+
+// Hash is the plan hash receipts carry: sha256 hex of Canonical().
+func (sp *SignedPlan) Hash() (string, error) {
+	b, err := sp.Canonical()
+	if err != nil {
+		return "", err
+	}
+	return evidence.SHA256Hex(b), nil
+}
+
+// Parse reads a stored signed plan strictly (unknown fields and
+// non-canonical encodings are refused). It does not verify the signature.
+func Parse(b []byte) (*SignedPlan, error) {
+	var sp SignedPlan
+	if err := evidence.DecodeStrict(b, &sp); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	c, err := sp.Canonical()
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(c, bytes.TrimSuffix(b, []byte("\n"))) {
+		return nil, fmt.Errorf("%w: signed plan is not in canonical form", ErrMalformed)
+	}
+	return &sp, nil
+}
+
+// Load reads and parses a stored plan file.
+func Load(path string) (*SignedPlan, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(b)
+}
+
+// Store writes the signed plan to path atomically, mode 0600.
+func Store(sp *SignedPlan, path string) error {
+	b, err := sp.Canonical()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	return evidence.WriteFileAtomic(path, append(b, '\n'), 0o600)
+}
+
+// Verify checks the plan is well formed and signed by trusted.
+func Verify(sp *SignedPlan, trusted ed25519.PublicKey) error {
+	if err := sp.Payload.Check(); err != nil {
+		return err
+	}
+	if len(trusted) != ed25519.PublicKeySize {
+		return fmt.Errorf("%w: no trusted key", ErrBadSignature)
+	}
+	if sp.PublicKeySHA256 != evidence.Fingerprint(trusted) {
+		return fmt.Errorf("%w: plan signed by key %.16s…, trusted key is %.16s…", ErrUntrustedKey, sp.PublicKeySHA256, evidence.Fingerprint(trusted))
+	}
+	sig, err := base64.StdEncoding.Strict().DecodeString(sp.Signature)
+	if err != nil || len(sig) != ed25519.SignatureSize {
+		return fmt.Errorf("%w: signature is not %d bytes of base64", ErrBadSignature, ed25519.SignatureSize)
+	}
+	b, err := evidence.Canonical(sp.Payload)
+	if err != nil {
+		return err
+	}
+	if !evidence.Verify(trusted, evidence.DomainPlan, b, sig) {
+		return fmt.Errorf("%w: Ed25519 signature does not verify", ErrBadSignature)
+	}
+	return nil
+}
+
+// CheckWindow refuses a plan when now is outside [valid_from, valid_until).
+func CheckWindow(p *Plan, now time.Time) error {
+	from, until, err := p.Window()
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if now.Before(from) {
+		return fmt.Errorf("%w: now %s is before valid_from %s", ErrOutsideWindow, evidence.FormatTime(now), p.ValidFrom)
+	}
+	if !now.Before(until) {
+		return fmt.Errorf("%w: now %s is not before valid_until %s", ErrOutsideWindow, evidence.FormatTime(now), p.ValidUntil)
+	}
+	return nil
+}
+
+// Sentinel errors; AdmissionError wraps them (use errors.Is).
+var (
+	ErrMalformed         = errors.New("plan malformed")
+	ErrUnsupportedSchema = errors.New("plan schema unsupported")
+	ErrBadSignature      = errors.New("plan signature invalid")
+	ErrUntrustedKey      = errors.New("plan signed by an untrusted key")
+	ErrOutsideWindow     = errors.New("plan validity window violated")
+	ErrReplay            = errors.New("plan replay detected")
+)

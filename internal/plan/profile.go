@@ -1,0 +1,275 @@
+package plan
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path"
+	"regexp"
+	"strings"
+)
+
+// Profile is a run profile: how much of the host an invocation may reach.
+type Profile string
+
+// Run profiles, from least to most capable.
+const (
+	// Restrictive: no env from the caller, no host directories, no
+	// network, no console. For generated or untrusted code.
+	Restrictive Profile = "restrictive"
+	// Standard (default): env allowed, read-only host directories only, no
+	// network unless an allowlist is given, no console.
+	Standard Profile = "standard"
+	// Dev: env, read-only or read-write host directories, allowlisted
+	// network, console.
+	Dev Profile = "dev"
+	// Permissive: anything, including unrestricted network; refused unless
+	// MVM_ACK_PERMISSIVE_RUN=1.
+	Permissive Profile = "permissive"
+)
+
+// DefaultProfile is used when none is requested.
+const DefaultProfile = Standard
+
+// AckPermissiveEnv must be "1" for the permissive profile to be admitted.
+const AckPermissiveEnv = "MVM_ACK_PERMISSIVE_RUN"
+
+// Profiles lists the profiles in order.
+var Profiles = []Profile{Restrictive, Standard, Dev, Permissive}
+
+// ParseProfile parses a profile name; "" means DefaultProfile.
+func ParseProfile(s string) (Profile, error) {
+	if s == "" {
+		return DefaultProfile, nil
+	}
+	for _, p := range Profiles {
+		if string(p) == s {
+			return p, nil
+		}
+	}
+	return "", &PolicyDenied{Profile: Profile(s), Rule: RuleUnknownProfile,
+		Detail: fmt.Sprintf("unknown profile %q (want restrictive, standard, dev or permissive)", s)}
+}
+
+func (p Profile) String() string { return string(p) }
+
+// NetMode is the kind of network access requested.
+type NetMode string
+
+// Network modes.
+const (
+	NetNone         NetMode = "none"         // no NIC
+	NetAllowlist    NetMode = "allowlist"    // egress only to Allow
+	NetUnrestricted NetMode = "unrestricted" // any egress
+)
+
+// Network is a network request or policy.
+type Network struct {
+	Mode  NetMode  `json:"mode"`
+	Allow []string `json:"allow"`
+}
+
+// Mount is a host directory shared into the guest.
+type Mount struct {
+	HostPath  string `json:"host_path"`
+	GuestPath string `json:"guest_path"`
+	ReadOnly  bool   `json:"read_only"`
+}
+
+// Request is what an invocation asks of a profile.
+type Request struct {
+	EnvKeys []string // names of caller-provided env variables (values are not needed)
+	Mounts  []Mount
+	Network Network
+	Console bool
+	// AckPermissive reports that MVM_ACK_PERMISSIVE_RUN=1 was set (see
+	// PermissiveAcknowledged).
+	AckPermissive bool
+}
+
+// Policy rules, named in PolicyDenied.Rule.
+const (
+	RuleUnknownProfile    = "profile.unknown"
+	RulePermissiveAck     = "profile.permissive_ack_required"
+	RuleEnvKeySyntax      = "env.key_syntax"
+	RuleEnvDuplicate      = "env.key_duplicate"
+	RuleEnvForbidden      = "env.forbidden"
+	RuleMountForbidden    = "mount.forbidden"
+	RuleMountReadWrite    = "mount.read_write_forbidden"
+	RuleMountPath         = "mount.path_invalid"
+	RuleMountLimit        = "mount.limit"
+	RuleNetForbidden      = "net.forbidden"
+	RuleNetUnrestricted   = "net.unrestricted_forbidden"
+	RuleNetMode           = "net.mode_invalid"
+	RuleNetAllowlist      = "net.allowlist_invalid"
+	RuleConsoleForbidden  = "console.forbidden"
+	maxMounts             = 16
+	maxAllow              = 64
+	maxEnvKeys            = 256
+	maxEnvKeyLen          = 128
+	permissiveAckRequired = "1"
+)
+
+// PolicyDenied is returned when a request breaks a rule of its profile.
+type PolicyDenied struct {
+	Profile Profile
+	Rule    string
+	Detail  string
+}
+
+func (e *PolicyDenied) Error() string {
+	return fmt.Sprintf("policy denied by profile %q: rule %s: %s", e.Profile, e.Rule, e.Detail)
+}
+
+// EnvKeyPattern is the syntax of an environment variable name.
+var EnvKeyPattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// PermissiveAcknowledged reports whether MVM_ACK_PERMISSIVE_RUN=1 is set in
+// the environment seen through lookup (os.LookupEnv when nil).
+func PermissiveAcknowledged(lookup func(string) (string, bool)) bool {
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	v, ok := lookup(AckPermissiveEnv)
+	return ok && v == permissiveAckRequired
+}
+
+type caps struct {
+	env, roDirs, rwDirs, allowlist, unrestricted, console, needsAck bool
+}
+
+var profileCaps = map[Profile]caps{
+	Restrictive: {},
+	Standard:    {env: true, roDirs: true, allowlist: true},
+	Dev:         {env: true, roDirs: true, rwDirs: true, allowlist: true, console: true},
+	Permissive:  {env: true, roDirs: true, rwDirs: true, allowlist: true, unrestricted: true, console: true, needsAck: true},
+}
+
+// Validate checks req against profile p and returns a *PolicyDenied naming
+// the first rule broken, or nil.
+func (p Profile) Validate(req Request) error {
+	c, ok := profileCaps[p]
+	if !ok {
+		return &PolicyDenied{Profile: p, Rule: RuleUnknownProfile, Detail: fmt.Sprintf("unknown profile %q", string(p))}
+	}
+	deny := func(rule, format string, a ...any) error {
+		return &PolicyDenied{Profile: p, Rule: rule, Detail: fmt.Sprintf(format, a...)}
+	}
+	if c.needsAck && !req.AckPermissive {
+		return deny(RulePermissiveAck, "the permissive profile allows unrestricted network and read-write host directories; set %s=1 to acknowledge", AckPermissiveEnv)
+	}
+
+	// Env: names only; values never reach the policy or the evidence.
+	if len(req.EnvKeys) > maxEnvKeys {
+		return deny(RuleEnvKeySyntax, "%d env variables exceed the limit of %d", len(req.EnvKeys), maxEnvKeys)
+	}
+	seen := map[string]bool{}
+	for i, k := range req.EnvKeys {
+		if len(k) > maxEnvKeyLen || !EnvKeyPattern.MatchString(k) {
+			return deny(RuleEnvKeySyntax, "env key #%d is not a valid name (want [A-Za-z_][A-Za-z0-9_]*, at most %d bytes)", i+1, maxEnvKeyLen)
+		}
+		if seen[k] {
+			return deny(RuleEnvDuplicate, "env key %s given twice", k)
+		}
+		seen[k] = true
+	}
+	if len(req.EnvKeys) > 0 && !c.env {
+		return deny(RuleEnvForbidden, "env variables from the caller are not allowed (%d given)", len(req.EnvKeys))
+	}
+
+	// Host directories.
+	if len(req.Mounts) > maxMounts {
+		return deny(RuleMountLimit, "%d host directories exceed the limit of %d", len(req.Mounts), maxMounts)
+	}
+	for i, m := range req.Mounts {
+		if !isCleanAbs(m.HostPath) {
+			return deny(RuleMountPath, "mount #%d: host path must be absolute and clean", i+1)
+		}
+		if !isCleanAbs(m.GuestPath) || m.GuestPath == "/" {
+			return deny(RuleMountPath, "mount #%d: guest path must be absolute, clean and not /", i+1)
+		}
+		if !c.roDirs {
+			return deny(RuleMountForbidden, "host directories are not allowed (%d given)", len(req.Mounts))
+		}
+		if !m.ReadOnly && !c.rwDirs {
+			return deny(RuleMountReadWrite, "mount #%d is read-write; only read-only host directories are allowed", i+1)
+		}
+	}
+
+	// Network.
+	switch req.Network.Mode {
+	case "", NetNone:
+		if len(req.Network.Allow) > 0 {
+			return deny(RuleNetMode, "network mode none with an allowlist")
+		}
+	case NetAllowlist:
+		if !c.allowlist {
+			return deny(RuleNetForbidden, "network access is not allowed")
+		}
+		if len(req.Network.Allow) == 0 {
+			return deny(RuleNetAllowlist, "allowlist mode needs at least one destination")
+		}
+		if len(req.Network.Allow) > maxAllow {
+			return deny(RuleNetAllowlist, "%d allowlist entries exceed the limit of %d", len(req.Network.Allow), maxAllow)
+		}
+		for i, a := range req.Network.Allow {
+			if !validDestination(a) {
+				return deny(RuleNetAllowlist, "allowlist entry #%d is not a host name, *.domain, IP or CIDR (optionally :port)", i+1)
+			}
+		}
+	case NetUnrestricted:
+		if !c.allowlist {
+			return deny(RuleNetForbidden, "network access is not allowed")
+		}
+		if !c.unrestricted {
+			return deny(RuleNetUnrestricted, "unrestricted network is not allowed; give an allowlist instead")
+		}
+	default:
+		return deny(RuleNetMode, "unknown network mode %q", string(req.Network.Mode))
+	}
+
+	if req.Console && !c.console {
+		return deny(RuleConsoleForbidden, "console access is not allowed")
+	}
+	return nil
+}
+
+func isCleanAbs(p string) bool {
+	return p != "" && path.IsAbs(p) && path.Clean(p) == p && !strings.ContainsAny(p, "\x00\n") && len(p) <= 4096
+}
+
+var hostRe = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+func validDestination(s string) bool {
+	if len(s) == 0 || len(s) > 260 {
+		return false
+	}
+	host := strings.ToLower(s)
+	if h, port, err := net.SplitHostPort(host); err == nil {
+		if !validPort(port) {
+			return false
+		}
+		host = h
+	}
+	if _, _, err := net.ParseCIDR(host); err == nil {
+		return true
+	}
+	if net.ParseIP(host) != nil {
+		return true
+	}
+	return len(host) <= 253 && hostRe.MatchString(host)
+}
+
+func validPort(p string) bool {
+	if len(p) == 0 || len(p) > 5 {
+		return false
+	}
+	n := 0
+	for _, c := range p {
+		if c < '0' || c > '9' {
+			return false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n >= 1 && n <= 65535
+}

@@ -1,0 +1,197 @@
+// Package e2e drives the real mvmctl binary against real microVMs (QEMU,
+// KVM or TCG). Nothing on this path is mocked.
+//
+// Each test gets its own MVM_STATE_DIR and MVM_DATA_DIR; the cache (kernel,
+// images) is shared and must have been prepared by `mvmctl setup`.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/testbin"
+)
+
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "mvm-e2e-bin")
+	if err != nil {
+		panic(err)
+	}
+	if err := testbin.Build(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// env is one test's private mvm installation state.
+type env struct {
+	t     *testing.T
+	state string
+	data  string
+	extra []string
+}
+
+// newEnv gives the test fresh state and data directories and, when the
+// test ends, checks that no supervisor or VMM of this test is left running
+// and that no sandbox state remains unless keepState was asked.
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	base := t.TempDir()
+	e := &env{t: t, state: filepath.Join(base, "state"), data: filepath.Join(base, "data")}
+	t.Cleanup(func() {
+		// Leave nothing running, whatever the test did.
+		procs := e.processes()
+		if len(procs) > 0 {
+			e.run("down", "--all")
+			deadline := time.Now().Add(10 * time.Second)
+			for len(e.processes()) > 0 && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+			t.Errorf("processes left running after the test: %v", procs)
+			for _, p := range e.processes() {
+				syscall.Kill(p, syscall.SIGKILL)
+			}
+		}
+	})
+	return e
+}
+
+// processes lists pids whose command line or working directory lies in
+// this test's state directory (supervisors and VMMs).
+func (e *env) processes() []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, ent := range ents {
+		var pid int
+		if _, err := fmt.Sscanf(ent.Name(), "%d", &pid); err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		cwd, _ := os.Readlink(filepath.Join("/proc", ent.Name(), "cwd"))
+		stat, _ := os.ReadFile(filepath.Join("/proc", ent.Name(), "stat"))
+		if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
+			continue
+		}
+		if bytes.Contains(cmdline, []byte(e.state)) || strings.HasPrefix(cwd, e.state) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func (e *env) environ() []string {
+	out := []string{"MVM_STATE_DIR=" + e.state, "MVM_DATA_DIR=" + e.data}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "MVM_STATE_DIR=") && !strings.HasPrefix(kv, "MVM_DATA_DIR=") {
+			out = append(out, kv)
+		}
+	}
+	return append(out, e.extra...)
+}
+
+// result is one finished mvmctl invocation.
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit %d\nstdout: %q\nstderr: %q", r.code, trunc(r.stdout), trunc(r.stderr))
+}
+
+func trunc(s string) string {
+	if len(s) > 2000 {
+		return s[:2000] + "..."
+	}
+	return s
+}
+
+// command prepares mvmctl args without running it.
+func (e *env) command(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "mvmctl"), args...)
+	cmd.Env = e.environ()
+	cmd.WaitDelay = 5 * time.Second
+	return cmd
+}
+
+// run runs mvmctl with args and no stdin; every run has a deadline.
+func (e *env) run(args ...string) result { return e.runIn(nil, args...) }
+
+func (e *env) runIn(stdin io.Reader, args ...string) result {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := e.command(ctx, args...)
+	var so, se bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &so, &se
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatalf("mvmctl %v: %v", args, err)
+	}
+	return result{stdout: so.String(), stderr: se.String(), code: code}
+}
+
+// must runs mvmctl and fails the test unless it exits 0.
+func (e *env) must(args ...string) result {
+	e.t.Helper()
+	r := e.run(args...)
+	if r.code != 0 {
+		e.t.Fatalf("mvmctl %s: %s", strings.Join(args, " "), r)
+	}
+	return r
+}
+
+// sandboxDirs lists what is left under the state directory's sandboxes.
+func (e *env) sandboxDirs() []string {
+	ents, _ := os.ReadDir(filepath.Join(e.state, "sb"))
+	var names []string
+	for _, ent := range ents {
+		names = append(names, ent.Name())
+	}
+	return names
+}
+
+// assertClean checks that no sandbox state and no process remain.
+func (e *env) assertClean() {
+	e.t.Helper()
+	if d := e.sandboxDirs(); len(d) > 0 {
+		e.t.Errorf("sandbox state left behind: %v", d)
+	}
+	if p := e.processes(); len(p) > 0 {
+		e.t.Errorf("processes left behind: %v", p)
+	}
+	names, _ := os.ReadDir(filepath.Join(e.state, "names"))
+	if len(names) > 0 {
+		e.t.Errorf("name reservations left behind: %d", len(names))
+	}
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
