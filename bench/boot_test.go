@@ -59,10 +59,13 @@ const floorInit = `#!/bin/busybox sh
 /bin/busybox mount -t devtmpfs dev /dev
 /bin/busybox mount -t sysfs sys /sys
 for m in $(/bin/busybox cat /etc/mvm/modules); do /bin/busybox insmod "$m"; done
-for p in /sys/class/virtio-ports/*; do
-  if [ "$(/bin/busybox cat $p/name 2>/dev/null)" = "mvm.agent" ]; then port=/dev/$(/bin/busybox basename $p); fi
+port=
+while [ -z "$port" ] || [ ! -e "$port" ]; do
+  for p in /sys/class/virtio-ports/*; do
+    if [ "$(/bin/busybox cat $p/name 2>/dev/null)" = "mvm.agent" ]; then port=/dev/${p##*/}; fi
+  done
+  [ -n "$port" ] && [ -e "$port" ] || /bin/busybox usleep 1000
 done
-while [ ! -e "$port" ]; do /bin/busybox usleep 1000; done
 printf x > "$port"
 /bin/busybox reboot -f
 `
@@ -88,6 +91,7 @@ func floorBoot(b *testing.B, initrd string, k *image.Kernel) time.Duration {
 		b.Fatal(err)
 	}
 	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(2 * time.Minute))
 	one := make([]byte, 1)
 	if _, err := conn.Read(one); err != nil {
 		console, _ := os.ReadFile(m.ConsolePath())

@@ -53,6 +53,7 @@ func newUpCmd(app *App) *cobra.Command {
 		o       runtime.UpOptions
 		name    string
 		memory  string
+		disk    string
 		env     []string
 		jsonOut bool
 	)
@@ -64,14 +65,23 @@ func newUpCmd(app *App) *cobra.Command {
   mvmctl up --json`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			mem, err := parseMemory(memory)
-			if err != nil {
-				return err
+			var err error
+			if cmd.Flags().Changed("memory") {
+				if o.MemoryMiB, err = parseMemory(memory); err != nil {
+					return err
+				}
+			}
+			if cmd.Flags().Changed("disk") {
+				d, err := parseMemory(disk)
+				if err != nil {
+					return err
+				}
+				o.DiskMiB = d
 			}
 			if o.Env, err = parseEnv(env); err != nil {
 				return err
 			}
-			o.Name, o.MemoryMiB = name, mem
+			o.Name = name
 			if len(args) == 1 {
 				if o.Image != "" {
 					return exitCode(ExitUsage, errors.New("give either DIR or --image, not both"))
@@ -87,6 +97,7 @@ func newUpCmd(app *App) *cobra.Command {
 			}
 			ctx, sig, stop := signalContext(context.Background())
 			defer stop()
+			o.BuildProgress = buildProgress(app, jsonOut)
 			if !jsonOut {
 				o.Progress = func(msg string) { fmt.Fprintln(app.Stderr, msg) }
 			}
@@ -97,6 +108,12 @@ func newUpCmd(app *App) *cobra.Command {
 			if err != nil {
 				if errors.Is(err, sandbox.ErrNameTaken) {
 					return exitCode(1, err)
+				}
+				if errors.Is(err, runtime.ErrPolicy) {
+					return exitCode(ExitCannotExec, err)
+				}
+				if isBadImage(err) {
+					return exitCode(ExitUsage, err)
 				}
 				return exitCode(ExitMvm, err)
 			}
@@ -110,8 +127,10 @@ func newUpCmd(app *App) *cobra.Command {
 	fl := cmd.Flags()
 	fl.StringVar(&name, "name", "", "sandbox name (default: generated)")
 	fl.StringVar(&o.Image, "image", "", "image or template to boot (default: minimal)")
-	fl.IntVar(&o.CPUs, "cpus", 1, "virtual CPUs")
-	fl.StringVar(&memory, "memory", "512M", "guest memory (e.g. 512M, 1G)")
+	fl.IntVar(&o.CPUs, "cpus", 0, "virtual CPUs (default: the manifest's, else 1)")
+	fl.StringVar(&memory, "memory", "512M", "guest memory, e.g. 512M, 1G (default: the manifest's, else 512M)")
+	fl.StringVar(&disk, "disk", "4G", "size of the sandbox's writable layer (sparse; default: the manifest's, else 4G)")
+	fl.StringVar(&o.Profile, "profile", "standard", "run profile: restrictive, standard, dev or permissive")
 	fl.StringArrayVarP(&env, "env", "e", nil, "default environment for every exec, KEY=VALUE (repeatable)")
 	fl.DurationVar(&o.TTL, "ttl", 0, "stop the sandbox after this long (e.g. 30m); 0 = no limit")
 	fl.BoolVar(&jsonOut, "json", false, "print the sandbox as JSON")
@@ -127,6 +146,7 @@ func newExecCmd(app *App) *cobra.Command {
 		timeout   time.Duration
 		jsonOut   bool
 		maxOutput int
+		receipt   string
 	)
 	cmd := &cobra.Command{
 		Use:   "exec NAME [flags] -- ARGV...",
@@ -186,10 +206,18 @@ failed; 126 not executable (or refused by a sealed image); 127 not found.`,
 			code := ExitTimeout
 			if res != nil {
 				code = res.ExitCode
+				if receipt != "" {
+					if err := writeReceipt(receipt, res.Receipt); err != nil {
+						return exitCode(1, err)
+					}
+				}
 			}
 			if jsonOut {
 				obj := map[string]any{"schema_version": 1, "sandbox": args[0], "exit_code": code,
 					"timed_out": timedOut, "duration_ms": ms(time.Since(t0))}
+				if res != nil {
+					obj["audit_id"] = res.AuditID
+				}
 				outCap.into(obj, "stdout")
 				errCap.into(obj, "stderr")
 				writeJSON(app.Stdout, obj)
@@ -210,6 +238,7 @@ failed; 126 not executable (or refused by a sealed image); 127 not found.`,
 	fl.DurationVar(&timeout, "timeout", 0, "kill the command after this long (exit 124)")
 	fl.BoolVar(&jsonOut, "json", false, "print one JSON object with the result instead of streaming output")
 	fl.IntVar(&maxOutput, "max-output", 4<<20, "with --json: bytes of each stream kept in the result")
+	fl.StringVar(&receipt, "receipt", "", "write a signed receipt of the run to this file")
 	return cmd
 }
 

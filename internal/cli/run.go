@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/runtime"
@@ -23,6 +22,9 @@ type runFlags struct {
 	jsonOut   bool
 	stdin     bool
 	maxOutput int
+	receipt   string
+	profile   string
+	dryRun    bool
 }
 
 func newRunCmd(app *App) *cobra.Command {
@@ -57,6 +59,9 @@ Exit codes: the command's own; 124 timeout; 125 mvm failed (boot, transport);
 	fl.BoolVar(&f.jsonOut, "json", false, "print one JSON object with the result instead of streaming output")
 	fl.BoolVarP(&f.stdin, "interactive", "i", false, "forward standard input even when it is a terminal")
 	fl.IntVar(&f.maxOutput, "max-output", 4<<20, "with --json: bytes of each stream kept in the result")
+	fl.StringVar(&f.receipt, "receipt", "", "write a signed receipt of the run to this file")
+	fl.StringVar(&f.profile, "profile", "standard", "run profile: restrictive, standard, dev or permissive (needs MVM_ACK_PERMISSIVE_RUN=1)")
+	fl.BoolVar(&f.dryRun, "dry-run", false, "show what would be admitted; boot nothing, write nothing")
 	return cmd
 }
 
@@ -72,6 +77,9 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 	if f.timeout < 0 {
 		return exitCode(ExitUsage, errors.New("--timeout must not be negative"))
 	}
+	if f.dryRun {
+		return dryRun(app, f, argv, env, mem)
+	}
 	rt, err := app.runtime()
 	if err != nil {
 		return exitCode(ExitMvm, err)
@@ -83,7 +91,7 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 	defer stop()
 
 	opts := runtime.RunOptions{
-		Up:      runtime.UpOptions{Image: f.image, CPUs: f.cpus, MemoryMiB: mem, Env: env},
+		Up:      runtime.UpOptions{Image: f.image, CPUs: f.cpus, MemoryMiB: mem, Env: env, Profile: f.profile},
 		Exec:    runtime.ExecOptions{Argv: argv, Cwd: f.workdir},
 		Timeout: f.timeout,
 	}
@@ -109,10 +117,18 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 		return &ExitError{Code: signalExit(s), Silent: true}
 	}
 	if err != nil && !errors.Is(err, runtime.ErrTimeout) {
+		if errors.Is(err, runtime.ErrPolicy) {
+			return exitCode(ExitCannotExec, err)
+		}
 		if res == nil {
 			return exitCode(ExitMvm, err)
 		}
 		return commandError(err, argv[0])
+	}
+	if f.receipt != "" && res.Exit != nil {
+		if err := writeReceipt(f.receipt, res.Exit.Receipt); err != nil {
+			return exitCode(1, err)
+		}
 	}
 	code := 0
 	timedOut := errors.Is(err, runtime.ErrTimeout)
@@ -134,6 +150,10 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 		}
 		if res.Exit != nil {
 			obj["signal"] = res.Exit.Signal
+			obj["audit_id"] = res.Exit.AuditID
+		}
+		if f.receipt != "" {
+			obj["receipt_path"] = f.receipt
 		}
 		outCap.into(obj, "stdout")
 		errCap.into(obj, "stderr")
@@ -150,5 +170,3 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 	}
 	return nil
 }
-
-var _ io.Writer = (*capture)(nil)

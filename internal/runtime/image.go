@@ -1,8 +1,13 @@
 package runtime
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 
 	"github.com/mvm-sandbox/mvm/internal/backend"
 	"github.com/mvm-sandbox/mvm/internal/image"
@@ -10,15 +15,16 @@ import (
 )
 
 // guestModules are loaded by the agent at boot, in dependency order.
-var guestModules = []string{"virtio_mmio", "virtio_console", "virtio_blk", "overlay"}
+var guestModules = []string{"virtio_mmio", "virtio_console", "virtio_blk", "overlay", "virtio_net"}
 
 // bootImage is what a VM needs to boot one image.
 type bootImage struct {
-	ref     sandbox.ImageRef
-	kernel  *image.Kernel
-	initrd  string
-	disks   []backend.Disk
-	cmdline string
+	ref      sandbox.ImageRef
+	kernel   *image.Kernel
+	initrd   string
+	rootfs   string // read-only root filesystem image ("" boots the initramfs alone)
+	profile  string // "dev" or "sealed"
+	artifact *image.Artifact
 }
 
 // BusyboxPath is the static busybox put into the minimal image.
@@ -46,9 +52,17 @@ func (r *Runtime) initramfs(k *image.Kernel) (string, string, error) {
 	})
 }
 
-// resolveImage turns an image name into boot artifacts. "" and "minimal"
-// boot the initramfs alone.
-func (r *Runtime) resolveImage(name string) (*bootImage, error) {
+// IsBuildDir reports whether name is a directory holding an mvm.toml.
+func IsBuildDir(name string) bool {
+	st, err := os.Stat(filepath.Join(name, "mvm.toml"))
+	return err == nil && !st.IsDir()
+}
+
+// resolveImage turns an image name into boot artifacts: "" and "minimal"
+// boot the initramfs alone; a directory with mvm.toml is built (a cache hit
+// when unchanged); a template is built on first use; otherwise the name is
+// an artifact digest (prefix) or a manifest name from `mvmctl build`.
+func (r *Runtime) resolveImage(ctx context.Context, name string, progress func(image.Event)) (*bootImage, error) {
 	k, err := image.FindKernel(r.Dirs)
 	if err != nil {
 		return nil, err
@@ -59,9 +73,59 @@ func (r *Runtime) resolveImage(name string) (*bootImage, error) {
 	}
 	if name == "" || name == "minimal" {
 		return &bootImage{
-			ref:    sandbox.ImageRef{Name: "minimal", Digest: digest},
-			kernel: k, initrd: initrd,
+			ref:    sandbox.ImageRef{Name: "minimal", Digest: digest, Profile: "dev"},
+			kernel: k, initrd: initrd, profile: "dev",
 		}, nil
 	}
-	return nil, fmt.Errorf("unknown image %q: this build boots only the built-in \"minimal\" image", name)
+	var art *image.Artifact
+	if IsBuildDir(name) {
+		art, err = image.Build(ctx, r.Dirs, name, "", image.BuildOptions{}, progress)
+	} else {
+		art, err = image.ResolveImage(r.Dirs, name)
+		var nb *image.NotBuiltError
+		if errors.As(err, &nb) {
+			art, err = image.Build(ctx, r.Dirs, "", nb.Template, image.BuildOptions{}, progress)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	label := art.Name
+	if label == "" {
+		label = art.Template
+	}
+	return &bootImage{
+		ref:    sandbox.ImageRef{Name: label, Digest: art.Digest, Profile: art.Profile},
+		kernel: k, initrd: initrd, rootfs: art.Path, profile: art.Profile, artifact: art,
+	}, nil
+}
+
+// DefaultDiskMiB is the size of a sandbox's writable layer when neither
+// the manifest nor --disk sets it. The file is sparse: only what the guest
+// writes takes space.
+const DefaultDiskMiB = 4096
+
+// vmDisks creates the per-sandbox writable layer and returns the disks and
+// kernel arguments of a rootfs boot.
+func (img *bootImage) vmDisks(ctx context.Context, dir string, diskMiB int) ([]backend.Disk, string, error) {
+	if img.rootfs == "" {
+		return nil, "", nil
+	}
+	upper := filepath.Join(dir, sandbox.UpperDisk)
+	f, err := os.OpenFile(upper, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, "", err
+	}
+	err = f.Truncate(int64(diskMiB) << 20)
+	f.Close()
+	if err != nil {
+		return nil, "", fmt.Errorf("create writable layer: %w", err)
+	}
+	out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0",
+		"-E", "lazy_itable_init=1,nodiscard", "-L", "mvmupper", upper, strconv.Itoa(diskMiB)+"M").CombinedOutput()
+	if err != nil {
+		return nil, "", fmt.Errorf("format writable layer (mkfs.ext4): %v: %s; is the disk full? `df -h %s`", err, out, dir)
+	}
+	return []backend.Disk{{Path: img.rootfs, ReadOnly: true}, {Path: upper}},
+		"mvm.root=/dev/vda mvm.rootfstype=ext4 mvm.upper=/dev/vdb", nil
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
+	"github.com/mvm-sandbox/mvm/internal/evidence"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
 
@@ -57,29 +58,100 @@ type ExecOptions struct {
 	Stderr     io.Writer
 }
 
-// Exec runs a command in a running sandbox and waits for it.
-func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*agentapi.ExecResult, error) {
+// ExecResult is how a command ended, with its evidence.
+type ExecResult struct {
+	agentapi.ExecResult
+	// AuditID names the exec.finished entry of the audit chain.
+	AuditID string
+	// Receipt is the signed receipt of the run (canonical JSON).
+	Receipt []byte
+}
+
+// Exec runs a command in a running sandbox and waits for it. The run is
+// recorded in the audit chain (exec.started, exec.finished) and a signed
+// receipt is returned; neither holds argv, env values or stdio bytes.
+func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*ExecResult, error) {
 	for k := range o.Env {
 		if !validEnvKey(k) {
 			return nil, fmt.Errorf("invalid environment variable name %q", k)
 		}
 	}
-	c, _, err := r.Connect(ctx, nameOrID)
+	c, st, err := r.Connect(ctx, nameOrID)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
 	env := map[string]string{}
-	if _, dir, err := r.dir(nameOrID); err == nil {
-		sandbox.ReadJSON(filepath.Join(dir, envFile), &env)
-	}
+	dir := r.Layout.Dir(st.ID)
+	sandbox.ReadJSON(filepath.Join(dir, envFile), &env)
 	for k, v := range o.Env {
 		env[k] = v
 	}
-	return c.Exec(ctx, agentapi.ExecRequest{
+	w, err := r.witness()
+	if err != nil {
+		return nil, err
+	}
+	inv := evidence.RedactInvocation(o.Argv, env)
+	if _, err := w.chain.Append(evidence.KindExecStarted, st.ID, inv.Fields()); err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	inH, outH, errH := evidence.NewHasher(), evidence.NewHasher(), evidence.NewHasher()
+	req := agentapi.ExecRequest{
 		Argv: o.Argv, Env: env, Cwd: o.Cwd, TTY: o.TTY, Rows: o.Rows, Cols: o.Cols,
-		Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr,
+		Stdout: teeWriter(o.Stdout, outH), Stderr: teeWriter(o.Stderr, errH),
+	}
+	if o.Stdin != nil {
+		req.Stdin = io.TeeReader(o.Stdin, inH)
+	}
+	started := time.Now()
+	res, err := c.Exec(ctx, req)
+	if err != nil {
+		fields := inv.Fields()
+		fields["outcome"] = execFailureTag(err, ctx)
+		w.chain.Append("exec.failed", st.ID, fields)
+		return nil, err
+	}
+	receipt, rec, err := evidence.RecordRun(w.chain, w.signer, evidence.RunRecord{
+		SandboxID: st.ID, ImageDigest: st.Image.Digest, KernelDigest: kernelDigest(dir),
+		PlanHash: planHash(dir), Argv: o.Argv, Env: env,
+		Stdin: inH.Digest(), Stdout: outH.Digest(), Stderr: errH.Digest(),
+		ExitCode: res.ExitCode, StartedAt: started, FinishedAt: time.Now(),
 	})
+	if err != nil {
+		return nil, fmt.Errorf("record run: %w", err)
+	}
+	return &ExecResult{ExecResult: *res, AuditID: auditID(rec), Receipt: receipt}, nil
+}
+
+func teeWriter(w io.Writer, h io.Writer) io.Writer {
+	if w == nil {
+		return h
+	}
+	return io.MultiWriter(w, h)
+}
+
+func execFailureTag(err error, ctx context.Context) string {
+	switch {
+	case ctx.Err() == context.DeadlineExceeded:
+		return "timeout"
+	case ctx.Err() != nil:
+		return "cancelled"
+	case agentapi.IsNotFound(err):
+		return "not_found"
+	case agentapi.IsPermissionDenied(err):
+		return "permission_denied"
+	case agentapi.IsRefused(err):
+		return "refused_by_profile"
+	}
+	return "error"
+}
+
+func kernelDigest(dir string) string {
+	var spec sandbox.Spec
+	if sandbox.ReadJSON(filepath.Join(dir, sandbox.SpecFile), &spec) != nil {
+		return ""
+	}
+	return spec.Kernel
 }
 
 // state reads a sandbox's state and corrects it when its supervisor has

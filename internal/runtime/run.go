@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"github.com/mvm-sandbox/mvm/internal/agentapi"
 )
 
 // RunOptions describe a one-shot run: a transient sandbox, one command,
@@ -22,7 +20,7 @@ type RunOptions struct {
 type RunResult struct {
 	SandboxID string
 	Name      string
-	Exit      *agentapi.ExecResult
+	Exit      *ExecResult
 	TimedOut  bool
 	BootTime  time.Duration
 	ExecTime  time.Duration

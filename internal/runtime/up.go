@@ -15,16 +15,20 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/backend"
+	"github.com/mvm-sandbox/mvm/internal/image"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 	"github.com/mvm-sandbox/mvm/internal/supervisor"
 )
 
 // UpOptions describe a sandbox to boot.
 type UpOptions struct {
-	Name      string // "" generates one
-	Image     string // "" is the built-in minimal image
+	Name  string // "" generates one
+	Image string // "" is the built-in minimal image; a template, a build dir or a digest
+	// CPUs, MemoryMiB and DiskMiB of 0 take the image's manifest values,
+	// then 1 CPU, 512 MiB and DefaultDiskMiB.
 	CPUs      int
 	MemoryMiB int
+	DiskMiB   int
 	Env       map[string]string
 	TTL       time.Duration
 	// Transient sandboxes are removed when they stop, and when the hold
@@ -34,6 +38,8 @@ type UpOptions struct {
 	Profile     string
 	// Progress, when set, receives short human-readable phase messages.
 	Progress func(string)
+	// BuildProgress, when set, receives image build events.
+	BuildProgress func(image.Event)
 }
 
 // Sandbox is a booted sandbox.
@@ -47,12 +53,26 @@ type Sandbox struct {
 	Hold interface{ Close() error }
 }
 
-func (o *UpOptions) defaults() {
+func (o *UpOptions) defaults(img *bootImage) {
+	if a := img.artifact; a != nil {
+		if o.CPUs == 0 {
+			o.CPUs = a.CPUs
+		}
+		if o.MemoryMiB == 0 {
+			o.MemoryMiB = int(a.MemoryMiB)
+		}
+		if o.DiskMiB == 0 {
+			o.DiskMiB = int(a.DiskMiB)
+		}
+	}
 	if o.CPUs == 0 {
 		o.CPUs = 1
 	}
 	if o.MemoryMiB == 0 {
 		o.MemoryMiB = 512
+	}
+	if o.DiskMiB == 0 {
+		o.DiskMiB = DefaultDiskMiB
 	}
 	if o.BootTimeout == 0 {
 		o.BootTimeout = BootTimeout()
@@ -69,11 +89,14 @@ func (o *UpOptions) Validate() error {
 			return err
 		}
 	}
-	if o.CPUs < 1 || o.CPUs > 64 {
+	if o.CPUs < 0 || o.CPUs > 64 {
 		return fmt.Errorf("--cpus %d: must be between 1 and 64", o.CPUs)
 	}
-	if o.MemoryMiB < 128 || o.MemoryMiB > 256<<10 {
+	if o.MemoryMiB != 0 && (o.MemoryMiB < 128 || o.MemoryMiB > 256<<10) {
 		return fmt.Errorf("--memory %dM: must be between 128M and 256G", o.MemoryMiB)
+	}
+	if o.DiskMiB != 0 && (o.DiskMiB < 64 || o.DiskMiB > 1<<20) {
+		return fmt.Errorf("--disk %dM: must be between 64M and 1T", o.DiskMiB)
 	}
 	if o.TTL < 0 {
 		return fmt.Errorf("--ttl must not be negative")
@@ -102,7 +125,6 @@ func validEnvKey(k string) bool {
 // Up boots a sandbox and returns once its agent is ready. On any failure
 // nothing is left behind: no process, no directory, no name.
 func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
-	o.defaults()
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
@@ -110,8 +132,12 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	if progress == nil {
 		progress = func(string) {}
 	}
-	img, err := r.resolveImage(o.Image)
+	img, err := r.resolveImage(ctx, o.Image, o.BuildProgress)
 	if err != nil {
+		return nil, err
+	}
+	o.defaults(img)
+	if err := o.Validate(); err != nil {
 		return nil, err
 	}
 	id := sandbox.NewID()
@@ -135,6 +161,21 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 		cleanup()
 		return nil, fmt.Errorf("create sandbox dir: %w", err)
 	}
+	in, err := planInput(id, name, img, o)
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	adm, err := r.admit(ctx, in, dir)
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	disks, cmdline, err := img.vmDisks(ctx, dir, o.DiskMiB)
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
 	envKeys := make([]string, 0, len(o.Env))
 	for k := range o.Env {
 		envKeys = append(envKeys, k)
@@ -143,13 +184,14 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	spec := sandbox.Spec{
 		ID: id, Name: name, Transient: o.Transient,
 		VM: backend.Spec{
-			Kernel: img.kernel.Vmlinux, Initrd: img.initrd, Cmdline: img.cmdline,
-			CPUs: o.CPUs, MemoryMiB: o.MemoryMiB, Disks: img.disks,
+			Kernel: img.kernel.Vmlinux, Initrd: img.initrd, Cmdline: cmdline,
+			CPUs: o.CPUs, MemoryMiB: o.MemoryMiB, Disks: disks,
 		},
 		BootTimeout: o.BootTimeout, TTL: o.TTL,
 		Image: img.ref, Kernel: img.kernel.Digest,
-		Profile: o.Profile, Network: "none", Env: envKeys,
-		Created: time.Now().UTC(),
+		Profile: o.Profile, Network: string(in.Network.Mode), Env: envKeys,
+		PlanHash: adm.Hash,
+		Created:  time.Now().UTC(),
 	}
 	if err := sandbox.WriteJSON(filepath.Join(dir, sandbox.SpecFile), spec); err != nil {
 		cleanup()

@@ -59,6 +59,7 @@ type Spec struct {
 	Kernel      string        `json:"kernel_digest"`
 	Profile     string        `json:"profile"`
 	Network     string        `json:"network"`
+	PlanHash    string        `json:"plan_hash"`
 	Env         []string      `json:"env_keys,omitempty"`
 	Created     time.Time     `json:"created"`
 }

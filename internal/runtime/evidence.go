@@ -1,0 +1,116 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+
+	"github.com/mvm-sandbox/mvm/internal/evidence"
+	"github.com/mvm-sandbox/mvm/internal/plan"
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
+)
+
+// ErrPolicy reports a boot or request refused by admission or policy.
+var ErrPolicy = errors.New("refused by policy")
+
+// witness signs plans and receipts and appends to the audit chain.
+type witness struct {
+	signer *evidence.Signer
+	chain  *evidence.Chain
+}
+
+var (
+	witnessMu    sync.Mutex
+	witnessCache = map[string]*witness{}
+)
+
+// witness loads (creating on first use) the host key and opens the chain.
+func (r *Runtime) witness() (*witness, error) {
+	witnessMu.Lock()
+	defer witnessMu.Unlock()
+	if w, ok := witnessCache[r.Dirs.Data]; ok {
+		return w, nil
+	}
+	s, err := evidence.LoadOrCreateSigner(r.Dirs.Keys())
+	if err != nil {
+		return nil, fmt.Errorf("host signing key: %w", err)
+	}
+	w := &witness{signer: s, chain: evidence.OpenChain(r.Dirs.Audit(), s)}
+	witnessCache[r.Dirs.Data] = w
+	return w, nil
+}
+
+// Audit appends one lifecycle event to the chain. Fields must hold only
+// ids, hashes, counts and policy tags.
+func (r *Runtime) Audit(kind, subject string, fields map[string]any) (string, error) {
+	w, err := r.witness()
+	if err != nil {
+		return "", err
+	}
+	rec, err := w.chain.Append(kind, subject, fields)
+	if err != nil {
+		return "", fmt.Errorf("audit %s: %w", kind, err)
+	}
+	return auditID(rec), nil
+}
+
+// auditID names an audit entry the way `mvmctl audit show` accepts it.
+func auditID(rec evidence.Record) string {
+	return fmt.Sprintf("%d:%s", rec.Entry.Seq, rec.Hash[:16])
+}
+
+// planInput is what admission sees of an Up.
+func planInput(id, name string, img *bootImage, o UpOptions) (plan.Input, error) {
+	prof, err := plan.ParseProfile(o.Profile)
+	if err != nil {
+		return plan.Input{}, fmt.Errorf("%w: %v", ErrPolicy, err)
+	}
+	keys := make([]string, 0, len(o.Env))
+	for k := range o.Env {
+		keys = append(keys, k)
+	}
+	return plan.Input{
+		SandboxID: id, SandboxName: name,
+		ImageDigest: img.ref.Digest, KernelDigest: img.kernel.Digest,
+		Resources: plan.Resources{CPUs: o.CPUs, MemoryMiB: o.MemoryMiB, DiskMiB: o.DiskMiB},
+		Profile:   prof,
+		Network:   o.network(),
+		EnvKeys:   keys,
+		Console:   false, // console is opened later, if ever, and the image profile governs it
+	}, nil
+}
+
+// admit synthesizes, signs and admits the plan of a boot, storing it in
+// the sandbox directory. A refusal is recorded and means no boot.
+func (r *Runtime) admit(ctx context.Context, in plan.Input, dir string) (*plan.Admission, error) {
+	w, err := r.witness()
+	if err != nil {
+		return nil, err
+	}
+	sp, err := plan.Prepare(in, w.signer, nowUTC())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrPolicy, err)
+	}
+	adm, err := plan.Admit(ctx, sp, plan.AdmitOptions{
+		TrustedKey: w.signer.Public,
+		Ledger:     plan.OpenLedger(plan.LedgerPath(r.Dirs.Data)),
+		StorePath:  filepath.Join(dir, sandbox.PlanFile),
+		Chain:      w.chain,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrPolicy, err)
+	}
+	return adm, nil
+}
+
+// planHash returns the hash of the plan a sandbox was admitted with.
+func planHash(dir string) string {
+	sp, err := plan.Load(filepath.Join(dir, sandbox.PlanFile))
+	if err != nil {
+		return ""
+	}
+	h, _ := sp.Hash()
+	return h
+}

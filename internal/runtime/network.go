@@ -1,0 +1,15 @@
+package runtime
+
+import (
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/plan"
+)
+
+// network is the network policy an Up asks for; with no allowlist there
+// is no network device at all.
+func (o UpOptions) network() plan.Network {
+	return plan.Network{Mode: plan.NetNone}
+}
+
+func nowUTC() time.Time { return time.Now().UTC() }
