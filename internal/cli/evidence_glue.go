@@ -3,7 +3,6 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -116,5 +115,5 @@ func isBadImage(err error) bool {
 	var me *manifest.Error
 	var ml manifest.ErrorList
 	return errors.As(err, &ut) || errors.As(err, &up) || errors.As(err, &me) || errors.As(err, &ml) ||
-		errors.Is(err, os.ErrNotExist) && strings.Contains(err.Error(), "no image")
+		errors.Is(err, image.ErrNoImage)
 }

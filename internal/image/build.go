@@ -141,6 +141,9 @@ type BuildOptions struct {
 
 // NotBuiltError is returned by ResolveImage for a template that has no
 // artifact yet; Build makes it.
+// ErrNoImage means a name is neither a template, a built image nor a digest.
+var ErrNoImage = errors.New("no image")
+
 type NotBuiltError struct{ Template string }
 
 func (e *NotBuiltError) Error() string {
@@ -753,7 +756,7 @@ func ListArtifacts(d paths.Dirs) ([]*Artifact, error) {
 func findArtifact(d paths.Dirs, idOrPrefix string) (*Artifact, error) {
 	id := strings.ToLower(strings.TrimPrefix(idOrPrefix, "sha256:"))
 	if len(id) < 4 || len(id) > 64 || !rfValidHex(id) {
-		return nil, fmt.Errorf("no image %q (want a digest or a digest prefix of at least 4 hex digits)", idOrPrefix)
+		return nil, fmt.Errorf("%w %q (want a digest or a digest prefix of at least 4 hex digits)", ErrNoImage, idOrPrefix)
 	}
 	all, err := ListArtifacts(d)
 	if err != nil {
@@ -767,7 +770,7 @@ func findArtifact(d paths.Dirs, idOrPrefix string) (*Artifact, error) {
 	}
 	switch len(match) {
 	case 0:
-		return nil, fmt.Errorf("no image %q", idOrPrefix)
+		return nil, fmt.Errorf("%w %q", ErrNoImage, idOrPrefix)
 	case 1:
 		return match[0], nil
 	default:
@@ -807,7 +810,7 @@ func ResolveImage(d paths.Dirs, name string) (*Artifact, error) {
 	if err != nil {
 		var ut *UnknownTemplateError
 		if _, terr := ResolveTemplate(name); errors.As(terr, &ut) && !rfValidHex(strings.TrimPrefix(name, "sha256:")) {
-			return nil, fmt.Errorf("no image %q: not an image name or digest, and %v", name, terr)
+			return nil, fmt.Errorf("%w %q: not an image name or digest, and %v", ErrNoImage, name, terr)
 		}
 		return nil, err
 	}

@@ -8,6 +8,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -194,4 +195,52 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// runAt runs mvmctl in working directory dir.
+func (e *env) runAt(dir string, args ...string) result {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := e.command(ctx, args...)
+	cmd.Dir = dir
+	var so, se bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &so, &se
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatalf("mvmctl %v: %v", args, err)
+	}
+	return result{stdout: so.String(), stderr: se.String(), code: code}
+}
+
+// sandboxes returns `mvmctl ls -a --json`.
+func (e *env) sandboxes() []map[string]any {
+	e.t.Helper()
+	r := e.must("ls", "-a", "--json")
+	var rows []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
+		e.t.Fatalf("ls --json: %v: %s", err, r)
+	}
+	return rows
+}
+
+// stateOf reads a sandbox's state.json by name.
+func (e *env) stateOf(name string) map[string]any {
+	e.t.Helper()
+	link, err := os.Readlink(filepath.Join(e.state, "names", name))
+	if err != nil {
+		e.t.Fatalf("no sandbox %s: %v", name, err)
+	}
+	b, err := os.ReadFile(filepath.Join(e.state, "sb", filepath.Base(link), "state.json"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var st map[string]any
+	if err := json.Unmarshal(b, &st); err != nil {
+		e.t.Fatal(err)
+	}
+	return st
 }
