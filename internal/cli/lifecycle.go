@@ -57,6 +57,7 @@ func newUpCmd(app *App) *cobra.Command {
 		env     []string
 		jsonOut bool
 	)
+	nf := &netFlags{}
 	cmd := &cobra.Command{
 		Use:   "up [DIR] [--image NAME] [--name N]",
 		Short: "Boot a named sandbox that keeps running until `down` or its TTL",
@@ -82,6 +83,9 @@ func newUpCmd(app *App) *cobra.Command {
 				return err
 			}
 			o.Name = name
+			if o.Network, err = nf.config(app); err != nil {
+				return exitCode(ExitUsage, err)
+			}
 			if len(args) == 1 {
 				if o.Image != "" {
 					return exitCode(ExitUsage, errors.New("give either DIR or --image, not both"))
@@ -134,6 +138,7 @@ func newUpCmd(app *App) *cobra.Command {
 	fl.StringArrayVarP(&env, "env", "e", nil, "default environment for every exec, KEY=VALUE (repeatable)")
 	fl.DurationVar(&o.TTL, "ttl", 0, "stop the sandbox after this long (e.g. 30m); 0 = no limit")
 	fl.BoolVar(&jsonOut, "json", false, "print the sandbox as JSON")
+	nf.register(fl, true)
 	return cmd
 }
 
@@ -171,12 +176,7 @@ failed; 126 not executable (or refused by a sealed image); 127 not found.`,
 			}
 			ctx, sig, stop := signalContext(context.Background())
 			defer stop()
-			if timeout > 0 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, timeout)
-				defer cancel()
-			}
-			o := runtime.ExecOptions{Argv: args[1:], Env: envMap, Cwd: workdir, TTY: tty}
+			o := runtime.ExecOptions{Argv: args[1:], Env: envMap, Cwd: workdir, TTY: tty, Timeout: timeout}
 			if stdin {
 				o.Stdin = app.Stdin
 			}
@@ -199,7 +199,7 @@ failed; 126 not executable (or refused by a sealed image); 127 not found.`,
 			if s := sig(); s != nil {
 				return &ExitError{Code: signalExit(s), Err: fmt.Errorf("interrupted by %v; the command was killed", s)}
 			}
-			timedOut := timeout > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded)
+			timedOut := errors.Is(err, runtime.ErrTimeout)
 			if err != nil && !timedOut {
 				return commandError(err, args[1])
 			}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -56,6 +57,10 @@ type ExecOptions struct {
 	Stdin      io.Reader
 	Stdout     io.Writer
 	Stderr     io.Writer
+	// Timeout kills the command after this long; Exec then returns an
+	// error wrapping ErrTimeout. The deadline is kept on the host (the
+	// stream is cancelled), so a guest can neither stretch nor race it.
+	Timeout time.Duration
 }
 
 // ExecResult is how a command ended, with its evidence.
@@ -104,10 +109,21 @@ func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*Ex
 		req.Stdin = io.TeeReader(o.Stdin, inH)
 	}
 	started := time.Now()
-	res, err := c.Exec(ctx, req)
+	ectx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var timedOut atomic.Bool
+	if o.Timeout > 0 {
+		t := time.AfterFunc(o.Timeout, func() { timedOut.Store(true); cancel() })
+		defer t.Stop()
+	}
+	res, err := c.Exec(ectx, req)
 	if err != nil {
 		fields := inv.Fields()
 		fields["outcome"] = execFailureTag(err, ctx)
+		if timedOut.Load() {
+			fields["outcome"] = "timeout"
+			err = fmt.Errorf("%w after %s", ErrTimeout, o.Timeout)
+		}
 		w.chain.Append("exec.failed", st.ID, fields)
 		return nil, err
 	}

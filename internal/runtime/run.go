@@ -3,7 +3,6 @@ package runtime
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 )
 
@@ -43,19 +42,16 @@ func (r *Runtime) Run(ctx context.Context, o RunOptions) (*RunResult, error) {
 		r.Down(context.Background(), sb.ID)
 	}()
 	res := &RunResult{SandboxID: sb.ID, Name: sb.Name, BootTime: time.Since(t0)}
-	ectx := ctx
-	if o.Timeout > 0 {
-		var cancel context.CancelFunc
-		ectx, cancel = context.WithTimeout(ctx, o.Timeout)
-		defer cancel()
+	if o.Exec.Timeout == 0 {
+		o.Exec.Timeout = o.Timeout
 	}
 	t1 := time.Now()
-	exit, err := r.Exec(ectx, sb.ID, o.Exec)
+	exit, err := r.Exec(ctx, sb.ID, o.Exec)
 	res.ExecTime = time.Since(t1)
 	if err != nil {
-		if o.Timeout > 0 && errors.Is(ectx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+		if errors.Is(err, ErrTimeout) {
 			res.TimedOut = true
-			return res, fmt.Errorf("%w after %s", ErrTimeout, o.Timeout)
+			return res, err
 		}
 		if ctx.Err() != nil {
 			return res, ctx.Err()
