@@ -7,12 +7,15 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/testbin"
 )
 
 func TestRunExitCodeAndStreams(t *testing.T) {
@@ -229,4 +232,27 @@ func isZombie(pid int) bool {
 	}
 	i := bytes.LastIndexByte(b, ')')
 	return i > 0 && i+2 < len(b) && b[i+2] == 'Z'
+}
+
+// TestPlainGoBuildInstall: `go build -o DIR/ ./cmd/...` (cgo on, so the
+// agent is dynamically linked) still gives a working install.
+func TestPlainGoBuildInstall(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/...")
+	cmd.Dir = testbin.Root()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	run := exec.CommandContext(ctx, filepath.Join(dir, "mvmctl"), "run", "--", "echo", "installed")
+	run.Env = e.environ()
+	out, err := run.CombinedOutput()
+	if err != nil || string(out) != "installed\n" {
+		t.Fatalf("run from a plain go build: %v\n%s", err, out)
+	}
+	e.assertClean()
 }
