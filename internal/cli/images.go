@@ -22,6 +22,27 @@ func init() {
 // use.
 var imageInUse = func(digest string) bool { return false }
 
+// sandboxesUse reports whether any sandbox of this state directory, in any
+// state, was booted from digest (a stopped one can still be inspected).
+func sandboxesUse(app *App) func(string) bool {
+	return func(digest string) bool {
+		rt, err := app.runtime()
+		if err != nil {
+			return true // cannot tell: keep the image
+		}
+		sts, err := rt.List(true)
+		if err != nil {
+			return true
+		}
+		for _, st := range sts {
+			if st.Image.Digest == digest {
+				return true
+			}
+		}
+		return false
+	}
+}
+
 func newImagesCmd(app *App) *cobra.Command {
 	var jsonOut bool
 	cmd := &cobra.Command{
@@ -143,7 +164,7 @@ func imageRemove(app *App, ids []string, jsonOut bool) error {
 	removed := []string{}
 	var errs []rmErr
 	for _, id := range ids {
-		a, err := image.RemoveArtifact(app.Dirs, id, imageInUse)
+		a, err := image.RemoveArtifact(app.Dirs, id, func(d string) bool { return imageInUse(d) || sandboxesUse(app)(d) })
 		if err != nil {
 			errs = append(errs, rmErr{ID: id, Error: err.Error()})
 			if !jsonOut {

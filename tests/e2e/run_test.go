@@ -256,3 +256,18 @@ func TestPlainGoBuildInstall(t *testing.T) {
 	}
 	e.assertClean()
 }
+
+// TestKilledRunLeavesNothing: a `run` killed with SIGKILL cannot clean up
+// itself; its supervisor notices the hold connection close and tears the
+// sandbox down.
+func TestKilledRunLeavesNothing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	rc, _ := startRun(t, e, "sleep", "600")
+	syscall.Kill(rc.pid, syscall.SIGKILL)
+	rc.wait(t, time.Minute)
+	waitFor(t, "the orphaned sandbox to be torn down", time.Minute, func() bool {
+		return len(e.sandboxDirs()) == 0 && len(e.processes()) == 0
+	})
+	e.assertClean()
+}
