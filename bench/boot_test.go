@@ -24,20 +24,7 @@ import (
 
 var binDir string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "mvm-bench-bin")
-	if err != nil {
-		panic(err)
-	}
-	if err := testbin.Build(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binDir = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m, &binDir) }
 
 // runs is how many samples each side gets (MVM_BENCH_RUNS overrides).
 func runs() int {

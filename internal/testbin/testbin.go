@@ -34,3 +34,23 @@ func Build(dir string) error {
 	}
 	return nil
 }
+
+// Main builds the binaries into a temporary directory, stores its path in
+// *dir, runs the tests and removes the directory: the TestMain of every
+// package that drives the real binaries.
+func Main(m interface{ Run() int }, dir *string) {
+	tmp, err := os.MkdirTemp("", "mvm-test-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if err := Build(tmp); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(tmp)
+		os.Exit(1)
+	}
+	*dir = tmp
+	code := m.Run()
+	os.RemoveAll(tmp)
+	os.Exit(code)
+}
