@@ -33,6 +33,9 @@ type server struct {
 	agentStarted, modulesLoaded, rootMounted, channelBound int64
 	firstRequest                                           atomic.Int64
 	procs                                                  atomic.Int64
+
+	// bg holds background processes (proc.go); its zero value is ready.
+	bg procTable
 }
 
 func (s *server) markRequest() {

@@ -27,5 +27,31 @@ const (
 	HandshakeInterval = 100 * time.Millisecond
 )
 
+// Caps of the file and process RPCs (docs/guest-rpc.md). Hitting one gives
+// a typed error (codes.ResourceExhausted, FsError TOO_LARGE), never
+// unbounded memory.
+const (
+	// MaxPathBytes caps every path in a request and every archive member
+	// name or symlink target.
+	MaxPathBytes = 4096
+	// MaxListEntries caps one ListDir answer; more sets truncated.
+	MaxListEntries = 10000
+	// MaxArchiveMembers caps the members of one extracted tar stream.
+	MaxArchiveMembers = 1 << 20
+	// MaxProcs caps background processes running at once in a guest.
+	MaxProcs = 64
+	// MaxExitedProcs caps exited background processes kept for ProcWait.
+	MaxExitedProcs = 64
+	// ProcRetention is how long an exited background process is kept.
+	ProcRetention = 10 * time.Minute
+	// ProcOutputBytes is the bounded buffer of each output stream (stdout,
+	// stderr) of one background process: the most recent bytes are kept,
+	// older ones are dropped and reported to readers as a gap.
+	ProcOutputBytes = 256 << 10
+	// MaxProcWaiters caps concurrent ProcWait streams on one process.
+	MaxProcWaiters = 16
+)
+
 // Capabilities this agent build offers.
-var Capabilities = []string{"exec", "exec_tty", "stdin", "signal", "readiness", "stats", "shutdown"}
+var Capabilities = []string{"exec", "exec_tty", "stdin", "signal", "readiness", "stats", "shutdown",
+	"fs", "archive", "proc", "discard"}

@@ -28,6 +28,79 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type FsError_Kind int32
+
+const (
+	FsError_UNKNOWN           FsError_Kind = 0
+	FsError_NOT_FOUND         FsError_Kind = 1
+	FsError_PERMISSION_DENIED FsError_Kind = 2
+	FsError_EXISTS            FsError_Kind = 3
+	FsError_NOT_A_DIRECTORY   FsError_Kind = 4
+	FsError_IS_A_DIRECTORY    FsError_Kind = 5
+	FsError_NOT_EMPTY         FsError_Kind = 6
+	FsError_TOO_LARGE         FsError_Kind = 7  // a cap was hit, or no space left
+	FsError_INVALID_PATH      FsError_Kind = 8  // relative, NUL, too long, ...
+	FsError_UNSAFE            FsError_Kind = 9  // an archive member tried to leave its root
+	FsError_REFUSED           FsError_Kind = 10 // the image profile refused the operation
+)
+
+// Enum value maps for FsError_Kind.
+var (
+	FsError_Kind_name = map[int32]string{
+		0:  "UNKNOWN",
+		1:  "NOT_FOUND",
+		2:  "PERMISSION_DENIED",
+		3:  "EXISTS",
+		4:  "NOT_A_DIRECTORY",
+		5:  "IS_A_DIRECTORY",
+		6:  "NOT_EMPTY",
+		7:  "TOO_LARGE",
+		8:  "INVALID_PATH",
+		9:  "UNSAFE",
+		10: "REFUSED",
+	}
+	FsError_Kind_value = map[string]int32{
+		"UNKNOWN":           0,
+		"NOT_FOUND":         1,
+		"PERMISSION_DENIED": 2,
+		"EXISTS":            3,
+		"NOT_A_DIRECTORY":   4,
+		"IS_A_DIRECTORY":    5,
+		"NOT_EMPTY":         6,
+		"TOO_LARGE":         7,
+		"INVALID_PATH":      8,
+		"UNSAFE":            9,
+		"REFUSED":           10,
+	}
+)
+
+func (x FsError_Kind) Enum() *FsError_Kind {
+	p := new(FsError_Kind)
+	*p = x
+	return p
+}
+
+func (x FsError_Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FsError_Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_agent_proto_enumTypes[0].Descriptor()
+}
+
+func (FsError_Kind) Type() protoreflect.EnumType {
+	return &file_agent_proto_enumTypes[0]
+}
+
+func (x FsError_Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FsError_Kind.Descriptor instead.
+func (FsError_Kind) EnumDescriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{16, 0}
+}
+
 type HelloRequest struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	ProtocolVersion uint32                 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
@@ -1121,6 +1194,1974 @@ func (*ShutdownResponse) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
+// FsError is attached as a status detail to every failed file operation.
+type FsError struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          FsError_Kind           `protobuf:"varint,1,opt,name=kind,proto3,enum=mvm.agent.v1.FsError_Kind" json:"kind,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FsError) Reset() {
+	*x = FsError{}
+	mi := &file_agent_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FsError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FsError) ProtoMessage() {}
+
+func (x *FsError) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FsError.ProtoReflect.Descriptor instead.
+func (*FsError) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *FsError) GetKind() FsError_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return FsError_UNKNOWN
+}
+
+func (x *FsError) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type FileInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // base name
+	Path  string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"` // absolute guest path
+	// "file", "dir", "symlink", "fifo", "socket", "char", "block".
+	Type          string `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
+	Mode          uint32 `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"` // permission bits (07777)
+	Size          int64  `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
+	MtimeUnixNano int64  `protobuf:"varint,6,opt,name=mtime_unix_nano,json=mtimeUnixNano,proto3" json:"mtime_unix_nano,omitempty"`
+	Uid           uint32 `protobuf:"varint,7,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           uint32 `protobuf:"varint,8,opt,name=gid,proto3" json:"gid,omitempty"`
+	LinkTarget    string `protobuf:"bytes,9,opt,name=link_target,json=linkTarget,proto3" json:"link_target,omitempty"` // for symlinks
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileInfo) Reset() {
+	*x = FileInfo{}
+	mi := &file_agent_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileInfo) ProtoMessage() {}
+
+func (x *FileInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileInfo.ProtoReflect.Descriptor instead.
+func (*FileInfo) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *FileInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FileInfo) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *FileInfo) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *FileInfo) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *FileInfo) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *FileInfo) GetMtimeUnixNano() int64 {
+	if x != nil {
+		return x.MtimeUnixNano
+	}
+	return 0
+}
+
+func (x *FileInfo) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *FileInfo) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *FileInfo) GetLinkTarget() string {
+	if x != nil {
+		return x.LinkTarget
+	}
+	return ""
+}
+
+type StatRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatRequest) Reset() {
+	*x = StatRequest{}
+	mi := &file_agent_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatRequest) ProtoMessage() {}
+
+func (x *StatRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatRequest.ProtoReflect.Descriptor instead.
+func (*StatRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *StatRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type ListDirRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDirRequest) Reset() {
+	*x = ListDirRequest{}
+	mi := &file_agent_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDirRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDirRequest) ProtoMessage() {}
+
+func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDirRequest.ProtoReflect.Descriptor instead.
+func (*ListDirRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ListDirRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type ListDirResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Entries []*FileInfo            `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// More entries exist than MaxListEntries.
+	Truncated     bool `protobuf:"varint,2,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDirResponse) Reset() {
+	*x = ListDirResponse{}
+	mi := &file_agent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDirResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDirResponse) ProtoMessage() {}
+
+func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDirResponse.ProtoReflect.Descriptor instead.
+func (*ListDirResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ListDirResponse) GetEntries() []*FileInfo {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *ListDirResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
+type MakeDirRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Mode          uint32                 `protobuf:"varint,2,opt,name=mode,proto3" json:"mode,omitempty"` // 0 = 0755
+	Parents       bool                   `protobuf:"varint,3,opt,name=parents,proto3" json:"parents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MakeDirRequest) Reset() {
+	*x = MakeDirRequest{}
+	mi := &file_agent_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MakeDirRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MakeDirRequest) ProtoMessage() {}
+
+func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MakeDirRequest.ProtoReflect.Descriptor instead.
+func (*MakeDirRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *MakeDirRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *MakeDirRequest) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *MakeDirRequest) GetParents() bool {
+	if x != nil {
+		return x.Parents
+	}
+	return false
+}
+
+type RemoveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Recursive     bool                   `protobuf:"varint,2,opt,name=recursive,proto3" json:"recursive,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveRequest) Reset() {
+	*x = RemoveRequest{}
+	mi := &file_agent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveRequest) ProtoMessage() {}
+
+func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
+func (*RemoveRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RemoveRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *RemoveRequest) GetRecursive() bool {
+	if x != nil {
+		return x.Recursive
+	}
+	return false
+}
+
+type RemoveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveResponse) Reset() {
+	*x = RemoveResponse{}
+	mi := &file_agent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveResponse) ProtoMessage() {}
+
+func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
+func (*RemoveResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{23}
+}
+
+type RenameRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	From  string                 `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	To    string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	// Fail with EXISTS instead of replacing an existing destination.
+	NoReplace     bool `protobuf:"varint,3,opt,name=no_replace,json=noReplace,proto3" json:"no_replace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenameRequest) Reset() {
+	*x = RenameRequest{}
+	mi := &file_agent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenameRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenameRequest) ProtoMessage() {}
+
+func (x *RenameRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenameRequest.ProtoReflect.Descriptor instead.
+func (*RenameRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RenameRequest) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *RenameRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *RenameRequest) GetNoReplace() bool {
+	if x != nil {
+		return x.NoReplace
+	}
+	return false
+}
+
+type ReadFileRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Offset        int64                  `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	Limit         int64                  `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"` // 0 = to the end
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadFileRequest) Reset() {
+	*x = ReadFileRequest{}
+	mi := &file_agent_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadFileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadFileRequest) ProtoMessage() {}
+
+func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadFileRequest.ProtoReflect.Descriptor instead.
+func (*ReadFileRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ReadFileRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *ReadFileRequest) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ReadFileRequest) GetLimit() int64 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ReadFileOutput struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*ReadFileOutput_Info
+	//	*ReadFileOutput_Data
+	Msg           isReadFileOutput_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadFileOutput) Reset() {
+	*x = ReadFileOutput{}
+	mi := &file_agent_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadFileOutput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadFileOutput) ProtoMessage() {}
+
+func (x *ReadFileOutput) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadFileOutput.ProtoReflect.Descriptor instead.
+func (*ReadFileOutput) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ReadFileOutput) GetMsg() isReadFileOutput_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *ReadFileOutput) GetInfo() *FileInfo {
+	if x != nil {
+		if x, ok := x.Msg.(*ReadFileOutput_Info); ok {
+			return x.Info
+		}
+	}
+	return nil
+}
+
+func (x *ReadFileOutput) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*ReadFileOutput_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+type isReadFileOutput_Msg interface {
+	isReadFileOutput_Msg()
+}
+
+type ReadFileOutput_Info struct {
+	Info *FileInfo `protobuf:"bytes,1,opt,name=info,proto3,oneof"`
+}
+
+type ReadFileOutput_Data struct {
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+func (*ReadFileOutput_Info) isReadFileOutput_Msg() {}
+
+func (*ReadFileOutput_Data) isReadFileOutput_Msg() {}
+
+type WriteFileHeader struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Mode          uint32                 `protobuf:"varint,2,opt,name=mode,proto3" json:"mode,omitempty"`                            // 0 = keep an existing file's mode, else 0644
+	HasMode       bool                   `protobuf:"varint,3,opt,name=has_mode,json=hasMode,proto3" json:"has_mode,omitempty"`       // mode was given explicitly
+	NoReplace     bool                   `protobuf:"varint,4,opt,name=no_replace,json=noReplace,proto3" json:"no_replace,omitempty"` // fail with EXISTS if the path exists
+	Append        bool                   `protobuf:"varint,5,opt,name=append,proto3" json:"append,omitempty"`
+	MakeParents   bool                   `protobuf:"varint,6,opt,name=make_parents,json=makeParents,proto3" json:"make_parents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteFileHeader) Reset() {
+	*x = WriteFileHeader{}
+	mi := &file_agent_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteFileHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteFileHeader) ProtoMessage() {}
+
+func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteFileHeader.ProtoReflect.Descriptor instead.
+func (*WriteFileHeader) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *WriteFileHeader) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *WriteFileHeader) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *WriteFileHeader) GetHasMode() bool {
+	if x != nil {
+		return x.HasMode
+	}
+	return false
+}
+
+func (x *WriteFileHeader) GetNoReplace() bool {
+	if x != nil {
+		return x.NoReplace
+	}
+	return false
+}
+
+func (x *WriteFileHeader) GetAppend() bool {
+	if x != nil {
+		return x.Append
+	}
+	return false
+}
+
+func (x *WriteFileHeader) GetMakeParents() bool {
+	if x != nil {
+		return x.MakeParents
+	}
+	return false
+}
+
+type WriteFileInput struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*WriteFileInput_Header
+	//	*WriteFileInput_Data
+	Msg           isWriteFileInput_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteFileInput) Reset() {
+	*x = WriteFileInput{}
+	mi := &file_agent_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteFileInput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteFileInput) ProtoMessage() {}
+
+func (x *WriteFileInput) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteFileInput.ProtoReflect.Descriptor instead.
+func (*WriteFileInput) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *WriteFileInput) GetMsg() isWriteFileInput_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *WriteFileInput) GetHeader() *WriteFileHeader {
+	if x != nil {
+		if x, ok := x.Msg.(*WriteFileInput_Header); ok {
+			return x.Header
+		}
+	}
+	return nil
+}
+
+func (x *WriteFileInput) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*WriteFileInput_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+type isWriteFileInput_Msg interface {
+	isWriteFileInput_Msg()
+}
+
+type WriteFileInput_Header struct {
+	Header *WriteFileHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type WriteFileInput_Data struct {
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+func (*WriteFileInput_Header) isWriteFileInput_Msg() {}
+
+func (*WriteFileInput_Data) isWriteFileInput_Msg() {}
+
+type WriteFileResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bytes         int64                  `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	Info          *FileInfo              `protobuf:"bytes,2,opt,name=info,proto3" json:"info,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteFileResponse) Reset() {
+	*x = WriteFileResponse{}
+	mi := &file_agent_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteFileResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteFileResponse) ProtoMessage() {}
+
+func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteFileResponse.ProtoReflect.Descriptor instead.
+func (*WriteFileResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *WriteFileResponse) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *WriteFileResponse) GetInfo() *FileInfo {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
+type DataChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DataChunk) Reset() {
+	*x = DataChunk{}
+	mi := &file_agent_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DataChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DataChunk) ProtoMessage() {}
+
+func (x *DataChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DataChunk.ProtoReflect.Descriptor instead.
+func (*DataChunk) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *DataChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type ArchiveOutRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArchiveOutRequest) Reset() {
+	*x = ArchiveOutRequest{}
+	mi := &file_agent_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArchiveOutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArchiveOutRequest) ProtoMessage() {}
+
+func (x *ArchiveOutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArchiveOutRequest.ProtoReflect.Descriptor instead.
+func (*ArchiveOutRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ArchiveOutRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type ArchiveInHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Existing directory: members land inside it. Otherwise the top-level
+	// member is renamed to this path's base name inside its parent.
+	Path          string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArchiveInHeader) Reset() {
+	*x = ArchiveInHeader{}
+	mi := &file_agent_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArchiveInHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArchiveInHeader) ProtoMessage() {}
+
+func (x *ArchiveInHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArchiveInHeader.ProtoReflect.Descriptor instead.
+func (*ArchiveInHeader) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ArchiveInHeader) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type ArchiveInInput struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*ArchiveInInput_Header
+	//	*ArchiveInInput_Data
+	Msg           isArchiveInInput_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArchiveInInput) Reset() {
+	*x = ArchiveInInput{}
+	mi := &file_agent_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArchiveInInput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArchiveInInput) ProtoMessage() {}
+
+func (x *ArchiveInInput) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArchiveInInput.ProtoReflect.Descriptor instead.
+func (*ArchiveInInput) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ArchiveInInput) GetMsg() isArchiveInInput_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *ArchiveInInput) GetHeader() *ArchiveInHeader {
+	if x != nil {
+		if x, ok := x.Msg.(*ArchiveInInput_Header); ok {
+			return x.Header
+		}
+	}
+	return nil
+}
+
+func (x *ArchiveInInput) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*ArchiveInInput_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+type isArchiveInInput_Msg interface {
+	isArchiveInInput_Msg()
+}
+
+type ArchiveInInput_Header struct {
+	Header *ArchiveInHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type ArchiveInInput_Data struct {
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+func (*ArchiveInInput_Header) isArchiveInInput_Msg() {}
+
+func (*ArchiveInInput_Data) isArchiveInInput_Msg() {}
+
+type ArchiveInResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Files         int64                  `protobuf:"varint,1,opt,name=files,proto3" json:"files,omitempty"`
+	Dirs          int64                  `protobuf:"varint,2,opt,name=dirs,proto3" json:"dirs,omitempty"`
+	Symlinks      int64                  `protobuf:"varint,3,opt,name=symlinks,proto3" json:"symlinks,omitempty"`
+	Bytes         int64                  `protobuf:"varint,4,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	Skipped       int64                  `protobuf:"varint,5,opt,name=skipped,proto3" json:"skipped,omitempty"` // members of other types (devices, fifos, hard links)
+	Root          string                 `protobuf:"bytes,6,opt,name=root,proto3" json:"root,omitempty"`        // guest path of the copied top-level member
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArchiveInResponse) Reset() {
+	*x = ArchiveInResponse{}
+	mi := &file_agent_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArchiveInResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArchiveInResponse) ProtoMessage() {}
+
+func (x *ArchiveInResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArchiveInResponse.ProtoReflect.Descriptor instead.
+func (*ArchiveInResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ArchiveInResponse) GetFiles() int64 {
+	if x != nil {
+		return x.Files
+	}
+	return 0
+}
+
+func (x *ArchiveInResponse) GetDirs() int64 {
+	if x != nil {
+		return x.Dirs
+	}
+	return 0
+}
+
+func (x *ArchiveInResponse) GetSymlinks() int64 {
+	if x != nil {
+		return x.Symlinks
+	}
+	return 0
+}
+
+func (x *ArchiveInResponse) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *ArchiveInResponse) GetSkipped() int64 {
+	if x != nil {
+		return x.Skipped
+	}
+	return 0
+}
+
+func (x *ArchiveInResponse) GetRoot() string {
+	if x != nil {
+		return x.Root
+	}
+	return ""
+}
+
+type ProcStartRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Reuses the Exec start: argv, env, cwd, stdin (keep a stdin pipe open
+	// for ProcStdin) and entrypoint; tty is not supported here.
+	Start         *ExecStart `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcStartRequest) Reset() {
+	*x = ProcStartRequest{}
+	mi := &file_agent_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcStartRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcStartRequest) ProtoMessage() {}
+
+func (x *ProcStartRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcStartRequest.ProtoReflect.Descriptor instead.
+func (*ProcStartRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ProcStartRequest) GetStart() *ExecStart {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+type ProcInfo struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Handle string                 `protobuf:"bytes,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	Pid    int32                  `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`
+	Argv   []string               `protobuf:"bytes,3,rep,name=argv,proto3" json:"argv,omitempty"`
+	// "running" or "exited".
+	State           string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	Exit            *Exit  `protobuf:"bytes,5,opt,name=exit,proto3" json:"exit,omitempty"` // set once exited
+	StartedUnixNano int64  `protobuf:"varint,6,opt,name=started_unix_nano,json=startedUnixNano,proto3" json:"started_unix_nano,omitempty"`
+	ExitedUnixNano  int64  `protobuf:"varint,7,opt,name=exited_unix_nano,json=exitedUnixNano,proto3" json:"exited_unix_nano,omitempty"`
+	StdoutBytes     int64  `protobuf:"varint,8,opt,name=stdout_bytes,json=stdoutBytes,proto3" json:"stdout_bytes,omitempty"` // total produced
+	StderrBytes     int64  `protobuf:"varint,9,opt,name=stderr_bytes,json=stderrBytes,proto3" json:"stderr_bytes,omitempty"`
+	StdoutDropped   int64  `protobuf:"varint,10,opt,name=stdout_dropped,json=stdoutDropped,proto3" json:"stdout_dropped,omitempty"` // bytes no longer retained (ring overwritten)
+	StderrDropped   int64  `protobuf:"varint,11,opt,name=stderr_dropped,json=stderrDropped,proto3" json:"stderr_dropped,omitempty"`
+	StdinOpen       bool   `protobuf:"varint,12,opt,name=stdin_open,json=stdinOpen,proto3" json:"stdin_open,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ProcInfo) Reset() {
+	*x = ProcInfo{}
+	mi := &file_agent_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcInfo) ProtoMessage() {}
+
+func (x *ProcInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcInfo.ProtoReflect.Descriptor instead.
+func (*ProcInfo) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ProcInfo) GetHandle() string {
+	if x != nil {
+		return x.Handle
+	}
+	return ""
+}
+
+func (x *ProcInfo) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetArgv() []string {
+	if x != nil {
+		return x.Argv
+	}
+	return nil
+}
+
+func (x *ProcInfo) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *ProcInfo) GetExit() *Exit {
+	if x != nil {
+		return x.Exit
+	}
+	return nil
+}
+
+func (x *ProcInfo) GetStartedUnixNano() int64 {
+	if x != nil {
+		return x.StartedUnixNano
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetExitedUnixNano() int64 {
+	if x != nil {
+		return x.ExitedUnixNano
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetStdoutBytes() int64 {
+	if x != nil {
+		return x.StdoutBytes
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetStderrBytes() int64 {
+	if x != nil {
+		return x.StderrBytes
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetStdoutDropped() int64 {
+	if x != nil {
+		return x.StdoutDropped
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetStderrDropped() int64 {
+	if x != nil {
+		return x.StderrDropped
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetStdinOpen() bool {
+	if x != nil {
+		return x.StdinOpen
+	}
+	return false
+}
+
+type ProcListRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcListRequest) Reset() {
+	*x = ProcListRequest{}
+	mi := &file_agent_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcListRequest) ProtoMessage() {}
+
+func (x *ProcListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcListRequest.ProtoReflect.Descriptor instead.
+func (*ProcListRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{37}
+}
+
+type ProcListResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Procs         []*ProcInfo            `protobuf:"bytes,1,rep,name=procs,proto3" json:"procs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcListResponse) Reset() {
+	*x = ProcListResponse{}
+	mi := &file_agent_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcListResponse) ProtoMessage() {}
+
+func (x *ProcListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcListResponse.ProtoReflect.Descriptor instead.
+func (*ProcListResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *ProcListResponse) GetProcs() []*ProcInfo {
+	if x != nil {
+		return x.Procs
+	}
+	return nil
+}
+
+type ProcWaitRequest struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Handle       string                 `protobuf:"bytes,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	StdoutOffset int64                  `protobuf:"varint,2,opt,name=stdout_offset,json=stdoutOffset,proto3" json:"stdout_offset,omitempty"` // absolute byte offsets to resume from
+	StderrOffset int64                  `protobuf:"varint,3,opt,name=stderr_offset,json=stderrOffset,proto3" json:"stderr_offset,omitempty"`
+	// Return the retained output and the state now instead of following.
+	NoFollow      bool `protobuf:"varint,4,opt,name=no_follow,json=noFollow,proto3" json:"no_follow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcWaitRequest) Reset() {
+	*x = ProcWaitRequest{}
+	mi := &file_agent_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcWaitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcWaitRequest) ProtoMessage() {}
+
+func (x *ProcWaitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcWaitRequest.ProtoReflect.Descriptor instead.
+func (*ProcWaitRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *ProcWaitRequest) GetHandle() string {
+	if x != nil {
+		return x.Handle
+	}
+	return ""
+}
+
+func (x *ProcWaitRequest) GetStdoutOffset() int64 {
+	if x != nil {
+		return x.StdoutOffset
+	}
+	return 0
+}
+
+func (x *ProcWaitRequest) GetStderrOffset() int64 {
+	if x != nil {
+		return x.StderrOffset
+	}
+	return 0
+}
+
+func (x *ProcWaitRequest) GetNoFollow() bool {
+	if x != nil {
+		return x.NoFollow
+	}
+	return false
+}
+
+type OutputGap struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 = stdout, 2 = stderr.
+	Fd int32 `protobuf:"varint,1,opt,name=fd,proto3" json:"fd,omitempty"`
+	// Bytes the reader will never see: they left the bounded buffer before
+	// it read them (it fell behind, or waited late).
+	Lost          int64 `protobuf:"varint,2,opt,name=lost,proto3" json:"lost,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OutputGap) Reset() {
+	*x = OutputGap{}
+	mi := &file_agent_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutputGap) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutputGap) ProtoMessage() {}
+
+func (x *OutputGap) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutputGap.ProtoReflect.Descriptor instead.
+func (*OutputGap) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *OutputGap) GetFd() int32 {
+	if x != nil {
+		return x.Fd
+	}
+	return 0
+}
+
+func (x *OutputGap) GetLost() int64 {
+	if x != nil {
+		return x.Lost
+	}
+	return 0
+}
+
+type ProcOutput struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*ProcOutput_Stdout
+	//	*ProcOutput_Stderr
+	//	*ProcOutput_Gap
+	//	*ProcOutput_Exit
+	//	*ProcOutput_Running
+	Msg           isProcOutput_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcOutput) Reset() {
+	*x = ProcOutput{}
+	mi := &file_agent_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcOutput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcOutput) ProtoMessage() {}
+
+func (x *ProcOutput) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcOutput.ProtoReflect.Descriptor instead.
+func (*ProcOutput) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *ProcOutput) GetMsg() isProcOutput_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *ProcOutput) GetStdout() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*ProcOutput_Stdout); ok {
+			return x.Stdout
+		}
+	}
+	return nil
+}
+
+func (x *ProcOutput) GetStderr() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*ProcOutput_Stderr); ok {
+			return x.Stderr
+		}
+	}
+	return nil
+}
+
+func (x *ProcOutput) GetGap() *OutputGap {
+	if x != nil {
+		if x, ok := x.Msg.(*ProcOutput_Gap); ok {
+			return x.Gap
+		}
+	}
+	return nil
+}
+
+func (x *ProcOutput) GetExit() *Exit {
+	if x != nil {
+		if x, ok := x.Msg.(*ProcOutput_Exit); ok {
+			return x.Exit
+		}
+	}
+	return nil
+}
+
+func (x *ProcOutput) GetRunning() *ProcInfo {
+	if x != nil {
+		if x, ok := x.Msg.(*ProcOutput_Running); ok {
+			return x.Running
+		}
+	}
+	return nil
+}
+
+type isProcOutput_Msg interface {
+	isProcOutput_Msg()
+}
+
+type ProcOutput_Stdout struct {
+	Stdout []byte `protobuf:"bytes,1,opt,name=stdout,proto3,oneof"`
+}
+
+type ProcOutput_Stderr struct {
+	Stderr []byte `protobuf:"bytes,2,opt,name=stderr,proto3,oneof"`
+}
+
+type ProcOutput_Gap struct {
+	Gap *OutputGap `protobuf:"bytes,3,opt,name=gap,proto3,oneof"`
+}
+
+type ProcOutput_Exit struct {
+	Exit *Exit `protobuf:"bytes,4,opt,name=exit,proto3,oneof"`
+}
+
+type ProcOutput_Running struct {
+	// Sent when no_follow is set and the process still runs.
+	Running *ProcInfo `protobuf:"bytes,5,opt,name=running,proto3,oneof"`
+}
+
+func (*ProcOutput_Stdout) isProcOutput_Msg() {}
+
+func (*ProcOutput_Stderr) isProcOutput_Msg() {}
+
+func (*ProcOutput_Gap) isProcOutput_Msg() {}
+
+func (*ProcOutput_Exit) isProcOutput_Msg() {}
+
+func (*ProcOutput_Running) isProcOutput_Msg() {}
+
+type ProcSignalRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Handle        string                 `protobuf:"bytes,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	Signal        int32                  `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcSignalRequest) Reset() {
+	*x = ProcSignalRequest{}
+	mi := &file_agent_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcSignalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcSignalRequest) ProtoMessage() {}
+
+func (x *ProcSignalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcSignalRequest.ProtoReflect.Descriptor instead.
+func (*ProcSignalRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ProcSignalRequest) GetHandle() string {
+	if x != nil {
+		return x.Handle
+	}
+	return ""
+}
+
+func (x *ProcSignalRequest) GetSignal() int32 {
+	if x != nil {
+		return x.Signal
+	}
+	return 0
+}
+
+type ProcStdinInput struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*ProcStdinInput_Handle
+	//	*ProcStdinInput_Data
+	//	*ProcStdinInput_Close
+	Msg           isProcStdinInput_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcStdinInput) Reset() {
+	*x = ProcStdinInput{}
+	mi := &file_agent_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcStdinInput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcStdinInput) ProtoMessage() {}
+
+func (x *ProcStdinInput) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcStdinInput.ProtoReflect.Descriptor instead.
+func (*ProcStdinInput) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ProcStdinInput) GetMsg() isProcStdinInput_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *ProcStdinInput) GetHandle() string {
+	if x != nil {
+		if x, ok := x.Msg.(*ProcStdinInput_Handle); ok {
+			return x.Handle
+		}
+	}
+	return ""
+}
+
+func (x *ProcStdinInput) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*ProcStdinInput_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+func (x *ProcStdinInput) GetClose() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*ProcStdinInput_Close); ok {
+			return x.Close
+		}
+	}
+	return false
+}
+
+type isProcStdinInput_Msg interface {
+	isProcStdinInput_Msg()
+}
+
+type ProcStdinInput_Handle struct {
+	Handle string `protobuf:"bytes,1,opt,name=handle,proto3,oneof"`
+}
+
+type ProcStdinInput_Data struct {
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+type ProcStdinInput_Close struct {
+	Close bool `protobuf:"varint,3,opt,name=close,proto3,oneof"`
+}
+
+func (*ProcStdinInput_Handle) isProcStdinInput_Msg() {}
+
+func (*ProcStdinInput_Data) isProcStdinInput_Msg() {}
+
+func (*ProcStdinInput_Close) isProcStdinInput_Msg() {}
+
+type ProcStdinResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bytes         int64                  `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcStdinResponse) Reset() {
+	*x = ProcStdinResponse{}
+	mi := &file_agent_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcStdinResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcStdinResponse) ProtoMessage() {}
+
+func (x *ProcStdinResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcStdinResponse.ProtoReflect.Descriptor instead.
+func (*ProcStdinResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ProcStdinResponse) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+type DiscardResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bytes         int64                  `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiscardResponse) Reset() {
+	*x = DiscardResponse{}
+	mi := &file_agent_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiscardResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiscardResponse) ProtoMessage() {}
+
+func (x *DiscardResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiscardResponse.ProtoReflect.Descriptor instead.
+func (*DiscardResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *DiscardResponse) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+type ZerosRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bytes         int64                  `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ZerosRequest) Reset() {
+	*x = ZerosRequest{}
+	mi := &file_agent_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ZerosRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ZerosRequest) ProtoMessage() {}
+
+func (x *ZerosRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ZerosRequest.ProtoReflect.Descriptor instead.
+func (*ZerosRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ZerosRequest) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
@@ -1203,13 +3244,170 @@ const file_agent_proto_rawDesc = "" +
 	"\x10disk_total_bytes\x18\b \x01(\x04R\x0ediskTotalBytes\x12&\n" +
 	"\x0fdisk_free_bytes\x18\t \x01(\x04R\rdiskFreeBytes\"\x11\n" +
 	"\x0fShutdownRequest\"\x12\n" +
-	"\x10ShutdownResponse2\xe1\x02\n" +
+	"\x10ShutdownResponse\"\x87\x02\n" +
+	"\aFsError\x12.\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1a.mvm.agent.v1.FsError.KindR\x04kind\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\"\xb7\x01\n" +
+	"\x04Kind\x12\v\n" +
+	"\aUNKNOWN\x10\x00\x12\r\n" +
+	"\tNOT_FOUND\x10\x01\x12\x15\n" +
+	"\x11PERMISSION_DENIED\x10\x02\x12\n" +
+	"\n" +
+	"\x06EXISTS\x10\x03\x12\x13\n" +
+	"\x0fNOT_A_DIRECTORY\x10\x04\x12\x12\n" +
+	"\x0eIS_A_DIRECTORY\x10\x05\x12\r\n" +
+	"\tNOT_EMPTY\x10\x06\x12\r\n" +
+	"\tTOO_LARGE\x10\a\x12\x10\n" +
+	"\fINVALID_PATH\x10\b\x12\n" +
+	"\n" +
+	"\x06UNSAFE\x10\t\x12\v\n" +
+	"\aREFUSED\x10\n" +
+	"\"\xdb\x01\n" +
+	"\bFileInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
+	"\x04type\x18\x03 \x01(\tR\x04type\x12\x12\n" +
+	"\x04mode\x18\x04 \x01(\rR\x04mode\x12\x12\n" +
+	"\x04size\x18\x05 \x01(\x03R\x04size\x12&\n" +
+	"\x0fmtime_unix_nano\x18\x06 \x01(\x03R\rmtimeUnixNano\x12\x10\n" +
+	"\x03uid\x18\a \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\b \x01(\rR\x03gid\x12\x1f\n" +
+	"\vlink_target\x18\t \x01(\tR\n" +
+	"linkTarget\"!\n" +
+	"\vStatRequest\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\"$\n" +
+	"\x0eListDirRequest\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\"a\n" +
+	"\x0fListDirResponse\x120\n" +
+	"\aentries\x18\x01 \x03(\v2\x16.mvm.agent.v1.FileInfoR\aentries\x12\x1c\n" +
+	"\ttruncated\x18\x02 \x01(\bR\ttruncated\"R\n" +
+	"\x0eMakeDirRequest\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04mode\x18\x02 \x01(\rR\x04mode\x12\x18\n" +
+	"\aparents\x18\x03 \x01(\bR\aparents\"A\n" +
+	"\rRemoveRequest\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1c\n" +
+	"\trecursive\x18\x02 \x01(\bR\trecursive\"\x10\n" +
+	"\x0eRemoveResponse\"R\n" +
+	"\rRenameRequest\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\x12\x1d\n" +
+	"\n" +
+	"no_replace\x18\x03 \x01(\bR\tnoReplace\"S\n" +
+	"\x0fReadFileRequest\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x03R\x05limit\"[\n" +
+	"\x0eReadFileOutput\x12,\n" +
+	"\x04info\x18\x01 \x01(\v2\x16.mvm.agent.v1.FileInfoH\x00R\x04info\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04dataB\x05\n" +
+	"\x03msg\"\xae\x01\n" +
+	"\x0fWriteFileHeader\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04mode\x18\x02 \x01(\rR\x04mode\x12\x19\n" +
+	"\bhas_mode\x18\x03 \x01(\bR\ahasMode\x12\x1d\n" +
+	"\n" +
+	"no_replace\x18\x04 \x01(\bR\tnoReplace\x12\x16\n" +
+	"\x06append\x18\x05 \x01(\bR\x06append\x12!\n" +
+	"\fmake_parents\x18\x06 \x01(\bR\vmakeParents\"f\n" +
+	"\x0eWriteFileInput\x127\n" +
+	"\x06header\x18\x01 \x01(\v2\x1d.mvm.agent.v1.WriteFileHeaderH\x00R\x06header\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04dataB\x05\n" +
+	"\x03msg\"U\n" +
+	"\x11WriteFileResponse\x12\x14\n" +
+	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\x12*\n" +
+	"\x04info\x18\x02 \x01(\v2\x16.mvm.agent.v1.FileInfoR\x04info\"\x1f\n" +
+	"\tDataChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"'\n" +
+	"\x11ArchiveOutRequest\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\"%\n" +
+	"\x0fArchiveInHeader\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\"f\n" +
+	"\x0eArchiveInInput\x127\n" +
+	"\x06header\x18\x01 \x01(\v2\x1d.mvm.agent.v1.ArchiveInHeaderH\x00R\x06header\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04dataB\x05\n" +
+	"\x03msg\"\x9d\x01\n" +
+	"\x11ArchiveInResponse\x12\x14\n" +
+	"\x05files\x18\x01 \x01(\x03R\x05files\x12\x12\n" +
+	"\x04dirs\x18\x02 \x01(\x03R\x04dirs\x12\x1a\n" +
+	"\bsymlinks\x18\x03 \x01(\x03R\bsymlinks\x12\x14\n" +
+	"\x05bytes\x18\x04 \x01(\x03R\x05bytes\x12\x18\n" +
+	"\askipped\x18\x05 \x01(\x03R\askipped\x12\x12\n" +
+	"\x04root\x18\x06 \x01(\tR\x04root\"A\n" +
+	"\x10ProcStartRequest\x12-\n" +
+	"\x05start\x18\x01 \x01(\v2\x17.mvm.agent.v1.ExecStartR\x05start\"\x8f\x03\n" +
+	"\bProcInfo\x12\x16\n" +
+	"\x06handle\x18\x01 \x01(\tR\x06handle\x12\x10\n" +
+	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x12\n" +
+	"\x04argv\x18\x03 \x03(\tR\x04argv\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12&\n" +
+	"\x04exit\x18\x05 \x01(\v2\x12.mvm.agent.v1.ExitR\x04exit\x12*\n" +
+	"\x11started_unix_nano\x18\x06 \x01(\x03R\x0fstartedUnixNano\x12(\n" +
+	"\x10exited_unix_nano\x18\a \x01(\x03R\x0eexitedUnixNano\x12!\n" +
+	"\fstdout_bytes\x18\b \x01(\x03R\vstdoutBytes\x12!\n" +
+	"\fstderr_bytes\x18\t \x01(\x03R\vstderrBytes\x12%\n" +
+	"\x0estdout_dropped\x18\n" +
+	" \x01(\x03R\rstdoutDropped\x12%\n" +
+	"\x0estderr_dropped\x18\v \x01(\x03R\rstderrDropped\x12\x1d\n" +
+	"\n" +
+	"stdin_open\x18\f \x01(\bR\tstdinOpen\"\x11\n" +
+	"\x0fProcListRequest\"@\n" +
+	"\x10ProcListResponse\x12,\n" +
+	"\x05procs\x18\x01 \x03(\v2\x16.mvm.agent.v1.ProcInfoR\x05procs\"\x90\x01\n" +
+	"\x0fProcWaitRequest\x12\x16\n" +
+	"\x06handle\x18\x01 \x01(\tR\x06handle\x12#\n" +
+	"\rstdout_offset\x18\x02 \x01(\x03R\fstdoutOffset\x12#\n" +
+	"\rstderr_offset\x18\x03 \x01(\x03R\fstderrOffset\x12\x1b\n" +
+	"\tno_follow\x18\x04 \x01(\bR\bnoFollow\"/\n" +
+	"\tOutputGap\x12\x0e\n" +
+	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x12\n" +
+	"\x04lost\x18\x02 \x01(\x03R\x04lost\"\xd2\x01\n" +
+	"\n" +
+	"ProcOutput\x12\x18\n" +
+	"\x06stdout\x18\x01 \x01(\fH\x00R\x06stdout\x12\x18\n" +
+	"\x06stderr\x18\x02 \x01(\fH\x00R\x06stderr\x12+\n" +
+	"\x03gap\x18\x03 \x01(\v2\x17.mvm.agent.v1.OutputGapH\x00R\x03gap\x12(\n" +
+	"\x04exit\x18\x04 \x01(\v2\x12.mvm.agent.v1.ExitH\x00R\x04exit\x122\n" +
+	"\arunning\x18\x05 \x01(\v2\x16.mvm.agent.v1.ProcInfoH\x00R\arunningB\x05\n" +
+	"\x03msg\"C\n" +
+	"\x11ProcSignalRequest\x12\x16\n" +
+	"\x06handle\x18\x01 \x01(\tR\x06handle\x12\x16\n" +
+	"\x06signal\x18\x02 \x01(\x05R\x06signal\"_\n" +
+	"\x0eProcStdinInput\x12\x18\n" +
+	"\x06handle\x18\x01 \x01(\tH\x00R\x06handle\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04data\x12\x16\n" +
+	"\x05close\x18\x03 \x01(\bH\x00R\x05closeB\x05\n" +
+	"\x03msg\")\n" +
+	"\x11ProcStdinResponse\x12\x14\n" +
+	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\"'\n" +
+	"\x0fDiscardResponse\x12\x14\n" +
+	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\"$\n" +
+	"\fZerosRequest\x12\x14\n" +
+	"\x05bytes\x18\x01 \x01(\x03R\x05bytes2\xcb\v\n" +
 	"\x05Agent\x12@\n" +
 	"\x05Hello\x12\x1a.mvm.agent.v1.HelloRequest\x1a\x1b.mvm.agent.v1.HelloResponse\x12J\n" +
 	"\tReadiness\x12\x1e.mvm.agent.v1.ReadinessRequest\x1a\x1d.mvm.agent.v1.ReadinessReport\x12=\n" +
 	"\x04Exec\x12\x17.mvm.agent.v1.ExecInput\x1a\x18.mvm.agent.v1.ExecOutput(\x010\x01\x12@\n" +
 	"\x05Stats\x12\x1a.mvm.agent.v1.StatsRequest\x1a\x1b.mvm.agent.v1.StatsResponse\x12I\n" +
-	"\bShutdown\x12\x1d.mvm.agent.v1.ShutdownRequest\x1a\x1e.mvm.agent.v1.ShutdownResponseB6Z4github.com/mvm-sandbox/mvm/internal/agentapi/agentpbb\x06proto3"
+	"\bShutdown\x12\x1d.mvm.agent.v1.ShutdownRequest\x1a\x1e.mvm.agent.v1.ShutdownResponse\x129\n" +
+	"\x04Stat\x12\x19.mvm.agent.v1.StatRequest\x1a\x16.mvm.agent.v1.FileInfo\x12F\n" +
+	"\aListDir\x12\x1c.mvm.agent.v1.ListDirRequest\x1a\x1d.mvm.agent.v1.ListDirResponse\x12?\n" +
+	"\aMakeDir\x12\x1c.mvm.agent.v1.MakeDirRequest\x1a\x16.mvm.agent.v1.FileInfo\x12C\n" +
+	"\x06Remove\x12\x1b.mvm.agent.v1.RemoveRequest\x1a\x1c.mvm.agent.v1.RemoveResponse\x12=\n" +
+	"\x06Rename\x12\x1b.mvm.agent.v1.RenameRequest\x1a\x16.mvm.agent.v1.FileInfo\x12I\n" +
+	"\bReadFile\x12\x1d.mvm.agent.v1.ReadFileRequest\x1a\x1c.mvm.agent.v1.ReadFileOutput0\x01\x12L\n" +
+	"\tWriteFile\x12\x1c.mvm.agent.v1.WriteFileInput\x1a\x1f.mvm.agent.v1.WriteFileResponse(\x01\x12H\n" +
+	"\n" +
+	"ArchiveOut\x12\x1f.mvm.agent.v1.ArchiveOutRequest\x1a\x17.mvm.agent.v1.DataChunk0\x01\x12L\n" +
+	"\tArchiveIn\x12\x1c.mvm.agent.v1.ArchiveInInput\x1a\x1f.mvm.agent.v1.ArchiveInResponse(\x01\x12C\n" +
+	"\tProcStart\x12\x1e.mvm.agent.v1.ProcStartRequest\x1a\x16.mvm.agent.v1.ProcInfo\x12I\n" +
+	"\bProcList\x12\x1d.mvm.agent.v1.ProcListRequest\x1a\x1e.mvm.agent.v1.ProcListResponse\x12E\n" +
+	"\bProcWait\x12\x1d.mvm.agent.v1.ProcWaitRequest\x1a\x18.mvm.agent.v1.ProcOutput0\x01\x12E\n" +
+	"\n" +
+	"ProcSignal\x12\x1f.mvm.agent.v1.ProcSignalRequest\x1a\x16.mvm.agent.v1.ProcInfo\x12L\n" +
+	"\tProcStdin\x12\x1c.mvm.agent.v1.ProcStdinInput\x1a\x1f.mvm.agent.v1.ProcStdinResponse(\x01\x12C\n" +
+	"\aDiscard\x12\x17.mvm.agent.v1.DataChunk\x1a\x1d.mvm.agent.v1.DiscardResponse(\x01\x12>\n" +
+	"\x05Zeros\x12\x1a.mvm.agent.v1.ZerosRequest\x1a\x17.mvm.agent.v1.DataChunk0\x01B6Z4github.com/mvm-sandbox/mvm/internal/agentapi/agentpbb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -1223,49 +3421,126 @@ func file_agent_proto_rawDescGZIP() []byte {
 	return file_agent_proto_rawDescData
 }
 
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_agent_proto_goTypes = []any{
-	(*HelloRequest)(nil),     // 0: mvm.agent.v1.HelloRequest
-	(*HelloResponse)(nil),    // 1: mvm.agent.v1.HelloResponse
-	(*ReadinessRequest)(nil), // 2: mvm.agent.v1.ReadinessRequest
-	(*Component)(nil),        // 3: mvm.agent.v1.Component
-	(*BootTimings)(nil),      // 4: mvm.agent.v1.BootTimings
-	(*ReadinessReport)(nil),  // 5: mvm.agent.v1.ReadinessReport
-	(*ExecStart)(nil),        // 6: mvm.agent.v1.ExecStart
-	(*Resize)(nil),           // 7: mvm.agent.v1.Resize
-	(*ExecInput)(nil),        // 8: mvm.agent.v1.ExecInput
-	(*Started)(nil),          // 9: mvm.agent.v1.Started
-	(*Exit)(nil),             // 10: mvm.agent.v1.Exit
-	(*ExecOutput)(nil),       // 11: mvm.agent.v1.ExecOutput
-	(*StatsRequest)(nil),     // 12: mvm.agent.v1.StatsRequest
-	(*StatsResponse)(nil),    // 13: mvm.agent.v1.StatsResponse
-	(*ShutdownRequest)(nil),  // 14: mvm.agent.v1.ShutdownRequest
-	(*ShutdownResponse)(nil), // 15: mvm.agent.v1.ShutdownResponse
-	nil,                      // 16: mvm.agent.v1.ExecStart.EnvEntry
+	(FsError_Kind)(0),         // 0: mvm.agent.v1.FsError.Kind
+	(*HelloRequest)(nil),      // 1: mvm.agent.v1.HelloRequest
+	(*HelloResponse)(nil),     // 2: mvm.agent.v1.HelloResponse
+	(*ReadinessRequest)(nil),  // 3: mvm.agent.v1.ReadinessRequest
+	(*Component)(nil),         // 4: mvm.agent.v1.Component
+	(*BootTimings)(nil),       // 5: mvm.agent.v1.BootTimings
+	(*ReadinessReport)(nil),   // 6: mvm.agent.v1.ReadinessReport
+	(*ExecStart)(nil),         // 7: mvm.agent.v1.ExecStart
+	(*Resize)(nil),            // 8: mvm.agent.v1.Resize
+	(*ExecInput)(nil),         // 9: mvm.agent.v1.ExecInput
+	(*Started)(nil),           // 10: mvm.agent.v1.Started
+	(*Exit)(nil),              // 11: mvm.agent.v1.Exit
+	(*ExecOutput)(nil),        // 12: mvm.agent.v1.ExecOutput
+	(*StatsRequest)(nil),      // 13: mvm.agent.v1.StatsRequest
+	(*StatsResponse)(nil),     // 14: mvm.agent.v1.StatsResponse
+	(*ShutdownRequest)(nil),   // 15: mvm.agent.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),  // 16: mvm.agent.v1.ShutdownResponse
+	(*FsError)(nil),           // 17: mvm.agent.v1.FsError
+	(*FileInfo)(nil),          // 18: mvm.agent.v1.FileInfo
+	(*StatRequest)(nil),       // 19: mvm.agent.v1.StatRequest
+	(*ListDirRequest)(nil),    // 20: mvm.agent.v1.ListDirRequest
+	(*ListDirResponse)(nil),   // 21: mvm.agent.v1.ListDirResponse
+	(*MakeDirRequest)(nil),    // 22: mvm.agent.v1.MakeDirRequest
+	(*RemoveRequest)(nil),     // 23: mvm.agent.v1.RemoveRequest
+	(*RemoveResponse)(nil),    // 24: mvm.agent.v1.RemoveResponse
+	(*RenameRequest)(nil),     // 25: mvm.agent.v1.RenameRequest
+	(*ReadFileRequest)(nil),   // 26: mvm.agent.v1.ReadFileRequest
+	(*ReadFileOutput)(nil),    // 27: mvm.agent.v1.ReadFileOutput
+	(*WriteFileHeader)(nil),   // 28: mvm.agent.v1.WriteFileHeader
+	(*WriteFileInput)(nil),    // 29: mvm.agent.v1.WriteFileInput
+	(*WriteFileResponse)(nil), // 30: mvm.agent.v1.WriteFileResponse
+	(*DataChunk)(nil),         // 31: mvm.agent.v1.DataChunk
+	(*ArchiveOutRequest)(nil), // 32: mvm.agent.v1.ArchiveOutRequest
+	(*ArchiveInHeader)(nil),   // 33: mvm.agent.v1.ArchiveInHeader
+	(*ArchiveInInput)(nil),    // 34: mvm.agent.v1.ArchiveInInput
+	(*ArchiveInResponse)(nil), // 35: mvm.agent.v1.ArchiveInResponse
+	(*ProcStartRequest)(nil),  // 36: mvm.agent.v1.ProcStartRequest
+	(*ProcInfo)(nil),          // 37: mvm.agent.v1.ProcInfo
+	(*ProcListRequest)(nil),   // 38: mvm.agent.v1.ProcListRequest
+	(*ProcListResponse)(nil),  // 39: mvm.agent.v1.ProcListResponse
+	(*ProcWaitRequest)(nil),   // 40: mvm.agent.v1.ProcWaitRequest
+	(*OutputGap)(nil),         // 41: mvm.agent.v1.OutputGap
+	(*ProcOutput)(nil),        // 42: mvm.agent.v1.ProcOutput
+	(*ProcSignalRequest)(nil), // 43: mvm.agent.v1.ProcSignalRequest
+	(*ProcStdinInput)(nil),    // 44: mvm.agent.v1.ProcStdinInput
+	(*ProcStdinResponse)(nil), // 45: mvm.agent.v1.ProcStdinResponse
+	(*DiscardResponse)(nil),   // 46: mvm.agent.v1.DiscardResponse
+	(*ZerosRequest)(nil),      // 47: mvm.agent.v1.ZerosRequest
+	nil,                       // 48: mvm.agent.v1.ExecStart.EnvEntry
 }
 var file_agent_proto_depIdxs = []int32{
-	4,  // 0: mvm.agent.v1.ReadinessReport.boot:type_name -> mvm.agent.v1.BootTimings
-	3,  // 1: mvm.agent.v1.ReadinessReport.components:type_name -> mvm.agent.v1.Component
-	16, // 2: mvm.agent.v1.ExecStart.env:type_name -> mvm.agent.v1.ExecStart.EnvEntry
-	6,  // 3: mvm.agent.v1.ExecInput.start:type_name -> mvm.agent.v1.ExecStart
-	7,  // 4: mvm.agent.v1.ExecInput.resize:type_name -> mvm.agent.v1.Resize
-	9,  // 5: mvm.agent.v1.ExecOutput.started:type_name -> mvm.agent.v1.Started
-	10, // 6: mvm.agent.v1.ExecOutput.exit:type_name -> mvm.agent.v1.Exit
-	0,  // 7: mvm.agent.v1.Agent.Hello:input_type -> mvm.agent.v1.HelloRequest
-	2,  // 8: mvm.agent.v1.Agent.Readiness:input_type -> mvm.agent.v1.ReadinessRequest
-	8,  // 9: mvm.agent.v1.Agent.Exec:input_type -> mvm.agent.v1.ExecInput
-	12, // 10: mvm.agent.v1.Agent.Stats:input_type -> mvm.agent.v1.StatsRequest
-	14, // 11: mvm.agent.v1.Agent.Shutdown:input_type -> mvm.agent.v1.ShutdownRequest
-	1,  // 12: mvm.agent.v1.Agent.Hello:output_type -> mvm.agent.v1.HelloResponse
-	5,  // 13: mvm.agent.v1.Agent.Readiness:output_type -> mvm.agent.v1.ReadinessReport
-	11, // 14: mvm.agent.v1.Agent.Exec:output_type -> mvm.agent.v1.ExecOutput
-	13, // 15: mvm.agent.v1.Agent.Stats:output_type -> mvm.agent.v1.StatsResponse
-	15, // 16: mvm.agent.v1.Agent.Shutdown:output_type -> mvm.agent.v1.ShutdownResponse
-	12, // [12:17] is the sub-list for method output_type
-	7,  // [7:12] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	5,  // 0: mvm.agent.v1.ReadinessReport.boot:type_name -> mvm.agent.v1.BootTimings
+	4,  // 1: mvm.agent.v1.ReadinessReport.components:type_name -> mvm.agent.v1.Component
+	48, // 2: mvm.agent.v1.ExecStart.env:type_name -> mvm.agent.v1.ExecStart.EnvEntry
+	7,  // 3: mvm.agent.v1.ExecInput.start:type_name -> mvm.agent.v1.ExecStart
+	8,  // 4: mvm.agent.v1.ExecInput.resize:type_name -> mvm.agent.v1.Resize
+	10, // 5: mvm.agent.v1.ExecOutput.started:type_name -> mvm.agent.v1.Started
+	11, // 6: mvm.agent.v1.ExecOutput.exit:type_name -> mvm.agent.v1.Exit
+	0,  // 7: mvm.agent.v1.FsError.kind:type_name -> mvm.agent.v1.FsError.Kind
+	18, // 8: mvm.agent.v1.ListDirResponse.entries:type_name -> mvm.agent.v1.FileInfo
+	18, // 9: mvm.agent.v1.ReadFileOutput.info:type_name -> mvm.agent.v1.FileInfo
+	28, // 10: mvm.agent.v1.WriteFileInput.header:type_name -> mvm.agent.v1.WriteFileHeader
+	18, // 11: mvm.agent.v1.WriteFileResponse.info:type_name -> mvm.agent.v1.FileInfo
+	33, // 12: mvm.agent.v1.ArchiveInInput.header:type_name -> mvm.agent.v1.ArchiveInHeader
+	7,  // 13: mvm.agent.v1.ProcStartRequest.start:type_name -> mvm.agent.v1.ExecStart
+	11, // 14: mvm.agent.v1.ProcInfo.exit:type_name -> mvm.agent.v1.Exit
+	37, // 15: mvm.agent.v1.ProcListResponse.procs:type_name -> mvm.agent.v1.ProcInfo
+	41, // 16: mvm.agent.v1.ProcOutput.gap:type_name -> mvm.agent.v1.OutputGap
+	11, // 17: mvm.agent.v1.ProcOutput.exit:type_name -> mvm.agent.v1.Exit
+	37, // 18: mvm.agent.v1.ProcOutput.running:type_name -> mvm.agent.v1.ProcInfo
+	1,  // 19: mvm.agent.v1.Agent.Hello:input_type -> mvm.agent.v1.HelloRequest
+	3,  // 20: mvm.agent.v1.Agent.Readiness:input_type -> mvm.agent.v1.ReadinessRequest
+	9,  // 21: mvm.agent.v1.Agent.Exec:input_type -> mvm.agent.v1.ExecInput
+	13, // 22: mvm.agent.v1.Agent.Stats:input_type -> mvm.agent.v1.StatsRequest
+	15, // 23: mvm.agent.v1.Agent.Shutdown:input_type -> mvm.agent.v1.ShutdownRequest
+	19, // 24: mvm.agent.v1.Agent.Stat:input_type -> mvm.agent.v1.StatRequest
+	20, // 25: mvm.agent.v1.Agent.ListDir:input_type -> mvm.agent.v1.ListDirRequest
+	22, // 26: mvm.agent.v1.Agent.MakeDir:input_type -> mvm.agent.v1.MakeDirRequest
+	23, // 27: mvm.agent.v1.Agent.Remove:input_type -> mvm.agent.v1.RemoveRequest
+	25, // 28: mvm.agent.v1.Agent.Rename:input_type -> mvm.agent.v1.RenameRequest
+	26, // 29: mvm.agent.v1.Agent.ReadFile:input_type -> mvm.agent.v1.ReadFileRequest
+	29, // 30: mvm.agent.v1.Agent.WriteFile:input_type -> mvm.agent.v1.WriteFileInput
+	32, // 31: mvm.agent.v1.Agent.ArchiveOut:input_type -> mvm.agent.v1.ArchiveOutRequest
+	34, // 32: mvm.agent.v1.Agent.ArchiveIn:input_type -> mvm.agent.v1.ArchiveInInput
+	36, // 33: mvm.agent.v1.Agent.ProcStart:input_type -> mvm.agent.v1.ProcStartRequest
+	38, // 34: mvm.agent.v1.Agent.ProcList:input_type -> mvm.agent.v1.ProcListRequest
+	40, // 35: mvm.agent.v1.Agent.ProcWait:input_type -> mvm.agent.v1.ProcWaitRequest
+	43, // 36: mvm.agent.v1.Agent.ProcSignal:input_type -> mvm.agent.v1.ProcSignalRequest
+	44, // 37: mvm.agent.v1.Agent.ProcStdin:input_type -> mvm.agent.v1.ProcStdinInput
+	31, // 38: mvm.agent.v1.Agent.Discard:input_type -> mvm.agent.v1.DataChunk
+	47, // 39: mvm.agent.v1.Agent.Zeros:input_type -> mvm.agent.v1.ZerosRequest
+	2,  // 40: mvm.agent.v1.Agent.Hello:output_type -> mvm.agent.v1.HelloResponse
+	6,  // 41: mvm.agent.v1.Agent.Readiness:output_type -> mvm.agent.v1.ReadinessReport
+	12, // 42: mvm.agent.v1.Agent.Exec:output_type -> mvm.agent.v1.ExecOutput
+	14, // 43: mvm.agent.v1.Agent.Stats:output_type -> mvm.agent.v1.StatsResponse
+	16, // 44: mvm.agent.v1.Agent.Shutdown:output_type -> mvm.agent.v1.ShutdownResponse
+	18, // 45: mvm.agent.v1.Agent.Stat:output_type -> mvm.agent.v1.FileInfo
+	21, // 46: mvm.agent.v1.Agent.ListDir:output_type -> mvm.agent.v1.ListDirResponse
+	18, // 47: mvm.agent.v1.Agent.MakeDir:output_type -> mvm.agent.v1.FileInfo
+	24, // 48: mvm.agent.v1.Agent.Remove:output_type -> mvm.agent.v1.RemoveResponse
+	18, // 49: mvm.agent.v1.Agent.Rename:output_type -> mvm.agent.v1.FileInfo
+	27, // 50: mvm.agent.v1.Agent.ReadFile:output_type -> mvm.agent.v1.ReadFileOutput
+	30, // 51: mvm.agent.v1.Agent.WriteFile:output_type -> mvm.agent.v1.WriteFileResponse
+	31, // 52: mvm.agent.v1.Agent.ArchiveOut:output_type -> mvm.agent.v1.DataChunk
+	35, // 53: mvm.agent.v1.Agent.ArchiveIn:output_type -> mvm.agent.v1.ArchiveInResponse
+	37, // 54: mvm.agent.v1.Agent.ProcStart:output_type -> mvm.agent.v1.ProcInfo
+	39, // 55: mvm.agent.v1.Agent.ProcList:output_type -> mvm.agent.v1.ProcListResponse
+	42, // 56: mvm.agent.v1.Agent.ProcWait:output_type -> mvm.agent.v1.ProcOutput
+	37, // 57: mvm.agent.v1.Agent.ProcSignal:output_type -> mvm.agent.v1.ProcInfo
+	45, // 58: mvm.agent.v1.Agent.ProcStdin:output_type -> mvm.agent.v1.ProcStdinResponse
+	46, // 59: mvm.agent.v1.Agent.Discard:output_type -> mvm.agent.v1.DiscardResponse
+	31, // 60: mvm.agent.v1.Agent.Zeros:output_type -> mvm.agent.v1.DataChunk
+	40, // [40:61] is the sub-list for method output_type
+	19, // [19:40] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -1286,18 +3561,43 @@ func file_agent_proto_init() {
 		(*ExecOutput_Stderr)(nil),
 		(*ExecOutput_Exit)(nil),
 	}
+	file_agent_proto_msgTypes[26].OneofWrappers = []any{
+		(*ReadFileOutput_Info)(nil),
+		(*ReadFileOutput_Data)(nil),
+	}
+	file_agent_proto_msgTypes[28].OneofWrappers = []any{
+		(*WriteFileInput_Header)(nil),
+		(*WriteFileInput_Data)(nil),
+	}
+	file_agent_proto_msgTypes[33].OneofWrappers = []any{
+		(*ArchiveInInput_Header)(nil),
+		(*ArchiveInInput_Data)(nil),
+	}
+	file_agent_proto_msgTypes[41].OneofWrappers = []any{
+		(*ProcOutput_Stdout)(nil),
+		(*ProcOutput_Stderr)(nil),
+		(*ProcOutput_Gap)(nil),
+		(*ProcOutput_Exit)(nil),
+		(*ProcOutput_Running)(nil),
+	}
+	file_agent_proto_msgTypes[43].OneofWrappers = []any{
+		(*ProcStdinInput_Handle)(nil),
+		(*ProcStdinInput_Data)(nil),
+		(*ProcStdinInput_Close)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   17,
+			NumEnums:      1,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_agent_proto_goTypes,
 		DependencyIndexes: file_agent_proto_depIdxs,
+		EnumInfos:         file_agent_proto_enumTypes,
 		MessageInfos:      file_agent_proto_msgTypes,
 	}.Build()
 	File_agent_proto = out.File

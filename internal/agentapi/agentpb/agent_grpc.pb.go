@@ -26,11 +26,27 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Agent_Hello_FullMethodName     = "/mvm.agent.v1.Agent/Hello"
-	Agent_Readiness_FullMethodName = "/mvm.agent.v1.Agent/Readiness"
-	Agent_Exec_FullMethodName      = "/mvm.agent.v1.Agent/Exec"
-	Agent_Stats_FullMethodName     = "/mvm.agent.v1.Agent/Stats"
-	Agent_Shutdown_FullMethodName  = "/mvm.agent.v1.Agent/Shutdown"
+	Agent_Hello_FullMethodName      = "/mvm.agent.v1.Agent/Hello"
+	Agent_Readiness_FullMethodName  = "/mvm.agent.v1.Agent/Readiness"
+	Agent_Exec_FullMethodName       = "/mvm.agent.v1.Agent/Exec"
+	Agent_Stats_FullMethodName      = "/mvm.agent.v1.Agent/Stats"
+	Agent_Shutdown_FullMethodName   = "/mvm.agent.v1.Agent/Shutdown"
+	Agent_Stat_FullMethodName       = "/mvm.agent.v1.Agent/Stat"
+	Agent_ListDir_FullMethodName    = "/mvm.agent.v1.Agent/ListDir"
+	Agent_MakeDir_FullMethodName    = "/mvm.agent.v1.Agent/MakeDir"
+	Agent_Remove_FullMethodName     = "/mvm.agent.v1.Agent/Remove"
+	Agent_Rename_FullMethodName     = "/mvm.agent.v1.Agent/Rename"
+	Agent_ReadFile_FullMethodName   = "/mvm.agent.v1.Agent/ReadFile"
+	Agent_WriteFile_FullMethodName  = "/mvm.agent.v1.Agent/WriteFile"
+	Agent_ArchiveOut_FullMethodName = "/mvm.agent.v1.Agent/ArchiveOut"
+	Agent_ArchiveIn_FullMethodName  = "/mvm.agent.v1.Agent/ArchiveIn"
+	Agent_ProcStart_FullMethodName  = "/mvm.agent.v1.Agent/ProcStart"
+	Agent_ProcList_FullMethodName   = "/mvm.agent.v1.Agent/ProcList"
+	Agent_ProcWait_FullMethodName   = "/mvm.agent.v1.Agent/ProcWait"
+	Agent_ProcSignal_FullMethodName = "/mvm.agent.v1.Agent/ProcSignal"
+	Agent_ProcStdin_FullMethodName  = "/mvm.agent.v1.Agent/ProcStdin"
+	Agent_Discard_FullMethodName    = "/mvm.agent.v1.Agent/Discard"
+	Agent_Zeros_FullMethodName      = "/mvm.agent.v1.Agent/Zeros"
 )
 
 // AgentClient is the client API for Agent service.
@@ -50,6 +66,43 @@ type AgentClient interface {
 	Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error)
 	// Shutdown syncs filesystems and powers the guest off.
 	Shutdown(ctx context.Context, in *ShutdownRequest, opts ...grpc.CallOption) (*ShutdownResponse, error)
+	// Stat describes one path (lstat: symlinks are not followed).
+	Stat(ctx context.Context, in *StatRequest, opts ...grpc.CallOption) (*FileInfo, error)
+	// ListDir lists a directory, at most MaxListEntries entries.
+	ListDir(ctx context.Context, in *ListDirRequest, opts ...grpc.CallOption) (*ListDirResponse, error)
+	// MakeDir creates a directory (and its parents with parents=true).
+	MakeDir(ctx context.Context, in *MakeDirRequest, opts ...grpc.CallOption) (*FileInfo, error)
+	// Remove removes a file, a symlink or an empty directory (a tree with
+	// recursive=true).
+	Remove(ctx context.Context, in *RemoveRequest, opts ...grpc.CallOption) (*RemoveResponse, error)
+	// Rename moves a path within the guest.
+	Rename(ctx context.Context, in *RenameRequest, opts ...grpc.CallOption) (*FileInfo, error)
+	// ReadFile streams a file's contents: an info message, then data chunks.
+	ReadFile(ctx context.Context, in *ReadFileRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadFileOutput], error)
+	// WriteFile writes a file: a header, then data chunks; the client's
+	// half-close commits it.
+	WriteFile(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[WriteFileInput, WriteFileResponse], error)
+	// ArchiveOut streams a path (file or tree) as a tar stream whose top-level
+	// member is named after the path's base name.
+	ArchiveOut(ctx context.Context, in *ArchiveOutRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DataChunk], error)
+	// ArchiveIn extracts a tar stream at a path: a header, then tar chunks.
+	ArchiveIn(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ArchiveInInput, ArchiveInResponse], error)
+	// ProcStart starts a process that outlives the call and returns its handle.
+	ProcStart(ctx context.Context, in *ProcStartRequest, opts ...grpc.CallOption) (*ProcInfo, error)
+	// ProcList lists running processes and recently exited ones.
+	ProcList(ctx context.Context, in *ProcListRequest, opts ...grpc.CallOption) (*ProcListResponse, error)
+	// ProcWait streams a process's retained output from a byte offset, then
+	// its exit. Output lost to the bounded buffer is reported as a gap.
+	ProcWait(ctx context.Context, in *ProcWaitRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ProcOutput], error)
+	// ProcSignal sends a signal to a process's group.
+	ProcSignal(ctx context.Context, in *ProcSignalRequest, opts ...grpc.CallOption) (*ProcInfo, error)
+	// ProcStdin writes to a process's stdin: a header naming the handle, then
+	// data; close=true (or the handle's close_stdin) closes it.
+	ProcStdin(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ProcStdinInput, ProcStdinResponse], error)
+	// Discard reads and drops a stream of chunks.
+	Discard(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[DataChunk, DiscardResponse], error)
+	// Zeros sends `bytes` zero bytes in chunks.
+	Zeros(ctx context.Context, in *ZerosRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DataChunk], error)
 }
 
 type agentClient struct {
@@ -113,6 +166,214 @@ func (c *agentClient) Shutdown(ctx context.Context, in *ShutdownRequest, opts ..
 	return out, nil
 }
 
+func (c *agentClient) Stat(ctx context.Context, in *StatRequest, opts ...grpc.CallOption) (*FileInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FileInfo)
+	err := c.cc.Invoke(ctx, Agent_Stat_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) ListDir(ctx context.Context, in *ListDirRequest, opts ...grpc.CallOption) (*ListDirResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDirResponse)
+	err := c.cc.Invoke(ctx, Agent_ListDir_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) MakeDir(ctx context.Context, in *MakeDirRequest, opts ...grpc.CallOption) (*FileInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FileInfo)
+	err := c.cc.Invoke(ctx, Agent_MakeDir_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) Remove(ctx context.Context, in *RemoveRequest, opts ...grpc.CallOption) (*RemoveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveResponse)
+	err := c.cc.Invoke(ctx, Agent_Remove_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) Rename(ctx context.Context, in *RenameRequest, opts ...grpc.CallOption) (*FileInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FileInfo)
+	err := c.cc.Invoke(ctx, Agent_Rename_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) ReadFile(ctx context.Context, in *ReadFileRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadFileOutput], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[1], Agent_ReadFile_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ReadFileRequest, ReadFileOutput]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_ReadFileClient = grpc.ServerStreamingClient[ReadFileOutput]
+
+func (c *agentClient) WriteFile(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[WriteFileInput, WriteFileResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[2], Agent_WriteFile_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WriteFileInput, WriteFileResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_WriteFileClient = grpc.ClientStreamingClient[WriteFileInput, WriteFileResponse]
+
+func (c *agentClient) ArchiveOut(ctx context.Context, in *ArchiveOutRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DataChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[3], Agent_ArchiveOut_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ArchiveOutRequest, DataChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_ArchiveOutClient = grpc.ServerStreamingClient[DataChunk]
+
+func (c *agentClient) ArchiveIn(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ArchiveInInput, ArchiveInResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[4], Agent_ArchiveIn_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ArchiveInInput, ArchiveInResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_ArchiveInClient = grpc.ClientStreamingClient[ArchiveInInput, ArchiveInResponse]
+
+func (c *agentClient) ProcStart(ctx context.Context, in *ProcStartRequest, opts ...grpc.CallOption) (*ProcInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ProcInfo)
+	err := c.cc.Invoke(ctx, Agent_ProcStart_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) ProcList(ctx context.Context, in *ProcListRequest, opts ...grpc.CallOption) (*ProcListResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ProcListResponse)
+	err := c.cc.Invoke(ctx, Agent_ProcList_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) ProcWait(ctx context.Context, in *ProcWaitRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ProcOutput], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[5], Agent_ProcWait_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ProcWaitRequest, ProcOutput]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_ProcWaitClient = grpc.ServerStreamingClient[ProcOutput]
+
+func (c *agentClient) ProcSignal(ctx context.Context, in *ProcSignalRequest, opts ...grpc.CallOption) (*ProcInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ProcInfo)
+	err := c.cc.Invoke(ctx, Agent_ProcSignal_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) ProcStdin(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ProcStdinInput, ProcStdinResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[6], Agent_ProcStdin_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ProcStdinInput, ProcStdinResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_ProcStdinClient = grpc.ClientStreamingClient[ProcStdinInput, ProcStdinResponse]
+
+func (c *agentClient) Discard(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[DataChunk, DiscardResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[7], Agent_Discard_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[DataChunk, DiscardResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_DiscardClient = grpc.ClientStreamingClient[DataChunk, DiscardResponse]
+
+func (c *agentClient) Zeros(ctx context.Context, in *ZerosRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DataChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[8], Agent_Zeros_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ZerosRequest, DataChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_ZerosClient = grpc.ServerStreamingClient[DataChunk]
+
 // AgentServer is the server API for Agent service.
 // All implementations must embed UnimplementedAgentServer
 // for forward compatibility.
@@ -130,6 +391,43 @@ type AgentServer interface {
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
 	// Shutdown syncs filesystems and powers the guest off.
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
+	// Stat describes one path (lstat: symlinks are not followed).
+	Stat(context.Context, *StatRequest) (*FileInfo, error)
+	// ListDir lists a directory, at most MaxListEntries entries.
+	ListDir(context.Context, *ListDirRequest) (*ListDirResponse, error)
+	// MakeDir creates a directory (and its parents with parents=true).
+	MakeDir(context.Context, *MakeDirRequest) (*FileInfo, error)
+	// Remove removes a file, a symlink or an empty directory (a tree with
+	// recursive=true).
+	Remove(context.Context, *RemoveRequest) (*RemoveResponse, error)
+	// Rename moves a path within the guest.
+	Rename(context.Context, *RenameRequest) (*FileInfo, error)
+	// ReadFile streams a file's contents: an info message, then data chunks.
+	ReadFile(*ReadFileRequest, grpc.ServerStreamingServer[ReadFileOutput]) error
+	// WriteFile writes a file: a header, then data chunks; the client's
+	// half-close commits it.
+	WriteFile(grpc.ClientStreamingServer[WriteFileInput, WriteFileResponse]) error
+	// ArchiveOut streams a path (file or tree) as a tar stream whose top-level
+	// member is named after the path's base name.
+	ArchiveOut(*ArchiveOutRequest, grpc.ServerStreamingServer[DataChunk]) error
+	// ArchiveIn extracts a tar stream at a path: a header, then tar chunks.
+	ArchiveIn(grpc.ClientStreamingServer[ArchiveInInput, ArchiveInResponse]) error
+	// ProcStart starts a process that outlives the call and returns its handle.
+	ProcStart(context.Context, *ProcStartRequest) (*ProcInfo, error)
+	// ProcList lists running processes and recently exited ones.
+	ProcList(context.Context, *ProcListRequest) (*ProcListResponse, error)
+	// ProcWait streams a process's retained output from a byte offset, then
+	// its exit. Output lost to the bounded buffer is reported as a gap.
+	ProcWait(*ProcWaitRequest, grpc.ServerStreamingServer[ProcOutput]) error
+	// ProcSignal sends a signal to a process's group.
+	ProcSignal(context.Context, *ProcSignalRequest) (*ProcInfo, error)
+	// ProcStdin writes to a process's stdin: a header naming the handle, then
+	// data; close=true (or the handle's close_stdin) closes it.
+	ProcStdin(grpc.ClientStreamingServer[ProcStdinInput, ProcStdinResponse]) error
+	// Discard reads and drops a stream of chunks.
+	Discard(grpc.ClientStreamingServer[DataChunk, DiscardResponse]) error
+	// Zeros sends `bytes` zero bytes in chunks.
+	Zeros(*ZerosRequest, grpc.ServerStreamingServer[DataChunk]) error
 	mustEmbedUnimplementedAgentServer()
 }
 
@@ -154,6 +452,54 @@ func (UnimplementedAgentServer) Stats(context.Context, *StatsRequest) (*StatsRes
 }
 func (UnimplementedAgentServer) Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Shutdown not implemented")
+}
+func (UnimplementedAgentServer) Stat(context.Context, *StatRequest) (*FileInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method Stat not implemented")
+}
+func (UnimplementedAgentServer) ListDir(context.Context, *ListDirRequest) (*ListDirResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDir not implemented")
+}
+func (UnimplementedAgentServer) MakeDir(context.Context, *MakeDirRequest) (*FileInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method MakeDir not implemented")
+}
+func (UnimplementedAgentServer) Remove(context.Context, *RemoveRequest) (*RemoveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Remove not implemented")
+}
+func (UnimplementedAgentServer) Rename(context.Context, *RenameRequest) (*FileInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method Rename not implemented")
+}
+func (UnimplementedAgentServer) ReadFile(*ReadFileRequest, grpc.ServerStreamingServer[ReadFileOutput]) error {
+	return status.Error(codes.Unimplemented, "method ReadFile not implemented")
+}
+func (UnimplementedAgentServer) WriteFile(grpc.ClientStreamingServer[WriteFileInput, WriteFileResponse]) error {
+	return status.Error(codes.Unimplemented, "method WriteFile not implemented")
+}
+func (UnimplementedAgentServer) ArchiveOut(*ArchiveOutRequest, grpc.ServerStreamingServer[DataChunk]) error {
+	return status.Error(codes.Unimplemented, "method ArchiveOut not implemented")
+}
+func (UnimplementedAgentServer) ArchiveIn(grpc.ClientStreamingServer[ArchiveInInput, ArchiveInResponse]) error {
+	return status.Error(codes.Unimplemented, "method ArchiveIn not implemented")
+}
+func (UnimplementedAgentServer) ProcStart(context.Context, *ProcStartRequest) (*ProcInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method ProcStart not implemented")
+}
+func (UnimplementedAgentServer) ProcList(context.Context, *ProcListRequest) (*ProcListResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ProcList not implemented")
+}
+func (UnimplementedAgentServer) ProcWait(*ProcWaitRequest, grpc.ServerStreamingServer[ProcOutput]) error {
+	return status.Error(codes.Unimplemented, "method ProcWait not implemented")
+}
+func (UnimplementedAgentServer) ProcSignal(context.Context, *ProcSignalRequest) (*ProcInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method ProcSignal not implemented")
+}
+func (UnimplementedAgentServer) ProcStdin(grpc.ClientStreamingServer[ProcStdinInput, ProcStdinResponse]) error {
+	return status.Error(codes.Unimplemented, "method ProcStdin not implemented")
+}
+func (UnimplementedAgentServer) Discard(grpc.ClientStreamingServer[DataChunk, DiscardResponse]) error {
+	return status.Error(codes.Unimplemented, "method Discard not implemented")
+}
+func (UnimplementedAgentServer) Zeros(*ZerosRequest, grpc.ServerStreamingServer[DataChunk]) error {
+	return status.Error(codes.Unimplemented, "method Zeros not implemented")
 }
 func (UnimplementedAgentServer) mustEmbedUnimplementedAgentServer() {}
 func (UnimplementedAgentServer) testEmbeddedByValue()               {}
@@ -255,6 +601,222 @@ func _Agent_Shutdown_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_Stat_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StatRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).Stat(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_Stat_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).Stat(ctx, req.(*StatRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_ListDir_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDirRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).ListDir(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_ListDir_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).ListDir(ctx, req.(*ListDirRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_MakeDir_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MakeDirRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).MakeDir(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_MakeDir_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).MakeDir(ctx, req.(*MakeDirRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_Remove_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).Remove(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_Remove_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).Remove(ctx, req.(*RemoveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_Rename_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenameRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).Rename(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_Rename_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).Rename(ctx, req.(*RenameRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_ReadFile_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ReadFileRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AgentServer).ReadFile(m, &grpc.GenericServerStream[ReadFileRequest, ReadFileOutput]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_ReadFileServer = grpc.ServerStreamingServer[ReadFileOutput]
+
+func _Agent_WriteFile_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AgentServer).WriteFile(&grpc.GenericServerStream[WriteFileInput, WriteFileResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_WriteFileServer = grpc.ClientStreamingServer[WriteFileInput, WriteFileResponse]
+
+func _Agent_ArchiveOut_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ArchiveOutRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AgentServer).ArchiveOut(m, &grpc.GenericServerStream[ArchiveOutRequest, DataChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_ArchiveOutServer = grpc.ServerStreamingServer[DataChunk]
+
+func _Agent_ArchiveIn_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AgentServer).ArchiveIn(&grpc.GenericServerStream[ArchiveInInput, ArchiveInResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_ArchiveInServer = grpc.ClientStreamingServer[ArchiveInInput, ArchiveInResponse]
+
+func _Agent_ProcStart_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProcStartRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).ProcStart(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_ProcStart_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).ProcStart(ctx, req.(*ProcStartRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_ProcList_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProcListRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).ProcList(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_ProcList_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).ProcList(ctx, req.(*ProcListRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_ProcWait_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ProcWaitRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AgentServer).ProcWait(m, &grpc.GenericServerStream[ProcWaitRequest, ProcOutput]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_ProcWaitServer = grpc.ServerStreamingServer[ProcOutput]
+
+func _Agent_ProcSignal_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProcSignalRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).ProcSignal(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_ProcSignal_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).ProcSignal(ctx, req.(*ProcSignalRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_ProcStdin_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AgentServer).ProcStdin(&grpc.GenericServerStream[ProcStdinInput, ProcStdinResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_ProcStdinServer = grpc.ClientStreamingServer[ProcStdinInput, ProcStdinResponse]
+
+func _Agent_Discard_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AgentServer).Discard(&grpc.GenericServerStream[DataChunk, DiscardResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_DiscardServer = grpc.ClientStreamingServer[DataChunk, DiscardResponse]
+
+func _Agent_Zeros_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ZerosRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AgentServer).Zeros(m, &grpc.GenericServerStream[ZerosRequest, DataChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_ZerosServer = grpc.ServerStreamingServer[DataChunk]
+
 // Agent_ServiceDesc is the grpc.ServiceDesc for Agent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -278,6 +840,38 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Shutdown",
 			Handler:    _Agent_Shutdown_Handler,
 		},
+		{
+			MethodName: "Stat",
+			Handler:    _Agent_Stat_Handler,
+		},
+		{
+			MethodName: "ListDir",
+			Handler:    _Agent_ListDir_Handler,
+		},
+		{
+			MethodName: "MakeDir",
+			Handler:    _Agent_MakeDir_Handler,
+		},
+		{
+			MethodName: "Remove",
+			Handler:    _Agent_Remove_Handler,
+		},
+		{
+			MethodName: "Rename",
+			Handler:    _Agent_Rename_Handler,
+		},
+		{
+			MethodName: "ProcStart",
+			Handler:    _Agent_ProcStart_Handler,
+		},
+		{
+			MethodName: "ProcList",
+			Handler:    _Agent_ProcList_Handler,
+		},
+		{
+			MethodName: "ProcSignal",
+			Handler:    _Agent_ProcSignal_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -285,6 +879,46 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _Agent_Exec_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "ReadFile",
+			Handler:       _Agent_ReadFile_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WriteFile",
+			Handler:       _Agent_WriteFile_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "ArchiveOut",
+			Handler:       _Agent_ArchiveOut_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ArchiveIn",
+			Handler:       _Agent_ArchiveIn_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "ProcWait",
+			Handler:       _Agent_ProcWait_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ProcStdin",
+			Handler:       _Agent_ProcStdin_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Discard",
+			Handler:       _Agent_Discard_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Zeros",
+			Handler:       _Agent_Zeros_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "agent.proto",
