@@ -95,7 +95,7 @@ func testConsole(t *testing.T, e0 *env) {
 	m.waitFor("still-42", 20*time.Second)
 	// Ctrl-] detaches; the terminal is restored.
 	m.cmd("send-keys", "-t", m.name, "C-]")
-	m.waitFor("EXITED:", 20*time.Second)
+	m.waitFor("MODE:", 20*time.Second) // printed after EXITED: and the terminal check
 	s := m.screen()
 	if !strings.Contains(s, "detached from rpc") || !strings.Contains(s, "EXITED:0") || !strings.Contains(s, "MODE:icanon") {
 		t.Errorf("detach:\n%s", s)
@@ -105,7 +105,7 @@ func testConsole(t *testing.T, e0 *env) {
 	m2 := startTmux(t, &e, "console", "rpc")
 	m2.waitFor("Ctrl-] detaches", 20*time.Second)
 	m2.cmd("send-keys", "-t", m2.name, "exit 3", "Enter")
-	m2.waitFor("EXITED:", 20*time.Second)
+	m2.waitFor("MODE:", 20*time.Second)
 	if s := m2.screen(); !strings.Contains(s, "EXITED:3") || !strings.Contains(s, "MODE:icanon") {
 		t.Errorf("exit:\n%s", s)
 	}
