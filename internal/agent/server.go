@@ -202,6 +202,9 @@ func (s *server) run() error {
 		if err := unix.Sethostname([]byte(p.hostname)); err != nil {
 			log.Printf("sethostname: %v", err)
 		}
+		if err := setupNetwork(); err != nil {
+			log.Printf("network: %v", err) // fails closed: no egress
+		}
 	} else {
 		s.reaper = newReaper()
 		s.hostname, _ = os.Hostname()

@@ -29,6 +29,32 @@ type Spec struct {
 	Dir string
 	// Accel is "kvm" or "tcg"; empty chooses the best available.
 	Accel string
+	// Network, when set, gives the guest one NIC on the VMM's user-mode
+	// network; nil means no network device at all.
+	Network *Network `json:"network,omitempty"`
+}
+
+// Network is a guest NIC on user-mode networking (QEMU slirp).
+type Network struct {
+	// Restrict cuts the guest off from everything but the forwards.
+	Restrict  bool       `json:"restrict"`
+	GuestFwds []GuestFwd `json:"guest_fwds,omitempty"`
+	HostFwds  []HostFwd  `json:"host_fwds,omitempty"`
+}
+
+// GuestFwd hands each guest TCP connection to Addr:Port to a new Cmd
+// process whose stdin and stdout are the connection.
+type GuestFwd struct {
+	Addr string `json:"addr"`
+	Port int    `json:"port"`
+	Cmd  string `json:"cmd"`
+}
+
+// HostFwd publishes guest port GuestPort on HostAddr:HostPort.
+type HostFwd struct {
+	HostAddr  string `json:"host_addr"`
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
 }
 
 // Machine is a started microVM.

@@ -25,6 +25,7 @@ type runFlags struct {
 	receipt   string
 	profile   string
 	dryRun    bool
+	net       netFlags
 }
 
 func newRunCmd(app *App) *cobra.Command {
@@ -62,6 +63,7 @@ Exit codes: the command's own; 124 timeout; 125 mvm failed (boot, transport);
 	fl.StringVar(&f.receipt, "receipt", "", "write a signed receipt of the run to this file")
 	fl.StringVar(&f.profile, "profile", "standard", "run profile: restrictive, standard, dev or permissive (needs MVM_ACK_PERMISSIVE_RUN=1)")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "show what would be admitted; boot nothing, write nothing")
+	f.net.register(fl, false)
 	return cmd
 }
 
@@ -97,6 +99,9 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 		Up:      runtime.UpOptions{Image: f.image, CPUs: f.cpus, MemoryMiB: mem, Env: env, Profile: f.profile},
 		Exec:    runtime.ExecOptions{Argv: argv, Cwd: f.workdir},
 		Timeout: f.timeout,
+	}
+	if opts.Up.Network, err = f.net.config(app); err != nil {
+		return exitCode(ExitUsage, err)
 	}
 	if err := opts.Up.Validate(); err != nil {
 		return exitCode(ExitUsage, err)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/backend"
 	"github.com/mvm-sandbox/mvm/internal/image"
+	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 	"github.com/mvm-sandbox/mvm/internal/supervisor"
 )
@@ -40,6 +41,9 @@ type UpOptions struct {
 	Progress func(string)
 	// BuildProgress, when set, receives image build events.
 	BuildProgress func(image.Event)
+	// Network is the sandbox's network (zero: none, no NIC); see
+	// netpolicy.Build.
+	Network netpolicy.Config
 }
 
 // Sandbox is a booted sandbox.
@@ -100,6 +104,9 @@ func (o *UpOptions) Validate() error {
 	}
 	if o.TTL < 0 {
 		return fmt.Errorf("--ttl must not be negative")
+	}
+	if err := o.Network.Validate(); err != nil {
+		return err
 	}
 	for k := range o.Env {
 		if !validEnvKey(k) {
@@ -199,6 +206,12 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	}
 	if len(o.Env) > 0 {
 		if err := sandbox.WriteJSON(filepath.Join(dir, envFile), o.Env); err != nil {
+			cleanup()
+			return nil, err
+		}
+	}
+	if o.Network.HasNIC() {
+		if err := netpolicy.WriteConfig(dir, o.Network); err != nil {
 			cleanup()
 			return nil, err
 		}

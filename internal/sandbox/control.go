@@ -20,6 +20,8 @@ type Request struct {
 	// sandbox is torn down (the caller has died or finished).
 	Op     string `json:"op"`
 	Reason string `json:"reason,omitempty"`
+	// Publish is the -p spec of a "forward" request.
+	Publish string `json:"publish,omitempty"`
 }
 
 // Response answers a Request.

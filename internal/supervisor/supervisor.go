@@ -53,8 +53,10 @@ type supervisor struct {
 	session *yamux.Session
 	client  *agentapi.Client
 
-	stopOnce sync.Once
 	stopCh   chan stopRequest
+	finished chan struct{} // closed once the final state is written
+
+	net *netState // network.go
 }
 
 type stopRequest struct {
@@ -70,7 +72,8 @@ func Run(dir string, ready io.WriteCloser, events Events) error {
 	if events == nil {
 		events = func(string, *sandbox.State, map[string]any) {}
 	}
-	s := &supervisor{dir: dir, events: events, stopCh: make(chan stopRequest, 4)}
+	s := &supervisor{dir: dir, events: events, stopCh: make(chan stopRequest, 4), finished: make(chan struct{})}
+	defer close(s.finished)
 	if err := sandbox.ReadJSON(filepath.Join(dir, sandbox.SpecFile), &s.spec); err != nil {
 		return reportFailure(ready, fmt.Errorf("read spec: %w", err))
 	}
@@ -134,15 +137,16 @@ func Run(dir string, ready io.WriteCloser, events Events) error {
 	case <-s.vm.Done():
 		agentL.Close()
 		ctlL.Close()
-		reason := "vmm exited"
-		if err := s.vm.ExitErr(); err != nil {
-			reason = err.Error()
-		}
+		s.stopNetwork()
 		if s.spec.Transient {
-			s.finish(stopRequest{remove: true})
+			s.finish(stopRequest{remove: true, reason: "vmm exited"})
 			return nil
 		}
-		s.setStatus(sandbox.Failed, reason)
+		if s.vm.ExitErr() == nil {
+			s.finish(stopRequest{reason: "guest powered off"})
+			return nil
+		}
+		s.setStatus(sandbox.Failed, s.vm.ExitErr().Error())
 		s.events("sandbox.failed", s.snapshot(), map[string]any{"phase": "run"})
 		return nil
 	case sig := <-sigs:
@@ -154,6 +158,7 @@ func Run(dir string, ready io.WriteCloser, events Events) error {
 	agentL.Close()
 	ctlL.Close()
 	s.shutdown()
+	s.stopNetwork()
 	s.finish(req)
 	return nil
 }
@@ -172,6 +177,9 @@ func (s *supervisor) boot(ctx context.Context, sigs <-chan os.Signal) error {
 	spec.Dir = "."
 	spec.Name = sandbox.VMMTag(s.spec.ID)
 	spec.Cmdline = strings.TrimSpace(spec.Cmdline + " mvm.hostname=" + hostname(s.spec.Name))
+	if err := s.startNetwork(&spec); err != nil {
+		return err
+	}
 	vm, err := qemu.Start(ctx, spec)
 	if err != nil {
 		return err
@@ -332,8 +340,11 @@ func (s *supervisor) handleControl(c net.Conn) {
 		if reason == "" {
 			reason = "stopped by request"
 		}
-		s.stopCh <- stopRequest{reason: reason, remove: true, done: done}
-		<-done
+		select {
+		case s.stopCh <- stopRequest{reason: reason, remove: true, done: done}:
+			<-done
+		case <-s.finished:
+		}
 		reply(sandbox.Response{OK: true})
 	case "hold":
 		// Block until the holder goes away.
@@ -361,6 +372,8 @@ func (s *supervisor) handleControl(c net.Conn) {
 			s.setStatus(sandbox.Running, "")
 		}
 		reply(sandbox.Response{OK: true, State: s.snapshot()})
+	case "forward":
+		reply(s.forward(ctx, req.Publish))
 	default:
 		reply(sandbox.Response{Error: fmt.Sprintf("unknown op %q", req.Op)})
 	}

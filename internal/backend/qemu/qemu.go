@@ -87,6 +87,7 @@ func Args(spec backend.Spec, accel string) []string {
 		}
 		args = append(args, "-drive", drive, "-device", "virtio-blk-device,drive="+id)
 	}
+	args = append(args, netArgs(spec.Network)...)
 	return args
 }
 

@@ -1,0 +1,161 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/netpolicy"
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+func init() {
+	register(newPortCmd)
+	register(newForwardCmd)
+	register(newEgressHelperCmd)
+}
+
+// netFlags are the network flags of `up` and `run`.
+type netFlags struct {
+	network string
+	allow   []string
+	publish []string
+}
+
+func (f *netFlags) register(fl *pflag.FlagSet, publish bool) {
+	fl.StringVar(&f.network, "network", "", "network: none (default: no network device), unrestricted (needs "+netpolicy.AckUnrestrictedEnv+"=1) or a preset ("+strings.Join(netpolicy.PresetNames(), ", ")+"); see docs/network.md")
+	fl.StringArrayVar(&f.allow, "allow", nil, "allow egress to HOST[:PORT] (port 443 by default; repeatable); TLS SNI or HTTP Host must name HOST")
+	if publish {
+		fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a guest port: [ADDR:]HOSTPORT:GUESTPORT, bound to 127.0.0.1 unless ADDR is given (repeatable)")
+	}
+}
+
+// config builds the sandbox's network, warning on stderr when it is
+// unrestricted.
+func (f *netFlags) config(app *App) (netpolicy.Config, error) {
+	cfg, warning, err := netpolicy.Build(netpolicy.Request{Network: f.network, Allow: f.allow, Publish: f.publish}, nil)
+	if err != nil {
+		return cfg, err
+	}
+	if warning != "" {
+		fmt.Fprintln(app.Stderr, "mvmctl: "+warning)
+	}
+	return cfg, nil
+}
+
+func newPortCmd(app *App) *cobra.Command {
+	var jsonOut bool
+	cmd := &cobra.Command{
+		Use:   "port NAME",
+		Short: "List a sandbox's published ports",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rt, err := app.runtime()
+			if err != nil {
+				return err
+			}
+			dir, err := rt.Dir(args[0])
+			if err != nil {
+				return exitCode(ExitNotFound, err)
+			}
+			ports, err := netpolicy.ReadPorts(dir)
+			if err != nil {
+				return err
+			}
+			if jsonOut {
+				rows := make([]map[string]any, 0, len(ports))
+				for _, p := range ports {
+					rows = append(rows, map[string]any{"host_addr": p.HostAddr, "host_port": p.HostPort, "guest_port": p.GuestPort, "proto": "tcp"})
+				}
+				return writeJSON(app.Stdout, rows)
+			}
+			for _, p := range ports {
+				fmt.Fprintf(app.Stdout, "%d/tcp -> %s:%d\n", p.GuestPort, p.HostAddr, p.HostPort)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print a JSON array")
+	return cmd
+}
+
+func newForwardCmd(app *App) *cobra.Command {
+	var publish []string
+	cmd := &cobra.Command{
+		Use:   "forward NAME -p [ADDR:]HOSTPORT:GUESTPORT",
+		Short: "Publish a guest port of a running sandbox on the host (127.0.0.1 unless ADDR is given)",
+		Long: `forward adds a port binding to a running sandbox that has a network
+device (one started with -p or --allow). The binding lasts as long as the
+sandbox; ` + "`mvmctl port NAME`" + ` lists them.`,
+		Example: `  mvmctl up --name web -p 8080:80
+  mvmctl forward web -p 8443:443`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(publish) == 0 {
+				return exitCode(ExitUsage, errors.New("give at least one -p [ADDR:]HOSTPORT:GUESTPORT"))
+			}
+			for _, p := range publish {
+				if _, err := netpolicy.ParsePublish(p); err != nil {
+					return exitCode(ExitUsage, err)
+				}
+			}
+			rt, err := app.runtime()
+			if err != nil {
+				return err
+			}
+			dir, err := rt.Dir(args[0])
+			if err != nil {
+				return exitCode(ExitNotFound, err)
+			}
+			for _, p := range publish {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				resp, err := sandbox.Control(ctx, dir, sandbox.Request{Op: "forward", Publish: p})
+				cancel()
+				if err != nil {
+					return exitCode(ExitMvm, fmt.Errorf("%s: %w", args[0], err))
+				}
+				if !resp.OK {
+					return exitCode(1, errors.New(resp.Error))
+				}
+			}
+			ports, err := netpolicy.ReadPorts(dir)
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(app.Stdout, 0, 4, 1, ' ', 0)
+			for _, p := range ports {
+				fmt.Fprintf(tw, "%d/tcp\t-> %s:%d\n", p.GuestPort, p.HostAddr, p.HostPort)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringArrayVarP(&publish, "publish", "p", nil, "[ADDR:]HOSTPORT:GUESTPORT (repeatable)")
+	return cmd
+}
+
+// newEgressHelperCmd is the command QEMU runs for each guest connection
+// on an allowed forward; its stdin is the connection. It must write
+// nothing: its stderr also reaches the guest.
+func newEgressHelperCmd(app *App) *cobra.Command {
+	return &cobra.Command{
+		Use:                netpolicy.HelperCommand + " SOCKET TARGET",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 2 {
+				return &ExitError{Code: ExitUsage, Silent: true}
+			}
+			if err := netpolicy.RunHelper(args[0], args[1]); err != nil {
+				return &ExitError{Code: 1, Silent: true}
+			}
+			os.Stdout.Close()
+			return nil
+		},
+	}
+}

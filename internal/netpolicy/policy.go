@@ -1,0 +1,483 @@
+// Package netpolicy is mvm's network policy: what a sandbox may reach and
+// how the host enforces it.
+//
+// A sandbox has no network device unless its plan allows network. With an
+// allowlist, the guest gets one NIC on QEMU user networking with
+// restrict=on: the guest can reach nothing but the forwards mvm installs.
+// Each allowed name gets a synthetic guest address (10.0.2.101, .102, ...);
+// a guest forward per (address, port) hands every connection to the
+// sandbox's supervisor, whose egress proxy checks the TLS SNI or HTTP Host
+// against the name, resolves the name on the host and connects. DNS in the
+// guest is answered by mvm, only for allowed names, with their synthetic
+// addresses. Every decision is an audit event with names, ports and
+// decisions only, never payload bytes.
+package netpolicy
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Mode is the kind of network a sandbox has.
+type Mode string
+
+// Network modes.
+const (
+	// None: no network device at all (the default). Published ports (-p)
+	// still give the guest a NIC, with no egress.
+	None Mode = "none"
+	// Allowlist: egress only to the named destinations, through the proxy.
+	Allowlist Mode = "allowlist"
+	// Unrestricted: QEMU user networking without restrictions. Needs
+	// MVM_ACK_UNRESTRICTED_NETWORK=1.
+	Unrestricted Mode = "unrestricted"
+)
+
+// Environment variables.
+const (
+	// AckUnrestrictedEnv must be "1" for --network unrestricted.
+	AckUnrestrictedEnv = "MVM_ACK_UNRESTRICTED_NETWORK"
+	// HostsEnv names a hosts-format file the host-side resolver reads
+	// before DNS. A test and development hook: it stands in for the
+	// internet, so its answers may be loopback addresses.
+	HostsEnv = "MVM_NET_HOSTS"
+)
+
+// DefaultPort is the port of an --allow entry without one.
+const DefaultPort = 443
+
+// HostAlias is the one name that reaches the host's own loopback
+// (127.0.0.1) when allowed explicitly, e.g. --allow host.mvm.internal:8080.
+const HostAlias = "host.mvm.internal"
+
+// Guest addressing on the user network (QEMU's slirp defaults).
+const (
+	GuestCIDR    = "10.0.2.15/24"
+	GuestIP      = "10.0.2.15"
+	Gateway      = "10.0.2.2"
+	SlirpDNS     = "10.0.2.3"
+	DNSAddr      = "10.0.2.100" // the DNS forward to the host resolver (TCP)
+	firstSynth   = 101          // 10.0.2.101 is the first allowed name
+	lastSynth    = 254
+	NetdevID     = "n0"
+	MaxRules     = 64
+	maxNames     = lastSynth - firstSynth + 1
+	maxPublished = 64
+)
+
+// Rule allows TCP connections to Host:Port.
+type Rule struct {
+	Host string `json:"host"`
+	Port int    `json:"port"`
+}
+
+func (r Rule) String() string { return net.JoinHostPort(r.Host, strconv.Itoa(r.Port)) }
+
+// Publish binds a host address and port to a guest port (-p).
+type Publish struct {
+	HostAddr  string `json:"host_addr"`
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
+}
+
+func (p Publish) String() string {
+	return net.JoinHostPort(p.HostAddr, strconv.Itoa(p.HostPort)) + "->" + strconv.Itoa(p.GuestPort) + "/tcp"
+}
+
+// Config is a sandbox's network, as admitted. It is written to the
+// sandbox directory (ConfigFile) for the supervisor.
+type Config struct {
+	Mode    Mode      `json:"mode"`
+	Allow   []Rule    `json:"allow,omitempty"`
+	Publish []Publish `json:"publish,omitempty"`
+	// Presets names the presets the allowlist was built from (for display).
+	Presets []string `json:"presets,omitempty"`
+}
+
+// Files in the sandbox directory.
+const (
+	ConfigFile   = "network.json"
+	PortsFile    = "ports.json"
+	EgressSocket = "egress.sock"
+)
+
+// Presets are named allowlists. Every entry is HOST:PORT.
+var Presets = map[string][]string{
+	// Package registries and mirrors: Debian, PyPI, npm, crates.io, Go.
+	"registries": {
+		"deb.debian.org:443", "deb.debian.org:80", "security.debian.org:443", "security.debian.org:80",
+		"pypi.org:443", "files.pythonhosted.org:443",
+		"registry.npmjs.org:443",
+		"crates.io:443", "static.crates.io:443", "index.crates.io:443",
+		"proxy.golang.org:443", "sum.golang.org:443",
+	},
+	// AI model APIs and GitHub over HTTPS, no registries.
+	"agent": {
+		"api.anthropic.com:443", "api.openai.com:443",
+		"github.com:443", "api.github.com:443", "codeload.github.com:443",
+		"objects.githubusercontent.com:443", "raw.githubusercontent.com:443",
+	},
+}
+
+func init() {
+	// dev = registries + agent.
+	dev := append(append([]string(nil), Presets["registries"]...), Presets["agent"]...)
+	Presets["dev"] = dev
+}
+
+// PresetNames lists the presets, sorted.
+func PresetNames() []string {
+	names := make([]string, 0, len(Presets))
+	for n := range Presets {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+var labelRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// CanonicalName lowercases name, drops one trailing dot and checks that it
+// is a DNS host name. It rejects IP literals and wildcards.
+func CanonicalName(name string) (string, error) {
+	n := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(name)), ".")
+	if n == "" {
+		return "", errors.New("empty host name")
+	}
+	if len(n) > 253 {
+		return "", fmt.Errorf("host name too long (%d bytes)", len(n))
+	}
+	if strings.HasPrefix(n, "*.") {
+		return "", fmt.Errorf("%q: wildcards are not supported; list each name", name)
+	}
+	if _, err := netip.ParseAddr(strings.Trim(n, "[]")); err == nil {
+		return "", fmt.Errorf("%q: IP addresses cannot be allowed, only names (connections go to addresses resolved for an allowed name); use %s for the host's loopback", name, HostAlias)
+	}
+	labels := strings.Split(n, ".")
+	for _, l := range labels {
+		if !labelRE.MatchString(l) {
+			return "", fmt.Errorf("%q is not a valid host name", name)
+		}
+	}
+	if _, err := strconv.Atoi(labels[len(labels)-1]); err == nil {
+		return "", fmt.Errorf("%q is not a valid host name (numeric top-level label)", name)
+	}
+	return n, nil
+}
+
+func parsePort(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > 65535 || len(s) > 5 {
+		return 0, fmt.Errorf("invalid port %q (want 1-65535)", s)
+	}
+	return n, nil
+}
+
+// ParseAllow parses one --allow value: HOST or HOST:PORT (the port
+// defaults to 443).
+func ParseAllow(s string) (Rule, error) {
+	s = strings.TrimSpace(s)
+	host, port := s, ""
+	if i := strings.LastIndexByte(s, ':'); i >= 0 {
+		host, port = s[:i], s[i+1:]
+		if strings.Contains(host, ":") {
+			return Rule{}, fmt.Errorf("--allow %q: IP addresses cannot be allowed, only names", s)
+		}
+	}
+	name, err := CanonicalName(host)
+	if err != nil {
+		return Rule{}, fmt.Errorf("--allow %q: %v", s, err)
+	}
+	p := DefaultPort
+	if port != "" {
+		if p, err = parsePort(port); err != nil {
+			return Rule{}, fmt.Errorf("--allow %q: %v", s, err)
+		}
+	}
+	return Rule{Host: name, Port: p}, nil
+}
+
+// ParsePublish parses one -p value: [ADDR:]HOSTPORT:GUESTPORT. The
+// address defaults to 127.0.0.1.
+func ParsePublish(s string) (Publish, error) {
+	s = strings.TrimSpace(s)
+	s = strings.TrimSuffix(s, "/tcp")
+	var addr, hp, gp string
+	if strings.HasPrefix(s, "[") {
+		end := strings.Index(s, "]:")
+		if end < 0 {
+			return Publish{}, fmt.Errorf("-p %q: want [ADDR:]HOSTPORT:GUESTPORT", s)
+		}
+		addr = s[1:end]
+		rest := strings.Split(s[end+2:], ":")
+		if len(rest) != 2 {
+			return Publish{}, fmt.Errorf("-p %q: want [ADDR:]HOSTPORT:GUESTPORT", s)
+		}
+		hp, gp = rest[0], rest[1]
+	} else {
+		parts := strings.Split(s, ":")
+		switch len(parts) {
+		case 2:
+			addr, hp, gp = "127.0.0.1", parts[0], parts[1]
+		case 3:
+			addr, hp, gp = parts[0], parts[1], parts[2]
+		default:
+			return Publish{}, fmt.Errorf("-p %q: want [ADDR:]HOSTPORT:GUESTPORT (e.g. 8080:80 or 127.0.0.1:8080:80)", s)
+		}
+	}
+	ip, err := netip.ParseAddr(addr)
+	if err != nil || !ip.Is4() {
+		return Publish{}, fmt.Errorf("-p %q: %q is not an IPv4 address to bind", s, addr)
+	}
+	h, err := parsePort(hp)
+	if err != nil {
+		return Publish{}, fmt.Errorf("-p %q: host %v", s, err)
+	}
+	g, err := parsePort(gp)
+	if err != nil {
+		return Publish{}, fmt.Errorf("-p %q: guest %v", s, err)
+	}
+	return Publish{HostAddr: ip.String(), HostPort: h, GuestPort: g}, nil
+}
+
+// Request is what the caller asked for on the command line (or an SDK).
+type Request struct {
+	Network string   // "", "none", "unrestricted" or a preset name
+	Allow   []string // --allow values
+	Publish []string // -p values
+}
+
+// Build turns a request into a Config. lookupEnv reads the acknowledgement
+// variable (os.LookupEnv when nil). warning is non-empty when the caller
+// must be warned (unrestricted network).
+func Build(req Request, lookupEnv func(string) (string, bool)) (cfg Config, warning string, err error) {
+	if lookupEnv == nil {
+		lookupEnv = os.LookupEnv
+	}
+	cfg.Mode = None
+	var rules []Rule
+	switch n := strings.ToLower(strings.TrimSpace(req.Network)); n {
+	case "", "none":
+		if n == "none" && len(req.Allow) > 0 {
+			return Config{}, "", errors.New("--network none cannot be combined with --allow")
+		}
+	case string(Allowlist):
+		if len(req.Allow) == 0 {
+			return Config{}, "", errors.New("--network allowlist needs at least one --allow")
+		}
+	case string(Unrestricted):
+		if len(req.Allow) > 0 {
+			return Config{}, "", errors.New("--network unrestricted cannot be combined with --allow (it allows everything)")
+		}
+		if v, ok := lookupEnv(AckUnrestrictedEnv); !ok || v != "1" {
+			return Config{}, "", fmt.Errorf("--network unrestricted lets the guest reach any address, including services on the host's loopback; set %s=1 to acknowledge", AckUnrestrictedEnv)
+		}
+		cfg.Mode = Unrestricted
+		warning = "warning: unrestricted network: the guest can reach the internet, your LAN and services on this host's loopback, and nothing is audited per connection"
+	default:
+		entries, ok := Presets[n]
+		if !ok {
+			return Config{}, "", fmt.Errorf("unknown --network %q (want none, unrestricted or a preset: %s)", req.Network, strings.Join(PresetNames(), ", "))
+		}
+		for _, e := range entries {
+			r, err := ParseAllow(e)
+			if err != nil {
+				return Config{}, "", err
+			}
+			rules = append(rules, r)
+		}
+		cfg.Presets = []string{n}
+	}
+	for _, a := range req.Allow {
+		r, err := ParseAllow(a)
+		if err != nil {
+			return Config{}, "", err
+		}
+		rules = append(rules, r)
+	}
+	if len(rules) > 0 {
+		cfg.Mode = Allowlist
+		cfg.Allow = dedupe(rules)
+	}
+	seen := map[int]bool{}
+	for _, p := range req.Publish {
+		pub, err := ParsePublish(p)
+		if err != nil {
+			return Config{}, "", err
+		}
+		if seen[pub.HostPort] {
+			return Config{}, "", fmt.Errorf("-p: host port %d given twice", pub.HostPort)
+		}
+		seen[pub.HostPort] = true
+		cfg.Publish = append(cfg.Publish, pub)
+	}
+	return cfg, warning, cfg.Validate()
+}
+
+func dedupe(rules []Rule) []Rule {
+	seen := map[Rule]bool{}
+	var out []Rule
+	for _, r := range rules {
+		if !seen[r] {
+			seen[r] = true
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Host != out[j].Host {
+			return out[i].Host < out[j].Host
+		}
+		return out[i].Port < out[j].Port
+	})
+	return out
+}
+
+// Validate checks a Config read from disk or built by Build.
+func (c Config) Validate() error {
+	switch c.Mode {
+	case "", None, Unrestricted:
+		if len(c.Allow) > 0 {
+			return fmt.Errorf("network mode %s with an allowlist", c.Mode)
+		}
+	case Allowlist:
+		if len(c.Allow) == 0 {
+			return errors.New("allowlist mode with no destinations")
+		}
+	default:
+		return fmt.Errorf("unknown network mode %q", c.Mode)
+	}
+	if len(c.Allow) > MaxRules {
+		return fmt.Errorf("%d allowlist entries exceed the limit of %d", len(c.Allow), MaxRules)
+	}
+	for _, r := range c.Allow {
+		if n, err := CanonicalName(r.Host); err != nil || n != r.Host || r.Port < 1 || r.Port > 65535 {
+			return fmt.Errorf("invalid allowlist entry %s", r)
+		}
+	}
+	if len(c.Names()) > maxNames {
+		return fmt.Errorf("%d allowed names exceed the limit of %d", len(c.Names()), maxNames)
+	}
+	if len(c.Publish) > maxPublished {
+		return fmt.Errorf("%d published ports exceed the limit of %d", len(c.Publish), maxPublished)
+	}
+	return nil
+}
+
+// HasNIC reports whether the guest gets a network device.
+func (c Config) HasNIC() bool {
+	return c.Mode == Allowlist || c.Mode == Unrestricted || len(c.Publish) > 0
+}
+
+// Names returns the allowed names, sorted and unique.
+func (c Config) Names() []string {
+	var names []string
+	seen := map[string]bool{}
+	for _, r := range c.Allow {
+		if !seen[r.Host] {
+			seen[r.Host] = true
+			names = append(names, r.Host)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Strings returns the allowlist as HOST:PORT strings (for the plan).
+func (c Config) Strings() []string {
+	out := make([]string, 0, len(c.Allow))
+	for _, r := range c.Allow {
+		out = append(out, r.String())
+	}
+	return out
+}
+
+// GuestAddrs maps each allowed name to its synthetic guest address.
+func (c Config) GuestAddrs() map[string]netip.Addr {
+	m := map[string]netip.Addr{}
+	for i, n := range c.Names() {
+		m[n] = netip.AddrFrom4([4]byte{10, 0, 2, byte(firstSynth + i)})
+	}
+	return m
+}
+
+// GuestMode is the mvm.net= kernel argument the agent acts on, or "".
+func (c Config) GuestMode() string {
+	switch {
+	case c.Mode == Allowlist:
+		return "allowlist"
+	case c.Mode == Unrestricted:
+		return "unrestricted"
+	case len(c.Publish) > 0:
+		return "inbound"
+	}
+	return ""
+}
+
+// WriteConfig stores c in dir.
+func WriteConfig(dir string, c Config) error {
+	return writeJSON(filepath.Join(dir, ConfigFile), c)
+}
+
+// ReadConfig loads the Config of the sandbox in dir. A missing file means
+// no network.
+func ReadConfig(dir string) (Config, error) {
+	var c Config
+	b, err := os.ReadFile(filepath.Join(dir, ConfigFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return Config{Mode: None}, nil
+	}
+	if err != nil {
+		return c, err
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("%s: %w", ConfigFile, err)
+	}
+	return c, c.Validate()
+}
+
+// WritePorts records the sandbox's current port bindings.
+func WritePorts(dir string, ports []Publish) error {
+	if ports == nil {
+		ports = []Publish{}
+	}
+	return writeJSON(filepath.Join(dir, PortsFile), ports)
+}
+
+// ReadPorts returns the sandbox's current port bindings: those the
+// supervisor recorded, else those it was started with.
+func ReadPorts(dir string) ([]Publish, error) {
+	b, err := os.ReadFile(filepath.Join(dir, PortsFile))
+	if errors.Is(err, os.ErrNotExist) {
+		c, err := ReadConfig(dir)
+		return c.Publish, err
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ports []Publish
+	if err := json.Unmarshal(b, &ports); err != nil {
+		return nil, fmt.Errorf("%s: %w", PortsFile, err)
+	}
+	return ports, nil
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}

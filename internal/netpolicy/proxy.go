@@ -1,0 +1,583 @@
+package netpolicy
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+	"golang.org/x/sys/unix"
+)
+
+// Audit kinds.
+const (
+	KindAllowed = "net.allowed"
+	KindDenied  = "net.denied"
+)
+
+// Refusal reasons besides the resolver's.
+const (
+	ReasonNotAllowed     = "not_allowed"
+	ReasonNameMismatch   = "name_mismatch"
+	ReasonUnknownProto   = "unknown_protocol"
+	ReasonNoName         = "no_server_name"
+	ReasonMalformed      = "malformed"
+	ReasonTooLarge       = "header_too_large"
+	ReasonPeekTimeout    = "timeout"
+	ReasonTooMany        = "too_many_connections"
+	ReasonConnectFailed  = "connect_failed"
+	ReasonDNSNotAllowed  = "name_not_allowed"
+	ReasonPortMismatch   = "port_mismatch"
+	ReasonDNSUnsupported = "unsupported_query"
+)
+
+// Options tune a Proxy. Zero values take the defaults.
+type Options struct {
+	// Audit receives every decision. Fields hold names, ports, protocol,
+	// decision and reason; never payload bytes.
+	Audit func(kind string, fields map[string]any)
+	// Resolver resolves allowed names on the host (NewResolver() if nil).
+	Resolver *Resolver
+	// Dial connects upstream (a net.Dialer if nil).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// MaxConns bounds concurrent proxied connections (default 256).
+	MaxConns int
+	// PeekTimeout bounds the wait for the guest's first bytes (10 s).
+	PeekTimeout time.Duration
+	// IdleTimeout closes a connection idle in both directions (5 min).
+	IdleTimeout time.Duration
+	// DialTimeout bounds resolving and connecting upstream (10 s).
+	DialTimeout time.Duration
+	// AuditRate and AuditBurst limit audit events per second; the excess
+	// is counted and reported on the next event (20/s, burst 200).
+	AuditRate  float64
+	AuditBurst float64
+}
+
+// Proxy is a sandbox's egress proxy and DNS server.
+type Proxy struct {
+	cfg     Config
+	opt     Options
+	byAddr  map[netip.Addr]string
+	addrOf  map[string]netip.Addr
+	allowed map[Rule]bool
+	sem     chan struct{}
+
+	auditMu    sync.Mutex
+	tokens     float64
+	last       time.Time
+	suppressed int64
+	auditQ     chan auditEvent
+	auditDone  chan struct{}
+	closeOnce  sync.Once
+
+	Conns atomic.Int64 // connections being proxied now
+}
+
+// NewProxy returns the proxy enforcing cfg.
+func NewProxy(cfg Config, o Options) *Proxy {
+	if o.Resolver == nil {
+		o.Resolver = NewResolver()
+	}
+	if o.Dial == nil {
+		d := &net.Dialer{}
+		o.Dial = d.DialContext
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = 256
+	}
+	if o.PeekTimeout <= 0 {
+		o.PeekTimeout = 10 * time.Second
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 5 * time.Minute
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 10 * time.Second
+	}
+	if o.AuditRate <= 0 {
+		o.AuditRate = 20
+	}
+	if o.AuditBurst <= 0 {
+		o.AuditBurst = 200
+	}
+	p := &Proxy{cfg: cfg, opt: o, byAddr: map[netip.Addr]string{}, addrOf: cfg.GuestAddrs(),
+		allowed: map[Rule]bool{}, sem: make(chan struct{}, o.MaxConns), tokens: o.AuditBurst, last: time.Now()}
+	for n, a := range p.addrOf {
+		p.byAddr[a] = n
+	}
+	// Audit appends (signing, file locks) never delay a guest connection:
+	// one goroutine writes them in order.
+	p.auditQ = make(chan auditEvent, 1024)
+	p.auditDone = make(chan struct{})
+	go func() {
+		defer close(p.auditDone)
+		for ev := range p.auditQ {
+			if ev.done != nil {
+				close(ev.done)
+				continue
+			}
+			if p.opt.Audit != nil {
+				p.opt.Audit(ev.kind, ev.fields)
+			}
+		}
+	}()
+	for _, r := range cfg.Allow {
+		p.allowed[r] = true
+	}
+	return p
+}
+
+func (p *Proxy) audit(kind string, fields map[string]any) {
+	if p.opt.Audit == nil {
+		return
+	}
+	p.auditMu.Lock()
+	if p.auditQ == nil {
+		p.auditMu.Unlock()
+		return
+	}
+	now := time.Now()
+	p.tokens += now.Sub(p.last).Seconds() * p.opt.AuditRate
+	if p.tokens > p.opt.AuditBurst {
+		p.tokens = p.opt.AuditBurst
+	}
+	p.last = now
+	if p.tokens < 1 {
+		p.suppressed++
+		p.auditMu.Unlock()
+		return
+	}
+	p.tokens--
+	if p.suppressed > 0 {
+		fields["suppressed_before"] = p.suppressed
+		p.suppressed = 0
+	}
+	select {
+	case p.auditQ <- auditEvent{kind: kind, fields: fields}:
+	default:
+		p.suppressed++
+	}
+	p.auditMu.Unlock()
+}
+
+type auditEvent struct {
+	kind   string
+	fields map[string]any
+	done   chan struct{} // a flush marker (tests)
+}
+
+// Close stops taking audit events and waits up to timeout for the queued
+// ones to be written. Connections still open are not affected.
+func (p *Proxy) Close(timeout time.Duration) {
+	p.closeOnce.Do(func() {
+		p.auditMu.Lock()
+		close(p.auditQ)
+		p.auditQ = nil
+		p.auditMu.Unlock()
+	})
+	select {
+	case <-p.auditDone:
+	case <-time.After(timeout):
+	}
+}
+
+func (p *Proxy) decide(allow bool, name string, port int, proto, reason string, extra map[string]any) {
+	f := map[string]any{"name": name, "port": port, "proto": proto}
+	kind := KindDenied
+	if allow {
+		kind = KindAllowed
+		f["decision"] = "allow"
+	} else {
+		f["decision"] = "deny"
+		f["reason"] = reason
+	}
+	for k, v := range extra {
+		f[k] = v
+	}
+	p.audit(kind, f)
+}
+
+// GuestFwdTargets lists the forwards the VMM must install: "dns" and
+// ADDR:PORT for each allowed (name, port).
+func (p *Proxy) GuestFwdTargets() []string {
+	out := []string{"dns"}
+	for _, r := range p.cfg.Allow {
+		out = append(out, netip.AddrPortFrom(p.addrOf[r.Host], uint16(r.Port)).String())
+	}
+	return out
+}
+
+// helloPrefix starts each helper's message on the egress socket.
+const helloPrefix = "mvm-egress 1 "
+
+// Serve accepts connections from egress helpers on l (the unix socket
+// EgressSocket): each carries one guest connection as a file descriptor.
+func (p *Proxy) Serve(l net.Listener) error {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return err
+		}
+		go p.accept(c)
+	}
+}
+
+func (p *Proxy) accept(c net.Conn) {
+	defer c.Close()
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return
+	}
+	uc.SetDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 256)
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return
+	}
+	var fds []int
+	if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+		for _, m := range msgs {
+			if f, err := unix.ParseUnixRights(&m); err == nil {
+				fds = append(fds, f...)
+			}
+		}
+	}
+	for _, fd := range fds[min(1, len(fds)):] {
+		unix.Close(fd) // only one is expected
+	}
+	if len(fds) == 0 {
+		return
+	}
+	f := os.NewFile(uintptr(fds[0]), "guest")
+	guest, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return
+	}
+	target, ok := strings.CutPrefix(strings.TrimSpace(string(buf[:n])), helloPrefix)
+	if !ok {
+		guest.Close()
+		return
+	}
+	uc.Write([]byte("ok\n"))
+	p.Handle(guest, target)
+}
+
+// Handle serves one guest connection that arrived on the forward for
+// target ("dns" or GUESTADDR:PORT). It closes guest.
+func (p *Proxy) Handle(guest net.Conn, target string) {
+	defer guest.Close()
+	if target == "dns" {
+		p.serveDNS(guest)
+		return
+	}
+	ap, err := netip.ParseAddrPort(target)
+	name, known := p.byAddr[ap.Addr()]
+	port := int(ap.Port())
+	if err != nil || !known || !p.allowed[Rule{Host: name, Port: port}] {
+		p.decide(false, "", port, "", ReasonNotAllowed, map[string]any{"guest_addr": target})
+		return
+	}
+	select {
+	case p.sem <- struct{}{}:
+		defer func() { <-p.sem }()
+	default:
+		p.decide(false, name, port, "", ReasonTooMany, nil)
+		return
+	}
+	p.Conns.Add(1)
+	defer p.Conns.Add(-1)
+
+	// Read until the first request says where it goes.
+	guest.SetReadDeadline(time.Now().Add(p.opt.PeekTimeout))
+	buf := make([]byte, 0, 4096)
+	var proto, host string
+	var hport int
+	for {
+		if len(buf) == cap(buf) {
+			if cap(buf) >= MaxPeek {
+				p.decide(false, name, port, proto, ReasonTooLarge, nil)
+				return
+			}
+			nb := make([]byte, len(buf), min(2*cap(buf), MaxPeek))
+			copy(nb, buf)
+			buf = nb
+		}
+		n, rerr := guest.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		proto, host, hport, err = Inspect(buf)
+		if err == nil {
+			break
+		}
+		if err != errIncomplete {
+			p.decide(false, name, port, proto, peekReason(err), nil)
+			return
+		}
+		if rerr != nil {
+			reason := ReasonMalformed
+			if ne, ok := rerr.(net.Error); ok && ne.Timeout() {
+				reason = ReasonPeekTimeout
+			}
+			if len(buf) > 0 || reason == ReasonPeekTimeout {
+				p.decide(false, name, port, proto, reason, nil)
+			}
+			return
+		}
+	}
+	guest.SetReadDeadline(time.Time{})
+	if host != name {
+		p.decide(false, name, port, proto, ReasonNameMismatch, map[string]any{"requested": host})
+		return
+	}
+	if hport != 0 && hport != port {
+		p.decide(false, name, port, proto, ReasonPortMismatch, nil)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.opt.DialTimeout)
+	addrs, reason := p.opt.Resolver.Resolve(ctx, name)
+	if reason != "" {
+		cancel()
+		p.decide(false, name, port, proto, reason, nil)
+		return
+	}
+	var up net.Conn
+	var used netip.Addr
+	for _, a := range addrs {
+		up, err = p.opt.Dial(ctx, "tcp", netip.AddrPortFrom(a, uint16(port)).String())
+		if err == nil {
+			used = a
+			break
+		}
+	}
+	cancel()
+	if up == nil {
+		p.decide(false, name, port, proto, ReasonConnectFailed, nil)
+		return
+	}
+	defer up.Close()
+	p.decide(true, name, port, proto, "", map[string]any{"addr": used.String()})
+	if _, err := up.Write(buf); err != nil {
+		return
+	}
+	splice(guest, up, p.opt.IdleTimeout)
+}
+
+func peekReason(err error) string {
+	switch err {
+	case ErrNotTLSOrHTTP:
+		return ReasonUnknownProto
+	case ErrNoSNI, ErrNoHost:
+		return ReasonNoName
+	case ErrHeaderTooLarge:
+		return ReasonTooLarge
+	}
+	return ReasonMalformed
+}
+
+// splice copies both ways until both directions end or the connection is
+// idle for idle.
+func splice(a, b net.Conn, idle time.Duration) {
+	var last atomic.Int64
+	last.Store(time.Now().UnixNano())
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	cp := func(dst, src net.Conn) {
+		defer wg.Done()
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				last.Store(time.Now().UnixNano())
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		} else {
+			dst.Close()
+		}
+	}
+	wg.Add(2)
+	go cp(a, b)
+	go cp(b, a)
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTicker(min(idle/4, 5*time.Second))
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			if time.Since(time.Unix(0, last.Load())) > idle {
+				a.Close()
+				b.Close()
+				<-done
+				return
+			}
+		}
+	}
+}
+
+// DNS over the forward: 2-byte length-prefixed messages (RFC 1035 4.2.2).
+const maxDNSMessage = 4096
+
+func (p *Proxy) serveDNS(c net.Conn) {
+	br := bufio.NewReader(c)
+	for {
+		c.SetReadDeadline(time.Now().Add(2 * time.Minute))
+		var l [2]byte
+		if _, err := io.ReadFull(br, l[:]); err != nil {
+			return
+		}
+		n := int(binary.BigEndian.Uint16(l[:]))
+		if n < 12 || n > maxDNSMessage {
+			return
+		}
+		msg := make([]byte, n)
+		if _, err := io.ReadFull(br, msg); err != nil {
+			return
+		}
+		resp := p.AnswerDNS(msg)
+		if resp == nil {
+			return
+		}
+		out := make([]byte, 2+len(resp))
+		binary.BigEndian.PutUint16(out, uint16(len(resp)))
+		copy(out[2:], resp)
+		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write(out); err != nil {
+			return
+		}
+	}
+}
+
+// dnsTTL is the TTL of synthetic answers: the addresses never change
+// during a sandbox's life.
+const dnsTTL = 300
+
+// AnswerDNS answers one DNS query: A records with the synthetic address
+// of an allowed name, no data for other types of an allowed name, and
+// NXDOMAIN for every other name. nil means the query was not parseable.
+func (p *Proxy) AnswerDNS(query []byte) []byte {
+	var parser dnsmessage.Parser
+	h, err := parser.Start(query)
+	if err != nil || h.Response {
+		return nil
+	}
+	qs, err := parser.AllQuestions()
+	if err != nil {
+		return nil
+	}
+	rh := dnsmessage.Header{ID: h.ID, Response: true, OpCode: h.OpCode, RecursionDesired: h.RecursionDesired, RecursionAvailable: true}
+	b := dnsmessage.NewBuilder(make([]byte, 0, 512), rh)
+	b.EnableCompression()
+	if h.OpCode != 0 || len(qs) != 1 || qs[0].Class != dnsmessage.ClassINET {
+		rh.RCode = dnsmessage.RCodeNotImplemented
+		if len(qs) != 1 {
+			rh.RCode = dnsmessage.RCodeFormatError
+		}
+		b = dnsmessage.NewBuilder(make([]byte, 0, 512), rh)
+		out, _ := b.Finish()
+		return out
+	}
+	q := qs[0]
+	name := strings.TrimSuffix(strings.ToLower(q.Name.String()), ".")
+	addr, allowed := p.addrOf[name]
+	qtype := strings.TrimPrefix(q.Type.String(), "Type")
+	if !allowed {
+		rh.RCode = dnsmessage.RCodeNameError
+		b = dnsmessage.NewBuilder(make([]byte, 0, 512), rh)
+		b.StartQuestions()
+		b.Question(q)
+		out, _ := b.Finish()
+		shown := name
+		if _, err := CanonicalName(name); err != nil || len(shown) > 253 {
+			shown = "(invalid)"
+		}
+		p.decide(false, shown, 53, ProtoDNS, ReasonDNSNotAllowed, map[string]any{"qtype": qtype})
+		return out
+	}
+	b.StartQuestions()
+	b.Question(q)
+	b.StartAnswers()
+	if q.Type == dnsmessage.TypeA {
+		b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: dnsTTL},
+			dnsmessage.AResource{A: addr.As4()})
+	}
+	out, err := b.Finish()
+	if err != nil {
+		return nil
+	}
+	p.decide(true, name, 53, ProtoDNS, "", map[string]any{"qtype": qtype})
+	return out
+}
+
+// ---- the helper QEMU runs for each guest connection ----
+
+// HelperCommand is the hidden mvmctl command QEMU runs per connection.
+const HelperCommand = "__egress"
+
+// HelperCmdline is the guest forward command for target: exe run in the
+// sandbox directory (QEMU's working directory), passing the connection to
+// the proxy over EgressSocket.
+func HelperCmdline(exe, target string) (string, error) {
+	if strings.ContainsAny(exe, "'\n\x00") {
+		return "", fmt.Errorf("mvmctl path %q cannot be used in a guest forward", exe)
+	}
+	return "'" + exe + "' " + HelperCommand + " " + EgressSocket + " " + target, nil
+}
+
+// RunHelper is the body of `mvmctl __egress SOCKET TARGET`: fd 0 (and 1
+// and 2) is the guest's connection. It hands fd 0 to the proxy and exits;
+// it writes nothing, since anything written to stderr would reach the
+// guest.
+func RunHelper(sock, target string) error {
+	if null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0); err == nil {
+		unix.Dup2(int(null.Fd()), 2)
+		null.Close()
+	}
+	log.SetOutput(io.Discard)
+	return handoff(sock, target, 0)
+}
+
+// handoff passes fd to the proxy listening on sock, for target.
+func handoff(sock, target string, fd int) error {
+	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, _, err := conn.WriteMsgUnix([]byte(helloPrefix+target+"\n"), unix.UnixRights(fd), nil); err != nil {
+		return err
+	}
+	var ack [3]byte
+	if _, err := io.ReadFull(conn, ack[:]); err != nil || string(ack[:]) != "ok\n" {
+		return errors.New("egress proxy did not accept the connection")
+	}
+	return nil
+}
+
+// TargetString is the helper target of an allowed rule's forward.
+func TargetString(addr netip.Addr, port int) string {
+	return addr.String() + ":" + strconv.Itoa(port)
+}
