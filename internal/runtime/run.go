@@ -38,8 +38,10 @@ func (r *Runtime) Run(ctx context.Context, o RunOptions) (*RunResult, error) {
 		return nil, err
 	}
 	defer func() {
-		sb.Hold.Close()
+		// Down first: it waits for the supervisor to exit. Closing the
+		// hold first would start a teardown Down could not wait for.
 		r.Down(context.Background(), sb.ID)
+		sb.Hold.Close()
 	}()
 	res := &RunResult{SandboxID: sb.ID, Name: sb.Name, BootTime: time.Since(t0)}
 	if o.Exec.Timeout == 0 {
