@@ -1,0 +1,448 @@
+// Package mcp is mvm's Model Context Protocol server (`mvmctl mcp stdio`),
+// built on the official MCP Go SDK. A model client calls tools; every tool
+// call that runs something runs it inside an mvm microVM through
+// internal/runtime, never in the host process.
+//
+// Sandboxes are explicit handles (sandbox_create → "sandbox"), bounded by
+// an idle timeout, a maximum lifetime, a limit on concurrent tool calls and
+// a memory ceiling (limits.go). Every sandbox the server creates is tied to
+// it: when the client closes stdin, or the server gets SIGTERM, they are
+// all destroyed; if the server dies without cleaning up, each sandbox's
+// supervisor notices its holder went away and removes it.
+package mcp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	goruntime "runtime"
+	"sort"
+	"sync"
+	"time"
+
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
+
+	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/runtime"
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
+)
+
+// Runtime is what the server needs of internal/runtime; *runtime.Runtime
+// implements it (tests substitute a fake).
+type Runtime interface {
+	Up(ctx context.Context, o runtime.UpOptions) (*runtime.Sandbox, error)
+	Exec(ctx context.Context, nameOrID string, o runtime.ExecOptions) (*runtime.ExecResult, error)
+	Down(ctx context.Context, nameOrID string) error
+	Get(nameOrID string) (*sandbox.State, error)
+	FsStat(ctx context.Context, name, p string) (*pb.FileInfo, error)
+	FsList(ctx context.Context, name, p string) (*pb.ListDirResponse, error)
+	FsRead(ctx context.Context, name, p string, w io.Writer) (int64, error)
+	FsWrite(ctx context.Context, name, p string, rd io.Reader, o runtime.FsWriteOptions) (*pb.WriteFileResponse, error)
+}
+
+var _ Runtime = (*runtime.Runtime)(nil)
+
+// Profile is the run profile of every sandbox made through MCP.
+const Profile = "restrictive"
+
+// Options configure a Server.
+type Options struct {
+	Runtime Runtime
+	Limits  Limits
+	// Logger receives operational logs (never code, argv values, stdin,
+	// output or file contents). Nil discards them.
+	Logger  *slog.Logger
+	Version string
+	// ImageMemoryMiB, when set, returns the memory an image's manifest
+	// asks for (0 when it asks for none), so that the memory ceiling is
+	// checked before a boot whose call names no memory_mib.
+	ImageMemoryMiB func(image string) int
+	// MaxCPUs caps a sandbox's vCPUs; 0 means the host's CPU count.
+	MaxCPUs int
+	// ReapInterval is how often idle and expired sandboxes are looked for;
+	// 0 derives it from the limits.
+	ReapInterval time.Duration
+	// ShutdownGrace bounds how long shutdown waits for running tool calls
+	// after cancelling them; 0 means 30s.
+	ShutdownGrace time.Duration
+}
+
+// Server is one MCP server and the sandboxes it owns.
+type Server struct {
+	rt       Runtime
+	lim      Limits
+	log      *slog.Logger
+	sdk      *sdk.Server
+	sem      chan struct{}
+	maxCPUs  int
+	imageMem func(string) int
+	reapInt  time.Duration
+	grace    time.Duration
+
+	base       context.Context // cancelled at shutdown: every call derives from it
+	cancelBase context.CancelFunc
+
+	mu        sync.Mutex
+	boxes     map[string]*box // by handle
+	transient map[string]*runtime.Sandbox
+	gone      map[string]string // handle → why it no longer exists
+	goneOrder []string
+	closing   bool
+	inflight  int
+	calls     sync.WaitGroup // tool calls running
+	destroys  sync.WaitGroup // background destroys (reaper)
+}
+
+// box is a sandbox created through sandbox_create.
+type box struct {
+	handle   string
+	id       string
+	template string
+	image    string
+	cpus     int
+	mem      int
+	created  time.Time
+	expires  time.Time
+	hold     io.Closer
+	lastUsed time.Time
+	active   int // tool calls acting on it now
+}
+
+// New builds a server; Run serves it.
+func New(o Options) *Server {
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	maxCPUs := o.MaxCPUs
+	if maxCPUs <= 0 {
+		maxCPUs = goruntime.NumCPU()
+	}
+	reap := o.ReapInterval
+	if reap <= 0 {
+		reap = min(o.Limits.SessionIdle, o.Limits.SessionMax) / 10
+		reap = max(100*time.Millisecond, min(reap, 5*time.Second))
+	}
+	grace := o.ShutdownGrace
+	if grace <= 0 {
+		grace = 30 * time.Second
+	}
+	inflight := o.Limits.MaxInflight
+	if inflight < 1 {
+		inflight = 1
+	}
+	base, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		rt: o.Runtime, lim: o.Limits, log: log,
+		sem: make(chan struct{}, inflight), maxCPUs: maxCPUs, imageMem: o.ImageMemoryMiB, reapInt: reap, grace: grace,
+		base: base, cancelBase: cancel,
+		boxes: map[string]*box{}, transient: map[string]*runtime.Sandbox{}, gone: map[string]string{},
+	}
+	sdkLog := slog.New(minLevel{log.Handler(), slog.LevelWarn}) // the SDK logs every session event at info
+	if log.Enabled(context.Background(), slog.LevelDebug) {
+		sdkLog = log
+	}
+	version := o.Version
+	if version == "" {
+		version = "dev"
+	}
+	s.sdk = sdk.NewServer(&sdk.Implementation{Name: "mvm", Title: "mvm microVM sandboxes", Version: version},
+		&sdk.ServerOptions{
+			Instructions: instructions,
+			Logger:       sdkLog,
+			Capabilities: &sdk.ServerCapabilities{Tools: &sdk.ToolCapabilities{}},
+		})
+	s.addTools()
+	return s
+}
+
+const instructions = `Run commands and code inside mvm microVM sandboxes, never on the host.
+run_code and run_command without a "sandbox" use a fresh sandbox that is destroyed afterwards.
+For state across calls, sandbox_create returns a "sandbox" handle; pass it to run_command,
+run_code and files_*; sandbox_list shows your sandboxes; sandbox_destroy frees one.
+Sandboxes have no network, are destroyed when idle or too old, and all of them are
+destroyed when this server stops.`
+
+// SDK returns the underlying MCP server (for tests and embedding).
+func (s *Server) SDK() *sdk.Server { return s.sdk }
+
+// Run serves one client on t until it disconnects or ctx is cancelled,
+// then destroys every sandbox the server created. It returns nil on a
+// clean end (EOF, or ctx cancelled by a signal).
+func (s *Server) Run(ctx context.Context, t sdk.Transport) error {
+	stop := context.AfterFunc(ctx, s.cancelBase) // a signal cancels running calls at once
+	defer stop()
+	go s.reaper()
+	s.log.Info("mcp server started", "idle", s.lim.SessionIdle, "max", s.lim.SessionMax,
+		"max_inflight", s.lim.MaxInflight, "mem_ceiling_mib", s.lim.MemCeilingMiB)
+	err := s.sdk.Run(ctx, t)
+	s.Shutdown()
+	if err != nil && (errors.Is(err, context.Canceled) || errors.Is(err, io.EOF) || errors.Is(err, sdk.ErrConnectionClosed)) {
+		err = nil
+	}
+	return err
+}
+
+// Shutdown refuses new calls, cancels running ones, waits for them (up
+// to the grace period) and destroys every sandbox the server created.
+// It is idempotent.
+func (s *Server) Shutdown() {
+	s.mu.Lock()
+	already := s.closing
+	s.closing = true
+	s.mu.Unlock()
+	s.cancelBase()
+	if already {
+		s.destroys.Wait()
+		return
+	}
+	t0 := time.Now()
+	done := make(chan struct{})
+	go func() { s.calls.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(s.grace):
+		s.log.Warn("tool calls still running after shutdown grace; destroying their sandboxes anyway", "grace", s.grace)
+	}
+	s.mu.Lock()
+	var boxes []*box
+	for h, b := range s.boxes {
+		boxes = append(boxes, b)
+		delete(s.boxes, h)
+	}
+	var trans []*runtime.Sandbox
+	for id, sb := range s.transient {
+		trans = append(trans, sb)
+		delete(s.transient, id)
+	}
+	s.mu.Unlock()
+	for _, b := range boxes {
+		s.destroyAsync(b.handle, b.id, b.hold, "server shutting down")
+	}
+	for _, sb := range trans {
+		s.destroyAsync(sb.Name, sb.ID, sb.Hold, "server shutting down")
+	}
+	s.destroys.Wait()
+	s.log.Info("mcp server stopped", "sandboxes_destroyed", len(boxes)+len(trans), "cleanup", time.Since(t0).Round(time.Millisecond))
+}
+
+// destroyAsync tears a sandbox down in the background; Shutdown waits for
+// every such teardown.
+func (s *Server) destroyAsync(handle, id string, hold io.Closer, why string) {
+	s.destroys.Add(1)
+	go func() {
+		defer s.destroys.Done()
+		s.destroy(handle, id, hold, why)
+	}()
+}
+
+// destroy closes the hold (the supervisor then removes a transient
+// sandbox by itself) and removes the sandbox through the runtime.
+func (s *Server) destroy(handle, id string, hold io.Closer, why string) error {
+	if hold != nil {
+		hold.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	err := s.rt.Down(ctx, id)
+	if errors.Is(err, runtime.ErrNotFound) {
+		err = nil // the supervisor removed it first
+	}
+	if err != nil {
+		s.log.Error("destroy sandbox", "sandbox", handle, "id", id, "reason", why, "error", err)
+	} else {
+		s.log.Info("sandbox destroyed", "sandbox", handle, "id", id, "reason", why)
+	}
+	return err
+}
+
+// ---- limits at the door ----
+
+// errBusy is the error of a call beyond MVM_MCP_MAX_INFLIGHT.
+var errBusy = errors.New("busy")
+
+// enter admits one tool call. Gated calls take a slot of the in-flight
+// limit and are refused at once, never queued, when none is free.
+func (s *Server) enter(gated bool) (func(), error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return nil, errors.New("the mvm MCP server is shutting down")
+	}
+	if gated {
+		select {
+		case s.sem <- struct{}{}:
+		default:
+			return nil, fmt.Errorf("%w: %d tool calls are already running, the most this server allows (%s=%d); retry when one finishes, or sandbox_list to see your sandboxes",
+				errBusy, s.lim.MaxInflight, EnvMaxInflight, s.lim.MaxInflight)
+		}
+		s.inflight++
+	}
+	s.calls.Add(1)
+	return func() {
+		s.mu.Lock()
+		if gated {
+			s.inflight--
+			<-s.sem
+		}
+		s.mu.Unlock()
+		s.calls.Done()
+	}, nil
+}
+
+// callContext ends with the request or with the server, whichever first.
+func (s *Server) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.base, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+// memory resolves a requested memory size against the ceiling; this runs
+// before anything is dispatched to the runtime. With no request, an
+// image's manifest decides, else DefaultMemoryMiB (lowered to the ceiling).
+func (s *Server) memory(req int, img string) (int, error) {
+	if req == 0 && s.imageMem != nil && img != "" {
+		if m := s.imageMem(img); m > 0 {
+			if m > s.lim.MemCeilingMiB {
+				return 0, fmt.Errorf("refused: image %q asks for %d MiB, more than this server's memory ceiling of %d MiB (%s); nothing was started",
+					img, m, s.lim.MemCeilingMiB, EnvMemCeilingMiB)
+			}
+			return m, nil
+		}
+	}
+	if req == 0 {
+		return min(DefaultMemoryMiB, s.lim.MemCeilingMiB), nil
+	}
+	if req < MinMemoryMiB {
+		return 0, fmt.Errorf("memory_mib %d: must be at least %d", req, MinMemoryMiB)
+	}
+	if req > s.lim.MemCeilingMiB {
+		return 0, fmt.Errorf("refused: memory_mib %d exceeds this server's memory ceiling of %d MiB (%s); nothing was started",
+			req, s.lim.MemCeilingMiB, EnvMemCeilingMiB)
+	}
+	return req, nil
+}
+
+// ---- the sandbox table ----
+
+// acquire finds one of the server's sandboxes by handle and marks it in
+// use, so that the idle reaper leaves it alone until release.
+func (s *Server) acquire(handle string) (*box, error) {
+	if handle == "" {
+		return nil, errors.New(`"sandbox" is required: pass the handle sandbox_create returned`)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.boxes[handle]
+	if !ok {
+		for _, c := range s.boxes { // the runtime id works too
+			if c.id == handle {
+				b, ok = c, true
+				break
+			}
+		}
+	}
+	if !ok {
+		if why, gone := s.gone[handle]; gone {
+			return nil, fmt.Errorf("sandbox %q no longer exists: %s; create a new one with sandbox_create", handle, why)
+		}
+		return nil, fmt.Errorf("unknown sandbox %q: this server only acts on sandboxes it created (sandbox_list shows them)", handle)
+	}
+	b.active++
+	b.lastUsed = time.Now()
+	return b, nil
+}
+
+func (s *Server) release(b *box) {
+	s.mu.Lock()
+	b.active--
+	b.lastUsed = time.Now()
+	s.mu.Unlock()
+}
+
+// forget removes a box from the table and remembers why (under s.mu).
+func (s *Server) forgetLocked(b *box, why string) {
+	delete(s.boxes, b.handle)
+	const keep = 256
+	if _, dup := s.gone[b.handle]; !dup {
+		s.goneOrder = append(s.goneOrder, b.handle)
+	}
+	s.gone[b.handle] = why
+	for len(s.goneOrder) > keep {
+		delete(s.gone, s.goneOrder[0])
+		s.goneOrder = s.goneOrder[1:]
+	}
+}
+
+// reaper destroys sandboxes idle longer than SessionIdle and older than
+// SessionMax.
+func (s *Server) reaper() {
+	t := time.NewTicker(s.reapInt)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.base.Done():
+			return
+		case <-t.C:
+		}
+		s.reap(time.Now())
+	}
+}
+
+func (s *Server) reap(now time.Time) {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return
+	}
+	var victims []*box
+	var reasons []string
+	for _, b := range s.boxes {
+		var why string
+		switch {
+		case !now.Before(b.expires):
+			why = fmt.Sprintf("it reached its lifetime of %s (ttl, at most %s=%s)", b.expires.Sub(b.created).Round(time.Second), EnvSessionMax, s.lim.SessionMax)
+		case b.active == 0 && now.Sub(b.lastUsed) >= s.lim.SessionIdle:
+			why = fmt.Sprintf("it was idle for %s (%s)", s.lim.SessionIdle, EnvSessionIdle)
+		default:
+			continue
+		}
+		s.forgetLocked(b, "destroyed because "+why)
+		victims = append(victims, b)
+		reasons = append(reasons, why)
+	}
+	s.mu.Unlock()
+	for i, b := range victims {
+		s.destroyAsync(b.handle, b.id, b.hold, reasons[i])
+	}
+}
+
+// boxesSorted returns a snapshot of the table, oldest first.
+func (s *Server) boxesSorted() []box {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]box, 0, len(s.boxes))
+	for _, b := range s.boxes {
+		out = append(out, *b)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].created.Before(out[j].created) })
+	return out
+}
+
+// minLevel drops records below min (the SDK logs every session event at
+// info level).
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(a []slog.Attr) slog.Handler {
+	return minLevel{h.Handler.WithAttrs(a), h.min}
+}
+func (h minLevel) WithGroup(n string) slog.Handler { return minLevel{h.Handler.WithGroup(n), h.min} }

@@ -1,0 +1,554 @@
+package mcp
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/mvm-sandbox/mvm/internal/agentapi"
+	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/runtime"
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
+)
+
+// fakeRuntime stands in for internal/runtime: no VMs. "block" as argv[0]
+// runs until cancelled; anything else prints its argv.
+type fakeRuntime struct {
+	mu      sync.Mutex
+	live    map[string]runtime.UpOptions // by id
+	files   map[string][]byte            // id + path
+	ups     int
+	downs   []string
+	holds   int
+	started chan string // argv[0] of each exec, when set
+}
+
+func newFake() *fakeRuntime {
+	return &fakeRuntime{live: map[string]runtime.UpOptions{}, files: map[string][]byte{}}
+}
+
+type fakeHold struct {
+	f    *fakeRuntime
+	once sync.Once
+}
+
+func (h *fakeHold) Close() error {
+	h.once.Do(func() { h.f.mu.Lock(); h.f.holds--; h.f.mu.Unlock() })
+	return nil
+}
+
+func (f *fakeRuntime) Up(ctx context.Context, o runtime.UpOptions) (*runtime.Sandbox, error) {
+	if o.Image == "broken" {
+		return nil, fmt.Errorf("%w: unknown image", runtime.ErrBoot)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ups++
+	id := sandbox.NewID()
+	f.live[id] = o
+	f.holds++
+	return &runtime.Sandbox{ID: id, Name: o.Name, Hold: &fakeHold{f: f},
+		State: &sandbox.State{ID: id, Name: o.Name, Status: sandbox.Running, Image: sandbox.ImageRef{Name: "minimal"}}}, nil
+}
+
+func (f *fakeRuntime) running(id string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.live[id]
+	return ok
+}
+
+func (f *fakeRuntime) Exec(ctx context.Context, id string, o runtime.ExecOptions) (*runtime.ExecResult, error) {
+	if !f.running(id) {
+		return nil, fmt.Errorf("%w: %s", runtime.ErrNotFound, id)
+	}
+	if f.started != nil {
+		f.started <- o.Argv[0]
+	}
+	if o.Argv[0] == "block" {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	if o.Argv[0] == "missing" {
+		return nil, status.Error(codes.NotFound, "missing: not found")
+	}
+	fmt.Fprint(o.Stdout, strings.Join(o.Argv, " "))
+	if o.Stdin != nil {
+		io.Copy(o.Stdout, o.Stdin)
+	}
+	fmt.Fprint(o.Stderr, "warn")
+	return &runtime.ExecResult{ExecResult: agentapi.ExecResult{ExitCode: 3}, AuditID: "1:ab",
+		Receipt: []byte(`{"payload":{"exit_code":3},"signature":"x"}`)}, nil
+}
+
+func (f *fakeRuntime) Down(ctx context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.live[id]; !ok {
+		return runtime.ErrNotFound
+	}
+	delete(f.live, id)
+	f.downs = append(f.downs, id)
+	return nil
+}
+
+func (f *fakeRuntime) Get(id string) (*sandbox.State, error) {
+	if !f.running(id) {
+		return nil, runtime.ErrNotFound
+	}
+	return &sandbox.State{ID: id, Status: sandbox.Running}, nil
+}
+
+func (f *fakeRuntime) FsStat(ctx context.Context, id, p string) (*pb.FileInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, ok := f.files[id+p]
+	if !ok {
+		return nil, &agentapi.FsError{Kind: agentapi.FsNotFound, Path: p}
+	}
+	return &pb.FileInfo{Path: p, Name: p[strings.LastIndexByte(p, '/')+1:], Type: "file", Size: int64(len(b)), Mode: 0o644}, nil
+}
+
+func (f *fakeRuntime) FsList(ctx context.Context, id, p string) (*pb.ListDirResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := &pb.ListDirResponse{}
+	for k, b := range f.files {
+		if name, ok := strings.CutPrefix(k, id+strings.TrimSuffix(p, "/")+"/"); ok {
+			out.Entries = append(out.Entries, &pb.FileInfo{Name: name, Type: "file", Size: int64(len(b)), Mode: 0o644})
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeRuntime) FsRead(ctx context.Context, id, p string, w io.Writer) (int64, error) {
+	f.mu.Lock()
+	b := f.files[id+p]
+	f.mu.Unlock()
+	n, err := w.Write(b)
+	return int64(n), err
+}
+
+func (f *fakeRuntime) FsWrite(ctx context.Context, id, p string, rd io.Reader, o runtime.FsWriteOptions) (*pb.WriteFileResponse, error) {
+	b, _ := io.ReadAll(rd)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.files[id+p] = b
+	return &pb.WriteFileResponse{Bytes: int64(len(b))}, nil
+}
+
+// harness runs a Server over in-memory transports with an SDK client.
+type harness struct {
+	t    *testing.T
+	srv  *Server
+	rt   *fakeRuntime
+	cs   *sdk.ClientSession
+	done chan error
+	eof  io.Closer
+}
+
+func start(t *testing.T, lim Limits, mod func(*Options)) *harness {
+	t.Helper()
+	rt := newFake()
+	o := Options{Runtime: rt, Limits: lim, MaxCPUs: 2, ReapInterval: 20 * time.Millisecond}
+	if testing.Verbose() {
+		o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if mod != nil {
+		mod(&o)
+	}
+	srv := New(o)
+	// Pipes, as on stdio: closing the client's writer is the server's EOF.
+	sr, cw := io.Pipe()
+	cr, sw := io.Pipe()
+	st := &sdk.IOTransport{Reader: sr, Writer: sw}
+	ct := &sdk.IOTransport{Reader: cr, Writer: cw}
+	h := &harness{t: t, srv: srv, rt: rt, done: make(chan error, 1), eof: cw}
+	go func() { h.done <- srv.Run(context.Background(), st) }()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cs, err := sdk.NewClient(&sdk.Implementation{Name: "test", Version: "1"}, nil).Connect(ctx, ct, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.cs = cs
+	t.Cleanup(func() { h.close() })
+	return h
+}
+
+// close ends the session (the server sees EOF) and waits for the server.
+func (h *harness) close() {
+	h.eof.Close()
+	defer h.cs.Close()
+	select {
+	case err := <-h.done:
+		if err != nil {
+			h.t.Errorf("server: %v", err)
+		}
+		h.done <- nil
+	case <-time.After(10 * time.Second):
+		h.t.Fatal("server did not stop after the client closed")
+	}
+}
+
+func (h *harness) call(name string, args map[string]any) (*sdk.CallToolResult, map[string]any) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := h.cs.CallTool(ctx, &sdk.CallToolParams{Name: name, Arguments: args})
+	if err != nil {
+		h.t.Fatalf("%s: %v", name, err)
+	}
+	var m map[string]any
+	if res.StructuredContent != nil {
+		b, _ := json.Marshal(res.StructuredContent)
+		json.Unmarshal(b, &m)
+	}
+	return res, m
+}
+
+func text(r *sdk.CallToolResult) string {
+	var b strings.Builder
+	for _, c := range r.Content {
+		if t, ok := c.(*sdk.TextContent); ok {
+			b.WriteString(t.Text)
+		}
+	}
+	return b.String()
+}
+
+func (h *harness) mustOK(name string, args map[string]any) map[string]any {
+	h.t.Helper()
+	res, m := h.call(name, args)
+	if res.IsError {
+		h.t.Fatalf("%s: tool error: %s", name, text(res))
+	}
+	return m
+}
+
+func (h *harness) mustFail(name string, args map[string]any, want string) {
+	h.t.Helper()
+	res, _ := h.call(name, args)
+	if !res.IsError || !strings.Contains(text(res), want) {
+		h.t.Fatalf("%s: want a tool error containing %q, got isError=%v %q", name, want, res.IsError, text(res))
+	}
+}
+
+func TestToolsList(t *testing.T) {
+	h := start(t, DefaultLimits(), nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, err := h.cs.ListTools(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]*sdk.Tool{}
+	for _, tl := range res.Tools {
+		got[tl.Name] = tl
+	}
+	for name, args := range map[string][]string{
+		"sandbox_create": {"template", "ttl", "allow", "cpus", "memory_mib"}, "sandbox_list": {}, "sandbox_destroy": {"sandbox"},
+		"run_command": {"sandbox", "command", "argv", "timeout"}, "run_code": {"sandbox", "language", "code"},
+		"files_write": {"sandbox", "path", "content", "content_base64"}, "files_read": {"sandbox", "path"},
+		"files_list": {"sandbox", "path"},
+	} {
+		tl := got[name]
+		if tl == nil {
+			t.Errorf("tool %s missing", name)
+			continue
+		}
+		b, _ := json.Marshal(tl.InputSchema)
+		for _, a := range args {
+			if !strings.Contains(string(b), `"`+a+`"`) {
+				t.Errorf("%s: argument %s missing from %s", name, a, b)
+			}
+		}
+		if tl.OutputSchema == nil {
+			t.Errorf("%s has no output schema", name)
+		}
+	}
+	if len(got) != 8 {
+		t.Errorf("%d tools, want 8", len(got))
+	}
+}
+
+func TestSandboxFlow(t *testing.T) {
+	h := start(t, DefaultLimits(), nil)
+	c := h.mustOK("sandbox_create", map[string]any{"ttl": "10m", "memory_mib": 256})
+	sb, _ := c["sandbox"].(string)
+	if !strings.HasPrefix(sb, "mcp-") || c["memory_mib"].(float64) != 256 || c["network"] != "none" || c["profile"] != "restrictive" {
+		t.Fatalf("create: %v", c)
+	}
+	opts := h.rt.live[c["sandbox_id"].(string)]
+	if opts.Profile != "restrictive" || !opts.Transient || opts.TTL != 10*time.Minute || opts.MemoryMiB != 256 {
+		t.Fatalf("up options: %+v", opts)
+	}
+	w := h.mustOK("files_write", map[string]any{"sandbox": sb, "path": "/w/a.txt", "content": "héllo"})
+	if w["bytes"].(float64) != 6 {
+		t.Fatalf("write: %v", w)
+	}
+	h.mustOK("files_write", map[string]any{"sandbox": sb, "path": "/w/b.bin", "content_base64": "AP8="})
+	r := h.mustOK("run_command", map[string]any{"sandbox": sb, "command": "cat /w/a.txt", "stdin": "IN"})
+	if r["exit_code"].(float64) != 3 || r["stdout"] != "sh -c cat /w/a.txtIN" || r["stderr"] != "warn" || r["audit_id"] != "1:ab" || r["transient"] != false {
+		t.Fatalf("run: %v", r)
+	}
+	if rc, _ := r["receipt"].(map[string]any); rc == nil || rc["signature"] != "x" {
+		t.Fatalf("receipt: %v", r["receipt"])
+	}
+	rd := h.mustOK("files_read", map[string]any{"sandbox": sb, "path": "/w/a.txt"})
+	if rd["content"] != "héllo" || rd["size"].(float64) != 6 || rd["truncated"] != false {
+		t.Fatalf("read: %v", rd)
+	}
+	rd = h.mustOK("files_read", map[string]any{"sandbox": sb, "path": "/w/b.bin"})
+	if rd["content_base64"] != "AP8=" || rd["content"] != nil {
+		t.Fatalf("read binary: %v", rd)
+	}
+	rd = h.mustOK("files_read", map[string]any{"sandbox": sb, "path": "/w/a.txt", "max_bytes": 2})
+	if rd["content"] != "h" || rd["truncated"] != true {
+		t.Fatalf("read capped: %v", rd)
+	}
+	ls := h.mustOK("files_list", map[string]any{"sandbox": sb, "path": "/w"})
+	if n := len(ls["entries"].([]any)); n != 2 {
+		t.Fatalf("list: %v", ls)
+	}
+	l := h.mustOK("sandbox_list", nil)
+	if n := len(l["sandboxes"].([]any)); n != 1 {
+		t.Fatalf("sandbox_list: %v", l)
+	}
+	h.mustFail("files_read", map[string]any{"sandbox": sb, "path": "/nope"}, "/nope")
+	h.mustFail("run_command", map[string]any{"sandbox": sb, "argv": []string{"missing"}}, "command not found")
+	h.mustFail("run_command", map[string]any{"sandbox": sb}, "give command")
+	h.mustFail("run_command", map[string]any{"sandbox": sb, "command": "x", "argv": []string{"y"}}, "not both")
+	h.mustFail("run_command", map[string]any{"sandbox": "mcp-nope", "command": "x"}, "unknown sandbox")
+	h.mustFail("files_write", map[string]any{"sandbox": sb, "path": "/x", "content": "a", "content_base64": "YQ=="}, "not both")
+	d := h.mustOK("sandbox_destroy", map[string]any{"sandbox": sb})
+	if d["destroyed"] != true {
+		t.Fatalf("destroy: %v", d)
+	}
+	h.mustFail("run_command", map[string]any{"sandbox": sb, "command": "x"}, "destroyed by sandbox_destroy")
+	if h.rt.running(c["sandbox_id"].(string)) {
+		t.Fatal("sandbox still running after destroy")
+	}
+}
+
+func TestTransientRuns(t *testing.T) {
+	h := start(t, DefaultLimits(), nil)
+	r := h.mustOK("run_code", map[string]any{"language": "python", "code": "print(1)"})
+	if r["transient"] != true || r["stdout"] != "python3 -c print(1)" {
+		t.Fatalf("run_code: %v", r)
+	}
+	r = h.mustOK("run_command", map[string]any{"argv": []string{"echo", "x"}, "template": "node"})
+	if r["transient"] != true {
+		t.Fatalf("run_command: %v", r)
+	}
+	h.rt.mu.Lock()
+	live, ups, holds := len(h.rt.live), h.rt.ups, h.rt.holds
+	h.rt.mu.Unlock()
+	if live != 0 || ups != 2 || holds != 0 {
+		t.Fatalf("after transient runs: live=%d ups=%d holds=%d", live, ups, holds)
+	}
+	h.mustFail("run_code", map[string]any{"language": "ruby", "code": "1"}, "language")
+	h.mustFail("run_code", map[string]any{"language": "shell", "code": strings.Repeat("x", MaxCodeBytes+1)}, "files_write")
+	h.mustFail("run_command", map[string]any{"command": "x", "template": "/etc"}, "build directories are not accepted")
+	h.mustFail("run_command", map[string]any{"command": "x", "template": "broken"}, "could not start a sandbox")
+}
+
+func TestMemoryCeiling(t *testing.T) {
+	h := start(t, Limits{SessionIdle: time.Minute, SessionMax: time.Hour, MaxInflight: 2, MemCeilingMiB: 256},
+		func(o *Options) {
+			o.ImageMemoryMiB = func(name string) int {
+				if name == "big" {
+					return 1024
+				}
+				return 0
+			}
+		})
+	h.mustFail("sandbox_create", map[string]any{"memory_mib": 512}, "memory ceiling of 256 MiB")
+	h.mustFail("run_command", map[string]any{"command": "true", "memory_mib": 1024}, "memory ceiling")
+	h.mustFail("run_code", map[string]any{"language": "shell", "code": "true", "memory_mib": 300}, "memory ceiling")
+	h.mustFail("sandbox_create", map[string]any{"template": "big"}, `image "big" asks for 1024 MiB`)
+	h.mustFail("sandbox_create", map[string]any{"cpus": 3}, "cpus 3")
+	h.mustFail("sandbox_create", map[string]any{"ttl": "2h"}, "MVM_MCP_SESSION_MAX")
+	h.mustFail("sandbox_create", map[string]any{"allow": []string{"pypi.org"}}, "network not available in this build")
+	if h.rt.ups != 0 {
+		t.Fatalf("%d boots were dispatched; refusals must come first", h.rt.ups)
+	}
+	// With no memory_mib the default is lowered to the ceiling.
+	c := h.mustOK("sandbox_create", nil)
+	if c["memory_mib"].(float64) != 256 {
+		t.Fatalf("default memory under a 256 MiB ceiling: %v", c["memory_mib"])
+	}
+}
+
+func TestBusy(t *testing.T) {
+	h := start(t, Limits{SessionIdle: time.Minute, SessionMax: time.Hour, MaxInflight: 1, MemCeilingMiB: 1024}, nil)
+	h.rt.started = make(chan string, 4)
+	c := h.mustOK("sandbox_create", nil)
+	sb := c["sandbox"].(string)
+	first := make(chan *sdk.CallToolResult, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		res, _ := h.cs.CallTool(ctx, &sdk.CallToolParams{Name: "run_command", Arguments: map[string]any{"sandbox": sb, "argv": []string{"block"}}})
+		first <- res
+	}()
+	select {
+	case <-h.rt.started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the blocking call did not start")
+	}
+	t0 := time.Now()
+	h.mustFail("run_command", map[string]any{"sandbox": sb, "command": "true"}, "busy")
+	h.mustFail("sandbox_create", nil, "MVM_MCP_MAX_INFLIGHT=1")
+	if d := time.Since(t0); d > 2*time.Second {
+		t.Fatalf("busy refusals took %s", d)
+	}
+	// Listing and destroying are never refused as busy.
+	l := h.mustOK("sandbox_list", nil)
+	if l["inflight"].(float64) != 1 {
+		t.Fatalf("inflight: %v", l["inflight"])
+	}
+	cancel() // the client cancels the blocking call
+	<-first
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		res, _ := h.call("run_command", map[string]any{"sandbox": sb, "command": "true"})
+		if !res.IsError {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still refused after the blocking call ended: %s", text(res))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestIdleAndMaxReaping(t *testing.T) {
+	h := start(t, Limits{SessionIdle: time.Second, SessionMax: 2 * time.Second, MaxInflight: 4, MemCeilingMiB: 1024}, nil)
+	idle := h.mustOK("sandbox_create", nil)["sandbox"].(string)
+	busy := h.mustOK("sandbox_create", nil)["sandbox"].(string)
+	// Keep busy in use: a blocked call protects it from the idle reaper,
+	// but not from the maximum lifetime.
+	go h.cs.CallTool(context.Background(), &sdk.CallToolParams{Name: "run_command", Arguments: map[string]any{"sandbox": busy, "argv": []string{"block"}, "timeout": 30}})
+	waitUntil(t, 5*time.Second, "idle sandbox reaped", func() bool {
+		for _, s := range h.mustOK("sandbox_list", nil)["sandboxes"].([]any) {
+			if s.(map[string]any)["sandbox"] == idle {
+				return false
+			}
+		}
+		return true
+	})
+	l := h.mustOK("sandbox_list", nil)["sandboxes"].([]any)
+	if len(l) != 1 || l[0].(map[string]any)["sandbox"] != busy {
+		t.Fatalf("a sandbox in use was reaped as idle: %v", l)
+	}
+	h.mustFail("files_list", map[string]any{"sandbox": idle, "path": "/"}, "idle for 1s (MVM_MCP_SESSION_IDLE)")
+	waitUntil(t, 5*time.Second, "sandbox reaped at its maximum lifetime", func() bool {
+		return len(h.mustOK("sandbox_list", nil)["sandboxes"].([]any)) == 0
+	})
+	h.mustFail("files_list", map[string]any{"sandbox": busy, "path": "/"}, "lifetime")
+	waitUntil(t, 5*time.Second, "both destroyed in the runtime", func() bool {
+		h.rt.mu.Lock()
+		defer h.rt.mu.Unlock()
+		return len(h.rt.live) == 0
+	})
+}
+
+func TestShutdownDestroysEverything(t *testing.T) {
+	h := start(t, DefaultLimits(), nil)
+	for i := 0; i < 3; i++ {
+		h.mustOK("sandbox_create", nil)
+	}
+	// A transient run that blocks: shutdown must cancel it and destroy its
+	// sandbox too.
+	go h.cs.CallTool(context.Background(), &sdk.CallToolParams{Name: "run_command", Arguments: map[string]any{"argv": []string{"block"}}})
+	waitUntil(t, 5*time.Second, "transient sandbox up", func() bool {
+		h.rt.mu.Lock()
+		defer h.rt.mu.Unlock()
+		return len(h.rt.live) >= 4
+	})
+	t0 := time.Now()
+	h.close()
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Fatalf("shutdown took %s", d)
+	}
+	h.rt.mu.Lock()
+	defer h.rt.mu.Unlock()
+	if len(h.rt.live) != 0 || h.rt.holds != 0 {
+		t.Fatalf("after EOF: %d sandboxes live, %d holds open", len(h.rt.live), h.rt.holds)
+	}
+}
+
+func TestShutdownByContext(t *testing.T) {
+	rt := newFake()
+	srv := New(Options{Runtime: rt, Limits: DefaultLimits()})
+	st, ct := sdk.NewInMemoryTransports()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx, st) }()
+	cs, err := sdk.NewClient(&sdk.Implementation{Name: "t", Version: "1"}, nil).Connect(context.Background(), ct, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer ccancel()
+	if _, err := cs.CallTool(cctx, &sdk.CallToolParams{Name: "sandbox_create", Arguments: map[string]any{}}); err != nil {
+		t.Fatal(err)
+	}
+	go cs.CallTool(context.Background(), &sdk.CallToolParams{Name: "run_command", Arguments: map[string]any{"argv": []string{"block"}}})
+	waitUntil(t, 5*time.Second, "two sandboxes", func() bool {
+		rt.mu.Lock()
+		defer rt.mu.Unlock()
+		return len(rt.live) == 2
+	})
+	cancel() // SIGTERM in mvmctl
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	if len(rt.live) != 0 {
+		t.Fatalf("%d sandboxes left", len(rt.live))
+	}
+}
+
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestSandboxRemovedOutside(t *testing.T) {
+	h := start(t, DefaultLimits(), nil)
+	c := h.mustOK("sandbox_create", nil)
+	h.rt.Down(context.Background(), c["sandbox_id"].(string)) // `mvmctl down`, or its ttl in the supervisor
+	if l := h.mustOK("sandbox_list", nil)["sandboxes"].([]any); len(l) != 0 {
+		t.Fatalf("a removed sandbox is still listed: %v", l)
+	}
+	h.mustFail("run_command", map[string]any{"sandbox": c["sandbox"], "command": "true"}, "stopped outside this server")
+	h.rt.mu.Lock()
+	defer h.rt.mu.Unlock()
+	if h.rt.holds != 0 {
+		t.Fatalf("%d holds left open", h.rt.holds)
+	}
+}

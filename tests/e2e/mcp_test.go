@@ -1,0 +1,488 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// mcpClient is an MCP client session on a real `mvmctl mcp stdio`.
+type mcpClient struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	cs     *sdk.ClientSession
+	stderr *lockedBuffer
+	cancel context.CancelFunc
+	stdin  io.Closer     // ownStdin mode
+	exited chan struct{} // ownStdin mode
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startMCP runs `mvmctl mcp stdio` with extra environment and connects
+// the Go SDK's client to it through CommandTransport (initialize). The
+// whole session has a deadline; closing it waits long enough (60s) that
+// the server must exit on EOF by itself, without SIGTERM.
+func startMCP(t *testing.T, e *env, extraEnv ...string) *mcpClient {
+	return startMCPWith(t, e, false, extraEnv...)
+}
+
+// startMCPWith, with ownStdin, runs the server on pipes the test holds
+// and speaks to it through the SDK's IOTransport, so that the test can
+// close the server's stdin while a call is in flight: the SDK client's
+// own Close waits for in-flight calls before it closes stdin.
+func startMCPWith(t *testing.T, e *env, ownStdin bool, extraEnv ...string) *mcpClient {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	saved := e.extra
+	e.extra = append(append([]string(nil), e.extra...), extraEnv...)
+	cmd := e.command(ctx, "mcp", "stdio")
+	e.extra = saved
+	m := &mcpClient{t: t, cmd: cmd, stderr: &lockedBuffer{}, cancel: cancel}
+	cmd.Stderr = m.stderr
+	var transport sdk.Transport = &sdk.CommandTransport{Command: cmd, TerminateDuration: 60 * time.Second}
+	if ownStdin {
+		inR, inW, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		outR, outW, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdin, cmd.Stdout = inR, outW
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		inR.Close()
+		outW.Close()
+		m.stdin = inW
+		m.exited = make(chan struct{})
+		go func() { cmd.Wait(); close(m.exited) }()
+		transport = &sdk.IOTransport{Reader: outR, Writer: inW}
+	}
+	client := sdk.NewClient(&sdk.Implementation{Name: "mvm-e2e", Version: "1"}, nil)
+	cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
+	defer ccancel()
+	cs, err := client.Connect(cctx, transport, nil)
+	if err != nil {
+		cancel()
+		t.Fatalf("connect to mvmctl mcp stdio: %v\nstderr:\n%s", err, m.stderr)
+	}
+	m.cs = cs
+	t.Cleanup(func() {
+		cancel() // kills the server if a test left it running
+		m.cs.Close()
+		if t.Failed() {
+			t.Logf("mcp server stderr:\n%s", trunc(m.stderr.String()))
+		}
+	})
+	return m
+}
+
+// closeStdin closes the server's stdin (ownStdin mode) while calls may
+// be in flight, and waits for the server to exit by itself.
+func (m *mcpClient) closeStdin(within time.Duration) time.Duration {
+	m.t.Helper()
+	t0 := time.Now()
+	m.stdin.Close()
+	select {
+	case <-m.exited:
+	case <-time.After(within):
+		m.t.Fatalf("server still running %s after its stdin closed", within)
+	}
+	if st := m.cmd.ProcessState; st == nil || st.ExitCode() != 0 {
+		m.t.Errorf("server exit after EOF: %v", st)
+	}
+	return time.Since(t0)
+}
+
+// call makes one tool call with a deadline and returns the result and
+// its structured content.
+func (m *mcpClient) call(name string, args map[string]any, timeout time.Duration) (*sdk.CallToolResult, map[string]any) {
+	m.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	res, err := m.cs.CallTool(ctx, &sdk.CallToolParams{Name: name, Arguments: args})
+	if err != nil {
+		m.t.Fatalf("%s: %v\nstderr:\n%s", name, err, trunc(m.stderr.String()))
+	}
+	var out map[string]any
+	if res.StructuredContent != nil {
+		b, _ := json.Marshal(res.StructuredContent)
+		json.Unmarshal(b, &out)
+	}
+	return res, out
+}
+
+func mcpText(r *sdk.CallToolResult) string {
+	var b strings.Builder
+	for _, c := range r.Content {
+		if t, ok := c.(*sdk.TextContent); ok {
+			b.WriteString(t.Text)
+		}
+	}
+	return b.String()
+}
+
+func (m *mcpClient) ok(name string, args map[string]any, timeout time.Duration) map[string]any {
+	m.t.Helper()
+	res, out := m.call(name, args, timeout)
+	if res.IsError {
+		m.t.Fatalf("%s: tool error: %s", name, mcpText(res))
+	}
+	if out == nil {
+		m.t.Fatalf("%s: no structured result", name)
+	}
+	return out
+}
+
+func (m *mcpClient) fails(name string, args map[string]any, want string) string {
+	m.t.Helper()
+	res, _ := m.call(name, args, 30*time.Second)
+	if !res.IsError || !strings.Contains(mcpText(res), want) {
+		m.t.Fatalf("%s: want a tool error containing %q, got isError=%v: %s", name, want, res.IsError, mcpText(res))
+	}
+	return mcpText(res)
+}
+
+// handles lists the sandbox handles sandbox_list reports.
+func (m *mcpClient) handles() ([]string, float64) {
+	out := m.ok("sandbox_list", nil, 30*time.Second)
+	var hs []string
+	for _, s := range out["sandboxes"].([]any) {
+		hs = append(hs, s.(map[string]any)["sandbox"].(string))
+	}
+	return hs, out["inflight"].(float64)
+}
+
+// closeAndWait closes stdin and waits for the server to exit on its own.
+func (m *mcpClient) closeAndWait(within time.Duration) time.Duration {
+	m.t.Helper()
+	t0 := time.Now()
+	m.cs.Close() // closes stdin; SIGTERM only after TerminateDuration (60s)
+	d := time.Since(t0)
+	if d > within {
+		m.t.Errorf("server took %s to exit after stdin closed (want < %s)", d, within)
+	}
+	if st := m.cmd.ProcessState; st == nil || st.ExitCode() != 0 {
+		m.t.Errorf("server exit after EOF: %v", st)
+	}
+	return d
+}
+
+// TestMCPFlow: initialize, tools/list, refusals before dispatch, then
+// create → write → run → read → list → destroy on a real sandbox, a
+// transient run_code (shell, and python when the template can be built)
+// and EOF cleanup.
+func TestMCPFlow(t *testing.T) {
+	e := newEnv(t)
+	m := startMCP(t, e, "MVM_MCP_MEM_CEILING_MIB=1024")
+
+	ir := m.cs.InitializeResult()
+	if ir == nil || ir.ServerInfo == nil || ir.ServerInfo.Name != "mvm" || ir.Capabilities.Tools == nil {
+		t.Fatalf("initialize: %+v", ir)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	tools, err := m.cs.ListTools(ctx, nil)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tl := range tools.Tools {
+		names = append(names, tl.Name)
+	}
+	want := "files_list files_read files_write run_code run_command sandbox_create sandbox_destroy sandbox_list"
+	if got := strings.Join(sortedStrings(names), " "); got != want {
+		t.Fatalf("tools: %s\nwant %s", got, want)
+	}
+
+	// Refused before anything boots.
+	t0 := time.Now()
+	m.fails("sandbox_create", map[string]any{"memory_mib": 2048}, "memory ceiling of 1024 MiB")
+	m.fails("run_code", map[string]any{"language": "shell", "code": "true", "memory_mib": 4096}, "MVM_MCP_MEM_CEILING_MIB")
+	m.fails("sandbox_create", map[string]any{"allow": []string{"pypi.org"}}, "network not available in this build")
+	m.fails("run_command", map[string]any{"command": "true", "template": "/etc"}, "build directories are not accepted")
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Errorf("refusals took %s", d)
+	}
+	if d := e.sandboxDirs(); len(d) > 0 {
+		t.Fatalf("a refused call left sandboxes: %v", d)
+	}
+
+	// A sandbox with state across calls.
+	t0 = time.Now()
+	c := m.ok("sandbox_create", map[string]any{"ttl": "10m"}, 3*time.Minute)
+	sb := c["sandbox"].(string)
+	t.Logf("sandbox_create: %s in %s", sb, time.Since(t0).Round(time.Millisecond))
+	if c["network"] != "none" || c["profile"] != "restrictive" {
+		t.Errorf("create: %v", c)
+	}
+	if r := e.must("ls", "--json"); !strings.Contains(r.stdout, sb) {
+		t.Errorf("mvmctl ls does not show %s: %s", sb, r.stdout)
+	}
+	script := "#!/bin/sh\necho \"job: $(cat /work/in.txt)\"\necho \"$1\" > /work/out.txt\necho to-stderr >&2\nexit 7\n"
+	w := m.ok("files_write", map[string]any{"sandbox": sb, "path": "/work/job.sh", "content": script}, 30*time.Second)
+	if w["bytes"].(float64) != float64(len(script)) {
+		t.Errorf("files_write: %v", w)
+	}
+	m.ok("files_write", map[string]any{"sandbox": sb, "path": "/work/in.txt", "content_base64": "aGVsbG8gd29ybGQ="}, 30*time.Second)
+	r := m.ok("run_command", map[string]any{"sandbox": sb, "argv": []string{"sh", "/work/job.sh", "written-by-job"}}, time.Minute)
+	if r["exit_code"].(float64) != 7 || r["stdout"] != "job: hello world\n" || r["stderr"] != "to-stderr\n" || r["timed_out"] != false {
+		t.Errorf("run_command: %v", r)
+	}
+	if r["audit_id"] == nil {
+		t.Errorf("run_command carries no audit id: %v", r)
+	}
+	r = m.ok("run_command", map[string]any{"sandbox": sb, "command": "head -c 70000 /dev/zero | tr '\\0' x"}, time.Minute)
+	if r["stdout_truncated"] != true || r["stdout_bytes"].(float64) != 70000 || len(r["stdout"].(string)) != 65536 {
+		t.Errorf("large output: truncated=%v bytes=%v len=%d", r["stdout_truncated"], r["stdout_bytes"], len(r["stdout"].(string)))
+	}
+	res, _ := m.call("run_command", map[string]any{"sandbox": sb, "command": "sleep 30", "timeout": 1}, time.Minute)
+	if res.IsError || !strings.Contains(mcpText(res), "timed out") {
+		t.Errorf("timeout: %s", mcpText(res))
+	}
+	rd := m.ok("files_read", map[string]any{"sandbox": sb, "path": "/work/out.txt"}, 30*time.Second)
+	if rd["content"] != "written-by-job\n" || rd["truncated"] != false {
+		t.Errorf("files_read: %v", rd)
+	}
+	ls := m.ok("files_list", map[string]any{"sandbox": sb, "path": "/work"}, 30*time.Second)
+	var listed []string
+	for _, en := range ls["entries"].([]any) {
+		listed = append(listed, en.(map[string]any)["name"].(string))
+	}
+	if got := strings.Join(sortedStrings(listed), " "); got != "in.txt job.sh out.txt" {
+		t.Errorf("files_list: %s", got)
+	}
+	if hs, _ := m.handles(); len(hs) != 1 || hs[0] != sb {
+		t.Errorf("sandbox_list: %v", hs)
+	}
+	d := m.ok("sandbox_destroy", map[string]any{"sandbox": sb}, time.Minute)
+	if d["destroyed"] != true {
+		t.Errorf("destroy: %v", d)
+	}
+	m.fails("run_command", map[string]any{"sandbox": sb, "command": "true"}, "no longer exists")
+	if d := e.sandboxDirs(); len(d) > 0 {
+		t.Errorf("after sandbox_destroy: %v", d)
+	}
+
+	// Transient: a fresh sandbox for one call, gone afterwards.
+	t0 = time.Now()
+	r = m.ok("run_code", map[string]any{"language": "shell", "code": "echo $((6*7)); uname -s"}, 3*time.Minute)
+	t.Logf("transient run_code shell: %s (boot %vms)", time.Since(t0).Round(time.Millisecond), r["boot_ms"])
+	if r["stdout"] != "42\nLinux\n" || r["exit_code"].(float64) != 0 || r["transient"] != true {
+		t.Errorf("run_code shell: %v", r)
+	}
+	if d := e.sandboxDirs(); len(d) > 0 {
+		t.Errorf("transient run left: %v", d)
+	}
+
+	t.Run("python", func(t *testing.T) {
+		t0 := time.Now()
+		res, r := m.call("run_code", map[string]any{"language": "python", "code": "import sys\nprint(sys.version_info[0], sum(range(10)))"}, 6*time.Minute)
+		if res.IsError {
+			msg := mcpText(res)
+			if strings.Contains(msg, "could not start a sandbox") {
+				t.Skipf("python template not available here: %s", msg)
+			}
+			t.Fatalf("run_code python: %s", msg)
+		}
+		t.Logf("transient run_code python: %s (start %vms incl. any image build)", time.Since(t0).Round(time.Millisecond), r["boot_ms"])
+		if r["stdout"] != "3 45\n" || r["exit_code"].(float64) != 0 {
+			t.Errorf("run_code python: %v", r)
+		}
+	})
+
+	m.closeAndWait(30 * time.Second)
+	e.assertClean()
+}
+
+// TestMCPBusyAndEOF: with MVM_MCP_MAX_INFLIGHT=1 and a long command in
+// flight, another call is refused as busy at once; then the client closes
+// stdin mid-call and the server destroys its sandbox and exits.
+func TestMCPBusyAndEOF(t *testing.T) {
+	e := newEnv(t)
+	m := startMCPWith(t, e, true, "MVM_MCP_MAX_INFLIGHT=1")
+	sb := m.ok("sandbox_create", nil, 3*time.Minute)["sandbox"].(string)
+
+	long := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		_, err := m.cs.CallTool(ctx, &sdk.CallToolParams{Name: "run_command",
+			Arguments: map[string]any{"sandbox": sb, "command": "sleep 120", "timeout": 180}})
+		long <- err
+	}()
+	// sandbox_list is never refused as busy and reports calls in flight.
+	waitFor(t, "the sleep call to be in flight", time.Minute, func() bool {
+		_, n := m.handles()
+		return n == 1
+	})
+	for _, c := range []struct {
+		tool string
+		args map[string]any
+	}{
+		{"run_command", map[string]any{"sandbox": sb, "command": "true"}},
+		{"run_code", map[string]any{"language": "shell", "code": "true"}},
+		{"sandbox_create", nil},
+	} {
+		t0 := time.Now()
+		msg := m.fails(c.tool, c.args, "busy")
+		if d := time.Since(t0); d > 2*time.Second {
+			t.Errorf("%s: busy refusal took %s", c.tool, d)
+		}
+		if !strings.Contains(msg, "MVM_MCP_MAX_INFLIGHT=1") {
+			t.Errorf("busy message does not name the limit: %s", msg)
+		}
+	}
+	if n := len(e.sandboxDirs()); n != 1 {
+		t.Errorf("busy calls must not boot: %d sandboxes", n)
+	}
+
+	// EOF with the sleep still running.
+	d := m.closeStdin(30 * time.Second)
+	t.Logf("server exit after EOF with a call in flight: %s", d.Round(time.Millisecond))
+	select {
+	case <-long:
+	case <-time.After(30 * time.Second):
+		t.Error("the in-flight call did not end with the session")
+	}
+	waitFor(t, "no sandbox and no process left", 30*time.Second, func() bool {
+		return len(e.sandboxDirs()) == 0 && len(e.processes()) == 0
+	})
+	e.assertClean()
+}
+
+// TestMCPIdleAndSIGTERM: a sandbox idle for MVM_MCP_SESSION_IDLE is
+// destroyed; then SIGTERM with a call in flight destroys the rest.
+func TestMCPIdleAndSIGTERM(t *testing.T) {
+	e := newEnv(t)
+	m := startMCP(t, e, "MVM_MCP_SESSION_IDLE=3s")
+	idle := m.ok("sandbox_create", nil, 3*time.Minute)["sandbox"].(string)
+	created := time.Now()
+	waitFor(t, "the idle sandbox to be destroyed", time.Minute, func() bool {
+		hs, _ := m.handles()
+		for _, h := range hs {
+			if h == idle {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("idle sandbox gone from sandbox_list %s after creation (idle limit 3s)", time.Since(created).Round(time.Millisecond))
+	if d := time.Since(created); d < 3*time.Second {
+		t.Errorf("destroyed after %s, before the idle limit", d)
+	}
+	// sandbox_list counts as activity for no sandbox; a call on the
+	// expired handle says why it is gone.
+	m.fails("files_list", map[string]any{"sandbox": idle, "path": "/"}, "idle for 3s")
+	waitFor(t, "its VM and state to go", 30*time.Second, func() bool {
+		return len(e.sandboxDirs()) == 0 && len(e.processes()) == 0
+	})
+
+	// SIGTERM: a busy sandbox (not idle) and a call in flight.
+	sb := m.ok("sandbox_create", nil, 3*time.Minute)["sandbox"].(string)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		m.cs.CallTool(ctx, &sdk.CallToolParams{Name: "run_command",
+			Arguments: map[string]any{"sandbox": sb, "command": "sleep 120", "timeout": 180}})
+	}()
+	waitFor(t, "the sleep call to be in flight", time.Minute, func() bool {
+		_, n := m.handles()
+		return n == 1
+	})
+	t0 := time.Now()
+	if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- m.cs.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("server did not exit within 30s of SIGTERM")
+	}
+	waitFor(t, "no sandbox and no process left after SIGTERM", 30*time.Second, func() bool {
+		return len(e.sandboxDirs()) == 0 && len(e.processes()) == 0
+	})
+	t.Logf("SIGTERM to clean: %s", time.Since(t0).Round(time.Millisecond))
+	e.assertClean()
+}
+
+// TestMCPSealed: a sealed image refuses ad-hoc code and file changes
+// through MCP as it does through the CLI; reading still works.
+func TestMCPSealed(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "mvm.toml"), []byte("template = \"minimal\"\nname = \"mcp-e2e-sealed\"\nprofile = \"sealed\"\ncommand = [\"true\"]\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "data.txt"), []byte("sealed data\n"), 0o644)
+	e.must("build", dir)
+	m := startMCP(t, e)
+	sb := m.ok("sandbox_create", map[string]any{"template": "mcp-e2e-sealed"}, 3*time.Minute)["sandbox"].(string)
+	m.fails("run_command", map[string]any{"sandbox": sb, "command": "id"}, "refused")
+	m.fails("run_code", map[string]any{"sandbox": sb, "language": "shell", "code": "id"}, "sealed")
+	m.fails("files_write", map[string]any{"sandbox": sb, "path": "/tmp/x", "content": "x"}, "refused")
+	if rd := m.ok("files_read", map[string]any{"sandbox": sb, "path": "/work/data.txt"}, 30*time.Second); rd["content"] != "sealed data\n" {
+		t.Errorf("files_read on a sealed image: %v", rd)
+	}
+	m.closeAndWait(30 * time.Second)
+	e.assertClean()
+}
+
+// TestMCPInvalidLimits: a bad limit stops the server at start, with a
+// message on stderr and nothing on stdout.
+func TestMCPInvalidLimits(t *testing.T) {
+	e := newEnv(t)
+	for _, kv := range []string{"MVM_MCP_SESSION_IDLE=soon", "MVM_MCP_SESSION_MAX=0", "MVM_MCP_MAX_INFLIGHT=zero", "MVM_MCP_MEM_CEILING_MIB=64"} {
+		e.extra = []string{kv}
+		r := e.run("mcp", "stdio")
+		name := kv[:strings.IndexByte(kv, '=')]
+		if r.code != 2 || r.stdout != "" || !strings.Contains(r.stderr, name) {
+			t.Errorf("%s: %s", kv, r)
+		}
+	}
+	e.extra = nil
+	if r := e.run("mcp", "stdio"); r.code != 0 || r.stdout != "" {
+		t.Errorf("valid limits, immediate EOF: %s", r)
+	}
+}
+
+func sortedStrings(s []string) []string {
+	out := append([]string(nil), s...)
+	for i := range out {
+		for j := i + 1; j < len(out); j++ {
+			if out[j] < out[i] {
+				out[i], out[j] = out[j], out[i]
+			}
+		}
+	}
+	return out
+}
