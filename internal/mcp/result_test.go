@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/mvm-sandbox/mvm/internal/plan"
 )
 
 func TestCapBuffer(t *testing.T) {
@@ -103,15 +105,17 @@ func TestCheckTemplate(t *testing.T) {
 }
 
 func TestCheckNetwork(t *testing.T) {
-	if err := checkNetwork(nil); err != nil {
-		t.Fatal(err)
+	cfg, prof, err := checkNetwork(nil)
+	if err != nil || cfg.HasNIC() || prof != Profile {
+		t.Fatalf("no allowlist: %+v %s %v", cfg, prof, err)
 	}
-	err := checkNetwork([]string{"example.com"})
-	if err == nil || !strings.Contains(err.Error(), "network not available in this build") {
-		t.Fatalf("valid allowlist: %v", err)
+	cfg, prof, err = checkNetwork([]string{"example.com", "pypi.org:443"})
+	if err != nil || !cfg.HasNIC() || prof != plan.Standard || len(cfg.Allow) != 2 || cfg.Allow[0].Port != 443 {
+		t.Fatalf("valid allowlist: %+v %s %v", cfg, prof, err)
 	}
-	err = checkNetwork([]string{"not a host!"})
-	if err == nil || !strings.Contains(err.Error(), "allowlist") {
-		t.Fatalf("invalid allowlist: %v", err)
+	for _, bad := range []string{"not a host!", "example.com:0", "169.254.169.254"} {
+		if _, _, err := checkNetwork([]string{bad}); err == nil || !strings.Contains(err.Error(), "refused") {
+			t.Errorf("allow %q: %v", bad, err)
+		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
+	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
@@ -283,17 +284,32 @@ func (s *Server) limitsInfo() LimitsInfo {
 	}
 }
 
-// checkNetwork validates an allowlist against policy. This build has no
-// guest network, so a valid non-empty allowlist is refused as well.
-func checkNetwork(allow []string) error {
+// checkNetwork turns an allowlist into the sandbox's network policy and
+// the profile that admits it: no allowlist is the restrictive profile with
+// no network device; an allowlist (HOST[:PORT] entries, port 443 by
+// default; presets and "unrestricted" are not offered to models) moves the
+// sandbox to the standard profile, which allows allowlisted egress and
+// still no caller env or host directories (MCP offers neither).
+func checkNetwork(allow []string) (netpolicy.Config, plan.Profile, error) {
 	if len(allow) == 0 {
-		return nil
+		return netpolicy.Config{Mode: netpolicy.None}, Profile, nil
 	}
-	req := plan.Request{Network: plan.Network{Mode: plan.NetAllowlist, Allow: allow}}
+	cfg := netpolicy.Config{Mode: netpolicy.Allowlist}
+	for _, a := range allow {
+		r, err := netpolicy.ParseAllow(a)
+		if err != nil {
+			return cfg, "", fmt.Errorf("refused: allow %q: %v", a, err)
+		}
+		cfg.Allow = append(cfg.Allow, r)
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, "", fmt.Errorf("refused: allow: %v", err)
+	}
+	req := plan.Request{Network: plan.Network{Mode: plan.NetAllowlist, Allow: cfg.Strings()}}
 	if err := plan.Standard.Validate(req); err != nil {
-		return fmt.Errorf("refused: allow: %v", err)
+		return cfg, "", fmt.Errorf("refused: allow: %v", err)
 	}
-	return errors.New("refused: network not available in this build: sandboxes made through MCP have no network; omit allow")
+	return cfg, plan.Standard, nil
 }
 
 func (s *Server) sandboxCreate(ctx context.Context, a CreateArgs) (SandboxInfo, string, error) {
@@ -322,7 +338,8 @@ func (s *Server) sandboxCreate(ctx context.Context, a CreateArgs) (SandboxInfo, 
 	if ttl > s.lim.SessionMax {
 		return zero, "", fmt.Errorf("ttl %s exceeds the longest lifetime this server allows, %s (%s)", ttl, s.lim.SessionMax, EnvSessionMax)
 	}
-	if err := checkNetwork(a.Allow); err != nil {
+	netCfg, profile, err := checkNetwork(a.Allow)
+	if err != nil {
 		return zero, "", err
 	}
 	handle := "mcp-" + sandbox.NewID()[:8]
@@ -330,7 +347,8 @@ func (s *Server) sandboxCreate(ctx context.Context, a CreateArgs) (SandboxInfo, 
 	sb, err := s.rt.Up(ctx, runtime.UpOptions{
 		Name: handle, Image: a.Template, CPUs: cpus, MemoryMiB: mem, TTL: ttl,
 		Transient: true, // held by this server: it dies with it
-		Profile:   Profile,
+		Profile:   string(profile),
+		Network:   netCfg,
 	})
 	if err != nil {
 		return zero, "", upError(a.Template, err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -228,7 +229,7 @@ func TestMCPFlow(t *testing.T) {
 	t0 := time.Now()
 	m.fails("sandbox_create", map[string]any{"memory_mib": 2048}, "memory ceiling of 1024 MiB")
 	m.fails("run_code", map[string]any{"language": "shell", "code": "true", "memory_mib": 4096}, "MVM_MCP_MEM_CEILING_MIB")
-	m.fails("sandbox_create", map[string]any{"allow": []string{"pypi.org"}}, "network not available in this build")
+	m.fails("sandbox_create", map[string]any{"allow": []string{"not a host!"}}, "refused: allow")
 	m.fails("run_command", map[string]any{"command": "true", "template": "/etc"}, "build directories are not accepted")
 	if d := time.Since(t0); d > 5*time.Second {
 		t.Errorf("refusals took %s", d)
@@ -407,8 +408,12 @@ func TestMCPIdleAndSIGTERM(t *testing.T) {
 		return len(e.sandboxDirs()) == 0 && len(e.processes()) == 0
 	})
 
-	// SIGTERM: a busy sandbox (not idle) and a call in flight.
-	sb := m.ok("sandbox_create", nil, 3*time.Minute)["sandbox"].(string)
+	// SIGTERM: a busy sandbox (not idle) and a call in flight. This one
+	// asks for an allowlist, which gives it a network interface.
+	sb := m.ok("sandbox_create", map[string]any{"allow": []string{"example.com"}}, 3*time.Minute)["sandbox"].(string)
+	if out := m.ok("run_command", map[string]any{"sandbox": sb, "command": "cat /proc/net/dev"}, time.Minute); !strings.Contains(fmt.Sprint(out["stdout"]), "eth0") {
+		t.Errorf("allowlisted MCP sandbox has no eth0: %v", out)
+	}
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
