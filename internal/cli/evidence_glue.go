@@ -10,6 +10,7 @@ import (
 	"github.com/mvm-sandbox/mvm/internal/image"
 	"github.com/mvm-sandbox/mvm/internal/manifest"
 	"github.com/mvm-sandbox/mvm/internal/plan"
+	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
 
@@ -51,7 +52,13 @@ func dryRun(app *App, f *runFlags, argv []string, env map[string]string, memMiB 
 		return exitCode(ExitUsage, err)
 	}
 	keys := evidence.SortedKeys(env)
-	req := plan.Request{EnvKeys: keys, Network: plan.Network{Mode: plan.NetNone}, AckPermissive: plan.PermissiveAcknowledged(nil)}
+	// Parsing the network request resolves nothing: names stay names.
+	netCfg, err := f.net.config(app)
+	if err != nil {
+		return exitCode(ExitUsage, err)
+	}
+	netReq := runtime.UpOptions{Network: netCfg}.PlanNetwork()
+	req := plan.Request{EnvKeys: keys, Network: netReq, AckPermissive: plan.PermissiveAcknowledged(nil)}
 	verdict, reason := "admit", ""
 	if err := prof.Validate(req); err != nil {
 		verdict, reason = "refuse", err.Error()
@@ -68,7 +75,7 @@ func dryRun(app *App, f *runFlags, argv []string, env map[string]string, memMiB 
 			"workdir_set": f.workdir != "", "stdin_forwarded": f.stdin || !isTerminal(app.Stdin)},
 		"resources": map[string]any{"cpus": f.cpus, "memory_mib": memMiB, "timeout_secs": int(f.timeout / time.Second)},
 		"image":     img,
-		"network":   map[string]any{"mode": "none", "allow": []string{}},
+		"network":   map[string]any{"mode": string(netReq.Mode), "allow": append([]string{}, netReq.Allow...)},
 		"receipt":   map[string]any{"requested": f.receipt != ""},
 	}
 	if reason != "" {
@@ -84,7 +91,11 @@ func dryRun(app *App, f *runFlags, argv []string, env map[string]string, memMiB 
 		fmt.Fprintf(app.Stdout, "  command:   %d args, sha256 %s\n", inv.ArgvLen, inv.ArgvSHA256)
 		fmt.Fprintf(app.Stdout, "  env keys:  %s\n", strings.Join(keys, ", "))
 		fmt.Fprintf(app.Stdout, "  resources: %d cpu, %d MiB, timeout %s\n", f.cpus, memMiB, f.timeout)
-		fmt.Fprintf(app.Stdout, "  image:     %s\n  network:   none\n  receipt:   %v\n", img, f.receipt != "")
+		network := string(netReq.Mode)
+		if len(netReq.Allow) > 0 {
+			network += " " + strings.Join(netReq.Allow, ", ")
+		}
+		fmt.Fprintf(app.Stdout, "  image:     %s\n  network:   %s\n  receipt:   %v\n", img, network, f.receipt != "")
 	}
 	if verdict == "refuse" {
 		return &ExitError{Code: ExitCannotExec, Silent: true}

@@ -83,6 +83,10 @@ type RootfsConfig struct {
 	CPUs      int               `json:"cpus,omitempty"`
 	MemoryMiB int64             `json:"memory_mib,omitempty"`
 	DiskMiB   int64             `json:"disk_mib,omitempty"`
+	// Network and Allow are the manifest's network request (applied at
+	// boot, on the host; the guest never enforces them).
+	Network string   `json:"network,omitempty"`
+	Allow   []string `json:"allow,omitempty"`
 }
 
 // Artifact is a built root filesystem image (artifact.json).
@@ -103,6 +107,8 @@ type Artifact struct {
 	CPUs      int               `json:"cpus,omitempty"`
 	MemoryMiB int64             `json:"memory_mib,omitempty"`
 	DiskMiB   int64             `json:"disk_mib"`
+	Network   string            `json:"network,omitempty"`
+	Allow     []string          `json:"allow,omitempty"`
 	Source    string            `json:"source"`    // manifest directory, or "template:<name>"
 	InputKey  string            `json:"input_key"` // hash of everything the image was built from
 	Files     int               `json:"files,omitempty"`
@@ -305,6 +311,8 @@ func rfMakePlan(m *manifest.Manifest, templateName string, opts BuildOptions) (*
 		p.cfg.CPUs = m.CPUs
 		p.cfg.MemoryMiB = m.MemoryMiB
 		p.cfg.DiskMiB = m.DiskMiB
+		p.cfg.Network = m.Network
+		p.cfg.Allow = m.Allow
 		p.source = m.Dir
 		filesKey, p.files, p.bytes, err = rfHashSources(m)
 		if err != nil {
@@ -589,6 +597,7 @@ func Build(ctx context.Context, d paths.Dirs, dir, templateName string, opts Bui
 		Created: time.Now().UTC(),
 		Profile: plan.cfg.Profile, Env: plan.cfg.Env, Command: plan.cfg.Command, Workdir: plan.cfg.Workdir,
 		Name: plan.cfg.Name, CPUs: plan.cfg.CPUs, MemoryMiB: plan.cfg.MemoryMiB, DiskMiB: plan.cfg.DiskMiB,
+		Network: plan.cfg.Network, Allow: plan.cfg.Allow,
 		Source: plan.source, InputKey: plan.imageKey, Files: nfiles, FileBytes: nbytes,
 		BuildMS: time.Since(start).Milliseconds(),
 	}

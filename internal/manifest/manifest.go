@@ -24,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/pelletier/go-toml/v2"
 	"github.com/pelletier/go-toml/v2/unstable"
 )
@@ -73,6 +74,10 @@ type Manifest struct {
 	Command   []string          `json:"command,omitempty"`
 	Workdir   string            `json:"workdir"`
 	Profile   string            `json:"profile"`
+	// Network is "" / "none" or a preset name; Allow lists HOST[:PORT]
+	// destinations. Both are enforced on the host at boot (docs/network.md).
+	Network string   `json:"network,omitempty"`
+	Allow   []string `json:"allow,omitempty"`
 }
 
 // FileMapping copies Source (a path relative to the manifest directory,
@@ -145,6 +150,8 @@ type rawManifest struct {
 	Command  any            `toml:"command"`
 	Workdir  *string        `toml:"workdir"`
 	Profile  *string        `toml:"profile"`
+	Network  *string        `toml:"network"`
+	Allow    []string       `toml:"allow"`
 }
 
 var (
@@ -375,6 +382,31 @@ func Parse(file string, data []byte) (*Manifest, error) {
 			m.Profile = *raw.Profile
 		default:
 			add("profile", `must be "dev" or "sealed", got %q`, *raw.Profile)
+		}
+	}
+
+	// network, allow: checked with the same rules as --network/--allow.
+	// An unrestricted network is never declared in a manifest: it needs
+	// the caller's explicit acknowledgement at boot time.
+	if raw.Network != nil || len(raw.Allow) > 0 {
+		n := ""
+		if raw.Network != nil {
+			n = strings.TrimSpace(*raw.Network)
+		}
+		if strings.EqualFold(n, "unrestricted") {
+			add("network", `"unrestricted" cannot be declared in a manifest; ask for it at boot with --network unrestricted`)
+		} else {
+			key := "allow"
+			if len(raw.Allow) == 0 {
+				key = "network"
+			}
+			noAck := func(string) (string, bool) { return "", false }
+			if _, _, err := netpolicy.Build(netpolicy.Request{Network: n, Allow: raw.Allow}, noAck); err != nil {
+				add(key, "%v", err)
+			} else {
+				m.Network = n
+				m.Allow = append([]string(nil), raw.Allow...)
+			}
 		}
 	}
 

@@ -209,3 +209,25 @@ func TestLoad(t *testing.T) {
 		t.Fatalf("escape via symlink: %v", err)
 	}
 }
+
+func TestNetworkKeys(t *testing.T) {
+	m, err := Parse("/x/mvm.toml", []byte("template = \"python\"\nallow = [\"pypi.org\", \"files.pythonhosted.org:443\"]\n"))
+	if err != nil || len(m.Allow) != 2 {
+		t.Fatalf("allow: %+v %v", m, err)
+	}
+	m, err = Parse("/x/mvm.toml", []byte("template = \"python\"\nnetwork = \"registries\"\n"))
+	if err != nil || m.Network != "registries" {
+		t.Fatalf("preset: %+v %v", m, err)
+	}
+	for _, tc := range []struct{ body, key string }{
+		{"template = \"python\"\nnetwork = \"unrestricted\"\n", "network"},
+		{"template = \"python\"\nnetwork = \"no-such-preset\"\n", "network"},
+		{"template = \"python\"\nallow = [\"bad host!\"]\n", "allow"},
+		{"template = \"python\"\nnetwork = \"none\"\nallow = [\"pypi.org\"]\n", "allow"},
+	} {
+		_, err := Parse("/x/mvm.toml", []byte(tc.body))
+		if err == nil || !strings.Contains(err.Error(), "/x/mvm.toml") || !strings.Contains(err.Error(), tc.key) {
+			t.Errorf("%q: want an error naming the file and %s, got %v", tc.body, tc.key, err)
+		}
+	}
+}

@@ -78,6 +78,14 @@ func (o *UpOptions) defaults(img *bootImage) {
 	if o.DiskMiB == 0 {
 		o.DiskMiB = DefaultDiskMiB
 	}
+	// A manifest's network request applies unless the caller chose one.
+	if a := img.artifact; a != nil && (a.Network != "" || len(a.Allow) > 0) && (o.Network.Mode == "" || o.Network.Mode == netpolicy.None) {
+		cfg, _, err := netpolicy.Build(netpolicy.Request{Network: a.Network, Allow: a.Allow}, func(string) (string, bool) { return "", false })
+		if err == nil {
+			cfg.Publish = o.Network.Publish
+			o.Network = cfg
+		}
+	}
 	if o.BootTimeout == 0 {
 		o.BootTimeout = BootTimeout()
 	}

@@ -182,7 +182,7 @@ func TestBuildCacheAndBadManifests(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "mvm.toml"), []byte("template = \"minimal\"\nname = \"tiny\"\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "mvm.toml"), []byte("template = \"minimal\"\nname = \"tiny\"\nallow = [\"example.com\"]\n"), 0o644)
 	os.WriteFile(filepath.Join(dir, "hello.sh"), []byte("echo hello from work\n"), 0o755)
 	e.must("build", dir)
 	r := e.must("build", "--json", dir)
@@ -193,12 +193,17 @@ func TestBuildCacheAndBadManifests(t *testing.T) {
 	if r := e.run("exec", "tiny", "--", "sh", "/work/hello.sh"); r.stdout != "hello from work\n" {
 		t.Errorf("manifest files not under /work: %s", r)
 	}
+	if r := e.run("exec", "tiny", "--", "cat", "/proc/net/dev"); !strings.Contains(r.stdout, "eth0") {
+		t.Errorf("the manifest's allowlist gave no network interface: %s", r)
+	}
 	e.must("down", "tiny")
 	for _, tc := range []struct{ manifest, want string }{
 		{"template = \"minimal\"\nbogus = 1\n", "bogus"},
 		{"template = \"minimal\"\ncpus = 99\n", "cpus"},
 		{"template = \"minimal\"\nmemory = \"lots\"\n", "memory"},
 		{"", "template"},
+		{"template = \"minimal\"\nallow = [\"169.254.169.254\"]\n", "allow"},
+		{"template = \"minimal\"\nnetwork = \"unrestricted\"\n", "network"},
 	} {
 		bad := t.TempDir()
 		os.WriteFile(filepath.Join(bad, "mvm.toml"), []byte(tc.manifest), 0o644)
