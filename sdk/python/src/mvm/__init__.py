@@ -1,0 +1,60 @@
+"""mvm — runtime SDK for mvm microVM sandboxes.
+
+    import mvm
+    with mvm.Sandbox.create("python", workload_id="tool") as sandbox:
+        sandbox.files.write("/app/main.py", "print('hello')")
+        sandbox.commands.start(["python", "/app/main.py"])
+
+The SDK drives the ``mvmctl`` CLI (``$MVM_CLI_BIN``, else ``PATH``) over
+subprocess + JSON. ``MVM_SDK_MODE=record`` records operations to
+``$MVM_SDK_OUT_PATH`` instead of booting anything.
+"""
+
+from ._commands import (
+    CommandHandle,
+    CommandResult,
+    Commands,
+    OutputChunk,
+    ProcessInfo,
+)
+from ._errors import (
+    CLIError,
+    CommandTimeout,
+    FileNotFound,
+    InvalidArgument,
+    ModeError,
+    MvmError,
+    PolicyDenied,
+    SandboxNotFound,
+    TransportError,
+    Unsupported,
+)
+from ._files import EntryInfo, Files
+from ._sandbox import PortForward, Ports, Sandbox, SandboxInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Sandbox",
+    "SandboxInfo",
+    "Commands",
+    "CommandResult",
+    "CommandHandle",
+    "OutputChunk",
+    "ProcessInfo",
+    "Files",
+    "EntryInfo",
+    "Ports",
+    "PortForward",
+    "MvmError",
+    "CLIError",
+    "SandboxNotFound",
+    "CommandTimeout",
+    "PolicyDenied",
+    "TransportError",
+    "FileNotFound",
+    "InvalidArgument",
+    "Unsupported",
+    "ModeError",
+    "__version__",
+]

@@ -1,0 +1,436 @@
+"""``mvm.Sandbox``: the lifecycle of one microVM sandbox."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Type, Union
+
+from . import _cleanup
+from . import _cli
+from . import _validate as v
+from ._commands import CommandHandle, Commands
+from ._errors import (
+    MvmError,
+    SandboxNotFound,
+    TransportError,
+    Unsupported,
+)
+from ._files import Files
+from ._record import Recording, literal_env, sdk_mode
+
+
+@dataclass
+class SandboxInfo:
+    """A sandbox as ``mvmctl up/ls --json`` describes it."""
+
+    name: str
+    id: str
+    state: str
+    image: str = ""
+    image_digest: str = ""
+    profile: str = ""
+    cpus: int = 0
+    memory_mib: int = 0
+    created: Optional[str] = None
+    expires: Optional[str] = None
+    transient: bool = False
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "SandboxInfo":
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+            raise TransportError("expected a sandbox object with a name")
+        return cls(
+            name=obj["name"],
+            id=str(obj.get("id", "")),
+            state=str(obj.get("state", "")),
+            image=str(obj.get("image", "")),
+            image_digest=str(obj.get("image_digest", "")),
+            profile=str(obj.get("profile", "")),
+            cpus=int(obj.get("cpus") or 0),
+            memory_mib=int(obj.get("memory_mib") or 0),
+            created=obj.get("created"),
+            expires=obj.get("expires"),
+            transient=bool(obj.get("transient")),
+            raw=dict(obj),
+        )
+
+
+@dataclass
+class PortForward:
+    """A published port: ``host:host_port`` on the host reaches
+    ``guest_port`` in the sandbox."""
+
+    host: str
+    host_port: int
+    guest_port: int
+    proto: str = "tcp"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.host_port}"
+
+
+def _port_forwards(obj: Any) -> List[PortForward]:
+    if obj is None:
+        return []
+    if not isinstance(obj, list):
+        raise TransportError("port --json: expected an array")
+    out = []
+    for p in obj:
+        if isinstance(p, dict):
+            out.append(
+                PortForward(
+                    host=str(p.get("host_addr") or p.get("host") or "127.0.0.1"),
+                    host_port=int(p.get("host_port") or 0),
+                    guest_port=int(p.get("guest_port") or 0),
+                    proto=str(p.get("proto") or "tcp"),
+                )
+            )
+    return out
+
+
+class Ports:
+    """Inbound port bindings (``mvmctl forward`` / ``mvmctl port``), bound
+    to 127.0.0.1. The sandbox needs a network device: create it with
+    ``ports=`` or ``network=``."""
+
+    def __init__(self, sandbox: "Sandbox") -> None:
+        self._sb = sandbox
+
+    def forward(self, guest_port: int, host_port: Optional[int] = None) -> PortForward:
+        """Publish ``guest_port`` on ``127.0.0.1:host_port`` (``None``: a
+        free host port is picked). Raises :class:`Unsupported` when the
+        installed mvmctl lacks ``forward``."""
+        g = v.port(guest_port, "guest_port")
+        hp = v.free_port() if host_port is None else v.port(host_port, "host_port")
+        if self._sb._recording is not None:
+            self._sb._recording.add({"kind": "ports_forward", "guest_port": g, "host_port": host_port})
+            return PortForward("127.0.0.1", hp, g)
+        try:
+            self._sb._cli.call(
+                ["forward", self._sb._live_name(), "-p", f"{hp}:{g}"], what="forward"
+            )
+        except Unsupported as exc:
+            raise Unsupported(
+                "ports.forward needs `mvmctl forward NAME -p HOST:GUEST`, which "
+                f"this mvmctl lacks ({exc.message})",
+                exit_code=exc.exit_code, argv=exc.argv, stderr=exc.stderr,
+            ) from None
+        for pf in self.list():
+            if pf.guest_port == g and pf.host_port == hp:
+                return pf
+        return PortForward("127.0.0.1", hp, g)
+
+    def list(self) -> List[PortForward]:
+        """The sandbox's published ports (``mvmctl port NAME --json``)."""
+        if self._sb._recording is not None:
+            raise Unsupported("ports.list() is not available in record mode")
+        done = self._sb._cli.call(["port", self._sb._live_name(), "--json"], what="port")
+        return _port_forwards(done.json() if done.stdout.strip() else None)
+
+
+def _is_build_dir(template: str) -> bool:
+    return (
+        template.startswith(("/", "./", "../", "~"))
+        or template in (".", "..")
+        or os.path.isdir(template)
+    )
+
+
+class Sandbox:
+    """A running microVM sandbox.
+
+    ``Sandbox.create`` boots one (``mvmctl up``); the sandbox is destroyed
+    when the ``with`` block ends, on :meth:`destroy`, or when the creating
+    process exits (also on an exception, Ctrl-C or SIGTERM) unless
+    :meth:`detach` was called. ``Sandbox.connect`` attaches to an existing
+    sandbox without taking ownership (only a ``with`` block or
+    :meth:`destroy` stops it)."""
+
+    def __init__(
+        self,
+        info: SandboxInfo,
+        *,
+        cli: Optional[_cli.CLI] = None,
+        owned: bool = False,
+        workload_id: Optional[str] = None,
+        recording: Optional[Recording] = None,
+    ) -> None:
+        self._info = info
+        self._cli = cli or _cli.CLI()
+        self._recording = recording
+        self._owned = owned
+        self._destroyed = False
+        self._detached = False
+        self._lock = threading.Lock()
+        self._handles: "set[CommandHandle]" = set()
+        self.workload_id = workload_id or info.name
+        self.commands = Commands(self)
+        self.files = Files(self)
+        self.ports = Ports(self)
+        if owned:
+            _cleanup.register(self)
+
+    # -- construction -----------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        template: str,
+        *,
+        name: Optional[str] = None,
+        workload_id: Optional[str] = None,
+        cpus: Optional[int] = None,
+        memory_mb: Optional[int] = None,
+        env: Optional[Mapping[str, str]] = None,
+        ttl: v.TTL = None,
+        network: Union[str, Sequence[str], None] = None,
+        ports: Optional[Sequence[Union[int, str]]] = None,
+    ) -> "Sandbox":
+        """Boot a sandbox from a template (``"python"``, ``"minimal"``, an
+        image name or digest) or a build directory holding ``mvm.toml``
+        (``"./app"``), and wait until it is ready.
+
+        ``ttl`` bounds its life even if this process is killed hard
+        (default 30 minutes; ``0`` = no limit). ``network`` is a list of
+        ``HOST`` / ``HOST:PORT`` to allow out, or a preset name (``"agent"``,
+        ``"dev"``, ``"registries"``, ``"unrestricted"``); default: no
+        network. ``ports`` publishes guest ports on 127.0.0.1: a guest port
+        (a free host port is picked) or ``"[ADDR:]HOSTPORT:GUESTPORT"``."""
+        if not isinstance(template, str) or not template.strip():
+            raise v.InvalidArgument("template: expected a non-empty template name or directory")
+        wid = v.workload_id(workload_id, template)
+        if name is not None:
+            v.sandbox_name(name)
+        n_cpus = v.positive_int(cpus, "cpus")
+        mem = v.positive_int(memory_mb, "memory_mb")
+        envs = v.env_of(env)
+        ttl_s = v.ttl_seconds(ttl)
+        preset, hosts = v.network_of(network)
+        publish = v.publish_specs(ports)
+        build_dir = _is_build_dir(template)
+
+        if sdk_mode() == "record":
+            rec = Recording(
+                wid,
+                {
+                    "template": None if build_dir else template,
+                    "build_dir": template if build_dir else None,
+                    "name": name,
+                    "env": literal_env(envs),
+                    "resources": {"cpu_cores": n_cpus, "memory_mb": mem},
+                    "ttl_seconds": ttl_s,
+                    "network": (preset or hosts) if network is not None else None,
+                    "ports": publish,
+                },
+            )
+            info = SandboxInfo(name=name or f"recorded-{wid}"[:40], id="", state="recorded",
+                               image=template)
+            return cls(info, workload_id=wid, recording=rec)
+
+        _cleanup.install()
+        cli = _cli.CLI()
+        sb_name = name or f"sdk-{wid[:24].rstrip('-')}-{secrets.token_hex(4)}"
+        args: List[str] = ["up"]
+        if build_dir:
+            args.append(os.path.abspath(os.path.expanduser(template)))
+        else:
+            args += ["--image", template]
+        args += ["--name", sb_name, "--json", "--ttl", f"{ttl_s}s"]
+        if n_cpus is not None:
+            args += ["--cpus", str(n_cpus)]
+        if mem is not None:
+            args += ["--memory", f"{mem}M"]
+        args += v.env_flags(envs)
+        if preset is not None:
+            args += ["--network", preset]
+        for host in hosts:
+            args += ["--allow", host]
+        for spec in publish:
+            args += ["-p", spec]
+        try:
+            done = cli.call(args, timeout=_cli.create_timeout(), what="up")
+        except (TransportError, KeyboardInterrupt, SystemExit):
+            # a timed-out, interrupted or half-failed boot must not leak a VM
+            _cleanup.run_uninterrupted([cli.binary, "down", sb_name], 60)
+            raise
+        except Unsupported as exc:
+            if hosts and "--allow" in exc.message:
+                raise Unsupported(
+                    "network= needs `mvmctl up --allow HOST[:PORT]`, which this mvmctl lacks",
+                    exit_code=exc.exit_code, argv=exc.argv, stderr=exc.stderr,
+                ) from None
+            raise
+        info = SandboxInfo.from_json(done.json())
+        return cls(info, cli=cli, owned=True, workload_id=wid)
+
+    @classmethod
+    def connect(cls, name: str) -> "Sandbox":
+        """Attach to an existing sandbox (for example one another process
+        created and detached). Raises :class:`SandboxNotFound`."""
+        v.sandbox_name(name)
+        if sdk_mode() == "record":
+            raise Unsupported("Sandbox.connect() is not available in record mode")
+        cli = _cli.CLI()
+        for info in cls._ls(cli, all=True):
+            if info.name == name:
+                return cls(info, cli=cli, owned=False)
+        raise SandboxNotFound(f"no sandbox named {name!r}", exit_code=_cli.EXIT_NOT_FOUND)
+
+    @classmethod
+    def list(cls, *, all: bool = False) -> List[SandboxInfo]:
+        """Running sandboxes (``all=True``: also stopped and failed ones)."""
+        if sdk_mode() == "record":
+            raise Unsupported("Sandbox.list() is not available in record mode")
+        return cls._ls(_cli.CLI(), all=all)
+
+    @staticmethod
+    def _ls(cli: _cli.CLI, *, all: bool) -> List[SandboxInfo]:
+        args = ["ls", "--json"] + (["-a"] if all else [])
+        items = cli.call(args, what="ls").json()
+        if items is None:
+            return []
+        if not isinstance(items, list):
+            raise TransportError("ls --json: expected an array")
+        return [SandboxInfo.from_json(x) for x in items]
+
+    # -- properties -------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._info.name
+
+    @property
+    def id(self) -> str:
+        return self._info.id
+
+    @property
+    def info(self) -> SandboxInfo:
+        """The description from the last create/connect/refresh."""
+        return self._info
+
+    @property
+    def recording(self) -> bool:
+        return self._recording is not None
+
+    def __repr__(self) -> str:
+        return f"Sandbox(name={self.name!r}, id={self.id!r}, state={self._info.state!r})"
+
+    def _live_name(self) -> str:
+        if self._destroyed:
+            raise SandboxNotFound(f"sandbox {self.name!r} was destroyed",
+                                  exit_code=_cli.EXIT_NOT_FOUND)
+        if self._recording is not None:
+            raise Unsupported("not available in record mode")
+        return self.name
+
+    # -- operations -------------------------------------------------------
+    def refresh(self) -> SandboxInfo:
+        """Re-read the sandbox's state from ``mvmctl ls -a``."""
+        name = self._live_name()
+        for info in self._ls(self._cli, all=True):
+            if info.name == name:
+                self._info = info
+                return info
+        raise SandboxNotFound(f"no sandbox named {name!r}", exit_code=_cli.EXIT_NOT_FOUND)
+
+    def is_running(self) -> bool:
+        if self._destroyed or self._recording is not None:
+            return False
+        try:
+            return self.refresh().state == "running"
+        except SandboxNotFound:
+            return False
+
+    def logs(self, lines: Optional[int] = None) -> str:
+        """The guest console and agent log (the last ``lines`` lines)."""
+        if self._recording is not None:
+            raise Unsupported("logs() is not available in record mode")
+        args = ["logs", self._live_name()]
+        if lines is not None:
+            args += ["-n", str(v.positive_int(lines, "lines"))]
+        return self._cli.call(args, what="logs").stdout.decode("utf-8", "replace")
+
+    def stats(self) -> Dict[str, Any]:
+        """Guest metrics (memory, load, processes, uptime, disk)."""
+        if self._recording is not None:
+            raise Unsupported("stats() is not available in record mode")
+        obj = self._cli.call(["stats", self._live_name(), "--json"], what="stats").json()
+        if not isinstance(obj, dict):
+            raise TransportError("stats --json: expected an object")
+        return obj
+
+    def pause(self) -> None:
+        """Pause the sandbox's vCPUs (commands fail until :meth:`resume`)."""
+        if self._recording is not None:
+            raise Unsupported("pause() is not available in record mode")
+        self._cli.call(["pause", self._live_name()], what="pause")
+        self._info.state = "paused"
+
+    def resume(self) -> None:
+        if self._recording is not None:
+            raise Unsupported("resume() is not available in record mode")
+        self._cli.call(["resume", self._live_name()], what="resume")
+        self._info.state = "running"
+
+    def detach(self) -> str:
+        """Leave the sandbox running after this process exits (its TTL
+        still applies) and return its name for a later
+        :meth:`Sandbox.connect`. Further calls on this object still work."""
+        with self._lock:
+            self._detached = True
+        _cleanup.unregister(self)
+        if self._recording is not None:
+            self._recording.add({"kind": "detach"})
+        for h in list(self._handles):
+            h._detach_follower()
+        return self.name
+
+    def destroy(self) -> None:
+        """Stop the sandbox and remove its state (``mvmctl down``).
+        Idempotent: destroying a gone sandbox is not an error."""
+        with self._lock:
+            if self._destroyed:
+                return
+            self._destroyed = True
+        _cleanup.unregister(self)
+        for h in list(self._handles):
+            h._detach_follower()
+        if self._recording is not None:
+            self._recording.add({"kind": "kill"})
+            return
+        code = _cleanup.run_uninterrupted([self._cli.binary, "down", self.name], _cli.call_timeout())
+        if code not in (0, _cli.EXIT_NOT_FOUND):
+            # retry once through the error-mapping path to report why
+            try:
+                self._cli.call(["down", self.name], ok=(0, _cli.EXIT_NOT_FOUND), what="down")
+            except MvmError:
+                self._destroyed = False
+                raise
+        self._info.state = "destroyed"
+
+    #: E2B-style alias of :meth:`destroy`.
+    kill = destroy
+
+    def _cleanup(self) -> None:
+        """Called at interpreter exit for owned, undetached sandboxes."""
+        if not self._detached:
+            try:
+                self.destroy()
+            except MvmError:
+                pass
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        if not self._detached:
+            self.destroy()

@@ -1,0 +1,32 @@
+// mvm-sdk: runtime SDK for mvm microVM sandboxes. Drives the mvmctl CLI
+// ($MVM_CLI_BIN, else PATH) over subprocess + JSON.
+//
+//   await using sandbox = await Sandbox.create("python", { workloadId: "tool" });
+//   await sandbox.files.write("/app/main.py", "print('hello')");
+//   await sandbox.commands.start(["python", "/app/main.py"]);
+
+export { Sandbox, Ports, type SandboxInfo, type CreateOptions, type PortForward } from "./sandbox.js";
+export {
+  Commands,
+  CommandHandle,
+  type CommandResult,
+  type OutputChunk,
+  type ProcessInfo,
+  type RunOptions,
+  type StartOptions,
+} from "./commands.js";
+export { Files, type EntryInfo, type WriteOptions } from "./files.js";
+export {
+  MvmError,
+  CLIError,
+  SandboxNotFound,
+  CommandTimeout,
+  PolicyDenied,
+  TransportError,
+  FileNotFound,
+  InvalidArgument,
+  Unsupported,
+  ModeError,
+} from "./errors.js";
+export type { Command, TTL } from "./validate.js";
+export const VERSION = "0.1.0";

@@ -1,0 +1,413 @@
+// Sandbox: the lifecycle of one microVM sandbox.
+
+import { randomBytes } from "node:crypto";
+import { existsSync, statSync } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import * as cli from "./cli.js";
+import { register, unregister } from "./cleanup.js";
+import { Commands, type CommandHandle } from "./commands.js";
+import { InvalidArgument, MvmError, SandboxNotFound, TransportError, Unsupported } from "./errors.js";
+import { Files } from "./files.js";
+import { Recording, literalEnv, sdkMode } from "./record.js";
+import * as v from "./validate.js";
+
+/** A sandbox as `mvmctl up/ls --json` describes it. */
+export interface SandboxInfo {
+  name: string;
+  id: string;
+  state: string;
+  image: string;
+  imageDigest: string;
+  profile: string;
+  cpus: number;
+  memoryMib: number;
+  created: string | null;
+  expires: string | null;
+  transient: boolean;
+  raw: Record<string, unknown>;
+}
+
+export function sandboxInfo(o: unknown): SandboxInfo {
+  if (!o || typeof o !== "object" || typeof (o as Record<string, unknown>).name !== "string") {
+    throw new TransportError("expected a sandbox object with a name");
+  }
+  const r = o as Record<string, unknown>;
+  return {
+    name: r.name as string,
+    id: String(r.id ?? ""),
+    state: String(r.state ?? ""),
+    image: String(r.image ?? ""),
+    imageDigest: String(r.image_digest ?? ""),
+    profile: String(r.profile ?? ""),
+    cpus: Number(r.cpus ?? 0),
+    memoryMib: Number(r.memory_mib ?? 0),
+    created: typeof r.created === "string" ? r.created : null,
+    expires: typeof r.expires === "string" ? r.expires : null,
+    transient: Boolean(r.transient),
+    raw: r,
+  };
+}
+
+export interface CreateOptions {
+  /** Sandbox name (default: sdk-<workloadId>-<8 hex>). */
+  name?: string;
+  /** ^[a-z][a-z0-9-]{0,62}$; default: derived from the template. */
+  workloadId?: string;
+  cpus?: number;
+  memoryMb?: number;
+  /** Default environment of every command. */
+  env?: Record<string, string>;
+  /** Seconds or "30s"/"5m"/"1h"; default 1800; 0 = no limit. Bounds the sandbox even if this process dies hard. */
+  ttl?: v.TTL;
+  /**
+   * HOST or HOST:PORT entries allowed out, or a preset name ("agent", "dev",
+   * "registries", "unrestricted"). Default: no network.
+   */
+  network?: string[] | string;
+  /** Guest ports to publish on 127.0.0.1 (a free host port is picked), or "[ADDR:]HOSTPORT:GUESTPORT". */
+  ports?: (number | string)[];
+}
+
+/** A published port: host:hostPort on the host reaches guestPort in the sandbox. */
+export interface PortForward {
+  host: string;
+  hostPort: number;
+  guestPort: number;
+  proto: string;
+  url: string;
+}
+
+function portForward(host: string, hostPort: number, guestPort: number, proto = "tcp"): PortForward {
+  return { host, hostPort, guestPort, proto, url: `http://${host}:${hostPort}` };
+}
+
+/**
+ * Inbound port bindings (`mvmctl forward` / `mvmctl port`), bound to
+ * 127.0.0.1. The sandbox needs a network device: create it with `ports` or
+ * `network`.
+ */
+export class Ports {
+  constructor(private readonly sb: Sandbox) {}
+
+  /** Publish guestPort on 127.0.0.1:hostPort (default: a free host port). */
+  async forward(guestPort: number, opts: { hostPort?: number } = {}): Promise<PortForward> {
+    const g = v.port(guestPort, "guestPort");
+    const hp = opts.hostPort === undefined ? await v.freePort() : v.port(opts.hostPort, "hostPort");
+    if (this.sb._recording) {
+      this.sb._recording.add({ kind: "ports_forward", guest_port: g, host_port: opts.hostPort ?? null });
+      return portForward("127.0.0.1", hp, g);
+    }
+    try {
+      await this.sb._cli.call(["forward", this.sb._liveName(), "-p", `${hp}:${g}`], { what: "forward" });
+    } catch (e) {
+      if (e instanceof Unsupported) {
+        throw new Unsupported(`ports.forward needs \`mvmctl forward NAME -p HOST:GUEST\`, which this mvmctl lacks (${e.message})`, {
+          exitCode: e.exitCode,
+          argv: e.argv,
+          stderr: e.stderr,
+        });
+      }
+      throw e;
+    }
+    for (const pf of await this.list()) if (pf.guestPort === g && pf.hostPort === hp) return pf;
+    return portForward("127.0.0.1", hp, g);
+  }
+
+  /** The sandbox's published ports (`mvmctl port NAME --json`). */
+  async list(): Promise<PortForward[]> {
+    if (this.sb._recording) throw new Unsupported("ports.list() is not available in record mode");
+    const done = await this.sb._cli.call(["port", this.sb._liveName(), "--json"], { what: "port" });
+    if (!done.stdout.toString("utf8").trim()) return [];
+    const items = cli.parseJSON(done);
+    if (items === null) return [];
+    if (!Array.isArray(items)) throw new TransportError("port --json: expected an array");
+    return items
+      .filter((p) => p && typeof p === "object")
+      .map((p: Record<string, unknown>) =>
+        portForward(String(p.host_addr ?? p.host ?? "127.0.0.1"), Number(p.host_port ?? 0), Number(p.guest_port ?? 0), String(p.proto ?? "tcp")),
+      );
+  }
+}
+
+function isBuildDir(template: string): boolean {
+  if (/^(\/|\.\/|\.\.\/|~)/.test(template) || template === "." || template === "..") return true;
+  try {
+    return existsSync(template) && statSync(template).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A running microVM sandbox. Sandbox.create boots one (`mvmctl up`); it is
+ * destroyed by kill()/destroy(), at the end of an `await using` block, or
+ * when this process exits (also on an uncaught exception, SIGINT, SIGTERM)
+ * unless detach() was called. Sandbox.connect attaches without taking
+ * ownership.
+ */
+export class Sandbox implements AsyncDisposable, Disposable {
+  /** @internal */ _info: SandboxInfo;
+  /** @internal */ readonly _cli: cli.CLI;
+  /** @internal */ readonly _recording: Recording | null;
+  /** @internal */ readonly _handles = new Set<CommandHandle>();
+  readonly workloadId: string;
+  readonly commands: Commands;
+  readonly files: Files;
+  readonly ports: Ports;
+  private destroyed = false;
+  private detached = false;
+
+  constructor(
+    info: SandboxInfo,
+    opts: { cli?: cli.CLI; owned?: boolean; workloadId?: string; recording?: Recording | null } = {},
+  ) {
+    this._info = info;
+    this._cli = opts.cli ?? new cli.CLI();
+    this._recording = opts.recording ?? null;
+    this.workloadId = opts.workloadId ?? info.name;
+    this.commands = new Commands(this);
+    this.files = new Files(this);
+    this.ports = new Ports(this);
+    if (opts.owned) register(this);
+  }
+
+  /**
+   * Boot a sandbox from a template ("python", "minimal", an image name or
+   * digest) or a build directory holding mvm.toml ("./app"), and wait until
+   * it is ready.
+   */
+  static async create(template: string, opts: CreateOptions = {}): Promise<Sandbox> {
+    if (typeof template !== "string" || !template.trim()) {
+      throw new InvalidArgument("template: expected a non-empty template name or directory");
+    }
+    const wid = v.workloadId(opts.workloadId, template);
+    if (opts.name !== undefined) v.sandboxName(opts.name);
+    const cpus = v.positiveInt(opts.cpus, "cpus");
+    const mem = v.positiveInt(opts.memoryMb, "memoryMb");
+    const env = v.envOf(opts.env);
+    const ttl = v.ttlSeconds(opts.ttl);
+    const [preset, hosts] = v.networkOf(opts.network);
+    const publish = await v.publishSpecs(opts.ports);
+    const buildDir = isBuildDir(template);
+
+    if (sdkMode() === "record") {
+      const rec = new Recording(wid, {
+        template: buildDir ? null : template,
+        build_dir: buildDir ? template : null,
+        name: opts.name ?? null,
+        env: literalEnv(env),
+        resources: { cpu_cores: cpus ?? null, memory_mb: mem ?? null },
+        ttl_seconds: ttl,
+        network: opts.network !== undefined ? (preset ?? hosts) : null,
+        ports: publish,
+      });
+      const info = sandboxInfo({ name: opts.name ?? `recorded-${wid}`.slice(0, 40), state: "recorded", image: template });
+      return new Sandbox(info, { workloadId: wid, recording: rec });
+    }
+
+    const c = new cli.CLI();
+    const name = opts.name ?? `sdk-${wid.slice(0, 24).replace(/-+$/, "")}-${randomBytes(4).toString("hex")}`;
+    const args = ["up"];
+    if (buildDir) args.push(path.resolve(template.replace(/^~(?=\/|$)/, os.homedir())));
+    else args.push("--image", template);
+    args.push("--name", name, "--json", "--ttl", `${ttl}s`);
+    if (cpus !== undefined) args.push("--cpus", String(cpus));
+    if (mem !== undefined) args.push("--memory", `${mem}M`);
+    args.push(...v.envFlags(env));
+    if (preset !== null) args.push("--network", preset);
+    for (const h of hosts) args.push("--allow", h);
+    for (const p of publish) args.push("-p", p);
+    // Owned from before the boot starts: an exit during `up` still runs `down`.
+    const pending = { cleanupSync: () => void c.callSync(["down", name], 60_000) };
+    register(pending);
+    let done: cli.Completed;
+    try {
+      done = await c.call(args, { timeoutMs: cli.createTimeoutMs(), what: "up" });
+    } catch (e) {
+      unregister(pending);
+      if (e instanceof TransportError) await c.call(["down", name], { ok: () => true }).catch(() => undefined);
+      if (e instanceof Unsupported && hosts.length > 0 && e.message.includes("--allow")) {
+        throw new Unsupported("network needs `mvmctl up --allow HOST[:PORT]`, which this mvmctl lacks", {
+          exitCode: e.exitCode,
+          argv: e.argv,
+          stderr: e.stderr,
+        });
+      }
+      throw e;
+    }
+    unregister(pending);
+    return new Sandbox(sandboxInfo(cli.parseJSON(done)), { cli: c, owned: true, workloadId: wid });
+  }
+
+  /** Attach to an existing sandbox (e.g. one another process created and detached). */
+  static async connect(name: string): Promise<Sandbox> {
+    v.sandboxName(name);
+    if (sdkMode() === "record") throw new Unsupported("Sandbox.connect() is not available in record mode");
+    const c = new cli.CLI();
+    for (const info of await Sandbox.ls(c, true)) if (info.name === name) return new Sandbox(info, { cli: c });
+    throw new SandboxNotFound(`no sandbox named ${JSON.stringify(name)}`, { exitCode: cli.EXIT_NOT_FOUND });
+  }
+
+  /** Running sandboxes (all: also stopped and failed ones). */
+  static async list(opts: { all?: boolean } = {}): Promise<SandboxInfo[]> {
+    if (sdkMode() === "record") throw new Unsupported("Sandbox.list() is not available in record mode");
+    return Sandbox.ls(new cli.CLI(), Boolean(opts.all));
+  }
+
+  private static async ls(c: cli.CLI, all: boolean): Promise<SandboxInfo[]> {
+    const done = await c.call(["ls", "--json", ...(all ? ["-a"] : [])], { what: "ls" });
+    const items = cli.parseJSON(done);
+    if (items === null) return [];
+    if (!Array.isArray(items)) throw new TransportError("ls --json: expected an array");
+    return items.map(sandboxInfo);
+  }
+
+  get name(): string {
+    return this._info.name;
+  }
+
+  get id(): string {
+    return this._info.id;
+  }
+
+  /** The description from the last create/connect/refresh. */
+  get info(): SandboxInfo {
+    return this._info;
+  }
+
+  get recording(): boolean {
+    return this._recording !== null;
+  }
+
+  /** @internal */
+  _liveName(): string {
+    if (this.destroyed) {
+      throw new SandboxNotFound(`sandbox ${JSON.stringify(this.name)} was destroyed`, { exitCode: cli.EXIT_NOT_FOUND });
+    }
+    if (this._recording) throw new Unsupported("not available in record mode");
+    return this.name;
+  }
+
+  /** Re-read the sandbox's state from `mvmctl ls -a`. */
+  async refresh(): Promise<SandboxInfo> {
+    const name = this._liveName();
+    for (const info of await Sandbox.ls(this._cli, true)) {
+      if (info.name === name) {
+        this._info = info;
+        return info;
+      }
+    }
+    throw new SandboxNotFound(`no sandbox named ${JSON.stringify(name)}`, { exitCode: cli.EXIT_NOT_FOUND });
+  }
+
+  async isRunning(): Promise<boolean> {
+    if (this.destroyed || this._recording) return false;
+    try {
+      return (await this.refresh()).state === "running";
+    } catch (e) {
+      if (e instanceof SandboxNotFound) return false;
+      throw e;
+    }
+  }
+
+  /** The guest console and agent log (the last `lines` lines). */
+  async logs(opts: { lines?: number } = {}): Promise<string> {
+    if (this._recording) throw new Unsupported("logs() is not available in record mode");
+    const args = ["logs", this._liveName()];
+    const n = v.positiveInt(opts.lines, "lines");
+    if (n !== undefined) args.push("-n", String(n));
+    return (await this._cli.call(args, { what: "logs" })).stdout.toString("utf8");
+  }
+
+  /** Guest metrics (memory, load, processes, uptime, disk). */
+  async stats(): Promise<Record<string, unknown>> {
+    if (this._recording) throw new Unsupported("stats() is not available in record mode");
+    const obj = cli.parseJSON(await this._cli.call(["stats", this._liveName(), "--json"], { what: "stats" }));
+    if (!obj || typeof obj !== "object") throw new TransportError("stats --json: expected an object");
+    return obj as Record<string, unknown>;
+  }
+
+  /** Pause the sandbox's vCPUs (commands fail until resume()). */
+  async pause(): Promise<void> {
+    if (this._recording) throw new Unsupported("pause() is not available in record mode");
+    await this._cli.call(["pause", this._liveName()], { what: "pause" });
+    this._info.state = "paused";
+  }
+
+  async resume(): Promise<void> {
+    if (this._recording) throw new Unsupported("resume() is not available in record mode");
+    await this._cli.call(["resume", this._liveName()], { what: "resume" });
+    this._info.state = "running";
+  }
+
+  /** Leave the sandbox running after this process exits (its TTL still applies); returns its name. */
+  detach(): string {
+    this.detached = true;
+    unregister(this);
+    this._recording?.add({ kind: "detach" });
+    for (const h of this._handles) h._stopFollowing();
+    return this.name;
+  }
+
+  /** Stop the sandbox and remove its state (`mvmctl down`). Idempotent. */
+  async destroy(): Promise<void> {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    unregister(this);
+    for (const h of this._handles) h._stopFollowing();
+    if (this._recording) {
+      this._recording.add({ kind: "kill" });
+      return;
+    }
+    try {
+      await this._cli.call(["down", this.name], { ok: (c) => c === 0 || c === cli.EXIT_NOT_FOUND, what: "down" });
+    } catch (e) {
+      this.destroyed = false;
+      throw e;
+    }
+    this._info.state = "destroyed";
+  }
+
+  /** E2B-style alias of destroy(). */
+  kill(): Promise<void> {
+    return this.destroy();
+  }
+
+  /** Synchronous destroy, for exit handlers and `using`. */
+  destroySync(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    unregister(this);
+    for (const h of this._handles) h._stopFollowing();
+    if (this._recording) {
+      this._recording.add({ kind: "kill" });
+      return;
+    }
+    const code = this._cli.callSync(["down", this.name], cli.callTimeoutMs());
+    if (code !== 0 && code !== cli.EXIT_NOT_FOUND) {
+      this.destroyed = false;
+      throw new MvmError(`down ${this.name}: mvmctl exited with code ${code}`, { exitCode: code });
+    }
+    this._info.state = "destroyed";
+  }
+
+  /** @internal exit-time cleanup of owned, undetached sandboxes */
+  cleanupSync(): void {
+    if (!this.detached) {
+      try {
+        this.destroySync();
+      } catch {
+        /* best effort at exit */
+      }
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (!this.detached) await this.destroy();
+  }
+
+  [Symbol.dispose](): void {
+    if (!this.detached) this.destroySync();
+  }
+}

@@ -1,0 +1,230 @@
+// Tests that boot nothing: validation, error mapping (against a stand-in CLI
+// replaying an exit code and message), record mode, CLI discovery.
+
+import assert from "node:assert/strict";
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import * as path from "node:path";
+import { afterEach, beforeEach, describe, test } from "node:test";
+import * as sdk from "../src/index.js";
+import { Recording } from "../src/record.js";
+import * as v from "../src/validate.js";
+import { fixture, runNode, tmpDir } from "./helpers.js";
+
+describe("validation", () => {
+  test("bad guest paths are refused on the host", () => {
+    for (const p of ["relative/x", "", "/a/../b", "/a/./b", "//a", "/a/", "/a\0b", "..", "/a/.."]) {
+      assert.throws(() => v.guestPath(p), sdk.InvalidArgument, p);
+    }
+    for (const p of ["/", "/app/main.py", "/a b/c", "/tmp/.hidden", "/x..y"]) assert.equal(v.guestPath(p), p);
+  });
+
+  test("argv and shell strings", () => {
+    assert.deepEqual(v.argvOf("echo hi"), ["sh", "-c", "echo hi"]);
+    assert.deepEqual(v.argvOf(["ls", "-l"]), ["ls", "-l"]);
+    for (const bad of [[], [""], ["a", 1], "", "  ", ["a\0"], 5]) assert.throws(() => v.argvOf(bad), sdk.InvalidArgument);
+  });
+
+  test("env, ttl, names", () => {
+    assert.deepEqual(v.envFlags(v.envOf({ B: "2", A: "1" })), ["-e", "A=1", "-e", "B=2"]);
+    for (const bad of [{ "1A": "x" }, { "A-B": "x" }, { A: "x\0" }] as Record<string, string>[]) assert.throws(() => v.envOf(bad), sdk.InvalidArgument);
+    assert.equal(v.ttlSeconds(undefined), 1800);
+    assert.equal(v.ttlSeconds(0), 0);
+    assert.equal(v.ttlSeconds("30s"), 30);
+    assert.equal(v.ttlSeconds("5m"), 300);
+    assert.equal(v.ttlSeconds(" 1h "), 3600);
+    assert.equal(v.ttlSeconds("3600"), 3600);
+    for (const bad of ["5x", "-1", "1.5h", -3]) assert.throws(() => v.ttlSeconds(bad), sdk.InvalidArgument);
+    assert.equal(v.workloadId(undefined, "python"), "python");
+    assert.equal(v.workloadId(undefined, "./my_App/"), "my-app");
+    assert.equal(v.workloadId(undefined, "3.11"), "w-3-11");
+    assert.throws(() => v.workloadId("Tool!", "python"), sdk.InvalidArgument);
+    assert.throws(() => v.sandboxName("Bad Name"), sdk.InvalidArgument);
+  });
+});
+
+describe("stand-in CLI", () => {
+  let dir: string;
+  let saved: NodeJS.ProcessEnv;
+
+  beforeEach(() => {
+    saved = { ...process.env };
+    dir = tmpDir();
+    const fake = path.join(dir, "mvmctl");
+    writeFileSync(
+      fake,
+      '#!/bin/sh\nprintf "%s\\n" "$*" >> "$FAKE_LOG"\nprintf "%s" "$FAKE_STDOUT"\n' +
+        'if [ -n "$FAKE_STDERR" ]; then printf "mvmctl: %s\\n" "$FAKE_STDERR" >&2; fi\nexit "${FAKE_CODE:-0}"\n',
+    );
+    chmodSync(fake, 0o755);
+    Object.assign(process.env, { MVM_CLI_BIN: fake, FAKE_LOG: path.join(dir, "log"), FAKE_STDOUT: "", FAKE_STDERR: "", FAKE_CODE: "0" });
+  });
+  afterEach(() => {
+    process.env = saved;
+  });
+
+  const fakeSandbox = () =>
+    new sdk.Sandbox({
+      name: "fake", id: "0", state: "running", image: "", imageDigest: "", profile: "", cpus: 0, memoryMib: 0,
+      created: null, expires: null, transient: false, raw: {},
+    });
+  const lastCall = () => readFileSync(path.join(dir, "log"), "utf8").trim().split("\n").at(-1);
+
+  const cases: [number, string, new (...a: never[]) => sdk.MvmError][] = [
+    [3, 'sandbox not found: no sandbox named "fake"', sdk.SandboxNotFound],
+    [4, "fs stat /x: /x: no such file or directory", sdk.FileNotFound],
+    [124, "timed out", sdk.CommandTimeout],
+    [125, "boot failed: deadline passed", sdk.TransportError],
+    [126, "refused: sealed image", sdk.PolicyDenied],
+    [7, "fs rm /a: directory not empty", sdk.CLIError],
+    [2, "unknown flag: --json (see `mvmctl fs stat --help`)", sdk.Unsupported],
+    [1, "something else", sdk.CLIError],
+  ];
+  for (const [code, message, cls] of cases) {
+    test(`exit ${code} maps to ${cls.name}`, async () => {
+      Object.assign(process.env, { FAKE_CODE: String(code), FAKE_STDERR: message });
+      await assert.rejects(fakeSandbox().files.stat("/x"), (e: unknown) => {
+        assert.ok(e instanceof cls && e instanceof sdk.MvmError);
+        assert.equal((e as sdk.MvmError).exitCode, code);
+        assert.equal((e as sdk.MvmError).message, message);
+        return true;
+      });
+    });
+  }
+
+  test("exec: policy refusal vs not-executable", async () => {
+    Object.assign(process.env, { FAKE_CODE: "126", FAKE_STDERR: "exec refused: the image is sealed" });
+    await assert.rejects(fakeSandbox().commands.run(["ls"]), sdk.PolicyDenied);
+    Object.assign(process.env, { FAKE_STDERR: "/x: permission denied in the sandbox" });
+    const r = await fakeSandbox().commands.run(["/x"]);
+    assert.equal(r.exitCode, 126);
+  });
+
+  test("exec flags and JSON result", async () => {
+    Object.assign(process.env, {
+      FAKE_CODE: "3",
+      FAKE_STDOUT: JSON.stringify({
+        exit_code: 3, stdout_base64: "AAH/", stdout_bytes: 3, stderr: "e", stderr_bytes: 9, stderr_truncated: true,
+        duration_ms: 5, timed_out: false, audit_id: "7:abc",
+      }),
+    });
+    const r = await fakeSandbox().commands.run(["cat"], {
+      env: { B: "2", A: "1" }, cwd: "/w", stdin: "x", timeoutMs: 2500, maxOutputBytes: 10,
+    });
+    assert.equal(r.exitCode, 3);
+    assert.deepEqual([...r.stdoutRaw], [0, 1, 255]);
+    assert.equal(r.stderr, "e");
+    assert.equal(r.truncated, true);
+    assert.equal(r.auditId, "7:abc");
+    assert.equal(r.ok, false);
+    assert.equal(lastCall(), "exec fake --json -e A=1 -e B=2 -w /w --timeout 2500ms --max-output 10 -i -- cat");
+  });
+
+  test("garbage output is a TransportError; a hung CLI is bounded", async () => {
+    process.env.FAKE_STDOUT = "not json";
+    await assert.rejects(fakeSandbox().files.stat("/x"), sdk.TransportError);
+    writeFileSync(process.env.MVM_CLI_BIN!, "#!/bin/sh\nexec sleep 30\n");
+    process.env.MVM_SDK_CALL_TIMEOUT = "0.5";
+    const t0 = Date.now();
+    await assert.rejects(fakeSandbox().files.stat("/x"), /no answer/);
+    assert.ok(Date.now() - t0 < 10_000);
+  });
+
+  test("missing CLI is a TransportError; PATH lookup works", async () => {
+    const fake = process.env.MVM_CLI_BIN!;
+    process.env.MVM_CLI_BIN = path.join(dir, "nope");
+    await assert.rejects(sdk.Sandbox.list(), /MVM_CLI_BIN/);
+    delete process.env.MVM_CLI_BIN;
+    const savedPath = process.env.PATH;
+    process.env.PATH = path.join(dir, "empty");
+    await assert.rejects(sdk.Sandbox.list(), /PATH/);
+    process.env.PATH = `${path.dirname(fake)}${path.delimiter}${savedPath}`;
+    process.env.FAKE_STDOUT = "[]";
+    assert.deepEqual(await sdk.Sandbox.list(), []);
+  });
+
+  test("ports.forward: missing CLI support and a binding", async () => {
+    Object.assign(process.env, { FAKE_CODE: "1", FAKE_STDERR: 'unknown command "forward" for "mvmctl"' });
+    await assert.rejects(fakeSandbox().ports.forward(8080), (e: unknown) => e instanceof sdk.Unsupported && /mvmctl forward/.test(e.message));
+    Object.assign(process.env, {
+      FAKE_CODE: "0",
+      FAKE_STDERR: "",
+      FAKE_STDOUT: '[{"guest_port":8080,"host_addr":"127.0.0.1","host_port":18080,"proto":"tcp"}]',
+    });
+    assert.deepEqual(await fakeSandbox().ports.forward(8080, { hostPort: 18080 }), {
+      host: "127.0.0.1", hostPort: 18080, guestPort: 8080, proto: "tcp", url: "http://127.0.0.1:18080",
+    });
+    const log = readFileSync(path.join(dir, "log"), "utf8").trim().split("\n");
+    assert.deepEqual(log.slice(-2), ["forward fake -p 18080:8080", "port fake --json"]);
+  });
+
+  test("network and ports flags", async () => {
+    process.env.FAKE_STDOUT = JSON.stringify({ name: "n3", id: "x", state: "running" });
+    (await sdk.Sandbox.create("minimal", { name: "n3", network: ["pypi.org", "api.example.com:8443"], ports: ["18080:80"] })).detach();
+    assert.ok(lastCall()!.endsWith("--allow pypi.org --allow api.example.com:8443 -p 18080:80"));
+    (await sdk.Sandbox.create("minimal", { name: "n3", network: "dev", ports: [8000] })).detach();
+    assert.ok(lastCall()!.includes("--network dev") && lastCall()!.endsWith(":8000"));
+    await assert.rejects(sdk.Sandbox.create("minimal", { network: ["bad host!"] }), sdk.InvalidArgument);
+    await assert.rejects(sdk.Sandbox.create("minimal", { ports: ["x:y"] }), sdk.InvalidArgument);
+  });
+
+  test("create flags, build dirs, idempotent destroy", async () => {
+    process.env.FAKE_STDOUT = JSON.stringify({ name: "n1", id: "abc", state: "running" });
+    const sb = await sdk.Sandbox.create("python", { name: "n1", cpus: 2, memoryMb: 1024, env: { K: "v" }, ttl: "5m" });
+    assert.equal(lastCall(), "up --image python --name n1 --json --ttl 300s --cpus 2 --memory 1024M -e K=v");
+    sb.detach();
+    const d = path.join(dir, "app");
+    mkdirSync(d);
+    process.env.FAKE_STDOUT = JSON.stringify({ name: "n2", id: "def", state: "running" });
+    const sb2 = await sdk.Sandbox.create(d, { name: "n2" });
+    assert.ok(lastCall()!.startsWith(`up ${d} --name n2 --json`));
+    assert.equal(sb2.workloadId, "app");
+    await sb2.destroy();
+    assert.equal(lastCall(), "down n2");
+    await sb2.destroy();
+    assert.equal(lastCall(), "down n2");
+    await assert.rejects(sb2.commands.run("true"), sdk.SandboxNotFound);
+  });
+});
+
+describe("record mode", () => {
+  test("writes the recording without booting", async () => {
+    const dir = tmpDir();
+    const out = path.join(dir, "rec.json");
+    const res = await runNode(fixture("record"), [], { MVM_SDK_MODE: "record", MVM_SDK_OUT_PATH: out, MVM_CLI_BIN: "/nonexistent" });
+    assert.equal(res.code, 0, res.stderr);
+    const doc = JSON.parse(readFileSync(out, "utf8"));
+    assert.equal(doc.schema_version, 1);
+    assert.equal(doc.sdk, "typescript");
+    assert.equal(doc.workload_id, "tool");
+    assert.equal(doc.create.template, "python");
+    assert.deepEqual(doc.create.env, { MODE: { kind: "literal", value: "x" } });
+    assert.equal(doc.create.ttl_seconds, 300);
+    assert.deepEqual(
+      doc.ops.map((o: { kind: string }) => o.kind),
+      ["files_write", "command_run", "files_mkdir", "command_start", "kill"],
+    );
+    assert.equal(doc.ops[0].bytes_b64, "cHJpbnQoJ2hlbGxvJyk=");
+  });
+
+  test("refuses reads, second sandboxes and bad modes", async () => {
+    const saved = { ...process.env };
+    try {
+      process.env.MVM_SDK_MODE = "record";
+      process.env.MVM_SDK_OUT_PATH = path.join(tmpDir(), "r.json");
+      Recording.resetForTests();
+      const sb = await sdk.Sandbox.create("minimal");
+      await assert.rejects(sb.files.read("/etc/hostname"), sdk.Unsupported);
+      await assert.rejects(sdk.Sandbox.create("minimal"), sdk.ModeError);
+      await sb.destroy();
+      Recording.resetForTests();
+      process.env.MVM_SDK_MODE = "plan";
+      await assert.rejects(sdk.Sandbox.create("minimal"), sdk.ModeError);
+      process.env.MVM_SDK_MODE = "record";
+      delete process.env.MVM_SDK_OUT_PATH;
+      await assert.rejects(sdk.Sandbox.create("minimal"), /MVM_SDK_OUT_PATH/);
+    } finally {
+      process.env = saved;
+      Recording.resetForTests();
+    }
+  });
+});
