@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 	"github.com/spf13/cobra"
@@ -27,6 +28,7 @@ func init() {
 	register(newBootReportCmd)
 	register(newPauseCmd)
 	register(newResumeCmd)
+	register(newInspectCmd)
 }
 
 // stateJSON is the public shape of a sandbox in --json output.
@@ -201,7 +203,16 @@ failed; 126 not executable (or refused by a sealed image); 127 not found.`,
 			}
 			timedOut := errors.Is(err, runtime.ErrTimeout)
 			if err != nil && !timedOut {
-				return commandError(err, args[1])
+				cerr := commandError(err, args[1])
+				if jsonOut {
+					// Scripts get an object on every path: the error's
+					// kind, message and exit code.
+					var ee *ExitError
+					errors.As(cerr, &ee)
+					writeJSON(app.Stdout, map[string]any{"schema_version": 1, "sandbox": args[0],
+						"exit_code": ee.Code, "error": map[string]any{"kind": errorKind(err), "message": ee.Error()}})
+				}
+				return cerr
 			}
 			code := ExitTimeout
 			if res != nil {
@@ -257,6 +268,44 @@ func rawTerminal(app *App, o *runtime.ExecOptions) (func(), error) {
 		return nil, fmt.Errorf("raw terminal: %w", err)
 	}
 	return func() { term.Restore(int(f.Fd()), old) }, nil
+}
+
+// errorKind names why a command could not run, for --json output.
+func errorKind(err error) string {
+	switch {
+	case agentapi.IsNotFound(err):
+		return "not_found"
+	case agentapi.IsPermissionDenied(err):
+		return "not_executable"
+	case agentapi.IsRefused(err):
+		return "refused"
+	case errors.Is(err, runtime.ErrNotFound):
+		return "no_sandbox"
+	case errors.Is(err, runtime.ErrNotRunning):
+		return "not_running"
+	}
+	return "error"
+}
+
+func newInspectCmd(app *App) *cobra.Command {
+	return &cobra.Command{
+		Use:   "inspect NAME",
+		Short: "Print one sandbox as JSON (the object `ls --json` lists, plus boot timings)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rt, err := app.runtime()
+			if err != nil {
+				return err
+			}
+			st, err := rt.Get(args[0])
+			if err != nil {
+				return exitCode(ExitNotFound, err)
+			}
+			obj := stateJSON(st)
+			obj["boot"] = st.Boot
+			return writeJSON(app.Stdout, obj)
+		},
+	}
 }
 
 func newDownCmd(app *App) *cobra.Command {

@@ -174,6 +174,12 @@ func TestLifecycleErrors(t *testing.T) {
 	if r := e.run("up", "--name", "twin"); r.code != 1 || !strings.Contains(r.stderr, "already in use") {
 		t.Errorf("duplicate name: %s", r)
 	}
+	if r := e.run("exec", "--json", "twin", "--", "no-such-cmd"); r.code != 127 || !strings.Contains(r.stdout, `"kind":"not_found"`) {
+		t.Errorf("exec --json of a missing command: want an error object and exit 127: %s", r)
+	}
+	if r := e.run("inspect", "twin"); r.code != 0 || !strings.Contains(r.stdout, `"state":"running"`) || !strings.Contains(r.stdout, `"agent_ready_ms"`) {
+		t.Errorf("inspect: %s", r)
+	}
 	e.must("down", "twin")
 	e.assertClean()
 }
