@@ -87,21 +87,23 @@ func newPortCmd(app *App) *cobra.Command {
 
 func newForwardCmd(app *App) *cobra.Command {
 	var publish []string
+	var jsonOut bool
 	cmd := &cobra.Command{
-		Use:   "forward NAME -p [ADDR:]HOSTPORT:GUESTPORT",
+		Use:   "forward NAME -p [ADDR:][HOSTPORT:]GUESTPORT",
 		Short: "Publish a guest port of a running sandbox on the host (127.0.0.1 unless ADDR is given)",
 		Long: `forward adds a port binding to a running sandbox that has a network
 device (one started with -p or --allow). The binding lasts as long as the
 sandbox; ` + "`mvmctl port NAME`" + ` lists them.`,
 		Example: `  mvmctl up --name web -p 8080:80
-  mvmctl forward web -p 8443:443`,
+  mvmctl forward web -p 8443:443
+  mvmctl forward web -p 3000 --json     # a free host port is chosen`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(publish) == 0 {
-				return exitCode(ExitUsage, errors.New("give at least one -p [ADDR:]HOSTPORT:GUESTPORT"))
+				return exitCode(ExitUsage, errors.New("give at least one -p [ADDR:][HOSTPORT:]GUESTPORT"))
 			}
 			for _, p := range publish {
-				if _, err := netpolicy.ParsePublish(p); err != nil {
+				if _, err := netpolicy.ParseForward(p); err != nil {
 					return exitCode(ExitUsage, err)
 				}
 			}
@@ -128,6 +130,13 @@ sandbox; ` + "`mvmctl port NAME`" + ` lists them.`,
 			if err != nil {
 				return err
 			}
+			if jsonOut {
+				rows := make([]map[string]any, 0, len(ports))
+				for _, p := range ports {
+					rows = append(rows, map[string]any{"host_addr": p.HostAddr, "host_port": p.HostPort, "guest_port": p.GuestPort, "proto": "tcp"})
+				}
+				return writeJSON(app.Stdout, rows)
+			}
 			tw := tabwriter.NewWriter(app.Stdout, 0, 4, 1, ' ', 0)
 			for _, p := range ports {
 				fmt.Fprintf(tw, "%d/tcp\t-> %s:%d\n", p.GuestPort, p.HostAddr, p.HostPort)
@@ -135,7 +144,8 @@ sandbox; ` + "`mvmctl port NAME`" + ` lists them.`,
 			return tw.Flush()
 		},
 	}
-	cmd.Flags().StringArrayVarP(&publish, "publish", "p", nil, "[ADDR:]HOSTPORT:GUESTPORT (repeatable)")
+	cmd.Flags().StringArrayVarP(&publish, "publish", "p", nil, "[ADDR:][HOSTPORT:]GUESTPORT (repeatable); a missing or 0 host port picks a free one")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print all of the sandbox's bindings as JSON")
 	return cmd
 }
 

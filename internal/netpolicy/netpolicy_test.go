@@ -567,3 +567,22 @@ func TestHelperHandoff(t *testing.T) {
 		t.Errorf("audit %v", ev)
 	}
 }
+
+func TestParseForward(t *testing.T) {
+	for in, want := range map[string]Publish{
+		"3000":             {HostAddr: "127.0.0.1", HostPort: 0, GuestPort: 3000},
+		"0:3000":           {HostAddr: "127.0.0.1", HostPort: 0, GuestPort: 3000},
+		"127.0.0.1:0:3000": {HostAddr: "127.0.0.1", HostPort: 0, GuestPort: 3000},
+		"8080:80":          {HostAddr: "127.0.0.1", HostPort: 8080, GuestPort: 80},
+	} {
+		got, err := ParseForward(in)
+		if err != nil || got != want {
+			t.Errorf("ParseForward(%q) = %+v, %v; want %+v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "x", "0:0", "1.2.3:0:80", "70000"} {
+		if _, err := ParseForward(bad); err == nil {
+			t.Errorf("ParseForward(%q) accepted", bad)
+		}
+	}
+}

@@ -249,6 +249,27 @@ func ParsePublish(s string) (Publish, error) {
 	return Publish{HostAddr: ip.String(), HostPort: h, GuestPort: g}, nil
 }
 
+// ParseForward parses a `forward -p` value: like ParsePublish, and also
+// GUESTPORT alone or a host port of 0, meaning "pick a free host port"
+// (HostPort is then 0 and the supervisor chooses).
+func ParseForward(s string) (Publish, error) {
+	t := strings.TrimSuffix(strings.TrimSpace(s), "/tcp")
+	if !strings.Contains(t, ":") {
+		t = "0:" + t
+	}
+	parts := strings.Split(t, ":")
+	if len(parts) >= 2 && parts[len(parts)-2] == "0" {
+		parts[len(parts)-2] = "1"
+		p, err := ParsePublish(strings.Join(parts, ":"))
+		if err != nil {
+			return Publish{}, fmt.Errorf("-p %q: want [ADDR:][HOSTPORT:]GUESTPORT", s)
+		}
+		p.HostPort = 0
+		return p, nil
+	}
+	return ParsePublish(s)
+}
+
 // Request is what the caller asked for on the command line (or an SDK).
 type Request struct {
 	Network string   // "", "none", "unrestricted" or a preset name

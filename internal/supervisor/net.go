@@ -87,12 +87,22 @@ func (s *supervisor) forward(ctx context.Context, spec string) sandbox.Response 
 	if ns == nil || !ns.cfg.HasNIC() {
 		return sandbox.Response{Error: "sandbox has no network device: publish ports at `up` with -p (or give it --allow) to be able to forward later"}
 	}
-	p, err := netpolicy.ParsePublish(spec)
+	p, err := netpolicy.ParseForward(spec)
 	if err != nil {
 		return sandbox.Response{Error: err.Error()}
 	}
 	ns.mu.Lock()
 	defer ns.mu.Unlock()
+	if p.HostPort == 0 {
+		// Pick a free port on the requested address. Another process could
+		// take it before QEMU binds it; hostfwd_add then fails and says so.
+		l, err := net.Listen("tcp4", net.JoinHostPort(p.HostAddr, "0"))
+		if err != nil {
+			return sandbox.Response{Error: fmt.Sprintf("pick a host port on %s: %v", p.HostAddr, err)}
+		}
+		p.HostPort = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+	}
 	for _, q := range ns.ports {
 		if q.HostPort == p.HostPort && q.HostAddr == p.HostAddr {
 			return sandbox.Response{Error: fmt.Sprintf("%s:%d is already published (to guest port %d)", p.HostAddr, p.HostPort, q.GuestPort)}

@@ -211,6 +211,15 @@ done; echo done`, hp, okIP, hp))
 	if body, err := fetch("127.0.0.1:" + pub2); err != nil || !strings.Contains(body, "guest-page") {
 		t.Errorf("forwarded port: %q %v", body, err)
 	}
+	// A guest port alone: the supervisor picks a free host port.
+	var bound []map[string]any
+	if err := json.Unmarshal([]byte(e.must("forward", "net", "-p", "8000", "--json").stdout), &bound); err != nil || len(bound) != 3 {
+		t.Fatalf("forward --json: %v %v", bound, err)
+	}
+	auto := fmt.Sprint(bound[2]["host_port"])
+	if body, err := fetch("127.0.0.1:" + auto); auto == "0" || err != nil || !strings.Contains(body, "guest-page") {
+		t.Errorf("auto-picked port %s: %q %v", auto, body, err)
+	}
 	ports := e.must("port", "net").stdout
 	if !strings.Contains(ports, "8000/tcp -> 127.0.0.1:"+pub) || !strings.Contains(ports, "127.0.0.1:"+pub2) {
 		t.Errorf("port listing: %q", ports)
