@@ -115,6 +115,7 @@ sandbox; ` + "`mvmctl port NAME`" + ` lists them.`,
 			if err != nil {
 				return exitCode(ExitNotFound, err)
 			}
+			before, _ := netpolicy.ReadPorts(dir)
 			for _, p := range publish {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				resp, err := sandbox.Control(ctx, dir, sandbox.Request{Op: "forward", Publish: p})
@@ -131,9 +132,16 @@ sandbox; ` + "`mvmctl port NAME`" + ` lists them.`,
 				return err
 			}
 			if jsonOut {
-				rows := make([]map[string]any, 0, len(ports))
+				// The bindings this call added (`mvmctl port` lists all).
+				old := map[netpolicy.Publish]bool{}
+				for _, p := range before {
+					old[p] = true
+				}
+				rows := []map[string]any{}
 				for _, p := range ports {
-					rows = append(rows, map[string]any{"host_addr": p.HostAddr, "host_port": p.HostPort, "guest_port": p.GuestPort, "proto": "tcp"})
+					if !old[p] {
+						rows = append(rows, map[string]any{"host_addr": p.HostAddr, "host_port": p.HostPort, "guest_port": p.GuestPort, "proto": "tcp"})
+					}
 				}
 				return writeJSON(app.Stdout, rows)
 			}
@@ -145,7 +153,7 @@ sandbox; ` + "`mvmctl port NAME`" + ` lists them.`,
 		},
 	}
 	cmd.Flags().StringArrayVarP(&publish, "publish", "p", nil, "[ADDR:][HOSTPORT:]GUESTPORT (repeatable); a missing or 0 host port picks a free one")
-	cmd.Flags().BoolVar(&jsonOut, "json", false, "print all of the sandbox's bindings as JSON")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the bindings this call added as JSON")
 	return cmd
 }
 

@@ -216,7 +216,7 @@ def test_forward_parses_binding(fake_cli: Path, tmp_path: Path, monkeypatch: pyt
     pf = fake_sandbox().ports.forward(8080, host_port=18080)
     assert (pf.host, pf.host_port, pf.guest_port, pf.url) == (
         "127.0.0.1", 18080, 8080, "http://127.0.0.1:18080")
-    assert calls(tmp_path)[-2:] == ["forward fake -p 18080:8080", "port fake --json"]
+    assert calls(tmp_path)[-1:] == ["forward fake -p 18080:8080 --json"]
 
 
 def test_network_and_ports_flags(fake_cli: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -208,7 +208,11 @@ export class Commands {
     });
     let parsed: unknown = null;
     if (done.stdout.toString("utf8").trim()) parsed = cli.parseJSON(done);
-    if (parsed && typeof parsed === "object" && "exit_code" in parsed) {
+    const failure =
+      parsed && typeof parsed === "object" && "error" in parsed
+        ? ((parsed as { error?: { kind?: string; message?: string } }).error ?? null)
+        : null;
+    if (parsed && typeof parsed === "object" && "exit_code" in parsed && !failure) {
       const result = resultFromJSON(argv, parsed);
       if (result.timedOut && opts.raiseOnTimeout !== false) {
         throw new CommandTimeout(`${argv[0]}: timed out after ${(limit ?? 0) / 1000}s`, {
@@ -219,10 +223,14 @@ export class Commands {
       }
       return result;
     }
-    const msg = cli.cliMessage(done.stderr);
+    // An error object (or nothing): the CLI could not run the command.
+    const kind = failure?.kind ?? "";
+    const msg = failure?.message || cli.cliMessage(done.stderr);
     if (
+      kind === "not_found" ||
+      kind === "not_executable" ||
       done.code === cli.EXIT_NO_COMMAND ||
-      (done.code === cli.EXIT_CANNOT_EXEC && msg.includes("permission denied in the sandbox"))
+      (!kind && done.code === cli.EXIT_CANNOT_EXEC && msg.includes("permission denied in the sandbox"))
     ) {
       const err = Buffer.from(msg + "\n");
       return makeResult(argv, { exitCode: done.code, stderr: err.toString(), stderrRaw: err, stderrSize: err.length });

@@ -93,16 +93,20 @@ export class Ports {
   /** Publish guestPort on 127.0.0.1:hostPort (default: a free host port). */
   async forward(guestPort: number, opts: { hostPort?: number } = {}): Promise<PortForward> {
     const g = v.port(guestPort, "guestPort");
-    const hp = opts.hostPort === undefined ? await v.freePort() : v.port(opts.hostPort, "hostPort");
+    const hp = opts.hostPort === undefined ? undefined : v.port(opts.hostPort, "hostPort");
     if (this.sb._recording) {
       this.sb._recording.add({ kind: "ports_forward", guest_port: g, host_port: opts.hostPort ?? null });
-      return portForward("127.0.0.1", hp, g);
+      return portForward("127.0.0.1", hp ?? 0, g);
     }
+    // Without a host port the supervisor picks a free one; --json returns
+    // the bindings this call added.
+    const spec = hp === undefined ? `${g}` : `${hp}:${g}`;
+    let done: Awaited<ReturnType<typeof cli.CLI.prototype.call>>;
     try {
-      await this.sb._cli.call(["forward", this.sb._liveName(), "-p", `${hp}:${g}`], { what: "forward" });
+      done = await this.sb._cli.call(["forward", this.sb._liveName(), "-p", spec, "--json"], { what: "forward" });
     } catch (e) {
       if (e instanceof Unsupported) {
-        throw new Unsupported(`ports.forward needs \`mvmctl forward NAME -p HOST:GUEST\`, which this mvmctl lacks (${e.message})`, {
+        throw new Unsupported(`ports.forward needs \`mvmctl forward NAME -p [HOST:]GUEST\`, which this mvmctl lacks (${e.message})`, {
           exitCode: e.exitCode,
           argv: e.argv,
           stderr: e.stderr,
@@ -110,24 +114,29 @@ export class Ports {
       }
       throw e;
     }
-    for (const pf of await this.list()) if (pf.guestPort === g && pf.hostPort === hp) return pf;
-    return portForward("127.0.0.1", hp, g);
+    for (const pf of portForwards(done))
+      if (pf.guestPort === g && (hp === undefined || pf.hostPort === hp)) return pf;
+    throw new TransportError(`forward: no binding for guest port ${g} after forwarding`);
   }
 
   /** The sandbox's published ports (`mvmctl port NAME --json`). */
   async list(): Promise<PortForward[]> {
     if (this.sb._recording) throw new Unsupported("ports.list() is not available in record mode");
-    const done = await this.sb._cli.call(["port", this.sb._liveName(), "--json"], { what: "port" });
-    if (!done.stdout.toString("utf8").trim()) return [];
-    const items = cli.parseJSON(done);
-    if (items === null) return [];
-    if (!Array.isArray(items)) throw new TransportError("port --json: expected an array");
-    return items
-      .filter((p) => p && typeof p === "object")
-      .map((p: Record<string, unknown>) =>
-        portForward(String(p.host_addr ?? p.host ?? "127.0.0.1"), Number(p.host_port ?? 0), Number(p.guest_port ?? 0), String(p.proto ?? "tcp")),
-      );
+    return portForwards(await this.sb._cli.call(["port", this.sb._liveName(), "--json"], { what: "port" }));
   }
+}
+
+/** Parse a JSON array of bindings (`port --json`, `forward --json`). */
+function portForwards(done: Awaited<ReturnType<typeof cli.CLI.prototype.call>>): PortForward[] {
+  if (!done.stdout.toString("utf8").trim()) return [];
+  const items = cli.parseJSON(done);
+  if (items === null) return [];
+  if (!Array.isArray(items)) throw new TransportError("expected an array of port bindings");
+  return items
+    .filter((p) => p && typeof p === "object")
+    .map((p: Record<string, unknown>) =>
+      portForward(String(p.host_addr ?? p.host ?? "127.0.0.1"), Number(p.host_port ?? 0), Number(p.guest_port ?? 0), String(p.proto ?? "tcp")),
+    );
 }
 
 function isBuildDir(template: string): boolean {

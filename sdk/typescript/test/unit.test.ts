@@ -154,7 +154,7 @@ describe("stand-in CLI", () => {
       host: "127.0.0.1", hostPort: 18080, guestPort: 8080, proto: "tcp", url: "http://127.0.0.1:18080",
     });
     const log = readFileSync(path.join(dir, "log"), "utf8").trim().split("\n");
-    assert.deepEqual(log.slice(-2), ["forward fake -p 18080:8080", "port fake --json"]);
+    assert.deepEqual(log.slice(-1), ["forward fake -p 18080:8080 --json"]);
   });
 
   test("network and ports flags", async () => {

@@ -214,7 +214,8 @@ class Commands:
         parsed: Any = None
         if done.stdout.strip():
             parsed = done.json()
-        if isinstance(parsed, dict) and "exit_code" in parsed:
+        failure: Any = parsed.get("error") if isinstance(parsed, dict) else None
+        if isinstance(parsed, dict) and "exit_code" in parsed and failure is None:
             result = result_from_json(argv, parsed)
             if result.timed_out and raise_on_timeout:
                 raise CommandTimeout(
@@ -224,10 +225,14 @@ class Commands:
                     result=result,
                 )
             return result
-        # No result object: the CLI could not run the command at all.
+        # An error object (or nothing): the CLI could not run the command.
         msg = _cli.cli_message(done.stderr)
-        if done.code == _cli.EXIT_NO_COMMAND or (
-            done.code == _cli.EXIT_CANNOT_EXEC and "permission denied in the sandbox" in msg
+        kind = ""
+        if isinstance(failure, dict):
+            kind = str(failure.get("kind", ""))
+            msg = str(failure.get("message", msg)) or msg
+        if kind in ("not_found", "not_executable") or done.code == _cli.EXIT_NO_COMMAND or (
+            not kind and done.code == _cli.EXIT_CANNOT_EXEC and "permission denied in the sandbox" in msg
         ):
             # The guest's "not found" / "not executable" is a command result,
             # as a shell would report it.

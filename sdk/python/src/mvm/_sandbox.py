@@ -107,24 +107,27 @@ class Ports:
         free host port is picked). Raises :class:`Unsupported` when the
         installed mvmctl lacks ``forward``."""
         g = v.port(guest_port, "guest_port")
-        hp = v.free_port() if host_port is None else v.port(host_port, "host_port")
+        hp = None if host_port is None else v.port(host_port, "host_port")
         if self._sb._recording is not None:
             self._sb._recording.add({"kind": "ports_forward", "guest_port": g, "host_port": host_port})
-            return PortForward("127.0.0.1", hp, g)
+            return PortForward("127.0.0.1", hp if hp is not None else 0, g)
+        # Without a host port the supervisor picks a free one (no race on
+        # the caller's side); --json returns the bindings this call added.
+        spec = f"{g}" if hp is None else f"{hp}:{g}"
         try:
-            self._sb._cli.call(
-                ["forward", self._sb._live_name(), "-p", f"{hp}:{g}"], what="forward"
+            done = self._sb._cli.call(
+                ["forward", self._sb._live_name(), "-p", spec, "--json"], what="forward"
             )
         except Unsupported as exc:
             raise Unsupported(
-                "ports.forward needs `mvmctl forward NAME -p HOST:GUEST`, which "
+                "ports.forward needs `mvmctl forward NAME -p [HOST:]GUEST`, which "
                 f"this mvmctl lacks ({exc.message})",
                 exit_code=exc.exit_code, argv=exc.argv, stderr=exc.stderr,
             ) from None
-        for pf in self.list():
-            if pf.guest_port == g and pf.host_port == hp:
+        for pf in _port_forwards(done.json() if done.stdout.strip() else None):
+            if pf.guest_port == g and (hp is None or pf.host_port == hp):
                 return pf
-        return PortForward("127.0.0.1", hp, g)
+        raise TransportError(f"forward: no binding for guest port {g} after forwarding")
 
     def list(self) -> List[PortForward]:
         """The sandbox's published ports (``mvmctl port NAME --json``)."""
