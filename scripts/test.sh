@@ -5,6 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Test-only tools: tmux drives the console tests through a real terminal.
+if ! command -v tmux >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "== installing tmux (console tests)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q tmux >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tmux >/dev/null; }
+  else
+    echo "tmux is missing and this is not root: run apt-get install -y tmux (the console tests need it)" >&2
+    exit 1
+  fi
+fi
+
 echo "== gofmt / go vet"
 unformatted=$(gofmt -l $(git ls-files '*.go' | grep -v '\.pb\.go$') 2>/dev/null || true)
 if [ -n "$unformatted" ]; then
