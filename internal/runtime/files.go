@@ -9,6 +9,7 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/evidence"
 )
 
 // withAgent connects to a running sandbox, runs fn and closes the client.
@@ -69,6 +70,9 @@ func (r *Runtime) FsMkdir(ctx context.Context, name, p string, mode uint32, pare
 		fi, err = c.Agent.MakeDir(ctx, &pb.MakeDirRequest{Path: p, Mode: mode, Parents: parents})
 		return err
 	})
+	if err == nil {
+		err = r.auditOp(name, "file.changed", map[string]any{"op": "mkdir", "path_sha256": pathHash(p)})
+	}
 	return fi, err
 }
 
@@ -77,10 +81,14 @@ func (r *Runtime) FsRemove(ctx context.Context, name, p string, recursive bool) 
 	if err := guestPaths(&p); err != nil {
 		return err
 	}
-	return r.withAgent(ctx, name, func(c *agentapi.Client) error {
+	err := r.withAgent(ctx, name, func(c *agentapi.Client) error {
 		_, err := c.Agent.Remove(ctx, &pb.RemoveRequest{Path: p, Recursive: recursive})
 		return err
 	})
+	if err == nil {
+		err = r.auditOp(name, "file.changed", map[string]any{"op": "remove", "recursive": recursive, "path_sha256": pathHash(p)})
+	}
+	return err
 }
 
 // FsMove renames a guest path; an existing directory receives it inside.
@@ -92,6 +100,9 @@ func (r *Runtime) FsMove(ctx context.Context, name, from, to string, noReplace b
 		fi, err = c.Agent.Rename(ctx, &pb.RenameRequest{From: from, To: to, NoReplace: noReplace})
 		return err
 	})
+	if err == nil {
+		err = r.auditOp(name, "file.changed", map[string]any{"op": "move", "path_sha256": pathHash(from), "to_sha256": pathHash(to)})
+	}
 	return fi, err
 }
 
@@ -104,6 +115,9 @@ func (r *Runtime) FsRead(ctx context.Context, name, p string, w io.Writer) (n in
 		_, n, err = c.ReadFile(ctx, p, w)
 		return err
 	})
+	if err == nil {
+		err = r.auditOp(name, evidence.KindFileCopied, map[string]any{"direction": "out", "op": "read", "path_sha256": pathHash(p), "bytes": n})
+	}
 	return n, err
 }
 
@@ -129,6 +143,9 @@ func (r *Runtime) FsWrite(ctx context.Context, name, p string, rd io.Reader, o F
 			NoReplace: o.NoReplace, Append: o.Append, MakeParents: o.Parents}, rd)
 		return err
 	})
+	if err == nil {
+		err = r.auditOp(name, evidence.KindFileCopied, map[string]any{"direction": "in", "op": "write", "path_sha256": pathHash(p), "bytes": resp.Bytes})
+	}
 	return resp, err
 }
 
@@ -144,6 +161,10 @@ func (r *Runtime) CopyIn(ctx context.Context, name, hostSrc, guestDst string) (r
 		resp, _, err = c.CopyIn(ctx, hostSrc, guestDst)
 		return err
 	})
+	if err == nil {
+		err = r.auditOp(name, evidence.KindFileCopied, map[string]any{"direction": "in", "op": "cp",
+			"path_sha256": pathHash(guestDst), "files": resp.Files, "dirs": resp.Dirs, "symlinks": resp.Symlinks, "bytes": resp.Bytes})
+	}
 	return resp, err
 }
 
@@ -162,5 +183,9 @@ func (r *Runtime) CopyOut(ctx context.Context, name, guestSrc, hostDst string, m
 		st, err = c.CopyOut(ctx, guestSrc, hostDst, agentapi.ExtractOptions{MaxBytes: maxBytes})
 		return err
 	})
+	if err == nil {
+		err = r.auditOp(name, evidence.KindFileCopied, map[string]any{"direction": "out", "op": "cp",
+			"path_sha256": pathHash(guestSrc), "files": st.Files, "dirs": st.Dirs, "symlinks": st.Symlinks, "bytes": st.Bytes, "skipped": st.Skipped})
+	}
 	return st, err
 }

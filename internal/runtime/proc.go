@@ -8,6 +8,7 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/evidence"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
 
@@ -49,6 +50,12 @@ func (r *Runtime) ProcStart(ctx context.Context, name string, o ProcStartOptions
 			Argv: o.Argv, Env: env, Cwd: o.Cwd, Stdin: o.Stdin, Entrypoint: o.Entrypoint}})
 		return err
 	})
+	if err == nil {
+		fields := evidence.RedactInvocation(o.Argv, env).Fields()
+		fields["background"] = true
+		fields["handle"] = info.Handle
+		err = r.auditOp(name, evidence.KindExecStarted, fields)
+	}
 	return info, err
 }
 
@@ -85,6 +92,9 @@ func (r *Runtime) ProcSignal(ctx context.Context, name, handle string, sig int) 
 		info, err = c.Agent.ProcSignal(ctx, &pb.ProcSignalRequest{Handle: handle, Signal: int32(sig)})
 		return err
 	})
+	if err == nil {
+		err = r.auditOp(name, "exec.signaled", map[string]any{"handle": handle, "signal": sig})
+	}
 	return info, err
 }
 
@@ -125,6 +135,10 @@ func (r *Runtime) Console(ctx context.Context, name string, o ConsoleOptions) (r
 	if err != nil {
 		return nil, err
 	}
+	fields := evidence.RedactInvocation(o.Argv, env).Fields()
+	if err := r.auditOp(name, evidence.KindConsoleOpened, fields); err != nil {
+		return nil, err
+	}
 	err = r.withAgent(ctx, name, func(c *agentapi.Client) error {
 		res, err = c.Exec(ctx, agentapi.ExecRequest{
 			Argv: o.Argv, Env: env, TTY: true, Rows: o.Rows, Cols: o.Cols,
@@ -132,5 +146,15 @@ func (r *Runtime) Console(ctx context.Context, name string, o ConsoleOptions) (r
 		})
 		return err
 	})
+	closed := map[string]any{"outcome": "exited"}
+	switch {
+	case res != nil:
+		closed["exit_code"] = res.ExitCode
+	case ctx.Err() != nil:
+		closed["outcome"] = "detached"
+	default:
+		closed["outcome"] = execFailureTag(err, ctx)
+	}
+	r.auditOp(name, evidence.KindConsoleClosed, closed)
 	return res, err
 }

@@ -41,6 +41,18 @@ func TestGuestRPC(t *testing.T) {
 	t.Run("proc", func(t *testing.T) { testProc(t, e) })
 	t.Run("console", func(t *testing.T) { testConsole(t, e) })
 	t.Run("stats", func(t *testing.T) { testStats(t, e) })
+	t.Run("audit", func(t *testing.T) {
+		// Every operation above left evidence, and the chain verifies.
+		for _, kind := range []string{"file.copied", "file.changed", "console.opened", "console.closed", "exec.signaled"} {
+			if n := countKind(t, e, kind); n == 0 {
+				t.Errorf("no %s entry in the audit chain", kind)
+			}
+		}
+		if !strings.Contains(e.must("audit", "tail", "-n", "1000", "--json").stdout, `"background":true`) {
+			t.Errorf("background process starts are not audited")
+		}
+		e.must("audit", "verify")
+	})
 	t.Run("copy-1GiB", func(t *testing.T) {
 		if testing.Short() {
 			t.Skip("1 GiB round trip skipped with -short")
