@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/mvm-sandbox/mvm/internal/backend"
 	"github.com/mvm-sandbox/mvm/internal/image"
@@ -128,7 +129,7 @@ func (img *bootImage) vmDisks(ctx context.Context, dir string, diskMiB int) ([]b
 	out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0",
 		"-E", "lazy_itable_init=1,nodiscard", "-L", "mvmupper", upper, strconv.Itoa(diskMiB)+"M").CombinedOutput()
 	if err != nil {
-		return nil, "", fmt.Errorf("format writable layer (mkfs.ext4): %v: %s; is the disk full? `df -h %s`", err, out, dir)
+		return nil, "", fmt.Errorf("format writable layer (mkfs.ext4): %v: %s; is the disk full? `df -h %s`", err, strings.TrimSpace(string(out)), dir)
 	}
 	return []backend.Disk{{Path: img.rootfs, ReadOnly: true}, {Path: upper}},
 		"mvm.root=/dev/vda mvm.rootfstype=ext4 mvm.upper=/dev/vdb", nil

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -217,6 +218,31 @@ func TestBuildCacheAndBadManifests(t *testing.T) {
 		if r.code != 2 || !strings.Contains(r.stderr, "mvm.toml") || !strings.Contains(r.stderr, tc.want) {
 			t.Errorf("manifest %q: want exit 2 naming the file and %q: %s", tc.manifest, tc.want, r)
 		}
+	}
+	e.assertClean()
+}
+
+// TestFullDiskIsAClearError: a state directory with no room for the
+// sandbox's writable layer fails with a message, not a hang, and leaves
+// nothing behind.
+func TestFullDiskIsAClearError(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tiny tmpfs")
+	}
+	t.Parallel()
+	e := newEnv(t)
+	if err := os.MkdirAll(e.state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", e.state).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v %s", err, out)
+	}
+	defer exec.Command("umount", "-l", e.state).Run()
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "mvm.toml"), []byte("template = \"minimal\"\n"), 0o644)
+	r := e.run("up", dir, "--name", "full", "--disk", "1G")
+	if r.code == 0 || !strings.Contains(r.stderr, "disk") {
+		t.Fatalf("want a clear failure naming the disk: %s", r)
 	}
 	e.assertClean()
 }
