@@ -29,6 +29,16 @@ go test -count=1 -race $(go list ./internal/... | grep -v /agentapi/agentpb)
 echo "== end-to-end tests (real microVMs; at most 2 at once on this 2-core box)"
 go test -count=1 -parallel 2 -timeout 40m ./tests/e2e/
 
+echo "== race pass: supervisors and CLI built with -race against real microVMs"
+racedir=$(mktemp -d)
+MVM_TEST_RACE=1 GORACE="log_path=$racedir/report" go test -count=1 -short -parallel 2 -timeout 20m \
+  -run 'TestRunExitCodeAndStreams|TestConcurrentExecsOnOneSandbox|TestKilledRunLeavesNothing|TestGuestRPC|TestTTLExpiry|TestKilledVMMOrSupervisor|TestNetworkAllowlist' \
+  ./tests/e2e/
+if ls "$racedir"/report* >/dev/null 2>&1; then
+  echo "data races reported by mvmctl or a supervisor:"; cat "$racedir"/report*; exit 1
+fi
+rm -rf "$racedir"
+
 for suite in scripts/test-*.sh; do
   [ -e "$suite" ] || continue
   echo "== $suite"
