@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
-	"github.com/mvm-sandbox/mvm/internal/sandbox"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
@@ -60,11 +59,10 @@ func newPortCmd(app *App) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			dir, err := rt.Dir(args[0])
-			if err != nil {
+			if _, err := rt.Get(args[0]); err != nil {
 				return exitCode(ExitNotFound, err)
 			}
-			ports, err := netpolicy.ReadPorts(dir)
+			ports, err := rt.Ports(args[0])
 			if err != nil {
 				return err
 			}
@@ -111,39 +109,30 @@ sandbox; ` + "`mvmctl port NAME`" + ` lists them.`,
 			if err != nil {
 				return err
 			}
-			dir, err := rt.Dir(args[0])
-			if err != nil {
+			if _, err := rt.Get(args[0]); err != nil {
 				return exitCode(ExitNotFound, err)
 			}
-			before, _ := netpolicy.ReadPorts(dir)
+			var added []netpolicy.Publish
 			for _, p := range publish {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				resp, err := sandbox.Control(ctx, dir, sandbox.Request{Op: "forward", Publish: p})
+				a, err := rt.Forward(ctx, args[0], p)
 				cancel()
 				if err != nil {
-					return exitCode(ExitMvm, fmt.Errorf("%s: %w", args[0], err))
+					return exitCode(1, err)
 				}
-				if !resp.OK {
-					return exitCode(1, errors.New(resp.Error))
-				}
-			}
-			ports, err := netpolicy.ReadPorts(dir)
-			if err != nil {
-				return err
+				added = append(added, a...)
 			}
 			if jsonOut {
 				// The bindings this call added (`mvmctl port` lists all).
-				old := map[netpolicy.Publish]bool{}
-				for _, p := range before {
-					old[p] = true
-				}
 				rows := []map[string]any{}
-				for _, p := range ports {
-					if !old[p] {
-						rows = append(rows, map[string]any{"host_addr": p.HostAddr, "host_port": p.HostPort, "guest_port": p.GuestPort, "proto": "tcp"})
-					}
+				for _, p := range added {
+					rows = append(rows, map[string]any{"host_addr": p.HostAddr, "host_port": p.HostPort, "guest_port": p.GuestPort, "proto": "tcp"})
 				}
 				return writeJSON(app.Stdout, rows)
+			}
+			ports, err := rt.Ports(args[0])
+			if err != nil {
+				return err
 			}
 			tw := tabwriter.NewWriter(app.Stdout, 0, 4, 1, ' ', 0)
 			for _, p := range ports {
