@@ -138,8 +138,33 @@ func isMountpoint(path string) bool {
 	return st.Dev != parent.Dev
 }
 
+// moduleParams collects "module.param=value" options from the kernel
+// command line, keyed by module name ('-' and '_' equal), as modprobe
+// would: the kernel applies such options only to built-in code, so a
+// module loaded later (virtio_mmio on Firecracker, whose devices are
+// described as virtio_mmio.device=...) must be given them explicitly.
+func moduleParams(cmdline string) map[string]string {
+	out := map[string]string{}
+	for _, f := range strings.Fields(cmdline) {
+		k, _, hasValue := strings.Cut(f, "=")
+		mod, param, ok := strings.Cut(k, ".")
+		if !ok || !hasValue || mod == "" || param == "" || strings.HasPrefix(mod, "mvm") {
+			continue
+		}
+		mod = strings.ReplaceAll(mod, "-", "_")
+		opt := strings.TrimPrefix(f, k[:len(mod)]+".")
+		if out[mod] != "" {
+			out[mod] += " "
+		}
+		out[mod] += opt
+	}
+	return out
+}
+
 // loadModules loads, in order, the kernel modules listed in /etc/mvm/modules.
 func loadModules() error {
+	cmdline, _ := os.ReadFile("/proc/cmdline")
+	params := moduleParams(string(cmdline))
 	b, err := os.ReadFile("/etc/mvm/modules")
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -157,7 +182,8 @@ func loadModules() error {
 		if err != nil {
 			return fmt.Errorf("module %s: %w", path, err)
 		}
-		err = unix.FinitModule(int(f.Fd()), "", 0)
+		name := strings.ReplaceAll(strings.TrimSuffix(filepath.Base(path), ".ko"), "-", "_")
+		err = unix.FinitModule(int(f.Fd()), params[name], 0)
 		f.Close()
 		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("load module %s: %w", filepath.Base(path), err)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -211,6 +212,19 @@ func (s *server) run() error {
 	}
 	s.image = readImageConfig()
 
+	gs := grpc.NewServer(
+		grpc.MaxRecvMsgSize(agentapi.MaxMessageBytes),
+		grpc.MaxSendMsgSize(agentapi.MaxMessageBytes),
+	)
+	pb.RegisterAgentServer(gs, s)
+	var boundOnce sync.Once
+	bound := func() { boundOnce.Do(func() { s.channelBound = uptimeMS() }) }
+	// With a vsock device (Firecracker) every vsock connection is a
+	// channel, and the serial port is optional (vsock.go).
+	if l, err := listenVsock(agentapi.VsockPort); err == nil {
+		return s.serveVsock(l, gs, bound)
+	}
+
 	dev, err := findPort(agentapi.PortName, 15*time.Second)
 	if err != nil {
 		return err
@@ -226,12 +240,7 @@ func (s *server) run() error {
 	if err != nil {
 		return err
 	}
-	s.channelBound = uptimeMS()
-	gs := grpc.NewServer(
-		grpc.MaxRecvMsgSize(agentapi.MaxMessageBytes),
-		grpc.MaxSendMsgSize(agentapi.MaxMessageBytes),
-	)
-	pb.RegisterAgentServer(gs, s)
+	bound()
 	// Serve returns when the session dies: the host is gone, so is the VM.
 	err = gs.Serve(sess)
 	return fmt.Errorf("agent channel closed: %v", err)

@@ -18,6 +18,13 @@ import (
 // guestModules are loaded by the agent at boot, in dependency order.
 var guestModules = []string{"virtio_mmio", "virtio_console", "virtio_blk", "overlay", "virtio_net"}
 
+// VsockModules are the extra modules a Firecracker guest needs: its agent
+// channel is virtio-vsock (vmw_vsock_virtio_transport pulls in vsock and
+// the common transport). They are not in guestModules so that the default
+// (QEMU) initramfs does not grow; the initramfs gets them only when
+// MVM_BACKEND=firecracker.
+var VsockModules = []string{"vmw_vsock_virtio_transport"}
+
 // bootImage is what a VM needs to boot one image.
 type bootImage struct {
 	ref      sandbox.ImageRef
@@ -53,8 +60,16 @@ func (r *Runtime) initramfs(k *image.Kernel) (string, string, error) {
 		return "", "", err
 	}
 	return image.EnsureInitramfs(r.Dirs, image.InitramfsSpec{
-		Agent: r.Agent, Busybox: bb, Kernel: k, Modules: guestModules, Executables: libs,
+		Agent: r.Agent, Busybox: bb, Kernel: k, Modules: initramfsModules(), Executables: libs,
 	})
+}
+
+// initramfsModules is guestModules, plus VsockModules for Firecracker.
+func initramfsModules() []string {
+	if os.Getenv("MVM_BACKEND") == "firecracker" {
+		return append(append([]string(nil), guestModules...), VsockModules...)
+	}
+	return guestModules
 }
 
 // IsBuildDir reports whether name is a directory holding an mvm.toml.

@@ -27,7 +27,6 @@ import (
 	"github.com/hashicorp/yamux"
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
-	"github.com/mvm-sandbox/mvm/internal/backend/qemu"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
 
@@ -49,7 +48,7 @@ type supervisor struct {
 	mu    sync.Mutex
 	state sandbox.State
 
-	vm      *qemu.Machine
+	vm      vmm // backend.go
 	session *yamux.Session
 	client  *agentapi.Client
 
@@ -180,7 +179,7 @@ func (s *supervisor) boot(ctx context.Context, sigs <-chan os.Signal) error {
 	if err := s.startNetwork(&spec); err != nil {
 		return err
 	}
-	vm, err := qemu.Start(ctx, spec)
+	vm, err := startVMM(ctx, spec)
 	if err != nil {
 		return err
 	}

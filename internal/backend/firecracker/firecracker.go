@@ -1,0 +1,277 @@
+// Package firecracker runs microVMs with Firecracker on KVM hosts. It
+// talks to Firecracker's HTTP API on a unix socket directly (no SDK),
+// gives the guest a virtio-vsock device for the agent channel and reaches
+// it through Firecracker's hybrid vsock ("CONNECT <port>" on a host unix
+// socket). There is no NIC: networking is not supported by this backend
+// yet.
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/agentapi"
+	"github.com/mvm-sandbox/mvm/internal/backend"
+)
+
+// File names inside the sandbox directory.
+const (
+	APISocket   = "fc.sock"
+	VsockSocket = "vsock.sock"
+	ConsoleLog  = "console.log"
+	VMMLog      = "vmm.log"
+)
+
+// GuestCID is the vsock context id of every guest: each VM has its own
+// device and host socket, so the id never has to be unique.
+const GuestCID = 3
+
+// Unavailable is the message given when Firecracker cannot run here.
+const Unavailable = "firecracker needs KVM (/dev/kvm usable) and the firecracker binary on PATH or in MVM_FIRECRACKER; use the default qemu backend"
+
+// Binary is the Firecracker executable; MVM_FIRECRACKER overrides it.
+func Binary() string {
+	if v := os.Getenv("MVM_FIRECRACKER"); v != "" {
+		return v
+	}
+	return "firecracker"
+}
+
+// LookBinary resolves Binary to a path, or explains what is missing.
+func LookBinary() (string, error) {
+	bin, err := exec.LookPath(Binary())
+	if err != nil {
+		return "", fmt.Errorf("%s (%s not found)", Unavailable, Binary())
+	}
+	return bin, nil
+}
+
+// KernelCmdline is the command line every guest gets before the
+// sandbox-specific part: reboot=k makes a guest reboot (the agent's power
+// off) reset through the i8042 controller, which ends Firecracker;
+// panic=1 turns a guest panic into that reboot; pci=off because all
+// devices are virtio-mmio.
+const KernelCmdline = "console=ttyS0 reboot=k panic=1 pci=off"
+
+// Args returns Firecracker's argument list for a VM in dir.
+func Args(dir string) []string {
+	return []string{
+		"--api-sock", filepath.Join(dir, APISocket),
+		"--log-path", filepath.Join(dir, VMMLog),
+		"--level", "Warning",
+	}
+}
+
+// maxSocketPath is the longest unix socket path Linux accepts, less slack.
+const maxSocketPath = 104
+
+// Machine is a running Firecracker process.
+type Machine struct {
+	cmd  *exec.Cmd
+	dir  string
+	api  *apiClient
+	done chan struct{}
+
+	mu      sync.Mutex
+	exitErr error
+}
+
+var _ backend.Machine = (*Machine)(nil)
+
+// check validates what Firecracker is given before anything is started.
+func check(spec backend.Spec) error {
+	if spec.CPUs < 1 || spec.CPUs > 32 || spec.MemoryMiB < 64 {
+		return fmt.Errorf("firecracker: need 1 to 32 cpus and at least 64 MiB (got %d, %d)", spec.CPUs, spec.MemoryMiB)
+	}
+	if spec.Network != nil {
+		return errors.New("firecracker: networking is not supported by the firecracker backend yet; run without network or use the default qemu backend")
+	}
+	if spec.Kernel == "" {
+		return errors.New("firecracker: no kernel")
+	}
+	for _, name := range []string{APISocket, VsockSocket} {
+		if p := filepath.Join(spec.Dir, name); len(p) > maxSocketPath {
+			return fmt.Errorf("firecracker: socket path %s is too long for a unix socket (%d > %d bytes): use a shorter MVM_STATE_DIR", p, len(p), maxSocketPath)
+		}
+	}
+	return nil
+}
+
+// Start launches Firecracker for spec, configures it over its API socket
+// and starts the guest. The VMM dies with the calling process
+// (PR_SET_PDEATHSIG). Start does not check for KVM: Firecracker reports
+// that itself, and the supervisor checks before choosing this backend.
+func Start(ctx context.Context, spec backend.Spec) (*Machine, error) {
+	if err := check(spec); err != nil {
+		return nil, err
+	}
+	bin, err := LookBinary()
+	if err != nil {
+		return nil, err
+	}
+	m, err := launch(bin, spec.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.configure(ctx, spec); err != nil {
+		m.Kill()
+		return nil, err
+	}
+	return m, nil
+}
+
+// launch starts the Firecracker process: stdout (the guest's serial
+// console, which Firecracker writes to its standard output) goes to
+// console.log, its log and standard error to vmm.log.
+func launch(bin, dir string) (*Machine, error) {
+	// Firecracker refuses to start on a stale API socket; the sandbox
+	// directory is private, so whatever is there is ours from a past run.
+	for _, name := range []string{APISocket, VsockSocket} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+	}
+	// --log-path must name an existing file.
+	logf, err := os.OpenFile(filepath.Join(dir, VMMLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	conf, err := os.OpenFile(filepath.Join(dir, ConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer conf.Close()
+	cmd := exec.Command(bin, Args(dir)...)
+	cmd.Stdout, cmd.Stderr = conf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("firecracker: start: %w", err)
+	}
+	m := &Machine{cmd: cmd, dir: dir, api: newAPIClient(filepath.Join(dir, APISocket)), done: make(chan struct{})}
+	go func() {
+		err := cmd.Wait()
+		m.mu.Lock()
+		m.exitErr = describeExit(err, filepath.Join(dir, VMMLog))
+		m.mu.Unlock()
+		close(m.done)
+	}()
+	return m, nil
+}
+
+// configure waits for the API socket and sends the boot configuration.
+func (m *Machine) configure(ctx context.Context, spec backend.Spec) error {
+	if err := m.waitSocket(ctx, filepath.Join(m.dir, APISocket)); err != nil {
+		return err
+	}
+	for _, r := range BootRequests(spec, m.dir) {
+		if err := m.api.do(ctx, r.Method, r.Path, r.Body); err != nil {
+			select {
+			case <-m.done:
+				return fmt.Errorf("%v (vmm exited: %v)", err, m.ExitErr())
+			default:
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+func describeExit(err error, logPath string) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	if b, rerr := os.ReadFile(logPath); rerr == nil {
+		if s := strings.TrimSpace(string(b)); s != "" {
+			lines := strings.Split(s, "\n")
+			last := lines[len(lines)-1]
+			if len(last) > 512 {
+				last = last[:512]
+			}
+			msg += ": " + last
+		}
+	}
+	return errors.New("firecracker " + msg)
+}
+
+func (m *Machine) Pid() int              { return m.cmd.Process.Pid }
+func (m *Machine) Accel() string         { return "kvm" }
+func (m *Machine) ConsolePath() string   { return filepath.Join(m.dir, ConsoleLog) }
+func (m *Machine) Done() <-chan struct{} { return m.done }
+
+func (m *Machine) ExitErr() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.exitErr
+}
+
+// waitSocket waits until Firecracker accepts connections on path.
+func (m *Machine) waitSocket(ctx context.Context, path string) error {
+	var d net.Dialer
+	for {
+		conn, err := d.DialContext(ctx, "unix", path)
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("firecracker: connect %s: %w", filepath.Base(path), ctx.Err())
+		case <-m.done:
+			return fmt.Errorf("firecracker: connect %s: vmm exited: %v", filepath.Base(path), m.ExitErr())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// DialChannel connects to the agent's vsock port through Firecracker's
+// hybrid vsock socket, waiting while the guest has not bound it yet.
+func (m *Machine) DialChannel(ctx context.Context) (net.Conn, error) {
+	return dialVsock(ctx, filepath.Join(m.dir, VsockSocket), agentapi.VsockPort, m.done)
+}
+
+func (m *Machine) Pause(ctx context.Context) error {
+	return m.api.do(ctx, "PATCH", "/vm", vmState{State: "Paused"})
+}
+
+func (m *Machine) Resume(ctx context.Context) error {
+	return m.api.do(ctx, "PATCH", "/vm", vmState{State: "Resumed"})
+}
+
+func (m *Machine) Kill() error {
+	select {
+	case <-m.done:
+		return nil
+	default:
+	}
+	err := m.cmd.Process.Kill()
+	<-m.done
+	return err
+}
+
+// Stop sends the guest Ctrl+Alt+Del (the kernel reboots, and with
+// reboot=k Firecracker exits) and kills Firecracker when ctx ends first.
+func (m *Machine) Stop(ctx context.Context) error {
+	select {
+	case <-m.done:
+		return nil
+	default:
+	}
+	m.api.do(ctx, "PUT", "/actions", action{ActionType: "SendCtrlAltDel"})
+	select {
+	case <-m.done:
+		return nil
+	case <-ctx.Done():
+		return m.Kill()
+	}
+}

@@ -1,0 +1,68 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/mvm-sandbox/mvm/internal/backend"
+	"github.com/mvm-sandbox/mvm/internal/backend/firecracker"
+	"github.com/mvm-sandbox/mvm/internal/backend/qemu"
+)
+
+// vmm is what the supervisor drives: a backend.Machine that can also
+// publish ports (net.go). Only QEMU has user-mode networking; other
+// backends refuse.
+type vmm interface {
+	backend.Machine
+	HostFwdAdd(ctx context.Context, h backend.HostFwd) error
+}
+
+// BackendEnv selects the VMM: "qemu" (the default) or "firecracker".
+const BackendEnv = "MVM_BACKEND"
+
+// startVMM starts the VM with the backend MVM_BACKEND selects. QEMU is
+// the default and is started exactly as before; Firecracker only runs
+// when selected explicitly, and only on a host with usable KVM and the
+// binary.
+func startVMM(ctx context.Context, spec backend.Spec) (vmm, error) {
+	switch b := os.Getenv(BackendEnv); b {
+	case "", "qemu":
+		vm, err := qemu.Start(ctx, spec)
+		if err != nil {
+			return nil, err
+		}
+		return vm, nil
+	case "firecracker":
+		if err := firecrackerUsable(); err != nil {
+			return nil, err
+		}
+		vm, err := firecracker.Start(ctx, spec)
+		if err != nil {
+			return nil, err
+		}
+		return noHostFwd{vm}, nil
+	default:
+		return nil, fmt.Errorf("%s=%q: want qemu (the default) or firecracker", BackendEnv, b)
+	}
+}
+
+// firecrackerUsable checks for the binary and for KVM that can run a
+// guest (the same probe QEMU's accelerator choice uses).
+func firecrackerUsable() error {
+	if _, err := firecracker.LookBinary(); err != nil {
+		return err
+	}
+	if r := qemu.DetectAccel(); r.Accel != "kvm" {
+		return fmt.Errorf("%s (%s)", firecracker.Unavailable, r.Reason)
+	}
+	return nil
+}
+
+// noHostFwd is a machine without user-mode networking.
+type noHostFwd struct{ backend.Machine }
+
+func (noHostFwd) HostFwdAdd(context.Context, backend.HostFwd) error {
+	return errors.New("publishing ports needs networking, which the firecracker backend does not support yet")
+}
