@@ -225,18 +225,13 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 		}
 	}
 	progress(fmt.Sprintf("booting %s (%s, %d cpu, %d MiB)", name, img.ref.Name, o.CPUs, o.MemoryMiB))
-	st, err := r.spawnSupervisor(ctx, dir, o.BootTimeout)
+	st, hold, err := r.spawnSupervisor(ctx, dir, o.BootTimeout, o.Transient)
 	if err != nil {
 		cleanup()
 		return nil, fmt.Errorf("%w: %s: %v", ErrBoot, name, err)
 	}
 	sb := &Sandbox{ID: id, Name: name, Dir: dir, State: st}
-	if o.Transient {
-		hold, err := sandbox.Hold(ctx, dir)
-		if err != nil {
-			r.Down(context.Background(), id)
-			return nil, fmt.Errorf("hold %s: %w", name, err)
-		}
+	if hold != nil {
 		sb.Hold = hold
 	}
 	return sb, nil
@@ -246,28 +241,47 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 const envFile = "env.json"
 
 // spawnSupervisor re-executes mvmctl as the sandbox's supervisor and
-// waits for its ready line.
-func (r *Runtime) spawnSupervisor(ctx context.Context, dir string, bootTimeout time.Duration) (*sandbox.State, error) {
+// waits for its ready line. A transient sandbox also gets a hold pipe
+// (fd 4): its write end stays with the caller, and when it closes, even
+// because the caller was killed, the supervisor tears the sandbox down.
+// There is no window in which the sandbox runs without a holder.
+func (r *Runtime) spawnSupervisor(ctx context.Context, dir string, bootTimeout time.Duration, transient bool) (st *sandbox.State, hold *os.File, err error) {
 	rd, wr, err := os.Pipe()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer rd.Close()
+	extra := []*os.File{wr} // fd 3: the ready line
+	if transient {
+		var holdR, holdW *os.File
+		if holdR, holdW, err = os.Pipe(); err != nil {
+			wr.Close()
+			return nil, nil, err
+		}
+		defer holdR.Close()
+		defer func() {
+			if err != nil {
+				holdW.Close()
+			}
+		}()
+		extra = append(extra, holdR) // fd 4
+		hold = holdW
+	}
 	logf, err := os.OpenFile(filepath.Join(dir, sandbox.SupervisorLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		wr.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	cmd := exec.Command(r.Exe, SupervisorCommand, dir)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.ExtraFiles = []*os.File{wr} // fd 3
+	cmd.ExtraFiles = extra
 	// Its own session: a terminal's Ctrl-C goes to mvmctl, which decides.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	err = cmd.Start()
 	wr.Close()
 	logf.Close()
 	if err != nil {
-		return nil, fmt.Errorf("start supervisor: %w", err)
+		return nil, nil, fmt.Errorf("start supervisor: %w", err)
 	}
 	go cmd.Wait() // reap it whenever it exits
 	type result struct {
@@ -295,19 +309,19 @@ func (r *Runtime) spawnSupervisor(ctx context.Context, dir string, bootTimeout t
 	case res := <-ch:
 		if res.err != nil {
 			kill()
-			return nil, res.err
+			return nil, nil, res.err
 		}
 		if !res.ready.OK {
 			kill()
-			return nil, errors.New(res.ready.Error)
+			return nil, nil, errors.New(res.ready.Error)
 		}
-		return res.ready.State, nil
+		return res.ready.State, hold, nil
 	case <-ctx.Done():
 		kill()
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
 	case <-backstop.C:
 		kill()
-		return nil, fmt.Errorf("supervisor did not report within %s", bootTimeout+15*time.Second)
+		return nil, nil, fmt.Errorf("supervisor did not report within %s", bootTimeout+15*time.Second)
 	}
 }
 

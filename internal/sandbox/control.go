@@ -15,9 +15,7 @@ import (
 
 // Request is one line on the control socket.
 type Request struct {
-	// Op is "status", "stop", "hold", "pause" or "resume". A "hold"
-	// connection is kept open by the caller: when it closes, a transient
-	// sandbox is torn down (the caller has died or finished).
+	// Op is "status", "stop", "pause", "resume" or "forward".
 	Op     string `json:"op"`
 	Reason string `json:"reason,omitempty"`
 	// Publish is the -p spec of a "forward" request.
@@ -76,20 +74,6 @@ func Control(ctx context.Context, dir string, req Request) (*Response, error) {
 		return nil, err
 	}
 	return &resp, nil
-}
-
-// Hold opens a hold connection; closing it releases a transient sandbox.
-func Hold(ctx context.Context, dir string) (net.Conn, error) {
-	conn, err := DialIn(ctx, dir, ControlSocket)
-	if err != nil {
-		return nil, err
-	}
-	b, _ := json.Marshal(Request{Op: "hold"})
-	if _, err := conn.Write(append(b, '\n')); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return conn, nil
 }
 
 // ReadState reads a sandbox's state file.

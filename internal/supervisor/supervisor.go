@@ -96,8 +96,19 @@ func Run(dir string, ready io.WriteCloser, events Events) error {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 
+	// A transient sandbox lives as long as its holder keeps the write end
+	// of the hold pipe (fd 4) open: EOF means the holder finished or died.
+	holderGone := make(chan struct{})
+	if s.spec.Transient {
+		hold := os.NewFile(4, "hold")
+		go func() {
+			io.Copy(io.Discard, hold)
+			close(holderGone)
+		}()
+	}
+
 	bootCtx, cancel := context.WithTimeout(context.Background(), s.spec.BootTimeout)
-	err := s.boot(bootCtx, sigs)
+	err := s.boot(bootCtx, sigs, holderGone)
 	cancel()
 	if err != nil {
 		if s.vm != nil {
@@ -152,6 +163,8 @@ func Run(dir string, ready io.WriteCloser, events Events) error {
 		req = stopRequest{reason: "signal " + sig.String(), remove: s.spec.Transient}
 	case <-ttl:
 		req = stopRequest{reason: "ttl", remove: s.spec.Transient}
+	case <-holderGone:
+		req = stopRequest{reason: "holder went away", remove: true}
 	case req = <-s.stopCh:
 	}
 	agentL.Close()
@@ -170,7 +183,7 @@ func reportFailure(ready io.WriteCloser, err error) error {
 }
 
 // boot starts the VMM and waits for the agent.
-func (s *supervisor) boot(ctx context.Context, sigs <-chan os.Signal) error {
+func (s *supervisor) boot(ctx context.Context, sigs <-chan os.Signal, holderGone <-chan struct{}) error {
 	t0 := time.Now()
 	spec := s.spec.VM
 	spec.Dir = "."
@@ -197,6 +210,8 @@ func (s *supervisor) boot(ctx context.Context, sigs <-chan os.Signal) error {
 	go func() {
 		select {
 		case <-sigs:
+			cancel()
+		case <-holderGone:
 			cancel()
 		case <-ctx.Done():
 		}
@@ -345,15 +360,6 @@ func (s *supervisor) handleControl(c net.Conn) {
 		case <-s.finished:
 		}
 		reply(sandbox.Response{OK: true})
-	case "hold":
-		// Block until the holder goes away.
-		io.Copy(io.Discard, r)
-		if s.spec.Transient {
-			select {
-			case s.stopCh <- stopRequest{reason: "holder went away", remove: true}:
-			default:
-			}
-		}
 	case "pause", "resume":
 		var err error
 		if req.Op == "pause" {
