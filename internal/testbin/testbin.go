@@ -32,7 +32,9 @@ func Build(dir string) error {
 		{"mvmctl", "./cmd/mvmctl", nil, race},
 		{"mvm-agent", "./cmd/mvm-agent", []string{"CGO_ENABLED=0"}, nil},
 	} {
-		args := append([]string{"build"}, b.flags...)
+		// The same flags as `make build`, so tests and benchmarks boot
+		// what users get (a stripped agent makes a smaller initramfs).
+		args := append([]string{"build", "-ldflags", "-s -w"}, b.flags...)
 		cmd := exec.Command("go", append(args, "-o", filepath.Join(dir, b.out), b.pkg)...)
 		cmd.Dir = Root()
 		cmd.Env = append(os.Environ(), b.env...)
