@@ -169,7 +169,7 @@ func Run(dir string, ready io.WriteCloser, events Events) error {
 	}
 	agentL.Close()
 	ctlL.Close()
-	s.shutdown()
+	s.shutdown(req.remove)
 	s.stopNetwork()
 	s.finish(req)
 	return nil
@@ -384,8 +384,21 @@ func (s *supervisor) handleControl(c net.Conn) {
 	}
 }
 
-// shutdown asks the guest to power off and makes sure the VMM is gone.
-func (s *supervisor) shutdown() {
+// shutdown makes sure the VMM is gone. A sandbox whose state is about to
+// be removed is simply killed: nothing in it survives anyway, and a clean
+// guest power-off costs a kernel shutdown under emulation. A sandbox that
+// stays listed (stopped by its TTL, with its writable disk) is asked to
+// power off cleanly first, so its filesystems are consistent.
+func (s *supervisor) shutdown(discard bool) {
+	defer func() {
+		if s.session != nil {
+			s.session.Close()
+		}
+	}()
+	if discard {
+		s.vm.Kill()
+		return
+	}
 	if s.state.Status == sandbox.Paused {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		s.vm.Resume(ctx)
@@ -405,9 +418,6 @@ func (s *supervisor) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	s.vm.Stop(ctx)
-	if s.session != nil {
-		s.session.Close()
-	}
 }
 
 // finish records the final state, or removes the sandbox, and answers
