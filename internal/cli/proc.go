@@ -101,7 +101,7 @@ func newProcStartCmd(app *App) *cobra.Command {
 			}
 			ctx, stop := fsCtx()
 			defer stop()
-			info, err := rt.ProcStart(ctx, args[0], runtime.ProcStartOptions{
+			info, auditID, err := rt.ProcStart(ctx, args[0], runtime.ProcStartOptions{
 				Argv: args[1:], Env: envMap, Cwd: workdir, Stdin: stdin, Entrypoint: entrypoint})
 			if err != nil {
 				if status.Code(err) == codes.ResourceExhausted {
@@ -114,7 +114,9 @@ func newProcStartCmd(app *App) *cobra.Command {
 				return commandError(err, argv0)
 			}
 			if jsonOut {
-				return writeJSON(app.Stdout, procJSON(info))
+				obj := procJSON(info)
+				obj["audit_id"] = auditID
+				return writeJSON(app.Stdout, obj)
 			}
 			fmt.Fprintln(app.Stdout, info.Handle)
 			return nil

@@ -10,14 +10,21 @@ import (
 // process, console) in the audit chain. Guest paths are data-plane: only
 // their sha256 goes into evidence, with counts and policy tags.
 func (r *Runtime) auditOp(nameOrID, kind string, fields map[string]any) error {
+	_, err := r.auditOpID(nameOrID, kind, fields)
+	return err
+}
+
+// auditOpID is auditOp returning the entry's id.
+func (r *Runtime) auditOpID(nameOrID, kind string, fields map[string]any) (string, error) {
 	id := nameOrID
 	if st, err := r.Get(nameOrID); err == nil {
 		id = st.ID
 	}
-	if _, err := r.Audit(kind, id, fields); err != nil {
-		return fmt.Errorf("the operation ran but its audit entry failed: %w", err)
+	aid, err := r.Audit(kind, id, fields)
+	if err != nil {
+		return "", fmt.Errorf("the operation ran but its audit entry failed: %w", err)
 	}
-	return nil
+	return aid, nil
 }
 
 // pathHash is the evidence form of a guest or host path.

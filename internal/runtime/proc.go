@@ -40,10 +40,11 @@ func (r *Runtime) sandboxEnv(nameOrID string, env map[string]string) (map[string
 }
 
 // ProcStart starts a background process and returns its handle and info.
-func (r *Runtime) ProcStart(ctx context.Context, name string, o ProcStartOptions) (info *pb.ProcInfo, err error) {
+// The returned id names its exec.started audit entry.
+func (r *Runtime) ProcStart(ctx context.Context, name string, o ProcStartOptions) (info *pb.ProcInfo, auditID string, err error) {
 	env, err := r.sandboxEnv(name, o.Env)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	err = r.withAgent(ctx, name, func(c *agentapi.Client) error {
 		info, err = c.Agent.ProcStart(ctx, &pb.ProcStartRequest{Start: &pb.ExecStart{
@@ -54,9 +55,9 @@ func (r *Runtime) ProcStart(ctx context.Context, name string, o ProcStartOptions
 		fields := evidence.RedactInvocation(o.Argv, env).Fields()
 		fields["background"] = true
 		fields["handle"] = info.Handle
-		err = r.auditOp(name, evidence.KindExecStarted, fields)
+		auditID, err = r.auditOpID(name, evidence.KindExecStarted, fields)
 	}
-	return info, err
+	return info, auditID, err
 }
 
 // ProcList lists the background processes of a sandbox.

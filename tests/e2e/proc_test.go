@@ -79,6 +79,9 @@ func testProc(t *testing.T, e0 *env) {
 	}
 	e.must("proc", "kill", "rpc", k)
 	e.expect(137, "proc", "wait", "rpc", k)
+	if js := e.must("proc", "start", "rpc", "--json", "--", "true").stdout; !strings.Contains(js, `"audit_id":"`) {
+		t.Errorf("proc start --json has no audit id: %s", js)
+	}
 	// Errors: unknown handle, unknown signal, command not found.
 	e.expect(4, "proc", "wait", "rpc", "p9999")
 	e.expect(4, "proc", "kill", "rpc", "p9999")
