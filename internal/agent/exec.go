@@ -180,6 +180,7 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 		errDone  = make(chan struct{})
 		toClose  []*os.File
 		readers  []*os.File
+		pumps    func() // starts the output pumps, after Started is sent
 		startErr error
 	)
 	if st.Tty {
@@ -200,8 +201,7 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 		if startErr == nil {
 			stdinW = ptmx
 			readers = append(readers, ptmx)
-			go sess.pump(ptmx, false, outDone)
-			close(errDone)
+			pumps = func() { go sess.pump(ptmx, false, outDone); close(errDone) }
 		}
 	} else {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -228,8 +228,7 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 		}
 		if startErr == nil {
 			readers = append(readers, or, er)
-			go sess.pump(or, false, outDone)
-			go sess.pump(er, true, errDone)
+			pumps = func() { go sess.pump(or, false, outDone); go sess.pump(er, true, errDone) }
 		} else {
 			for _, f := range []*os.File{or, er} {
 				if f != nil {
@@ -257,9 +256,11 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 		}
 		unix.Kill(-pid, sig)
 	}
+	// Started goes first: no output chunk may precede it on the stream.
 	if err := sess.send(&pb.ExecOutput{Msg: &pb.ExecOutput_Started{Started: &pb.Started{Pid: int32(pid)}}}); err != nil {
 		kill(unix.SIGKILL)
 	}
+	pumps()
 
 	// Input: stdin, signals and resizes until the client closes its side.
 	inputDone := make(chan struct{})
