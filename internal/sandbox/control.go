@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -83,10 +82,4 @@ func ReadState(dir string) (*State, error) {
 		return nil, err
 	}
 	return &st, nil
-}
-
-// Exists reports whether path exists.
-func Exists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
 }

@@ -14,9 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
@@ -76,13 +73,9 @@ const maxSocketPath = 104
 
 // Machine is a running Firecracker process.
 type Machine struct {
-	cmd  *exec.Cmd
-	dir  string
-	api  *apiClient
-	done chan struct{}
-
-	mu      sync.Mutex
-	exitErr error
+	*backend.Process
+	dir string
+	api *apiClient
 }
 
 var _ backend.Machine = (*Machine)(nil)
@@ -153,19 +146,11 @@ func launch(bin, dir string) (*Machine, error) {
 	defer conf.Close()
 	cmd := exec.Command(bin, Args(dir)...)
 	cmd.Stdout, cmd.Stderr = conf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("firecracker: start: %w", err)
+	proc, err := backend.StartProcess(cmd, "firecracker", filepath.Join(dir, VMMLog))
+	if err != nil {
+		return nil, err
 	}
-	m := &Machine{cmd: cmd, dir: dir, api: newAPIClient(filepath.Join(dir, APISocket)), done: make(chan struct{})}
-	go func() {
-		err := cmd.Wait()
-		m.mu.Lock()
-		m.exitErr = describeExit(err, filepath.Join(dir, VMMLog))
-		m.mu.Unlock()
-		close(m.done)
-	}()
-	return m, nil
+	return &Machine{Process: proc, dir: dir, api: newAPIClient(filepath.Join(dir, APISocket))}, nil
 }
 
 // configure waits for the API socket and sends the boot configuration.
@@ -176,7 +161,7 @@ func (m *Machine) configure(ctx context.Context, spec backend.Spec) error {
 	for _, r := range BootRequests(spec, m.dir) {
 		if err := m.api.do(ctx, r.Method, r.Path, r.Body); err != nil {
 			select {
-			case <-m.done:
+			case <-m.Done():
 				return fmt.Errorf("%v (vmm exited: %v)", err, m.ExitErr())
 			default:
 			}
@@ -186,34 +171,8 @@ func (m *Machine) configure(ctx context.Context, spec backend.Spec) error {
 	return nil
 }
 
-func describeExit(err error, logPath string) error {
-	if err == nil {
-		return nil
-	}
-	msg := err.Error()
-	if b, rerr := os.ReadFile(logPath); rerr == nil {
-		if s := strings.TrimSpace(string(b)); s != "" {
-			lines := strings.Split(s, "\n")
-			last := lines[len(lines)-1]
-			if len(last) > 512 {
-				last = last[:512]
-			}
-			msg += ": " + last
-		}
-	}
-	return errors.New("firecracker " + msg)
-}
-
-func (m *Machine) Pid() int              { return m.cmd.Process.Pid }
-func (m *Machine) Accel() string         { return "kvm" }
-func (m *Machine) ConsolePath() string   { return filepath.Join(m.dir, ConsoleLog) }
-func (m *Machine) Done() <-chan struct{} { return m.done }
-
-func (m *Machine) ExitErr() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.exitErr
-}
+func (m *Machine) Accel() string       { return "kvm" }
+func (m *Machine) ConsolePath() string { return filepath.Join(m.dir, ConsoleLog) }
 
 // waitSocket waits until Firecracker accepts connections on path.
 func (m *Machine) waitSocket(ctx context.Context, path string) error {
@@ -227,7 +186,7 @@ func (m *Machine) waitSocket(ctx context.Context, path string) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("firecracker: connect %s: %w", filepath.Base(path), ctx.Err())
-		case <-m.done:
+		case <-m.Done():
 			return fmt.Errorf("firecracker: connect %s: vmm exited: %v", filepath.Base(path), m.ExitErr())
 		case <-time.After(5 * time.Millisecond):
 		}
@@ -237,7 +196,7 @@ func (m *Machine) waitSocket(ctx context.Context, path string) error {
 // DialChannel connects to the agent's vsock port through Firecracker's
 // hybrid vsock socket, waiting while the guest has not bound it yet.
 func (m *Machine) DialChannel(ctx context.Context) (net.Conn, error) {
-	return dialVsock(ctx, filepath.Join(m.dir, VsockSocket), agentapi.VsockPort, m.done)
+	return dialVsock(ctx, filepath.Join(m.dir, VsockSocket), agentapi.VsockPort, m.Done())
 }
 
 func (m *Machine) Pause(ctx context.Context) error {
@@ -248,28 +207,17 @@ func (m *Machine) Resume(ctx context.Context) error {
 	return m.api.do(ctx, "PATCH", "/vm", vmState{State: "Resumed"})
 }
 
-func (m *Machine) Kill() error {
-	select {
-	case <-m.done:
-		return nil
-	default:
-	}
-	err := m.cmd.Process.Kill()
-	<-m.done
-	return err
-}
-
 // Stop sends the guest Ctrl+Alt+Del (the kernel reboots, and with
 // reboot=k Firecracker exits) and kills Firecracker when ctx ends first.
 func (m *Machine) Stop(ctx context.Context) error {
 	select {
-	case <-m.done:
+	case <-m.Done():
 		return nil
 	default:
 	}
 	m.api.do(ctx, "PUT", "/actions", action{ActionType: "SendCtrlAltDel"})
 	select {
-	case <-m.done:
+	case <-m.Done():
 		return nil
 	case <-ctx.Done():
 		return m.Kill()

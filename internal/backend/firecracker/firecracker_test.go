@@ -119,7 +119,7 @@ func TestPauseResumeBodies(t *testing.T) {
 	f := &fakeAPI{}
 	srv := serveFakeAPI(t, filepath.Join(dir, APISocket), f)
 	defer srv.Close()
-	m := &Machine{dir: dir, api: newAPIClient(filepath.Join(dir, APISocket)), done: make(chan struct{})}
+	m := &Machine{dir: dir, api: newAPIClient(filepath.Join(dir, APISocket))}
 	if err := m.Pause(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ package qemu
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -14,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
@@ -93,14 +91,12 @@ func Args(spec backend.Spec, accel string) []string {
 
 // Machine is a running QEMU process.
 type Machine struct {
-	cmd   *exec.Cmd
+	*backend.Process
 	dir   string
 	accel string
-	done  chan struct{}
 
-	mu      sync.Mutex
-	exitErr error
-	qmp     *qmp
+	mu  sync.Mutex // guards qmp
+	qmp *qmp
 }
 
 var _ backend.Machine = (*Machine)(nil)
@@ -133,50 +129,15 @@ func Start(ctx context.Context, spec backend.Spec) (*Machine, error) {
 	defer logf.Close()
 	cmd := exec.Command(bin, Args(spec, accel)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("qemu: start: %w", err)
-	}
-	m := &Machine{cmd: cmd, dir: spec.Dir, accel: accel, done: make(chan struct{})}
-	go func() {
-		err := cmd.Wait()
-		m.mu.Lock()
-		m.exitErr = describeExit(err, filepath.Join(spec.Dir, VMMLog))
-		m.mu.Unlock()
-		close(m.done)
-	}()
-	return m, nil
-}
-
-func describeExit(err error, logPath string) error {
-	msg := "exited"
+	proc, err := backend.StartProcess(cmd, "qemu", filepath.Join(spec.Dir, VMMLog))
 	if err != nil {
-		msg = err.Error()
+		return nil, err
 	}
-	if b, rerr := os.ReadFile(logPath); rerr == nil {
-		if s := strings.TrimSpace(string(b)); s != "" {
-			lines := strings.Split(s, "\n")
-			msg += ": " + lines[len(lines)-1]
-		}
-	}
-	if err == nil {
-		return nil
-	}
-	return errors.New("qemu " + msg)
+	return &Machine{Process: proc, dir: spec.Dir, accel: accel}, nil
 }
 
-func (m *Machine) Pid() int            { return m.cmd.Process.Pid }
 func (m *Machine) Accel() string       { return m.accel }
 func (m *Machine) ConsolePath() string { return filepath.Join(m.dir, ConsoleLog) }
-func (m *Machine) Done() <-chan struct{} {
-	return m.done
-}
-
-func (m *Machine) ExitErr() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.exitErr
-}
 
 // dialUnix waits for QEMU to create the socket at path and connects.
 func (m *Machine) dialUnix(ctx context.Context, path string) (net.Conn, error) {
@@ -189,7 +150,7 @@ func (m *Machine) dialUnix(ctx context.Context, path string) (net.Conn, error) {
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("connect %s: %w", filepath.Base(path), ctx.Err())
-		case <-m.done:
+		case <-m.Done():
 			return nil, fmt.Errorf("connect %s: vmm exited: %v", filepath.Base(path), m.ExitErr())
 		case <-time.After(5 * time.Millisecond):
 		}
@@ -244,21 +205,10 @@ func (m *Machine) Resume(ctx context.Context) error {
 	return err
 }
 
-func (m *Machine) Kill() error {
-	select {
-	case <-m.done:
-		return nil
-	default:
-	}
-	err := m.cmd.Process.Kill()
-	<-m.done
-	return err
-}
-
 // Stop asks QEMU to quit over QMP and kills it when ctx ends first.
 func (m *Machine) Stop(ctx context.Context) error {
 	select {
-	case <-m.done:
+	case <-m.Done():
 		return nil
 	default:
 	}
@@ -266,7 +216,7 @@ func (m *Machine) Stop(ctx context.Context) error {
 		q.run(ctx, "quit", nil)
 	}
 	select {
-	case <-m.done:
+	case <-m.Done():
 		return nil
 	case <-ctx.Done():
 		return m.Kill()
