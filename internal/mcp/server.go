@@ -18,7 +18,6 @@ import (
 	"io"
 	"log/slog"
 	goruntime "runtime"
-	"sort"
 	"sync"
 	"time"
 
@@ -93,21 +92,6 @@ type Server struct {
 	inflight  int
 	calls     sync.WaitGroup // tool calls running
 	destroys  sync.WaitGroup // background destroys (reaper)
-}
-
-// box is a sandbox created through sandbox_create.
-type box struct {
-	handle   string
-	id       string
-	template string
-	image    string
-	cpus     int
-	mem      int
-	created  time.Time
-	expires  time.Time
-	hold     io.Closer
-	lastUsed time.Time
-	active   int // tool calls acting on it now
 }
 
 // New builds a server; Run serves it.
@@ -323,112 +307,6 @@ func (s *Server) memory(req int, img string) (int, error) {
 			req, s.lim.MemCeilingMiB, EnvMemCeilingMiB)
 	}
 	return req, nil
-}
-
-// ---- the sandbox table ----
-
-// acquire finds one of the server's sandboxes by handle and marks it in
-// use, so that the idle reaper leaves it alone until release.
-func (s *Server) acquire(handle string) (*box, error) {
-	if handle == "" {
-		return nil, errors.New(`"sandbox" is required: pass the handle sandbox_create returned`)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	b, ok := s.boxes[handle]
-	if !ok {
-		for _, c := range s.boxes { // the runtime id works too
-			if c.id == handle {
-				b, ok = c, true
-				break
-			}
-		}
-	}
-	if !ok {
-		if why, gone := s.gone[handle]; gone {
-			return nil, fmt.Errorf("sandbox %q no longer exists: %s; create a new one with sandbox_create", handle, why)
-		}
-		return nil, fmt.Errorf("unknown sandbox %q: this server only acts on sandboxes it created (sandbox_list shows them)", handle)
-	}
-	b.active++
-	b.lastUsed = time.Now()
-	return b, nil
-}
-
-func (s *Server) release(b *box) {
-	s.mu.Lock()
-	b.active--
-	b.lastUsed = time.Now()
-	s.mu.Unlock()
-}
-
-// forget removes a box from the table and remembers why (under s.mu).
-func (s *Server) forgetLocked(b *box, why string) {
-	delete(s.boxes, b.handle)
-	const keep = 256
-	if _, dup := s.gone[b.handle]; !dup {
-		s.goneOrder = append(s.goneOrder, b.handle)
-	}
-	s.gone[b.handle] = why
-	for len(s.goneOrder) > keep {
-		delete(s.gone, s.goneOrder[0])
-		s.goneOrder = s.goneOrder[1:]
-	}
-}
-
-// reaper destroys sandboxes idle longer than SessionIdle and older than
-// SessionMax.
-func (s *Server) reaper() {
-	t := time.NewTicker(s.reapInt)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.base.Done():
-			return
-		case <-t.C:
-		}
-		s.reap(time.Now())
-	}
-}
-
-func (s *Server) reap(now time.Time) {
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		return
-	}
-	var victims []*box
-	var reasons []string
-	for _, b := range s.boxes {
-		var why string
-		switch {
-		case !now.Before(b.expires):
-			why = fmt.Sprintf("it reached its lifetime of %s (ttl, at most %s=%s)", b.expires.Sub(b.created).Round(time.Second), EnvSessionMax, s.lim.SessionMax)
-		case b.active == 0 && now.Sub(b.lastUsed) >= s.lim.SessionIdle:
-			why = fmt.Sprintf("it was idle for %s (%s)", s.lim.SessionIdle, EnvSessionIdle)
-		default:
-			continue
-		}
-		s.forgetLocked(b, "destroyed because "+why)
-		victims = append(victims, b)
-		reasons = append(reasons, why)
-	}
-	s.mu.Unlock()
-	for i, b := range victims {
-		s.destroyAsync(b.handle, b.id, b.hold, reasons[i])
-	}
-}
-
-// boxesSorted returns a snapshot of the table, oldest first.
-func (s *Server) boxesSorted() []box {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]box, 0, len(s.boxes))
-	for _, b := range s.boxes {
-		out = append(out, *b)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].created.Before(out[j].created) })
-	return out
 }
 
 // minLevel drops records below min (the SDK logs every session event at
