@@ -31,8 +31,8 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/manifest"
+	"github.com/mvm-sandbox/mvm/internal/image/cache"
 	"github.com/mvm-sandbox/mvm/internal/paths"
-	"golang.org/x/sys/unix"
 )
 
 // rootfsFormat is mixed into every key; bump it when the bytes produced for
@@ -342,31 +342,9 @@ func rfMakePlan(m *manifest.Manifest, templateName string, opts BuildOptions) (*
 	return p, nil
 }
 
-// rfLock takes an exclusive flock on a key; the returned func releases it.
+// rfLock takes the exclusive lock of a key; the returned func releases it.
 func rfLock(ctx context.Context, l rfDirs, key string) (func(), error) {
-	if err := os.MkdirAll(filepath.Dir(l.lock(key)), 0o755); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(l.lock(key), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { _ = unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			f.Close()
-			return nil, err
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	return cache.Lock(ctx, l.lock(key))
 }
 
 type rfIndex struct {
@@ -426,29 +404,6 @@ func rfLoadArtifact(l rfDirs, id string) (*Artifact, error) {
 		return nil, fmt.Errorf("%s: size %d, artifact.json says %d", a.Path, st.Size(), a.Size)
 	}
 	return &a, nil
-}
-
-func rfWriteAtomic(p string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(0o644); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), p)
 }
 
 // Build makes (or finds in the cache) the root filesystem artifact for a
@@ -519,7 +474,7 @@ func Build(ctx context.Context, d paths.Dirs, dir, templateName string, opts Bui
 	// staging: a hard-linked copy of the tree plus files and config
 	phase = PhaseFiles
 	emit(phase, StatusStarted, "")
-	if err := os.MkdirAll(l.tmp(), 0o755); err != nil {
+	if err := os.MkdirAll(l.tmp(), cache.DirMode); err != nil {
 		return fail(err)
 	}
 	work, err := os.MkdirTemp(l.tmp(), "build-")
@@ -602,15 +557,15 @@ func Build(ctx context.Context, d paths.Dirs, dir, templateName string, opts Bui
 		BuildMS: time.Since(start).Milliseconds(),
 	}
 	meta, _ := json.MarshalIndent(a, "", "  ")
-	if err := os.WriteFile(filepath.Join(work, "artifact.json"), append(meta, '\n'), 0o644); err != nil {
+	if err := cache.WriteFile(filepath.Join(work, "artifact.json"), append(meta, '\n'), cache.FileMode); err != nil {
 		return fail(err)
 	}
-	if err := os.MkdirAll(l.artifacts(), 0o755); err != nil {
+	if err := os.MkdirAll(l.artifacts(), cache.DirMode); err != nil {
 		return fail(err)
 	}
 	final := l.artifact(sum)
 	pub := filepath.Join(work, "publish")
-	if err := os.Mkdir(pub, 0o755); err != nil {
+	if err := os.Mkdir(pub, cache.DirMode); err != nil {
 		return fail(err)
 	}
 	for _, n := range []string{RootfsFile, "artifact.json"} {
@@ -635,7 +590,7 @@ func Build(ctx context.Context, d paths.Dirs, dir, templateName string, opts Bui
 		a.Path = filepath.Join(final, RootfsFile)
 	}
 	idx, _ := json.Marshal(rfIndex{Digest: a.Digest})
-	if err := rfWriteAtomic(l.index(plan.imageKey), idx); err != nil {
+	if err := cache.WriteFile(l.index(plan.imageKey), idx, cache.FileMode); err != nil {
 		return fail(err)
 	}
 	emit(phase, StatusDone, "%s", a.Digest)
@@ -689,7 +644,7 @@ func rfEnsureTree(ctx context.Context, l rfDirs, p *rfPlan, refresh bool, progre
 			return final, nil
 		}
 	}
-	if err := os.MkdirAll(l.tmp(), 0o755); err != nil {
+	if err := os.MkdirAll(l.tmp(), cache.DirMode); err != nil {
 		return "", err
 	}
 	work, err := os.MkdirTemp(l.tmp(), "tree-")
@@ -713,7 +668,7 @@ func rfEnsureTree(ctx context.Context, l rfDirs, p *rfPlan, refresh bool, progre
 			return "", err
 		}
 	}
-	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(final), cache.DirMode); err != nil {
 		return "", err
 	}
 	if _, err := os.Stat(final); err == nil {
@@ -859,7 +814,7 @@ func RemoveArtifact(d paths.Dirs, idOrPrefix string, inUse func(digest string) b
 			}
 		}
 	}
-	if err := os.MkdirAll(l.tmp(), 0o755); err != nil {
+	if err := os.MkdirAll(l.tmp(), cache.DirMode); err != nil {
 		return nil, err
 	}
 	trash, err := os.MkdirTemp(l.tmp(), "rm-")

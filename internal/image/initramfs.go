@@ -2,7 +2,6 @@ package image
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -10,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path"
@@ -19,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/image/cache"
 	"github.com/mvm-sandbox/mvm/internal/paths"
 )
 
@@ -374,37 +373,26 @@ func EnsureInitramfs(d paths.Dirs, spec InitramfsSpec) (string, string, error) {
 		}
 	}
 
-	if err := os.MkdirAll(filepath.Join(dir, "index"), 0o755); err != nil {
-		return "", "", fmt.Errorf("initramfs: create cache dir: %w", err)
-	}
-	tmp, err := os.CreateTemp(dir, ".tmp-*.cpio")
+	tmp, err := cache.CreateTemp(dir, ".tmp-*.cpio")
 	if err != nil {
 		return "", "", fmt.Errorf("initramfs: create temp file: %w", err)
 	}
-	defer os.Remove(tmp.Name()) // no-op after a successful rename
+	defer tmp.Abort() // no-op after Commit
 	h := sha256.New()
 	cw := &countWriter{w: io.MultiWriter(tmp, h)}
 	if err := writeInitramfs(spec, in, cw); err != nil {
-		tmp.Close()
 		return "", "", err
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return "", "", fmt.Errorf("initramfs: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return "", "", fmt.Errorf("initramfs: write %s: %w", tmp.Name(), err)
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
 	final := filepath.Join(dir, sum+".cpio")
 	if st, err := os.Stat(final); err == nil && st.Mode().IsRegular() && st.Size() == cw.n {
 		// Another caller built the same bytes; keep its file.
-	} else if err := os.Rename(tmp.Name(), final); err != nil {
-		return "", "", fmt.Errorf("initramfs: install %s: %w", final, err)
+	} else if err := tmp.Commit(final, cache.FileMode); err != nil {
+		return "", "", fmt.Errorf("initramfs: install: %w", err)
 	}
 	digest := "sha256:" + sum
 	raw, _ := json.Marshal(initramfsIndex{Digest: digest, Size: cw.n})
-	if err := writeFileAtomic(indexPath, raw, 0o644); err != nil {
+	if err := cache.WriteFile(indexPath, raw, cache.FileMode); err != nil {
 		return "", "", fmt.Errorf("initramfs: write index: %w", err)
 	}
 	return final, digest, nil
@@ -471,26 +459,4 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
-}
-
-// writeFileAtomic writes data to a temporary file beside p and renames it
-// into place.
-func writeFileAtomic(p string, data []byte, perm fs.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := io.Copy(f, bytes.NewReader(data)); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), p)
 }

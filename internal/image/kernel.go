@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/image/cache"
 	"github.com/mvm-sandbox/mvm/internal/paths"
 )
 
@@ -190,7 +191,7 @@ func FetchKernel(ctx context.Context, d paths.Dirs, log io.Writer) (*Kernel, err
 	}
 
 	// 2. Download it into a work dir beside the final location.
-	if err := os.MkdirAll(kernels, 0o755); err != nil {
+	if err := os.MkdirAll(kernels, cache.DirMode); err != nil {
 		return nil, fmt.Errorf("fetch kernel: create %s: %w", kernels, err)
 	}
 	removeStaleWork(kernels)
@@ -200,7 +201,7 @@ func FetchKernel(ctx context.Context, d paths.Dirs, log io.Writer) (*Kernel, err
 	}
 	defer os.RemoveAll(work)
 	debDir := filepath.Join(work, "deb")
-	if err := os.Mkdir(debDir, 0o755); err != nil {
+	if err := os.Mkdir(debDir, cache.DirMode); err != nil {
 		return nil, fmt.Errorf("fetch kernel: %w", err)
 	}
 	fmt.Fprintf(log, "kernel: downloading %s\n", pkg)
@@ -242,26 +243,9 @@ func FetchKernel(ctx context.Context, d paths.Dirs, log io.Writer) (*Kernel, err
 	}
 
 	// 4. Install atomically.
-	final := filepath.Join(kernels, k.Version)
-	if k, err := loadKernel(final); err == nil {
-		return k, nil // installed meanwhile by a concurrent caller
-	}
-	if _, err := os.Lstat(final); err == nil {
-		// An incomplete leftover: move it out of the way, it is deleted
-		// with the work dir.
-		if err := os.Rename(final, filepath.Join(work, "old")); err != nil {
-			return nil, fmt.Errorf("fetch kernel: remove incomplete %s: %w", final, err)
-		}
-	}
-	if err := os.Rename(stage, final); err != nil {
-		if k, lerr := loadKernel(final); lerr == nil {
-			return k, nil
-		}
-		return nil, fmt.Errorf("fetch kernel: install %s: %w", final, err)
-	}
-	k, err = loadKernel(final)
+	k, err = installStaged(kernels, work, stage, k.Version)
 	if err != nil {
-		return nil, fmt.Errorf("fetch kernel: check installed %s: %w", final, err)
+		return nil, fmt.Errorf("fetch kernel: %w", err)
 	}
 	fmt.Fprintf(log, "kernel: installed %s (%s)\n", k.Version, k.Digest)
 	return k, nil
@@ -287,7 +271,7 @@ func InstallKernelTree(d paths.Dirs, tree string, log io.Writer) (*Kernel, error
 	if k, err := loadKernel(final); err == nil {
 		return k, nil
 	}
-	if err := os.MkdirAll(kernels, 0o755); err != nil {
+	if err := os.MkdirAll(kernels, cache.DirMode); err != nil {
 		return nil, fmt.Errorf("install kernel: create %s: %w", kernels, err)
 	}
 	removeStaleWork(kernels)
@@ -301,19 +285,25 @@ func InstallKernelTree(d paths.Dirs, tree string, log io.Writer) (*Kernel, error
 	if err != nil {
 		return nil, fmt.Errorf("install kernel from %s: %w", tree, err)
 	}
-	if _, err := os.Lstat(final); err == nil {
-		if err := os.Rename(final, filepath.Join(work, "old")); err != nil {
-			return nil, fmt.Errorf("install kernel: remove incomplete %s: %w", final, err)
-		}
+	k, err = installStaged(kernels, work, stage, k.Version)
+	if err != nil {
+		return nil, fmt.Errorf("install kernel: %w", err)
 	}
-	if err := os.Rename(stage, final); err != nil {
-		if k, lerr := loadKernel(final); lerr == nil {
-			return k, nil
-		}
-		return nil, fmt.Errorf("install kernel: install %s: %w", final, err)
+	return k, nil
+}
+
+// installStaged publishes a staged kernel directory as kernels/<version>,
+// keeping a complete one already there (a concurrent caller's) and moving
+// an incomplete leftover into work, which the caller deletes.
+func installStaged(kernels, work, stage, version string) (*Kernel, error) {
+	final := filepath.Join(kernels, version)
+	good := func(p string) bool { _, err := loadKernel(p); return err == nil }
+	if _, err := cache.PublishDir(stage, final, filepath.Join(work, "old"), good); err != nil {
+		return nil, err
 	}
-	if k, err = loadKernel(final); err != nil {
-		return nil, fmt.Errorf("install kernel: check installed %s: %w", final, err)
+	k, err := loadKernel(final)
+	if err != nil {
+		return nil, fmt.Errorf("check installed %s: %w", final, err)
 	}
 	return k, nil
 }
@@ -373,7 +363,7 @@ func stageKernel(root, stage string, move bool, log io.Writer) (*Kernel, error) 
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Join(stage, "lib", "modules"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(stage, "lib", "modules"), cache.DirMode); err != nil {
 		return nil, err
 	}
 	fmt.Fprintf(log, "kernel: extracting vmlinux from vmlinuz-%s\n", ver)
@@ -385,7 +375,7 @@ func stageKernel(root, stage string, move bool, log io.Writer) (*Kernel, error) 
 	if err != nil {
 		return nil, fmt.Errorf("kernel %s: %w", ver, err)
 	}
-	if err := os.WriteFile(filepath.Join(stage, "vmlinux"), vmlinux, 0o644); err != nil {
+	if err := cache.WriteFile(filepath.Join(stage, "vmlinux"), vmlinux, cache.FileMode); err != nil {
 		return nil, fmt.Errorf("write vmlinux: %w", err)
 	}
 	sum := sha256.Sum256(vmlinux)
@@ -415,7 +405,7 @@ func stageKernel(root, stage string, move bool, log io.Writer) (*Kernel, error) 
 		if err != nil {
 			return err
 		}
-		return os.WriteFile(to, data, 0o644)
+		return cache.WriteFile(to, data, cache.FileMode)
 	}
 	if err := transfer(mods, filepath.Join(stage, "lib", "modules", ver)); err != nil {
 		return nil, fmt.Errorf("kernel %s: modules: %w", ver, err)
@@ -435,7 +425,7 @@ func writeMeta(dir string, m kernelMeta) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, kernelMetaFile), append(raw, '\n'), 0o644); err != nil {
+	if err := cache.WriteFile(filepath.Join(dir, kernelMetaFile), append(raw, '\n'), cache.FileMode); err != nil {
 		return fmt.Errorf("write %s: %w", kernelMetaFile, err)
 	}
 	return nil

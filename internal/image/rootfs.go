@@ -30,6 +30,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/image/cache"
 	"golang.org/x/sys/unix"
 )
 
@@ -663,7 +664,7 @@ func rfUUID(seed [16]byte, variant byte) string {
 
 func rfMkfs(ctx context.Context, tree, img string, size, inodes int64, seed [16]byte) error {
 	_ = os.Remove(img)
-	f, err := os.OpenFile(img, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	f, err := os.OpenFile(img, os.O_CREATE|os.O_EXCL|os.O_WRONLY, cache.FileMode)
 	if err != nil {
 		return err
 	}
