@@ -30,8 +30,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mvm-sandbox/mvm/internal/manifest"
 	"github.com/mvm-sandbox/mvm/internal/image/cache"
+	"github.com/mvm-sandbox/mvm/internal/manifest"
 	"github.com/mvm-sandbox/mvm/internal/paths"
 )
 
