@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/guestnet"
 	"golang.org/x/sys/unix"
 )
 
@@ -171,7 +172,7 @@ func loadModules() error {
 	// The NIC's driver is in every initramfs but loaded only for a guest
 	// that has a network (mvm.net=...): loading modules costs boot time
 	// under emulation, and most sandboxes have no network device.
-	withNet := strings.Contains(string(cmdline), "mvm.net=")
+	withNet := strings.Contains(string(cmdline), guestnet.KernelArgKey+"=")
 	b, err := os.ReadFile("/etc/mvm/modules")
 	if errors.Is(err, os.ErrNotExist) {
 		return nil

@@ -8,24 +8,28 @@ import (
 	"log"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/guestnet"
 	"golang.org/x/sys/unix"
 )
 
-// Guest network addresses; they mirror internal/netpolicy (the agent
-// does not import host packages).
+// Guest network addresses: one definition, in internal/guestnet, shared
+// with the host.
 const (
-	guestIP      = "10.0.2.15"
-	guestMask    = "255.255.255.0"
-	slirpGateway = "10.0.2.2"
-	slirpDNS     = "10.0.2.3"
-	dnsForward   = "10.0.2.100:53" // the host answers DNS here, over TCP
-	nicName      = "eth0"
+	guestIP      = guestnet.GuestIP
+	guestMask    = guestnet.GuestMask
+	slirpGateway = guestnet.Gateway
+	slirpDNS     = guestnet.SlirpDNS
+	nicName      = guestnet.NIC
 )
+
+// dnsForward is where the host answers DNS, over TCP.
+var dnsForward = net.JoinHostPort(guestnet.DNSForward, strconv.Itoa(guestnet.DNSPort))
 
 // setupNetwork brings up lo and, when the kernel command line asks for a
 // network (mvm.net=allowlist|unrestricted|inbound), eth0 with the static
@@ -48,27 +52,27 @@ func setupNetwork() error {
 		return fmt.Errorf("%s: %w", nicName, err)
 	}
 	switch mode {
-	case "allowlist":
+	case guestnet.ModeAllowlist:
 		if err := writeResolvConf("nameserver 127.0.0.1\noptions timeout:3 attempts:2\n"); err != nil {
 			return err
 		}
 		return startDNSStub()
-	case "unrestricted":
+	case guestnet.ModeUnrestricted:
 		if err := addDefaultRoute(slirpGateway); err != nil {
 			return fmt.Errorf("default route: %w", err)
 		}
 		return writeResolvConf("nameserver " + slirpDNS + "\n")
-	case "inbound":
+	case guestnet.ModeInbound:
 		// Published ports only: no egress, no resolver.
 		return nil
 	}
-	return fmt.Errorf("unknown mvm.net=%q", mode)
+	return fmt.Errorf("unknown %s=%q", guestnet.KernelArgKey, mode)
 }
 
 func netMode() string {
 	b, _ := os.ReadFile("/proc/cmdline")
 	for _, f := range strings.Fields(string(b)) {
-		if v, ok := strings.CutPrefix(f, "mvm.net="); ok {
+		if v, ok := strings.CutPrefix(f, guestnet.KernelArgKey+"="); ok {
 			return v
 		}
 	}

@@ -85,7 +85,7 @@ func newUpCmd(app *App) *cobra.Command {
 				return err
 			}
 			o.Name = name
-			if o.Network, err = nf.config(app); err != nil {
+			if err := nf.apply(app, &o); err != nil {
 				return exitCode(ExitUsage, err)
 			}
 			if len(args) == 1 {
@@ -116,7 +116,7 @@ func newUpCmd(app *App) *cobra.Command {
 					return exitCode(1, err)
 				}
 				if errors.Is(err, runtime.ErrPolicy) {
-					return exitCode(ExitCannotExec, err)
+					return exitCode(ExitCannotExec, manifestNetworkHint(err))
 				}
 				if isBadImage(err) {
 					return exitCode(ExitUsage, err)

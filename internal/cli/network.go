@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
+	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
@@ -22,23 +23,54 @@ func init() {
 
 // netFlags are the network flags of `up` and `run`.
 type netFlags struct {
-	network string
-	allow   []string
-	publish []string
+	network         string
+	allow           []string
+	publish         []string
+	allowPrivate    bool
+	manifestNetwork bool
 }
 
 func (f *netFlags) register(fl *pflag.FlagSet, publish bool) {
 	fl.StringVar(&f.network, "network", "", "network: none (default: no network device), unrestricted (needs "+netpolicy.AckUnrestrictedEnv+"=1) or a preset ("+strings.Join(netpolicy.PresetNames(), ", ")+"); see docs/network.md")
 	fl.StringArrayVar(&f.allow, "allow", nil, "allow egress to HOST[:PORT] (port 443 by default; repeatable); TLS SNI or HTTP Host must name HOST")
+	fl.BoolVar(&f.allowPrivate, "allow-private", false, "let allowed names resolve to private (10/8, 172.16/12, 192.168/16), CGNAT (100.64/10) and IPv6 unique-local addresses, e.g. an internal mirror; recorded in the plan")
+	fl.BoolVar(&f.manifestNetwork, "allow-manifest-network", false, "grant the network egress the image's mvm.toml asks for (network/allow keys); it is printed before boot")
 	if publish {
 		fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a guest port: [ADDR:]HOSTPORT:GUESTPORT, bound to 127.0.0.1 unless ADDR is given (repeatable)")
 	}
 }
 
+// apply sets o's network from the flags: the operator's own request
+// (OriginCLI), consent to the manifest's, and where notices go.
+func (f *netFlags) apply(app *App, o *runtime.UpOptions) error {
+	cfg, err := f.config(app)
+	if err != nil {
+		return err
+	}
+	o.Network = cfg
+	o.AllowManifestNetwork = f.manifestNetwork
+	o.Notice = func(msg string) { fmt.Fprintln(app.Stderr, "mvmctl: "+msg) }
+	return nil
+}
+
+// manifestNetworkHint adds what to do to a refused manifest network.
+func manifestNetworkHint(err error) error {
+	var me *runtime.ManifestNetworkError
+	if !errors.As(err, &me) {
+		return err
+	}
+	allow := make([]string, len(me.Missing))
+	for i, m := range me.Missing {
+		allow[i] = "--allow " + m
+	}
+	return fmt.Errorf("%w\nto grant it: --allow-manifest-network (or give %s)", err, strings.Join(allow, " "))
+}
+
 // config builds the sandbox's network, warning on stderr when it is
 // unrestricted.
 func (f *netFlags) config(app *App) (netpolicy.Config, error) {
-	cfg, warning, err := netpolicy.Build(netpolicy.Request{Network: f.network, Allow: f.allow, Publish: f.publish}, nil)
+	cfg, warning, err := netpolicy.Build(netpolicy.Request{Network: f.network, Allow: f.allow, Publish: f.publish,
+		Origin: netpolicy.OriginCLI, AllowPrivate: f.allowPrivate}, nil)
 	if err != nil {
 		return cfg, err
 	}

@@ -100,7 +100,7 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 		Exec:    runtime.ExecOptions{Argv: argv, Cwd: f.workdir},
 		Timeout: f.timeout,
 	}
-	if opts.Up.Network, err = f.net.config(app); err != nil {
+	if err := f.net.apply(app, &opts.Up); err != nil {
 		return exitCode(ExitUsage, err)
 	}
 	if err := opts.Up.Validate(); err != nil {
@@ -126,7 +126,7 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 	}
 	if err != nil && !errors.Is(err, runtime.ErrTimeout) {
 		if errors.Is(err, runtime.ErrPolicy) {
-			return exitCode(ExitCannotExec, err)
+			return exitCode(ExitCannotExec, manifestNetworkHint(err))
 		}
 		if res == nil {
 			return exitCode(ExitMvm, err)

@@ -19,6 +19,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"sort"
 	"strconv"
@@ -401,7 +402,9 @@ func Parse(file string, data []byte) (*Manifest, error) {
 				key = "network"
 			}
 			noAck := func(string) (string, bool) { return "", false }
-			if _, _, err := netpolicy.Build(netpolicy.Request{Network: n, Allow: raw.Allow}, noAck); err != nil {
+			// OriginManifest: a manifest can never allow the host's own
+			// loopback (netpolicy.HostAlias).
+			if _, _, err := netpolicy.Build(netpolicy.Request{Network: n, Allow: raw.Allow, Origin: netpolicy.OriginManifest}, noAck); err != nil {
 				add(key, "%v", err)
 			} else {
 				m.Network = n
@@ -657,19 +660,27 @@ func quoteKey(k string) string {
 	return strconv.Quote(k)
 }
 
-var topKeys = []string{"template", "name", "packages", "files", "env", "cpus", "memory", "disk", "command", "workdir", "profile"}
+// topKeys are the manifest's keys, in file order: the toml tags of
+// rawManifest (one definition).
+var topKeys, fieldToKey = manifestKeys()
+
+func manifestKeys() ([]string, map[string]string) {
+	t := reflect.TypeOf(rawManifest{})
+	keys := make([]string, 0, t.NumField())
+	byField := map[string]string{}
+	for i := 0; i < t.NumField(); i++ {
+		k := t.Field(i).Tag.Get("toml")
+		keys = append(keys, k)
+		byField[t.Field(i).Name] = k
+	}
+	return keys, byField
+}
 
 func knownKeysHint(key []string) string {
 	if len(key) == 1 {
 		return " (known keys: " + strings.Join(topKeys, ", ") + ")"
 	}
 	return ""
-}
-
-var fieldToKey = map[string]string{
-	"Template": "template", "Name": "name", "Packages": "packages", "Files": "files",
-	"Env": "env", "CPUs": "cpus", "Memory": "memory", "Disk": "disk",
-	"Command": "command", "Workdir": "workdir", "Profile": "profile",
 }
 
 var fieldRE = regexp.MustCompile(`rawManifest\.(\w+)`)

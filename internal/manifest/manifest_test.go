@@ -231,3 +231,30 @@ func TestNetworkKeys(t *testing.T) {
 		}
 	}
 }
+
+// A manifest can never allow the host's own loopback (issue 11 item 3).
+func TestManifestNeverAllowsHostInternal(t *testing.T) {
+	for _, body := range []string{
+		"template = \"python\"\nallow = [\"host.mvm.internal:22\"]\n",
+		"template = \"python\"\nallow = [\"pypi.org\", \"HOST.MVM.INTERNAL.:2375\"]\n",
+	} {
+		_, err := Parse("/x/mvm.toml", []byte(body))
+		if err == nil || !strings.Contains(err.Error(), "key allow") || !strings.Contains(err.Error(), "host.mvm.internal") {
+			t.Errorf("%q: want a refusal naming key allow and host.mvm.internal, got %v", body, err)
+		}
+	}
+}
+
+// The unknown-key hint lists every top-level key, network and allow
+// included.
+func TestUnknownKeyHintListsAllKeys(t *testing.T) {
+	_, err := Parse("/x/mvm.toml", []byte("template = \"python\"\nalow = [\"pypi.org\"]\n"))
+	if err == nil {
+		t.Fatal("unknown key accepted")
+	}
+	for _, k := range []string{"template", "name", "packages", "files", "env", "cpus", "memory", "disk", "command", "workdir", "profile", "network", "allow"} {
+		if !strings.Contains(err.Error(), k) {
+			t.Errorf("hint lacks %q: %v", k, err)
+		}
+	}
+}

@@ -18,15 +18,41 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/guestnet"
 	"golang.org/x/net/dns/dnsmessage"
 )
 
+// waitFor polls cond until it holds, failing the test after 10 s.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// fakeClock is an injected clock for rate limits.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
 func TestParseAllow(t *testing.T) {
 	good := map[string]Rule{
-		"example.com":          {"example.com", 443},
-		"Example.COM.:8443":    {"example.com", 8443},
-		"a-b.c.example.org:80": {"a-b.c.example.org", 80},
-		HostAlias + ":8080":    {HostAlias, 8080},
+		"example.com":          {Host: "example.com", Port: 443},
+		"Example.COM.:8443":    {Host: "example.com", Port: 8443},
+		"a-b.c.example.org:80": {Host: "a-b.c.example.org", Port: 80},
+		HostAlias + ":8080":    {Host: HostAlias, Port: 8080},
 	}
 	for in, want := range good {
 		got, err := ParseAllow(in)
@@ -77,7 +103,7 @@ func TestBuild(t *testing.T) {
 		t.Error("none + --allow accepted")
 	}
 	cfg, _, err = Build(Request{Allow: []string{"b.com:80", "a.com", "a.com:443"}}, none)
-	if err != nil || cfg.Mode != Allowlist || len(cfg.Allow) != 2 || cfg.Allow[0] != (Rule{"a.com", 443}) {
+	if err != nil || cfg.Mode != Allowlist || len(cfg.Allow) != 2 || cfg.Allow[0] != (Rule{Host: "a.com", Port: 443}) {
 		t.Fatalf("allow: %+v %v", cfg, err)
 	}
 	if got := cfg.GuestAddrs(); got["a.com"] != netip.MustParseAddr("10.0.2.101") || got["b.com"] != netip.MustParseAddr("10.0.2.102") {
@@ -129,7 +155,7 @@ func TestVMNetwork(t *testing.T) {
 	if !n.Restrict || len(n.GuestFwds) != 3 || len(n.HostFwds) != 1 {
 		t.Fatalf("%+v", n)
 	}
-	if g := n.GuestFwds[0]; g.Addr != DNSAddr || g.Port != 53 || !strings.HasSuffix(g.Cmd, " __egress egress.sock dns") {
+	if g := n.GuestFwds[0]; g.Addr != guestnet.DNSForward || g.Port != 53 || !strings.HasSuffix(g.Cmd, " __egress egress.sock dns") {
 		t.Errorf("dns forward %+v", g)
 	}
 	if g := n.GuestFwds[2]; g.Addr != "10.0.2.101" || g.Port != 443 || !strings.HasSuffix(g.Cmd, "egress.sock 10.0.2.101:443") {
@@ -475,7 +501,7 @@ func TestProxyConnLimit(t *testing.T) {
 	p.sem = make(chan struct{}, 1)
 	target := "10.0.2.101:" + portOf(web)
 	held := dialVia(p, target) // holds the one slot while silent
-	time.Sleep(50 * time.Millisecond)
+	waitFor(t, "the first connection to take the slot", func() bool { return p.Conns.Load() == 1 })
 	c := dialVia(p, target)
 	io.ReadAll(c)
 	if ev := log.last(); ev["reason"] != ReasonTooMany {
@@ -519,6 +545,8 @@ func TestAnswerDNS(t *testing.T) {
 func TestAuditRateLimit(t *testing.T) {
 	log := &auditLog{}
 	p := NewProxy(Config{Mode: None}, Options{Audit: log.add, AuditRate: 1, AuditBurst: 3})
+	clock := &fakeClock{t: time.Unix(1e9, 0)}
+	p.events.now, p.events.last = clock.now, clock.now()
 	log.p = p
 	for i := 0; i < 10; i++ {
 		p.decide(false, "x.test", 53, ProtoDNS, ReasonDNSNotAllowed, nil)
@@ -527,7 +555,7 @@ func TestAuditRateLimit(t *testing.T) {
 	if len(log.evs) != 3 {
 		t.Fatalf("%d events, want 3", len(log.evs))
 	}
-	time.Sleep(1100 * time.Millisecond)
+	clock.advance(1100 * time.Millisecond) // one token more
 	p.decide(false, "x.test", 53, ProtoDNS, ReasonDNSNotAllowed, nil)
 	if ev := log.last(); ev["suppressed_before"] != int64(7) {
 		t.Errorf("suppressed count: %v", ev)

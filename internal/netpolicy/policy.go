@@ -25,6 +25,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/mvm-sandbox/mvm/internal/guestnet"
 )
 
 // Mode is the kind of network a sandbox has.
@@ -59,25 +61,41 @@ const DefaultPort = 443
 // (127.0.0.1) when allowed explicitly, e.g. --allow host.mvm.internal:8080.
 const HostAlias = "host.mvm.internal"
 
-// Guest addressing on the user network (QEMU's slirp defaults).
+// Limits of a network config.
 const (
-	GuestCIDR    = "10.0.2.15/24"
-	GuestIP      = "10.0.2.15"
-	Gateway      = "10.0.2.2"
-	SlirpDNS     = "10.0.2.3"
-	DNSAddr      = "10.0.2.100" // the DNS forward to the host resolver (TCP)
-	firstSynth   = 101          // 10.0.2.101 is the first allowed name
-	lastSynth    = 254
-	NetdevID     = "n0"
 	MaxRules     = 64
-	maxNames     = lastSynth - firstSynth + 1
+	maxNames     = guestnet.LastSynthetic - guestnet.FirstSynthetic + 1
 	maxPublished = 64
 )
+
+// Origin says who asked for a network entry. The operator's command line
+// is trusted; everything else is a request that may not reach the host's
+// loopback (HostAlias) or widen the private-address policy.
+type Origin string
+
+// Origins.
+const (
+	// OriginCLI: the operator's command-line flags (and the SDKs, which
+	// drive the CLI). The only origin that may allow HostAlias or set
+	// AllowPrivate.
+	OriginCLI Origin = "cli"
+	// OriginManifest: an image's mvm.toml. Applied only with the
+	// operator's consent, shown before boot, never HostAlias.
+	OriginManifest Origin = "manifest"
+	// OriginMCP: an MCP client (a model). Never HostAlias, never private.
+	OriginMCP Origin = "mcp"
+)
+
+// ErrRefused marks a network request refused by policy (as opposed to a
+// malformed one).
+var ErrRefused = errors.New("refused by network policy")
 
 // Rule allows TCP connections to Host:Port.
 type Rule struct {
 	Host string `json:"host"`
 	Port int    `json:"port"`
+	// Origin is who asked for this entry; "" means the Config's Origin.
+	Origin Origin `json:"origin,omitempty"`
 }
 
 func (r Rule) String() string { return net.JoinHostPort(r.Host, strconv.Itoa(r.Port)) }
@@ -101,6 +119,21 @@ type Config struct {
 	Publish []Publish `json:"publish,omitempty"`
 	// Presets names the presets the allowlist was built from (for display).
 	Presets []string `json:"presets,omitempty"`
+	// Origin is who built this config: OriginCLI for the operator's flags,
+	// OriginMCP for an MCP client. "" is treated as untrusted, like MCP.
+	Origin Origin `json:"origin,omitempty"`
+	// AllowPrivate lets allowed names resolve to private (RFC 1918),
+	// CGNAT (100.64/10) and ULA (fc00::/7) addresses. Only the operator
+	// (OriginCLI, --allow-private) may set it; it is recorded in the plan.
+	AllowPrivate bool `json:"allow_private,omitempty"`
+}
+
+// RuleOrigin is the origin of r in c.
+func (c Config) RuleOrigin(r Rule) Origin {
+	if r.Origin != "" {
+		return r.Origin
+	}
+	return c.Origin
 }
 
 // Files in the sandbox directory.
@@ -113,8 +146,10 @@ const (
 // Presets are named allowlists. Every entry is HOST:PORT.
 var Presets = map[string][]string{
 	// Package registries and mirrors: Debian, PyPI, npm, crates.io, Go.
+	// HTTPS only: plain HTTP to a CDN front end is a way to any site it
+	// serves (docs/network.md).
 	"registries": {
-		"deb.debian.org:443", "deb.debian.org:80", "security.debian.org:443", "security.debian.org:80",
+		"deb.debian.org:443", "security.debian.org:443",
 		"pypi.org:443", "files.pythonhosted.org:443",
 		"registry.npmjs.org:443",
 		"crates.io:443", "static.crates.io:443", "index.crates.io:443",
@@ -270,11 +305,16 @@ func ParseForward(s string) (Publish, error) {
 	return ParsePublish(s)
 }
 
-// Request is what the caller asked for on the command line (or an SDK).
+// Request is what a caller asked for: the command line (or an SDK), a
+// manifest, or an MCP client (Origin).
 type Request struct {
 	Network string   // "", "none", "unrestricted" or a preset name
 	Allow   []string // --allow values
 	Publish []string // -p values
+	// Origin is who asks; see Config.Origin.
+	Origin Origin
+	// AllowPrivate is --allow-private (OriginCLI only).
+	AllowPrivate bool
 }
 
 // Build turns a request into a Config. lookupEnv reads the acknowledgement
@@ -329,6 +369,13 @@ func Build(req Request, lookupEnv func(string) (string, bool)) (cfg Config, warn
 		cfg.Mode = Allowlist
 		cfg.Allow = dedupe(rules)
 	}
+	cfg.Origin = req.Origin
+	if req.AllowPrivate {
+		if cfg.Mode != Allowlist {
+			return Config{}, "", errors.New("--allow-private needs an allowlist (--allow or a --network preset)")
+		}
+		cfg.AllowPrivate = true
+	}
 	seen := map[int]bool{}
 	for _, p := range req.Publish {
 		pub, err := ParsePublish(p)
@@ -344,13 +391,21 @@ func Build(req Request, lookupEnv func(string) (string, bool)) (cfg Config, warn
 	return cfg, warning, cfg.Validate()
 }
 
+// dedupe sorts rules and drops repeated HOST:PORT entries, keeping the
+// most trusted origin of each (an entry without one, or OriginCLI).
 func dedupe(rules []Rule) []Rule {
-	seen := map[Rule]bool{}
+	at := map[string]int{}
 	var out []Rule
 	for _, r := range rules {
-		if !seen[r] {
-			seen[r] = true
+		k := r.String()
+		i, seen := at[k]
+		if !seen {
+			at[k] = len(out)
 			out = append(out, r)
+			continue
+		}
+		if r.Origin == "" || r.Origin == OriginCLI {
+			out[i].Origin = r.Origin
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -360,6 +415,16 @@ func dedupe(rules []Rule) []Rule {
 		return out[i].Port < out[j].Port
 	})
 	return out
+}
+
+// WithRules returns c with rules added (an allowlist, deduplicated).
+func (c Config) WithRules(rules ...Rule) Config {
+	if len(rules) == 0 {
+		return c
+	}
+	c.Mode = Allowlist
+	c.Allow = dedupe(append(append([]Rule(nil), c.Allow...), rules...))
+	return c
 }
 
 // Validate checks a Config read from disk or built by Build.
@@ -379,9 +444,27 @@ func (c Config) Validate() error {
 	if len(c.Allow) > MaxRules {
 		return fmt.Errorf("%d allowlist entries exceed the limit of %d", len(c.Allow), MaxRules)
 	}
+	if !validOrigin(c.Origin) {
+		return fmt.Errorf("unknown network request origin %q", c.Origin)
+	}
 	for _, r := range c.Allow {
 		if n, err := CanonicalName(r.Host); err != nil || n != r.Host || r.Port < 1 || r.Port > 65535 {
 			return fmt.Errorf("invalid allowlist entry %s", r)
+		}
+		o := c.RuleOrigin(r)
+		if !validOrigin(r.Origin) {
+			return fmt.Errorf("allowlist entry %s: unknown origin %q", r, r.Origin)
+		}
+		if r.Host == HostAlias && o != OriginCLI {
+			return fmt.Errorf("%w: %s is the host's own loopback; only the operator can allow it, on the command line (asked for by %s)", ErrRefused, r, originName(o))
+		}
+	}
+	if c.AllowPrivate {
+		if c.Origin != OriginCLI {
+			return fmt.Errorf("%w: private network addresses can only be allowed by the operator, on the command line (asked for by %s)", ErrRefused, originName(c.Origin))
+		}
+		if c.Mode != Allowlist {
+			return errors.New("allowing private addresses needs an allowlist")
 		}
 	}
 	if len(c.Names()) > maxNames {
@@ -391,6 +474,26 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%d published ports exceed the limit of %d", len(c.Publish), maxPublished)
 	}
 	return nil
+}
+
+func validOrigin(o Origin) bool {
+	switch o {
+	case "", OriginCLI, OriginManifest, OriginMCP:
+		return true
+	}
+	return false
+}
+
+func originName(o Origin) string {
+	switch o {
+	case OriginCLI:
+		return "the command line"
+	case OriginManifest:
+		return "a manifest (mvm.toml)"
+	case OriginMCP:
+		return "an MCP client"
+	}
+	return "an unidentified caller"
 }
 
 // HasNIC reports whether the guest gets a network device.
@@ -425,7 +528,8 @@ func (c Config) Strings() []string {
 func (c Config) GuestAddrs() map[string]netip.Addr {
 	m := map[string]netip.Addr{}
 	for i, n := range c.Names() {
-		m[n] = netip.AddrFrom4([4]byte{10, 0, 2, byte(firstSynth + i)})
+		p := guestnet.SyntheticPrefix
+		m[n] = netip.AddrFrom4([4]byte{p[0], p[1], p[2], byte(guestnet.FirstSynthetic + i)})
 	}
 	return m
 }
@@ -434,11 +538,11 @@ func (c Config) GuestAddrs() map[string]netip.Addr {
 func (c Config) GuestMode() string {
 	switch {
 	case c.Mode == Allowlist:
-		return "allowlist"
+		return guestnet.ModeAllowlist
 	case c.Mode == Unrestricted:
-		return "unrestricted"
+		return guestnet.ModeUnrestricted
 	case len(c.Publish) > 0:
-		return "inbound"
+		return guestnet.ModeInbound
 	}
 	return ""
 }

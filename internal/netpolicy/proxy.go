@@ -2,6 +2,7 @@ package netpolicy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -11,12 +12,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/guestnet"
 	"golang.org/x/net/dns/dnsmessage"
 	"golang.org/x/sys/unix"
 )
@@ -41,6 +42,7 @@ const (
 	ReasonDNSNotAllowed  = "name_not_allowed"
 	ReasonPortMismatch   = "port_mismatch"
 	ReasonDNSUnsupported = "unsupported_query"
+	ReasonRateLimited    = "rate_limited"
 )
 
 // Options tune a Proxy. Zero values take the defaults.
@@ -54,6 +56,16 @@ type Options struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// MaxConns bounds concurrent proxied connections (default 256).
 	MaxConns int
+	// MaxDNSConns bounds concurrent DNS connections (default 16) and
+	// DNSIdle closes one idle that long (10 s).
+	MaxDNSConns int
+	DNSIdle     time.Duration
+	// ConnRate and ConnBurst bound new guest connections per second, DNS
+	// included: each one is a process QEMU started (the egress helper), so
+	// a guest opening connections in a loop is refused beyond this rate
+	// (50/s, burst 100), and the refusals are audited.
+	ConnRate  float64
+	ConnBurst float64
 	// PeekTimeout bounds the wait for the guest's first bytes (10 s).
 	PeekTimeout time.Duration
 	// IdleTimeout closes a connection idle in both directions (5 min).
@@ -74,10 +86,11 @@ type Proxy struct {
 	addrOf  map[string]netip.Addr
 	allowed map[Rule]bool
 	sem     chan struct{}
+	dnsSem  chan struct{}
+	conns   *bucket
 
 	auditMu    sync.Mutex
-	tokens     float64
-	last       time.Time
+	events     *bucket
 	suppressed int64
 	auditQ     chan auditEvent
 	auditDone  chan struct{}
@@ -90,6 +103,7 @@ type Proxy struct {
 func NewProxy(cfg Config, o Options) *Proxy {
 	if o.Resolver == nil {
 		o.Resolver = NewResolver()
+		o.Resolver.AllowPrivate = cfg.AllowPrivate
 	}
 	if o.Dial == nil {
 		d := &net.Dialer{}
@@ -113,8 +127,21 @@ func NewProxy(cfg Config, o Options) *Proxy {
 	if o.AuditBurst <= 0 {
 		o.AuditBurst = 200
 	}
+	if o.MaxDNSConns <= 0 {
+		o.MaxDNSConns = 16
+	}
+	if o.DNSIdle <= 0 {
+		o.DNSIdle = 10 * time.Second
+	}
+	if o.ConnRate <= 0 {
+		o.ConnRate = 50
+	}
+	if o.ConnBurst <= 0 {
+		o.ConnBurst = 100
+	}
 	p := &Proxy{cfg: cfg, opt: o, byAddr: map[netip.Addr]string{}, addrOf: cfg.GuestAddrs(),
-		allowed: map[Rule]bool{}, sem: make(chan struct{}, o.MaxConns), tokens: o.AuditBurst, last: time.Now()}
+		allowed: map[Rule]bool{}, sem: make(chan struct{}, o.MaxConns), dnsSem: make(chan struct{}, o.MaxDNSConns),
+		conns: newBucket(o.ConnRate, o.ConnBurst), events: newBucket(o.AuditRate, o.AuditBurst)}
 	for n, a := range p.addrOf {
 		p.byAddr[a] = n
 	}
@@ -135,9 +162,40 @@ func NewProxy(cfg Config, o Options) *Proxy {
 		}
 	}()
 	for _, r := range cfg.Allow {
-		p.allowed[r] = true
+		if r.Host == HostAlias && cfg.RuleOrigin(r) != OriginCLI {
+			continue // Validate refuses it; never forward it either
+		}
+		p.allowed[Rule{Host: r.Host, Port: r.Port}] = true
 	}
 	return p
+}
+
+// bucket is a token bucket: rate tokens a second, at most burst.
+type bucket struct {
+	mu     sync.Mutex
+	rate   float64
+	burst  float64
+	tokens float64
+	last   time.Time
+	now    func() time.Time
+}
+
+func newBucket(rate, burst float64) *bucket {
+	return &bucket{rate: rate, burst: burst, tokens: burst, last: time.Now(), now: time.Now}
+}
+
+// take spends a token if there is one.
+func (b *bucket) take() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
 }
 
 func (p *Proxy) audit(kind string, fields map[string]any) {
@@ -149,18 +207,11 @@ func (p *Proxy) audit(kind string, fields map[string]any) {
 		p.auditMu.Unlock()
 		return
 	}
-	now := time.Now()
-	p.tokens += now.Sub(p.last).Seconds() * p.opt.AuditRate
-	if p.tokens > p.opt.AuditBurst {
-		p.tokens = p.opt.AuditBurst
-	}
-	p.last = now
-	if p.tokens < 1 {
+	if !p.events.take() {
 		p.suppressed++
 		p.auditMu.Unlock()
 		return
 	}
-	p.tokens--
 	if p.suppressed > 0 {
 		fields["suppressed_before"] = p.suppressed
 		p.suppressed = 0
@@ -208,16 +259,6 @@ func (p *Proxy) decide(allow bool, name string, port int, proto, reason string, 
 		f[k] = v
 	}
 	p.audit(kind, f)
-}
-
-// GuestFwdTargets lists the forwards the VMM must install: "dns" and
-// ADDR:PORT for each allowed (name, port).
-func (p *Proxy) GuestFwdTargets() []string {
-	out := []string{"dns"}
-	for _, r := range p.cfg.Allow {
-		out = append(out, netip.AddrPortFrom(p.addrOf[r.Host], uint16(r.Port)).String())
-	}
-	return out
 }
 
 // helloPrefix starts each helper's message on the egress socket.
@@ -281,13 +322,27 @@ func (p *Proxy) accept(c net.Conn) {
 // target ("dns" or GUESTADDR:PORT). It closes guest.
 func (p *Proxy) Handle(guest net.Conn, target string) {
 	defer guest.Close()
-	if target == "dns" {
-		p.serveDNS(guest)
-		return
-	}
 	ap, err := netip.ParseAddrPort(target)
 	name, known := p.byAddr[ap.Addr()]
 	port := int(ap.Port())
+	if !p.conns.take() {
+		if target == "dns" {
+			name, port = "", guestnet.DNSPort
+		}
+		p.decide(false, name, port, "", ReasonRateLimited, nil)
+		return
+	}
+	if target == "dns" {
+		select {
+		case p.dnsSem <- struct{}{}:
+			defer func() { <-p.dnsSem }()
+		default:
+			p.decide(false, "", guestnet.DNSPort, ProtoDNS, ReasonTooMany, nil)
+			return
+		}
+		p.serveDNS(guest)
+		return
+	}
 	if err != nil || !known || !p.allowed[Rule{Host: name, Port: port}] {
 		p.decide(false, "", port, "", ReasonNotAllowed, map[string]any{"guest_addr": target})
 		return
@@ -347,6 +402,15 @@ func (p *Proxy) Handle(guest net.Conn, target string) {
 		p.decide(false, name, port, proto, ReasonPortMismatch, nil)
 		return
 	}
+	if proto == ProtoHTTP {
+		if req, err := parseRequestHeader(buf); err != nil {
+			p.decide(false, name, port, proto, peekReason(err), nil)
+			return
+		} else if req.upgrade {
+			p.decide(false, name, port, proto, ReasonUpgrade, nil)
+			return
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.opt.DialTimeout)
 	addrs, reason := p.opt.Resolver.Resolve(ctx, name)
 	if reason != "" {
@@ -370,10 +434,30 @@ func (p *Proxy) Handle(guest net.Conn, target string) {
 	}
 	defer up.Close()
 	p.decide(true, name, port, proto, "", map[string]any{"addr": used.String()})
-	if _, err := up.Write(buf); err != nil {
+	if proto != ProtoHTTP {
+		// TLS: the rest is encrypted; the SNI decided the destination.
+		if _, err := up.Write(buf); err != nil {
+			return
+		}
+		splice(guest, up, p.opt.IdleTimeout, nil)
 		return
 	}
-	splice(guest, up, p.opt.IdleTimeout)
+	// HTTP: every request on the connection is checked, not just the
+	// first (buf holds the first and maybe more).
+	splice(guest, up, p.opt.IdleTimeout, func(dst io.Writer, src io.Reader) {
+		r := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(buf), src), 32<<10)
+		reason, requested, n, _ := copyRequests(dst, r, name, port)
+		if reason != "" {
+			extra := map[string]any{"request": n + 1}
+			if requested != "" {
+				extra["requested"] = requested
+			}
+			// Nothing more goes upstream (splice half-closes it); the
+			// answers to the requests already forwarded still reach the
+			// guest, then the connection ends.
+			p.decide(false, name, port, proto, reason, extra)
+		}
+	})
 }
 
 func peekReason(err error) string {
@@ -388,37 +472,37 @@ func peekReason(err error) string {
 	return ReasonMalformed
 }
 
-// splice copies both ways until both directions end or the connection is
-// idle for idle.
-func splice(a, b net.Conn, idle time.Duration) {
+// splice copies both ways between the guest and upstream until both
+// directions end or the connection is idle for idle. fromGuest, when not
+// nil, does the guest-to-upstream copy (it returns when the guest's side
+// ends or it refuses).
+func splice(guest, up net.Conn, idle time.Duration, fromGuest func(dst io.Writer, src io.Reader)) {
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	cp := func(dst, src net.Conn) {
-		defer wg.Done()
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := src.Read(buf)
-			if n > 0 {
-				last.Store(time.Now().UnixNano())
-				if _, werr := dst.Write(buf[:n]); werr != nil {
-					break
-				}
-			}
-			if err != nil {
-				break
-			}
-		}
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+	touch := func(r io.Reader) io.Reader { return &touchReader{r: r, last: &last} }
+	if fromGuest == nil {
+		fromGuest = func(dst io.Writer, src io.Reader) { io.CopyBuffer(dst, src, make([]byte, 64<<10)) }
+	}
+	closeWrite := func(c net.Conn) {
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		} else {
-			dst.Close()
+			c.Close()
 		}
 	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
 	wg.Add(2)
-	go cp(a, b)
-	go cp(b, a)
+	go func() {
+		defer wg.Done()
+		fromGuest(up, touch(guest))
+		closeWrite(up)
+	}()
+	go func() {
+		defer wg.Done()
+		io.CopyBuffer(guest, touch(up), make([]byte, 64<<10))
+		closeWrite(guest)
+	}()
 	go func() { wg.Wait(); close(done) }()
 	t := time.NewTicker(min(idle/4, 5*time.Second))
 	defer t.Stop()
@@ -428,13 +512,27 @@ func splice(a, b net.Conn, idle time.Duration) {
 			return
 		case <-t.C:
 			if time.Since(time.Unix(0, last.Load())) > idle {
-				a.Close()
-				b.Close()
+				guest.Close()
+				up.Close()
 				<-done
 				return
 			}
 		}
 	}
+}
+
+// touchReader records when data last arrived.
+type touchReader struct {
+	r    io.Reader
+	last *atomic.Int64
+}
+
+func (t *touchReader) Read(b []byte) (int, error) {
+	n, err := t.r.Read(b)
+	if n > 0 {
+		t.last.Store(time.Now().UnixNano())
+	}
+	return n, err
 }
 
 // DNS over the forward: 2-byte length-prefixed messages (RFC 1035 4.2.2).
@@ -443,7 +541,7 @@ const maxDNSMessage = 4096
 func (p *Proxy) serveDNS(c net.Conn) {
 	br := bufio.NewReader(c)
 	for {
-		c.SetReadDeadline(time.Now().Add(2 * time.Minute))
+		c.SetReadDeadline(time.Now().Add(p.opt.DNSIdle))
 		var l [2]byte
 		if _, err := io.ReadFull(br, l[:]); err != nil {
 			return
@@ -566,7 +664,8 @@ func handoff(sock, target string, fd int) error {
 		return err
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	// Short: a helper is a process; it must not linger.
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, _, err := conn.WriteMsgUnix([]byte(helloPrefix+target+"\n"), unix.UnixRights(fd), nil); err != nil {
 		return err
 	}
@@ -575,9 +674,4 @@ func handoff(sock, target string, fd int) error {
 		return errors.New("egress proxy did not accept the connection")
 	}
 	return nil
-}
-
-// TargetString is the helper target of an allowed rule's forward.
-func TargetString(addr netip.Addr, port int) string {
-	return addr.String() + ":" + strconv.Itoa(port)
 }

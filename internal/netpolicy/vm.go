@@ -4,6 +4,7 @@ import (
 	"net/netip"
 
 	"github.com/mvm-sandbox/mvm/internal/backend"
+	"github.com/mvm-sandbox/mvm/internal/guestnet"
 )
 
 // VMNetwork is the NIC a sandbox with c gets (nil for none). exe is the
@@ -23,7 +24,7 @@ func (c Config) VMNetwork(exe string) (*backend.Network, error) {
 	if err != nil {
 		return nil, err
 	}
-	n.GuestFwds = append(n.GuestFwds, backend.GuestFwd{Addr: DNSAddr, Port: 53, Cmd: cmd})
+	n.GuestFwds = append(n.GuestFwds, backend.GuestFwd{Addr: guestnet.DNSForward, Port: guestnet.DNSPort, Cmd: cmd})
 	addrs := c.GuestAddrs()
 	for _, r := range c.Allow {
 		target := netip.AddrPortFrom(addrs[r.Host], uint16(r.Port)).String()
@@ -40,7 +41,7 @@ func (c Config) VMNetwork(exe string) (*backend.Network, error) {
 // set up the guest's network ("" when there is no NIC).
 func (c Config) KernelArg() string {
 	if m := c.GuestMode(); m != "" {
-		return "mvm.net=" + m
+		return guestnet.KernelArgKey + "=" + m
 	}
 	return ""
 }

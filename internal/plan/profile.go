@@ -67,6 +67,9 @@ const (
 type Network struct {
 	Mode  NetMode  `json:"mode"`
 	Allow []string `json:"allow"`
+	// AllowPrivate: allowed names may resolve to private, CGNAT and ULA
+	// addresses (the operator's --allow-private; docs/network.md).
+	AllowPrivate bool `json:"allow_private,omitempty"`
 }
 
 // Mount is a host directory shared into the guest.

@@ -42,8 +42,18 @@ type UpOptions struct {
 	// BuildProgress, when set, receives image build events.
 	BuildProgress func(image.Event)
 	// Network is the sandbox's network (zero: none, no NIC); see
-	// netpolicy.Build.
+	// netpolicy.Build. Its Origin says who asked (netpolicy.OriginCLI for
+	// the operator's flags, netpolicy.OriginMCP for a model): only the
+	// operator may allow the host's loopback or private addresses.
 	Network netpolicy.Config
+	// AllowManifestNetwork is the operator's consent to the egress the
+	// image's manifest asks for; without it such a manifest is refused
+	// unless Network already allows every entry it asks for.
+	AllowManifestNetwork bool
+	// Notice, when set, receives what the caller must show before the
+	// sandbox boots (the egress a manifest asks for), whatever the output
+	// format.
+	Notice func(string)
 }
 
 // Sandbox is a booted sandbox.
@@ -78,14 +88,6 @@ func (o *UpOptions) defaults(img *bootImage) {
 	if o.DiskMiB == 0 {
 		o.DiskMiB = DefaultDiskMiB
 	}
-	// A manifest's network request applies unless the caller chose one.
-	if a := img.artifact; a != nil && (a.Network != "" || len(a.Allow) > 0) && (o.Network.Mode == "" || o.Network.Mode == netpolicy.None) {
-		cfg, _, err := netpolicy.Build(netpolicy.Request{Network: a.Network, Allow: a.Allow}, func(string) (string, bool) { return "", false })
-		if err == nil {
-			cfg.Publish = o.Network.Publish
-			o.Network = cfg
-		}
-	}
 	if o.BootTimeout == 0 {
 		o.BootTimeout = BootTimeout()
 	}
@@ -114,6 +116,9 @@ func (o *UpOptions) Validate() error {
 		return fmt.Errorf("--ttl must not be negative")
 	}
 	if err := o.Network.Validate(); err != nil {
+		if errors.Is(err, netpolicy.ErrRefused) {
+			return fmt.Errorf("%w: %v", ErrPolicy, err)
+		}
 		return err
 	}
 	for k := range o.Env {
@@ -152,6 +157,11 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 		return nil, err
 	}
 	o.defaults(img)
+	if img.artifact != nil {
+		if err := o.manifestNetwork(img.artifact.Network, img.artifact.Allow); err != nil {
+			return nil, err
+		}
+	}
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
