@@ -37,7 +37,9 @@ func newMCPStdioCmd(app *App) *cobra.Command {
 to stderr only. Tools: sandbox_create, sandbox_list, sandbox_destroy,
 run_command, run_code, files_write, files_read, files_list.
 
-Sandboxes made through MCP use the restrictive profile and have no network.
+Sandboxes made through MCP use the restrictive profile and have no network
+unless a call gives an allowlist (then the standard profile, egress to those
+names only; never host.mvm.internal).
 When the client closes stdin, or the server gets SIGTERM or SIGINT, every
 sandbox it created is destroyed.
 
@@ -46,9 +48,15 @@ Limits (environment; durations are Go durations like 90s or 5m, or seconds):
   %-24s longest lifetime of a sandbox           (default %s)
   %-24s tool calls at once; more are "busy"     (default %d)
   %-24s largest sandbox memory in MiB           (default %d)
-An invalid value stops the server at start (exit 2).`,
+  %-24s sandboxes alive at once                 (default %d)
+  %-24s total memory of those sandboxes, MiB    (default %d)
+An invalid value stops the server at start (exit 2).
+
+Closing stdin answers every request already read, then stops; SIGTERM
+cancels running calls at once.`,
 			mcp.EnvSessionIdle, mcp.DefaultSessionIdle, mcp.EnvSessionMax, mcp.DefaultSessionMax,
-			mcp.EnvMaxInflight, mcp.DefaultMaxInflight, mcp.EnvMemCeilingMiB, mcp.DefaultMemCeilingMiB),
+			mcp.EnvMaxInflight, mcp.DefaultMaxInflight, mcp.EnvMemCeilingMiB, mcp.DefaultMemCeilingMiB,
+			mcp.EnvMaxSandboxes, mcp.DefaultMaxSandboxes, mcp.EnvTotalMemMiB, mcp.DefaultTotalMemMiB),
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runMCPStdio(cmd.Context(), app)
@@ -81,11 +89,19 @@ func runMCPStdio(parent context.Context, app *App) error {
 		Limits:  lim,
 		Logger:  log,
 		Version: Version,
-		ImageMemoryMiB: func(name string) int {
-			if a, err := image.ResolveImage(app.Dirs, name); err == nil {
-				return int(a.MemoryMiB)
+		ResolveImage: func(name string) (int, error) {
+			if name == "" || name == "minimal" {
+				return 0, nil // the built-in initramfs image
 			}
-			return 0 // not built yet (a template) or unknown: Up decides and explains
+			a, err := image.ResolveImage(app.Dirs, name)
+			var nb *image.NotBuiltError
+			switch {
+			case err == nil:
+				return int(a.MemoryMiB), nil
+			case errors.As(err, &nb):
+				return 0, nil // a template, built on first use
+			}
+			return 0, err
 		},
 	})
 	err = srv.Run(ctx, &sdk.IOTransport{Reader: readCloser(app.Stdin), Writer: writeCloser(app.Stdout)})

@@ -10,6 +10,7 @@ import (
 	"io"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
@@ -31,6 +32,14 @@ type box struct {
 	hold     io.Closer
 	lastUsed time.Time
 	active   int // tool calls acting on it now
+	// The network and run profile it was admitted with (read back from
+	// the runtime's admitted plan, never recomputed here).
+	network string
+	allow   []string
+	profile string
+	// free gives its place under the session caps back (once its VM is
+	// gone).
+	free func()
 }
 
 // acquire finds one of the server's sandboxes by handle and marks it in
@@ -57,14 +66,14 @@ func (s *Server) acquire(handle string) (*box, error) {
 		return nil, fmt.Errorf("unknown sandbox %q: this server only acts on sandboxes it created (sandbox_list shows them)", handle)
 	}
 	b.active++
-	b.lastUsed = time.Now()
+	b.lastUsed = s.now()
 	return b, nil
 }
 
 func (s *Server) release(b *box) {
 	s.mu.Lock()
 	b.active--
-	b.lastUsed = time.Now()
+	b.lastUsed = s.now()
 	s.mu.Unlock()
 }
 
@@ -93,7 +102,7 @@ func (s *Server) reaper() {
 			return
 		case <-t.C:
 		}
-		s.reap(time.Now())
+		s.reap(s.now())
 	}
 }
 
@@ -121,7 +130,7 @@ func (s *Server) reap(now time.Time) {
 	}
 	s.mu.Unlock()
 	for i, b := range victims {
-		s.destroyAsync(b.handle, b.id, b.hold, reasons[i])
+		s.destroyAsync(b, reasons[i])
 	}
 }
 
@@ -141,7 +150,56 @@ func (s *Server) limitsInfo() LimitsInfo {
 	return LimitsInfo{
 		SessionIdleS: int64(s.lim.SessionIdle / time.Second), SessionMaxS: int64(s.lim.SessionMax / time.Second),
 		MaxInflight: s.lim.MaxInflight, MemCeilingMiB: s.lim.MemCeilingMiB, OutputCapBytes: OutputCapBytes,
+		MaxSandboxes: s.lim.MaxSandboxes, TotalMemMiB: s.lim.TotalMemMiB,
 	}
+}
+
+// reserve takes a place for one sandbox of mem MiB under the session caps
+// (MVM_MCP_MAX_SANDBOXES, MVM_MCP_TOTAL_MEM_MIB) before it boots, so that
+// sandboxes still booting count and concurrent calls cannot all pass the
+// check. The returned func gives the place back; it is safe to call more
+// than once.
+func (s *Server) reserve(mem int) (func(), error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.liveN >= s.lim.MaxSandboxes {
+		return nil, fmt.Errorf("refused: this server already has %d sandboxes (booting ones and transient runs included), the most it allows (%s=%d); "+
+			"sandbox_destroy one you no longer need (sandbox_list shows them); nothing was started",
+			s.liveN, EnvMaxSandboxes, s.lim.MaxSandboxes)
+	}
+	if s.liveMem+mem > s.lim.TotalMemMiB {
+		return nil, fmt.Errorf("refused: %d MiB more would take this server's sandboxes to %d MiB, past their total of %d MiB (%s=%d); "+
+			"ask for less memory_mib or sandbox_destroy a sandbox you no longer need; nothing was started",
+			mem, s.liveMem+mem, s.lim.TotalMemMiB, EnvTotalMemMiB, s.lim.TotalMemMiB)
+	}
+	s.liveN++
+	s.liveMem += mem
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			s.liveN--
+			s.liveMem -= mem
+			s.mu.Unlock()
+		})
+	}, nil
+}
+
+// checkImage keeps MCP to templates and built images (by name or
+// digest): a host directory would have the server read host files into an
+// image, and a relative name like "agent" used to build ./agent of the
+// server's working directory. It returns the memory the image's manifest
+// asks for (0 for none).
+func (s *Server) checkImage(t string) (int, error) {
+	if t == "" {
+		return 0, nil
+	}
+	if len(t) <= 256 && !strings.ContainsAny(t, "/\\\x00") && !strings.HasPrefix(t, ".") && !strings.HasPrefix(t, "~") && s.resolveImage != nil {
+		if m, err := s.resolveImage(t); err == nil {
+			return m, nil
+		}
+	}
+	return 0, fmt.Errorf("template %q is not a template or a built image: give a template (minimal, python, node, debian, ...) or the name or digest of an image built with mvmctl build; host directories are not accepted through MCP", t)
 }
 
 // checkNetwork turns an allowlist into the sandbox's network policy and
@@ -160,6 +218,9 @@ func checkNetwork(allow []string) (netpolicy.Config, plan.Profile, error) {
 		if err != nil {
 			return cfg, "", fmt.Errorf("refused: allow %q: %v", a, err)
 		}
+		if r.Host == netpolicy.HostAlias {
+			return cfg, "", fmt.Errorf("refused: allow %q: %s is the host's own loopback, which sandboxes made through MCP may not reach; nothing was started", a, netpolicy.HostAlias)
+		}
 		cfg.Allow = append(cfg.Allow, r)
 	}
 	if err := cfg.Validate(); err != nil {
@@ -174,10 +235,7 @@ func checkNetwork(allow []string) (netpolicy.Config, plan.Profile, error) {
 
 func (s *Server) sandboxCreate(ctx context.Context, a CreateArgs) (SandboxInfo, string, error) {
 	var zero SandboxInfo
-	if err := checkTemplate(a.Template); err != nil {
-		return zero, "", err
-	}
-	mem, err := s.memory(a.MemoryMiB, a.Template)
+	mem, err := s.sizing(a.Template, a.MemoryMiB)
 	if err != nil {
 		return zero, "", err
 	}
@@ -202,24 +260,34 @@ func (s *Server) sandboxCreate(ctx context.Context, a CreateArgs) (SandboxInfo, 
 	if err != nil {
 		return zero, "", err
 	}
+	free, err := s.reserve(mem)
+	if err != nil {
+		return zero, "", err
+	}
 	handle := "mcp-" + sandbox.NewID()[:8]
-	t0 := time.Now()
+	t0, start := s.now(), time.Now()
 	sb, err := s.rt.Up(ctx, runtime.UpOptions{
 		Name: handle, Image: a.Template, CPUs: cpus, MemoryMiB: mem, TTL: ttl,
-		Transient: true, // held by this server: it dies with it
-		Profile:   string(profile),
-		Network:   netCfg,
+		Transient:  true, // held by this server: it dies with it
+		Profile:    string(profile),
+		Network:    netCfg,
+		NoBuildDir: true,
 	})
 	if err != nil {
+		free()
 		return zero, "", upError(a.Template, err)
 	}
-	now := time.Now()
+	now := s.now()
 	b := &box{
 		handle: sb.Name, id: sb.ID, template: templateName(a.Template), cpus: cpus, mem: mem,
-		created: now, expires: t0.Add(ttl), hold: sb.Hold, lastUsed: now,
+		created: now, expires: t0.Add(ttl), hold: sb.Hold, lastUsed: now, free: free,
+		network: "unknown", profile: "unknown",
 	}
 	if sb.State != nil {
 		b.image = sb.State.Image.Name
+	}
+	if p := sb.Plan; p != nil {
+		b.network, b.allow, b.profile = string(p.Network.Mode), p.Network.Allow, string(p.Profile)
 	}
 	s.mu.Lock()
 	closing := s.closing
@@ -228,24 +296,26 @@ func (s *Server) sandboxCreate(ctx context.Context, a CreateArgs) (SandboxInfo, 
 	}
 	s.mu.Unlock()
 	if closing {
-		s.destroy(b.handle, b.id, b.hold, "server shutting down")
+		s.destroy(b, "server shutting down")
 		return zero, "", errors.New("the mvm MCP server is shutting down; the sandbox was destroyed")
 	}
 	info := s.info(*b)
 	info.Status = sandbox.Running
-	info.BootMS = time.Since(t0).Milliseconds()
-	text := fmt.Sprintf("created sandbox %s (template %s, %d cpu, %d MiB, no network) in %s\nexpires at %s; destroyed after %s idle\npass \"sandbox\": %q to run_command, run_code and files_*",
-		info.Sandbox, info.Template, cpus, mem, ms(info.BootMS), info.ExpiresAt.Format(time.RFC3339), s.lim.SessionIdle, info.Sandbox)
+	info.BootMS = time.Since(start).Milliseconds()
+	text := fmt.Sprintf("created sandbox %s (template %s, %d cpu, %d MiB, %s, profile %s) in %s\nexpires at %s; destroyed after %s idle\npass \"sandbox\": %q to run_command, run_code and files_*",
+		info.Sandbox, info.Template, cpus, mem, networkText(info), info.Profile, ms(info.BootMS), info.ExpiresAt.Format(time.RFC3339), s.lim.SessionIdle, info.Sandbox)
 	return info, text, nil
 }
 
-// checkTemplate keeps MCP to named templates and built images: a
-// directory path would have the server read host files into an image.
-func checkTemplate(t string) error {
-	if len(t) > 256 || strings.ContainsAny(t, "/\\\x00") || strings.HasPrefix(t, ".") || strings.HasPrefix(t, "~") {
-		return fmt.Errorf("template %q: give a template (minimal, python, node, debian, ...) or the name or digest of an image built with mvmctl build; build directories are not accepted through MCP", t)
+// networkText says in words what network a sandbox was admitted with.
+func networkText(i SandboxInfo) string {
+	switch i.Network {
+	case string(plan.NetNone):
+		return "no network"
+	case string(plan.NetAllowlist):
+		return "network egress only to " + strings.Join(i.Allow, ", ")
 	}
-	return nil
+	return "network " + i.Network
 }
 
 func templateName(t string) string {
@@ -266,9 +336,9 @@ func upError(template string, err error) error {
 func (s *Server) info(b box) SandboxInfo {
 	return SandboxInfo{
 		Sandbox: b.handle, SandboxID: b.id, Template: b.template, Image: b.image,
-		CPUs: b.cpus, MemoryMiB: b.mem, Network: "none", Profile: Profile,
+		CPUs: b.cpus, MemoryMiB: b.mem, Network: b.network, Allow: b.allow, Profile: b.profile,
 		Created: b.created.UTC(), ExpiresAt: b.expires.UTC(),
-		IdleSeconds: int64(time.Since(b.lastUsed) / time.Second),
+		IdleSeconds: int64(s.now().Sub(b.lastUsed) / time.Second),
 		IdleLimitS:  int64(s.lim.SessionIdle / time.Second),
 	}
 }
@@ -291,8 +361,11 @@ func (s *Server) sandboxList(ctx context.Context, _ ListArgs) (ListResult, strin
 				s.forgetLocked(cur, "it was stopped outside this server or its ttl passed")
 			}
 			s.mu.Unlock()
-			if ok && cur.id == b.id && cur.hold != nil {
-				cur.hold.Close()
+			if ok && cur.id == b.id {
+				if cur.hold != nil {
+					cur.hold.Close()
+				}
+				cur.free()
 			}
 			continue
 		case err != nil:
@@ -306,7 +379,7 @@ func (s *Server) sandboxList(ctx context.Context, _ ListArgs) (ListResult, strin
 		res.Sandboxes = append(res.Sandboxes, info)
 	}
 	s.mu.Lock()
-	res.Inflight = s.inflight
+	res.Inflight, res.Live, res.MemInUseMiB = s.inflight, s.liveN, s.liveMem
 	s.mu.Unlock()
 	var b strings.Builder
 	if len(res.Sandboxes) == 0 {
@@ -316,7 +389,8 @@ func (s *Server) sandboxList(ctx context.Context, _ ListArgs) (ListResult, strin
 		fmt.Fprintf(&b, "%s  %s  template=%s  %d MiB  idle %ds of %ds  expires %s\n",
 			i.Sandbox, i.Status, i.Template, i.MemoryMiB, i.IdleSeconds, i.IdleLimitS, i.ExpiresAt.Format(time.RFC3339))
 	}
-	fmt.Fprintf(&b, "tool calls running: %d of %d; memory ceiling %d MiB", res.Inflight, s.lim.MaxInflight, s.lim.MemCeilingMiB)
+	fmt.Fprintf(&b, "tool calls running: %d of %d; sandboxes alive (booting and transient included): %d of %d, %d of %d MiB; memory ceiling per sandbox %d MiB",
+		res.Inflight, s.lim.MaxInflight, res.Live, s.lim.MaxSandboxes, res.MemInUseMiB, s.lim.TotalMemMiB, s.lim.MemCeilingMiB)
 	return res, b.String(), nil
 }
 
@@ -344,7 +418,7 @@ func (s *Server) sandboxDestroy(ctx context.Context, a SandboxArgs) (DestroyResu
 		}
 		return DestroyResult{}, "", fmt.Errorf("unknown sandbox %q: this server only destroys sandboxes it created (sandbox_list shows them)", a.Sandbox)
 	}
-	if err := s.destroy(b.handle, b.id, b.hold, "sandbox_destroy"); err != nil {
+	if err := s.destroy(b, "sandbox_destroy"); err != nil {
 		return DestroyResult{}, "", fmt.Errorf("destroy %s: %s", b.handle, describe(err))
 	}
 	return DestroyResult{Sandbox: b.handle, Destroyed: true}, "destroyed sandbox " + b.handle, nil

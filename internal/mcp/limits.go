@@ -14,6 +14,8 @@ const (
 	EnvSessionMax    = "MVM_MCP_SESSION_MAX"
 	EnvMaxInflight   = "MVM_MCP_MAX_INFLIGHT"
 	EnvMemCeilingMiB = "MVM_MCP_MEM_CEILING_MIB"
+	EnvMaxSandboxes  = "MVM_MCP_MAX_SANDBOXES"
+	EnvTotalMemMiB   = "MVM_MCP_TOTAL_MEM_MIB"
 )
 
 // Defaults of the limits.
@@ -22,6 +24,8 @@ const (
 	DefaultSessionMax    = time.Hour
 	DefaultMaxInflight   = 4
 	DefaultMemCeilingMiB = 4096
+	DefaultMaxSandboxes  = 8
+	DefaultTotalMemMiB   = 8192
 )
 
 // Fixed bounds: what the variables may be set to, and per-call caps.
@@ -33,6 +37,8 @@ const (
 	DefaultMemoryMiB = 512
 	maxMemCeilingMiB = 256 << 10
 	maxInflightLimit = 1024
+	maxSandboxLimit  = 1024
+	maxTotalMemMiB   = 1 << 20
 	maxSessionLimit  = 7 * 24 * time.Hour
 
 	// OutputCapBytes caps each of stdout and stderr in a run result; the
@@ -66,6 +72,12 @@ type Limits struct {
 	// MemCeilingMiB: a call whose sandbox would have more memory is
 	// refused before anything boots.
 	MemCeilingMiB int
+	// MaxSandboxes: sandboxes alive at once, booting ones and transient
+	// runs included; one more is refused before it boots.
+	MaxSandboxes int
+	// TotalMemMiB: the sum of the memory of those sandboxes; a sandbox
+	// that would take the sum past it is refused before it boots.
+	TotalMemMiB int
 }
 
 // DefaultLimits are the limits with no variable set.
@@ -75,6 +87,8 @@ func DefaultLimits() Limits {
 		SessionMax:    DefaultSessionMax,
 		MaxInflight:   DefaultMaxInflight,
 		MemCeilingMiB: DefaultMemCeilingMiB,
+		MaxSandboxes:  DefaultMaxSandboxes,
+		TotalMemMiB:   DefaultTotalMemMiB,
 	}
 }
 
@@ -101,6 +115,16 @@ func LimitsFromEnv(getenv func(string) string) (Limits, error) {
 	}
 	if v := strings.TrimSpace(getenv(EnvMemCeilingMiB)); v != "" {
 		if l.MemCeilingMiB, err = parseLimitInt(EnvMemCeilingMiB, v, MinMemoryMiB, maxMemCeilingMiB, " MiB"); err != nil {
+			return l, err
+		}
+	}
+	if v := strings.TrimSpace(getenv(EnvMaxSandboxes)); v != "" {
+		if l.MaxSandboxes, err = parseLimitInt(EnvMaxSandboxes, v, 1, maxSandboxLimit, ""); err != nil {
+			return l, err
+		}
+	}
+	if v := strings.TrimSpace(getenv(EnvTotalMemMiB)); v != "" {
+		if l.TotalMemMiB, err = parseLimitInt(EnvTotalMemMiB, v, MinMemoryMiB, maxTotalMemMiB, " MiB"); err != nil {
 			return l, err
 		}
 	}

@@ -16,7 +16,7 @@ func TestLimitsDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Limits{SessionIdle: 5 * time.Minute, SessionMax: time.Hour, MaxInflight: 4, MemCeilingMiB: 4096}
+	want := Limits{SessionIdle: 5 * time.Minute, SessionMax: time.Hour, MaxInflight: 4, MemCeilingMiB: 4096, MaxSandboxes: 8, TotalMemMiB: 8192}
 	if l != want || l != DefaultLimits() {
 		t.Fatalf("defaults = %+v, want %+v", l, want)
 	}
@@ -25,11 +25,12 @@ func TestLimitsDefaults(t *testing.T) {
 func TestLimitsFromEnv(t *testing.T) {
 	l, err := LimitsFromEnv(envOf(map[string]string{
 		EnvSessionIdle: "3s", EnvSessionMax: "900", EnvMaxInflight: " 2 ", EnvMemCeilingMiB: "1024",
+		EnvMaxSandboxes: "3", EnvTotalMemMiB: "2048",
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Limits{SessionIdle: 3 * time.Second, SessionMax: 15 * time.Minute, MaxInflight: 2, MemCeilingMiB: 1024}
+	want := Limits{SessionIdle: 3 * time.Second, SessionMax: 15 * time.Minute, MaxInflight: 2, MemCeilingMiB: 1024, MaxSandboxes: 3, TotalMemMiB: 2048}
 	if l != want {
 		t.Fatalf("got %+v, want %+v", l, want)
 	}
@@ -53,6 +54,10 @@ func TestLimitsInvalid(t *testing.T) {
 		{EnvMaxInflight, "100000", "between 1 and 1024"},
 		{EnvMemCeilingMiB, "64", "between 128 and"},
 		{EnvMemCeilingMiB, "4G", "whole number"},
+		{EnvMaxSandboxes, "0", "between 1 and 1024"},
+		{EnvMaxSandboxes, "many", "whole number"},
+		{EnvTotalMemMiB, "100", "between 128 and"},
+		{EnvTotalMemMiB, "8G", "whole number"},
 	} {
 		_, err := LimitsFromEnv(envOf(map[string]string{c.name: c.value}))
 		if err == nil {

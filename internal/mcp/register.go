@@ -70,7 +70,9 @@ func (s *Server) addTools() {
 		Title: "Create a sandbox",
 		Description: "Boot a microVM sandbox and return its handle as \"sandbox\". It keeps files and processes between calls " +
 			"until sandbox_destroy, its ttl, MVM_MCP_SESSION_IDLE of inactivity, or the end of this server. " +
-			"No network unless allow is given; restrictive profile.",
+			"Restrictive profile and no network unless allow is given (then the standard profile with egress to those names only); " +
+			"the result reports the network and profile the sandbox was admitted with. Refused when this server's caps on live " +
+			"sandboxes or their total memory would be exceeded (sandbox_list shows them).",
 		Annotations: &sdk.ToolAnnotations{DestructiveHint: ptr(false), OpenWorldHint: ptr(false)},
 	}, true, nil, s.sandboxCreate, func(CreateArgs) string { return "" })
 

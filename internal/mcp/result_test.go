@@ -92,15 +92,22 @@ func TestDecodeBase64(t *testing.T) {
 }
 
 func TestCheckTemplate(t *testing.T) {
+	// A resolver that knows every name: what looks like a path is refused
+	// before it is asked.
+	s := &Server{resolveImage: func(string) (int, error) { return 0, nil }}
 	for _, ok := range []string{"", "minimal", "python", "python-3.11", "my-app", "sha256:abcdef"} {
-		if err := checkTemplate(ok); err != nil {
+		if _, err := s.checkImage(ok); err != nil {
 			t.Errorf("%q: %v", ok, err)
 		}
 	}
-	for _, bad := range []string{"/home/me/app", "./app", "../x", "~/app", "a/b", `a\b`} {
-		if err := checkTemplate(bad); err == nil {
+	for _, bad := range []string{"/home/me/app", "./app", "../x", "~/app", "a/b", `a\b`, ".", "x\x00"} {
+		if _, err := s.checkImage(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+	// Without a resolver only the default is accepted.
+	if _, err := (&Server{}).checkImage("python"); err == nil {
+		t.Error("a name was accepted with no resolver")
 	}
 }
 
@@ -113,7 +120,7 @@ func TestCheckNetwork(t *testing.T) {
 	if err != nil || !cfg.HasNIC() || prof != plan.Standard || len(cfg.Allow) != 2 || cfg.Allow[0].Port != 443 {
 		t.Fatalf("valid allowlist: %+v %s %v", cfg, prof, err)
 	}
-	for _, bad := range []string{"not a host!", "example.com:0", "169.254.169.254"} {
+	for _, bad := range []string{"not a host!", "example.com:0", "169.254.169.254", "host.mvm.internal:8080"} {
 		if _, _, err := checkNetwork([]string{bad}); err == nil || !strings.Contains(err.Error(), "refused") {
 			t.Errorf("allow %q: %v", bad, err)
 		}

@@ -111,63 +111,67 @@ func (s *Server) execute(ctx context.Context, handle string, e execSpec) (RunRes
 	}
 	defer s.release(b)
 	res := RunResult{Sandbox: b.handle, SandboxID: b.id}
-	if err := s.execIn(ctx, b.id, e, &res); err != nil {
+	out, errb := newCapBuffer(OutputCapBytes), newCapBuffer(OutputCapBytes)
+	t0 := time.Now()
+	exit, err := s.rt.Exec(ctx, b.id, execOptions(e, out, errb))
+	res.DurationMS = time.Since(t0).Milliseconds()
+	if err := finishRun(ctx, e, &res, out, errb, exit, err); err != nil {
 		return RunResult{}, "", err
 	}
 	return res, res.Text(), nil
 }
 
+// executeTransient runs argv in a sandbox made for this call, through the
+// runtime's one-shot run (boot, exec, teardown in the runtime's order).
+// The sandbox holds a place under the session caps while it runs.
 func (s *Server) executeTransient(ctx context.Context, e execSpec) (RunResult, string, error) {
-	if err := checkTemplate(e.template); err != nil {
-		return RunResult{}, "", err
-	}
-	mem, err := s.memory(e.memoryMiB, e.template)
+	mem, err := s.sizing(e.template, e.memoryMiB)
 	if err != nil {
 		return RunResult{}, "", err
 	}
-	t0 := time.Now()
-	sb, err := s.rt.Up(ctx, runtime.UpOptions{
-		Name: "mcp-run-" + sandbox.NewID()[:8], Image: e.template, MemoryMiB: mem,
-		TTL: s.lim.SessionMax, Transient: true, Profile: Profile,
+	free, err := s.reserve(mem)
+	if err != nil {
+		return RunResult{}, "", err
+	}
+	defer free()
+	out, errb := newCapBuffer(OutputCapBytes), newCapBuffer(OutputCapBytes)
+	rr, err := s.rt.Run(ctx, runtime.RunOptions{
+		Up: runtime.UpOptions{
+			Name: "mcp-run-" + sandbox.NewID()[:8], Image: e.template, MemoryMiB: mem,
+			TTL: s.lim.SessionMax, Profile: Profile, NoBuildDir: true,
+		},
+		Exec: execOptions(e, out, errb),
 	})
-	if err != nil {
+	if rr == nil { // the sandbox did not boot
+		if err == nil {
+			err = errors.New("the runtime returned no result")
+		}
 		return RunResult{}, "", upError(e.template, err)
 	}
-	s.mu.Lock()
-	s.transient[sb.ID] = sb
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		_, mine := s.transient[sb.ID] // Shutdown may have taken it over
-		delete(s.transient, sb.ID)
-		s.mu.Unlock()
-		if mine {
-			s.destroy(sb.Name, sb.ID, sb.Hold, "transient run finished")
-		}
-	}()
-	res := RunResult{Sandbox: sb.Name, SandboxID: sb.ID, Transient: true, BootMS: time.Since(t0).Milliseconds()}
-	if err := s.execIn(ctx, sb.ID, e, &res); err != nil {
+	res := RunResult{Sandbox: rr.Name, SandboxID: rr.SandboxID, Transient: true,
+		BootMS: rr.BootTime.Milliseconds(), DurationMS: rr.ExecTime.Milliseconds()}
+	if err := finishRun(ctx, e, &res, out, errb, rr.Exit, err); err != nil {
 		return RunResult{}, "", err
 	}
 	return res, res.Text(), nil
 }
 
-// execIn runs one command and shapes its result; a timeout is a result
-// (timed_out, exit_code 124), not an error.
-func (s *Server) execIn(ctx context.Context, id string, e execSpec, res *RunResult) error {
-	out, errb := newCapBuffer(OutputCapBytes), newCapBuffer(OutputCapBytes)
-	opts := runtime.ExecOptions{Argv: e.argv, Cwd: e.cwd, Stdout: out, Stderr: errb}
+// execOptions runs e with its output captured under the per-stream cap;
+// the runtime enforces the timeout (and records it as such).
+func execOptions(e execSpec, out, errb *capBuffer) runtime.ExecOptions {
+	o := runtime.ExecOptions{Argv: e.argv, Cwd: e.cwd, Stdout: out, Stderr: errb, Timeout: e.timeout}
 	if e.stdin != "" {
-		opts.Stdin = strings.NewReader(e.stdin)
+		o.Stdin = strings.NewReader(e.stdin)
 	}
-	ectx, cancel := context.WithTimeout(ctx, e.timeout)
-	defer cancel()
-	t0 := time.Now()
-	exit, err := s.rt.Exec(ectx, id, opts)
-	res.DurationMS = time.Since(t0).Milliseconds()
+	return o
+}
+
+// finishRun shapes one command's result; a timeout is a result
+// (timed_out, exit_code 124), not an error.
+func finishRun(ctx context.Context, e execSpec, res *RunResult, out, errb *capBuffer, exit *runtime.ExecResult, err error) error {
 	shapeRun(res, out, errb)
 	if err != nil {
-		if ctx.Err() == nil && errors.Is(ectx.Err(), context.DeadlineExceeded) {
+		if errors.Is(err, runtime.ErrTimeout) {
 			res.TimedOut, res.ExitCode = true, 124
 			return nil
 		}
@@ -175,6 +179,9 @@ func (s *Server) execIn(ctx context.Context, id string, e execSpec, res *RunResu
 			return errors.New("cancelled; the command was killed")
 		}
 		return execError(e.argv, err)
+	}
+	if exit == nil {
+		return errors.New("could not run the command: the runtime returned no exit status")
 	}
 	res.ExitCode, res.Signal = exit.ExitCode, exit.Signal
 	res.AuditID = exit.AuditID

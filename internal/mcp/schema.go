@@ -8,7 +8,7 @@ import "time"
 type CreateArgs struct {
 	Template  string   `json:"template,omitempty" jsonschema:"template or built image to boot: minimal (default; busybox sh), python, node, debian, or the name of an image built with mvmctl build"`
 	TTL       Duration `json:"ttl,omitempty" jsonschema:"lifetime: seconds, or a duration like 10m; default and maximum MVM_MCP_SESSION_MAX"`
-	Allow     []string `json:"allow,omitempty" jsonschema:"network allowlist (host names, *.domain, IPs or CIDRs, optionally :port); empty means no network"`
+	Allow     []string `json:"allow,omitempty" jsonschema:"network allowlist: host names, each optionally with :port (443 by default); no IP addresses, wildcards or host.mvm.internal; empty means no network"`
 	CPUs      int      `json:"cpus,omitempty" jsonschema:"virtual CPUs (default 1, at most the host's CPU count)"`
 	MemoryMiB int      `json:"memory_mib,omitempty" jsonschema:"guest memory in MiB (default 512, at most MVM_MCP_MEM_CEILING_MIB)"`
 }
@@ -22,8 +22,9 @@ type SandboxInfo struct {
 	Image       string    `json:"image,omitempty"`
 	CPUs        int       `json:"cpus"`
 	MemoryMiB   int       `json:"memory_mib"`
-	Network     string    `json:"network"`
-	Profile     string    `json:"profile"`
+	Network     string    `json:"network" jsonschema:"the network the sandbox was admitted with: none (no network device) or allowlist"`
+	Allow       []string  `json:"allow,omitempty" jsonschema:"with network allowlist: the HOST:PORT entries it may reach"`
+	Profile     string    `json:"profile" jsonschema:"the run profile it was admitted under: restrictive, or standard with an allowlist"`
 	Created     time.Time `json:"created"`
 	ExpiresAt   time.Time `json:"expires_at" jsonschema:"when the sandbox is destroyed whatever happens (ttl)"`
 	IdleSeconds int64     `json:"idle_seconds" jsonschema:"seconds since the last tool call on it"`
@@ -45,14 +46,18 @@ type LimitsInfo struct {
 	SessionMaxS    int64 `json:"session_max_seconds"`
 	MaxInflight    int   `json:"max_inflight"`
 	MemCeilingMiB  int   `json:"mem_ceiling_mib"`
+	MaxSandboxes   int   `json:"max_sandboxes" jsonschema:"sandboxes alive at once (booting ones and transient runs included)"`
+	TotalMemMiB    int   `json:"total_mem_mib" jsonschema:"the most memory all those sandboxes may have together"`
 	OutputCapBytes int   `json:"output_cap_bytes"`
 }
 
 // ListResult is sandbox_list's result.
 type ListResult struct {
-	Sandboxes []SandboxInfo `json:"sandboxes"`
-	Inflight  int           `json:"inflight" jsonschema:"tool calls counted against max_inflight that are running now"`
-	Limits    LimitsInfo    `json:"limits"`
+	Sandboxes   []SandboxInfo `json:"sandboxes"`
+	Inflight    int           `json:"inflight" jsonschema:"tool calls counted against max_inflight that are running now"`
+	Live        int           `json:"live_sandboxes" jsonschema:"sandboxes counted against max_sandboxes now (booting ones and transient runs included)"`
+	MemInUseMiB int           `json:"mem_in_use_mib" jsonschema:"their memory, counted against total_mem_mib"`
+	Limits      LimitsInfo    `json:"limits"`
 }
 
 // DestroyResult is sandbox_destroy's result.

@@ -39,6 +39,7 @@ type Runtime interface {
 	FsList(ctx context.Context, name, p string) (*pb.ListDirResponse, error)
 	FsRead(ctx context.Context, name, p string, w io.Writer) (int64, error)
 	FsWrite(ctx context.Context, name, p string, rd io.Reader, o runtime.FsWriteOptions) (*pb.WriteFileResponse, error)
+	Run(ctx context.Context, o runtime.RunOptions) (*runtime.RunResult, error)
 }
 
 var _ Runtime = (*runtime.Runtime)(nil)
@@ -54,10 +55,12 @@ type Options struct {
 	// output or file contents). Nil discards them.
 	Logger  *slog.Logger
 	Version string
-	// ImageMemoryMiB, when set, returns the memory an image's manifest
-	// asks for (0 when it asks for none), so that the memory ceiling is
-	// checked before a boot whose call names no memory_mib.
-	ImageMemoryMiB func(image string) int
+	// ResolveImage says whether a template argument names a template or
+	// a built image (name or digest), and the memory its manifest asks for
+	// (0: none, or a template not built yet), so that names and the memory
+	// limits are checked before anything boots. An error refuses the name.
+	// Nil accepts only the default template.
+	ResolveImage func(image string) (memoryMiB int, err error)
 	// MaxCPUs caps a sandbox's vCPUs; 0 means the host's CPU count.
 	MaxCPUs int
 	// ReapInterval is how often idle and expired sandboxes are looked for;
@@ -66,30 +69,35 @@ type Options struct {
 	// ShutdownGrace bounds how long shutdown waits for running tool calls
 	// after cancelling them; 0 means 30s.
 	ShutdownGrace time.Duration
+	// Now is the clock of idle and lifetime expiry; nil is time.Now
+	// (tests inject one).
+	Now func() time.Time
 }
 
 // Server is one MCP server and the sandboxes it owns.
 type Server struct {
-	rt       Runtime
-	lim      Limits
-	log      *slog.Logger
-	sdk      *sdk.Server
-	sem      chan struct{}
-	maxCPUs  int
-	imageMem func(string) int
-	reapInt  time.Duration
-	grace    time.Duration
+	rt           Runtime
+	lim          Limits
+	log          *slog.Logger
+	sdk          *sdk.Server
+	sem          chan struct{}
+	maxCPUs      int
+	resolveImage func(string) (int, error)
+	reapInt      time.Duration
+	grace        time.Duration
+	now          func() time.Time
 
 	base       context.Context // cancelled at shutdown: every call derives from it
 	cancelBase context.CancelFunc
 
 	mu        sync.Mutex
-	boxes     map[string]*box // by handle
-	transient map[string]*runtime.Sandbox
+	boxes     map[string]*box   // by handle
 	gone      map[string]string // handle → why it no longer exists
 	goneOrder []string
 	closing   bool
 	inflight  int
+	liveN     int            // sandboxes alive or booting, transient runs included (MaxSandboxes)
+	liveMem   int            // their memory in MiB (TotalMemMiB)
 	calls     sync.WaitGroup // tool calls running
 	destroys  sync.WaitGroup // background destroys (reaper)
 }
@@ -113,16 +121,26 @@ func New(o Options) *Server {
 	if grace <= 0 {
 		grace = 30 * time.Second
 	}
-	inflight := o.Limits.MaxInflight
-	if inflight < 1 {
-		inflight = 1
+	lim := o.Limits
+	if lim.MaxInflight < 1 {
+		lim.MaxInflight = 1
+	}
+	if lim.MaxSandboxes < 1 {
+		lim.MaxSandboxes = DefaultMaxSandboxes
+	}
+	if lim.TotalMemMiB < 1 {
+		lim.TotalMemMiB = DefaultTotalMemMiB
+	}
+	now := o.Now
+	if now == nil {
+		now = time.Now
 	}
 	base, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		rt: o.Runtime, lim: o.Limits, log: log,
-		sem: make(chan struct{}, inflight), maxCPUs: maxCPUs, imageMem: o.ImageMemoryMiB, reapInt: reap, grace: grace,
+		rt: o.Runtime, lim: lim, log: log,
+		sem: make(chan struct{}, lim.MaxInflight), maxCPUs: maxCPUs, resolveImage: o.ResolveImage, reapInt: reap, grace: grace, now: now,
 		base: base, cancelBase: cancel,
-		boxes: map[string]*box{}, transient: map[string]*runtime.Sandbox{}, gone: map[string]string{},
+		boxes: map[string]*box{}, gone: map[string]string{},
 	}
 	sdkLog := slog.New(minLevel{log.Handler(), slog.LevelWarn}) // the SDK logs every session event at info
 	if log.Enabled(context.Background(), slog.LevelDebug) {
@@ -146,8 +164,10 @@ const instructions = `Run commands and code inside mvm microVM sandboxes, never 
 run_code and run_command without a "sandbox" use a fresh sandbox that is destroyed afterwards.
 For state across calls, sandbox_create returns a "sandbox" handle; pass it to run_command,
 run_code and files_*; sandbox_list shows your sandboxes; sandbox_destroy frees one.
-Sandboxes have no network, are destroyed when idle or too old, and all of them are
-destroyed when this server stops.`
+Sandboxes have no network unless sandbox_create is given an allowlist ("allow"); the
+result of sandbox_create says which network and run profile a sandbox was admitted with.
+They are destroyed when idle or too old, and all of them when this server stops. This server
+caps how many sandboxes are alive at once and their total memory (sandbox_list shows both).`
 
 // SDK returns the underlying MCP server (for tests and embedding).
 func (s *Server) SDK() *sdk.Server { return s.sdk }
@@ -160,8 +180,9 @@ func (s *Server) Run(ctx context.Context, t sdk.Transport) error {
 	defer stop()
 	go s.reaper()
 	s.log.Info("mcp server started", "idle", s.lim.SessionIdle, "max", s.lim.SessionMax,
-		"max_inflight", s.lim.MaxInflight, "mem_ceiling_mib", s.lim.MemCeilingMiB)
-	err := s.sdk.Run(ctx, t)
+		"max_inflight", s.lim.MaxInflight, "mem_ceiling_mib", s.lim.MemCeilingMiB,
+		"max_sandboxes", s.lim.MaxSandboxes, "total_mem_mib", s.lim.TotalMemMiB)
+	err := s.sdk.Run(ctx, answerAll(t))
 	s.Shutdown()
 	if err != nil && (errors.Is(err, context.Canceled) || errors.Is(err, io.EOF) || errors.Is(err, sdk.ErrConnectionClosed)) {
 		err = nil
@@ -196,48 +217,48 @@ func (s *Server) Shutdown() {
 		boxes = append(boxes, b)
 		delete(s.boxes, h)
 	}
-	var trans []*runtime.Sandbox
-	for id, sb := range s.transient {
-		trans = append(trans, sb)
-		delete(s.transient, id)
-	}
 	s.mu.Unlock()
+	// Transient runs tear their sandbox down themselves (runtime.Run) when
+	// their call is cancelled; a call stuck past the grace period still
+	// holds its sandbox only as long as this process lives (the hold).
 	for _, b := range boxes {
-		s.destroyAsync(b.handle, b.id, b.hold, "server shutting down")
-	}
-	for _, sb := range trans {
-		s.destroyAsync(sb.Name, sb.ID, sb.Hold, "server shutting down")
+		s.destroyAsync(b, "server shutting down")
 	}
 	s.destroys.Wait()
-	s.log.Info("mcp server stopped", "sandboxes_destroyed", len(boxes)+len(trans), "cleanup", time.Since(t0).Round(time.Millisecond))
+	s.log.Info("mcp server stopped", "sandboxes_destroyed", len(boxes), "cleanup", time.Since(t0).Round(time.Millisecond))
 }
 
 // destroyAsync tears a sandbox down in the background; Shutdown waits for
 // every such teardown.
-func (s *Server) destroyAsync(handle, id string, hold io.Closer, why string) {
+func (s *Server) destroyAsync(b *box, why string) {
 	s.destroys.Add(1)
 	go func() {
 		defer s.destroys.Done()
-		s.destroy(handle, id, hold, why)
+		s.destroy(b, why)
 	}()
 }
 
-// destroy closes the hold (the supervisor then removes a transient
-// sandbox by itself) and removes the sandbox through the runtime.
-func (s *Server) destroy(handle, id string, hold io.Closer, why string) error {
-	if hold != nil {
-		hold.Close()
-	}
+// destroy removes a sandbox through the runtime, then closes its hold and
+// gives its place under the caps back. Down comes first, as in
+// runtime.Run: it waits for the supervisor to exit, while closing the hold
+// first would start a teardown Down could not wait for.
+func (s *Server) destroy(b *box, why string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	err := s.rt.Down(ctx, id)
+	err := s.rt.Down(ctx, b.id)
 	if errors.Is(err, runtime.ErrNotFound) {
 		err = nil // the supervisor removed it first
 	}
+	if b.hold != nil {
+		b.hold.Close()
+	}
+	if b.free != nil {
+		b.free()
+	}
 	if err != nil {
-		s.log.Error("destroy sandbox", "sandbox", handle, "id", id, "reason", why, "error", err)
+		s.log.Error("destroy sandbox", "sandbox", b.handle, "id", b.id, "reason", why, "error", err)
 	} else {
-		s.log.Info("sandbox destroyed", "sandbox", handle, "id", id, "reason", why)
+		s.log.Info("sandbox destroyed", "sandbox", b.handle, "id", b.id, "reason", why)
 	}
 	return err
 }
@@ -283,18 +304,21 @@ func (s *Server) callContext(ctx context.Context) (context.Context, context.Canc
 	return ctx, func() { stop(); cancel() }
 }
 
-// memory resolves a requested memory size against the ceiling; this runs
-// before anything is dispatched to the runtime. With no request, an
-// image's manifest decides, else DefaultMemoryMiB (lowered to the ceiling).
-func (s *Server) memory(req int, img string) (int, error) {
-	if req == 0 && s.imageMem != nil && img != "" {
-		if m := s.imageMem(img); m > 0 {
-			if m > s.lim.MemCeilingMiB {
-				return 0, fmt.Errorf("refused: image %q asks for %d MiB, more than this server's memory ceiling of %d MiB (%s); nothing was started",
-					img, m, s.lim.MemCeilingMiB, EnvMemCeilingMiB)
-			}
-			return m, nil
+// sizing checks a template and resolves the memory of a sandbox of it
+// against the ceiling; this runs before anything is dispatched to the
+// runtime. With no request, an image's manifest decides, else
+// DefaultMemoryMiB (lowered to the ceiling).
+func (s *Server) sizing(img string, req int) (int, error) {
+	imgMem, err := s.checkImage(img)
+	if err != nil {
+		return 0, err
+	}
+	if req == 0 && imgMem > 0 {
+		if imgMem > s.lim.MemCeilingMiB {
+			return 0, fmt.Errorf("refused: image %q asks for %d MiB, more than this server's memory ceiling of %d MiB (%s); nothing was started",
+				img, imgMem, s.lim.MemCeilingMiB, EnvMemCeilingMiB)
 		}
+		return imgMem, nil
 	}
 	if req == 0 {
 		return min(DefaultMemoryMiB, s.lim.MemCeilingMiB), nil

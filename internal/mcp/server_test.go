@@ -3,6 +3,7 @@ package mcp
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
@@ -29,13 +31,28 @@ type fakeRuntime struct {
 	live    map[string]runtime.UpOptions // by id
 	files   map[string][]byte            // id + path
 	ups     int
+	upOpts  []runtime.UpOptions // every Up, in order
 	downs   []string
 	holds   int
-	started chan string // argv[0] of each exec, when set
+	started chan string              // argv[0] of each exec, when set
+	gate    chan struct{}            // "gate" commands and "slow" images wait for it
+	downed  map[string]chan struct{} // closed when the sandbox is destroyed
 }
 
 func newFake() *fakeRuntime {
-	return &fakeRuntime{live: map[string]runtime.UpOptions{}, files: map[string][]byte{}}
+	return &fakeRuntime{live: map[string]runtime.UpOptions{}, files: map[string][]byte{}, gate: make(chan struct{}),
+		downed: map[string]chan struct{}{}}
+}
+
+// knownImages stands in for the image cache: templates and built images.
+func knownImages(name string) (int, error) {
+	switch name {
+	case "", "minimal", "python", "node", "slow", "broken":
+		return 0, nil
+	case "big":
+		return 1024, nil
+	}
+	return 0, fmt.Errorf("no image named %q", name)
 }
 
 type fakeHold struct {
@@ -48,18 +65,55 @@ func (h *fakeHold) Close() error {
 	return nil
 }
 
+// Up admits what it is asked, as the runtime does: the plan it returns
+// holds the profile and network of the options.
 func (f *fakeRuntime) Up(ctx context.Context, o runtime.UpOptions) (*runtime.Sandbox, error) {
 	if o.Image == "broken" {
 		return nil, fmt.Errorf("%w: unknown image", runtime.ErrBoot)
 	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.ups++
+	f.upOpts = append(f.upOpts, o)
+	f.mu.Unlock()
+	if o.Image == "slow" {
+		select {
+		case <-f.gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	id := sandbox.NewID()
 	f.live[id] = o
+	f.downed[id] = make(chan struct{})
 	f.holds++
 	return &runtime.Sandbox{ID: id, Name: o.Name, Hold: &fakeHold{f: f},
-		State: &sandbox.State{ID: id, Name: o.Name, Status: sandbox.Running, Image: sandbox.ImageRef{Name: "minimal"}}}, nil
+		State: &sandbox.State{ID: id, Name: o.Name, Status: sandbox.Running, Image: sandbox.ImageRef{Name: "minimal"}},
+		Plan:  &plan.Plan{Profile: plan.Profile(o.Profile), Network: o.PlanNetwork()}}, nil
+}
+
+// Run is runtime.Run over the fake: boot, one command, Down then the hold.
+func (f *fakeRuntime) Run(ctx context.Context, o runtime.RunOptions) (*runtime.RunResult, error) {
+	o.Up.Transient = true
+	sb, err := f.Up(ctx, o.Up)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		f.Down(context.Background(), sb.ID)
+		sb.Hold.Close()
+	}()
+	if o.Exec.Timeout == 0 {
+		o.Exec.Timeout = o.Timeout
+	}
+	res := &runtime.RunResult{SandboxID: sb.ID, Name: sb.Name}
+	exit, err := f.Exec(ctx, sb.ID, o.Exec)
+	if errors.Is(err, runtime.ErrTimeout) {
+		res.TimedOut = true
+	}
+	res.Exit = exit
+	return res, err
 }
 
 func (f *fakeRuntime) running(id string) bool {
@@ -76,9 +130,31 @@ func (f *fakeRuntime) Exec(ctx context.Context, id string, o runtime.ExecOptions
 	if f.started != nil {
 		f.started <- o.Argv[0]
 	}
-	if o.Argv[0] == "block" {
-		<-ctx.Done()
+	if o.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.Timeout)
+		defer cancel()
+	}
+	f.mu.Lock()
+	downed := f.downed[id]
+	f.mu.Unlock()
+	if o.Argv[0] == "block" { // until cancelled, timed out or destroyed
+		select {
+		case <-ctx.Done():
+		case <-downed:
+			return nil, errors.New("the sandbox stopped")
+		}
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("%w after %s", runtime.ErrTimeout, o.Timeout)
+		}
 		return nil, ctx.Err()
+	}
+	if o.Argv[0] == "gate" {
+		select {
+		case <-f.gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	if o.Argv[0] == "missing" {
 		return nil, status.Error(codes.NotFound, "missing: not found")
@@ -99,6 +175,7 @@ func (f *fakeRuntime) Down(ctx context.Context, id string) error {
 		return runtime.ErrNotFound
 	}
 	delete(f.live, id)
+	close(f.downed[id])
 	f.downs = append(f.downs, id)
 	return nil
 }
@@ -161,7 +238,7 @@ type harness struct {
 func start(t *testing.T, lim Limits, mod func(*Options)) *harness {
 	t.Helper()
 	rt := newFake()
-	o := Options{Runtime: rt, Limits: lim, MaxCPUs: 2, ReapInterval: 20 * time.Millisecond}
+	o := Options{Runtime: rt, Limits: lim, MaxCPUs: 2, ReapInterval: 20 * time.Millisecond, ResolveImage: knownImages}
 	if testing.Verbose() {
 		o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -360,19 +437,14 @@ func TestTransientRuns(t *testing.T) {
 	}
 	h.mustFail("run_code", map[string]any{"language": "ruby", "code": "1"}, "language")
 	h.mustFail("run_code", map[string]any{"language": "shell", "code": strings.Repeat("x", MaxCodeBytes+1)}, "files_write")
-	h.mustFail("run_command", map[string]any{"command": "x", "template": "/etc"}, "build directories are not accepted")
+	h.mustFail("run_command", map[string]any{"command": "x", "template": "/etc"}, "host directories are not accepted")
 	h.mustFail("run_command", map[string]any{"command": "x", "template": "broken"}, "could not start a sandbox")
 }
 
 func TestMemoryCeiling(t *testing.T) {
 	h := start(t, Limits{SessionIdle: time.Minute, SessionMax: time.Hour, MaxInflight: 2, MemCeilingMiB: 256},
 		func(o *Options) {
-			o.ImageMemoryMiB = func(name string) int {
-				if name == "big" {
-					return 1024
-				}
-				return 0
-			}
+			o.ResolveImage = knownImages
 		})
 	h.mustFail("sandbox_create", map[string]any{"memory_mib": 512}, "memory ceiling of 256 MiB")
 	h.mustFail("run_command", map[string]any{"command": "true", "memory_mib": 1024}, "memory ceiling")
@@ -408,11 +480,13 @@ func TestBusy(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the blocking call did not start")
 	}
-	t0 := time.Now()
+	// A busy refusal costs nothing: no boot, no exec.
+	ups := h.rt.upCount()
 	h.mustFail("run_command", map[string]any{"sandbox": sb, "command": "true"}, "busy")
+	h.mustFail("run_command", map[string]any{"command": "true"}, "busy")
 	h.mustFail("sandbox_create", nil, "MVM_MCP_MAX_INFLIGHT=1")
-	if d := time.Since(t0); d > 2*time.Second {
-		t.Fatalf("busy refusals took %s", d)
+	if n := h.rt.upCount(); n != ups || len(h.rt.started) != 0 {
+		t.Fatalf("busy calls were dispatched: %d boots (want %d), %d execs", n, ups, len(h.rt.started))
 	}
 	// Listing and destroying are never refused as busy.
 	l := h.mustOK("sandbox_list", nil)
@@ -434,55 +508,102 @@ func TestBusy(t *testing.T) {
 	}
 }
 
+// fakeClock is the clock of idle and lifetime expiry in tests.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func (h *harness) listed() []string {
+	h.t.Helper()
+	var out []string
+	for _, s := range h.mustOK("sandbox_list", nil)["sandboxes"].([]any) {
+		out = append(out, s.(map[string]any)["sandbox"].(string))
+	}
+	return out
+}
+
+// TestIdleAndMaxReaping: on an injected clock, a sandbox idle for
+// SessionIdle goes and one in use stays; at SessionMax both go, in use or
+// not. Each step asserts the outcome of one reaping pass, not a duration.
 func TestIdleAndMaxReaping(t *testing.T) {
-	h := start(t, Limits{SessionIdle: time.Second, SessionMax: 2 * time.Second, MaxInflight: 4, MemCeilingMiB: 1024}, nil)
+	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	h := start(t, Limits{SessionIdle: time.Minute, SessionMax: 2 * time.Minute, MaxInflight: 4, MemCeilingMiB: 1024},
+		func(o *Options) { o.Now, o.ReapInterval = clk.Now, time.Hour })
+	h.rt.started = make(chan string, 4)
 	idle := h.mustOK("sandbox_create", nil)["sandbox"].(string)
 	busy := h.mustOK("sandbox_create", nil)["sandbox"].(string)
 	// Keep busy in use: a blocked call protects it from the idle reaper,
 	// but not from the maximum lifetime.
-	go h.cs.CallTool(context.Background(), &sdk.CallToolParams{Name: "run_command", Arguments: map[string]any{"sandbox": busy, "argv": []string{"block"}, "timeout": 30}})
-	waitUntil(t, 5*time.Second, "idle sandbox reaped", func() bool {
-		for _, s := range h.mustOK("sandbox_list", nil)["sandboxes"].([]any) {
-			if s.(map[string]any)["sandbox"] == idle {
-				return false
-			}
-		}
-		return true
-	})
-	l := h.mustOK("sandbox_list", nil)["sandboxes"].([]any)
-	if len(l) != 1 || l[0].(map[string]any)["sandbox"] != busy {
-		t.Fatalf("a sandbox in use was reaped as idle: %v", l)
+	blocked := make(chan *sdk.CallToolResult, 1)
+	go func() {
+		res, _ := h.cs.CallTool(context.Background(), &sdk.CallToolParams{Name: "run_command", Arguments: map[string]any{"sandbox": busy, "argv": []string{"block"}, "timeout": 300}})
+		blocked <- res
+	}()
+	<-h.rt.started
+
+	clk.Add(time.Minute - time.Second)
+	h.srv.reap(clk.Now())
+	if l := h.listed(); len(l) != 2 {
+		t.Fatalf("reaped before the idle limit: %v", l)
 	}
-	h.mustFail("files_list", map[string]any{"sandbox": idle, "path": "/"}, "idle for 1s (MVM_MCP_SESSION_IDLE)")
-	waitUntil(t, 5*time.Second, "sandbox reaped at its maximum lifetime", func() bool {
-		return len(h.mustOK("sandbox_list", nil)["sandboxes"].([]any)) == 0
-	})
+	clk.Add(time.Second)
+	h.srv.reap(clk.Now())
+	if l := h.listed(); len(l) != 1 || l[0] != busy {
+		t.Fatalf("at the idle limit: listed %v, want only %s (in use)", l, busy)
+	}
+	h.mustFail("files_list", map[string]any{"sandbox": idle, "path": "/"}, "idle for 1m0s (MVM_MCP_SESSION_IDLE)")
+
+	clk.Add(time.Minute)
+	h.srv.reap(clk.Now())
+	if l := h.listed(); len(l) != 0 {
+		t.Fatalf("at the maximum lifetime: listed %v", l)
+	}
 	h.mustFail("files_list", map[string]any{"sandbox": busy, "path": "/"}, "lifetime")
 	waitUntil(t, 5*time.Second, "both destroyed in the runtime", func() bool {
 		h.rt.mu.Lock()
 		defer h.rt.mu.Unlock()
 		return len(h.rt.live) == 0
 	})
+	if res := <-blocked; res == nil || !res.IsError {
+		t.Fatalf("the call on the destroyed sandbox: %v", res)
+	}
 }
 
+// TestShutdownDestroysEverything: when the client closes stdin, calls
+// already read still get their answers, then every sandbox goes.
 func TestShutdownDestroysEverything(t *testing.T) {
 	h := start(t, DefaultLimits(), nil)
+	h.rt.started = make(chan string, 4)
 	for i := 0; i < 3; i++ {
 		h.mustOK("sandbox_create", nil)
 	}
-	// A transient run that blocks: shutdown must cancel it and destroy its
-	// sandbox too.
-	go h.cs.CallTool(context.Background(), &sdk.CallToolParams{Name: "run_command", Arguments: map[string]any{"argv": []string{"block"}}})
-	waitUntil(t, 5*time.Second, "transient sandbox up", func() bool {
-		h.rt.mu.Lock()
-		defer h.rt.mu.Unlock()
-		return len(h.rt.live) >= 4
-	})
-	t0 := time.Now()
-	h.close()
-	if d := time.Since(t0); d > 5*time.Second {
-		t.Fatalf("shutdown took %s", d)
+	// A transient run still running when stdin closes: it is answered,
+	// and its sandbox goes with it.
+	gated := make(chan *sdk.CallToolResult, 1)
+	go func() {
+		res, _ := h.cs.CallTool(context.Background(), &sdk.CallToolParams{Name: "run_command", Arguments: map[string]any{"argv": []string{"gate"}}})
+		gated <- res
+	}()
+	<-h.rt.started
+	h.eof.Close()
+	close(h.rt.gate)
+	if res := <-gated; res == nil || res.IsError || text(res) == "" {
+		t.Fatalf("the call in flight at EOF was not answered: %v", res)
 	}
+	h.close()
 	h.rt.mu.Lock()
 	defer h.rt.mu.Unlock()
 	if len(h.rt.live) != 0 || h.rt.holds != 0 {

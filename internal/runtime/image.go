@@ -82,7 +82,8 @@ func IsBuildDir(name string) bool {
 // boot the initramfs alone; a directory with mvm.toml is built (a cache hit
 // when unchanged); a template is built on first use; otherwise the name is
 // an artifact digest (prefix) or a manifest name from `mvmctl build`.
-func (r *Runtime) resolveImage(ctx context.Context, name string, progress func(image.Event)) (*bootImage, error) {
+// Without buildDir a directory is never built, whatever the name.
+func (r *Runtime) resolveImage(ctx context.Context, name string, buildDir bool, progress func(image.Event)) (*bootImage, error) {
 	k, err := image.FindKernel(r.Dirs)
 	if err != nil {
 		return nil, err
@@ -98,7 +99,7 @@ func (r *Runtime) resolveImage(ctx context.Context, name string, progress func(i
 		}, nil
 	}
 	var art *image.Artifact
-	if IsBuildDir(name) {
+	if buildDir && IsBuildDir(name) {
 		art, err = image.Build(ctx, r.Dirs, name, "", image.BuildOptions{}, progress)
 	} else {
 		art, err = image.ResolveImage(r.Dirs, name)

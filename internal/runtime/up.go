@@ -17,6 +17,7 @@ import (
 	"github.com/mvm-sandbox/mvm/internal/backend"
 	"github.com/mvm-sandbox/mvm/internal/image"
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
+	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 	"github.com/mvm-sandbox/mvm/internal/supervisor"
 )
@@ -54,6 +55,10 @@ type UpOptions struct {
 	// sandbox boots (the egress a manifest asks for), whatever the output
 	// format.
 	Notice func(string)
+	// NoBuildDir makes Image a template, image name or digest only, never
+	// a host directory to build: a name an MCP client chose must not make
+	// the host read its own files into an image.
+	NoBuildDir bool
 }
 
 // Sandbox is a booted sandbox.
@@ -65,6 +70,9 @@ type Sandbox struct {
 	// Hold is set for transient sandboxes: closing it tears the sandbox
 	// down, so that it dies with its creator.
 	Hold interface{ Close() error }
+	// Plan is the plan the sandbox was admitted with: its run profile and
+	// network as granted, for callers to report rather than recompute.
+	Plan *plan.Plan
 }
 
 func (o *UpOptions) defaults(img *bootImage) {
@@ -152,7 +160,7 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	if progress == nil {
 		progress = func(string) {}
 	}
-	img, err := r.resolveImage(ctx, o.Image, o.BuildProgress)
+	img, err := r.resolveImage(ctx, o.Image, !o.NoBuildDir, o.BuildProgress)
 	if err != nil {
 		return nil, err
 	}
@@ -240,7 +248,7 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 		cleanup()
 		return nil, fmt.Errorf("%w: %s: %v", ErrBoot, name, err)
 	}
-	sb := &Sandbox{ID: id, Name: name, Dir: dir, State: st}
+	sb := &Sandbox{ID: id, Name: name, Dir: dir, State: st, Plan: adm.Plan}
 	if hold != nil {
 		sb.Hold = hold
 	}
