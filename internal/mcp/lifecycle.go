@@ -210,16 +210,15 @@ func (s *Server) checkImage(t string) (int, error) {
 // still no caller env or host directories (MCP offers neither).
 func checkNetwork(allow []string) (netpolicy.Config, plan.Profile, error) {
 	if len(allow) == 0 {
-		return netpolicy.Config{Mode: netpolicy.None}, Profile, nil
+		return netpolicy.Config{Mode: netpolicy.None, Origin: netpolicy.OriginMCP}, Profile, nil
 	}
-	cfg := netpolicy.Config{Mode: netpolicy.Allowlist}
+	// OriginMCP: the runtime's policy never grants an MCP client the
+	// host's loopback (host.mvm.internal) or private addresses.
+	cfg := netpolicy.Config{Mode: netpolicy.Allowlist, Origin: netpolicy.OriginMCP}
 	for _, a := range allow {
 		r, err := netpolicy.ParseAllow(a)
 		if err != nil {
 			return cfg, "", fmt.Errorf("refused: allow %q: %v", a, err)
-		}
-		if r.Host == netpolicy.HostAlias {
-			return cfg, "", fmt.Errorf("refused: allow %q: %s is the host's own loopback, which sandboxes made through MCP may not reach; nothing was started", a, netpolicy.HostAlias)
 		}
 		cfg.Allow = append(cfg.Allow, r)
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 )
 
 // Regression tests for the MCP findings of the security review (issue
@@ -28,6 +29,17 @@ func TestMCPRefusesHostLoopback(t *testing.T) {
 	}
 	if n := h.rt.upCount(); n != 0 {
 		t.Fatalf("%d boots were dispatched for a refused allowlist", n)
+	}
+	// What MCP does pass carries its origin, so that the runtime's own
+	// policy refuses the host's loopback and private answers too.
+	h.mustOK("sandbox_create", map[string]any{"allow": []string{"example.com"}})
+	h.mustOK("sandbox_create", nil)
+	h.rt.mu.Lock()
+	defer h.rt.mu.Unlock()
+	for _, o := range h.rt.upOpts {
+		if o.Network.Origin != netpolicy.OriginMCP {
+			t.Fatalf("Up without the MCP origin: %+v", o.Network)
+		}
 	}
 }
 
