@@ -13,6 +13,7 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/safetar"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -364,8 +365,8 @@ func (s *server) ArchiveOut(req *pb.ArchiveOutRequest, stream pb.Agent_ArchiveOu
 		msg.Data = b
 		return stream.Send(msg)
 	})
-	if _, err := agentapi.WriteTar(w, p); err != nil {
-		return err
+	if _, err := safetar.Write(w, p); err != nil {
+		return agentapi.FsErr(err, p)
 	}
 	return w.Flush()
 }
@@ -396,12 +397,12 @@ func (s *server) ArchiveIn(stream pb.Agent_ArchiveInServer) error {
 		}
 		return m.GetData(), nil
 	})
-	st, err := agentapi.ExtractTar(r, p, agentapi.ExtractOptions{KeepSpecialBits: true, AllowEscapingSymlinks: true})
+	// The host is trusted here: modes are kept as sent (setuid included,
+	// the host user administers the guest) and the stream names its
+	// top-level member. Extraction is as safe as on the host otherwise.
+	st, err := safetar.Extract(r, p, safetar.Options{KeepModes: true})
 	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(io.Discard, r); err != nil {
-		return err
+		return agentapi.FsErr(err, p)
 	}
 	return stream.SendAndClose(&pb.ArchiveInResponse{
 		Files: st.Files, Dirs: st.Dirs, Symlinks: st.Symlinks, Bytes: st.Bytes, Skipped: st.Skipped, Root: st.Root,

@@ -12,6 +12,7 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/safetar"
 	"google.golang.org/grpc"
 )
 
@@ -128,7 +129,7 @@ func TestFileRPCs(t *testing.T) {
 		t.Fatalf("copy in: %v %+v", err, in)
 	}
 	host := filepath.Join(t.TempDir(), "back")
-	st, err := c.CopyOut(ctx, filepath.Join(guest, "tree"), host, agentapi.ExtractOptions{})
+	st, err := c.CopyOut(ctx, filepath.Join(guest, "tree"), host, safetar.Options{})
 	if err != nil || st.Files != 1 || st.Symlinks != 1 {
 		t.Fatalf("copy out: %v %+v", err, st)
 	}
@@ -138,15 +139,23 @@ func TestFileRPCs(t *testing.T) {
 	if fi, _ := os.Stat(filepath.Join(host, "s")); fi.Mode().Perm() != 0o750 {
 		t.Errorf("dir mode %v", fi.Mode())
 	}
-	// A guest tree with an escaping symlink is refused on the host, and
-	// the half-copied destination is removed.
-	os.Symlink("/etc", filepath.Join(guest, "tree", "evil"))
-	host2 := filepath.Join(t.TempDir(), "refused")
-	if _, err := c.CopyOut(ctx, filepath.Join(guest, "tree"), host2, agentapi.ExtractOptions{}); agentapi.KindOf(err) != agentapi.FsUnsafe {
-		t.Errorf("escaping symlink: %v", err)
+	// A symlink leaving the tree is copied as a symlink, not followed.
+	os.Symlink("/etc", filepath.Join(guest, "tree", "abs"))
+	host2 := filepath.Join(t.TempDir(), "links")
+	if _, err := c.CopyOut(ctx, filepath.Join(guest, "tree"), host2, safetar.Options{}); err != nil {
+		t.Errorf("absolute symlink: %v", err)
 	}
-	if _, err := os.Lstat(host2); !os.IsNotExist(err) {
-		t.Errorf("refused copy left %s behind", host2)
+	if l, _ := os.Readlink(filepath.Join(host2, "abs")); l != "/etc" {
+		t.Errorf("absolute symlink copied as %q", l)
+	}
+	// A copy over its cap fails with TOO_LARGE and leaves nothing behind.
+	os.WriteFile(filepath.Join(guest, "tree", "big"), make([]byte, 100), 0o644)
+	host3 := filepath.Join(t.TempDir(), "capped")
+	if _, err := c.CopyOut(ctx, filepath.Join(guest, "tree"), host3, safetar.Options{MaxBytes: 10}); agentapi.KindOf(err) != agentapi.FsTooLarge {
+		t.Errorf("cap: %v", err)
+	}
+	if _, err := os.Lstat(host3); !os.IsNotExist(err) {
+		t.Errorf("failed copy left %s behind", host3)
 	}
 	// Raw channel helpers.
 	if n, err := c.Discard(ctx, 1<<20+1); err != nil || n != 1<<20+1 {

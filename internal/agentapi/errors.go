@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/safetar"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -21,19 +22,18 @@ type FsKind = pb.FsError_Kind
 
 // File error kinds, re-exported for callers that do not import agentpb.
 const (
-	FsUnknown      = pb.FsError_UNKNOWN
-	FsNotFound     = pb.FsError_NOT_FOUND
-	FsPermission   = pb.FsError_PERMISSION_DENIED
-	FsExists       = pb.FsError_EXISTS
-	FsNotDir       = pb.FsError_NOT_A_DIRECTORY
-	FsIsDir        = pb.FsError_IS_A_DIRECTORY
-	FsNotEmpty     = pb.FsError_NOT_EMPTY
-	FsTooLarge     = pb.FsError_TOO_LARGE
-	FsInvalidPath  = pb.FsError_INVALID_PATH
-	FsUnsafe       = pb.FsError_UNSAFE
-	FsRefused      = pb.FsError_REFUSED
-	sealedRefusal  = "refused by the image profile \"sealed\": it allows reading files (read, ls, stat, cp out) but not changing them"
-	defaultDirMode = 0o755
+	FsUnknown     = pb.FsError_UNKNOWN
+	FsNotFound    = pb.FsError_NOT_FOUND
+	FsPermission  = pb.FsError_PERMISSION_DENIED
+	FsExists      = pb.FsError_EXISTS
+	FsNotDir      = pb.FsError_NOT_A_DIRECTORY
+	FsIsDir       = pb.FsError_IS_A_DIRECTORY
+	FsNotEmpty    = pb.FsError_NOT_EMPTY
+	FsTooLarge    = pb.FsError_TOO_LARGE
+	FsInvalidPath = pb.FsError_INVALID_PATH
+	FsUnsafe      = pb.FsError_UNSAFE
+	FsRefused     = pb.FsError_REFUSED
+	sealedRefusal = "refused by the image profile \"sealed\": it allows reading files (read, ls, stat, cp out) but not changing them"
 )
 
 var kindText = map[FsKind]string{
@@ -115,6 +115,10 @@ func FsErr(err error, p string) error {
 	if errors.As(err, &fe) {
 		return err
 	}
+	var te *safetar.Error
+	if errors.As(err, &te) {
+		return fromSafetar(te, p)
+	}
 	if _, ok := status.FromError(err); ok && !isErrno(err) {
 		return err
 	}
@@ -148,6 +152,31 @@ func FsErr(err error, p string) error {
 	return &FsError{Kind: kind, Path: p, Err: err}
 }
 
+// fromSafetar gives an error of the tar writer or extractor its kind.
+func fromSafetar(te *safetar.Error, p string) *FsError {
+	out := &FsError{Path: te.Path, Detail: te.Detail, Err: te.Err}
+	if out.Path == "" {
+		out.Path = p
+	}
+	switch {
+	case errors.Is(te.Err, safetar.ErrUnsafe):
+		out.Kind = FsUnsafe
+	case errors.Is(te.Err, safetar.ErrTooLarge):
+		out.Kind = FsTooLarge
+	default:
+		if fe, ok := FsErr(te.Err, out.Path).(*FsError); ok {
+			out.Kind = fe.Kind
+			if out.Detail == "" {
+				out.Detail = fe.Detail
+			}
+		}
+	}
+	if out.Detail == "" && out.Kind == FsUnknown && te.Err != nil {
+		out.Detail = te.Err.Error()
+	}
+	return out
+}
+
 func isErrno(err error) bool {
 	var errno syscall.Errno
 	return errors.As(err, &errno)
@@ -162,6 +191,10 @@ func KindOf(err error) FsKind {
 	var fe *FsError
 	if errors.As(err, &fe) {
 		return fe.Kind
+	}
+	var te *safetar.Error
+	if errors.As(err, &te) {
+		return fromSafetar(te, "").Kind
 	}
 	st, ok := status.FromError(err)
 	if !ok {

@@ -7,9 +7,9 @@ import (
 	"io"
 	"os"
 	"path"
-	"path/filepath"
 
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/safetar"
 )
 
 // Host-side client methods of the file RPCs.
@@ -79,7 +79,7 @@ func (c *Client) WriteFile(ctx context.Context, hdr *pb.WriteFileHeader, r io.Re
 }
 
 // CopyIn copies the host path src (a file or a tree) to dst in the guest.
-func (c *Client) CopyIn(ctx context.Context, src, dst string) (*pb.ArchiveInResponse, *TarStats, error) {
+func (c *Client) CopyIn(ctx context.Context, src, dst string) (*pb.ArchiveInResponse, *safetar.Stats, error) {
 	if _, err := os.Stat(src); err != nil {
 		return nil, nil, FsErr(err, src)
 	}
@@ -99,37 +99,28 @@ func (c *Client) CopyIn(ctx context.Context, src, dst string) (*pb.ArchiveInResp
 		data.Data = p
 		return stream.Send(msg)
 	})
-	st, werr := WriteTar(w, src)
+	st, werr := safetar.Write(w, src)
 	if werr == nil {
 		werr = w.Flush()
 	}
 	if werr != nil && !errors.Is(werr, io.EOF) {
-		return nil, st, werr
+		return nil, st, FsErr(werr, src)
 	}
 	resp, err := stream.CloseAndRecv()
 	return resp, st, err
 }
 
 // CopyOut copies the guest path src (a file or a tree) to dst on the host.
-// Everything the guest sends is checked: see ExtractTar.
-func (c *Client) CopyOut(ctx context.Context, src, dst string, o ExtractOptions) (*TarStats, error) {
-	o.KeepSpecialBits, o.AllowEscapingSymlinks = false, false
-	// What the copy creates; removed again when the copy fails and it did
-	// not exist before, so a refused stream leaves nothing behind.
-	target := dst
-	if fi, err := os.Stat(dst); err == nil && fi.IsDir() {
-		target = filepath.Join(dst, path.Base(path.Clean(src)))
+// The guest's stream is hostile: it lands as one name only, dst/base(src)
+// when dst is an existing directory, dst otherwise, whatever the stream
+// calls its members; modes are clamped; a failed copy leaves nothing
+// behind. See safetar.Extract. o.Name and o.KeepModes are set here.
+func (c *Client) CopyOut(ctx context.Context, src, dst string, o safetar.Options) (*safetar.Stats, error) {
+	o.KeepModes = false
+	o.Name = path.Base(path.Clean(src))
+	if o.Name == "/" || o.Name == "." {
+		return nil, fsErrorf(FsInvalidPath, src, "cannot copy the root itself; name a directory below it")
 	}
-	_, lerr := os.Lstat(target)
-	created := errors.Is(lerr, os.ErrNotExist)
-	st, err := c.copyOut(ctx, src, dst, o)
-	if err != nil && created {
-		os.RemoveAll(target)
-	}
-	return st, err
-}
-
-func (c *Client) copyOut(ctx context.Context, src, dst string, o ExtractOptions) (*TarStats, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := c.Agent.ArchiveOut(ctx, &pb.ArchiveOutRequest{Path: src})
@@ -143,13 +134,7 @@ func (c *Client) copyOut(ctx context.Context, src, dst string, o ExtractOptions)
 		}
 		return m.Data, nil
 	})
-	st, err := ExtractTar(r, dst, o)
-	if err != nil {
-		return st, err
-	}
-	// The stream must end cleanly: a late agent error still counts.
-	if _, err := io.Copy(io.Discard, r); err != nil {
-		return st, err
-	}
-	return st, nil
+	// Extract reads the stream to its end: a late agent error fails it.
+	st, err := safetar.Extract(r, dst, o)
+	return st, FsErr(err, dst)
 }

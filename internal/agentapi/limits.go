@@ -3,7 +3,11 @@
 // client.
 package agentapi
 
-import "time"
+import (
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/safetar"
+)
 
 const (
 	// ProtocolVersion is the agent protocol this build speaks.
@@ -33,11 +37,16 @@ const (
 const (
 	// MaxPathBytes caps every path in a request and every archive member
 	// name or symlink target.
-	MaxPathBytes = 4096
+	MaxPathBytes = safetar.MaxNameBytes
 	// MaxListEntries caps one ListDir answer; more sets truncated.
 	MaxListEntries = 10000
 	// MaxArchiveMembers caps the members of one extracted tar stream.
-	MaxArchiveMembers = 1 << 20
+	MaxArchiveMembers = safetar.DefaultMaxMembers
+	// MaxArchiveDepth caps how many directories deep an archive member is.
+	MaxArchiveDepth = safetar.MaxDepth
+	// DefaultCopyOutBytes caps the file bytes of one copy out of a guest
+	// unless the caller gives another cap (mvmctl cp --max-bytes).
+	DefaultCopyOutBytes = 4 << 30
 	// MaxProcs caps background processes running at once in a guest.
 	MaxProcs = 64
 	// MaxExitedProcs caps exited background processes kept for ProcWait.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	"github.com/spf13/cobra"
 )
 
@@ -33,10 +34,15 @@ Permissions, modification times and symlinks inside the tree are kept.
 When DST is an existing directory, SRC lands inside it; otherwise SRC is
 copied as DST. A symlink given as SRC is followed.
 
-Copies out of a sandbox treat the guest's stream as hostile: absolute names,
-"..", members reached through symlinks and symlinks pointing outside the
-copied tree are refused (exit 9), setuid/setgid bits are dropped, devices
-and hard links are skipped. Nothing is ever written outside DST.
+Copies out of a sandbox treat the guest's stream as hostile. It fills one
+name only (DST/base(SRC), or DST), whatever the guest calls its members;
+absolute names, "..", members reached through a symlink and sparse files
+are refused (exit 9); symlinks are copied as symlinks, whatever their
+target, and never followed; group/other write and setuid/setgid/sticky bits
+are dropped; devices and hard links are skipped. The tree is assembled in a
+staging directory and moved into place only when the whole stream was good:
+a failed copy leaves DST as it was. Copies out stop at --max-bytes of file
+data (default 4 GiB, exit 8).
 
 Exit codes: as for ` + "`mvmctl fs`" + `, plus 9 for a refused unsafe member.`,
 		Example: `  mvmctl cp ./project dev:/work
@@ -48,6 +54,9 @@ Exit codes: as for ` + "`mvmctl fs`" + `, plus 9 for a refused unsafe member.`,
 			dn, dp, dRemote := remoteSpec(args[1])
 			if sRemote == dRemote {
 				return exitCode(ExitUsage, errors.New("exactly one of SRC and DST must be NAME:/abs/path"))
+			}
+			if maxBytes < 0 {
+				return exitCode(ExitUsage, fmt.Errorf("--max-bytes %d: give a number of bytes, or 0 for no cap", maxBytes))
 			}
 			rt, err := app.runtime()
 			if err != nil {
@@ -64,7 +73,11 @@ Exit codes: as for ` + "`mvmctl fs`" + `, plus 9 for a refused unsafe member.`,
 				obj = map[string]any{"direction": "in", "sandbox": dn, "dest": resp.Root, "files": resp.Files,
 					"dirs": resp.Dirs, "symlinks": resp.Symlinks, "bytes": resp.Bytes, "skipped": resp.Skipped}
 			} else {
-				st, err := rt.CopyOut(ctx, sn, sp, args[1], maxBytes)
+				limit := maxBytes
+				if limit == 0 {
+					limit = -1 // no cap, as asked
+				}
+				st, err := rt.CopyOut(ctx, sn, sp, args[1], limit)
 				if err != nil {
 					return fsError(err, fmt.Sprintf("cp %s %s", args[0], args[1]))
 				}
@@ -81,6 +94,6 @@ Exit codes: as for ` + "`mvmctl fs`" + `, plus 9 for a refused unsafe member.`,
 		},
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print what was copied as JSON")
-	cmd.Flags().Int64Var(&maxBytes, "max-bytes", 0, "copies out: fail (exit 8) past this many file bytes; 0 = no cap")
+	cmd.Flags().Int64Var(&maxBytes, "max-bytes", agentapi.DefaultCopyOutBytes, "copies out: fail (exit 8) past this many bytes of file data; 0 = no cap")
 	return cmd
 }

@@ -13,7 +13,6 @@ import (
 	"unicode"
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
-	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
@@ -52,7 +51,7 @@ var kindHint = map[agentapi.FsKind]string{
 	agentapi.FsExists:     "remove it first or choose another path",
 	agentapi.FsNotEmpty:   "use `mvmctl fs rm -r` to remove a tree",
 	agentapi.FsTooLarge:   "free space in the guest (the minimal image keeps files in RAM: give it more with `up --memory`), or raise --max-bytes",
-	agentapi.FsUnsafe:     "nothing was written outside the destination; copy a tree without such members",
+	agentapi.FsUnsafe:     "the copy was refused and the destination left as it was",
 	agentapi.FsRefused:    "sealed images allow only fs read/ls/stat and cp out of the sandbox",
 	agentapi.FsIsDir:      "name a file, or use `mvmctl cp` for trees",
 	agentapi.FsNotDir:     "name a directory",
@@ -117,7 +116,7 @@ func safeName(s string) string {
 	return s
 }
 
-func modeString(fi *pb.FileInfo) string {
+func modeString(fi runtime.FileInfo) string {
 	m := fs.FileMode(fi.Mode & 0o777)
 	if fi.Mode&0o4000 != 0 {
 		m |= fs.ModeSetuid
@@ -145,11 +144,11 @@ func modeString(fi *pb.FileInfo) string {
 	return m.String()
 }
 
-func infoJSON(fi *pb.FileInfo) map[string]any {
+func infoJSON(fi runtime.FileInfo) map[string]any {
 	obj := map[string]any{
 		"name": fi.Name, "path": fi.Path, "type": fi.Type, "mode": fmt.Sprintf("%04o", fi.Mode),
-		"size": fi.Size, "mtime": time.Unix(0, fi.MtimeUnixNano).UTC().Format(time.RFC3339Nano),
-		"uid": fi.Uid, "gid": fi.Gid,
+		"size": fi.Size, "mtime": fi.Mtime.UTC().Format(time.RFC3339Nano),
+		"uid": fi.UID, "gid": fi.GID,
 	}
 	if fi.Type == "symlink" {
 		obj["link_target"] = fi.LinkTarget
@@ -283,7 +282,7 @@ func newFsLsCmd(app *App) *cobra.Command {
 				if e.Type == "symlink" {
 					name += " -> " + safeName(e.LinkTarget)
 				}
-				fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", modeString(e), e.Uid, e.Gid, e.Size, name)
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", modeString(e), e.UID, e.GID, e.Size, name)
 			}
 			tw.Flush()
 			if out.Truncated {
@@ -314,11 +313,11 @@ func newFsStatCmd(app *App) *cobra.Command {
 				return fsError(err, "fs stat "+args[1])
 			}
 			if jsonOut {
-				return writeJSON(app.Stdout, infoJSON(fi))
+				return writeJSON(app.Stdout, infoJSON(*fi))
 			}
 			fmt.Fprintf(app.Stdout, "path: %s\ntype: %s\nmode: %04o (%s)\nsize: %d\nowner: %d:%d\nmtime: %s\n",
-				safeName(fi.Path), fi.Type, fi.Mode, modeString(fi), fi.Size, fi.Uid, fi.Gid,
-				time.Unix(0, fi.MtimeUnixNano).Format(time.RFC3339))
+				safeName(fi.Path), fi.Type, fi.Mode, modeString(*fi), fi.Size, fi.UID, fi.GID,
+				fi.Mtime.Format(time.RFC3339))
 			if fi.Type == "symlink" {
 				fmt.Fprintf(app.Stdout, "target: %s\n", safeName(fi.LinkTarget))
 			}

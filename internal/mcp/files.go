@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 	"unicode/utf8"
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
@@ -50,7 +49,7 @@ func (s *Server) filesWrite(ctx context.Context, a FilesWriteArgs) (FilesWriteRe
 		n = resp.Bytes
 	}
 	path := a.Path
-	if resp != nil && resp.Info != nil && resp.Info.Path != "" {
+	if resp != nil && resp.Info.Path != "" {
 		path = resp.Info.Path
 	}
 	return FilesWriteResult{Sandbox: b.handle, Path: path, Bytes: n}, fmt.Sprintf("wrote %d bytes to %s in sandbox %s", n, path, b.handle), nil
@@ -156,7 +155,7 @@ func (s *Server) filesList(ctx context.Context, a FilesListArgs) (FilesListResul
 	fmt.Fprintf(&t, "%s in sandbox %s:\n", a.Path, b.handle)
 	for _, e := range ls.Entries {
 		fe := FileEntry{Name: e.Name, Type: e.Type, Size: e.Size, Mode: fmt.Sprintf("%04o", e.Mode),
-			Modified: time.Unix(0, e.MtimeUnixNano).UTC(), LinkTarget: e.LinkTarget}
+			Modified: e.Mtime.UTC(), LinkTarget: e.LinkTarget}
 		res.Entries = append(res.Entries, fe)
 		name := fe.Name
 		if fe.Type == "dir" {

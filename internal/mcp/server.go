@@ -23,7 +23,6 @@ import (
 
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 
-	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
@@ -35,10 +34,10 @@ type Runtime interface {
 	Exec(ctx context.Context, nameOrID string, o runtime.ExecOptions) (*runtime.ExecResult, error)
 	Down(ctx context.Context, nameOrID string) error
 	Get(nameOrID string) (*sandbox.State, error)
-	FsStat(ctx context.Context, name, p string) (*pb.FileInfo, error)
-	FsList(ctx context.Context, name, p string) (*pb.ListDirResponse, error)
+	FsStat(ctx context.Context, name, p string) (*runtime.FileInfo, error)
+	FsList(ctx context.Context, name, p string) (*runtime.DirList, error)
 	FsRead(ctx context.Context, name, p string, w io.Writer) (int64, error)
-	FsWrite(ctx context.Context, name, p string, rd io.Reader, o runtime.FsWriteOptions) (*pb.WriteFileResponse, error)
+	FsWrite(ctx context.Context, name, p string, rd io.Reader, o runtime.FsWriteOptions) (*runtime.WriteResult, error)
 	Run(ctx context.Context, o runtime.RunOptions) (*runtime.RunResult, error)
 }
 

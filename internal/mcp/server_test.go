@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
-	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
@@ -187,23 +186,23 @@ func (f *fakeRuntime) Get(id string) (*sandbox.State, error) {
 	return &sandbox.State{ID: id, Status: sandbox.Running}, nil
 }
 
-func (f *fakeRuntime) FsStat(ctx context.Context, id, p string) (*pb.FileInfo, error) {
+func (f *fakeRuntime) FsStat(ctx context.Context, id, p string) (*runtime.FileInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	b, ok := f.files[id+p]
 	if !ok {
 		return nil, &agentapi.FsError{Kind: agentapi.FsNotFound, Path: p}
 	}
-	return &pb.FileInfo{Path: p, Name: p[strings.LastIndexByte(p, '/')+1:], Type: "file", Size: int64(len(b)), Mode: 0o644}, nil
+	return &runtime.FileInfo{Path: p, Name: p[strings.LastIndexByte(p, '/')+1:], Type: "file", Size: int64(len(b)), Mode: 0o644}, nil
 }
 
-func (f *fakeRuntime) FsList(ctx context.Context, id, p string) (*pb.ListDirResponse, error) {
+func (f *fakeRuntime) FsList(ctx context.Context, id, p string) (*runtime.DirList, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := &pb.ListDirResponse{}
+	out := &runtime.DirList{}
 	for k, b := range f.files {
 		if name, ok := strings.CutPrefix(k, id+strings.TrimSuffix(p, "/")+"/"); ok {
-			out.Entries = append(out.Entries, &pb.FileInfo{Name: name, Type: "file", Size: int64(len(b)), Mode: 0o644})
+			out.Entries = append(out.Entries, runtime.FileInfo{Name: name, Type: "file", Size: int64(len(b)), Mode: 0o644})
 		}
 	}
 	return out, nil
@@ -217,12 +216,12 @@ func (f *fakeRuntime) FsRead(ctx context.Context, id, p string, w io.Writer) (in
 	return int64(n), err
 }
 
-func (f *fakeRuntime) FsWrite(ctx context.Context, id, p string, rd io.Reader, o runtime.FsWriteOptions) (*pb.WriteFileResponse, error) {
+func (f *fakeRuntime) FsWrite(ctx context.Context, id, p string, rd io.Reader, o runtime.FsWriteOptions) (*runtime.WriteResult, error) {
 	b, _ := io.ReadAll(rd)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.files[id+p] = b
-	return &pb.WriteFileResponse{Bytes: int64(len(b))}, nil
+	return &runtime.WriteResult{Bytes: int64(len(b))}, nil
 }
 
 // harness runs a Server over in-memory transports with an SDK client.
