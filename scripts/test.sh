@@ -5,16 +5,33 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Test-only tools: tmux drives the console tests through a real terminal.
-if ! command -v tmux >/dev/null 2>&1; then
+# Test-only tools, installed here so that no test skips for want of them
+# (MVM_TEST_STRICT=1 below turns such a skip into a failure):
+#   tmux              console tests drive a real terminal
+#   e2fsprogs         rootfs tests pack and inspect ext4 images (mkfs.ext4, debugfs, e2fsck)
+#   busybox-static    the minimal template and the initramfs tests
+#   mmdebstrap        Debian template builds
+#   qemu-system-x86   the initramfs smoke boot (MVM_TEST_BOOT)
+#   apt-utils, dpkg   the kernel fetch test (MVM_TEST_FETCH)
+need_pkgs=()
+command -v tmux >/dev/null 2>&1 || need_pkgs+=(tmux)
+command -v mkfs.ext4 >/dev/null 2>&1 && command -v debugfs >/dev/null 2>&1 || need_pkgs+=(e2fsprogs)
+{ [ -x /bin/busybox ] && ! LC_ALL=C file -L /bin/busybox 2>/dev/null | grep -q dynamically; } || need_pkgs+=(busybox-static)
+command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need_pkgs+=(qemu-system-x86)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    echo "== installing tmux (console tests)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q tmux >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tmux >/dev/null; }
+    echo "== installing test prerequisites: ${need_pkgs[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]}" >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]}" >/dev/null; }
   else
-    echo "tmux is missing and this is not root: run apt-get install -y tmux (the console tests need it)" >&2
+    echo "missing test prerequisites and this is not root: run apt-get install -y ${need_pkgs[*]}" >&2
     exit 1
   fi
 fi
+# Nothing skips for a missing tool, and the opt-in classes run: the real
+# kernel download (MVM_TEST_FETCH) and the initramfs smoke boot
+# (MVM_TEST_BOOT).
+export MVM_TEST_STRICT=1 MVM_TEST_FETCH=1 MVM_TEST_BOOT=1
 
 echo "== gofmt / go vet"
 unformatted=$(gofmt -l $(git ls-files '*.go' | grep -v '\.pb\.go$') 2>/dev/null || true)

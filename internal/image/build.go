@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/image/cache"
+	"github.com/mvm-sandbox/mvm/internal/image/rootfs"
 	"github.com/mvm-sandbox/mvm/internal/manifest"
 	"github.com/mvm-sandbox/mvm/internal/paths"
 )
@@ -159,18 +160,18 @@ func (e *NotBuiltError) Error() string {
 // ErrArtifactInUse is returned by RemoveArtifact for an image a sandbox uses.
 var ErrArtifactInUse = errors.New("artifact is in use")
 
-type rfDirs struct{ root string }
+type layout struct{ root string }
 
-func rfLayout(d paths.Dirs) rfDirs          { return rfDirs{d.Images()} }
-func (l rfDirs) artifacts() string          { return filepath.Join(l.root, "artifacts") }
-func (l rfDirs) artifact(hex string) string { return filepath.Join(l.root, "artifacts", hex) }
-func (l rfDirs) index(key string) string    { return filepath.Join(l.root, "rootfs-index", key+".json") }
-func (l rfDirs) tree(key string) string     { return filepath.Join(l.root, "trees", key) }
-func (l rfDirs) lock(key string) string     { return filepath.Join(l.root, "locks", key+".lock") }
-func (l rfDirs) tmp() string                { return filepath.Join(l.root, "tmp") }
+func layoutOf(d paths.Dirs) layout          { return layout{d.Images()} }
+func (l layout) artifacts() string          { return filepath.Join(l.root, "artifacts") }
+func (l layout) artifact(hex string) string { return filepath.Join(l.root, "artifacts", hex) }
+func (l layout) index(key string) string    { return filepath.Join(l.root, "rootfs-index", key+".json") }
+func (l layout) tree(key string) string     { return filepath.Join(l.root, "trees", key) }
+func (l layout) lock(key string) string     { return filepath.Join(l.root, "locks", key+".lock") }
+func (l layout) tmp() string                { return filepath.Join(l.root, "tmp") }
 
-// rfPlan is everything an image is made of.
-type rfPlan struct {
+// buildPlan is everything an image is made of.
+type buildPlan struct {
 	tpl      Template
 	packages []string // all packages (template + extra), sorted
 	extra    []string
@@ -184,13 +185,13 @@ type rfPlan struct {
 	bytes    int64
 }
 
-func rfHash(parts ...any) string {
+func hashKey(parts ...any) string {
 	b, _ := json.Marshal(parts)
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
 }
 
-func rfFileSHA(p string) (string, error) {
+func fileSHA(p string) (string, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return "", err
@@ -203,8 +204,8 @@ func rfFileSHA(p string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// rfHashSources hashes the content, modes and layout of every file mapping.
-func rfHashSources(m *manifest.Manifest) (key string, files int, size int64, err error) {
+// hashSources hashes the content, modes and layout of every file mapping.
+func hashSources(m *manifest.Manifest) (key string, files int, size int64, err error) {
 	h := sha256.New()
 	for _, fm := range m.Files {
 		src := m.SourcePath(fm)
@@ -237,7 +238,7 @@ func rfHashSources(m *manifest.Manifest) (key string, files int, size int64, err
 			case mode.IsDir():
 				fmt.Fprintf(h, "d %q %o\n", rel, mode.Perm())
 			case mode.IsRegular():
-				sum, err := rfFileSHA(p)
+				sum, err := fileSHA(p)
 				if err != nil {
 					return err
 				}
@@ -261,8 +262,8 @@ func rfHashSources(m *manifest.Manifest) (key string, files int, size int64, err
 	return hex.EncodeToString(h.Sum(nil)), files, size, nil
 }
 
-// rfMakePlan resolves the template and computes the input keys.
-func rfMakePlan(m *manifest.Manifest, templateName string, opts BuildOptions) (*rfPlan, error) {
+// makePlan resolves the template and computes the input keys.
+func makePlan(m *manifest.Manifest, templateName string, opts BuildOptions) (*buildPlan, error) {
 	if templateName == "" && m != nil {
 		templateName = m.Template
 	}
@@ -273,7 +274,7 @@ func rfMakePlan(m *manifest.Manifest, templateName string, opts BuildOptions) (*
 	if err != nil {
 		return nil, err
 	}
-	p := &rfPlan{tpl: tpl, m: m}
+	p := &buildPlan{tpl: tpl, m: m}
 	set := map[string]bool{}
 	for _, x := range tpl.Packages {
 		set[x] = true
@@ -314,7 +315,7 @@ func rfMakePlan(m *manifest.Manifest, templateName string, opts BuildOptions) (*
 		p.cfg.Network = m.Network
 		p.cfg.Allow = m.Allow
 		p.source = m.Dir
-		filesKey, p.files, p.bytes, err = rfHashSources(m)
+		filesKey, p.files, p.bytes, err = hashSources(m)
 		if err != nil {
 			return nil, fmt.Errorf("hash build files: %w", err)
 		}
@@ -327,41 +328,36 @@ func rfMakePlan(m *manifest.Manifest, templateName string, opts BuildOptions) (*
 	}
 
 	if tpl.debian() {
-		p.treeKey = rfHash(rootfsFormat, "debian", tpl.Suite, p.packages, rfDpkgExcludes)
+		p.treeKey = hashKey(rootfsFormat, "debian", tpl.Suite, p.packages, rootfs.DpkgExcludes)
 	} else {
-		if err := rfCheckStaticBusybox(HostBusybox); err != nil {
+		if err := rootfs.CheckStaticBusybox(rootfs.HostBusybox); err != nil {
 			return nil, err
 		}
-		p.busybox, err = rfFileSHA(HostBusybox)
+		p.busybox, err = fileSHA(rootfs.HostBusybox)
 		if err != nil {
 			return nil, err
 		}
-		p.treeKey = rfHash(rootfsFormat, "minimal", p.busybox)
+		p.treeKey = hashKey(rootfsFormat, "minimal", p.busybox)
 	}
-	p.imageKey = rfHash(rootfsFormat, "image", p.treeKey, p.cfg, filesKey)
+	p.imageKey = hashKey(rootfsFormat, "image", p.treeKey, p.cfg, filesKey)
 	return p, nil
 }
 
-// rfLock takes the exclusive lock of a key; the returned func releases it.
-func rfLock(ctx context.Context, l rfDirs, key string) (func(), error) {
-	return cache.Lock(ctx, l.lock(key))
-}
-
-type rfIndex struct {
+type indexEntry struct {
 	Digest string `json:"digest"`
 }
 
-// rfLookup returns the cached artifact for an input key, if any.
-func rfLookup(l rfDirs, key string) (*Artifact, bool) {
+// lookup returns the cached artifact for an input key, if any.
+func lookup(l layout, key string) (*Artifact, bool) {
 	raw, err := os.ReadFile(l.index(key))
 	if err != nil {
 		return nil, false
 	}
-	var idx rfIndex
+	var idx indexEntry
 	if json.Unmarshal(raw, &idx) != nil || !validRootfsDigest(idx.Digest) {
 		return nil, false
 	}
-	a, err := rfLoadArtifact(l, strings.TrimPrefix(idx.Digest, "sha256:"))
+	a, err := loadArtifact(l, strings.TrimPrefix(idx.Digest, "sha256:"))
 	if err != nil {
 		return nil, false
 	}
@@ -370,10 +366,10 @@ func rfLookup(l rfDirs, key string) (*Artifact, bool) {
 
 func validRootfsDigest(d string) bool {
 	h, ok := strings.CutPrefix(d, "sha256:")
-	return ok && rfValidHex(h) && len(h) == 64
+	return ok && validHex(h) && len(h) == 64
 }
 
-func rfValidHex(s string) bool {
+func validHex(s string) bool {
 	for _, c := range s {
 		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
 			return false
@@ -382,7 +378,7 @@ func rfValidHex(s string) bool {
 	return s != ""
 }
 
-func rfLoadArtifact(l rfDirs, id string) (*Artifact, error) {
+func loadArtifact(l layout, id string) (*Artifact, error) {
 	dir := l.artifact(id)
 	raw, err := os.ReadFile(filepath.Join(dir, "artifact.json"))
 	if err != nil {
@@ -406,6 +402,9 @@ func rfLoadArtifact(l rfDirs, id string) (*Artifact, error) {
 	return &a, nil
 }
 
+// UnknownPackageError names the packages a Debian suite does not have.
+type UnknownPackageError = rootfs.UnknownPackageError
+
 // Build makes (or finds in the cache) the root filesystem artifact for a
 // build directory or a bare template.
 //
@@ -414,191 +413,236 @@ func rfLoadArtifact(l rfDirs, id string) (*Artifact, error) {
 // receives phase events. A second build of the same input (template,
 // packages, file contents and modes, image configuration) is a cache hit
 // that runs neither mmdebstrap nor mkfs.
+//
+// A build has four steps, each its own function: resolve (manifest and
+// template to a plan and its input key), stage (the cached tree, hard
+// linked, plus the manifest's files and the image configuration), pack
+// (ext4 image and its digest) and publish (artifact directory and index
+// entry, renamed into the cache).
 func Build(ctx context.Context, d paths.Dirs, dir, templateName string, opts BuildOptions, progress func(Event)) (*Artifact, error) {
-	start := time.Now()
-	emit := func(phase, status, format string, args ...any) {
-		if progress != nil {
-			progress(Event{Time: time.Now().UTC(), Phase: phase, Status: status, Message: fmt.Sprintf(format, args...)})
+	b := &build{start: time.Now(), progress: progress, phase: PhaseResolve, l: layoutOf(d), refresh: opts.Refresh}
+	b.emit(StatusStarted, "")
+	plan, err := resolve(dir, templateName, opts)
+	if err != nil {
+		return b.fail(err)
+	}
+	a, hit, err := cache.Once(ctx, b.l.lock(plan.imageKey), opts.Refresh,
+		func() (*Artifact, bool) { return lookup(b.l, plan.imageKey) },
+		func() (*Artifact, error) {
+			b.emit(StatusDone, "template %s, %d package(s), %d file(s)", plan.tpl.Name, len(plan.packages), plan.files)
+			return b.make(ctx, plan)
+		})
+	if err != nil {
+		return b.fail(err)
+	}
+	if hit {
+		a.Cached = true
+		if b.phase == PhaseResolve {
+			b.emit(StatusDone, "cache hit: %s (%s)", a.Digest, plan.tpl.Name)
 		}
 	}
-	phase := PhaseResolve
-	fail := func(err error) (*Artifact, error) {
-		emit(phase, StatusFailed, "%v", err)
-		return nil, err
+	return a, nil
+}
+
+// build carries one build's progress reporting.
+type build struct {
+	start    time.Time
+	progress func(Event)
+	phase    string
+	l        layout
+	refresh  bool
+}
+
+func (b *build) emit(status, format string, args ...any) {
+	if b.progress != nil {
+		b.progress(Event{Time: time.Now().UTC(), Phase: b.phase, Status: status, Message: fmt.Sprintf(format, args...)})
 	}
-	emit(phase, StatusStarted, "")
+}
+
+func (b *build) fail(err error) (*Artifact, error) {
+	b.emit(StatusFailed, "%v", err)
+	return nil, err
+}
+
+// resolve loads the manifest (unless given) and makes the build plan.
+func resolve(dir, templateName string, opts BuildOptions) (*buildPlan, error) {
 	m := opts.Manifest
 	if m == nil && dir != "" {
 		var err error
 		if m, err = manifest.Load(dir); err != nil {
-			return fail(err)
+			return nil, err
 		}
 	}
-	plan, err := rfMakePlan(m, templateName, opts)
-	if err != nil {
-		return fail(err)
-	}
-	l := rfLayout(d)
-	if !opts.Refresh {
-		if a, ok := rfLookup(l, plan.imageKey); ok {
-			a.Cached = true
-			emit(phase, StatusDone, "cache hit: %s (%s)", a.Digest, plan.tpl.Name)
-			return a, nil
-		}
-	}
-	emit(phase, StatusDone, "template %s, %d package(s), %d file(s)", plan.tpl.Name, len(plan.packages), plan.files)
+	return makePlan(m, templateName, opts)
+}
 
-	unlock, err := rfLock(ctx, l, plan.imageKey)
-	if err != nil {
-		return fail(err)
-	}
-	defer unlock()
-	// someone else may have built it while we waited
-	if !opts.Refresh {
-		if a, ok := rfLookup(l, plan.imageKey); ok {
-			a.Cached = true
-			return a, nil
-		}
-	}
-
-	// tree: template (and packages)
-	phase = PhaseBootstrap
+// make runs stage, pack and publish in a private work directory, under
+// the image key's lock.
+func (b *build) make(ctx context.Context, plan *buildPlan) (*Artifact, error) {
+	b.phase = PhaseBootstrap
 	if len(plan.extra) > 0 {
-		phase = PhasePackages
+		b.phase = PhasePackages
 	}
-	tree, err := rfEnsureTree(ctx, l, plan, opts.Refresh, func(status, msg string) { emit(phase, status, "%s", msg) })
+	tree, err := ensureTree(ctx, b.l, plan, b.refresh, func(status, msg string) { b.emit(status, "%s", msg) })
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
+	if err := os.MkdirAll(b.l.tmp(), cache.DirMode); err != nil {
+		return nil, err
+	}
+	work, err := os.MkdirTemp(b.l.tmp(), "build-")
+	if err != nil {
+		return nil, err
+	}
+	defer rootfs.SafeRemoveAll(work)
 
-	// staging: a hard-linked copy of the tree plus files and config
-	phase = PhaseFiles
-	emit(phase, StatusStarted, "")
-	if err := os.MkdirAll(l.tmp(), cache.DirMode); err != nil {
-		return fail(err)
-	}
-	work, err := os.MkdirTemp(l.tmp(), "build-")
+	b.phase = PhaseFiles
+	b.emit(StatusStarted, "")
+	staged, err := b.stage(ctx, plan, tree, filepath.Join(work, "root"))
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
-	defer rfSafeRemoveAll(work)
-	stage := filepath.Join(work, "root")
-	if err := rfLinkTree(ctx, tree, stage); err != nil {
-		return fail(err)
-	}
-	nfiles, nbytes := 0, int64(0)
-	if m != nil {
-		for _, fm := range m.Files {
-			src := m.SourcePath(fm)
-			if _, err := os.Lstat(src); errors.Is(err, os.ErrNotExist) && fm.Source == "." {
-				continue
-			}
-			n, b, err := rfCopyIn(stage, src, fm.Guest, fm.Exclude, func(rel string) {
-				emit(phase, StatusProgress, "skipped %s (not a regular file, directory or symlink)", filepath.Join(fm.Source, rel))
-			})
-			if err != nil {
-				return fail(fmt.Errorf("copy %s to %s: %w", fm.Source, fm.Guest, err))
-			}
-			nfiles += n
-			nbytes += b
-		}
-	}
-	if _, err := rfMkdirAllInRoot(stage, plan.cfg.Workdir); err != nil {
-		return fail(fmt.Errorf("workdir %s: %w", plan.cfg.Workdir, err))
-	}
-	cfgJSON, err := json.MarshalIndent(plan.cfg, "", "  ")
-	if err != nil {
-		return fail(err)
-	}
-	if err := rfWriteGuestFile(stage, RootfsConfigPath, append(cfgJSON, '\n'), 0o644); err != nil {
-		return fail(err)
-	}
-	// directories the build wrote into get the fixed time too
-	for _, g := range rfTouchedDirs(plan, m) {
-		if h, err := rfResolveInRoot(stage, g); err == nil {
-			if fi, err := os.Lstat(h); err == nil && fi.IsDir() {
-				_ = rfSetTime(h)
-			}
-		}
-	}
-	emit(phase, StatusDone, "%d file(s), %d bytes", nfiles, nbytes)
+	b.emit(StatusDone, "%d file(s), %d bytes", staged.files, staged.bytes)
 
-	// pack
-	phase = PhasePack
-	emit(phase, StatusStarted, "")
+	b.phase = PhasePack
+	b.emit(StatusStarted, "")
 	img := filepath.Join(work, RootfsFile)
-	var seed [16]byte
-	k, _ := hex.DecodeString(plan.imageKey)
-	copy(seed[:], k)
-	if err := rfPack(ctx, stage, img, seed, !plan.tpl.debian()); err != nil {
-		return fail(err)
-	}
-	sum, err := rfFileSHA(img)
+	sum, size, err := pack(ctx, plan, staged.root, img)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
-	st, err := os.Stat(img)
-	if err != nil {
-		return fail(err)
-	}
-	emit(phase, StatusDone, "sha256:%s, %d bytes", sum, st.Size())
+	b.emit(StatusDone, "sha256:%s, %d bytes", sum, size)
 
-	// record
-	phase = PhaseRecord
-	emit(phase, StatusStarted, "")
+	b.phase = PhaseRecord
+	b.emit(StatusStarted, "")
 	a := &Artifact{
-		Digest: "sha256:" + sum, Size: st.Size(), Format: "ext4",
+		Digest: "sha256:" + sum, Size: size, Format: "ext4",
 		Template: plan.tpl.Name, Suite: plan.tpl.Suite, Packages: plan.packages, Extra: plan.extra,
 		Created: time.Now().UTC(),
 		Profile: plan.cfg.Profile, Env: plan.cfg.Env, Command: plan.cfg.Command, Workdir: plan.cfg.Workdir,
 		Name: plan.cfg.Name, CPUs: plan.cfg.CPUs, MemoryMiB: plan.cfg.MemoryMiB, DiskMiB: plan.cfg.DiskMiB,
 		Network: plan.cfg.Network, Allow: plan.cfg.Allow,
-		Source: plan.source, InputKey: plan.imageKey, Files: nfiles, FileBytes: nbytes,
-		BuildMS: time.Since(start).Milliseconds(),
+		Source: plan.source, InputKey: plan.imageKey, Files: staged.files, FileBytes: staged.bytes,
+		BuildMS: time.Since(b.start).Milliseconds(),
 	}
-	meta, _ := json.MarshalIndent(a, "", "  ")
-	if err := cache.WriteFile(filepath.Join(work, "artifact.json"), append(meta, '\n'), cache.FileMode); err != nil {
-		return fail(err)
+	if a, err = publish(b.l, plan.imageKey, work, img, a); err != nil {
+		return nil, err
 	}
-	if err := os.MkdirAll(l.artifacts(), cache.DirMode); err != nil {
-		return fail(err)
-	}
-	final := l.artifact(sum)
-	pub := filepath.Join(work, "publish")
-	if err := os.Mkdir(pub, cache.DirMode); err != nil {
-		return fail(err)
-	}
-	for _, n := range []string{RootfsFile, "artifact.json"} {
-		if err := os.Rename(filepath.Join(work, n), filepath.Join(pub, n)); err != nil {
-			return fail(err)
-		}
-	}
-	if existing, err := rfLoadArtifact(l, sum); err == nil {
-		// The same bytes are already cached (built from other inputs, or
-		// refreshed without change): keep the existing record.
-		a = existing
-	} else {
-		if _, err := os.Stat(final); err == nil {
-			// a broken leftover: replace it
-			if err := rfSafeRemoveAll(final); err != nil {
-				return fail(err)
-			}
-		}
-		if err := os.Rename(pub, final); err != nil {
-			return fail(err)
-		}
-		a.Path = filepath.Join(final, RootfsFile)
-	}
-	idx, _ := json.Marshal(rfIndex{Digest: a.Digest})
-	if err := cache.WriteFile(l.index(plan.imageKey), idx, cache.FileMode); err != nil {
-		return fail(err)
-	}
-	emit(phase, StatusDone, "%s", a.Digest)
+	b.emit(StatusDone, "%s", a.Digest)
 	return a, nil
 }
 
-// rfTouchedDirs lists guest directories whose mtime the build changed.
-func rfTouchedDirs(p *rfPlan, m *manifest.Manifest) []string {
+// stagedTree is a tree ready to pack.
+type stagedTree struct {
+	root  string
+	files int
+	bytes int64
+}
+
+// stage makes root a hard-linked copy of the cached tree and adds the
+// manifest's files, the workdir and the image configuration, with the
+// fixed time on everything the build wrote.
+func (b *build) stage(ctx context.Context, plan *buildPlan, tree, root string) (*stagedTree, error) {
+	if err := rootfs.LinkTree(ctx, tree, root); err != nil {
+		return nil, err
+	}
+	st := &stagedTree{root: root}
+	if m := plan.m; m != nil {
+		for _, fm := range m.Files {
+			src := m.SourcePath(fm)
+			if _, err := os.Lstat(src); errors.Is(err, os.ErrNotExist) && fm.Source == "." {
+				continue
+			}
+			n, nb, err := rootfs.CopyIn(root, src, fm.Guest, fm.Exclude, func(rel string) {
+				b.emit(StatusProgress, "skipped %s (not a regular file, directory or symlink)", filepath.Join(fm.Source, rel))
+			})
+			if err != nil {
+				return nil, fmt.Errorf("copy %s to %s: %w", fm.Source, fm.Guest, err)
+			}
+			st.files += n
+			st.bytes += nb
+		}
+	}
+	if _, err := rootfs.MkdirAllInRoot(root, plan.cfg.Workdir); err != nil {
+		return nil, fmt.Errorf("workdir %s: %w", plan.cfg.Workdir, err)
+	}
+	cfgJSON, err := json.MarshalIndent(plan.cfg, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := rootfs.WriteGuestFile(root, RootfsConfigPath, append(cfgJSON, '\n'), 0o644); err != nil {
+		return nil, err
+	}
+	// directories the build wrote into get the fixed time too
+	for _, g := range touchedDirs(plan, plan.m) {
+		if h, err := rootfs.ResolveInRoot(root, g); err == nil {
+			if fi, err := os.Lstat(h); err == nil && fi.IsDir() {
+				_ = rootfs.SetTime(h)
+			}
+		}
+	}
+	return st, nil
+}
+
+// pack makes the ext4 image img from the staged tree and returns its
+// sha256 (hex) and size. The image key seeds the file system's UUID, so
+// the bytes depend only on the inputs.
+func pack(ctx context.Context, plan *buildPlan, root, img string) (string, int64, error) {
+	var seed [16]byte
+	k, _ := hex.DecodeString(plan.imageKey)
+	copy(seed[:], k)
+	if err := rootfs.Pack(ctx, root, img, seed, !plan.tpl.debian()); err != nil {
+		return "", 0, err
+	}
+	sum, err := fileSHA(img)
+	if err != nil {
+		return "", 0, err
+	}
+	st, err := os.Stat(img)
+	if err != nil {
+		return "", 0, err
+	}
+	return sum, st.Size(), nil
+}
+
+// publish moves the image and its record into artifacts/<digest>/ and
+// points the input key's index entry at it. When the same bytes are
+// already cached (built from other inputs, or refreshed without change),
+// the existing record is kept and returned.
+func publish(l layout, key, work, img string, a *Artifact) (*Artifact, error) {
+	pub := filepath.Join(work, "publish")
+	if err := os.Mkdir(pub, cache.DirMode); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(img, filepath.Join(pub, RootfsFile)); err != nil {
+		return nil, err
+	}
+	meta, _ := json.MarshalIndent(a, "", "  ")
+	if err := cache.WriteFile(filepath.Join(pub, "artifact.json"), append(meta, '\n'), cache.FileMode); err != nil {
+		return nil, err
+	}
+	id := a.ID()
+	good := func(string) bool { _, err := loadArtifact(l, id); return err == nil }
+	published, err := cache.PublishDir(pub, l.artifact(id), filepath.Join(work, "broken"), good)
+	if err != nil {
+		return nil, err
+	}
+	if !published {
+		if a, err = loadArtifact(l, id); err != nil {
+			return nil, err
+		}
+	} else {
+		a.Path = filepath.Join(l.artifact(id), RootfsFile)
+	}
+	idx, _ := json.Marshal(indexEntry{Digest: a.Digest})
+	if err := cache.WriteFile(l.index(key), idx, cache.FileMode); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// touchedDirs lists guest directories whose mtime the build changed.
+func touchedDirs(p *buildPlan, m *manifest.Manifest) []string {
 	set := map[string]bool{"/": true}
 	add := func(g string) {
 		for g = path.Dir(g); ; g = path.Dir(g) {
@@ -624,26 +668,26 @@ func rfTouchedDirs(p *rfPlan, m *manifest.Manifest) []string {
 	return out
 }
 
-// rfEnsureTree returns the cached tree for the plan, making it if missing.
-func rfEnsureTree(ctx context.Context, l rfDirs, p *rfPlan, refresh bool, progress func(status, msg string)) (string, error) {
+// ensureTree returns the cached tree for the plan, making it if missing.
+func ensureTree(ctx context.Context, l layout, p *buildPlan, refresh bool, progress func(status, msg string)) (string, error) {
 	final := l.tree(p.treeKey)
-	if !refresh {
-		if fi, err := os.Stat(final); err == nil && fi.IsDir() {
-			progress(StatusDone, "cached tree "+p.treeKey[:12])
-			return final, nil
-		}
+	cached := func() (string, bool) {
+		fi, err := os.Stat(final)
+		return final, err == nil && fi.IsDir()
 	}
-	unlock, err := rfLock(ctx, l, "tree-"+p.treeKey)
-	if err != nil {
-		return "", err
+	tree, hit, err := cache.Once(ctx, l.lock("tree-"+p.treeKey), refresh, cached, func() (string, error) {
+		return makeTree(ctx, l, p, progress)
+	})
+	if hit {
+		progress(StatusDone, "cached tree "+p.treeKey[:12])
 	}
-	defer unlock()
-	if !refresh {
-		if fi, err := os.Stat(final); err == nil && fi.IsDir() {
-			progress(StatusDone, "cached tree "+p.treeKey[:12])
-			return final, nil
-		}
-	}
+	return tree, err
+}
+
+// makeTree builds the plan's tree in a work directory and publishes it as
+// trees/<key>, replacing an old one (refresh): builds still using the old
+// tree hold hard links to its files.
+func makeTree(ctx context.Context, l layout, p *buildPlan, progress func(status, msg string)) (string, error) {
 	if err := os.MkdirAll(l.tmp(), cache.DirMode); err != nil {
 		return "", err
 	}
@@ -651,34 +695,25 @@ func rfEnsureTree(ctx context.Context, l rfDirs, p *rfPlan, refresh bool, progre
 	if err != nil {
 		return "", err
 	}
-	defer rfSafeRemoveAll(work)
+	defer rootfs.SafeRemoveAll(work)
 	target := filepath.Join(work, "root")
 	t0 := time.Now()
 	if p.tpl.debian() {
 		progress(StatusStarted, fmt.Sprintf("mmdebstrap %s: %s", p.tpl.Suite, strings.Join(p.packages, " ")))
-		if err := rfDebootstrap(ctx, p.tpl.Suite, p.packages, target, func(s string) { progress(StatusProgress, s) }); err != nil {
+		if err := rootfs.Debootstrap(ctx, p.tpl.Suite, p.packages, target, func(s string) { progress(StatusProgress, s) }); err != nil {
 			return "", err
 		}
 	} else {
-		progress(StatusStarted, "busybox tree from "+HostBusybox)
-		if err := os.Mkdir(target, 0o755); err != nil {
+		progress(StatusStarted, "busybox tree from "+rootfs.HostBusybox)
+		if err := os.Mkdir(target, 0o755); err != nil { // the guest's /
 			return "", err
 		}
-		if err := rfMinimalTree(ctx, target, HostBusybox); err != nil {
-			return "", err
-		}
-	}
-	if err := os.MkdirAll(filepath.Dir(final), cache.DirMode); err != nil {
-		return "", err
-	}
-	if _, err := os.Stat(final); err == nil {
-		// refresh: move the old tree aside (builds using it hold hard links)
-		old := filepath.Join(work, "old")
-		if err := os.Rename(final, old); err != nil {
+		if err := rootfs.MinimalTree(ctx, target, rootfs.HostBusybox); err != nil {
 			return "", err
 		}
 	}
-	if err := os.Rename(target, final); err != nil {
+	final := l.tree(p.treeKey)
+	if _, err := cache.PublishDir(target, final, filepath.Join(work, "old"), nil); err != nil {
 		return "", err
 	}
 	progress(StatusDone, fmt.Sprintf("tree %s in %.1fs", p.treeKey[:12], time.Since(t0).Seconds()))
@@ -687,7 +722,7 @@ func rfEnsureTree(ctx context.Context, l rfDirs, p *rfPlan, refresh bool, progre
 
 // ListArtifacts returns every cached artifact, newest first.
 func ListArtifacts(d paths.Dirs) ([]*Artifact, error) {
-	l := rfLayout(d)
+	l := layoutOf(d)
 	ents, err := os.ReadDir(l.artifacts())
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -697,10 +732,10 @@ func ListArtifacts(d paths.Dirs) ([]*Artifact, error) {
 	}
 	var out []*Artifact
 	for _, e := range ents {
-		if !e.IsDir() || len(e.Name()) != 64 || !rfValidHex(e.Name()) {
+		if !e.IsDir() || len(e.Name()) != 64 || !validHex(e.Name()) {
 			continue
 		}
-		a, err := rfLoadArtifact(l, e.Name())
+		a, err := loadArtifact(l, e.Name())
 		if err != nil {
 			continue
 		}
@@ -719,7 +754,7 @@ func ListArtifacts(d paths.Dirs) ([]*Artifact, error) {
 // prefix of at least 4 hex digits) to an artifact.
 func findArtifact(d paths.Dirs, idOrPrefix string) (*Artifact, error) {
 	id := strings.ToLower(strings.TrimPrefix(idOrPrefix, "sha256:"))
-	if len(id) < 4 || len(id) > 64 || !rfValidHex(id) {
+	if len(id) < 4 || len(id) > 64 || !validHex(id) {
 		return nil, fmt.Errorf("%w %q (want a digest or a digest prefix of at least 4 hex digits)", ErrNoImage, idOrPrefix)
 	}
 	all, err := ListArtifacts(d)
@@ -752,11 +787,11 @@ func findArtifact(d paths.Dirs, idOrPrefix string) (*Artifact, error) {
 // building it is the caller's job (Build).
 func ResolveImage(d paths.Dirs, name string) (*Artifact, error) {
 	if _, err := ResolveTemplate(name); err == nil {
-		plan, err := rfMakePlan(nil, name, BuildOptions{})
+		plan, err := makePlan(nil, name, BuildOptions{})
 		if err != nil {
 			return nil, err
 		}
-		if a, ok := rfLookup(rfLayout(d), plan.imageKey); ok {
+		if a, ok := lookup(layoutOf(d), plan.imageKey); ok {
 			return a, nil
 		}
 		return nil, &NotBuiltError{Template: name}
@@ -773,7 +808,7 @@ func ResolveImage(d paths.Dirs, name string) (*Artifact, error) {
 	a, err := findArtifact(d, name)
 	if err != nil {
 		var ut *UnknownTemplateError
-		if _, terr := ResolveTemplate(name); errors.As(terr, &ut) && !rfValidHex(strings.TrimPrefix(name, "sha256:")) {
+		if _, terr := ResolveTemplate(name); errors.As(terr, &ut) && !validHex(strings.TrimPrefix(name, "sha256:")) {
 			return nil, fmt.Errorf("%w %q: not an image name or digest, and %v", ErrNoImage, name, terr)
 		}
 		return nil, err
@@ -793,8 +828,8 @@ func RemoveArtifact(d paths.Dirs, idOrPrefix string, inUse func(digest string) b
 	if inUse != nil && inUse(a.Digest) {
 		return nil, fmt.Errorf("image %s: %w by a sandbox", a.ShortID(), ErrArtifactInUse)
 	}
-	l := rfLayout(d)
-	unlock, err := rfLock(context.Background(), l, "artifact-"+a.ID())
+	l := layoutOf(d)
+	unlock, err := cache.Lock(context.Background(), l.lock("artifact-"+a.ID()))
 	if err != nil {
 		return nil, err
 	}
@@ -808,7 +843,7 @@ func RemoveArtifact(d paths.Dirs, idOrPrefix string, inUse func(digest string) b
 			if err != nil {
 				continue
 			}
-			var idx rfIndex
+			var idx indexEntry
 			if json.Unmarshal(raw, &idx) == nil && idx.Digest == a.Digest {
 				_ = os.Remove(p)
 			}
@@ -824,7 +859,7 @@ func RemoveArtifact(d paths.Dirs, idOrPrefix string, inUse func(digest string) b
 	if err := os.Rename(l.artifact(a.ID()), filepath.Join(trash, "a")); err != nil {
 		return nil, err
 	}
-	return a, rfSafeRemoveAll(trash)
+	return a, rootfs.SafeRemoveAll(trash)
 }
 
 // RootfsBuildTools reports missing host tools for building the given

@@ -18,6 +18,8 @@ import (
 	"github.com/cavaliergopher/cpio"
 
 	"github.com/mvm-sandbox/mvm/internal/paths"
+
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 )
 
 // testSpec returns a spec with a fake agent, a fake busybox (a script that
@@ -221,9 +223,7 @@ func TestWriteInitramfsErrors(t *testing.T) {
 
 func TestWriteInitramfsRealBusybox(t *testing.T) {
 	const bb = "/bin/busybox"
-	if _, err := os.Stat(bb); err != nil {
-		t.Skip("no /bin/busybox (Debian's busybox-static)")
-	}
+	testenv.NeedStaticBinary(t, bb, "busybox-static")
 	spec := testSpec(t)
 	spec.Busybox = bb
 	spec.Modules = nil
@@ -423,15 +423,12 @@ func main() {
 `
 
 // TestSmokeBoot boots the real kernel under QEMU with an initramfs from
-// EnsureInitramfs. It is slow under TCG and runs only with MVM_TEST_BOOT=1.
+// EnsureInitramfs. It is slow under TCG: it runs with MVM_TEST_BOOT=1 and
+// always under scripts/test.sh.
 func TestSmokeBoot(t *testing.T) {
-	if os.Getenv("MVM_TEST_BOOT") != "1" {
-		t.Skip("set MVM_TEST_BOOT=1 to boot the kernel under QEMU")
-	}
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("qemu-system-x86_64 not installed")
-	}
+	testenv.Opted(t, "MVM_TEST_BOOT", "boots the kernel under QEMU")
+	testenv.NeedTools(t, "qemu-system-x86_64")
+	qemu, _ := exec.LookPath("qemu-system-x86_64")
 	_, k := realKernel(t)
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "main.go"), []byte(smokeAgent), 0o644)
@@ -465,9 +462,7 @@ func TestSmokeBoot(t *testing.T) {
 		"-drive", "if=none,id=d0,format=raw,file="+disk, "-device", "virtio-blk-device,drive=d0",
 		"-kernel", k.Vmlinux, "-initrd", cpioPath,
 		"-append", "console=ttyS0 panic=-1 tsc_early_khz=2596132", "-no-reboot")
-	start := time.Now()
 	out, err := cmd.CombinedOutput()
-	t.Logf("boot took %v", time.Since(start))
 	s := string(out)
 	if err != nil || !strings.Contains(s, "mvm-smoke: hello from /init") || !strings.Contains(s, "mvm-smoke: modules loaded") {
 		t.Fatalf("boot failed (%v):\n%s", err, s)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/paths"
+
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 )
 
 // Tests that need Debian's real cloud kernel get it from
@@ -63,7 +65,7 @@ func realKernel(t *testing.T) (tree string, k *Kernel) {
 	})
 	if shared.err != nil {
 		if strings.HasPrefix(shared.err.Error(), "real kernel unavailable") {
-			t.Skip(shared.err)
+			testenv.Missing(t, "%v", shared.err)
 		}
 		t.Fatal(shared.err)
 	}
@@ -218,12 +220,10 @@ func TestInstalledRealKernel(t *testing.T) {
 	}
 }
 
-// TestFetchKernel downloads the real package (about 27 MB). It runs only
-// with MVM_TEST_FETCH=1.
+// TestFetchKernel downloads the real package (about 27 MB). It runs with
+// MVM_TEST_FETCH=1 and always under scripts/test.sh.
 func TestFetchKernel(t *testing.T) {
-	if os.Getenv("MVM_TEST_FETCH") != "1" {
-		t.Skip("set MVM_TEST_FETCH=1 to download linux-image-cloud-amd64 with apt")
-	}
+	testenv.Opted(t, "MVM_TEST_FETCH", "downloads linux-image-cloud-amd64 with apt")
 	d := paths.Dirs{Cache: t.TempDir()}
 	var log bytes.Buffer
 	ctx := context.Background()

@@ -1,6 +1,5 @@
-package image
-
-// Root filesystem trees and their packing into ext4 images.
+// Package rootfs makes guest root filesystem trees and packs them into
+// ext4 images.
 //
 // A tree is a directory holding a complete guest root filesystem. Debian
 // trees come from mmdebstrap (variant minbase, packages from the signed
@@ -8,6 +7,10 @@ package image
 // one symlink per applet. A tree is packed with `mkfs.ext4 -d` into an image
 // sized to its content, and the image is then normalised so that the same
 // tree always gives the same bytes (see docs/images.md, "Determinism").
+//
+// The package knows nothing of the cache or of manifests: internal/image
+// decides what to build and where it is kept.
+package rootfs
 
 import (
 	"bufio"
@@ -34,13 +37,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// RootfsEpoch is the timestamp given to every file the builder itself
+// Epoch is the timestamp given to every file the builder itself
 // writes (the minimal tree, /work, /etc/mvm/image.json) and to the file
 // system's own times, so that images are reproducible. 2024-01-01T00:00:00Z.
-const RootfsEpoch int64 = 1704067200
+const Epoch int64 = 1704067200
 
-// RootfsLabel is the ext4 volume label of every root filesystem image.
-const RootfsLabel = "mvmroot"
+// Label is the ext4 volume label of every root filesystem image.
+const Label = "mvmroot"
 
 // DefaultDebianMirror and DefaultSecurityMirror are where Debian trees come
 // from; MVM_DEBIAN_MIRROR and MVM_DEBIAN_SECURITY_MIRROR override them.
@@ -63,9 +66,9 @@ func (e *UnknownPackageError) Error() string {
 	return fmt.Sprintf("unknown Debian package(s) in %s: %s", e.Suite, strings.Join(e.Packages, ", "))
 }
 
-// rfDpkgExcludes trims documentation, manual pages and translations from
+// DpkgExcludes trims documentation, manual pages and translations from
 // Debian trees (copyright files are kept).
-var rfDpkgExcludes = []string{
+var DpkgExcludes = []string{
 	"path-exclude=/usr/share/doc/*",
 	"path-include=/usr/share/doc/*/copyright",
 	"path-exclude=/usr/share/man/*",
@@ -76,12 +79,12 @@ var rfDpkgExcludes = []string{
 }
 
 var (
-	rfUnknownPkgRE  = regexp.MustCompile(`Unable to locate package (\S+)`)
-	rfNoCandidateRE = regexp.MustCompile(`Package '?([^' ]+)'? has no installation candidate`)
+	unknownPkgRE  = regexp.MustCompile(`Unable to locate package (\S+)`)
+	noCandidateRE = regexp.MustCompile(`Package '?([^' ]+)'? has no installation candidate`)
 )
 
-// rfMirrors returns the mirror and security mirror to use.
-func rfMirrors() (string, string) {
+// mirrors returns the mirror and security mirror to use.
+func mirrors() (string, string) {
 	m, s := os.Getenv("MVM_DEBIAN_MIRROR"), os.Getenv("MVM_DEBIAN_SECURITY_MIRROR")
 	if m == "" {
 		m = DefaultDebianMirror
@@ -92,18 +95,18 @@ func rfMirrors() (string, string) {
 	return m, s
 }
 
-// rfDebootstrap runs mmdebstrap to make a Debian tree at target (which must
+// Debootstrap runs mmdebstrap to make a Debian tree at target (which must
 // not exist). progress receives mmdebstrap's own progress lines.
-func rfDebootstrap(ctx context.Context, suite string, packages []string, target string, progress func(string)) error {
+func Debootstrap(ctx context.Context, suite string, packages []string, target string, progress func(string)) error {
 	if os.Geteuid() != 0 {
 		return errors.New("Debian-based templates are built with mmdebstrap --mode=root and need root; the minimal template does not")
 	}
 	if _, err := exec.LookPath("mmdebstrap"); err != nil {
 		return errors.New("mmdebstrap not found: apt-get install mmdebstrap")
 	}
-	mirror, security := rfMirrors()
+	mirror, security := mirrors()
 	args := []string{"--variant=minbase", "--mode=root", "--format=directory", "--architectures=amd64"}
-	for _, o := range rfDpkgExcludes {
+	for _, o := range DpkgExcludes {
 		args = append(args, "--dpkgopt="+o)
 	}
 	if len(packages) > 0 {
@@ -137,7 +140,7 @@ func rfDebootstrap(ctx context.Context, suite string, packages []string, target 
 			if len(tail) > 30 {
 				tail = tail[1:]
 			}
-			for _, re := range []*regexp.Regexp{rfUnknownPkgRE, rfNoCandidateRE} {
+			for _, re := range []*regexp.Regexp{unknownPkgRE, noCandidateRE} {
 				if m := re.FindStringSubmatch(line); m != nil && !seen[m[1]] {
 					seen[m[1]] = true
 					unknown = append(unknown, m[1])
@@ -162,12 +165,12 @@ func rfDebootstrap(ctx context.Context, suite string, packages []string, target 
 		}
 		return fmt.Errorf("mmdebstrap %s failed: %v\n%s", suite, err, strings.Join(tail, "\n"))
 	}
-	return rfScrubDebianTree(target)
+	return scrubDebianTree(target)
 }
 
-// rfScrubDebianTree removes what mmdebstrap copies from the host (its
+// scrubDebianTree removes what mmdebstrap copies from the host (its
 // hostname and resolver configuration) and leaves guest defaults.
-func rfScrubDebianTree(root string) error {
+func scrubDebianTree(root string) error {
 	for name, content := range map[string]string{
 		"etc/hostname":    "mvm\n",
 		"etc/hosts":       "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
@@ -189,9 +192,9 @@ func rfScrubDebianTree(root string) error {
 	return os.Chmod(filepath.Join(root, "tmp"), 0o1777|fs.ModeSticky)
 }
 
-// rfCheckStaticBusybox verifies that bin is a static executable (a dynamic
+// CheckStaticBusybox verifies that bin is a static executable (a dynamic
 // busybox would not run in a rootfs without its libraries).
-func rfCheckStaticBusybox(bin string) error {
+func CheckStaticBusybox(bin string) error {
 	f, err := elf.Open(bin)
 	if err != nil {
 		return fmt.Errorf("minimal template needs a static busybox at %s (apt-get install busybox-static): %w", bin, err)
@@ -205,9 +208,9 @@ func rfCheckStaticBusybox(bin string) error {
 	return nil
 }
 
-// rfBusyboxApplets lists the applet paths ("bin/sh", "usr/bin/env") of a
+// busyboxApplets lists the applet paths ("bin/sh", "usr/bin/env") of a
 // busybox binary.
-func rfBusyboxApplets(ctx context.Context, bin string) ([]string, error) {
+func busyboxApplets(ctx context.Context, bin string) ([]string, error) {
 	out, err := exec.CommandContext(ctx, bin, "--list-full").Output()
 	if err != nil {
 		return nil, fmt.Errorf("%s --list-full: %w", bin, err)
@@ -231,13 +234,13 @@ func rfBusyboxApplets(ctx context.Context, bin string) ([]string, error) {
 	return apps, nil
 }
 
-// rfMinimalTree writes the minimal template's tree into root (which must
+// MinimalTree writes the minimal template's tree into root (which must
 // exist and be empty).
-func rfMinimalTree(ctx context.Context, root, busybox string) error {
-	if err := rfCheckStaticBusybox(busybox); err != nil {
+func MinimalTree(ctx context.Context, root, busybox string) error {
+	if err := CheckStaticBusybox(busybox); err != nil {
 		return err
 	}
-	apps, err := rfBusyboxApplets(ctx, busybox)
+	apps, err := busyboxApplets(ctx, busybox)
 	if err != nil {
 		return err
 	}
@@ -257,11 +260,11 @@ func rfMinimalTree(ctx context.Context, root, busybox string) error {
 		if err := os.MkdirAll(p, 0o755); err != nil {
 			return err
 		}
-		if err := os.Chmod(p, rfModeBits(dirs[d])); err != nil {
+		if err := os.Chmod(p, modeBits(dirs[d])); err != nil {
 			return err
 		}
 	}
-	if err := rfCopyFile(busybox, filepath.Join(root, "bin/busybox"), 0o755); err != nil {
+	if err := copyFile(busybox, filepath.Join(root, "bin/busybox"), 0o755); err != nil {
 		return err
 	}
 	for _, a := range apps {
@@ -287,11 +290,11 @@ func rfMinimalTree(ctx context.Context, root, busybox string) error {
 			return err
 		}
 	}
-	return rfSetTimes(root)
+	return SetTimes(root)
 }
 
-// rfModeBits converts permission bits including sticky/setgid to os flags.
-func rfModeBits(m os.FileMode) os.FileMode {
+// modeBits converts permission bits including sticky/setgid to os flags.
+func modeBits(m os.FileMode) os.FileMode {
 	out := m & 0o777
 	if m&0o1000 != 0 {
 		out |= os.ModeSticky
@@ -299,9 +302,9 @@ func rfModeBits(m os.FileMode) os.FileMode {
 	return out
 }
 
-// rfSetTimes sets the access and modification times of root and every
-// entry under it (symlinks themselves, not their targets) to RootfsEpoch.
-func rfSetTimes(root string) error {
+// SetTimes sets the access and modification times of root and every
+// entry under it (symlinks themselves, not their targets) to Epoch.
+func SetTimes(root string) error {
 	var dirs []string
 	err := filepath.WalkDir(root, func(p string, de fs.DirEntry, err error) error {
 		if err != nil {
@@ -311,25 +314,25 @@ func rfSetTimes(root string) error {
 			dirs = append(dirs, p) // after their contents
 			return nil
 		}
-		return rfSetTime(p)
+		return SetTime(p)
 	})
 	if err != nil {
 		return err
 	}
 	for i := len(dirs) - 1; i >= 0; i-- {
-		if err := rfSetTime(dirs[i]); err != nil {
+		if err := SetTime(dirs[i]); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func rfSetTime(p string) error {
-	ts := []unix.Timespec{{Sec: RootfsEpoch}, {Sec: RootfsEpoch}}
+func SetTime(p string) error {
+	ts := []unix.Timespec{{Sec: Epoch}, {Sec: Epoch}}
 	return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
 }
 
-func rfCopyFile(src, dst string, perm os.FileMode) error {
+func copyFile(src, dst string, perm os.FileMode) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -352,11 +355,11 @@ func rfCopyFile(src, dst string, perm os.FileMode) error {
 	return os.Chmod(dst, perm)
 }
 
-// rfLinkTree makes dst a copy of the tree src in which regular files are
+// LinkTree makes dst a copy of the tree src in which regular files are
 // hard links (cheap, and the cached tree is never written through: callers
 // replace files by unlinking first). Directories, symlinks and device nodes
 // are recreated with their metadata.
-func rfLinkTree(ctx context.Context, src, dst string) error {
+func LinkTree(ctx context.Context, src, dst string) error {
 	out, err := exec.CommandContext(ctx, "cp", "-a", "--link", "--", src, dst).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("copy tree: %v: %s", err, bytes.TrimSpace(out))
@@ -364,11 +367,11 @@ func rfLinkTree(ctx context.Context, src, dst string) error {
 	return nil
 }
 
-// rfResolveInRoot resolves the guest path p against the tree root as if
+// ResolveInRoot resolves the guest path p against the tree root as if
 // root were "/": symlinks among the parent components are followed inside
 // the tree (never out of it). The last component is not followed. Missing
 // parents are reported as such; callers create them.
-func rfResolveInRoot(root, p string) (string, error) {
+func ResolveInRoot(root, p string) (string, error) {
 	parts := strings.Split(strings.Trim(path.Clean("/"+p), "/"), "/")
 	if len(parts) == 1 && parts[0] == "" {
 		return root, nil
@@ -416,18 +419,18 @@ func rfResolveInRoot(root, p string) (string, error) {
 	return filepath.Join(root, path.Join(cur, parts[len(parts)-1])), nil
 }
 
-// rfMkdirAllInRoot creates the guest directory p (and its parents) inside
+// MkdirAllInRoot creates the guest directory p (and its parents) inside
 // the tree, following symlinks only inside the tree, and returns its host
 // path.
-func rfMkdirAllInRoot(root, p string) (string, error) {
+func MkdirAllInRoot(root, p string) (string, error) {
 	p = path.Clean("/" + p)
 	if p == "/" {
 		return root, nil
 	}
-	if _, err := rfMkdirAllInRoot(root, path.Dir(p)); err != nil {
+	if _, err := MkdirAllInRoot(root, path.Dir(p)); err != nil {
 		return "", err
 	}
-	host, err := rfResolveInRoot(root, p)
+	host, err := ResolveInRoot(root, p)
 	if err != nil {
 		return "", err
 	}
@@ -437,7 +440,7 @@ func rfMkdirAllInRoot(root, p string) (string, error) {
 		return host, nil
 	case err == nil && fi.Mode()&os.ModeSymlink != 0:
 		// follow a symlinked directory (like /bin -> usr/bin) in the tree
-		resolved, err := rfResolveInRoot(root, p+"/x")
+		resolved, err := ResolveInRoot(root, p+"/x")
 		if err != nil {
 			return "", err
 		}
@@ -452,7 +455,7 @@ func rfMkdirAllInRoot(root, p string) (string, error) {
 		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
 			return "", fmt.Errorf("%s: symlink leads outside the tree", p)
 		}
-		return rfMkdirAllInRoot(root, "/"+filepath.ToSlash(rel))
+		return MkdirAllInRoot(root, "/"+filepath.ToSlash(rel))
 	case err == nil:
 		return "", fmt.Errorf("%s exists in the image and is not a directory", p)
 	case errors.Is(err, os.ErrNotExist):
@@ -465,13 +468,13 @@ func rfMkdirAllInRoot(root, p string) (string, error) {
 	}
 }
 
-// rfCopyIn copies the host path src (a file or directory, not followed if a
+// CopyIn copies the host path src (a file or directory, not followed if a
 // symlink at the top) to the guest path guest in the tree. Ownership becomes
 // root's, set-id bits are dropped, special files are skipped (reported via
 // skip). Entries whose path relative to src is listed in exclude are left
-// out. Every written entry gets RootfsEpoch as its times. It returns the
+// out. Every written entry gets Epoch as its times. It returns the
 // number of files and bytes copied.
-func rfCopyIn(root, src, guest string, exclude []string, skip func(string)) (files int, size int64, err error) {
+func CopyIn(root, src, guest string, exclude []string, skip func(string)) (files int, size int64, err error) {
 	ex := map[string]bool{}
 	for _, e := range exclude {
 		ex[path.Clean(e)] = true
@@ -481,10 +484,10 @@ func rfCopyIn(root, src, guest string, exclude []string, skip func(string)) (fil
 		return 0, 0, err
 	}
 	if fi.IsDir() {
-		if _, err := rfMkdirAllInRoot(root, guest); err != nil {
+		if _, err := MkdirAllInRoot(root, guest); err != nil {
 			return 0, 0, err
 		}
-	} else if _, err := rfMkdirAllInRoot(root, path.Dir(guest)); err != nil {
+	} else if _, err := MkdirAllInRoot(root, path.Dir(guest)); err != nil {
 		return 0, 0, err
 	}
 	var touched []string
@@ -510,7 +513,7 @@ func rfCopyIn(root, src, guest string, exclude []string, skip func(string)) (fil
 		}
 		switch {
 		case info.IsDir():
-			h, err := rfMkdirAllInRoot(root, g)
+			h, err := MkdirAllInRoot(root, g)
 			if err != nil {
 				return err
 			}
@@ -520,7 +523,7 @@ func rfCopyIn(root, src, guest string, exclude []string, skip func(string)) (fil
 			touched = append(touched, h)
 			return nil
 		case info.Mode().IsRegular(), info.Mode()&os.ModeSymlink != 0:
-			h, err := rfResolveInRoot(root, g)
+			h, err := ResolveInRoot(root, g)
 			if err != nil {
 				return err
 			}
@@ -528,7 +531,7 @@ func rfCopyIn(root, src, guest string, exclude []string, skip func(string)) (fil
 				return fmt.Errorf("%s: a directory in the image is in the way", g)
 			}
 			if info.Mode().IsRegular() {
-				if err := rfCopyFile(p, h, info.Mode().Perm()); err != nil {
+				if err := copyFile(p, h, info.Mode().Perm()); err != nil {
 					return err
 				}
 				files++
@@ -551,7 +554,7 @@ func rfCopyIn(root, src, guest string, exclude []string, skip func(string)) (fil
 					return err
 				}
 			}
-			return rfSetTime(h)
+			return SetTime(h)
 		default:
 			if skip != nil {
 				skip(rel)
@@ -569,19 +572,19 @@ func rfCopyIn(root, src, guest string, exclude []string, skip func(string)) (fil
 				return files, size, err
 			}
 		}
-		if err := rfSetTime(touched[i]); err != nil {
+		if err := SetTime(touched[i]); err != nil {
 			return files, size, err
 		}
 	}
 	return files, size, nil
 }
 
-// rfWriteGuestFile replaces the guest file p in the tree with data.
-func rfWriteGuestFile(root, p string, data []byte, perm os.FileMode) error {
-	if _, err := rfMkdirAllInRoot(root, path.Dir(p)); err != nil {
+// WriteGuestFile replaces the guest file p in the tree with data.
+func WriteGuestFile(root, p string, data []byte, perm os.FileMode) error {
+	if _, err := MkdirAllInRoot(root, path.Dir(p)); err != nil {
 		return err
 	}
-	h, err := rfResolveInRoot(root, p)
+	h, err := ResolveInRoot(root, p)
 	if err != nil {
 		return err
 	}
@@ -591,12 +594,12 @@ func rfWriteGuestFile(root, p string, data []byte, perm os.FileMode) error {
 	if err := os.WriteFile(h, data, perm); err != nil {
 		return err
 	}
-	return rfSetTime(h)
+	return SetTime(h)
 }
 
-// rfTreeUsage estimates what packing a tree needs: bytes of data blocks
+// treeUsage estimates what packing a tree needs: bytes of data blocks
 // (4 KiB granularity) and the number of inodes.
-func rfTreeUsage(root string) (bytes int64, inodes int64, err error) {
+func treeUsage(root string) (bytes int64, inodes int64, err error) {
 	seen := map[uint64]bool{}
 	err = filepath.WalkDir(root, func(p string, de fs.DirEntry, err error) error {
 		if err != nil {
@@ -626,14 +629,14 @@ func rfTreeUsage(root string) (bytes int64, inodes int64, err error) {
 	return bytes, inodes, err
 }
 
-// rfPack packs tree into a new ext4 image at img, sized to the content,
-// then normalises it (rfNormalizeExt4). uuid seeds the file system UUID and
+// Pack packs tree into a new ext4 image at img, sized to the content,
+// then normalises it (NormalizeExt4). seed gives the file system UUID and
 // directory hash seed so the result depends only on the tree.
-func rfPack(ctx context.Context, tree, img string, seed [16]byte, forceRoot bool) error {
+func Pack(ctx context.Context, tree, img string, seed [16]byte, forceRoot bool) error {
 	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
 		return errors.New("mkfs.ext4 not found: apt-get install e2fsprogs")
 	}
-	data, inodes, err := rfTreeUsage(tree)
+	data, inodes, err := treeUsage(tree)
 	if err != nil {
 		return err
 	}
@@ -641,7 +644,7 @@ func rfPack(ctx context.Context, tree, img string, seed [16]byte, forceRoot bool
 	size := data + data/20 + nInodes*128 + 4<<20
 	for attempt := 0; ; attempt++ {
 		size = (size + 1<<20 - 1) &^ (1<<20 - 1)
-		err = rfMkfs(ctx, tree, img, size, nInodes, seed)
+		err = mkfs(ctx, tree, img, size, nInodes, seed)
 		if err == nil {
 			break
 		}
@@ -651,10 +654,10 @@ func rfPack(ctx context.Context, tree, img string, seed [16]byte, forceRoot bool
 		size += size / 2
 		nInodes += nInodes / 2
 	}
-	return rfNormalizeExt4(img, forceRoot)
+	return NormalizeExt4(img, forceRoot)
 }
 
-func rfUUID(seed [16]byte, variant byte) string {
+func uuid(seed [16]byte, variant byte) string {
 	u := seed
 	u[15] ^= variant
 	u[6] = (u[6] & 0x0f) | 0x40
@@ -662,7 +665,7 @@ func rfUUID(seed [16]byte, variant byte) string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
 }
 
-func rfMkfs(ctx context.Context, tree, img string, size, inodes int64, seed [16]byte) error {
+func mkfs(ctx context.Context, tree, img string, size, inodes int64, seed [16]byte) error {
 	_ = os.Remove(img)
 	f, err := os.OpenFile(img, os.O_CREATE|os.O_EXCL|os.O_WRONLY, cache.FileMode)
 	if err != nil {
@@ -679,11 +682,11 @@ func rfMkfs(ctx context.Context, tree, img string, size, inodes int64, seed [16]
 		"-q", "-F",
 		"-t", "ext4",
 		"-d", tree,
-		"-L", RootfsLabel,
-		"-U", rfUUID(seed, 0),
-		"-E", "hash_seed=" + rfUUID(seed, 1) + ",root_owner=0:0,nodiscard,lazy_itable_init=0",
+		"-L", Label,
+		"-U", uuid(seed, 0),
+		"-E", "hash_seed=" + uuid(seed, 1) + ",root_owner=0:0,nodiscard,lazy_itable_init=0",
 		// no journal (the image is mounted read-only), no metadata
-		// checksums (rfNormalizeExt4 rewrites inode times), 128-byte
+		// checksums (NormalizeExt4 rewrites inode times), 128-byte
 		// inodes (no creation times that would differ between runs).
 		"-O", "^has_journal,^metadata_csum,^resize_inode",
 		"-I", "128",
@@ -693,15 +696,15 @@ func rfMkfs(ctx context.Context, tree, img string, size, inodes int64, seed [16]
 		img,
 	}
 	cmd := exec.CommandContext(ctx, "mkfs.ext4", args...)
-	cmd.Env = append(os.Environ(), "E2FSPROGS_FAKE_TIME="+strconv.FormatInt(RootfsEpoch, 10), "MKE2FS_DEVICE_SECTSIZE=512")
+	cmd.Env = append(os.Environ(), "E2FSPROGS_FAKE_TIME="+strconv.FormatInt(Epoch, 10), "MKE2FS_DEVICE_SECTSIZE=512")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("mkfs.ext4: %v: %s", err, rfFilterMkfs(out))
+		return fmt.Errorf("mkfs.ext4: %v: %s", err, filterMkfs(out))
 	}
 	return nil
 }
 
-func rfFilterMkfs(out []byte) string {
+func filterMkfs(out []byte) string {
 	var keep []string
 	for _, l := range strings.Split(string(out), "\n") {
 		if l == "" || strings.Contains(l, "128-byte inodes") {
@@ -712,12 +715,12 @@ func rfFilterMkfs(out []byte) string {
 	return strings.Join(keep, "\n")
 }
 
-// rfNormalizeExt4 makes an image's inode times depend only on the tree:
+// NormalizeExt4 makes an image's inode times depend only on the tree:
 // mke2fs -d copies the source's ctime and atime, which no one can set, so
 // both become the inode's mtime. With forceRoot every inode is owned by
 // root (used when a non-root user packs the minimal tree). The file system
-// must have 128-byte inodes and no metadata checksums (as rfMkfs makes it).
-func rfNormalizeExt4(img string, forceRoot bool) error {
+// must have 128-byte inodes and no metadata checksums (as mkfs makes it).
+func NormalizeExt4(img string, forceRoot bool) error {
 	f, err := os.OpenFile(img, os.O_RDWR, 0)
 	if err != nil {
 		return err
@@ -800,11 +803,11 @@ func rfNormalizeExt4(img string, forceRoot bool) error {
 	return f.Sync()
 }
 
-// rfSafeRemoveAll removes a build directory, but never one that still has
+// SafeRemoveAll removes a build directory, but never one that still has
 // something mounted under it (an interrupted mmdebstrap can leave /dev or
 // /proc bound inside its target, and removing through those would delete
 // host files).
-func rfSafeRemoveAll(dir string) error {
+func SafeRemoveAll(dir string) error {
 	if dir == "" || dir == "/" {
 		return fmt.Errorf("refusing to remove %q", dir)
 	}
@@ -822,7 +825,7 @@ func rfSafeRemoveAll(dir string) error {
 			if len(f) < 5 {
 				continue
 			}
-			mp := rfUnescapeMount(f[4])
+			mp := unescapeMount(f[4])
 			if mp == abs || strings.HasPrefix(mp, abs+"/") {
 				return fmt.Errorf("not removing %s: %s is still mounted (unmount it by hand)", abs, mp)
 			}
@@ -831,7 +834,7 @@ func rfSafeRemoveAll(dir string) error {
 	return os.RemoveAll(abs)
 }
 
-func rfUnescapeMount(s string) string {
+func unescapeMount(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}

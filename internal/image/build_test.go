@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/image/rootfs"
 	"github.com/mvm-sandbox/mvm/internal/paths"
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 )
 
 func rfTestDirs(t *testing.T) paths.Dirs {
@@ -20,16 +22,12 @@ func rfTestDirs(t *testing.T) paths.Dirs {
 	return paths.Dirs{Cache: filepath.Join(base, "cache"), Data: filepath.Join(base, "data"), State: filepath.Join(base, "state")}
 }
 
+// rfNeedTools: e2fsprogs and busybox-static are installed by
+// scripts/test.sh; by hand, a test without them is skipped.
 func rfNeedTools(t *testing.T, tools ...string) {
 	t.Helper()
-	for _, tool := range append([]string{"mkfs.ext4", "debugfs"}, tools...) {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
-	if err := rfCheckStaticBusybox(HostBusybox); err != nil {
-		t.Skip(err)
-	}
+	testenv.NeedTools(t, append([]string{"mkfs.ext4", "debugfs", "e2fsck"}, tools...)...)
+	testenv.NeedStaticBinary(t, rootfs.HostBusybox, "busybox-static")
 }
 
 // debugfs runs one read-only debugfs request against an image.
@@ -138,7 +136,7 @@ func TestBuildMinimal(t *testing.T) {
 	if a.Cached || a.Template != "minimal" || a.Profile != "dev" || a.Workdir != "/work" || a.Source != "template:minimal" {
 		t.Errorf("artifact: %+v", a)
 	}
-	sum, err := rfFileSHA(a.Path)
+	sum, err := fileSHA(a.Path)
 	if err != nil || "sha256:"+sum != a.Digest {
 		t.Fatalf("digest %s, file sha256 %s (%v)", a.Digest, sum, err)
 	}
@@ -171,22 +169,18 @@ func TestBuildMinimal(t *testing.T) {
 
 	// The second build of the same input is a cache hit: no tree, no mkfs.
 	var log2 eventLog
-	t1 := time.Now()
 	b, err := Build(ctx, d, "", "minimal", BuildOptions{}, log2.add)
-	hit := time.Since(t1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !b.Cached || b.Digest != a.Digest {
 		t.Fatalf("second build not a cache hit: %+v", b)
 	}
-	if log2.has(PhasePack, StatusStarted) || log2.has(PhaseBootstrap, StatusStarted) {
-		t.Error("cache hit ran bootstrap or pack")
+	for _, ph := range []string{PhaseBootstrap, PhaseFiles, PhasePack, PhaseRecord} {
+		if log2.has(ph, StatusStarted) {
+			t.Errorf("cache hit ran %s", ph)
+		}
 	}
-	if hit > 500*time.Millisecond {
-		t.Errorf("cache hit took %v", hit)
-	}
-	t.Logf("minimal: cache hit in %v", hit)
 
 	// Same input, fresh cache: the same bytes.
 	d2 := rfTestDirs(t)
@@ -406,50 +400,6 @@ func TestBuildConcurrent(t *testing.T) {
 	fsck(t, res[0].Path)
 }
 
-func TestResolveInRoot(t *testing.T) {
-	root := t.TempDir()
-	outside := t.TempDir()
-	os.MkdirAll(filepath.Join(root, "usr/bin"), 0o755)
-	os.Symlink("usr/bin", filepath.Join(root, "bin"))
-	os.Symlink(outside, filepath.Join(root, "evil"))      // absolute, points out
-	os.Symlink("../../..", filepath.Join(root, "usr/up")) // relative, climbs out
-	cases := map[string]string{
-		"/bin/x":          filepath.Join(root, "usr/bin/x"),
-		"/evil/x":         filepath.Join(root, outside, "x"),
-		"/usr/up/etc/x":   filepath.Join(root, "etc/x"),
-		"/a/b":            filepath.Join(root, "a/b"),
-		"/../../etc/pass": filepath.Join(root, "etc/pass"),
-	}
-	for in, want := range cases {
-		got, err := rfResolveInRoot(root, in)
-		if err != nil || got != want {
-			t.Errorf("rfResolveInRoot(%q) = %q, %v; want %q", in, got, err, want)
-		}
-	}
-	// copying into a symlinked directory lands inside the tree
-	src := t.TempDir()
-	writeTree(t, src, map[string]string{"f": "1"})
-	if _, _, err := rfCopyIn(root, filepath.Join(src, "f"), "/evil/f", nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(outside, "f")); err == nil {
-		t.Fatal("file written outside the tree")
-	}
-	if _, err := os.Stat(filepath.Join(root, outside, "f")); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func TestSafeRemoveAllRefusesMounts(t *testing.T) {
-	if err := rfSafeRemoveAll("/"); err == nil {
-		t.Fatal("removed /")
-	}
-	// /proc is a mount point (and nothing in it can be deleted anyway)
-	if err := rfSafeRemoveAll("/proc"); err == nil || !strings.Contains(err.Error(), "mounted") {
-		t.Fatalf("removal of a mount point allowed: %v", err)
-	}
-}
-
 // TestBuildPython builds the python template from the Debian mirror. It
 // needs root, mmdebstrap and the network; it takes about half a minute.
 func TestBuildPython(t *testing.T) {
@@ -457,9 +407,7 @@ func TestBuildPython(t *testing.T) {
 		t.Skip("needs the Debian mirror; skipped with -short")
 	}
 	rfNeedTools(t, "mmdebstrap")
-	if os.Geteuid() != 0 {
-		t.Skip("mmdebstrap --mode=root needs root")
-	}
+	testenv.NeedRoot(t, "mmdebstrap --mode=root")
 	d := rfTestDirs(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
@@ -502,13 +450,15 @@ func TestBuildPython(t *testing.T) {
 	if s := debugfs(t, b.Path, "cat /work/main.py"); s != "print('hi')\n" {
 		t.Errorf("/work/main.py = %q", s)
 	}
-	t2 := time.Now()
-	c, err := Build(ctx, d, dir, "", BuildOptions{}, nil)
-	if err != nil || !c.Cached {
+	// the cache hit is asserted by what ran, not by how long it took
+	var log3 eventLog
+	c, err := Build(ctx, d, dir, "", BuildOptions{}, log3.add)
+	if err != nil || !c.Cached || c.Digest != b.Digest {
 		t.Fatalf("cache hit: %+v %v", c, err)
 	}
-	t.Logf("python + files: cache hit in %v", time.Since(t2))
-	if time.Since(t2) > time.Second {
-		t.Errorf("cache hit took %v", time.Since(t2))
+	for _, ph := range []string{PhaseBootstrap, PhasePackages, PhaseFiles, PhasePack, PhaseRecord} {
+		if log3.has(ph, StatusStarted) {
+			t.Errorf("cache hit ran %s", ph)
+		}
 	}
 }
