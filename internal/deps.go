@@ -5,7 +5,6 @@
 package internal
 
 import (
-	_ "github.com/cavaliergopher/cpio"
 	_ "github.com/creack/pty"
 	_ "github.com/gofrs/flock"
 	_ "github.com/gowebpki/jcs"

@@ -27,9 +27,8 @@ const (
 	ackLine   = "MVM-ACK"
 	readyLine = "MVM-READY"
 
-	maxLine      = 128     // longest line accepted during the handshake
-	maxPreamble  = 1 << 20 // bytes the host reads before giving up on a guest
-	readyTimeout = 30 * time.Second
+	maxLine     = 128     // longest line accepted during the handshake
+	maxPreamble = 1 << 20 // bytes the host reads before giving up on a guest
 )
 
 // ErrHandshake reports a guest that did not complete the channel handshake.

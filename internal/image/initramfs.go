@@ -30,10 +30,6 @@ type InitramfsSpec struct {
 	// Files holds extra files by guest absolute path (mode 0644), e.g.
 	// /etc/mvm/image.json. They take precedence over busybox applet links.
 	Files map[string][]byte
-	// Executables holds extra files by guest absolute path with mode 0755:
-	// the ELF interpreter and libraries of an agent that was linked
-	// dynamically (see AgentRuntimeFiles).
-	Executables map[string][]byte
 }
 
 // Guest paths written by WriteInitramfs.
@@ -196,16 +192,6 @@ func buildEntries(spec InitramfsSpec, in *initramfsInputs) ([]entry, error) {
 			return nil, fmt.Errorf("initramfs: extra file /%s conflicts with a built-in entry", name)
 		}
 		m[name] = entry{name: name, mode: sIFREG | 0o644, data: data}
-	}
-	for p, data := range spec.Executables {
-		name, err := guestName(p)
-		if err != nil {
-			return nil, err
-		}
-		if _, taken := m[name]; taken && !applet[name] {
-			return nil, fmt.Errorf("initramfs: extra executable /%s conflicts with a built-in entry", name)
-		}
-		m[name] = entry{name: name, mode: sIFREG | 0o755, data: data}
 	}
 	// The agent is added last so that nothing can replace /init.
 	m["init"] = entry{name: "init", mode: sIFREG | 0o755, data: in.agent}
@@ -427,15 +413,6 @@ func inputKey(spec InitramfsSpec, in *initramfsInputs) string {
 	for _, p := range names {
 		field("file", []byte(p))
 		field("content", sum(spec.Files[p]))
-	}
-	names = names[:0]
-	for p := range spec.Executables {
-		names = append(names, p)
-	}
-	sort.Strings(names)
-	for _, p := range names {
-		field("executable", []byte(p))
-		field("content", sum(spec.Executables[p]))
 	}
 	s := h.Sum(nil)
 	return hex.EncodeToString(s)

@@ -55,12 +55,8 @@ func (r *Runtime) initramfs(k *image.Kernel) (string, string, error) {
 	if err != nil {
 		return "", "", err
 	}
-	libs, err := image.AgentRuntimeFiles(r.Agent)
-	if err != nil {
-		return "", "", err
-	}
 	return image.EnsureInitramfs(r.Dirs, image.InitramfsSpec{
-		Agent: r.Agent, Busybox: bb, Kernel: k, Modules: initramfsModules(), Executables: libs,
+		Agent: r.Agent, Busybox: bb, Kernel: k, Modules: initramfsModules(),
 	})
 }
 

@@ -4,6 +4,7 @@
 package runtime
 
 import (
+	"debug/elf"
 	"errors"
 	"fmt"
 	"os"
@@ -57,6 +58,22 @@ func (r *Runtime) CheckAgent() error {
 	}
 	if st.Mode()&0o111 == 0 {
 		return fmt.Errorf("guest agent %s is not executable", r.Agent)
+	}
+	return checkStaticAgent(r.Agent)
+}
+
+// checkStaticAgent refuses an agent linked against shared libraries: it
+// runs as the guest's /init, where there are none.
+func checkStaticAgent(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return fmt.Errorf("guest agent %s is not a Linux executable (%v): rebuild it with `make build`", path, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("guest agent %s is dynamically linked (built with cgo on) and cannot run as the guest's /init: rebuild it with CGO_ENABLED=0 (`make build` does)", path)
+		}
 	}
 	return nil
 }

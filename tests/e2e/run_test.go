@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -234,9 +235,10 @@ func isZombie(pid int) bool {
 	return i > 0 && i+2 < len(b) && b[i+2] == 'Z'
 }
 
-// TestPlainGoBuildInstall: `go build -o DIR/ ./cmd/...` (cgo on, so the
-// agent is dynamically linked) still gives a working install.
-func TestPlainGoBuildInstall(t *testing.T) {
+// TestDynamicAgentRefused: `go build -o DIR/ ./cmd/...` with cgo on links
+// the agent dynamically; it cannot run as the guest's /init, so `run`
+// refuses it before booting, says how to rebuild, and leaves nothing.
+func TestDynamicAgentRefused(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	dir := t.TempDir()
@@ -251,8 +253,15 @@ func TestPlainGoBuildInstall(t *testing.T) {
 	run := exec.CommandContext(ctx, filepath.Join(dir, "mvmctl"), "run", "--", "echo", "installed")
 	run.Env = e.environ()
 	out, err := run.CombinedOutput()
-	if err != nil || string(out) != "installed\n" {
-		t.Fatalf("run from a plain go build: %v\n%s", err, out)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+		t.Fatalf("run with a dynamically linked agent: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "dynamically linked") || !strings.Contains(string(out), "CGO_ENABLED=0") {
+		t.Fatalf("error does not say what to do:\n%s", out)
+	}
+	if strings.Contains(string(out), "installed\n") {
+		t.Fatalf("the command ran:\n%s", out)
 	}
 	e.assertClean()
 }

@@ -18,7 +18,9 @@ type qmp struct {
 	r    *bufio.Reader
 }
 
-const maxQMPLine = 1 << 20
+// maxQMPMessage bounds one message from QEMU: it is the size of the read
+// buffer, and a longer line is an error.
+const maxQMPMessage = 64 << 10
 
 func dialQMP(ctx context.Context, path string) (*qmp, error) {
 	var d net.Dialer
@@ -26,7 +28,7 @@ func dialQMP(ctx context.Context, path string) (*qmp, error) {
 	if err != nil {
 		return nil, err
 	}
-	q := &qmp{conn: conn, r: bufio.NewReaderSize(conn, 64<<10)}
+	q := &qmp{conn: conn, r: bufio.NewReaderSize(conn, maxQMPMessage)}
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
@@ -54,8 +56,8 @@ type qmpMessage struct {
 
 func (q *qmp) readMessage() (*qmpMessage, error) {
 	line, err := q.r.ReadSlice('\n')
-	if err == bufio.ErrBufferFull || len(line) > maxQMPLine {
-		return nil, fmt.Errorf("qmp: message too long")
+	if err == bufio.ErrBufferFull {
+		return nil, fmt.Errorf("qmp: message longer than %d bytes", maxQMPMessage)
 	}
 	if err != nil {
 		return nil, err
