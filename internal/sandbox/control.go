@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/mvm-sandbox/mvm/internal/backend"
 )
 
 // Request is one line on the control socket.
@@ -28,23 +28,10 @@ type Response struct {
 	State *State `json:"state,omitempty"`
 }
 
-// maxSun is the usable length of a unix socket path.
-const maxSun = 104
-
 // DialIn connects to the unix socket name inside dir, going through
 // /proc/self/fd when the full path is too long for a socket address.
 func DialIn(ctx context.Context, dir, name string) (net.Conn, error) {
-	var d net.Dialer
-	full := filepath.Join(dir, name)
-	if len(full) < maxSun {
-		return d.DialContext(ctx, "unix", full)
-	}
-	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(fd)
-	return d.DialContext(ctx, "unix", fmt.Sprintf("/proc/self/fd/%d/%s", fd, name))
+	return backend.DialUnix(ctx, dir, name)
 }
 
 // Control sends one request to the supervisor of the sandbox in dir.

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -65,8 +64,9 @@ func (r Request) String() string { return r.Method + " " + r.Path }
 // BootRequests is the configuration sent to a fresh Firecracker, in order,
 // ending with InstanceStart. Guest disks appear as /dev/vda, /dev/vdb...
 // in the order of spec.Disks; none is Firecracker's "root device" (the
-// agent in the initramfs mounts the root itself).
-func BootRequests(spec backend.Spec, dir string) []Request {
+// agent in the initramfs mounts the root itself). The vsock socket is named
+// relative to Firecracker's working directory, the sandbox directory.
+func BootRequests(spec backend.Spec) []Request {
 	args := KernelCmdline
 	if c := strings.TrimSpace(spec.Cmdline); c != "" {
 		args += " " + c
@@ -80,7 +80,7 @@ func BootRequests(spec backend.Spec, dir string) []Request {
 		reqs = append(reqs, Request{"PUT", "/drives/" + id, drive{DriveID: id, PathOnHost: d.Path, IsReadOnly: d.ReadOnly}})
 	}
 	reqs = append(reqs,
-		Request{"PUT", "/vsock", vsock{GuestCID: GuestCID, UDSPath: filepath.Join(dir, VsockSocket)}},
+		Request{"PUT", "/vsock", vsock{GuestCID: GuestCID, UDSPath: VsockSocket}},
 		Request{"PUT", "/actions", action{ActionType: "InstanceStart"}},
 	)
 	return reqs
@@ -98,11 +98,11 @@ const maxAPIResponse = 64 << 10
 // deadline: a wedged VMM must not hang a stop.
 const apiTimeout = 30 * time.Second
 
-func newAPIClient(sock string) *apiClient {
+// newAPIClient talks to the API socket name in dir.
+func newAPIClient(dir, name string) *apiClient {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
+			return backend.DialUnix(ctx, dir, name)
 		},
 		MaxIdleConns:       1,
 		DisableCompression: true,

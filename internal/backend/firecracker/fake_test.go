@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -32,19 +34,27 @@ type fakeAPI struct {
 }
 
 func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	fault := func(format string, args ...any) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		json.NewEncoder(w).Encode(apiFault{FaultMessage: fmt.Sprintf(format, args...)})
+	}
 	var body map[string]any
 	if r.Body != nil {
 		b, _ := io.ReadAll(r.Body)
 		if len(b) > 0 {
 			if err := json.Unmarshal(b, &body); err != nil {
-				w.WriteHeader(http.StatusBadRequest)
-				fmt.Fprintf(w, `{"fault_message":"bad json: %v"}`, err)
+				fault("bad json: %v", err)
 				return
 			}
 		}
 	}
 	if r.Header.Get("Content-Type") != "" && r.Header.Get("Content-Type") != "application/json" {
-		w.WriteHeader(http.StatusBadRequest)
+		fault("unsupported content type %q", r.Header.Get("Content-Type"))
+		return
+	}
+	if err := validateRequest(r.Method, r.URL.Path, body); err != nil {
+		fault("%v", err)
 		return
 	}
 	name := r.Method + " " + r.URL.Path
@@ -127,13 +137,34 @@ func TestMain(m *testing.M) {
 
 func fakeFirecracker(args []string) {
 	var sock, logPath string
-	for i := 0; i+1 < len(args); i++ {
+	id := "anonymous-instance"
+	for i := 0; i < len(args); i += 2 {
+		if i+1 >= len(args) {
+			fmt.Fprintf(os.Stderr, "error: argument %s needs a value\n", args[i])
+			os.Exit(1)
+		}
 		switch args[i] {
 		case "--api-sock":
 			sock = args[i+1]
 		case "--log-path":
 			logPath = args[i+1]
+		case "--id":
+			id = args[i+1]
+		case "--level":
+			switch args[i+1] {
+			case "Error", "Warning", "Info", "Debug", "Trace", "Off":
+			default:
+				fmt.Fprintf(os.Stderr, "error: invalid log level %q\n", args[i+1])
+				os.Exit(1)
+			}
+		default:
+			fmt.Fprintf(os.Stderr, "error: unknown argument %s\n", args[i])
+			os.Exit(1)
 		}
+	}
+	if !validID(id) {
+		fmt.Fprintf(os.Stderr, "Invalid instance ID: %q\n", id)
+		os.Exit(1)
 	}
 	if _, err := os.Stat(logPath); err != nil {
 		fmt.Fprintln(os.Stderr, "log path must exist:", err)
@@ -169,4 +200,111 @@ func fakeFirecracker(args []string) {
 	}
 	go http.Serve(l, f)
 	os.Exit(<-exit)
+}
+
+// The request shapes of Firecracker's API as its swagger definition
+// (src/firecracker/swagger/firecracker.yaml) documents them: each
+// documented property with its JSON type, the required ones, enums and
+// integer bounds. Firecracker's request parsing also rejects properties it
+// does not know, so the fake does too.
+type prop struct {
+	typ      string // "string", "integer", "boolean", "object"
+	required bool
+	enum     []string
+	min, max int64 // integer bounds when max > 0 (or min > 0)
+}
+
+var apiShapes = map[string]map[string]prop{
+	"PUT /machine-config": { // MachineConfiguration
+		"vcpu_count":        {typ: "integer", required: true, min: 1, max: 32},
+		"mem_size_mib":      {typ: "integer", required: true},
+		"smt":               {typ: "boolean"},
+		"track_dirty_pages": {typ: "boolean"},
+		"cpu_template":      {typ: "string", enum: []string{"C3", "T2", "T2S", "T2CL", "T2A", "V1N1", "None"}},
+		"huge_pages":        {typ: "string", enum: []string{"None", "Transparent", "2M"}},
+	},
+	"PUT /boot-source": { // BootSource
+		"kernel_image_path": {typ: "string", required: true},
+		"boot_args":         {typ: "string"},
+		"initrd_path":       {typ: "string"},
+	},
+	"PUT /drives/{drive_id}": { // Drive
+		"drive_id":       {typ: "string", required: true},
+		"is_root_device": {typ: "boolean", required: true},
+		"partuuid":       {typ: "string"},
+		"cache_type":     {typ: "string", enum: []string{"Unsafe", "Writeback"}},
+		"is_read_only":   {typ: "boolean"},
+		"path_on_host":   {typ: "string"},
+		"rate_limiter":   {typ: "object"},
+		"io_engine":      {typ: "string", enum: []string{"Sync", "Async"}},
+		"socket":         {typ: "string"},
+	},
+	"PUT /vsock": { // Vsock
+		"guest_cid": {typ: "integer", required: true, min: 3},
+		"uds_path":  {typ: "string", required: true},
+		"vsock_id":  {typ: "string"},
+	},
+	"PUT /actions": { // InstanceActionInfo
+		"action_type": {typ: "string", required: true, enum: []string{"FlushMetrics", "InstanceStart", "SendCtrlAltDel"}},
+	},
+	"PATCH /vm": { // Vm
+		"state": {typ: "string", required: true, enum: []string{"Paused", "Resumed"}},
+	},
+}
+
+// validateRequest checks one request against apiShapes.
+func validateRequest(method, path string, body map[string]any) error {
+	route := method + " " + path
+	driveID := ""
+	if id, ok := strings.CutPrefix(path, "/drives/"); ok && method == "PUT" {
+		route, driveID = "PUT /drives/{drive_id}", id
+	}
+	shape, ok := apiShapes[route]
+	if !ok {
+		return fmt.Errorf("Invalid request method and/or path: %s %s", method, path)
+	}
+	if body == nil {
+		return fmt.Errorf("%s: missing request body", route)
+	}
+	for name, p := range shape {
+		if _, ok := body[name]; !ok && p.required {
+			return fmt.Errorf("%s: missing field `%s`", route, name)
+		}
+	}
+	for name, v := range body {
+		p, ok := shape[name]
+		if !ok {
+			return fmt.Errorf("%s: unknown field `%s`", route, name)
+		}
+		switch p.typ {
+		case "string":
+			s, ok := v.(string)
+			if !ok {
+				return fmt.Errorf("%s: %s: invalid type, expected a string", route, name)
+			}
+			if len(p.enum) > 0 && !slices.Contains(p.enum, s) {
+				return fmt.Errorf("%s: %s: unknown variant `%s`", route, name, s)
+			}
+		case "integer":
+			n, ok := v.(float64)
+			if !ok || n != math.Trunc(n) {
+				return fmt.Errorf("%s: %s: invalid type, expected an integer", route, name)
+			}
+			if n < float64(p.min) || p.max > 0 && n > float64(p.max) {
+				return fmt.Errorf("%s: %s: %v out of range", route, name, n)
+			}
+		case "boolean":
+			if _, ok := v.(bool); !ok {
+				return fmt.Errorf("%s: %s: invalid type, expected a boolean", route, name)
+			}
+		case "object":
+			if _, ok := v.(map[string]any); !ok {
+				return fmt.Errorf("%s: %s: invalid type, expected an object", route, name)
+			}
+		}
+	}
+	if driveID != "" && body["drive_id"] != driveID {
+		return fmt.Errorf("The id from the path does not match the id from the body!")
+	}
+	return nil
 }

@@ -59,17 +59,34 @@ func LookBinary() (string, error) {
 // devices are virtio-mmio.
 const KernelCmdline = "console=ttyS0 reboot=k panic=1 pci=off"
 
-// Args returns Firecracker's argument list for a VM in dir.
-func Args(dir string) []string {
+// Args returns Firecracker's argument list for the VM named name. --id
+// carries the name (the sandbox's VMM tag) on the command line, so that
+// the process can be recognised by pid (sandbox.ProcessAlive). Paths are
+// relative to Firecracker's working directory, the sandbox directory, so
+// that socket paths fit a socket address however long that directory's
+// path is.
+func Args(name string) []string {
 	return []string{
-		"--api-sock", filepath.Join(dir, APISocket),
-		"--log-path", filepath.Join(dir, VMMLog),
+		"--id", name,
+		"--api-sock", APISocket,
+		"--log-path", VMMLog,
 		"--level", "Warning",
 	}
 }
 
-// maxSocketPath is the longest unix socket path Linux accepts, less slack.
-const maxSocketPath = 104
+// validID reports whether Firecracker accepts id as its instance id:
+// 1 to 64 ASCII letters, digits and hyphens.
+func validID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // Machine is a running Firecracker process.
 type Machine struct {
@@ -91,10 +108,8 @@ func check(spec backend.Spec) error {
 	if spec.Kernel == "" {
 		return errors.New("firecracker: no kernel")
 	}
-	for _, name := range []string{APISocket, VsockSocket} {
-		if p := filepath.Join(spec.Dir, name); len(p) > maxSocketPath {
-			return fmt.Errorf("firecracker: socket path %s is too long for a unix socket (%d > %d bytes): use a shorter MVM_STATE_DIR", p, len(p), maxSocketPath)
-		}
+	if !validID(spec.Name) {
+		return fmt.Errorf("firecracker: VM name %q is not a valid instance id (1 to 64 letters, digits and hyphens)", spec.Name)
 	}
 	return nil
 }
@@ -111,7 +126,7 @@ func Start(ctx context.Context, spec backend.Spec) (*Machine, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := launch(bin, spec.Dir)
+	m, err := launch(bin, spec.Name, spec.Dir)
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +140,7 @@ func Start(ctx context.Context, spec backend.Spec) (*Machine, error) {
 // launch starts the Firecracker process: stdout (the guest's serial
 // console, which Firecracker writes to its standard output) goes to
 // console.log, its log and standard error to vmm.log.
-func launch(bin, dir string) (*Machine, error) {
+func launch(bin, name, dir string) (*Machine, error) {
 	// Firecracker refuses to start on a stale API socket; the sandbox
 	// directory is private, so whatever is there is ours from a past run.
 	for _, name := range []string{APISocket, VsockSocket} {
@@ -144,21 +159,22 @@ func launch(bin, dir string) (*Machine, error) {
 		return nil, err
 	}
 	defer conf.Close()
-	cmd := exec.Command(bin, Args(dir)...)
+	cmd := exec.Command(bin, Args(name)...)
+	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = conf, logf
 	proc, err := backend.StartProcess(cmd, "firecracker", filepath.Join(dir, VMMLog))
 	if err != nil {
 		return nil, err
 	}
-	return &Machine{Process: proc, dir: dir, api: newAPIClient(filepath.Join(dir, APISocket))}, nil
+	return &Machine{Process: proc, dir: dir, api: newAPIClient(dir, APISocket)}, nil
 }
 
 // configure waits for the API socket and sends the boot configuration.
 func (m *Machine) configure(ctx context.Context, spec backend.Spec) error {
-	if err := m.waitSocket(ctx, filepath.Join(m.dir, APISocket)); err != nil {
+	if err := m.waitSocket(ctx, APISocket); err != nil {
 		return err
 	}
-	for _, r := range BootRequests(spec, m.dir) {
+	for _, r := range BootRequests(spec) {
 		if err := m.api.do(ctx, r.Method, r.Path, r.Body); err != nil {
 			select {
 			case <-m.Done():
@@ -174,20 +190,20 @@ func (m *Machine) configure(ctx context.Context, spec backend.Spec) error {
 func (m *Machine) Accel() string       { return "kvm" }
 func (m *Machine) ConsolePath() string { return filepath.Join(m.dir, ConsoleLog) }
 
-// waitSocket waits until Firecracker accepts connections on path.
-func (m *Machine) waitSocket(ctx context.Context, path string) error {
-	var d net.Dialer
+// waitSocket waits until Firecracker accepts connections on the socket
+// name in the sandbox directory.
+func (m *Machine) waitSocket(ctx context.Context, name string) error {
 	for {
-		conn, err := d.DialContext(ctx, "unix", path)
+		conn, err := backend.DialUnix(ctx, m.dir, name)
 		if err == nil {
 			conn.Close()
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("firecracker: connect %s: %w", filepath.Base(path), ctx.Err())
+			return fmt.Errorf("firecracker: connect %s: %w", name, ctx.Err())
 		case <-m.Done():
-			return fmt.Errorf("firecracker: connect %s: vmm exited: %v", filepath.Base(path), m.ExitErr())
+			return fmt.Errorf("firecracker: connect %s: vmm exited: %v", name, m.ExitErr())
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
@@ -196,7 +212,7 @@ func (m *Machine) waitSocket(ctx context.Context, path string) error {
 // DialChannel connects to the agent's vsock port through Firecracker's
 // hybrid vsock socket, waiting while the guest has not bound it yet.
 func (m *Machine) DialChannel(ctx context.Context) (net.Conn, error) {
-	return dialVsock(ctx, filepath.Join(m.dir, VsockSocket), agentapi.VsockPort, m.Done())
+	return dialVsock(ctx, m.dir, VsockSocket, agentapi.VsockPort, m.Done())
 }
 
 func (m *Machine) Pause(ctx context.Context) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/mvm-sandbox/mvm/internal/backend"
 	"io"
 	"net"
 	"strconv"
@@ -28,14 +29,13 @@ var errNotListening = errors.New("guest is not listening on the vsock port yet")
 // errProtocol is an answer that is not the documented acknowledgement.
 var errProtocol = errors.New("hybrid vsock: bad answer")
 
-// dialVsock connects to guest port through the hybrid vsock socket at
-// path, retrying while the socket is missing or the guest is not
+// dialVsock connects to guest port through the hybrid vsock socket name
+// in dir, retrying while the socket is missing or the guest is not
 // listening, until ctx ends or done is closed.
-func dialVsock(ctx context.Context, path string, port uint32, done <-chan struct{}) (net.Conn, error) {
-	var d net.Dialer
+func dialVsock(ctx context.Context, dir, name string, port uint32, done <-chan struct{}) (net.Conn, error) {
 	var last error
 	for {
-		conn, err := d.DialContext(ctx, "unix", path)
+		conn, err := backend.DialUnix(ctx, dir, name)
 		if err == nil {
 			err = vsockConnect(ctx, conn, port)
 			if err == nil {

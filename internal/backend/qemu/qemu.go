@@ -48,9 +48,11 @@ func KernelCmdline(accel string) string {
 	return strings.Join(parts, " ")
 }
 
-// Args returns QEMU's argument list for spec under accel.
+// Args returns QEMU's argument list for spec under accel. The sandbox's
+// sockets and console log are named relative to QEMU's working directory,
+// spec.Dir, so that their paths fit a socket address however long the
+// directory's path is.
 func Args(spec backend.Spec, accel string) []string {
-	dir := spec.Dir
 	cmdline := KernelCmdline(accel)
 	if spec.Cmdline != "" {
 		cmdline += " " + spec.Cmdline
@@ -64,12 +66,12 @@ func Args(spec backend.Spec, accel string) []string {
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-kernel", spec.Kernel,
 		"-append", cmdline,
-		"-chardev", "file,id=con,path=" + filepath.Join(dir, ConsoleLog),
+		"-chardev", "file,id=con,path=" + ConsoleLog,
 		"-serial", "chardev:con",
 		"-device", "virtio-serial-device,max_ports=2",
-		"-chardev", "socket,id=agent,path=" + filepath.Join(dir, ChannelSocket) + ",server=on,wait=off",
+		"-chardev", "socket,id=agent,path=" + ChannelSocket + ",server=on,wait=off",
 		"-device", "virtserialport,chardev=agent,name=" + agentapi.PortName,
-		"-qmp", "unix:" + filepath.Join(dir, QMPSocket) + ",server=on,wait=off",
+		"-qmp", "unix:" + QMPSocket + ",server=on,wait=off",
 	}
 	if accel == "kvm" {
 		args = append(args, "-cpu", "host")
@@ -101,18 +103,12 @@ type Machine struct {
 
 var _ backend.Machine = (*Machine)(nil)
 
-// maxSocketPath is the longest unix socket path Linux accepts, less slack.
-const maxSocketPath = 104
-
 // Start launches QEMU for spec. The VMM dies with the calling process
 // (PR_SET_PDEATHSIG), so a supervisor killed with SIGKILL takes its VM
 // with it.
 func Start(ctx context.Context, spec backend.Spec) (*Machine, error) {
 	if spec.CPUs < 1 || spec.MemoryMiB < 64 {
 		return nil, fmt.Errorf("qemu: need at least 1 cpu and 64 MiB (got %d, %d)", spec.CPUs, spec.MemoryMiB)
-	}
-	if p := filepath.Join(spec.Dir, ChannelSocket); len(p) > maxSocketPath {
-		return nil, fmt.Errorf("qemu: socket path %s is too long for a unix socket (%d > %d bytes): use a shorter MVM_STATE_DIR", p, len(p), maxSocketPath)
 	}
 	bin, err := exec.LookPath(Binary())
 	if err != nil {
@@ -128,6 +124,7 @@ func Start(ctx context.Context, spec backend.Spec) (*Machine, error) {
 	}
 	defer logf.Close()
 	cmd := exec.Command(bin, Args(spec, accel)...)
+	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	proc, err := backend.StartProcess(cmd, "qemu", filepath.Join(spec.Dir, VMMLog))
 	if err != nil {
@@ -139,26 +136,26 @@ func Start(ctx context.Context, spec backend.Spec) (*Machine, error) {
 func (m *Machine) Accel() string       { return m.accel }
 func (m *Machine) ConsolePath() string { return filepath.Join(m.dir, ConsoleLog) }
 
-// dialUnix waits for QEMU to create the socket at path and connects.
-func (m *Machine) dialUnix(ctx context.Context, path string) (net.Conn, error) {
-	var d net.Dialer
+// dialUnix waits for QEMU to create the socket name in the sandbox
+// directory and connects.
+func (m *Machine) dialUnix(ctx context.Context, name string) (net.Conn, error) {
 	for {
-		conn, err := d.DialContext(ctx, "unix", path)
+		conn, err := backend.DialUnix(ctx, m.dir, name)
 		if err == nil {
 			return conn, nil
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("connect %s: %w", filepath.Base(path), ctx.Err())
+			return nil, fmt.Errorf("connect %s: %w", name, ctx.Err())
 		case <-m.Done():
-			return nil, fmt.Errorf("connect %s: vmm exited: %v", filepath.Base(path), m.ExitErr())
+			return nil, fmt.Errorf("connect %s: vmm exited: %v", name, m.ExitErr())
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
 }
 
 func (m *Machine) DialChannel(ctx context.Context) (net.Conn, error) {
-	return m.dialUnix(ctx, filepath.Join(m.dir, ChannelSocket))
+	return m.dialUnix(ctx, ChannelSocket)
 }
 
 func (m *Machine) monitor(ctx context.Context) (*qmp, error) {
@@ -168,12 +165,11 @@ func (m *Machine) monitor(ctx context.Context) (*qmp, error) {
 	if q != nil {
 		return q, nil
 	}
-	conn, err := m.dialUnix(ctx, filepath.Join(m.dir, QMPSocket))
+	conn, err := m.dialUnix(ctx, QMPSocket)
 	if err != nil {
 		return nil, err
 	}
-	conn.Close() // the socket exists; dialQMP makes the real connection
-	q, err = dialQMP(ctx, filepath.Join(m.dir, QMPSocket))
+	q, err = newQMP(ctx, conn)
 	if err != nil {
 		return nil, err
 	}

@@ -22,12 +22,9 @@ type qmp struct {
 // buffer, and a longer line is an error.
 const maxQMPMessage = 64 << 10
 
-func dialQMP(ctx context.Context, path string) (*qmp, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", path)
-	if err != nil {
-		return nil, err
-	}
+// newQMP reads QEMU's greeting on conn and negotiates capabilities,
+// within ctx's deadline. conn is closed on failure.
+func newQMP(ctx context.Context, conn net.Conn) (*qmp, error) {
 	q := &qmp{conn: conn, r: bufio.NewReaderSize(conn, maxQMPMessage)}
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
