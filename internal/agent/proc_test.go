@@ -68,7 +68,21 @@ func TestProcLateWaitAndGap(t *testing.T) {
 	// Writes far more than the buffer holds, faster than anyone reads.
 	n := 4 * agentapi.ProcOutputBytes
 	info := start(t, c, false, "sh", "-c", "head -c "+strconv.Itoa(n)+" /dev/zero | tr '\\0' a; echo END; echo oops >&2; exit 5")
-	time.Sleep(500 * time.Millisecond) // wait late
+	// Wait late: only once the process has exited (polled, not slept).
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ls, err := c.Agent.ProcList(ctx, &pb.ProcListRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ls.Procs) > 0 && ls.Procs[0].State == "exited" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process never exited: %+v", ls.Procs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	var out, errb bytes.Buffer
 	var lost int64
 	last, err := c.ProcWait(ctx, &pb.ProcWaitRequest{Handle: info.Handle}, &out, &errb, func(g *pb.OutputGap) { lost += g.Lost })

@@ -41,6 +41,26 @@ func (m *tmux) waitFor(what string, d time.Duration) {
 	}
 }
 
+// retryUntil types keys (then Enter) until the screen shows want, for
+// output that depends on something asynchronous having reached the guest.
+func (m *tmux) retryUntil(keys, want string, d time.Duration) {
+	m.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		m.cmd("send-keys", "-t", m.name, keys, "Enter")
+		next := time.Now().Add(time.Second)
+		for time.Now().Before(next) {
+			if strings.Contains(m.screen(), want) {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if time.Now().After(deadline) {
+			m.t.Fatalf("terminal never showed %q:\n%s", want, m.screen())
+		}
+	}
+}
+
 // startTmux runs mvmctl ARGS in a detached tmux session; after mvmctl exits
 // the session prints its exit code and whether the terminal is canonical
 // again (restored), then idles.
@@ -82,14 +102,14 @@ func testConsole(t *testing.T, e0 *env) {
 	m.waitFor("tty=/dev/pts/", 20*time.Second)
 	m.cmd("send-keys", "-t", m.name, "stty size", "Enter")
 	m.waitFor("30 100", 20*time.Second)
-	// SIGWINCH becomes a Resize message.
+	// SIGWINCH becomes a Resize message: ask the guest for its size until
+	// the new one arrives.
 	m.cmd("resize-window", "-t", m.name, "-x", "120", "-y", "40")
-	time.Sleep(300 * time.Millisecond)
-	m.cmd("send-keys", "-t", m.name, "stty size", "Enter")
-	m.waitFor("40 120", 20*time.Second)
-	// Ctrl-C goes to the guest (raw mode), not to mvmctl.
-	m.cmd("send-keys", "-t", m.name, "sleep 30", "Enter")
-	time.Sleep(500 * time.Millisecond)
+	m.retryUntil("stty size", "40 120", 20*time.Second)
+	// Ctrl-C goes to the guest (raw mode), not to mvmctl: it ends a sleep
+	// that has started (its marker is on the screen) well before the 30 s.
+	m.cmd("send-keys", "-t", m.name, "echo sleeping-$((1+1)); sleep 30", "Enter")
+	m.waitFor("sleeping-2", 20*time.Second)
 	m.cmd("send-keys", "-t", m.name, "C-c")
 	m.cmd("send-keys", "-t", m.name, "echo still-$((40+2))", "Enter")
 	m.waitFor("still-42", 20*time.Second)

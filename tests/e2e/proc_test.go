@@ -18,7 +18,7 @@ func testProc(t *testing.T, e0 *env) {
 	if h == "" {
 		t.Fatal("no handle printed")
 	}
-	time.Sleep(time.Second)
+	waitProc(t, &e, h, "to exit before it is waited for", func(p map[string]any) bool { return p["state"] == "exited" })
 	r := e.expect(7, "proc", "wait", "rpc", h)
 	if r.stdout != "late in /tmp\n" || r.stderr != "warn\n" {
 		t.Errorf("late wait: %s", r)
@@ -36,7 +36,7 @@ func testProc(t *testing.T, e0 *env) {
 	// stays bounded, the reader is told how much it lost, the tail is there.
 	fast := strings.TrimSpace(e.must("proc", "start", "rpc", "--", "sh", "-c",
 		"head -c 20000000 /dev/zero | tr '\\0' x; echo; echo TAIL").stdout)
-	time.Sleep(500 * time.Millisecond)
+	waitProc(t, &e, fast, "to write everything before it is read", func(p map[string]any) bool { return p["state"] == "exited" })
 	r = e.must("proc", "wait", "rpc", fast)
 	lost := 0
 	for _, l := range strings.Split(strings.TrimSpace(r.stderr), "\n") {
@@ -66,10 +66,10 @@ func testProc(t *testing.T, e0 *env) {
 		t.Errorf("cat: %s", r)
 	}
 	e.expect(1, "proc", "stdin", "rpc", cat, "--content", "late")
-	sl := strings.TrimSpace(e.must("proc", "start", "rpc", "--", "sh", "-c", "trap 'echo got TERM; exit 3' TERM; while :; do sleep 0.1; done").stdout)
-	time.Sleep(500 * time.Millisecond)
+	sl := strings.TrimSpace(e.must("proc", "start", "rpc", "--", "sh", "-c", "trap 'echo got TERM; exit 3' TERM; echo trapped; while :; do sleep 0.1; done").stdout)
+	waitProc(t, &e, sl, "to install its TERM trap", func(p map[string]any) bool { n, _ := p["stdout_bytes"].(float64); return n > 0 })
 	e.must("proc", "signal", "rpc", sl, "TERM")
-	if r := e.expect(3, "proc", "wait", "rpc", sl); r.stdout != "got TERM\n" {
+	if r := e.expect(3, "proc", "wait", "rpc", sl); r.stdout != "trapped\ngot TERM\n" {
 		t.Errorf("signal: %s", r)
 	}
 	k := strings.TrimSpace(e.must("proc", "start", "rpc", "--", "sleep", "600").stdout)
@@ -88,4 +88,20 @@ func testProc(t *testing.T, e0 *env) {
 	e.expect(2, "proc", "signal", "rpc", k, "NOPE")
 	e.expect(127, "proc", "start", "rpc", "--", "no-such-command")
 	e.expect(3, "proc", "ls", "nosuch")
+}
+
+// waitProc polls `proc ls --json` until the process with handle h meets
+// cond (the condition itself, not a sleep).
+func waitProc(t *testing.T, e *env, h, what string, cond func(map[string]any) bool) {
+	t.Helper()
+	waitFor(t, "process "+h+" "+what, time.Minute, func() bool {
+		var ls []map[string]any
+		json.Unmarshal([]byte(e.must("proc", "ls", "rpc", "--json").stdout), &ls)
+		for _, p := range ls {
+			if p["handle"] == h {
+				return cond(p)
+			}
+		}
+		return false
+	})
 }
