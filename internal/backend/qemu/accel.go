@@ -27,11 +27,15 @@ func DetectAccel() AccelReport {
 	default:
 		return AccelReport{Accel: "tcg", Reason: fmt.Sprintf("MVM_ACCEL=%q is not kvm or tcg; using tcg", v)}
 	}
-	if err := probeKVM(); err != nil {
+	if err := kvmProbe(); err != nil {
 		return AccelReport{Accel: "tcg", Reason: err.Error()}
 	}
 	return AccelReport{Accel: "kvm", Reason: "/dev/kvm is usable"}
 }
+
+// kvmProbe is probeKVM; tests replace it to play hosts with and without
+// a usable KVM.
+var kvmProbe = probeKVM
 
 func probeKVM() error {
 	fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
