@@ -22,11 +22,19 @@ type vmm interface {
 // BackendEnv selects the VMM: "qemu" (the default) or "firecracker".
 const BackendEnv = "MVM_BACKEND"
 
-// startVMM starts the VM with the backend MVM_BACKEND selects. QEMU is
+// startVMM starts the sandbox's VM; tests replace it with a fake machine
+// where a VM is not the point.
+var startVMM = startBackend
+
+// holdPipe is the read end of a transient sandbox's hold pipe (fd 4, set
+// up by the runtime); tests replace it.
+var holdPipe = func() *os.File { return os.NewFile(4, "hold") }
+
+// startBackend starts the VM with the backend MVM_BACKEND selects. QEMU is
 // the default and is started exactly as before; Firecracker only runs
 // when selected explicitly, and only on a host with usable KVM and the
 // binary.
-func startVMM(ctx context.Context, spec backend.Spec) (vmm, error) {
+func startBackend(ctx context.Context, spec backend.Spec) (vmm, error) {
 	switch b := os.Getenv(BackendEnv); b {
 	case "", "qemu":
 		vm, err := qemu.Start(ctx, spec)

@@ -100,7 +100,7 @@ func Run(dir string, ready io.WriteCloser, events Events) error {
 	// of the hold pipe (fd 4) open: EOF means the holder finished or died.
 	holderGone := make(chan struct{})
 	if s.spec.Transient {
-		hold := os.NewFile(4, "hold")
+		hold := holdPipe()
 		go func() {
 			io.Copy(io.Discard, hold)
 			close(holderGone)
