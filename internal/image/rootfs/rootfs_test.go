@@ -63,4 +63,3 @@ func TestSafeRemoveAllRefusesMounts(t *testing.T) {
 		t.Fatalf("removal of a mount point allowed: %v", err)
 	}
 }
-
