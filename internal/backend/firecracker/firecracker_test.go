@@ -473,8 +473,14 @@ func TestStartedVMMIsRecognisedByTag(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Kill()
-	if !sandbox.ProcessAlive(m.Pid(), sandbox.VMMTag("0123456789ab")) {
-		t.Fatal("the running VMM is not recognised by its tag")
+	// Right after exec the kernel may not have set up the new command
+	// line yet (/proc/PID/cmdline reads empty): poll for the tag.
+	deadline := time.Now().Add(10 * time.Second)
+	for !sandbox.ProcessAlive(m.Pid(), sandbox.VMMTag("0123456789ab")) {
+		if time.Now().After(deadline) {
+			t.Fatal("the running VMM is not recognised by its tag")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 	if sandbox.ProcessAlive(m.Pid(), sandbox.VMMTag("ba9876543210")) {
 		t.Fatal("the VMM is taken for another sandbox's")

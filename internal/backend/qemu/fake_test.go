@@ -95,8 +95,11 @@ func TestLifecycleWithFakeQEMULongDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Kill()
-	if !sandbox.ProcessAlive(m.Pid(), sandbox.VMMTag("0123456789ab")) {
-		t.Fatal("QEMU not recognised by its VMM tag")
+	// Right after exec the kernel may not have set up the new command
+	// line yet (/proc/PID/cmdline reads empty): poll for the tag.
+	if !eventually(func() bool { return sandbox.ProcessAlive(m.Pid(), sandbox.VMMTag("0123456789ab")) }) {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", m.Pid()))
+		t.Fatalf("QEMU not recognised by its VMM tag; cmdline %q, exit %v", cmdline, m.ExitErr())
 	}
 	conn, err := m.DialChannel(ctx)
 	if err != nil {
@@ -127,4 +130,16 @@ func TestLifecycleWithFakeQEMULongDir(t *testing.T) {
 	if m.Accel() != "tcg" || m.ConsolePath() != filepath.Join(dir, ConsoleLog) {
 		t.Fatalf("accel %q console %q", m.Accel(), m.ConsolePath())
 	}
+}
+
+// eventually polls cond for up to 10 seconds.
+func eventually(cond func() bool) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
 }
