@@ -196,7 +196,7 @@ func TestBuildCacheAndBadManifests(t *testing.T) {
 	if !strings.Contains(r.stdout, `"cached":true`) {
 		t.Errorf("second build of the same input is not a cache hit: %s", r)
 	}
-	e.must("up", dir, "--name", "tiny")
+	e.must("up", dir, "--name", "tiny", "--allow-manifest-network") // the manifest asks for egress
 	if r := e.run("exec", "tiny", "--", "sh", "/work/hello.sh"); r.stdout != "hello from work\n" {
 		t.Errorf("manifest files not under /work: %s", r)
 	}

@@ -279,3 +279,91 @@ func nonLoopbackIP() string {
 	}
 	return ""
 }
+
+// TestManifestEgressNeedsConsent: an untrusted repository's mvm.toml asks
+// for egress. `up DIR` refuses it with what to do, leaving nothing behind;
+// with --allow-manifest-network the entries are printed before boot and
+// work. host.mvm.internal is refused in a manifest, and a name that
+// resolves to the LAN is refused by the proxy without being dialed.
+func TestManifestEgressNeedsConsent(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const marker = "manifest-egress-ok"
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, marker+"\n") }))
+	defer web.Close()
+	wp := port(web.Listener.Addr())
+	hostsFile := filepath.Join(t.TempDir(), "hosts")
+	// lan.test stands for a name whose DNS answers a private address; the
+	// proxy must refuse it without connecting (only 127.0.0.1 is ever
+	// dialed by this test).
+	os.WriteFile(hostsFile, []byte("127.0.0.1 ok.test\n10.200.0.1 lan.test\n"), 0o644)
+	e.extra = append(e.extra, "MVM_NET_HOSTS="+hostsFile)
+
+	repo := t.TempDir()
+	os.WriteFile(filepath.Join(repo, "mvm.toml"), []byte("template = \"minimal\"\nallow = [\"ok.test:"+wp+"\"]\n"), 0o644)
+
+	// Without consent: refused before boot, naming the entry and the flag.
+	r := e.run("up", repo, "--name", "m")
+	if r.code != 126 || !strings.Contains(r.stderr, "ok.test:"+wp) || !strings.Contains(r.stderr, "--allow-manifest-network") {
+		t.Fatalf("up without consent: want exit 126 naming the entry and --allow-manifest-network: %s", r)
+	}
+	e.assertClean()
+
+	// With consent: shown on stderr, then applied. The operator's own
+	// --allow lan.test:80 is applied too (and refused at connect time).
+	r = e.must("up", repo, "--name", "m", "--allow-manifest-network", "--allow", "lan.test:"+wp, "--json")
+	if !strings.Contains(r.stderr, "ok.test:"+wp) || !strings.Contains(r.stderr, "manifest") {
+		t.Errorf("manifest egress not shown before boot: %s", r)
+	}
+	defer e.run("down", "m")
+	sh := func(script string) result { return e.run("exec", "m", "--", "sh", "-c", script) }
+	addr := func(name string) string {
+		m := regexp.MustCompile(`Address:\s*(10\.0\.2\.\d+)`).FindStringSubmatch(sh("nslookup " + name).stdout)
+		if m == nil {
+			t.Fatalf("nslookup %s failed", name)
+		}
+		return m[1]
+	}
+	get := func(ip, host string) result {
+		return sh(fmt.Sprintf(`printf 'GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' | nc -w 10 %s %s`, host, ip, wp))
+	}
+	if r := get(addr("ok.test"), "ok.test"); !strings.Contains(r.stdout, marker) {
+		t.Errorf("manifest-granted egress: %s", r)
+	}
+	if r := get(addr("lan.test"), "lan.test"); strings.Contains(r.stdout, "HTTP/") {
+		t.Errorf("a name resolving to the LAN was followed: %s", r)
+	}
+	// A second request on a kept-alive connection naming another host is
+	// not forwarded (the first is).
+	r = sh(fmt.Sprintf(`printf 'GET / HTTP/1.1\r\nHost: ok.test\r\n\r\nGET / HTTP/1.1\r\nHost: lan.test\r\n\r\n' | nc -w 10 %s %s`, addr("ok.test"), wp))
+	if strings.Count(r.stdout, marker) != 1 {
+		t.Errorf("keep-alive: want exactly the first request answered: %s", r)
+	}
+	e.must("down", "m")
+
+	chain, err := os.ReadFile(filepath.Join(e.data, "audit", "chain.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reasons := map[string]bool{}
+	for _, line := range bytes.Split(bytes.TrimSpace(chain), []byte("\n")) {
+		var rec struct {
+			Kind   string         `json:"kind"`
+			Fields map[string]any `json:"fields"`
+		}
+		json.Unmarshal(line, &rec)
+		if rec.Kind == "net.denied" {
+			reasons[fmt.Sprint(rec.Fields["reason"])] = true
+		}
+	}
+	if !reasons["blocked_address"] || !reasons["name_mismatch"] {
+		t.Errorf("want net.denied blocked_address and name_mismatch, have %v", reasons)
+	}
+
+	// host.mvm.internal in a manifest: refused whatever the flags.
+	os.WriteFile(filepath.Join(repo, "mvm.toml"), []byte("template = \"minimal\"\nallow = [\"host.mvm.internal:22\"]\n"), 0o644)
+	if r := e.run("up", repo, "--name", "h", "--allow-manifest-network"); r.code == 0 || !strings.Contains(r.stderr, "host.mvm.internal") {
+		t.Errorf("host.mvm.internal from a manifest: %s", r)
+	}
+	e.assertClean()
+}
