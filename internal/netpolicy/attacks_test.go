@@ -302,3 +302,38 @@ func dnsQuery(t *testing.T, name string) []byte {
 	}
 	return q
 }
+
+// FuzzHTTPFraming: whatever the guest sends, what the proxy forwards,
+// read by Go's own HTTP server parser request after request, never names
+// another host or asks for an upgrade.
+func FuzzHTTPFraming(f *testing.F) {
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: ok.test\r\n\r\nGET / HTTP/1.1\r\nHost: bad.test\r\n\r\n"))
+	f.Add([]byte("POST / HTTP/1.1\r\nHost: ok.test\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\nHost: ok.test\r\n\r\n"))
+	f.Add([]byte("POST / HTTP/1.1\r\nHost: ok.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"))
+	f.Add([]byte("POST / HTTP/1.1\r\nHost: ok.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"))
+	f.Add([]byte("\r\nGET / HTTP/1.0\r\nHost: ok.test:80\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var out strings.Builder
+		copyRequests(&out, bufio.NewReader(strings.NewReader(string(in))), "ok.test", 80)
+		r := bufio.NewReader(strings.NewReader(out.String()))
+		for {
+			req, err := http.ReadRequest(r)
+			if err != nil {
+				return
+			}
+			h, p := req.Host, ""
+			if i := strings.LastIndexByte(h, ':'); i >= 0 {
+				h, p = h[:i], h[i+1:]
+			}
+			if n, err := CanonicalName(h); err != nil || n != "ok.test" || (p != "" && p != "80") {
+				t.Fatalf("forwarded a request for %q from %q", req.Host, in)
+			}
+			if req.Header.Get("Upgrade") != "" {
+				t.Fatalf("forwarded an upgrade from %q", in)
+			}
+			if _, err := io.Copy(io.Discard, req.Body); err != nil {
+				return
+			}
+		}
+	})
+}

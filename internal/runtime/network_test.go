@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -104,5 +105,25 @@ func TestMCPOriginRefusesHostInternalAtUp(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(d.State); len(ents) != 0 {
 		t.Errorf("state left behind: %v", ents)
+	}
+}
+
+// --allow-private is recorded in the plan the runtime admits.
+func TestAllowPrivateRecordedInPlan(t *testing.T) {
+	cfg, _, err := netpolicy.Build(netpolicy.Request{Allow: []string{"mirror.corp"}, AllowPrivate: true, Origin: netpolicy.OriginCLI}, func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := UpOptions{Network: cfg}.PlanNetwork()
+	if !n.AllowPrivate || len(n.Allow) != 1 {
+		t.Errorf("plan network %+v", n)
+	}
+	b, _ := json.Marshal(n)
+	if !strings.Contains(string(b), `"allow_private":true`) {
+		t.Errorf("plan JSON %s", b)
+	}
+	cfg.AllowPrivate = false
+	if b, _ := json.Marshal(UpOptions{Network: cfg}.PlanNetwork()); strings.Contains(string(b), "allow_private") {
+		t.Errorf("allow_private recorded when not asked for: %s", b)
 	}
 }

@@ -35,6 +35,7 @@ func TestNetworkNone(t *testing.T) {
 		{"run", "--network", "unrestricted", "--", "true"},
 		{"run", "--allow", "1.2.3.4:443", "--", "true"},
 		{"run", "--network", "nosuch", "--", "true"},
+		{"run", "--allow-private", "--", "true"}, // needs an allowlist
 	} {
 		if r := e.run(args...); r.code != 2 {
 			t.Errorf("%v: %s", args, r)
