@@ -50,3 +50,15 @@ func TestMaxOutputDefault(t *testing.T) {
 		}
 	}
 }
+
+// TestCpMaxBytesDefault: copies out stop at 4 GiB of file data unless
+// --max-bytes says otherwise (the mechanism: e2e TestCpOutHostileGuest).
+func TestCpMaxBytesDefault(t *testing.T) {
+	cmd, _, err := NewRoot(&App{}).Find([]string{"cp"})
+	if err != nil || cmd.Name() != "cp" {
+		t.Fatalf("cp: %v", err)
+	}
+	if f := cmd.Flags().Lookup("max-bytes"); f == nil || f.DefValue != "4294967296" {
+		t.Fatalf("cp --max-bytes: %+v", f)
+	}
+}
