@@ -14,3 +14,20 @@ def test_call_and_create_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MVM_SDK_CREATE_TIMEOUT", "0")  # not positive: the default
     assert _cli.call_timeout() == 7
     assert _cli.create_timeout() == 900
+
+
+def test_command_timeout_default() -> None:
+    import inspect
+
+    from mvm import _commands
+
+    assert _commands.DEFAULT_RUN_TIMEOUT == 60
+    params = [
+        p
+        for name, fn in inspect.getmembers(_commands, inspect.isclass)
+        for m, f in inspect.getmembers(fn, inspect.isfunction)
+        if m == "run"
+        for p in inspect.signature(f).parameters.values()
+        if p.name == "timeout"
+    ]
+    assert params and all(p.default == 60 for p in params)
