@@ -401,3 +401,29 @@ func TestHoldPipeEOFDuringBoot(t *testing.T) {
 	}
 	h.wait()
 }
+
+// TestControlRequestBounded: a control request is one line of at most
+// 64 KiB; a longer one gets no answer and the connection is closed, and
+// the supervisor keeps serving.
+func TestControlRequestBounded(t *testing.T) {
+	h := startSupervisor(t, "ok", nil)
+	if !h.ready.OK {
+		t.Fatalf("ready: %+v", h.ready)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := sandbox.DialIn(ctx, h.dir, sandbox.ControlSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	go c.Write([]byte(`{"op":"status","reason":"` + strings.Repeat("x", 70<<10) + "\"}\n"))
+	reply, _ := io.ReadAll(c)
+	c.Close()
+	if len(reply) != 0 {
+		t.Fatalf("answered an oversized request: %.100q", reply)
+	}
+	if r, err := sandbox.Control(ctx, h.dir, sandbox.Request{Op: "status"}); err != nil || !r.OK {
+		t.Fatalf("status after an oversized request: %+v %v", r, err)
+	}
+}
