@@ -51,19 +51,21 @@ func (l *lockedBuffer) String() string {
 // whole session has a deadline; closing it waits long enough (60s) that
 // the server must exit on EOF by itself, without SIGTERM.
 func startMCP(t *testing.T, e *env, extraEnv ...string) *mcpClient {
-	return startMCPWith(t, e, false, extraEnv...)
+	return startMCPWith(t, e, false, "", extraEnv...)
 }
 
 // startMCPWith, with ownStdin, runs the server on pipes the test holds
 // and speaks to it through the SDK's IOTransport, so that the test can
 // close the server's stdin while a call is in flight: the SDK client's
 // own Close waits for in-flight calls before it closes stdin.
-func startMCPWith(t *testing.T, e *env, ownStdin bool, extraEnv ...string) *mcpClient {
+// A dir other than "" is the server's working directory.
+func startMCPWith(t *testing.T, e *env, ownStdin bool, dir string, extraEnv ...string) *mcpClient {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	saved := e.extra
 	e.extra = append(append([]string(nil), e.extra...), extraEnv...)
 	cmd := e.command(ctx, "mcp", "stdio")
+	cmd.Dir = dir
 	e.extra = saved
 	m := &mcpClient{t: t, cmd: cmd, stderr: &lockedBuffer{}, cancel: cancel}
 	cmd.Stderr = m.stderr
@@ -183,19 +185,15 @@ func (m *mcpClient) handles() ([]string, float64) {
 	return hs, out["inflight"].(float64)
 }
 
-// closeAndWait closes stdin and waits for the server to exit on its own.
-func (m *mcpClient) closeAndWait(within time.Duration) time.Duration {
+// closeAndWait closes stdin and waits for the server to exit on its own:
+// the SDK sends SIGTERM only after TerminateDuration (60s), and a server
+// stopped by it would exit 143, not 0.
+func (m *mcpClient) closeAndWait() {
 	m.t.Helper()
-	t0 := time.Now()
-	m.cs.Close() // closes stdin; SIGTERM only after TerminateDuration (60s)
-	d := time.Since(t0)
-	if d > within {
-		m.t.Errorf("server took %s to exit after stdin closed (want < %s)", d, within)
-	}
+	m.cs.Close()
 	if st := m.cmd.ProcessState; st == nil || st.ExitCode() != 0 {
-		m.t.Errorf("server exit after EOF: %v", st)
+		m.t.Errorf("server exit after EOF: %v (0 means it stopped by itself)", st)
 	}
-	return d
 }
 
 // TestMCPFlow: initialize, tools/list, refusals before dispatch, then
@@ -226,20 +224,16 @@ func TestMCPFlow(t *testing.T) {
 	}
 
 	// Refused before anything boots.
-	t0 := time.Now()
 	m.fails("sandbox_create", map[string]any{"memory_mib": 2048}, "memory ceiling of 1024 MiB")
 	m.fails("run_code", map[string]any{"language": "shell", "code": "true", "memory_mib": 4096}, "MVM_MCP_MEM_CEILING_MIB")
 	m.fails("sandbox_create", map[string]any{"allow": []string{"not a host!"}}, "refused: allow")
-	m.fails("run_command", map[string]any{"command": "true", "template": "/etc"}, "build directories are not accepted")
-	if d := time.Since(t0); d > 5*time.Second {
-		t.Errorf("refusals took %s", d)
-	}
+	m.fails("run_command", map[string]any{"command": "true", "template": "/etc"}, "host directories are not accepted")
 	if d := e.sandboxDirs(); len(d) > 0 {
 		t.Fatalf("a refused call left sandboxes: %v", d)
 	}
 
 	// A sandbox with state across calls.
-	t0 = time.Now()
+	t0 := time.Now()
 	c := m.ok("sandbox_create", map[string]any{"ttl": "10m"}, 3*time.Minute)
 	sb := c["sandbox"].(string)
 	t.Logf("sandbox_create: %s in %s", sb, time.Since(t0).Round(time.Millisecond))
@@ -307,13 +301,12 @@ func TestMCPFlow(t *testing.T) {
 
 	t.Run("python", func(t *testing.T) {
 		t0 := time.Now()
+		// The python template is built on first use (mmdebstrap, which
+		// scripts/test.sh's setup provides); a failure to boot it is a
+		// failure, not a reason to skip.
 		res, r := m.call("run_code", map[string]any{"language": "python", "code": "import sys\nprint(sys.version_info[0], sum(range(10)))"}, 6*time.Minute)
 		if res.IsError {
-			msg := mcpText(res)
-			if strings.Contains(msg, "could not start a sandbox") {
-				t.Skipf("python template not available here: %s", msg)
-			}
-			t.Fatalf("run_code python: %s", msg)
+			t.Fatalf("run_code python: %s", mcpText(res))
 		}
 		t.Logf("transient run_code python: %s (start %vms incl. any image build)", time.Since(t0).Round(time.Millisecond), r["boot_ms"])
 		if r["stdout"] != "3 45\n" || r["exit_code"].(float64) != 0 {
@@ -321,25 +314,30 @@ func TestMCPFlow(t *testing.T) {
 		}
 	})
 
-	m.closeAndWait(30 * time.Second)
+	m.closeAndWait()
 	e.assertClean()
 }
 
 // TestMCPBusyAndEOF: with MVM_MCP_MAX_INFLIGHT=1 and a long command in
-// flight, another call is refused as busy at once; then the client closes
-// stdin mid-call and the server destroys its sandbox and exits.
+// flight, other calls are refused as busy without booting anything; then
+// the client closes stdin mid-call: the call still gets its answer, and
+// then the server destroys its sandbox and exits 0.
 func TestMCPBusyAndEOF(t *testing.T) {
 	e := newEnv(t)
-	m := startMCPWith(t, e, true, "MVM_MCP_MAX_INFLIGHT=1")
+	m := startMCPWith(t, e, true, "", "MVM_MCP_MAX_INFLIGHT=1")
 	sb := m.ok("sandbox_create", nil, 3*time.Minute)["sandbox"].(string)
 
-	long := make(chan error, 1)
+	type answer struct {
+		res *sdk.CallToolResult
+		err error
+	}
+	long := make(chan answer, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
-		_, err := m.cs.CallTool(ctx, &sdk.CallToolParams{Name: "run_command",
-			Arguments: map[string]any{"sandbox": sb, "command": "sleep 120", "timeout": 180}})
-		long <- err
+		res, err := m.cs.CallTool(ctx, &sdk.CallToolParams{Name: "run_command",
+			Arguments: map[string]any{"sandbox": sb, "command": "sleep 10; echo slept", "timeout": 120}})
+		long <- answer{res, err}
 	}()
 	// sandbox_list is never refused as busy and reports calls in flight.
 	waitFor(t, "the sleep call to be in flight", time.Minute, func() bool {
@@ -354,11 +352,7 @@ func TestMCPBusyAndEOF(t *testing.T) {
 		{"run_code", map[string]any{"language": "shell", "code": "true"}},
 		{"sandbox_create", nil},
 	} {
-		t0 := time.Now()
 		msg := m.fails(c.tool, c.args, "busy")
-		if d := time.Since(t0); d > 2*time.Second {
-			t.Errorf("%s: busy refusal took %s", c.tool, d)
-		}
 		if !strings.Contains(msg, "MVM_MCP_MAX_INFLIGHT=1") {
 			t.Errorf("busy message does not name the limit: %s", msg)
 		}
@@ -367,13 +361,13 @@ func TestMCPBusyAndEOF(t *testing.T) {
 		t.Errorf("busy calls must not boot: %d sandboxes", n)
 	}
 
-	// EOF with the sleep still running.
-	d := m.closeStdin(30 * time.Second)
+	// EOF with the sleep still running: it is answered, then the server
+	// exits by itself.
+	d := m.closeStdin(2 * time.Minute)
 	t.Logf("server exit after EOF with a call in flight: %s", d.Round(time.Millisecond))
-	select {
-	case <-long:
-	case <-time.After(30 * time.Second):
-		t.Error("the in-flight call did not end with the session")
+	a := <-long
+	if a.err != nil || a.res == nil || a.res.IsError || !strings.Contains(mcpText(a.res), "slept") {
+		t.Errorf("the call in flight at EOF was not answered: %v %v", a.err, a.res)
 	}
 	waitFor(t, "no sandbox and no process left", 30*time.Second, func() bool {
 		return len(e.sandboxDirs()) == 0 && len(e.processes()) == 0
@@ -398,9 +392,6 @@ func TestMCPIdleAndSIGTERM(t *testing.T) {
 		return true
 	})
 	t.Logf("idle sandbox gone from sandbox_list %s after creation (idle limit 3s)", time.Since(created).Round(time.Millisecond))
-	if d := time.Since(created); d < 3*time.Second {
-		t.Errorf("destroyed after %s, before the idle limit", d)
-	}
 	// sandbox_list counts as activity for no sandbox; a call on the
 	// expired handle says why it is gone.
 	m.fails("files_list", map[string]any{"sandbox": idle, "path": "/"}, "idle for 3s")
@@ -458,7 +449,7 @@ func TestMCPSealed(t *testing.T) {
 	if rd := m.ok("files_read", map[string]any{"sandbox": sb, "path": "/work/data.txt"}, 30*time.Second); rd["content"] != "sealed data\n" {
 		t.Errorf("files_read on a sealed image: %v", rd)
 	}
-	m.closeAndWait(30 * time.Second)
+	m.closeAndWait()
 	e.assertClean()
 }
 
@@ -490,4 +481,137 @@ func sortedStrings(s []string) []string {
 		}
 	}
 	return out
+}
+
+// TestMCPCapsAndReportedNetwork (issue 11 items 2, 8, 10): through a real
+// server and real microVMs, host.mvm.internal is refused; a sandbox made
+// with an allowlist reports the network and profile it was admitted with
+// (and has eth0), one without reports none (and has no eth0); the
+// session's caps on live sandboxes and their total memory refuse more
+// before anything boots, and a destroy gives the place back.
+func TestMCPCapsAndReportedNetwork(t *testing.T) {
+	e := newEnv(t)
+	m := startMCP(t, e, "MVM_MCP_MAX_SANDBOXES=2", "MVM_MCP_TOTAL_MEM_MIB=768")
+
+	m.fails("sandbox_create", map[string]any{"allow": []string{"host.mvm.internal:2375"}}, "host.mvm.internal")
+	if d := e.sandboxDirs(); len(d) != 0 {
+		t.Fatalf("a refused allowlist left sandboxes: %v", d)
+	}
+
+	nc := m.ok("sandbox_create", map[string]any{"allow": []string{"example.com"}, "memory_mib": 512}, 3*time.Minute)
+	if nc["network"] != "allowlist" || nc["profile"] != "standard" || fmt.Sprint(nc["allow"]) != "[example.com:443]" {
+		t.Errorf("sandbox_create with allow reports network=%v profile=%v allow=%v", nc["network"], nc["profile"], nc["allow"])
+	}
+	netSB := nc["sandbox"].(string)
+	if out := m.ok("run_command", map[string]any{"sandbox": netSB, "command": "cat /proc/net/dev"}, time.Minute); !strings.Contains(fmt.Sprint(out["stdout"]), "eth0") {
+		t.Errorf("the sandbox reported as allowlist has no eth0: %v", out["stdout"])
+	}
+
+	m.fails("sandbox_create", map[string]any{"memory_mib": 512}, "MVM_MCP_TOTAL_MEM_MIB=768")
+	if n := len(e.sandboxDirs()); n != 1 {
+		t.Fatalf("a call refused by the memory cap booted: %d sandboxes", n)
+	}
+
+	pc := m.ok("sandbox_create", map[string]any{"memory_mib": 256}, 3*time.Minute)
+	if pc["network"] != "none" || pc["profile"] != "restrictive" || pc["allow"] != nil {
+		t.Errorf("sandbox_create without allow: %v", pc)
+	}
+	plain := pc["sandbox"].(string)
+	if out := m.ok("run_command", map[string]any{"sandbox": plain, "command": "cat /proc/net/dev"}, time.Minute); strings.Contains(fmt.Sprint(out["stdout"]), "eth0") {
+		t.Errorf("the sandbox reported as network none has eth0: %v", out["stdout"])
+	}
+
+	m.fails("sandbox_create", map[string]any{"memory_mib": 128}, "MVM_MCP_MAX_SANDBOXES=2")
+	m.fails("run_code", map[string]any{"language": "shell", "code": "true", "memory_mib": 128}, "MVM_MCP_MAX_SANDBOXES=2")
+	if n := len(e.sandboxDirs()); n != 2 {
+		t.Fatalf("calls refused by the sandbox cap booted: %d sandboxes", n)
+	}
+	l := m.ok("sandbox_list", nil, 30*time.Second)
+	if l["live_sandboxes"] != 2.0 || l["mem_in_use_mib"] != 768.0 {
+		t.Errorf("sandbox_list use: live=%v mem=%v", l["live_sandboxes"], l["mem_in_use_mib"])
+	}
+
+	m.ok("sandbox_destroy", map[string]any{"sandbox": plain}, time.Minute)
+	r := m.ok("run_code", map[string]any{"language": "shell", "code": "echo freed", "memory_mib": 256}, 3*time.Minute)
+	if r["stdout"] != "freed\n" || r["transient"] != true {
+		t.Errorf("transient run after a destroy freed a place: %v", r)
+	}
+	m.closeAndWait()
+	e.assertClean()
+}
+
+// TestMCPPipedBatch (issue 17): a batch piped into the real binary, stdin
+// closed right after it, gets a reply to every request, including a
+// transient run that boots a microVM after the input ended. The server's
+// working directory holds agent/mvm.toml: template "agent" is refused
+// (issue 11 item 12), it used to build that directory.
+func TestMCPPipedBatch(t *testing.T) {
+	e := newEnv(t)
+	cwd := t.TempDir()
+	os.MkdirAll(filepath.Join(cwd, "agent"), 0o755)
+	os.WriteFile(filepath.Join(cwd, "agent", "mvm.toml"), []byte("template = \"minimal\"\nname = \"from-cwd\"\n"), 0o644)
+	batch := strings.Join([]string{
+		`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"pipe","version":"1"}}}`,
+		`{"jsonrpc":"2.0","method":"notifications/initialized"}`,
+		`{"jsonrpc":"2.0","id":2,"method":"tools/list"}`,
+		`{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"run_code","arguments":{"language":"shell","code":"echo batch-$((6*7))"}}}`,
+		`{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"sandbox_create","arguments":{"template":"agent"}}}`,
+		`{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"sandbox_list","arguments":{}}}`,
+	}, "\n") + "\n"
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := e.command(ctx, "mcp", "stdio")
+	cmd.Dir = cwd
+	cmd.Stdin = strings.NewReader(batch) // EOF right after the batch
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("mcp stdio: %v\nstderr:\n%s", err, trunc(stderr.String()))
+	}
+	replies := map[float64]map[string]any{}
+	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+		var msg map[string]any
+		if err := json.Unmarshal([]byte(line), &msg); err != nil {
+			t.Fatalf("stdout carries a line that is not JSON-RPC: %q", line)
+		}
+		if id, ok := msg["id"].(float64); ok {
+			replies[id] = msg
+		}
+	}
+	for id := 1.0; id <= 5; id++ {
+		if replies[id] == nil {
+			t.Errorf("request %v got no reply (stderr:\n%s)", id, trunc(stderr.String()))
+		}
+	}
+	run, _ := replies[3]["result"].(map[string]any)
+	if sc, _ := run["structuredContent"].(map[string]any); sc == nil || sc["stdout"] != "batch-42\n" || sc["transient"] != true {
+		t.Errorf("the transient run answered after EOF: %v", replies[3])
+	}
+	refused, _ := replies[4]["result"].(map[string]any)
+	if refused == nil || refused["isError"] != true || !strings.Contains(fmt.Sprint(refused["content"]), "not a template") {
+		t.Errorf("template \"agent\" with ./agent in the server's directory: %v", replies[4])
+	}
+	e.assertClean()
+}
+
+// TestMCPTemplateNeverReadsCwd (issue 11 item 12): a built image's name
+// that is also a directory with an mvm.toml in the server's working
+// directory boots the built image; the directory is never read.
+func TestMCPTemplateNeverReadsCwd(t *testing.T) {
+	e := newEnv(t)
+	img := t.TempDir()
+	os.WriteFile(filepath.Join(img, "mvm.toml"), []byte("template = \"minimal\"\nname = \"mcp-e2e-named\"\n"), 0o644)
+	os.WriteFile(filepath.Join(img, "data.txt"), []byte("from the built image\n"), 0o644)
+	e.must("build", img)
+	cwd := t.TempDir()
+	os.MkdirAll(filepath.Join(cwd, "mcp-e2e-named"), 0o755)
+	os.WriteFile(filepath.Join(cwd, "mcp-e2e-named", "mvm.toml"), []byte("template = \"minimal\"\nname = \"mcp-e2e-named\"\n"), 0o644)
+	os.WriteFile(filepath.Join(cwd, "mcp-e2e-named", "data.txt"), []byte("from the server's directory\n"), 0o644)
+	m := startMCPWith(t, e, false, cwd)
+	sb := m.ok("sandbox_create", map[string]any{"template": "mcp-e2e-named"}, 3*time.Minute)["sandbox"].(string)
+	if rd := m.ok("files_read", map[string]any{"sandbox": sb, "path": "/work/data.txt"}, 30*time.Second); rd["content"] != "from the built image\n" {
+		t.Errorf("template mcp-e2e-named booted %q, not the built image", rd["content"])
+	}
+	m.closeAndWait()
+	e.assertClean()
 }
