@@ -6,16 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/evidence"
+	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/spf13/cobra"
 )
 
@@ -37,8 +36,6 @@ Each line is a signed entry linked to the previous one by its SHA-256.`,
 	return cmd
 }
 
-func auditChainPath(app *App) string { return evidence.ChainPath(app.Dirs.Audit()) }
-
 func newAuditTailCmd(app *App) *cobra.Command {
 	var (
 		n        int
@@ -57,18 +54,12 @@ func newAuditTailCmd(app *App) *cobra.Command {
 			if interval <= 0 {
 				return evUsage(fmt.Errorf("--interval must be positive"))
 			}
-			path := auditChainPath(app)
-			var (
-				recs []evidence.Record
-				off  int64
-				err  error
-			)
-			if n > 0 {
-				recs, off, err = evidence.TailRecords(path, n)
-			} else {
-				// -n 0: print nothing now, start from the end.
-				_, off, err = evidence.TailRecords(path, 1)
+			rt, err := app.runtime()
+			if err != nil {
+				return exitCode(1, err)
 			}
+			// -n 0: print nothing now, start from the end.
+			recs, off, err := rt.AuditTail(n)
 			if err != nil {
 				return err
 			}
@@ -80,7 +71,7 @@ func newAuditTailCmd(app *App) *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return followAudit(ctx, app.Stdout, path, off, interval, jsonOut)
+			return followAudit(ctx, app.Stdout, rt, off, interval, jsonOut)
 		},
 	}
 	evFlagErrors(cmd)
@@ -93,7 +84,7 @@ func newAuditTailCmd(app *App) *cobra.Command {
 }
 
 // followAudit polls the chain file and prints entries appended after off.
-func followAudit(ctx context.Context, w io.Writer, path string, off int64, every time.Duration, jsonOut bool) error {
+func followAudit(ctx context.Context, w io.Writer, rt *runtime.Runtime, off int64, every time.Duration, jsonOut bool) error {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -102,7 +93,7 @@ func followAudit(ctx context.Context, w io.Writer, path string, off int64, every
 			return nil
 		case <-t.C:
 		}
-		recs, next, err := evidence.ReadRecords(path, off)
+		recs, next, err := rt.AuditSince(off)
 		if err != nil {
 			return err
 		}
@@ -166,7 +157,11 @@ the next append removes it. The key is <data dir>/keys/host-signer.pub
 unless --pubkey is given.`,
 		Args: evArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			path := auditChainPath(app)
+			rt, err := app.runtime()
+			if err != nil {
+				return exitCode(1, err)
+			}
+			path := rt.AuditChainPath()
 			var pub ed25519.PublicKey
 			if pubPath != "" {
 				k, err := evLoadPubKey(pubPath)
@@ -174,24 +169,12 @@ unless --pubkey is given.`,
 					return err
 				}
 				pub = k
-			} else {
-				hostPub := filepath.Join(app.Dirs.Keys(), evidence.PublicKeyFile)
-				k, err := evidence.LoadPublicKey(hostPub)
-				switch {
-				case err == nil:
-					pub = k
-				case errors.Is(err, fs.ErrNotExist):
-					if _, serr := os.Stat(path); serr == nil {
-						return exitCode(1, fmt.Errorf("no host public key at %s; pass --pubkey FILE", hostPub))
-					}
-					// No key and no chain: nothing was ever recorded.
-					pub = make(ed25519.PublicKey, ed25519.PublicKeySize)
-				default:
-					return exitCode(1, err)
-				}
 			}
-			rep, err := evidence.VerifyChain(path, pub)
+			rep, err := rt.AuditVerify(pub)
 			if err != nil {
+				if errors.Is(err, runtime.ErrNoHostKey) {
+					err = fmt.Errorf("%w; pass --pubkey FILE", err)
+				}
 				return exitCode(1, err)
 			}
 			if jsonOut {
@@ -232,7 +215,11 @@ func newAuditShowCmd(app *App) *cobra.Command {
 		Short: "Show one audit entry by seq number or entry hash prefix (at least 4 hex digits)",
 		Args:  evArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			rec, err := evidence.FindRecord(auditChainPath(app), args[0])
+			rt, err := app.runtime()
+			if err != nil {
+				return exitCode(1, err)
+			}
+			rec, err := rt.AuditShow(args[0])
 			if err != nil {
 				if errors.Is(err, evidence.ErrBadAuditID) {
 					return evUsage(err)

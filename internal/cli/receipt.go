@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"text/tabwriter"
 
 	"github.com/mvm-sandbox/mvm/internal/evidence"
+	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/spf13/cobra"
 )
 
@@ -65,54 +67,56 @@ func newReceiptCmd(app *App) *cobra.Command {
 
 func newReceiptVerifyCmd(app *App) *cobra.Command {
 	var (
-		pubPath string
-		jsonOut bool
-		inAudit bool
+		keyPaths []string
+		anyKey   bool
+		jsonOut  bool
+		inAudit  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "verify PATH",
 		Short: "Verify a receipt offline (exit 0 valid, 1 invalid, 2 usage error)",
 		Long: `Verify a signed run receipt offline and print every check performed.
 
-Without --pubkey the receipt is checked against the public key it embeds,
-which proves it was not altered but not who signed it. With --pubkey FILE
-(the raw 32-byte key, such as <data dir>/keys/host-signer.pub, or its
-base64 text) the embedded key must also be that key. With --audit the local
-audit chain must hold the entry the receipt names.`,
+By default the receipt must be signed by this host's key
+(<data dir>/keys/host-signer.pub) or by a key listed in
+<data dir>/keys/trusted-keys (one base64 key per line); with neither the
+check fails. --key FILE (repeatable; the raw 32-byte key, its base64 text,
+or a list with one base64 key per line) trusts exactly the keys given.
+--any-key checks the receipt against the key it embeds: that proves it was
+not altered after signing, not who signed it, and the output says so.
+With --audit the local audit chain must hold the entry the receipt names.`,
 		Args: evArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var pub ed25519.PublicKey
-			if pubPath != "" {
-				k, err := evLoadPubKey(pubPath)
+			if anyKey && len(keyPaths) > 0 {
+				return evUsage(errors.New("--any-key and --key exclude each other"))
+			}
+			var opts runtime.VerifyReceiptOptions
+			opts.AnyKey, opts.Audit = anyKey, inAudit
+			for _, p := range keyPaths {
+				ks, err := evidence.LoadKeyList(p)
 				if err != nil {
-					return err
+					return evUsage(fmt.Errorf("--key: %w", err))
 				}
-				pub = k
+				opts.Keys = append(opts.Keys, ks...)
 			}
 			data, err := readLimited(args[0], evidence.MaxReceiptBytes+1)
 			if err != nil {
 				return evUsage(err)
 			}
-			rep, verr := evidence.VerifyReceipt(data, pub)
-			if verr == nil && inAudit {
-				chain := evidence.ChainPath(app.Dirs.Audit())
-				rec, err := evidence.CheckReceiptInChain(rep.Payload, chain)
-				c := evidence.Check{Name: "audit_entry", OK: err == nil}
-				if err != nil {
-					c.Detail = err.Error()
-					rep.OK, rep.Failed = false, c.Name
-					verr = &evidence.ReceiptError{Check: c.Name, Reason: err.Error()}
-				} else {
-					c.Detail = fmt.Sprintf("entry %d in %s", rec.Entry.Seq, chain)
-				}
-				rep.Checks = append(rep.Checks, c)
+			rt, err := app.runtime()
+			if err != nil {
+				return exitCode(1, err)
+			}
+			rep, verr := rt.VerifyReceipt(data, opts)
+			if rep == nil {
+				return exitCode(1, verr)
 			}
 			if jsonOut {
 				out := struct {
 					Path string `json:"path"`
-					*evidence.ReceiptReport
+					*runtime.ReceiptVerification
 					Error string `json:"error,omitempty"`
-				}{Path: args[0], ReceiptReport: rep}
+				}{Path: args[0], ReceiptVerification: rep}
 				if verr != nil {
 					out.Error = verr.Error()
 				}
@@ -131,12 +135,21 @@ audit chain must hold the entry the receipt names.`,
 					fmt.Fprintf(tw, "  %s\t%s\t%s\n", c.Name, mark, c.Detail)
 				}
 				tw.Flush()
-				if verr == nil {
-					p := rep.Payload
-					fmt.Fprintf(app.Stdout, "valid: receipt %s, sandbox %s, exit code %d, signed by %s (key %s)\n",
-						p.ReceiptID, p.SandboxID, p.ExitCode, p.SignerID, p.PublicKeySHA256)
-				} else {
+				switch {
+				case verr != nil:
 					fmt.Fprintf(app.Stdout, "INVALID: %v\n", verr)
+					if errors.Is(verr, evidence.ErrNoTrustedKey) || (len(rep.TrustedFrom) == 0 && !anyKey) {
+						fmt.Fprintf(app.Stdout, "no trusted key: give the signer's public key with --key FILE, list it in %s, or use --any-key to check integrity only\n",
+							filepath.Join(app.Dirs.Keys(), evidence.TrustedKeysFile))
+					}
+				case anyKey:
+					p := rep.Payload
+					fmt.Fprintf(app.Stdout, "INTEGRITY ONLY (--any-key): receipt %s is intact and signed by the key it embeds (%s), which claims to be %s; who signed it was NOT checked\n",
+						p.ReceiptID, p.PublicKeySHA256, p.SignerID)
+				default:
+					p := rep.Payload
+					fmt.Fprintf(app.Stdout, "valid: receipt %s, sandbox %s, exit code %d, signed by %s (trusted key %s)\n",
+						p.ReceiptID, p.SandboxID, p.ExitCode, p.SignerID, p.PublicKeySHA256)
 				}
 			}
 			if verr != nil {
@@ -146,7 +159,10 @@ audit chain must hold the entry the receipt names.`,
 		},
 	}
 	evFlagErrors(cmd)
-	cmd.Flags().StringVar(&pubPath, "pubkey", "", "public key FILE the receipt must be signed by (raw 32 bytes or base64)")
+	cmd.Flags().StringArrayVar(&keyPaths, "key", nil, "trust only the public key(s) in FILE (raw 32 bytes, base64, or one base64 key per line); repeatable")
+	cmd.Flags().StringArrayVar(&keyPaths, "pubkey", nil, "same as --key")
+	cmd.Flags().MarkHidden("pubkey")
+	cmd.Flags().BoolVar(&anyKey, "any-key", false, "accept the key the receipt embeds: checks integrity, not who signed it")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the report as JSON")
 	cmd.Flags().BoolVar(&inAudit, "audit", false, "also check that the local audit chain holds the receipt's entry")
 	return cmd

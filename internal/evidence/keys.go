@@ -224,6 +224,60 @@ func LoadPublicKey(path string) (ed25519.PublicKey, error) {
 	return k, nil
 }
 
+// TrustedKeysFile, in the keys directory, lists further public keys that
+// receipts may be signed by (other hosts whose receipts this host checks):
+// one base64 key per line; blank lines and lines starting with # are
+// ignored.
+const TrustedKeysFile = "trusted-keys"
+
+// maxKeyList bounds a key list file.
+const maxKeyList = 64 << 10
+
+// ParseKeyList reads a key file: the raw 32 bytes of one key, or text with
+// one base64 key per line (blank lines and # comments ignored).
+func ParseKeyList(b []byte) ([]ed25519.PublicKey, error) {
+	if len(b) == ed25519.PublicKeySize {
+		return []ed25519.PublicKey{ed25519.PublicKey(bytes.Clone(b))}, nil
+	}
+	if len(b) > maxKeyList {
+		return nil, fmt.Errorf("key list of %d bytes exceeds %d", len(b), maxKeyList)
+	}
+	var keys []ed25519.PublicKey
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, err := ParsePublicKey([]byte(line))
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w", i+1, err)
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, errors.New("no public key in the file")
+	}
+	return keys, nil
+}
+
+// LoadKeyList reads a key file (see ParseKeyList).
+func LoadKeyList(path string) ([]ed25519.PublicKey, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxKeyList+1))
+	if err != nil {
+		return nil, err
+	}
+	keys, err := ParseKeyList(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return keys, nil
+}
+
 // writeFileAtomic writes data to path via a temp file and rename.
 func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")

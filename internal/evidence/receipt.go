@@ -7,10 +7,12 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash"
 	"regexp"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -277,11 +279,33 @@ func (e *ReceiptError) Error() string {
 	return fmt.Sprintf("receipt %s check failed: %s", e.Check, e.Reason)
 }
 
-// VerifyReceipt verifies a receipt file's bytes offline. With pub nil the
-// receipt is checked against the public key it embeds (integrity only);
-// with pub set the embedded key must also equal pub (origin). It returns
-// the report and, when a check failed, a *ReceiptError naming it.
-func VerifyReceipt(data []byte, pub ed25519.PublicKey) (*ReceiptReport, error) {
+// Trust says which keys a receipt may be signed by. The zero value trusts
+// no key, so verification fails at the trusted_key check: origin is never
+// assumed.
+type Trust struct {
+	// Keys are the trusted public keys; the receipt's embedded key must be
+	// one of them.
+	Keys []ed25519.PublicKey
+	// AnyKey accepts whatever key the receipt embeds: the check then proves
+	// the receipt was not altered after signing, not who signed it.
+	AnyKey bool
+}
+
+// TrustKeys trusts exactly keys.
+func TrustKeys(keys ...ed25519.PublicKey) Trust { return Trust{Keys: keys} }
+
+// AnyKey is the self-contained check (integrity, not origin).
+var AnyKey = Trust{AnyKey: true}
+
+// ErrNoTrustedKey is the trusted_key failure when no key was given.
+var ErrNoTrustedKey = errors.New("no trusted key to verify the signer against")
+
+// VerifyReceipt verifies a receipt file's bytes offline against trust. The
+// embedded key must be one of trust.Keys (origin); with trust.AnyKey the
+// embedded key is used as is and the trusted_key check is marked skipped
+// (integrity only). It returns the report and, when a check failed, a
+// *ReceiptError naming it.
+func VerifyReceipt(data []byte, trust Trust) (*ReceiptReport, error) {
 	rep := &ReceiptReport{}
 	pass := func(name, detail string) {
 		rep.Checks = append(rep.Checks, Check{Name: name, OK: true, Detail: detail})
@@ -335,14 +359,28 @@ func VerifyReceipt(data []byte, pub ed25519.PublicKey) (*ReceiptReport, error) {
 	}
 	pass(CheckKeyFingerprint, p.PublicKeySHA256)
 
-	if pub != nil {
-		if !bytes.Equal(pub, key) {
-			return fail(CheckTrustedKey, "receipt was signed by key %s, not by the given key %s", short(p.PublicKeySHA256), short(Fingerprint(pub)))
-		}
-		pass(CheckTrustedKey, "matches the given public key")
-	} else {
+	switch {
+	case trust.AnyKey:
 		rep.Checks = append(rep.Checks, Check{Name: CheckTrustedKey, OK: true, Skipped: true,
-			Detail: "no public key given: integrity checked against the embedded key only, origin not established"})
+			Detail: "any key accepted: integrity checked against the key the receipt embeds; origin NOT established"})
+	case len(trust.Keys) == 0:
+		return fail(CheckTrustedKey, "%v: receipt names signer %s with key %s", ErrNoTrustedKey, p.SignerID, short(p.PublicKeySHA256))
+	default:
+		trusted := false
+		for _, k := range trust.Keys {
+			if bytes.Equal(k, key) {
+				trusted = true
+				break
+			}
+		}
+		if !trusted {
+			fps := make([]string, len(trust.Keys))
+			for i, k := range trust.Keys {
+				fps[i] = short(Fingerprint(k))
+			}
+			return fail(CheckTrustedKey, "receipt was signed by key %s, which is not a trusted key (%s)", short(p.PublicKeySHA256), strings.Join(fps, ", "))
+		}
+		pass(CheckTrustedKey, "signed by a trusted key")
 	}
 
 	sig, err := base64.StdEncoding.Strict().DecodeString(rc.Signature)

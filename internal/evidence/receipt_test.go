@@ -42,7 +42,7 @@ func buildSample(t *testing.T) ([]byte, *Signer) {
 
 func TestReceiptVerifies(t *testing.T) {
 	b, s := buildSample(t)
-	rep, err := VerifyReceipt(b, nil)
+	rep, err := VerifyReceipt(b, AnyKey)
 	if err != nil || !rep.OK {
 		t.Fatalf("%v %+v", err, rep)
 	}
@@ -55,9 +55,9 @@ func TestReceiptVerifies(t *testing.T) {
 		t.Fatalf("checks %v, want %v", names, want)
 	}
 	if !rep.Checks[5].Skipped {
-		t.Fatal("trusted_key should be skipped without a key")
+		t.Fatal("trusted_key should be skipped with AnyKey")
 	}
-	rep, err = VerifyReceipt(b, s.Public)
+	rep, err = VerifyReceipt(b, TrustKeys(s.Public))
 	if err != nil || !rep.OK || rep.Checks[5].Skipped {
 		t.Fatalf("with key: %v", err)
 	}
@@ -77,7 +77,7 @@ func TestReceiptVerifies(t *testing.T) {
 func TestReceiptWrongKey(t *testing.T) {
 	b, _ := buildSample(t)
 	other := GenerateSigner("host:other")
-	rep, err := VerifyReceipt(b, other.Public)
+	rep, err := VerifyReceipt(b, TrustKeys(other.Public))
 	var re *ReceiptError
 	if !errors.As(err, &re) || re.Check != CheckTrustedKey || rep.OK || rep.Failed != CheckTrustedKey {
 		t.Fatalf("wrong key: %v", err)
@@ -139,18 +139,18 @@ func TestReceiptEveryPayloadFieldIsProtected(t *testing.T) {
 		t.Fatalf("payload has %d fields, struct %d", len(payload), n)
 	}
 	for key := range payload {
-		for _, pub := range [][]byte{nil, s.Public} {
+		for _, trust := range []Trust{AnyKey, TrustKeys(s.Public)} {
 			m := decodeEnvelope(t, b)
 			p := m["payload"].(map[string]any)
 			p[key] = mutateValue(p[key])
 			tampered := encodeEnvelope(t, m)
-			if rep, err := VerifyReceipt(tampered, pub); err == nil || rep.OK {
-				t.Errorf("changing %s went undetected (pubkey given: %v)", key, pub != nil)
+			if rep, err := VerifyReceipt(tampered, trust); err == nil || rep.OK {
+				t.Errorf("changing %s went undetected (any key: %v)", key, trust.AnyKey)
 			}
 			// Removing it is detected too.
 			m = decodeEnvelope(t, b)
 			delete(m["payload"].(map[string]any), key)
-			if _, err := VerifyReceipt(encodeEnvelope(t, m), pub); err == nil {
+			if _, err := VerifyReceipt(encodeEnvelope(t, m), trust); err == nil {
 				t.Errorf("removing %s went undetected", key)
 			}
 		}
@@ -158,14 +158,14 @@ func TestReceiptEveryPayloadFieldIsProtected(t *testing.T) {
 	// Adding a field is refused at parse.
 	m := decodeEnvelope(t, b)
 	m["payload"].(map[string]any)["note"] = "x"
-	if _, err := VerifyReceipt(encodeEnvelope(t, m), nil); err == nil {
+	if _, err := VerifyReceipt(encodeEnvelope(t, m), AnyKey); err == nil {
 		t.Error("extra field accepted")
 	}
 	// Swapping in another receipt's signature fails the signature check.
 	b2, _, _ := BuildReceipt(sampleRun(), strings.Repeat("e5", 32), s)
 	m = decodeEnvelope(t, b)
 	m["signature"] = decodeEnvelope(t, b2)["signature"]
-	_, err := VerifyReceipt(encodeEnvelope(t, m), s.Public)
+	_, err := VerifyReceipt(encodeEnvelope(t, m), TrustKeys(s.Public))
 	var re *ReceiptError
 	if !errors.As(err, &re) || re.Check != CheckSignature {
 		t.Fatalf("swapped signature: %v", err)
@@ -178,19 +178,19 @@ func TestReceiptEveryByteIsProtected(t *testing.T) {
 		for _, mask := range []byte{0x01, 0x20, 0x80} {
 			c := append([]byte{}, b...)
 			c[i] ^= mask
-			if rep, err := VerifyReceipt(c, nil); err == nil || rep.OK {
+			if rep, err := VerifyReceipt(c, AnyKey); err == nil || rep.OK {
 				t.Fatalf("flipping byte %d (%q) with %#x went undetected", i, b[i], mask)
 			}
 		}
 	}
 	// Truncation and extension too.
 	for _, c := range [][]byte{b[:len(b)-2], append(append([]byte{}, b...), ' '), append(append([]byte{}, b...), '\n')} {
-		if _, err := VerifyReceipt(c, s.Public); err == nil {
+		if _, err := VerifyReceipt(c, TrustKeys(s.Public)); err == nil {
 			t.Fatalf("altered length accepted")
 		}
 	}
 	// Without the trailing newline it is still the same receipt.
-	if _, err := VerifyReceipt(b[:len(b)-1], s.Public); err != nil {
+	if _, err := VerifyReceipt(b[:len(b)-1], TrustKeys(s.Public)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -199,7 +199,7 @@ func TestReceiptSchemaVersionRefused(t *testing.T) {
 	b, _ := buildSample(t)
 	m := decodeEnvelope(t, b)
 	m["payload"].(map[string]any)["schema_version"] = 2
-	_, err := VerifyReceipt(encodeEnvelope(t, m), nil)
+	_, err := VerifyReceipt(encodeEnvelope(t, m), AnyKey)
 	var re *ReceiptError
 	if !errors.As(err, &re) || re.Check != CheckSchema {
 		t.Fatalf("%v", err)
@@ -212,7 +212,7 @@ func TestRecordRunLinksChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rep, err := VerifyReceipt(b, s.Public)
+	rep, err := VerifyReceipt(b, TrustKeys(s.Public))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,8 +241,30 @@ func TestRecordRunManyEnvKeys(t *testing.T) {
 	if rec.Entry.Fields["env_key_count"] == nil {
 		t.Fatal("env_key_count missing")
 	}
-	rep, err := VerifyReceipt(b, s.Public)
+	rep, err := VerifyReceipt(b, TrustKeys(s.Public))
 	if err != nil || len(rep.Payload.EnvKeys) != 100 {
 		t.Fatal(err)
+	}
+}
+
+// TestReceiptVerifyForgedReceiptRefused is issue 11 item 7: a receipt signed
+// by a fresh key that names any signer must not verify unless the caller
+// asked for the self-contained check.
+func TestReceiptVerifyForgedReceiptRefused(t *testing.T) {
+	b, _ := buildSample(t) // signed by its own fresh key
+	host := GenerateSigner("host:real")
+	rep, err := VerifyReceipt(b, TrustKeys(host.Public))
+	var re *ReceiptError
+	if !errors.As(err, &re) || re.Check != CheckTrustedKey || rep.OK {
+		t.Fatalf("forged receipt against the host key: %v %+v", err, rep)
+	}
+	rep, err = VerifyReceipt(b, Trust{})
+	if !errors.As(err, &re) || re.Check != CheckTrustedKey || !strings.Contains(err.Error(), "no trusted key") {
+		t.Fatalf("no trusted key: %v %+v", err, rep)
+	}
+	// Any one of several trusted keys will do.
+	b2, s2 := buildSample(t)
+	if rep, err := VerifyReceipt(b2, TrustKeys(host.Public, s2.Public)); err != nil || !rep.OK {
+		t.Fatalf("second trusted key: %v", err)
 	}
 }
