@@ -34,6 +34,9 @@ type bootParams struct {
 	root     string // block device of the image's root filesystem
 	rootType string
 	upper    string // block device of the per-sandbox writable layer
+	// console is mvm.console=1: the admitted plan allows a console (an
+	// interactive terminal). Absent or anything else means no.
+	console bool
 }
 
 func parseCmdline(cmdline string) bootParams {
@@ -49,6 +52,8 @@ func parseCmdline(cmdline string) bootParams {
 			p.rootType = v
 		case "mvm.upper":
 			p.upper = v
+		case "mvm.console":
+			p.console = v == "1"
 		}
 	}
 	return p

@@ -151,6 +151,9 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 	} else if s.image.Profile == "sealed" {
 		return status.Error(codes.FailedPrecondition, "refused by the image profile \"sealed\": ad-hoc exec and console are disabled; run the image's declared command instead")
 	}
+	if st.Tty && !s.console {
+		return status.Error(codes.FailedPrecondition, "refused by the run profile: this sandbox was admitted without console access (a terminal session); the dev and permissive run profiles allow it")
+	}
 	if len(argv) == 0 {
 		return status.Error(codes.InvalidArgument, "empty argv")
 	}

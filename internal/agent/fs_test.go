@@ -26,7 +26,7 @@ var (
 func testClient(t *testing.T, profile string) (*agentapi.Client, *server) {
 	t.Helper()
 	reaperOnce.Do(func() { testReaper = newReaper() })
-	s := &server{reaper: testReaper, image: ImageConfig{Profile: profile}, hostname: "test"}
+	s := &server{reaper: testReaper, image: ImageConfig{Profile: profile}, hostname: "test", console: true}
 	sock := filepath.Join(t.TempDir(), "a.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {

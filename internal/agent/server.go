@@ -28,7 +28,11 @@ type server struct {
 
 	image    ImageConfig
 	hostname string
-	reaper   *reaper
+	// console is whether the host admitted console access (mvm.console=1
+	// on the kernel command line). Without it, sessions on a terminal are
+	// refused.
+	console bool
+	reaper  *reaper
 
 	// Boot milestones, guest milliseconds since the kernel started.
 	agentStarted, modulesLoaded, rootMounted, channelBound int64
@@ -200,6 +204,7 @@ func (s *server) run() error {
 			s.rootMounted = uptimeMS()
 		}
 		s.hostname = p.hostname
+		s.console = p.console
 		if err := unix.Sethostname([]byte(p.hostname)); err != nil {
 			log.Printf("sethostname: %v", err)
 		}
@@ -209,6 +214,7 @@ func (s *server) run() error {
 	} else {
 		s.reaper = newReaper()
 		s.hostname, _ = os.Hostname()
+		s.console = true // not in a VM: no host plan speaks for it
 	}
 	s.image = readImageConfig()
 

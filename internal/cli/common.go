@@ -158,6 +158,8 @@ func commandError(err error, argv0 string) error {
 		return exitCode(ExitCannotExec, fmt.Errorf("%s: permission denied in the sandbox", argv0))
 	case agentapi.IsRefused(err):
 		return exitCode(ExitCannotExec, errors.New(agentapi.Message(err)))
+	case errors.Is(err, runtime.ErrPolicy):
+		return exitCode(ExitCannotExec, err)
 	case errors.Is(err, runtime.ErrNotFound):
 		return exitCode(ExitNotFound, err)
 	case errors.Is(err, runtime.ErrNotRunning):

@@ -61,8 +61,11 @@ it is on every other way out (the shell exits, SIGTERM, SIGHUP, errors).
 --command runs one command through sh -c instead, without a terminal, and
 exits with its exit code.
 
-Sealed images refuse both (exit 126): the refusal comes from the guest
-agent, which reads the image's profile.`,
+A console needs a sandbox created under the dev or permissive run profile
+(up --profile dev) on an image that is not sealed; otherwise both forms are
+refused (exit 126). The admitted plan records whether a console is allowed:
+mvmctl checks it, and the guest agent, told at boot, refuses a terminal
+session as well.`,
 		Example: `  mvmctl console dev
   mvmctl console dev --command "uname -a"`,
 		Args: cobra.ExactArgs(1),
@@ -91,7 +94,7 @@ func consoleCommand(app *App, rt *runtime.Runtime, name, command string, env map
 	ctx, sig, stop := signalContext(context.Background())
 	defer stop()
 	res, err := rt.Exec(ctx, name, runtime.ExecOptions{
-		Argv: []string{"/bin/sh", "-c", command}, Env: env, Stdout: app.Stdout, Stderr: app.Stderr,
+		Argv: []string{"/bin/sh", "-c", command}, Env: env, Stdout: app.Stdout, Stderr: app.Stderr, Console: true,
 	})
 	if s := sig(); s != nil {
 		return &ExitError{Code: signalExit(s), Err: fmt.Errorf("interrupted by %v; the command was killed", s)}

@@ -45,37 +45,49 @@ func writeReceipt(path string, receipt []byte) error {
 }
 
 // dryRun prints what `run` would ask admission for, without booting,
-// resolving network names, creating keys or writing any state.
+// resolving the image or network names, creating keys or writing any
+// state. The verdict is the runtime's (Runtime.WouldAdmit), the same check
+// real admission runs.
 func dryRun(app *App, f *runFlags, argv []string, env map[string]string, memMiB int) error {
-	prof, err := plan.ParseProfile(f.profile)
+	rt, err := app.runtime()
 	if err != nil {
-		return exitCode(ExitUsage, err)
+		return exitCode(ExitMvm, err)
 	}
-	keys := evidence.SortedKeys(env)
-	// Parsing the network request resolves nothing: names stay names.
 	netCfg, err := f.net.config(app)
 	if err != nil {
 		return exitCode(ExitUsage, err)
 	}
-	netReq := runtime.UpOptions{Network: netCfg}.PlanNetwork()
-	req := plan.Request{EnvKeys: keys, Network: netReq, AckPermissive: plan.PermissiveAcknowledged(nil)}
+	opts := runtime.UpOptions{Image: f.image, CPUs: f.cpus, MemoryMiB: memMiB, Env: env, RunProfile: f.profile, Network: netCfg, Transient: true}
+	p, verr := rt.WouldAdmit(opts)
+	if p == nil {
+		// Not a policy verdict: the options themselves are wrong.
+		if errors.Is(verr, runtime.ErrPolicy) {
+			var pd *plan.PolicyDenied
+			if errors.As(verr, &pd) && pd.Rule == plan.RuleUnknownProfile {
+				return exitCode(ExitUsage, verr)
+			}
+			return exitCode(ExitCannotExec, verr)
+		}
+		return exitCode(ExitUsage, verr)
+	}
 	verdict, reason := "admit", ""
-	if err := prof.Validate(req); err != nil {
-		verdict, reason = "refuse", err.Error()
+	if verr != nil {
+		verdict, reason = "refuse", verr.Error()
 	}
 	img := f.image
 	if img == "" {
 		img = "minimal"
 	}
+	keys := evidence.SortedKeys(env)
 	inv := evidence.RedactInvocation(argv, env)
 	obj := map[string]any{
 		"schema_version": 1, "dry_run": true, "will_execute": false,
-		"profile": string(prof), "verdict": verdict,
+		"run_profile": string(p.RunProfile), "backend": p.Backend, "console": p.Console, "verdict": verdict,
 		"invocation": map[string]any{"argv_len": inv.ArgvLen, "argv_sha256": inv.ArgvSHA256, "env_keys": keys,
 			"workdir_set": f.workdir != "", "stdin_forwarded": f.stdin || !isTerminal(app.Stdin)},
-		"resources": map[string]any{"cpus": f.cpus, "memory_mib": memMiB, "timeout_secs": int(f.timeout / time.Second)},
+		"resources": map[string]any{"cpus": p.Resources.CPUs, "memory_mib": p.Resources.MemoryMiB, "timeout_secs": int(f.timeout / time.Second)},
 		"image":     img,
-		"network":   map[string]any{"mode": string(netReq.Mode), "allow": append([]string{}, netReq.Allow...)},
+		"network":   map[string]any{"mode": string(p.Network.Mode), "allow": p.Network.Allow, "publish": p.Network.Publish},
 		"receipt":   map[string]any{"requested": f.receipt != ""},
 	}
 	if reason != "" {
@@ -84,18 +96,18 @@ func dryRun(app *App, f *runFlags, argv []string, env map[string]string, memMiB 
 	if f.jsonOut {
 		writeJSON(app.Stdout, obj)
 	} else {
-		fmt.Fprintf(app.Stdout, "dry run: would %s (profile %s)\n", verdict, prof)
+		fmt.Fprintf(app.Stdout, "dry run: would %s (run profile %s)\n", verdict, p.RunProfile)
 		if reason != "" {
 			fmt.Fprintf(app.Stdout, "  reason:    %s\n", reason)
 		}
 		fmt.Fprintf(app.Stdout, "  command:   %d args, sha256 %s\n", inv.ArgvLen, inv.ArgvSHA256)
 		fmt.Fprintf(app.Stdout, "  env keys:  %s\n", strings.Join(keys, ", "))
-		fmt.Fprintf(app.Stdout, "  resources: %d cpu, %d MiB, timeout %s\n", f.cpus, memMiB, f.timeout)
-		network := string(netReq.Mode)
-		if len(netReq.Allow) > 0 {
-			network += " " + strings.Join(netReq.Allow, ", ")
+		fmt.Fprintf(app.Stdout, "  resources: %d cpu, %d MiB, timeout %s\n", p.Resources.CPUs, p.Resources.MemoryMiB, f.timeout)
+		network := string(p.Network.Mode)
+		if len(p.Network.Allow) > 0 {
+			network += " " + strings.Join(p.Network.Allow, ", ")
 		}
-		fmt.Fprintf(app.Stdout, "  image:     %s\n  network:   %s\n  receipt:   %v\n", img, network, f.receipt != "")
+		fmt.Fprintf(app.Stdout, "  image:     %s\n  backend:   %s\n  network:   %s\n  receipt:   %v\n", img, p.Backend, network, f.receipt != "")
 	}
 	if verdict == "refuse" {
 		return &ExitError{Code: ExitCannotExec, Silent: true}

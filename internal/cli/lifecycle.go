@@ -35,7 +35,8 @@ func init() {
 func stateJSON(st *sandbox.State) map[string]any {
 	obj := map[string]any{
 		"name": st.Name, "id": st.ID, "state": st.Status,
-		"image": st.Image.Name, "image_digest": st.Image.Digest, "profile": st.Image.Profile,
+		"image": st.Image.Name, "image_digest": st.Image.Digest,
+		"image_profile": st.Image.ImageProfile, "run_profile": st.RunProfile, "backend": st.Backend,
 		"cpus": st.CPUs, "memory_mib": st.MemoryMiB,
 		"created": st.Created.Format(time.RFC3339), "transient": st.Transient,
 	}
@@ -136,7 +137,7 @@ func newUpCmd(app *App) *cobra.Command {
 	fl.IntVar(&o.CPUs, "cpus", 0, "virtual CPUs (default: the manifest's, else 1)")
 	fl.StringVar(&memory, "memory", "512M", "guest memory, e.g. 512M, 1G (default: the manifest's, else 512M)")
 	fl.StringVar(&disk, "disk", "4G", "size of the sandbox's writable layer (sparse; default: the manifest's, else 4G)")
-	fl.StringVar(&o.Profile, "profile", "standard", "run profile: restrictive, standard, dev or permissive")
+	fl.StringVar(&o.RunProfile, "profile", "standard", "run profile: restrictive, standard, dev or permissive (the image profile, dev or sealed, comes from the image)")
 	fl.StringArrayVarP(&env, "env", "e", nil, "default environment for every exec, KEY=VALUE (repeatable)")
 	fl.DurationVar(&o.TTL, "ttl", 0, "stop the sandbox after this long (e.g. 30m); 0 = no limit")
 	fl.BoolVar(&jsonOut, "json", false, "print the sandbox as JSON")

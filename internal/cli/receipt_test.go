@@ -40,7 +40,7 @@ func forgedReceipt(t *testing.T, dir string) string {
 	t.Helper()
 	s := evidence.GenerateSigner("host:victim")
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	b, _, err := evidence.BuildReceipt(evidence.RunRecord{
+	b, _, err := evidence.BuildReceipt(evidence.RunRecord{Backend: "qemu",
 		SandboxID: "sb-1", ImageDigest: "sha256:" + strings.Repeat("a", 64), KernelDigest: strings.Repeat("b", 64),
 		PlanHash: strings.Repeat("c", 64), Argv: []string{"true"}, ExitCode: 0, StartedAt: t0, FinishedAt: t0,
 	}, strings.Repeat("d", 64), s)

@@ -96,7 +96,7 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 	defer stop()
 
 	opts := runtime.RunOptions{
-		Up:      runtime.UpOptions{Image: f.image, CPUs: f.cpus, MemoryMiB: mem, Env: env, Profile: f.profile},
+		Up:      runtime.UpOptions{Image: f.image, CPUs: f.cpus, MemoryMiB: mem, Env: env, RunProfile: f.profile},
 		Exec:    runtime.ExecOptions{Argv: argv, Cwd: f.workdir},
 		Timeout: f.timeout,
 	}

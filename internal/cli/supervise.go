@@ -2,7 +2,9 @@ package cli
 
 import (
 	"os"
+	"path/filepath"
 
+	"github.com/mvm-sandbox/mvm/internal/evidence"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/mvm-sandbox/mvm/internal/supervisor"
 	"github.com/spf13/cobra"
@@ -19,7 +21,13 @@ func newSuperviseCmd(app *App) *cobra.Command {
 		Args:   cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ready := os.NewFile(3, "ready")
-			if err := supervisor.Run(args[0], ready, auditHook(app)); err != nil {
+			// The plan the supervisor boots from must be signed by this
+			// host's key (admission wrote it moments ago).
+			pub, err := evidence.LoadPublicKey(filepath.Join(app.Dirs.Keys(), evidence.PublicKeyFile))
+			if err != nil {
+				pub = nil // refused below: no key, no boot
+			}
+			if err := supervisor.RunWith(args[0], ready, supervisor.Options{Events: auditHook(app), TrustedKey: pub, RequireKey: true}); err != nil {
 				return exitCode(1, err)
 			}
 			return nil

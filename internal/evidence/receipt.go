@@ -16,8 +16,9 @@ import (
 	"time"
 )
 
-// ReceiptSchemaVersion is the receipt schema this build writes and verifies.
-const ReceiptSchemaVersion = 1
+// ReceiptSchemaVersion is the receipt schema this build writes. Version 2
+// added backend; version 1 receipts (without it) still verify.
+const ReceiptSchemaVersion = 2
 
 // MaxReceiptBytes bounds the receipt files VerifyReceipt accepts.
 const MaxReceiptBytes = 64 << 10
@@ -104,6 +105,7 @@ type RunRecord struct {
 	ImageDigest  string
 	KernelDigest string
 	PlanHash     string // plan.SignedPlan hash (sha256 of its canonical bytes)
+	Backend      string // the VMM that ran it: qemu or firecracker
 	Argv         []string
 	Env          map[string]string // values are never stored
 	Stdin        Digest
@@ -122,6 +124,7 @@ type ReceiptPayload struct {
 	ImageDigest      string   `json:"image_digest"`
 	KernelDigest     string   `json:"kernel_digest"`
 	PlanSHA256       string   `json:"plan_sha256"`
+	Backend          string   `json:"backend,omitempty"` // schema 2 on
 	ArgvSHA256       string   `json:"argv_sha256"`
 	ArgvLen          int      `json:"argv_len"`
 	EnvKeys          []string `json:"env_keys"`
@@ -171,6 +174,7 @@ func (r *RunRecord) AuditFields() map[string]any {
 	}
 	f["receipt_id"] = r.ReceiptID
 	f["plan_sha256"] = r.PlanHash
+	f["backend"] = r.Backend
 	f["exit_code"] = r.ExitCode
 	f["stdin_sha256"], f["stdin_bytes"] = r.Stdin.SHA256, r.Stdin.Bytes
 	f["stdout_sha256"], f["stdout_bytes"] = r.Stdout.SHA256, r.Stdout.Bytes
@@ -190,6 +194,7 @@ func BuildReceipt(r RunRecord, auditEntryHash string, s *Signer) ([]byte, *Recei
 		ImageDigest:      r.ImageDigest,
 		KernelDigest:     r.KernelDigest,
 		PlanSHA256:       r.PlanHash,
+		Backend:          r.Backend,
 		ArgvSHA256:       inv.ArgvSHA256,
 		ArgvLen:          inv.ArgvLen,
 		EnvKeys:          inv.EnvKeys,
@@ -342,8 +347,8 @@ func VerifyReceipt(data []byte, trust Trust) (*ReceiptReport, error) {
 	pass(CheckCanonical, "RFC 8785")
 
 	p := rc.Payload
-	if p.SchemaVersion != ReceiptSchemaVersion {
-		return fail(CheckSchema, "schema_version %d is not supported (want %d)", p.SchemaVersion, ReceiptSchemaVersion)
+	if p.SchemaVersion != 1 && p.SchemaVersion != ReceiptSchemaVersion {
+		return fail(CheckSchema, "schema_version %d is not supported (want 1..%d)", p.SchemaVersion, ReceiptSchemaVersion)
 	}
 	if err := checkPayload(&p); err != nil {
 		return fail(CheckSchema, "%v", err)
@@ -408,6 +413,12 @@ var (
 )
 
 func checkPayload(p *ReceiptPayload) error {
+	switch {
+	case p.SchemaVersion == 1 && p.Backend != "":
+		return fmt.Errorf("backend is not a schema 1 field")
+	case p.SchemaVersion >= 2 && p.Backend != "qemu" && p.Backend != "firecracker":
+		return fmt.Errorf("backend %q is not qemu or firecracker", p.Backend)
+	}
 	if !IsID(p.ReceiptID) {
 		return fmt.Errorf("receipt_id %q is not a UUID v4", p.ReceiptID)
 	}

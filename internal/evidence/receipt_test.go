@@ -19,6 +19,7 @@ func sampleRun() RunRecord {
 		ImageDigest:  "sha256:" + strings.Repeat("a1", 32),
 		KernelDigest: strings.Repeat("b2", 32),
 		PlanHash:     strings.Repeat("c3", 32),
+		Backend:      "qemu",
 		Argv:         []string{"python3", "-c", "print(1)"},
 		Env:          map[string]string{"B": "2", "A": "1"},
 		Stdin:        DigestBytes(nil),
@@ -198,11 +199,39 @@ func TestReceiptEveryByteIsProtected(t *testing.T) {
 func TestReceiptSchemaVersionRefused(t *testing.T) {
 	b, _ := buildSample(t)
 	m := decodeEnvelope(t, b)
-	m["payload"].(map[string]any)["schema_version"] = 2
+	m["payload"].(map[string]any)["schema_version"] = 3
 	_, err := VerifyReceipt(encodeEnvelope(t, m), AnyKey)
 	var re *ReceiptError
 	if !errors.As(err, &re) || re.Check != CheckSchema {
 		t.Fatalf("%v", err)
+	}
+	// A version 1 receipt carries no backend; a version 2 one must.
+	m = decodeEnvelope(t, b)
+	m["payload"].(map[string]any)["schema_version"] = 1
+	if _, err := VerifyReceipt(encodeEnvelope(t, m), AnyKey); !errors.As(err, &re) || re.Check != CheckSchema {
+		t.Fatalf("v1 with backend: %v", err)
+	}
+	delete(m["payload"].(map[string]any), "backend")
+	if _, err := VerifyReceipt(encodeEnvelope(t, m), AnyKey); !errors.As(err, &re) || re.Check != CheckSignature {
+		t.Fatalf("v1 without backend should reach the signature check: %v", err)
+	}
+}
+
+// TestReceiptRecordsBackend is issue 17: the backend is in the receipt and
+// in the exec.finished entry.
+func TestReceiptRecordsBackend(t *testing.T) {
+	b, _ := buildSample(t)
+	rep, err := VerifyReceipt(b, AnyKey)
+	if err != nil || rep.Payload.Backend != "qemu" || rep.Payload.SchemaVersion != 2 {
+		t.Fatalf("%v %+v", err, rep.Payload)
+	}
+	r := sampleRun()
+	if r.AuditFields()["backend"] != "qemu" {
+		t.Fatal("exec.finished has no backend")
+	}
+	r.Backend = ""
+	if _, _, err := BuildReceipt(r, strings.Repeat("d4", 32), GenerateSigner("host:x")); err == nil {
+		t.Fatal("receipt without a backend built")
 	}
 }
 

@@ -36,7 +36,7 @@ func TestRedaction(t *testing.T) {
 	stdin := NewHasher()
 	io.WriteString(stdin, secret)
 	now := time.Now()
-	receipt, _, err := RecordRun(chain, s, RunRecord{
+	receipt, _, err := RecordRun(chain, s, RunRecord{Backend: "qemu",
 		SandboxID: "sb-1", ImageDigest: strings.Repeat("1", 64), KernelDigest: strings.Repeat("2", 64),
 		PlanHash: strings.Repeat("3", 64), Argv: argv, Env: env,
 		Stdin: stdin.Digest(), Stdout: stdout.Digest(), Stderr: DigestBytes([]byte(secret)),

@@ -268,7 +268,7 @@ func (s *Server) sandboxCreate(ctx context.Context, a CreateArgs) (SandboxInfo, 
 	sb, err := s.rt.Up(ctx, runtime.UpOptions{
 		Name: handle, Image: a.Template, CPUs: cpus, MemoryMiB: mem, TTL: ttl,
 		Transient:  true, // held by this server: it dies with it
-		Profile:    string(profile),
+		RunProfile: string(profile),
 		Network:    netCfg,
 		NoBuildDir: true,
 	})
@@ -286,7 +286,7 @@ func (s *Server) sandboxCreate(ctx context.Context, a CreateArgs) (SandboxInfo, 
 		b.image = sb.State.Image.Name
 	}
 	if p := sb.Plan; p != nil {
-		b.network, b.allow, b.profile = string(p.Network.Mode), p.Network.Allow, string(p.Profile)
+		b.network, b.allow, b.profile = string(p.Network.Mode), p.Network.Allow, string(p.RunProfile)
 	}
 	s.mu.Lock()
 	closing := s.closing

@@ -138,7 +138,7 @@ func (s *Server) executeTransient(ctx context.Context, e execSpec) (RunResult, s
 	rr, err := s.rt.Run(ctx, runtime.RunOptions{
 		Up: runtime.UpOptions{
 			Name: "mcp-run-" + sandbox.NewID()[:8], Image: e.template, MemoryMiB: mem,
-			TTL: s.lim.SessionMax, Profile: Profile, NoBuildDir: true,
+			TTL: s.lim.SessionMax, RunProfile: string(Profile), NoBuildDir: true,
 		},
 		Exec: execOptions(e, out, errb),
 	})

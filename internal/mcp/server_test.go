@@ -89,7 +89,7 @@ func (f *fakeRuntime) Up(ctx context.Context, o runtime.UpOptions) (*runtime.San
 	f.holds++
 	return &runtime.Sandbox{ID: id, Name: o.Name, Hold: &fakeHold{f: f},
 		State: &sandbox.State{ID: id, Name: o.Name, Status: sandbox.Running, Image: sandbox.ImageRef{Name: "minimal"}},
-		Plan:  &plan.Plan{Profile: plan.Profile(o.Profile), Network: o.PlanNetwork()}}, nil
+		Plan:  &plan.Plan{RunProfile: plan.Profile(o.RunProfile), Network: o.PlanNetwork()}}, nil
 }
 
 // Run is runtime.Run over the fake: boot, one command, Down then the hold.
@@ -367,7 +367,7 @@ func TestSandboxFlow(t *testing.T) {
 		t.Fatalf("create: %v", c)
 	}
 	opts := h.rt.live[c["sandbox_id"].(string)]
-	if opts.Profile != "restrictive" || !opts.Transient || opts.TTL != 10*time.Minute || opts.MemoryMiB != 256 {
+	if opts.RunProfile != "restrictive" || !opts.Transient || opts.TTL != 10*time.Minute || opts.MemoryMiB != 256 {
 		t.Fatalf("up options: %+v", opts)
 	}
 	w := h.mustOK("files_write", map[string]any{"sandbox": sb, "path": "/w/a.txt", "content": "héllo"})

@@ -82,7 +82,7 @@ func Admit(ctx context.Context, sp *SignedPlan, opts AdmitOptions) (*Admission, 
 	refuse := func(reason Reason, err error) (*Admission, error) {
 		aerr := &AdmissionError{Reason: reason, PlanID: p.PlanID, Err: err}
 		if opts.Chain != nil && reason != ReasonAudit {
-			fields := map[string]any{"plan_id": safeTag(p.PlanID), "reason": string(reason), "profile": safeTag(string(p.Profile))}
+			fields := map[string]any{"plan_id": safeTag(p.PlanID), "reason": string(reason), "run_profile": safeTag(string(p.RunProfile))}
 			var pd *PolicyDenied
 			if errors.As(err, &pd) {
 				fields["rule"] = pd.Rule
@@ -112,9 +112,7 @@ func Admit(ctx context.Context, sp *SignedPlan, opts AdmitOptions) (*Admission, 
 	if err := CheckWindow(p, t); err != nil {
 		return refuse(ReasonWindow, err)
 	}
-	req := p.Request()
-	req.AckPermissive = PermissiveAcknowledged(opts.LookupEnv)
-	if err := p.Profile.Validate(req); err != nil {
+	if err := CheckPolicy(p, opts.LookupEnv); err != nil {
 		return refuse(ReasonPolicy, err)
 	}
 	if err := ctx.Err(); err != nil {
@@ -139,11 +137,14 @@ func Admit(ctx context.Context, sp *SignedPlan, opts AdmitOptions) (*Admission, 
 		rec, err := opts.Chain.Append(evidence.KindPlanAdmitted, p.Sandbox.ID, map[string]any{
 			"plan_id":       p.PlanID,
 			"plan_sha256":   hash,
-			"profile":       string(p.Profile),
+			"run_profile":   string(p.RunProfile),
+			"image_profile": p.ImageProfile,
+			"backend":       p.Backend,
 			"image_digest":  p.ImageDigest,
 			"kernel_digest": p.KernelDigest,
 			"network":       string(p.Network.Mode),
 			"allow_count":   len(p.Network.Allow),
+			"publish_count": len(p.Network.Publish),
 			"mount_count":   len(p.Mounts),
 			"env_key_count": len(p.EnvKeys),
 			"console":       p.Console,

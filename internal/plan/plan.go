@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -21,8 +22,11 @@ import (
 	"github.com/mvm-sandbox/mvm/internal/evidence"
 )
 
-// SchemaVersion is the plan schema this build writes and admits.
-const SchemaVersion = 1
+// SchemaVersion is the plan schema this build writes and admits. Version 1
+// plans (with "profile" for the run profile, no image profile, backend or
+// published ports) are still read, for the hash of sandboxes admitted by
+// an older mvmctl, but never admitted.
+const SchemaVersion = 2
 
 // DefaultValidity is the plan validity window.
 const DefaultValidity = 10 * time.Minute
@@ -49,16 +53,37 @@ type Plan struct {
 	Sandbox       SandboxRef `json:"sandbox"`
 	ImageDigest   string     `json:"image_digest"`
 	KernelDigest  string     `json:"kernel_digest"`
-	Resources     Resources  `json:"resources"`
-	Profile       Profile    `json:"profile"`
-	Network       Network    `json:"network"`
-	Mounts        []Mount    `json:"mounts"`
-	EnvKeys       []string   `json:"env_keys"`
-	Console       bool       `json:"console"`
-	ValidFrom     string     `json:"valid_from"`
-	ValidUntil    string     `json:"valid_until"`
-	Nonce         string     `json:"nonce"`
+	// ImageProfile is the profile of the artifact booted (dev or sealed),
+	// as the host recorded it when the image was built.
+	ImageProfile string `json:"image_profile"`
+	// Backend is the VMM that boots the plan (qemu or firecracker).
+	Backend   string    `json:"backend"`
+	Resources Resources `json:"resources"`
+	// RunProfile is how much of the host the run may reach.
+	RunProfile Profile  `json:"run_profile"`
+	Network    Network  `json:"network"`
+	Mounts     []Mount  `json:"mounts"`
+	EnvKeys    []string `json:"env_keys"`
+	// Console reports whether a console (an interactive terminal in the
+	// guest) may be opened: the run profile allows it and the image is
+	// not sealed. The supervisor tells the agent at boot.
+	Console    bool   `json:"console"`
+	ValidFrom  string `json:"valid_from"`
+	ValidUntil string `json:"valid_until"`
+	Nonce      string `json:"nonce"`
 }
+
+// Image profiles.
+const (
+	ImageDev    = "dev"
+	ImageSealed = "sealed"
+)
+
+// Backends.
+const (
+	BackendQEMU        = "qemu"
+	BackendFirecracker = "firecracker"
+)
 
 // Input is what a boot asks for.
 type Input struct {
@@ -66,12 +91,18 @@ type Input struct {
 	SandboxName  string
 	ImageDigest  string
 	KernelDigest string
+	ImageProfile string // "" means ImageDev
+	Backend      string // "" means BackendQEMU
 	Resources    Resources
-	Profile      Profile // "" means DefaultProfile
+	RunProfile   Profile // "" means DefaultProfile
 	Network      Network // zero value means no network
 	Mounts       []Mount
 	EnvKeys      []string // names only
-	Console      bool
+	// Console asks for console access; a plan that asks for it under a
+	// profile that refuses it is refused. ConsoleIfAllowed instead sets
+	// Console to whatever the run and image profiles allow.
+	Console          bool
+	ConsoleIfAllowed bool
 	// Validity overrides DefaultValidity (tests).
 	Validity time.Duration
 }
@@ -80,9 +111,21 @@ type Input struct {
 // with a fresh 32-byte nonce. It checks the plan is well formed; whether
 // the profile allows it is checked by Admit (and Profile.Validate).
 func Synthesize(in Input, now time.Time) (*Plan, error) {
-	prof := in.Profile
+	prof := in.RunProfile
 	if prof == "" {
 		prof = DefaultProfile
+	}
+	imgProf := in.ImageProfile
+	if imgProf == "" {
+		imgProf = ImageDev
+	}
+	backend := in.Backend
+	if backend == "" {
+		backend = BackendQEMU
+	}
+	console := in.Console
+	if in.ConsoleIfAllowed {
+		console = prof.AllowsConsole() && imgProf != ImageSealed
 	}
 	validity := in.Validity
 	if validity <= 0 {
@@ -99,6 +142,7 @@ func Synthesize(in Input, now time.Time) (*Plan, error) {
 	if net.Allow == nil {
 		net.Allow = []string{}
 	}
+	net.Publish = append([]Port{}, net.Publish...)
 	mounts := append([]Mount{}, in.Mounts...)
 	env := append([]string{}, in.EnvKeys...)
 	sort.Strings(env)
@@ -108,12 +152,14 @@ func Synthesize(in Input, now time.Time) (*Plan, error) {
 		Sandbox:       SandboxRef{ID: in.SandboxID, Name: in.SandboxName},
 		ImageDigest:   in.ImageDigest,
 		KernelDigest:  in.KernelDigest,
+		ImageProfile:  imgProf,
+		Backend:       backend,
 		Resources:     in.Resources,
-		Profile:       prof,
+		RunProfile:    prof,
 		Network:       net,
 		Mounts:        mounts,
 		EnvKeys:       env,
-		Console:       in.Console,
+		Console:       console,
 		ValidFrom:     evidence.FormatTime(now),
 		ValidUntil:    evidence.FormatTime(now.Add(validity)),
 		Nonce:         hex.EncodeToString(nonce[:]),
@@ -162,11 +208,20 @@ func (p *Plan) Check() error {
 	if r.DiskMiB < 0 || r.DiskMiB > 1<<24 {
 		return bad("disk_mib %d outside 0..16777216", r.DiskMiB)
 	}
-	if _, ok := profileCaps[p.Profile]; !ok {
-		return bad("unknown profile %q", string(p.Profile))
+	if _, ok := profileCaps[p.RunProfile]; !ok {
+		return bad("unknown run profile %q", string(p.RunProfile))
 	}
-	if p.Mounts == nil || p.EnvKeys == nil || p.Network.Allow == nil {
-		return bad("mounts, env_keys and network.allow must be present")
+	if p.ImageProfile != ImageDev && p.ImageProfile != ImageSealed {
+		return bad("image_profile %q is not dev or sealed", p.ImageProfile)
+	}
+	if p.Backend != BackendQEMU && p.Backend != BackendFirecracker {
+		return bad("backend %q is not qemu or firecracker", p.Backend)
+	}
+	if p.Mounts == nil || p.EnvKeys == nil || p.Network.Allow == nil || p.Network.Publish == nil {
+		return bad("mounts, env_keys, network.allow and network.publish must be present")
+	}
+	if p.Console && p.ImageProfile == ImageSealed {
+		return bad("console on a sealed image")
 	}
 	if !sort.StringsAreSorted(p.EnvKeys) {
 		return bad("env_keys must be sorted")
@@ -205,6 +260,19 @@ func (p *Plan) Request() Request {
 	return Request{EnvKeys: p.EnvKeys, Mounts: p.Mounts, Network: p.Network, Console: p.Console}
 }
 
+// CheckPolicy is the one answer to "would this plan be admitted by its
+// profile": Admit calls it, and so does a dry run (on a plan synthesized
+// but not signed). lookupEnv reads MVM_ACK_PERMISSIVE_RUN (os.LookupEnv
+// when nil).
+func CheckPolicy(p *Plan, lookupEnv func(string) (string, bool)) error {
+	if err := p.Check(); err != nil {
+		return err
+	}
+	req := p.Request()
+	req.AckPermissive = PermissiveAcknowledged(lookupEnv)
+	return p.RunProfile.Validate(req)
+}
+
 // SignedPlan is a plan with its signature. On disk it is the canonical
 // JSON {"payload":{...},"public_key_sha256":"...","signature":"<base64>",
 // "signer_id":"host:<hostname>"} plus "\n". The signature is Ed25519 over
@@ -214,6 +282,10 @@ type SignedPlan struct {
 	SignerID        string `json:"signer_id"`
 	PublicKeySHA256 string `json:"public_key_sha256"`
 	Signature       string `json:"signature"`
+
+	// raw is the canonical bytes a parsed plan was read from (a version 1
+	// plan re-encodes differently, so its hash is taken from these).
+	raw []byte
 }
 
 // Sign signs p with s.
@@ -248,6 +320,9 @@ func (sp *SignedPlan) Canonical() ([]byte, error) { return evidence.Canonical(sp
 
 // Hash is the plan hash receipts carry: sha256 hex of Canonical().
 func (sp *SignedPlan) Hash() (string, error) {
+	if sp.raw != nil {
+		return evidence.SHA256Hex(sp.raw), nil
+	}
 	b, err := sp.Canonical()
 	if err != nil {
 		return "", err
@@ -258,6 +333,14 @@ func (sp *SignedPlan) Hash() (string, error) {
 // Parse reads a stored signed plan strictly (unknown fields and
 // non-canonical encodings are refused). It does not verify the signature.
 func Parse(b []byte) (*SignedPlan, error) {
+	var peek struct {
+		Payload struct {
+			SchemaVersion int `json:"schema_version"`
+		} `json:"payload"`
+	}
+	if err := json.Unmarshal(b, &peek); err == nil && peek.Payload.SchemaVersion == 1 {
+		return parseV1(b)
+	}
 	var sp SignedPlan
 	if err := evidence.DecodeStrict(b, &sp); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
@@ -270,6 +353,61 @@ func Parse(b []byte) (*SignedPlan, error) {
 		return nil, fmt.Errorf("%w: signed plan is not in canonical form", ErrMalformed)
 	}
 	return &sp, nil
+}
+
+// planV1 is the version 1 payload, read for old sandboxes only.
+type planV1 struct {
+	SchemaVersion int        `json:"schema_version"`
+	PlanID        string     `json:"plan_id"`
+	Sandbox       SandboxRef `json:"sandbox"`
+	ImageDigest   string     `json:"image_digest"`
+	KernelDigest  string     `json:"kernel_digest"`
+	Resources     Resources  `json:"resources"`
+	Profile       Profile    `json:"profile"`
+	Network       struct {
+		Mode  NetMode  `json:"mode"`
+		Allow []string `json:"allow"`
+	} `json:"network"`
+	Mounts     []Mount  `json:"mounts"`
+	EnvKeys    []string `json:"env_keys"`
+	Console    bool     `json:"console"`
+	ValidFrom  string   `json:"valid_from"`
+	ValidUntil string   `json:"valid_until"`
+	Nonce      string   `json:"nonce"`
+}
+
+// parseV1 reads a version 1 signed plan strictly and converts it; its
+// Hash is that of the bytes read. Admit refuses it (schema).
+func parseV1(b []byte) (*SignedPlan, error) {
+	var v struct {
+		Payload         planV1 `json:"payload"`
+		SignerID        string `json:"signer_id"`
+		PublicKeySHA256 string `json:"public_key_sha256"`
+		Signature       string `json:"signature"`
+	}
+	if err := evidence.DecodeStrict(b, &v); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	c, err := evidence.Canonical(v)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(c, bytes.TrimSuffix(b, []byte("\n"))) {
+		return nil, fmt.Errorf("%w: signed plan is not in canonical form", ErrMalformed)
+	}
+	o := v.Payload
+	return &SignedPlan{
+		Payload: Plan{
+			SchemaVersion: o.SchemaVersion, PlanID: o.PlanID, Sandbox: o.Sandbox,
+			ImageDigest: o.ImageDigest, KernelDigest: o.KernelDigest, ImageProfile: ImageDev, Backend: BackendQEMU,
+			Resources: o.Resources, RunProfile: o.Profile,
+			Network: Network{Mode: o.Network.Mode, Allow: o.Network.Allow, Publish: []Port{}},
+			Mounts:  o.Mounts, EnvKeys: o.EnvKeys, Console: o.Console,
+			ValidFrom: o.ValidFrom, ValidUntil: o.ValidUntil, Nonce: o.Nonce,
+		},
+		SignerID: v.SignerID, PublicKeySHA256: v.PublicKeySHA256, Signature: v.Signature,
+		raw: c,
+	}, nil
 }
 
 // Load reads and parses a stored plan file.

@@ -62,7 +62,7 @@ func TestSynthesize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Profile != Standard || p.Network.Mode != NetNone || len(p.Nonce) != 64 ||
+	if p.RunProfile != Standard || p.Network.Mode != NetNone || len(p.Nonce) != 64 ||
 		p.ValidFrom != "2025-01-02T03:04:05.000Z" || p.ValidUntil != "2025-01-02T03:14:05.000Z" ||
 		p.EnvKeys[0] != "A" || p.Sandbox.Name != "demo" {
 		t.Fatalf("%+v", p)
@@ -137,7 +137,7 @@ func TestAdmitRefusals(t *testing.T) {
 		}, ReasonSignature, ErrBadSignature},
 		{"tampered profile", func(e *env) (*SignedPlan, AdmitOptions) {
 			sp, _ := Prepare(testInput(), e.signer, now)
-			sp.Payload.Profile = Dev
+			sp.Payload.RunProfile = Dev
 			return sp, e.opts(now)
 		}, ReasonSignature, ErrBadSignature},
 		{"future schema", func(e *env) (*SignedPlan, AdmitOptions) {
@@ -153,7 +153,7 @@ func TestAdmitRefusals(t *testing.T) {
 		}, ReasonPolicy, nil},
 		{"policy: permissive without ack", func(e *env) (*SignedPlan, AdmitOptions) {
 			in := testInput()
-			in.Profile = Permissive
+			in.RunProfile = Permissive
 			sp, _ := Prepare(in, e.signer, now)
 			return sp, e.opts(now)
 		}, ReasonPolicy, nil},
@@ -191,7 +191,7 @@ func TestAdmitPermissiveWithAck(t *testing.T) {
 	e := newEnv(t)
 	now := time.Now()
 	in := testInput()
-	in.Profile = Permissive
+	in.RunProfile = Permissive
 	in.Network = Network{Mode: NetUnrestricted}
 	in.Mounts[0].ReadOnly = false
 	in.Console = true

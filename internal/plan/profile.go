@@ -70,7 +70,44 @@ type Network struct {
 	// AllowPrivate: allowed names may resolve to private, CGNAT and ULA
 	// addresses (the operator's --allow-private; docs/network.md).
 	AllowPrivate bool `json:"allow_private,omitempty"`
+	// Publish lists the guest ports bound on the host at boot (-p).
+	Publish []Port `json:"publish"`
 }
+
+// Port is a published port: HostAddr:HostPort on the host reaches
+// GuestPort in the guest. HostAddr is an IPv4 literal.
+type Port struct {
+	HostAddr  string `json:"host_addr"`
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
+}
+
+// CheckPublish checks one published port against the profile: the same
+// rule at boot (every port in the plan) and for a port forwarded later on
+// a running sandbox.
+func (p Profile) CheckPublish(port Port) error {
+	c, ok := profileCaps[p]
+	if !ok {
+		return &PolicyDenied{Profile: p, Rule: RuleUnknownProfile, Detail: fmt.Sprintf("unknown profile %q", string(p))}
+	}
+	deny := func(rule, format string, a ...any) error {
+		return &PolicyDenied{Profile: p, Rule: rule, Detail: fmt.Sprintf(format, a...)}
+	}
+	ip := net.ParseIP(port.HostAddr)
+	if ip == nil || ip.To4() == nil || port.HostPort < 0 || port.HostPort > 65535 || port.GuestPort < 1 || port.GuestPort > 65535 {
+		return deny(RulePublishInvalid, "published port %s:%d->%d is not an IPv4 address and ports", port.HostAddr, port.HostPort, port.GuestPort)
+	}
+	if !c.publishLoopback {
+		return deny(RulePublishForbidden, "published ports are not allowed")
+	}
+	if !ip.IsLoopback() && !c.publishAny {
+		return deny(RulePublishNonLoopback, "port %d is bound on %s; only loopback (127.0.0.1) binds are allowed", port.HostPort, port.HostAddr)
+	}
+	return nil
+}
+
+// AllowsConsole reports whether the profile allows console access.
+func (p Profile) AllowsConsole() bool { return profileCaps[p].console }
 
 // Mount is a host directory shared into the guest.
 type Mount struct {
@@ -92,25 +129,29 @@ type Request struct {
 
 // Policy rules, named in PolicyDenied.Rule.
 const (
-	RuleUnknownProfile    = "profile.unknown"
-	RulePermissiveAck     = "profile.permissive_ack_required"
-	RuleEnvKeySyntax      = "env.key_syntax"
-	RuleEnvDuplicate      = "env.key_duplicate"
-	RuleEnvForbidden      = "env.forbidden"
-	RuleMountForbidden    = "mount.forbidden"
-	RuleMountReadWrite    = "mount.read_write_forbidden"
-	RuleMountPath         = "mount.path_invalid"
-	RuleMountLimit        = "mount.limit"
-	RuleNetForbidden      = "net.forbidden"
-	RuleNetUnrestricted   = "net.unrestricted_forbidden"
-	RuleNetMode           = "net.mode_invalid"
-	RuleNetAllowlist      = "net.allowlist_invalid"
-	RuleConsoleForbidden  = "console.forbidden"
-	maxMounts             = 16
-	maxAllow              = 64
-	maxEnvKeys            = 256
-	maxEnvKeyLen          = 128
-	permissiveAckRequired = "1"
+	RuleUnknownProfile     = "profile.unknown"
+	RulePermissiveAck      = "profile.permissive_ack_required"
+	RuleEnvKeySyntax       = "env.key_syntax"
+	RuleEnvDuplicate       = "env.key_duplicate"
+	RuleEnvForbidden       = "env.forbidden"
+	RuleMountForbidden     = "mount.forbidden"
+	RuleMountReadWrite     = "mount.read_write_forbidden"
+	RuleMountPath          = "mount.path_invalid"
+	RuleMountLimit         = "mount.limit"
+	RuleNetForbidden       = "net.forbidden"
+	RuleNetUnrestricted    = "net.unrestricted_forbidden"
+	RuleNetMode            = "net.mode_invalid"
+	RuleNetAllowlist       = "net.allowlist_invalid"
+	RuleConsoleForbidden   = "console.forbidden"
+	RulePublishForbidden   = "net.publish_forbidden"
+	RulePublishNonLoopback = "net.publish_non_loopback"
+	RulePublishInvalid     = "net.publish_invalid"
+	maxPublish             = 64
+	maxMounts              = 16
+	maxAllow               = 64
+	maxEnvKeys             = 256
+	maxEnvKeyLen           = 128
+	permissiveAckRequired  = "1"
 )
 
 // PolicyDenied is returned when a request breaks a rule of its profile.
@@ -139,13 +180,16 @@ func PermissiveAcknowledged(lookup func(string) (string, bool)) bool {
 
 type caps struct {
 	env, roDirs, rwDirs, allowlist, unrestricted, console, needsAck bool
+	// publishLoopback allows published ports bound on loopback;
+	// publishAny also on other addresses (0.0.0.0, a LAN address).
+	publishLoopback, publishAny bool
 }
 
 var profileCaps = map[Profile]caps{
 	Restrictive: {},
-	Standard:    {env: true, roDirs: true, allowlist: true},
-	Dev:         {env: true, roDirs: true, rwDirs: true, allowlist: true, console: true},
-	Permissive:  {env: true, roDirs: true, rwDirs: true, allowlist: true, unrestricted: true, console: true, needsAck: true},
+	Standard:    {env: true, roDirs: true, allowlist: true, publishLoopback: true},
+	Dev:         {env: true, roDirs: true, rwDirs: true, allowlist: true, console: true, publishLoopback: true, publishAny: true},
+	Permissive:  {env: true, roDirs: true, rwDirs: true, allowlist: true, unrestricted: true, console: true, needsAck: true, publishLoopback: true, publishAny: true},
 }
 
 // Validate checks req against profile p and returns a *PolicyDenied naming
@@ -229,6 +273,15 @@ func (p Profile) Validate(req Request) error {
 		}
 	default:
 		return deny(RuleNetMode, "unknown network mode %q", string(req.Network.Mode))
+	}
+
+	if len(req.Network.Publish) > maxPublish {
+		return deny(RulePublishInvalid, "%d published ports exceed the limit of %d", len(req.Network.Publish), maxPublish)
+	}
+	for _, port := range req.Network.Publish {
+		if err := p.CheckPublish(port); err != nil {
+			return err
+		}
 	}
 
 	if req.Console && !c.console {

@@ -61,11 +61,12 @@ func auditID(rec evidence.Record) string {
 	return fmt.Sprintf("%d:%s", rec.Entry.Seq, rec.Hash[:16])
 }
 
-// planInput is what admission sees of an Up.
-func planInput(id, name string, img *bootImage, o UpOptions) (plan.Input, error) {
-	prof, err := plan.ParseProfile(o.Profile)
+// planInput is what admission sees of an Up: the one translation of
+// options into a plan, for real admission and dry runs alike.
+func planInput(id, name string, img *bootImage, backend string, o UpOptions) (plan.Input, error) {
+	prof, err := plan.ParseProfile(o.RunProfile)
 	if err != nil {
-		return plan.Input{}, fmt.Errorf("%w: %v", ErrPolicy, err)
+		return plan.Input{}, fmt.Errorf("%w: %w", ErrPolicy, err)
 	}
 	keys := make([]string, 0, len(o.Env))
 	for k := range o.Env {
@@ -73,12 +74,15 @@ func planInput(id, name string, img *bootImage, o UpOptions) (plan.Input, error)
 	}
 	return plan.Input{
 		SandboxID: id, SandboxName: name,
-		ImageDigest: img.ref.Digest, KernelDigest: img.kernel.Digest,
-		Resources: plan.Resources{CPUs: o.CPUs, MemoryMiB: o.MemoryMiB, DiskMiB: o.DiskMiB},
-		Profile:   prof,
-		Network:   o.network(),
-		EnvKeys:   keys,
-		Console:   false, // console is opened later, if ever, and the image profile governs it
+		ImageDigest: img.ref.Digest, KernelDigest: img.kernelDigest(),
+		ImageProfile: img.profile, Backend: backend,
+		Resources:  plan.Resources{CPUs: o.CPUs, MemoryMiB: o.MemoryMiB, DiskMiB: o.DiskMiB},
+		RunProfile: prof,
+		Network:    o.network(),
+		EnvKeys:    keys,
+		// A console may be opened later when both profiles allow it; the
+		// plan records the answer and the agent learns it at boot.
+		ConsoleIfAllowed: true,
 	}, nil
 }
 
@@ -91,7 +95,7 @@ func (r *Runtime) admit(ctx context.Context, in plan.Input, dir string) (*plan.A
 	}
 	sp, err := plan.Prepare(in, w.signer, nowUTC())
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrPolicy, err)
+		return nil, fmt.Errorf("%w: %w", ErrPolicy, err)
 	}
 	adm, err := plan.Admit(ctx, sp, plan.AdmitOptions{
 		TrustedKey: w.signer.Public,
@@ -100,9 +104,38 @@ func (r *Runtime) admit(ctx context.Context, in plan.Input, dir string) (*plan.A
 		Chain:      w.chain,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrPolicy, err)
+		return nil, fmt.Errorf("%w: %w", ErrPolicy, err)
 	}
 	return adm, nil
+}
+
+// admittedPlan is the plan a sandbox was admitted with.
+func (r *Runtime) admittedPlan(nameOrID string) (*plan.Plan, error) {
+	_, dir, err := r.dir(nameOrID)
+	if err != nil {
+		return nil, err
+	}
+	sp, err := plan.Load(filepath.Join(dir, sandbox.PlanFile))
+	if err != nil {
+		return nil, fmt.Errorf("admitted plan of %s: %w", nameOrID, err)
+	}
+	return &sp.Payload, nil
+}
+
+// checkConsole refuses a terminal session the admitted plan does not
+// allow.
+func (r *Runtime) checkConsole(nameOrID string) error {
+	p, err := r.admittedPlan(nameOrID)
+	if err != nil {
+		return err
+	}
+	if p.Console {
+		return nil
+	}
+	if p.ImageProfile == plan.ImageSealed {
+		return fmt.Errorf("%w: refused by the image profile \"sealed\": console is disabled", ErrPolicy)
+	}
+	return fmt.Errorf("%w: %s was admitted under run profile %q, which refuses console access (a terminal session); create it under the dev or permissive run profile", ErrPolicy, nameOrID, p.RunProfile)
 }
 
 // planHash returns the hash of the plan a sandbox was admitted with.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/backend"
 	"github.com/mvm-sandbox/mvm/internal/image"
+	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
 
@@ -46,8 +47,8 @@ func BusyboxPath() (string, error) {
 }
 
 // initramfs returns the shared initramfs: the agent as /init, busybox, and
-// the modules the guest loads.
-func (r *Runtime) initramfs(k *image.Kernel) (string, string, error) {
+// the modules the guest loads (which depend on the backend).
+func (r *Runtime) initramfs(k *image.Kernel, backend string) (string, string, error) {
 	if err := r.CheckAgent(); err != nil {
 		return "", "", err
 	}
@@ -56,13 +57,13 @@ func (r *Runtime) initramfs(k *image.Kernel) (string, string, error) {
 		return "", "", err
 	}
 	return image.EnsureInitramfs(r.Dirs, image.InitramfsSpec{
-		Agent: r.Agent, Busybox: bb, Kernel: k, Modules: initramfsModules(),
+		Agent: r.Agent, Busybox: bb, Kernel: k, Modules: initramfsModules(backend),
 	})
 }
 
 // initramfsModules is guestModules, plus VsockModules for Firecracker.
-func initramfsModules() []string {
-	if os.Getenv("MVM_BACKEND") == "firecracker" {
+func initramfsModules(backend string) []string {
+	if backend == plan.BackendFirecracker {
 		return append(append([]string(nil), guestModules...), VsockModules...)
 	}
 	return guestModules
@@ -79,18 +80,18 @@ func IsBuildDir(name string) bool {
 // when unchanged); a template is built on first use; otherwise the name is
 // an artifact digest (prefix) or a manifest name from `mvmctl build`.
 // Without buildDir a directory is never built, whatever the name.
-func (r *Runtime) resolveImage(ctx context.Context, name string, buildDir bool, progress func(image.Event)) (*bootImage, error) {
+func (r *Runtime) resolveImage(ctx context.Context, name, backend string, buildDir bool, progress func(image.Event)) (*bootImage, error) {
 	k, err := image.FindKernel(r.Dirs)
 	if err != nil {
 		return nil, err
 	}
-	initrd, digest, err := r.initramfs(k)
+	initrd, digest, err := r.initramfs(k, backend)
 	if err != nil {
 		return nil, fmt.Errorf("prepare initramfs: %w", err)
 	}
 	if name == "" || name == "minimal" {
 		return &bootImage{
-			ref:    sandbox.ImageRef{Name: "minimal", Digest: digest, Profile: "dev"},
+			ref:    sandbox.ImageRef{Name: "minimal", Digest: digest, ImageProfile: plan.ImageDev},
 			kernel: k, initrd: initrd, profile: "dev",
 		}, nil
 	}
@@ -112,9 +113,26 @@ func (r *Runtime) resolveImage(ctx context.Context, name string, buildDir bool, 
 		label = art.Template
 	}
 	return &bootImage{
-		ref:    sandbox.ImageRef{Name: label, Digest: art.Digest, Profile: art.Profile},
-		kernel: k, initrd: initrd, rootfs: art.Path, profile: art.Profile, artifact: art,
+		ref:    sandbox.ImageRef{Name: label, Digest: art.Digest, ImageProfile: imageProfile(art.Profile)},
+		kernel: k, initrd: initrd, rootfs: art.Path, profile: imageProfile(art.Profile), artifact: art,
 	}, nil
+}
+
+// imageProfile is an artifact's profile; an artifact that names none is a
+// development image.
+func imageProfile(p string) string {
+	if p == "" {
+		return plan.ImageDev
+	}
+	return p
+}
+
+// kernelDigest is the digest of the kernel booted ("" while unresolved).
+func (img *bootImage) kernelDigest() string {
+	if img.kernel == nil {
+		return ""
+	}
+	return img.kernel.Digest
 }
 
 // DefaultDiskMiB is the size of a sandbox's writable layer when neither

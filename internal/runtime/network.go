@@ -17,15 +17,7 @@ import (
 func (o UpOptions) network() plan.Network { return o.PlanNetwork() }
 
 // PlanNetwork is the network policy as a plan records it (for dry runs).
-func (o UpOptions) PlanNetwork() plan.Network {
-	switch o.Network.Mode {
-	case netpolicy.Allowlist:
-		return plan.Network{Mode: plan.NetAllowlist, Allow: o.Network.Strings(), AllowPrivate: o.Network.AllowPrivate}
-	case netpolicy.Unrestricted:
-		return plan.Network{Mode: plan.NetUnrestricted}
-	}
-	return plan.Network{Mode: plan.NetNone}
-}
+func (o UpOptions) PlanNetwork() plan.Network { return o.Network.PlanNetwork() }
 
 // ManifestNetworkError refuses a boot whose image manifest asks for
 // egress the operator has not granted.

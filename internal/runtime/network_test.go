@@ -94,12 +94,12 @@ func TestMCPOriginRefusesHostInternalAtUp(t *testing.T) {
 	r := &Runtime{Dirs: d, Layout: sandbox.Layout{Root: d.State}, Exe: "/nonexistent/mvmctl"}
 	for _, origin := range []netpolicy.Origin{netpolicy.OriginMCP, ""} {
 		cfg := netpolicy.Config{Mode: netpolicy.Allowlist, Origin: origin, Allow: []netpolicy.Rule{{Host: netpolicy.HostAlias, Port: 2375}}}
-		_, err := r.Up(context.Background(), UpOptions{Network: cfg, Profile: "standard"})
+		_, err := r.Up(context.Background(), UpOptions{Network: cfg, RunProfile: "standard"})
 		if !errors.Is(err, ErrPolicy) || !strings.Contains(err.Error(), netpolicy.HostAlias) {
 			t.Errorf("origin %q: Up = %v, want a policy refusal", origin, err)
 		}
 		cfg.Origin, cfg.Allow, cfg.AllowPrivate = origin, []netpolicy.Rule{{Host: "mirror.corp", Port: 443}}, true
-		if _, err := r.Up(context.Background(), UpOptions{Network: cfg, Profile: "standard"}); !errors.Is(err, ErrPolicy) {
+		if _, err := r.Up(context.Background(), UpOptions{Network: cfg, RunProfile: "standard"}); !errors.Is(err, ErrPolicy) {
 			t.Errorf("origin %q: AllowPrivate: Up = %v, want a policy refusal", origin, err)
 		}
 	}

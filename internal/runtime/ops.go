@@ -49,10 +49,13 @@ func (r *Runtime) Connect(ctx context.Context, nameOrID string) (*agentapi.Clien
 
 // ExecOptions describe a command to run in a sandbox.
 type ExecOptions struct {
-	Argv       []string
-	Env        map[string]string
-	Cwd        string
-	TTY        bool
+	Argv []string
+	Env  map[string]string
+	Cwd  string
+	TTY  bool
+	// Console marks a console session (`console --command`): like TTY, it
+	// needs the admitted plan to allow a console.
+	Console    bool
 	Rows, Cols uint32
 	Stdin      io.Reader
 	Stdout     io.Writer
@@ -79,6 +82,11 @@ func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*Ex
 	for k := range o.Env {
 		if !validEnvKey(k) {
 			return nil, fmt.Errorf("invalid environment variable name %q", k)
+		}
+	}
+	if o.TTY || o.Console {
+		if err := r.checkConsole(nameOrID); err != nil {
+			return nil, err
 		}
 	}
 	c, st, err := r.Connect(ctx, nameOrID)
@@ -129,7 +137,7 @@ func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*Ex
 	}
 	receipt, rec, err := evidence.RecordRun(w.chain, w.signer, evidence.RunRecord{
 		SandboxID: st.ID, ImageDigest: st.Image.Digest, KernelDigest: kernelDigest(dir),
-		PlanHash: planHash(dir), Argv: o.Argv, Env: env,
+		PlanHash: planHash(dir), Backend: backendOf(dir), Argv: o.Argv, Env: env,
 		Stdin: inH.Digest(), Stdout: outH.Digest(), Stderr: errH.Digest(),
 		ExitCode: res.ExitCode, StartedAt: started, FinishedAt: time.Now(),
 	})
@@ -160,6 +168,16 @@ func execFailureTag(err error, ctx context.Context) string {
 		return "refused_by_profile"
 	}
 	return "error"
+}
+
+// backendOf is the backend a sandbox was created with (qemu for sandboxes
+// created before it was recorded).
+func backendOf(dir string) string {
+	var spec sandbox.Spec
+	if sandbox.ReadJSON(filepath.Join(dir, sandbox.SpecFile), &spec) != nil || spec.Backend == "" {
+		return "qemu"
+	}
+	return spec.Backend
 }
 
 func kernelDigest(dir string) string {

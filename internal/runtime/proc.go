@@ -130,8 +130,13 @@ type ConsoleOptions struct {
 }
 
 // Console runs Argv on a guest PTY until it exits or ctx ends (a detach).
-// The agent refuses it on sealed images.
+// It is refused unless the admitted plan allows a console (the run
+// profile allows it and the image is not sealed); the agent, told at
+// boot, refuses it as well.
 func (r *Runtime) Console(ctx context.Context, name string, o ConsoleOptions) (res *agentapi.ExecResult, err error) {
+	if err := r.checkConsole(name); err != nil {
+		return nil, err
+	}
 	env, err := r.sandboxEnv(name, o.Env)
 	if err != nil {
 		return nil, err

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/paths"
+	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
 
@@ -24,6 +25,25 @@ type Runtime struct {
 	Exe string
 	// Agent is the static mvm-agent binary put into guest images.
 	Agent string
+	// Backend is the VMM new sandboxes boot with: MVM_BACKEND read once
+	// by New ("" is qemu). Each sandbox records its own in its spec,
+	// plan and receipts.
+	Backend string
+}
+
+// BackendEnv selects the VMM of new sandboxes: "qemu" (the default) or
+// "firecracker".
+const BackendEnv = "MVM_BACKEND"
+
+// backend validates the chosen backend.
+func (r *Runtime) backend() (string, error) {
+	switch r.Backend {
+	case "", plan.BackendQEMU:
+		return plan.BackendQEMU, nil
+	case plan.BackendFirecracker:
+		return plan.BackendFirecracker, nil
+	}
+	return "", fmt.Errorf("%s=%q: want qemu (the default) or firecracker", BackendEnv, r.Backend)
 }
 
 // Errors callers map to exit codes and messages.
@@ -47,7 +67,7 @@ func New(d paths.Dirs) (*Runtime, error) {
 	if agent == "" {
 		agent = filepath.Join(filepath.Dir(exe), "mvm-agent")
 	}
-	return &Runtime{Dirs: d, Layout: sandbox.Layout{Root: d.State}, Exe: exe, Agent: agent}, nil
+	return &Runtime{Dirs: d, Layout: sandbox.Layout{Root: d.State}, Exe: exe, Agent: agent, Backend: os.Getenv(BackendEnv)}, nil
 }
 
 // CheckAgent reports whether the guest agent binary is where it should be.

@@ -37,7 +37,10 @@ type UpOptions struct {
 	// connection returned by Up closes.
 	Transient   bool
 	BootTimeout time.Duration
-	Profile     string
+	// RunProfile is the run profile (restrictive, standard, dev,
+	// permissive; "" is standard). The image profile (dev, sealed) comes
+	// from the image.
+	RunProfile string
 	// Progress, when set, receives short human-readable phase messages.
 	Progress func(string)
 	// BuildProgress, when set, receives image build events.
@@ -99,8 +102,8 @@ func (o *UpOptions) defaults(img *bootImage) {
 	if o.BootTimeout == 0 {
 		o.BootTimeout = BootTimeout()
 	}
-	if o.Profile == "" {
-		o.Profile = "standard"
+	if o.RunProfile == "" {
+		o.RunProfile = string(plan.DefaultProfile)
 	}
 }
 
@@ -160,18 +163,18 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	if progress == nil {
 		progress = func(string) {}
 	}
-	img, err := r.resolveImage(ctx, o.Image, !o.NoBuildDir, o.BuildProgress)
+	backendName, err := r.backend()
 	if err != nil {
 		return nil, err
 	}
-	o.defaults(img)
+	img, err := r.resolveImage(ctx, o.Image, backendName, !o.NoBuildDir, o.BuildProgress)
+	if err != nil {
+		return nil, err
+	}
 	if img.artifact != nil {
 		if err := o.manifestNetwork(img.artifact.Network, img.artifact.Allow); err != nil {
 			return nil, err
 		}
-	}
-	if err := o.Validate(); err != nil {
-		return nil, err
 	}
 	id := sandbox.NewID()
 	name := o.Name
@@ -181,6 +184,10 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 			prefix = "run"
 		}
 		name = prefix + "-" + id
+	}
+	in, err := planFor(&o, img, backendName, id, name)
+	if err != nil {
+		return nil, err
 	}
 	if err := r.Layout.Reserve(name, id); err != nil {
 		return nil, err
@@ -193,11 +200,6 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		cleanup()
 		return nil, fmt.Errorf("create sandbox dir: %w", err)
-	}
-	in, err := planInput(id, name, img, o)
-	if err != nil {
-		cleanup()
-		return nil, err
 	}
 	adm, err := r.admit(ctx, in, dir)
 	if err != nil {
@@ -222,7 +224,8 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 		},
 		BootTimeout: o.BootTimeout, TTL: o.TTL,
 		Image: img.ref, Kernel: img.kernel.Digest,
-		Profile: o.Profile, Network: string(in.Network.Mode), Env: envKeys,
+		RunProfile: string(adm.Plan.RunProfile), Backend: adm.Plan.Backend,
+		Network: string(in.Network.Mode), Env: envKeys,
 		PlanHash: adm.Hash,
 		Created:  time.Now().UTC(),
 	}

@@ -57,18 +57,63 @@ type Spec struct {
 	TTL         time.Duration `json:"ttl,omitempty"`
 	Image       ImageRef      `json:"image"`
 	Kernel      string        `json:"kernel_digest"`
-	Profile     string        `json:"profile"`
-	Network     string        `json:"network"`
-	PlanHash    string        `json:"plan_hash"`
-	Env         []string      `json:"env_keys,omitempty"`
-	Created     time.Time     `json:"created"`
+	// RunProfile is the run profile the plan was admitted under
+	// (restrictive, standard, dev, permissive); state files written before
+	// it was named so carry it as "profile".
+	RunProfile string `json:"run_profile"`
+	// Backend is the VMM chosen when the sandbox was created (qemu or
+	// firecracker); the supervisor boots with it, whatever MVM_BACKEND
+	// says by then. "" in old state files means qemu.
+	Backend  string    `json:"backend,omitempty"`
+	Network  string    `json:"network"`
+	PlanHash string    `json:"plan_hash"`
+	Env      []string  `json:"env_keys,omitempty"`
+	Created  time.Time `json:"created"`
 }
 
 // ImageRef names the image a sandbox boots.
 type ImageRef struct {
-	Name    string `json:"name"`
-	Digest  string `json:"digest"`
-	Profile string `json:"profile,omitempty"`
+	Name   string `json:"name"`
+	Digest string `json:"digest"`
+	// ImageProfile is the artifact's profile (dev or sealed), as recorded
+	// when it was built; never what the guest claims.
+	ImageProfile string `json:"image_profile,omitempty"`
+}
+
+// UnmarshalJSON also reads state files written before the image profile
+// was named image_profile (it was "profile").
+func (r *ImageRef) UnmarshalJSON(b []byte) error {
+	type plain ImageRef
+	var v struct {
+		plain
+		Legacy string `json:"profile"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*r = ImageRef(v.plain)
+	if r.ImageProfile == "" {
+		r.ImageProfile = v.Legacy
+	}
+	return nil
+}
+
+// UnmarshalJSON also reads specs written before the run profile was named
+// run_profile (it was "profile").
+func (s *Spec) UnmarshalJSON(b []byte) error {
+	type plain Spec
+	var v struct {
+		plain
+		Legacy string `json:"profile"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*s = Spec(v.plain)
+	if s.RunProfile == "" {
+		s.RunProfile = v.Legacy
+	}
+	return nil
 }
 
 // BootReport is readiness per component and boot timings.
@@ -92,6 +137,8 @@ type State struct {
 	Reason        string     `json:"reason,omitempty"`
 	Transient     bool       `json:"transient"`
 	Image         ImageRef   `json:"image"`
+	RunProfile    string     `json:"run_profile,omitempty"`
+	Backend       string     `json:"backend,omitempty"`
 	CPUs          int        `json:"cpus"`
 	MemoryMiB     int        `json:"memory_mib"`
 	Created       time.Time  `json:"created"`

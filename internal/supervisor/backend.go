@@ -19,9 +19,6 @@ type vmm interface {
 	HostFwdAdd(ctx context.Context, h backend.HostFwd) error
 }
 
-// BackendEnv selects the VMM: "qemu" (the default) or "firecracker".
-const BackendEnv = "MVM_BACKEND"
-
 // startVMM starts the sandbox's VM; tests replace it with a fake machine
 // where a VM is not the point.
 var startVMM = startBackend
@@ -30,12 +27,11 @@ var startVMM = startBackend
 // up by the runtime); tests replace it.
 var holdPipe = func() *os.File { return os.NewFile(4, "hold") }
 
-// startBackend starts the VM with the backend MVM_BACKEND selects. QEMU is
-// the default and is started exactly as before; Firecracker only runs
-// when selected explicitly, and only on a host with usable KVM and the
-// binary.
-func startBackend(ctx context.Context, spec backend.Spec) (vmm, error) {
-	switch b := os.Getenv(BackendEnv); b {
+// startBackend starts the VM with the backend the plan names (chosen once,
+// when the sandbox was created). Firecracker only runs on a host with
+// usable KVM and the binary.
+func startBackend(ctx context.Context, name string, spec backend.Spec) (vmm, error) {
+	switch name {
 	case "", "qemu":
 		vm, err := qemu.Start(ctx, spec)
 		if err != nil {
@@ -52,7 +48,7 @@ func startBackend(ctx context.Context, spec backend.Spec) (vmm, error) {
 		}
 		return noHostFwd{vm}, nil
 	default:
-		return nil, fmt.Errorf("%s=%q: want qemu (the default) or firecracker", BackendEnv, b)
+		return nil, fmt.Errorf("backend %q: want qemu or firecracker", name)
 	}
 }
 

@@ -10,17 +10,15 @@ import (
 )
 
 func TestStartVMMFirecrackerUnavailable(t *testing.T) {
-	t.Setenv(BackendEnv, "firecracker")
 	t.Setenv("MVM_FIRECRACKER", "/nonexistent/firecracker")
-	_, err := startVMM(context.Background(), backend.Spec{CPUs: 1, MemoryMiB: 128, Dir: t.TempDir()})
+	_, err := startVMM(context.Background(), "firecracker", backend.Spec{CPUs: 1, MemoryMiB: 128, Dir: t.TempDir()})
 	if err == nil || !strings.Contains(err.Error(), firecracker.Unavailable) {
 		t.Fatalf("err %v", err)
 	}
 }
 
 func TestStartVMMUnknownBackend(t *testing.T) {
-	t.Setenv(BackendEnv, "xen")
-	_, err := startVMM(context.Background(), backend.Spec{})
+	_, err := startVMM(context.Background(), "xen", backend.Spec{})
 	if err == nil || !strings.Contains(err.Error(), "want qemu") {
 		t.Fatalf("err %v", err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/backend"
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
+	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
 
@@ -24,14 +25,11 @@ type netState struct {
 	ports []netpolicy.Publish
 }
 
-// startNetwork reads the sandbox's network policy and, when the guest
-// gets a NIC, starts the egress proxy on EgressSocket (in the sandbox
-// directory, which is the working directory) and adds the NIC to spec.
-func (s *supervisor) startNetwork(spec *backend.Spec) error {
-	cfg, err := netpolicy.ReadConfig(s.dir)
-	if err != nil {
-		return fmt.Errorf("network policy: %w", err)
-	}
+// startNetwork takes the sandbox's admitted network policy and, when the
+// guest gets a NIC, starts the egress proxy on EgressSocket (in the
+// sandbox directory, which is the working directory) and adds the NIC to
+// spec.
+func (s *supervisor) startNetwork(spec *backend.Spec, cfg netpolicy.Config) error {
 	ns := &netState{cfg: cfg, ports: append([]netpolicy.Publish(nil), cfg.Publish...)}
 	s.net = ns
 	if !cfg.HasNIC() {
@@ -90,6 +88,11 @@ func (s *supervisor) forward(ctx context.Context, spec string) sandbox.Response 
 	p, err := netpolicy.ParseForward(spec)
 	if err != nil {
 		return sandbox.Response{Error: err.Error()}
+	}
+	// A port published later obeys the same run profile rule as one in the
+	// plan.
+	if err := s.plan.RunProfile.CheckPublish(plan.Port{HostAddr: p.HostAddr, HostPort: p.HostPort, GuestPort: p.GuestPort}); err != nil {
+		return sandbox.Response{Error: "refused by policy: " + err.Error()}
 	}
 	ns.mu.Lock()
 	defer ns.mu.Unlock()

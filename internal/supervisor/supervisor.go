@@ -27,6 +27,7 @@ import (
 	"github.com/hashicorp/yamux"
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
 
@@ -56,6 +57,8 @@ type supervisor struct {
 	finished chan struct{} // closed once the final state is written
 
 	net *netState // network.go
+
+	plan *plan.Plan // the admitted plan the sandbox boots from
 }
 
 type stopRequest struct {
@@ -64,10 +67,18 @@ type stopRequest struct {
 	done   chan struct{}
 }
 
-// Run boots the sandbox described by dir/spec.json, reports readiness on
+// Run is RunWith without a trusted key (the plan must still be the one
+// the spec names).
+func Run(dir string, ready io.WriteCloser, events Events) error {
+	return RunWith(dir, ready, Options{Events: events})
+}
+
+// RunWith boots the sandbox admitted by dir/plan.json (dir/spec.json
+// gives the paths of kernel, initrd and disks), reports readiness on
 // ready, and serves until the sandbox stops. It returns when the VMM is
 // gone and the state is final.
-func Run(dir string, ready io.WriteCloser, events Events) error {
+func RunWith(dir string, ready io.WriteCloser, o Options) error {
+	events := o.Events
 	if events == nil {
 		events = func(string, *sandbox.State, map[string]any) {}
 	}
@@ -76,6 +87,11 @@ func Run(dir string, ready io.WriteCloser, events Events) error {
 	if err := sandbox.ReadJSON(filepath.Join(dir, sandbox.SpecFile), &s.spec); err != nil {
 		return reportFailure(ready, fmt.Errorf("read spec: %w", err))
 	}
+	p, err := s.loadPlan(o.TrustedKey, o.RequireKey)
+	if err != nil {
+		return reportFailure(ready, err)
+	}
+	s.plan = p
 	// Sockets are created relative to the sandbox directory, which keeps
 	// their paths short whatever MVM_STATE_DIR is.
 	if err := os.Chdir(dir); err != nil {
@@ -83,9 +99,12 @@ func Run(dir string, ready io.WriteCloser, events Events) error {
 	}
 	s.state = sandbox.State{
 		ID: s.spec.ID, Name: s.spec.Name, Status: sandbox.Starting, Transient: s.spec.Transient,
-		Image: s.spec.Image, CPUs: s.spec.VM.CPUs, MemoryMiB: s.spec.VM.MemoryMiB,
+		Image: s.spec.Image, CPUs: p.Resources.CPUs, MemoryMiB: p.Resources.MemoryMiB,
+		RunProfile: string(p.RunProfile), Backend: p.Backend,
 		Created: s.spec.Created, SupervisorPID: os.Getpid(),
 	}
+	// The image profile is the artifact's, as admitted.
+	s.state.Image.ImageProfile = p.ImageProfile
 	if s.spec.TTL > 0 {
 		exp := s.spec.Created.Add(s.spec.TTL)
 		s.state.Expires = &exp
@@ -108,7 +127,7 @@ func Run(dir string, ready io.WriteCloser, events Events) error {
 	}
 
 	bootCtx, cancel := context.WithTimeout(context.Background(), s.spec.BootTimeout)
-	err := s.boot(bootCtx, sigs, holderGone)
+	err = s.boot(bootCtx, sigs, holderGone)
 	cancel()
 	if err != nil {
 		if s.vm != nil {
@@ -188,11 +207,18 @@ func (s *supervisor) boot(ctx context.Context, sigs <-chan os.Signal, holderGone
 	spec := s.spec.VM
 	spec.Dir = "."
 	spec.Name = sandbox.VMMTag(s.spec.ID)
-	spec.Cmdline = strings.TrimSpace(spec.Cmdline + " mvm.hostname=" + hostname(s.spec.Name))
-	if err := s.startNetwork(&spec); err != nil {
+	// What the VM gets comes from the admitted plan.
+	spec.CPUs, spec.MemoryMiB = s.plan.Resources.CPUs, s.plan.Resources.MemoryMiB
+	spec.Network = nil
+	spec.Cmdline = strings.TrimSpace(spec.Cmdline + " mvm.hostname=" + hostname(s.spec.Name) + " " + consoleArg(s.plan.Console))
+	netCfg, err := s.planNetwork(s.plan)
+	if err != nil {
 		return err
 	}
-	vm, err := startVMM(ctx, spec)
+	if err := s.startNetwork(&spec, netCfg); err != nil {
+		return err
+	}
+	vm, err := startVMM(ctx, s.plan.Backend, spec)
 	if err != nil {
 		return err
 	}
@@ -267,12 +293,31 @@ func (s *supervisor) boot(ctx context.Context, sigs <-chan os.Signal, holderGone
 	for _, c := range rep.Components {
 		b.Components[c.Name] = c.State
 	}
+	// What the agent says about itself is the guest's claim: shown as
+	// such, never taken as the image profile (that is the artifact's).
 	b.AgentInfo = map[string]string{
-		"version": client.Hello.AgentVersion, "profile": client.Hello.Profile,
+		"version": client.Hello.AgentVersion, "reported_profile": client.Hello.Profile,
 		"kernel": client.Hello.KernelRelease, "capabilities": strings.Join(client.Hello.Capabilities, ","),
 	}
-	s.state.Image.Profile = client.Hello.Profile
+	if got, want := client.Hello.Profile, s.plan.ImageProfile; got != want {
+		log.Printf("guest agent reports image profile %q, the booted artifact's is %q; keeping %q", truncate(got, 64), want, want)
+	}
 	return nil
+}
+
+// consoleArg tells the agent whether the admitted plan allows a console.
+func consoleArg(allowed bool) string {
+	if allowed {
+		return "mvm.console=1"
+	}
+	return "mvm.console=0"
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
 }
 
 func hostname(name string) string {

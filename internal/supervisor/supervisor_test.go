@@ -23,6 +23,8 @@ import (
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
 	"github.com/mvm-sandbox/mvm/internal/backend"
+	"github.com/mvm-sandbox/mvm/internal/evidence"
+	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 	"google.golang.org/grpc"
 )
@@ -188,13 +190,27 @@ func startSupervisorAsync(t *testing.T, guest string, mutate func(*sandbox.Spec)
 	if mutate != nil {
 		mutate(&spec)
 	}
+	// The supervisor boots from the admitted plan (signed, named by hash).
+	signer := evidence.GenerateSigner("host:test")
+	sp, err := plan.Prepare(plan.Input{SandboxID: spec.ID, SandboxName: spec.Name,
+		ImageDigest: "sha256:" + strings.Repeat("a", 64), KernelDigest: "sha256:" + strings.Repeat("b", 64),
+		Resources: plan.Resources{CPUs: spec.VM.CPUs, MemoryMiB: spec.VM.MemoryMiB}, RunProfile: plan.Dev, ConsoleIfAllowed: true}, signer, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := plan.Store(sp, filepath.Join(dir, sandbox.PlanFile)); err != nil {
+		t.Fatal(err)
+	}
+	if spec.PlanHash == "" {
+		spec.PlanHash, _ = sp.Hash()
+	}
 	if err := sandbox.WriteJSON(filepath.Join(dir, sandbox.SpecFile), spec); err != nil {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(dir, "console.log"), []byte("Linux version 6.1.0-fake\nlast console line\n"), 0o600)
 	h := &harness{t: t, dir: dir, vm: &fakeVM{dir: dir, guest: guest, done: make(chan struct{})}, done: make(chan error, 1)}
 	oldStart, oldHold := startVMM, holdPipe
-	startVMM = func(ctx context.Context, s backend.Spec) (vmm, error) { h.gotSpec = s; return h.vm, nil }
+	startVMM = func(ctx context.Context, _ string, s backend.Spec) (vmm, error) { h.gotSpec = s; return h.vm, nil }
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -222,7 +238,9 @@ func startSupervisorAsync(t *testing.T, guest string, mutate func(*sandbox.Spec)
 		h.events = append(h.events, kind+":"+reason)
 	}
 	h.readyR = pr
-	go func() { h.done <- Run(dir, pw, events) }()
+	go func() {
+		h.done <- RunWith(dir, pw, Options{Events: events, TrustedKey: signer.Public, RequireKey: true})
+	}()
 	return h
 }
 
@@ -255,7 +273,7 @@ func TestBootReportsReadyAndServes(t *testing.T) {
 		t.Fatalf("ready: %+v", h.ready)
 	}
 	st := h.ready.State
-	if st.Status != sandbox.Running || st.VMMPID != os.Getpid() || st.Boot.Accel != "tcg" || st.Image.Profile != "dev" {
+	if st.Status != sandbox.Running || st.VMMPID != os.Getpid() || st.Boot.Accel != "tcg" || st.Image.ImageProfile != "dev" {
 		t.Errorf("state: %+v", st)
 	}
 	if st.Boot.Guest["root_mounted"] != 22 || st.Boot.Components["rootfs"] != "ready" || st.Boot.AgentInfo["kernel"] != "6.1.0-fake" {

@@ -167,7 +167,7 @@ func main() {
 
 	e := newEnv(t)
 	e.extra = append(e.extra, "MVM_AGENT_BIN="+agentBin)
-	e.must("up", "--name", "sealed")
+	e.must("up", "--name", "sealed", "--profile", "dev") // dev allows a console: the refusals below are the image's
 	var m *tmux
 	defer func() {
 		if m != nil {

@@ -26,7 +26,7 @@ func TestGuestRPC(t *testing.T) {
 	if !testing.Short() {
 		mem = "3G"
 	}
-	r := e.run("up", "--name", "rpc", "--memory", mem)
+	r := e.run("up", "--name", "rpc", "--memory", mem, "--profile", "dev") // dev: the console checks need one
 	if r.code != 0 {
 		t.Fatalf("up: %s", r)
 	}

@@ -19,7 +19,9 @@ export interface SandboxInfo {
   state: string;
   image: string;
   imageDigest: string;
-  profile: string;
+  imageProfile: string;
+  runProfile: string;
+  backend: string;
   cpus: number;
   memoryMib: number;
   created: string | null;
@@ -39,7 +41,9 @@ export function sandboxInfo(o: unknown): SandboxInfo {
     state: String(r.state ?? ""),
     image: String(r.image ?? ""),
     imageDigest: String(r.image_digest ?? ""),
-    profile: String(r.profile ?? ""),
+    imageProfile: String(r.image_profile ?? r.profile ?? ""),
+    runProfile: String(r.run_profile ?? ""),
+    backend: String(r.backend ?? ""),
     cpus: Number(r.cpus ?? 0),
     memoryMib: Number(r.memory_mib ?? 0),
     created: typeof r.created === "string" ? r.created : null,

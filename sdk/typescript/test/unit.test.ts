@@ -64,7 +64,7 @@ describe("stand-in CLI", () => {
 
   const fakeSandbox = () =>
     new sdk.Sandbox({
-      name: "fake", id: "0", state: "running", image: "", imageDigest: "", profile: "", cpus: 0, memoryMib: 0,
+      name: "fake", id: "0", state: "running", image: "", imageDigest: "", imageProfile: "", runProfile: "", backend: "", cpus: 0, memoryMib: 0,
       created: null, expires: null, transient: false, raw: {},
     });
   const lastCall = () => readFileSync(path.join(dir, "log"), "utf8").trim().split("\n").at(-1);

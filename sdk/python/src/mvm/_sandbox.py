@@ -32,7 +32,9 @@ class SandboxInfo:
     state: str
     image: str = ""
     image_digest: str = ""
-    profile: str = ""
+    image_profile: str = ""
+    run_profile: str = ""
+    backend: str = ""
     cpus: int = 0
     memory_mib: int = 0
     created: Optional[str] = None
@@ -50,7 +52,9 @@ class SandboxInfo:
             state=str(obj.get("state", "")),
             image=str(obj.get("image", "")),
             image_digest=str(obj.get("image_digest", "")),
-            profile=str(obj.get("profile", "")),
+            image_profile=str(obj.get("image_profile", obj.get("profile", ""))),
+            run_profile=str(obj.get("run_profile", "")),
+            backend=str(obj.get("backend", "")),
             cpus=int(obj.get("cpus") or 0),
             memory_mib=int(obj.get("memory_mib") or 0),
             created=obj.get("created"),
