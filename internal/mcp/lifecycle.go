@@ -218,7 +218,7 @@ func checkNetwork(allow []string) (netpolicy.Config, plan.Profile, error) {
 	for _, a := range allow {
 		r, err := netpolicy.ParseAllow(a)
 		if err != nil {
-			return cfg, "", fmt.Errorf("refused: allow %q: %v", a, err)
+			return cfg, "", fmt.Errorf("refused: %v", err) // names the entry
 		}
 		cfg.Allow = append(cfg.Allow, r)
 	}

@@ -121,8 +121,13 @@ func TestCheckNetwork(t *testing.T) {
 		t.Fatalf("valid allowlist: %+v %s %v", cfg, prof, err)
 	}
 	for _, bad := range []string{"not a host!", "example.com:0", "169.254.169.254", "host.mvm.internal:8080"} {
-		if _, _, err := checkNetwork([]string{bad}); err == nil || !strings.Contains(err.Error(), "refused") {
+		_, _, err := checkNetwork([]string{bad})
+		if err == nil || !strings.Contains(err.Error(), "refused") {
 			t.Errorf("allow %q: %v", bad, err)
+		}
+		// A model has no command line: no flag names in what it is told.
+		if err != nil && strings.Contains(err.Error(), "--") {
+			t.Errorf("allow %q: the refusal names a CLI flag: %v", bad, err)
 		}
 	}
 }

@@ -217,25 +217,26 @@ func parsePort(s string) (int, error) {
 	return n, nil
 }
 
-// ParseAllow parses one --allow value: HOST or HOST:PORT (the port
-// defaults to 443).
+// ParseAllow parses one allowlist entry (an --allow value, a manifest's
+// allow item, an MCP allow item): HOST or HOST:PORT (the port defaults to
+// 443). Its errors name the entry, not a flag: MCP shows them to models.
 func ParseAllow(s string) (Rule, error) {
 	s = strings.TrimSpace(s)
 	host, port := s, ""
 	if i := strings.LastIndexByte(s, ':'); i >= 0 {
 		host, port = s[:i], s[i+1:]
 		if strings.Contains(host, ":") {
-			return Rule{}, fmt.Errorf("--allow %q: IP addresses cannot be allowed, only names", s)
+			return Rule{}, fmt.Errorf("allow entry %q: IP addresses cannot be allowed, only names", s)
 		}
 	}
 	name, err := CanonicalName(host)
 	if err != nil {
-		return Rule{}, fmt.Errorf("--allow %q: %v", s, err)
+		return Rule{}, fmt.Errorf("allow entry %q: %v", s, err)
 	}
 	p := DefaultPort
 	if port != "" {
 		if p, err = parsePort(port); err != nil {
-			return Rule{}, fmt.Errorf("--allow %q: %v", s, err)
+			return Rule{}, fmt.Errorf("allow entry %q: %v", s, err)
 		}
 	}
 	return Rule{Host: name, Port: p}, nil
