@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -243,6 +244,16 @@ func TestCpOutFailureRemovesWhatItCreated(t *testing.T) {
 			}
 			if after := snapshot(t, dest); after != before {
 				t.Errorf("a truncated copy changed the destination:\n%s\nwas:\n%s", after, before)
+			}
+			// The sender fails after the last member (a late agent error,
+			// an interrupt): the copy fails and leaves nothing.
+			good := mkTar(t, member{name: "out/", typ: tar.TypeDir}, member{name: "out/new", typ: tar.TypeReg, data: "planted"})
+			late := io.MultiReader(bytes.NewReader(good), iotest.ErrReader(errors.New("agent failed late")))
+			if _, err := Extract(late, dest, Options{Name: "out"}); err == nil || !strings.Contains(err.Error(), "agent failed late") {
+				t.Fatalf("a late sender error: %v", err)
+			}
+			if after := snapshot(t, dest); after != before {
+				t.Errorf("a copy whose sender failed late changed the destination:\n%s\nwas:\n%s", after, before)
 			}
 			check()
 		})
