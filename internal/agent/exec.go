@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
 
 	"github.com/creack/pty"
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
@@ -58,10 +61,10 @@ func lookPath(name, path string) (string, error) {
 	if strings.Contains(name, "/") {
 		st, err := os.Stat(name)
 		if err != nil {
-			return "", status.Errorf(codes.NotFound, "%s: no such file", name)
+			return "", errdefs.WithReason(errdefs.KindNotFound, errdefs.ReasonCommand, fmt.Errorf("%s: no such file", name))
 		}
 		if st.IsDir() || st.Mode()&0o111 == 0 {
-			return "", status.Errorf(codes.PermissionDenied, "%s: permission denied", name)
+			return "", errdefs.WithReason(errdefs.KindPermissionDenied, errdefs.ReasonCommand, fmt.Errorf("%s: permission denied", name))
 		}
 		return name, nil
 	}
@@ -74,21 +77,21 @@ func lookPath(name, path string) (string, error) {
 			return p, nil
 		}
 	}
-	return "", status.Errorf(codes.NotFound, "%s: command not found", name)
+	return "", errdefs.WithReason(errdefs.KindNotFound, errdefs.ReasonCommand, fmt.Errorf("%s: command not found", name))
 }
 
 func validateStart(st *pb.ExecStart) error {
 	if len(st.Argv) > maxArgs || len(st.Env) > maxEnv {
-		return status.Errorf(codes.InvalidArgument, "too many arguments or environment variables")
+		return errdefs.Errorf(errdefs.KindInvalidArgument, "too many arguments or environment variables")
 	}
 	for k := range st.Env {
 		if k == "" || strings.ContainsAny(k, "=\x00") {
-			return status.Errorf(codes.InvalidArgument, "invalid environment variable name %q", k)
+			return errdefs.Errorf(errdefs.KindInvalidArgument, "invalid environment variable name %q", k)
 		}
 	}
 	for _, a := range st.Argv {
 		if strings.Contains(a, "\x00") {
-			return status.Errorf(codes.InvalidArgument, "argument contains a NUL byte")
+			return errdefs.Errorf(errdefs.KindInvalidArgument, "argument contains a NUL byte")
 		}
 	}
 	return nil
@@ -137,7 +140,7 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 	}
 	st := in.GetStart()
 	if st == nil {
-		return status.Error(codes.InvalidArgument, "the first Exec message must be a start")
+		return errdefs.New(errdefs.KindInvalidArgument, errors.New("the first Exec message must be a start"))
 	}
 	if err := validateStart(st); err != nil {
 		return err
@@ -145,17 +148,17 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 	argv := st.Argv
 	if st.Entrypoint {
 		if len(s.image.Command) == 0 {
-			return status.Error(codes.FailedPrecondition, "this image declares no command")
+			return errdefs.New(errdefs.KindFailedPrecondition, errors.New("this image declares no command"))
 		}
 		argv = append(append([]string(nil), s.image.Command...), argv...)
 	} else if s.image.Profile == "sealed" {
-		return status.Error(codes.FailedPrecondition, "refused by the image profile \"sealed\": ad-hoc exec and console are disabled; run the image's declared command instead")
+		return errdefs.WithReason(errdefs.KindRefused, errdefs.ReasonSealed, errors.New("refused by the image profile \"sealed\": ad-hoc exec and console are disabled; run the image's declared command instead"))
 	}
 	if st.Tty && !s.console {
 		return status.Error(codes.FailedPrecondition, "refused by the run profile: this sandbox was admitted without console access (a terminal session); the dev and permissive run profiles allow it")
 	}
 	if len(argv) == 0 {
-		return status.Error(codes.InvalidArgument, "empty argv")
+		return errdefs.New(errdefs.KindInvalidArgument, errors.New("empty argv"))
 	}
 	env, path := s.buildEnv(st.Env, st.Tty)
 	bin, err := lookPath(argv[0], path)
@@ -170,7 +173,7 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 		cwd = "/"
 	}
 	if fi, err := os.Stat(cwd); err != nil || !fi.IsDir() {
-		return status.Errorf(codes.InvalidArgument, "working directory %s: not a directory in the guest", cwd)
+		return errdefs.Errorf(errdefs.KindInvalidArgument, "working directory %s: not a directory in the guest", cwd)
 	}
 
 	cmd := &exec.Cmd{Path: bin, Args: argv, Env: env, Dir: cwd}
@@ -245,9 +248,9 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 	}
 	if startErr != nil {
 		if errors.Is(startErr, os.ErrPermission) {
-			return status.Errorf(codes.PermissionDenied, "%s: permission denied", argv[0])
+			return errdefs.WithReason(errdefs.KindPermissionDenied, errdefs.ReasonCommand, fmt.Errorf("%s: permission denied", argv[0]))
 		}
-		return status.Errorf(codes.Internal, "start %s: %v", argv[0], startErr)
+		return errdefs.Errorf(errdefs.KindGuest, "start %s: %v", argv[0], startErr)
 	}
 	pid := cmd.Process.Pid
 	s.trackProcess(pid, 1)

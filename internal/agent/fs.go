@@ -11,12 +11,12 @@ import (
 	"sort"
 	"syscall"
 
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
+
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
 	"github.com/mvm-sandbox/mvm/internal/safetar"
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // File RPCs. Paths are absolute guest paths; every error is an
@@ -233,7 +233,7 @@ func (s *server) ReadFile(req *pb.ReadFileRequest, stream pb.Agent_ReadFileServe
 		return err
 	}
 	if req.Offset < 0 || req.Limit < 0 {
-		return status.Error(codes.InvalidArgument, "offset and limit must not be negative")
+		return errdefs.New(errdefs.KindInvalidArgument, errors.New("offset and limit must not be negative"))
 	}
 	f, err := os.Open(p)
 	if err != nil {
@@ -286,7 +286,7 @@ func (s *server) WriteFile(stream pb.Agent_WriteFileServer) error {
 	}
 	h := first.GetHeader()
 	if h == nil {
-		return status.Error(codes.InvalidArgument, "the first WriteFile message must be a header")
+		return errdefs.New(errdefs.KindInvalidArgument, errors.New("the first WriteFile message must be a header"))
 	}
 	p, err := agentapi.CleanGuestPath(h.Path)
 	if err != nil {
@@ -337,7 +337,7 @@ func (s *server) WriteFile(stream pb.Agent_WriteFileServer) error {
 		}
 		d := m.GetData()
 		if d == nil && m.GetHeader() != nil {
-			return status.Error(codes.InvalidArgument, "WriteFile: a second header")
+			return errdefs.New(errdefs.KindInvalidArgument, errors.New("WriteFile: a second header"))
 		}
 		k, err := f.Write(d)
 		n += int64(k)
@@ -378,7 +378,7 @@ func (s *server) ArchiveIn(stream pb.Agent_ArchiveInServer) error {
 	}
 	h := first.GetHeader()
 	if h == nil {
-		return status.Error(codes.InvalidArgument, "the first ArchiveIn message must be a header")
+		return errdefs.New(errdefs.KindInvalidArgument, errors.New("the first ArchiveIn message must be a header"))
 	}
 	p, err := agentapi.CleanGuestPath(h.Path)
 	if err != nil {
@@ -393,7 +393,7 @@ func (s *server) ArchiveIn(stream pb.Agent_ArchiveInServer) error {
 			return nil, err
 		}
 		if m.GetHeader() != nil {
-			return nil, status.Error(codes.InvalidArgument, "ArchiveIn: a second header")
+			return nil, errdefs.New(errdefs.KindInvalidArgument, errors.New("ArchiveIn: a second header"))
 		}
 		return m.GetData(), nil
 	})
@@ -429,7 +429,7 @@ const maxZeros = 1 << 40
 
 func (s *server) Zeros(req *pb.ZerosRequest, stream pb.Agent_ZerosServer) error {
 	if req.Bytes < 0 || req.Bytes > maxZeros {
-		return status.Errorf(codes.InvalidArgument, "bytes must be between 0 and %d", int64(maxZeros))
+		return errdefs.Errorf(errdefs.KindInvalidArgument, "bytes must be between 0 and %d", int64(maxZeros))
 	}
 	buf := make([]byte, agentapi.ChunkBytes)
 	msg := &pb.DataChunk{}

@@ -14,11 +14,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
+
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // ring keeps the most recent bytes of an output stream, addressed by
@@ -180,7 +180,7 @@ func (t *procTable) get(handle string) (*bgProc, error) {
 	defer t.mu.Unlock()
 	p, ok := t.procs[handle]
 	if !ok {
-		return nil, status.Errorf(codes.NotFound, "no process %q in this sandbox (exited processes are kept for %s; see `mvmctl proc ls`)", handle, agentapi.ProcRetention)
+		return nil, errdefs.WithReason(errdefs.KindNotFound, errdefs.ReasonProcess, fmt.Errorf("no process %q in this sandbox (exited processes are kept for %s)", handle, agentapi.ProcRetention))
 	}
 	return p, nil
 }
@@ -189,10 +189,10 @@ func (s *server) ProcStart(_ context.Context, req *pb.ProcStartRequest) (*pb.Pro
 	s.markRequest()
 	st := req.Start
 	if st == nil {
-		return nil, status.Error(codes.InvalidArgument, "ProcStart needs a start")
+		return nil, errdefs.New(errdefs.KindInvalidArgument, errors.New("ProcStart needs a start"))
 	}
 	if st.Tty {
-		return nil, status.Error(codes.InvalidArgument, "background processes have no terminal; use Exec (mvmctl exec -t or console) for a tty")
+		return nil, errdefs.New(errdefs.KindInvalidArgument, errors.New("background processes have no terminal; run the command in the foreground for a tty"))
 	}
 	if err := validateStart(st); err != nil {
 		return nil, err
@@ -200,14 +200,14 @@ func (s *server) ProcStart(_ context.Context, req *pb.ProcStartRequest) (*pb.Pro
 	argv := st.Argv
 	if st.Entrypoint {
 		if len(s.image.Command) == 0 {
-			return nil, status.Error(codes.FailedPrecondition, "this image declares no command")
+			return nil, errdefs.New(errdefs.KindFailedPrecondition, errors.New("this image declares no command"))
 		}
 		argv = append(append([]string(nil), s.image.Command...), argv...)
 	} else if s.sealed() {
-		return nil, status.Error(codes.FailedPrecondition, "refused by the image profile \"sealed\": ad-hoc processes are disabled; start the image's declared command instead")
+		return nil, errdefs.WithReason(errdefs.KindRefused, errdefs.ReasonSealed, errors.New("refused by the image profile \"sealed\": ad-hoc processes are disabled; start the image's declared command instead"))
 	}
 	if len(argv) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "empty argv")
+		return nil, errdefs.New(errdefs.KindInvalidArgument, errors.New("empty argv"))
 	}
 	env, pathEnv := s.buildEnv(st.Env, false)
 	bin, err := lookPath(argv[0], pathEnv)
@@ -222,7 +222,7 @@ func (s *server) ProcStart(_ context.Context, req *pb.ProcStartRequest) (*pb.Pro
 		cwd = "/"
 	}
 	if fi, err := os.Stat(cwd); err != nil || !fi.IsDir() {
-		return nil, status.Errorf(codes.InvalidArgument, "working directory %s: not a directory in the guest", cwd)
+		return nil, errdefs.Errorf(errdefs.KindInvalidArgument, "working directory %s: not a directory in the guest", cwd)
 	}
 
 	t := &s.bg
@@ -233,7 +233,7 @@ func (s *server) ProcStart(_ context.Context, req *pb.ProcStartRequest) (*pb.Pro
 	}
 	t.prune(time.Now())
 	if t.running() >= agentapi.MaxProcs {
-		return nil, status.Errorf(codes.ResourceExhausted, "too many background processes: %d are running (the cap); wait for or kill some first", agentapi.MaxProcs)
+		return nil, errdefs.Errorf(errdefs.KindLimitExceeded, "too many background processes: %d are running (the cap); wait for or kill some first", agentapi.MaxProcs)
 	}
 
 	cmd := &exec.Cmd{Path: bin, Args: argv, Env: env, Dir: cwd,
@@ -246,13 +246,13 @@ func (s *server) ProcStart(_ context.Context, req *pb.ProcStartRequest) (*pb.Pro
 	}
 	or, ow, err := os.Pipe()
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "pipe: %v", err)
+		return nil, errdefs.Errorf(errdefs.KindGuest, "pipe: %v", err)
 	}
 	readers, closeAfter = append(readers, or), append(closeAfter, ow)
 	er, ew, err := os.Pipe()
 	if err != nil {
 		cleanup()
-		return nil, status.Errorf(codes.Internal, "pipe: %v", err)
+		return nil, errdefs.Errorf(errdefs.KindGuest, "pipe: %v", err)
 	}
 	readers, closeAfter = append(readers, er), append(closeAfter, ew)
 	cmd.Stdout, cmd.Stderr = ow, ew
@@ -261,7 +261,7 @@ func (s *server) ProcStart(_ context.Context, req *pb.ProcStartRequest) (*pb.Pro
 		ir, iw, err := os.Pipe()
 		if err != nil {
 			cleanup()
-			return nil, status.Errorf(codes.Internal, "pipe: %v", err)
+			return nil, errdefs.Errorf(errdefs.KindGuest, "pipe: %v", err)
 		}
 		cmd.Stdin, stdinW = ir, iw
 		closeAfter = append(closeAfter, ir)
@@ -278,9 +278,9 @@ func (s *server) ProcStart(_ context.Context, req *pb.ProcStartRequest) (*pb.Pro
 			stdinW.Close()
 		}
 		if errors.Is(err, os.ErrPermission) {
-			return nil, status.Errorf(codes.PermissionDenied, "%s: permission denied", argv[0])
+			return nil, errdefs.WithReason(errdefs.KindPermissionDenied, errdefs.ReasonCommand, fmt.Errorf("%s: permission denied", argv[0]))
 		}
-		return nil, status.Errorf(codes.Internal, "start %s: %v", argv[0], err)
+		return nil, errdefs.Errorf(errdefs.KindGuest, "start %s: %v", argv[0], err)
 	}
 	t.next++
 	p := &bgProc{
@@ -377,12 +377,12 @@ func (s *server) ProcWait(req *pb.ProcWaitRequest, stream pb.Agent_ProcWaitServe
 		return err
 	}
 	if req.StdoutOffset < 0 || req.StderrOffset < 0 {
-		return status.Error(codes.InvalidArgument, "offsets must not be negative")
+		return errdefs.New(errdefs.KindInvalidArgument, errors.New("offsets must not be negative"))
 	}
 	p.mu.Lock()
 	if p.waiters >= agentapi.MaxProcWaiters {
 		p.mu.Unlock()
-		return status.Errorf(codes.ResourceExhausted, "process %s already has %d readers (the cap)", p.handle, agentapi.MaxProcWaiters)
+		return errdefs.Errorf(errdefs.KindLimitExceeded, "process %s already has %d readers (the cap)", p.handle, agentapi.MaxProcWaiters)
 	}
 	p.waiters++
 	p.mu.Unlock()
@@ -448,7 +448,7 @@ func (s *server) ProcSignal(_ context.Context, req *pb.ProcSignalRequest) (*pb.P
 		return nil, err
 	}
 	if req.Signal <= 0 || req.Signal >= 65 {
-		return nil, status.Errorf(codes.InvalidArgument, "signal %d: must be between 1 and 64", req.Signal)
+		return nil, errdefs.Errorf(errdefs.KindInvalidArgument, "signal %d: must be between 1 and 64", req.Signal)
 	}
 	p.mu.Lock()
 	exited := p.exit != nil
@@ -456,7 +456,7 @@ func (s *server) ProcSignal(_ context.Context, req *pb.ProcSignalRequest) (*pb.P
 	if !exited {
 		// The process leads its own group: its children get it too.
 		if err := unix.Kill(-p.pid, unix.Signal(req.Signal)); err != nil && err != unix.ESRCH {
-			return nil, status.Errorf(codes.Internal, "signal %s: %v", p.handle, err)
+			return nil, errdefs.Errorf(errdefs.KindGuest, "signal %s: %v", p.handle, err)
 		}
 	}
 	return p.info(), nil
@@ -469,7 +469,7 @@ func (s *server) ProcStdin(stream pb.Agent_ProcStdinServer) error {
 	}
 	h, ok := first.Msg.(*pb.ProcStdinInput_Handle)
 	if !ok {
-		return status.Error(codes.InvalidArgument, "the first ProcStdin message must name the process")
+		return errdefs.New(errdefs.KindInvalidArgument, errors.New("the first ProcStdin message must name the process"))
 	}
 	p, err := s.bg.get(h.Handle)
 	if err != nil {
@@ -478,7 +478,7 @@ func (s *server) ProcStdin(stream pb.Agent_ProcStdinServer) error {
 	p.stdinMu.Lock()
 	defer p.stdinMu.Unlock()
 	if p.stdin == nil {
-		return status.Errorf(codes.FailedPrecondition, "process %s has no open stdin (start it with --stdin, and it must not have closed or exited)", p.handle)
+		return errdefs.WithReason(errdefs.KindFailedPrecondition, errdefs.ReasonNoStdin, fmt.Errorf("process %s has no open stdin (it was started without stdin, closed it, or exited)", p.handle))
 	}
 	var n int64
 	for {
@@ -492,7 +492,7 @@ func (s *server) ProcStdin(stream pb.Agent_ProcStdinServer) error {
 		switch v := m.Msg.(type) {
 		case *pb.ProcStdinInput_Data:
 			if p.stdin == nil {
-				return status.Errorf(codes.FailedPrecondition, "process %s: stdin is closed", p.handle)
+				return errdefs.WithReason(errdefs.KindFailedPrecondition, errdefs.ReasonNoStdin, fmt.Errorf("process %s: stdin is closed", p.handle))
 			}
 			k, err := p.stdin.Write(v.Data)
 			n += int64(k)
@@ -500,7 +500,7 @@ func (s *server) ProcStdin(stream pb.Agent_ProcStdinServer) error {
 				p.stdin.Close()
 				p.stdin = nil
 				p.stdinOpen.Store(false)
-				return status.Errorf(codes.FailedPrecondition, "process %s: stdin closed (%v)", p.handle, err)
+				return errdefs.WithReason(errdefs.KindFailedPrecondition, errdefs.ReasonNoStdin, fmt.Errorf("process %s: stdin closed (%v)", p.handle, err))
 			}
 		case *pb.ProcStdinInput_Close:
 			if v.Close && p.stdin != nil {
@@ -509,7 +509,7 @@ func (s *server) ProcStdin(stream pb.Agent_ProcStdinServer) error {
 				p.stdinOpen.Store(false)
 			}
 		default:
-			return status.Error(codes.InvalidArgument, fmt.Sprintf("unexpected %T in ProcStdin", m.Msg))
+			return errdefs.Errorf(errdefs.KindInvalidArgument, "unexpected %T in ProcStdin", m.Msg)
 		}
 	}
 }

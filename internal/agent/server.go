@@ -12,12 +12,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
+
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // Version is the agent build version, set with -ldflags.
@@ -52,7 +52,7 @@ func (s *server) trackProcess(_ int, delta int64) { s.procs.Add(delta) }
 func (s *server) Hello(_ context.Context, req *pb.HelloRequest) (*pb.HelloResponse, error) {
 	s.markRequest()
 	if req.ProtocolVersion < agentapi.MinProtocolVersion {
-		return nil, status.Errorf(codes.FailedPrecondition,
+		return nil, errdefs.Errorf(errdefs.KindFailedPrecondition,
 			"host protocol %d is older than this agent's minimum %d: upgrade mvmctl", req.ProtocolVersion, agentapi.MinProtocolVersion)
 	}
 	var uts unix.Utsname

@@ -9,8 +9,8 @@ import (
 	"sync"
 
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
@@ -32,6 +32,10 @@ func Dial(ctx context.Context, dial func(context.Context) (net.Conn, error)) (*C
 			grpc.MaxCallRecvMsgSize(MaxMessageBytes),
 			grpc.MaxCallSendMsgSize(MaxMessageBytes),
 		),
+		// Errors come back in the one error model: the kind the agent
+		// put in the status details (errdefs), the status message.
+		grpc.WithChainUnaryInterceptor(errdefs.UnaryClientInterceptor),
+		grpc.WithChainStreamInterceptor(errdefs.StreamClientInterceptor),
 		grpc.WithReadBufferSize(256<<10),
 		grpc.WithWriteBufferSize(256<<10),
 	)
@@ -182,13 +186,19 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (*ExecResult, error)
 }
 
 // IsNotFound reports whether err says the command does not exist.
-func IsNotFound(err error) bool { return status.Code(err) == codes.NotFound }
+// Deprecated: use errdefs.IsNotFound (and errdefs.ReasonOf).
+func IsNotFound(err error) bool {
+	return errdefs.IsNotFound(err) && errdefs.ReasonOf(err) != errdefs.ReasonSandbox
+}
 
 // IsPermissionDenied reports whether err says the command may not run.
-func IsPermissionDenied(err error) bool { return status.Code(err) == codes.PermissionDenied }
+// Deprecated: use errdefs.IsPermissionDenied.
+func IsPermissionDenied(err error) bool { return errdefs.IsPermissionDenied(err) }
 
-// IsRefused reports whether the image profile refused the request.
-func IsRefused(err error) bool { return status.Code(err) == codes.FailedPrecondition }
+// IsRefused reports whether a policy (the image profile) refused the
+// request; other failed preconditions (no open stdin, not a directory) are
+// not refusals. Deprecated: use errdefs.IsRefused.
+func IsRefused(err error) bool { return errdefs.IsRefused(err) }
 
 // Message is the human part of an agent error.
 func Message(err error) string {

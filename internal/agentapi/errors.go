@@ -9,8 +9,8 @@ import (
 	"syscall"
 
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/safetar"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -49,19 +49,6 @@ var kindText = map[FsKind]string{
 	FsRefused:     "refused",
 }
 
-var kindCode = map[FsKind]codes.Code{
-	FsNotFound:    codes.NotFound,
-	FsPermission:  codes.PermissionDenied,
-	FsExists:      codes.AlreadyExists,
-	FsNotDir:      codes.FailedPrecondition,
-	FsIsDir:       codes.FailedPrecondition,
-	FsNotEmpty:    codes.FailedPrecondition,
-	FsTooLarge:    codes.ResourceExhausted,
-	FsInvalidPath: codes.InvalidArgument,
-	FsUnsafe:      codes.InvalidArgument,
-	FsRefused:     codes.FailedPrecondition,
-}
-
 // FsError is a typed file error. On the agent it becomes a gRPC status
 // with a pb.FsError detail; on the host it comes from the local extractor.
 type FsError struct {
@@ -87,17 +74,11 @@ func (e *FsError) Error() string {
 
 func (e *FsError) Unwrap() error { return e.Err }
 
-// GRPCStatus makes an FsError travel as a status with its kind attached.
+// GRPCStatus makes an FsError travel as a status with its kind attached
+// (the one error model: errdefs details).
 func (e *FsError) GRPCStatus() *status.Status {
-	code, ok := kindCode[e.Kind]
-	if !ok {
-		code = codes.Internal
-	}
-	st := status.New(code, e.Error())
-	if d, err := st.WithDetails(&pb.FsError{Kind: e.Kind, Path: e.Path}); err == nil {
-		return d
-	}
-	return st
+	k, r := e.ErrKind()
+	return (&errdefs.Error{Kind: k, Reason: r, Err: e}).GRPCStatus()
 }
 
 // fsErrorf builds a typed error with a specific message.
@@ -182,8 +163,8 @@ func isErrno(err error) bool {
 	return errors.As(err, &errno)
 }
 
-// KindOf reports the file error kind of err: from a local FsError, from the
-// FsError detail of an agent status, or from the status code.
+// KindOf reports the file error kind of err: from a local FsError, or from
+// the kind and reason of the one error model (an agent status).
 func KindOf(err error) FsKind {
 	if err == nil {
 		return FsUnknown
@@ -196,24 +177,11 @@ func KindOf(err error) FsKind {
 	if errors.As(err, &te) {
 		return fromSafetar(te, "").Kind
 	}
-	st, ok := status.FromError(err)
-	if !ok {
-		return FsUnknown
-	}
-	for _, d := range st.Details() {
-		if f, ok := d.(*pb.FsError); ok {
-			return f.Kind
+	k, r := errdefs.KindOf(err), errdefs.ReasonOf(err)
+	for fk, m := range fsKinds {
+		if m.kind == k && (m.reason == r || k == errdefs.KindNotFound) {
+			return fk
 		}
-	}
-	switch st.Code() {
-	case codes.NotFound:
-		return FsNotFound
-	case codes.PermissionDenied:
-		return FsPermission
-	case codes.AlreadyExists:
-		return FsExists
-	case codes.ResourceExhausted:
-		return FsTooLarge
 	}
 	return FsUnknown
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -15,7 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/mvm-sandbox/mvm/internal/agentapi"
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/manifest"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
@@ -23,16 +22,25 @@ import (
 	"golang.org/x/term"
 )
 
-// Exit codes of mvmctl beyond the guest's own.
+// Exit codes of mvmctl beyond the guest's own. Errors get theirs from one
+// table, exitRules (errors.go).
 const (
-	ExitUsage      = 2   // bad flags or arguments
-	ExitNotFound   = 3   // no such sandbox
-	ExitMvm        = 125 // mvm could not run the command (boot, transport)
-	ExitCannotExec = 126 // the command exists but may not run
-	ExitNoCommand  = 127 // the command does not exist in the guest
-	ExitTimeout    = 124 // --timeout passed; the command was killed
-	ExitInterrupt  = 130 // SIGINT
-	ExitTerminated = 143 // SIGTERM
+	ExitUsage        = 2   // bad flags or arguments
+	ExitNotFound     = 3   // no such sandbox
+	ExitPathNotFound = 4   // no such file, directory or process handle
+	ExitPermission   = 5   // permission denied
+	ExitExists       = 6   // the destination exists
+	ExitWrongType    = 7   // not a directory, is a directory, not empty
+	ExitTooLarge     = 8   // too large, no space left, or a cap was hit
+	ExitUnsafe       = 9   // an unsafe archive member or symlink was refused
+	ExitFailed       = 65  // wait: the sandbox failed
+	ExitNotReady     = 75  // wait: not ready in time
+	ExitMvm          = 125 // mvm could not run the command (boot, transport)
+	ExitCannotExec   = 126 // the command exists but may not run
+	ExitNoCommand    = 127 // the command does not exist in the guest
+	ExitTimeout      = 124 // --timeout passed; the command was killed
+	ExitInterrupt    = 130 // SIGINT
+	ExitTerminated   = 143 // SIGTERM
 )
 
 // auditHook is where supervisor lifecycle events go; evidence wiring sets it.
@@ -149,26 +157,22 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// commandError maps an agent or runtime error of a run/exec to an exit code.
+// commandError maps an error of run, exec or console (the command could not
+// run) to its message and exit code. Exit 1 belongs to the guest command
+// there, so an error the table would give 1 exits 125 instead.
 func commandError(err error, argv0 string) error {
+	k, r := errdefs.KindOf(err), errdefs.ReasonOf(err)
+	code := exitFor(err)
+	if code == 1 {
+		code = ExitMvm
+	}
 	switch {
-	case agentapi.IsNotFound(err):
-		return exitCode(ExitNoCommand, fmt.Errorf("%s: command not found in the sandbox", argv0))
-	case agentapi.IsPermissionDenied(err):
-		return exitCode(ExitCannotExec, fmt.Errorf("%s: permission denied in the sandbox", argv0))
-	case agentapi.IsRefused(err):
-		return exitCode(ExitCannotExec, errors.New(agentapi.Message(err)))
-	case errors.Is(err, runtime.ErrPolicy):
-		return exitCode(ExitCannotExec, err)
-	case errors.Is(err, runtime.ErrNotFound):
-		return exitCode(ExitNotFound, err)
-	case errors.Is(err, runtime.ErrNotRunning):
-		return exitCode(ExitMvm, err)
+	case k == errdefs.KindNotFound && r == errdefs.ReasonCommand:
+		return exitCode(code, errdefs.WithReason(k, r, fmt.Errorf("%s: command not found in the sandbox", argv0)))
+	case k == errdefs.KindPermissionDenied && r == errdefs.ReasonCommand:
+		return exitCode(code, errdefs.WithReason(k, r, fmt.Errorf("%s: permission denied in the sandbox", argv0)))
 	}
-	if _, ok := err.(interface{ GRPCStatus() any }); ok {
-		return exitCode(ExitMvm, errors.New(agentapi.Message(err)))
-	}
-	return exitCode(ExitMvm, fmt.Errorf("%s", agentapi.Message(err)))
+	return exitCode(code, err)
 }
 
 func ms(d time.Duration) int64 { return d.Milliseconds() }

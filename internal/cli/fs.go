@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -13,87 +12,57 @@ import (
 	"unicode"
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 func init() { register(newFsCmd) }
 
-// Exit codes of file and process commands (fs, cp, proc); see
-// docs/guest-rpc.md. 3 (no such sandbox), 2 (usage, invalid path) and 126
-// (refused by a sealed image) are shared with the other commands.
-const (
-	ExitPathNotFound = 4 // no such file, directory or process handle
-	ExitPermission   = 5 // permission denied
-	ExitExists       = 6 // the destination exists
-	ExitWrongType    = 7 // not a directory, is a directory, not empty
-	ExitTooLarge     = 8 // too large, no space left, or a cap was hit
-	ExitUnsafe       = 9 // an unsafe archive member or symlink was refused
-)
-
-var kindExit = map[agentapi.FsKind]int{
-	agentapi.FsNotFound:    ExitPathNotFound,
-	agentapi.FsPermission:  ExitPermission,
-	agentapi.FsExists:      ExitExists,
-	agentapi.FsNotDir:      ExitWrongType,
-	agentapi.FsIsDir:       ExitWrongType,
-	agentapi.FsNotEmpty:    ExitWrongType,
-	agentapi.FsTooLarge:    ExitTooLarge,
-	agentapi.FsInvalidPath: ExitUsage,
-	agentapi.FsUnsafe:      ExitUnsafe,
-	agentapi.FsRefused:     ExitCannotExec,
+// fsHints say what to do next after a file or process command failed, by
+// kind and reason of the error (exit codes are in errors.go).
+var fsHints = []struct {
+	kind   errdefs.Kind
+	reason string
+	hint   string
+}{
+	{errdefs.KindNotFound, errdefs.ReasonPath, "check the path with `mvmctl fs ls NAME DIR`"},
+	{errdefs.KindNotFound, errdefs.ReasonProcess, "see `mvmctl proc ls NAME`"},
+	{errdefs.KindAlreadyExists, "", "remove it first or choose another path"},
+	{errdefs.KindRefused, errdefs.ReasonUnsafe, "the copy was refused and the destination left as it was"},
+	{errdefs.KindRefused, errdefs.ReasonSealed, "sealed images allow only fs read/ls/stat and cp out of the sandbox"},
+	{errdefs.KindFailedPrecondition, errdefs.ReasonIsDir, "name a file, or use `mvmctl cp` for trees"},
+	{errdefs.KindFailedPrecondition, errdefs.ReasonNotDir, "name a directory"},
+	{errdefs.KindFailedPrecondition, errdefs.ReasonNotEmpty, "use `mvmctl fs rm -r` to remove a tree"},
+	{errdefs.KindLimitExceeded, errdefs.ReasonTooLarge, "free space in the guest (the minimal image keeps files in RAM: give it more with `up --memory`), or raise --max-bytes"},
+	{errdefs.KindFailedPrecondition, errdefs.ReasonNoStdin, "start the process with `mvmctl proc start --stdin`"},
+	{errdefs.KindFailedPrecondition, errdefs.ReasonNotRunning, "start it with `mvmctl up`"},
 }
 
-var kindHint = map[agentapi.FsKind]string{
-	agentapi.FsNotFound:   "check the path with `mvmctl fs ls NAME DIR`",
-	agentapi.FsExists:     "remove it first or choose another path",
-	agentapi.FsNotEmpty:   "use `mvmctl fs rm -r` to remove a tree",
-	agentapi.FsTooLarge:   "free space in the guest (the minimal image keeps files in RAM: give it more with `up --memory`), or raise --max-bytes",
-	agentapi.FsUnsafe:     "the copy was refused and the destination left as it was",
-	agentapi.FsRefused:    "sealed images allow only fs read/ls/stat and cp out of the sandbox",
-	agentapi.FsIsDir:      "name a file, or use `mvmctl cp` for trees",
-	agentapi.FsNotDir:     "name a directory",
-	agentapi.FsPermission: "",
-}
-
-// fsError maps an error of a file or process command to a message and an
-// exit code.
+// fsError maps an error of a file or process command to a message (what
+// failed, why, what to do next) and the exit code of the one table.
 func fsError(err error, what string) error {
 	if err == nil {
 		return nil
 	}
+	k, r := errdefs.KindOf(err), errdefs.ReasonOf(err)
 	switch {
-	case errors.Is(err, runtime.ErrNotFound):
-		return exitCode(ExitNotFound, err)
-	case errors.Is(err, runtime.ErrNotRunning):
-		return exitCode(ExitMvm, fmt.Errorf("%w (start it with `mvmctl up`)", err))
-	case errors.Is(err, context.Canceled):
-		return exitCode(ExitInterrupt, fmt.Errorf("%s: interrupted", what))
+	case k == errdefs.KindNotFound && r == errdefs.ReasonSandbox:
+		return err // the message names the sandbox; exit 3
+	case k == errdefs.KindCanceled:
+		return exitCode(ExitInterrupt, remessage(err, what+": interrupted"))
 	}
-	msg := agentapi.Message(err)
-	if kind := agentapi.KindOf(err); kind != agentapi.FsUnknown {
-		if h := kindHint[kind]; h != "" {
-			msg += " (" + h + ")"
+	msg := err.Error()
+	for _, h := range fsHints {
+		if h.kind == k && (h.reason == "" || h.reason == r) {
+			msg += " (" + h.hint + ")"
+			break
 		}
-		return exitCode(kindExit[kind], fmt.Errorf("%s: %s", what, msg))
 	}
-	if st, ok := status.FromError(err); ok {
-		switch st.Code() {
-		case codes.FailedPrecondition:
-			if strings.Contains(st.Message(), "sealed") {
-				return exitCode(ExitCannotExec, fmt.Errorf("%s: %s", what, msg))
-			}
-			return exitCode(1, fmt.Errorf("%s: %s", what, msg))
-		case codes.InvalidArgument:
-			return exitCode(ExitUsage, fmt.Errorf("%s: %s", what, msg))
-		case codes.Unavailable, codes.Internal, codes.Unknown, codes.DeadlineExceeded:
-			return exitCode(ExitMvm, fmt.Errorf("%s: %s", what, msg))
-		}
-		return exitCode(1, fmt.Errorf("%s: %s", what, msg))
+	if k == errdefs.KindFailedPrecondition && r == errdefs.ReasonNotRunning {
+		return exitCode(exitFor(err), remessage(err, msg))
 	}
-	return exitCode(ExitMvm, fmt.Errorf("%s: %v", what, err))
+	return exitCode(exitFor(err), remessage(err, what+": "+msg))
 }
 
 // parseMode reads an octal mode such as 0755.
@@ -371,7 +340,7 @@ func newFsRmCmd(app *App) *cobra.Command {
 			ctx, stop := fsCtx()
 			defer stop()
 			err = rt.FsRemove(ctx, args[0], args[1], recursive)
-			if force && agentapi.KindOf(err) == agentapi.FsNotFound {
+			if force && errdefs.IsNotFound(err) && errdefs.ReasonOf(err) == errdefs.ReasonPath {
 				return nil
 			}
 			return fsError(err, "fs rm "+args[1])

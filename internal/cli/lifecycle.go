@@ -11,7 +11,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 	"github.com/spf13/cobra"
@@ -113,16 +112,7 @@ func newUpCmd(app *App) *cobra.Command {
 				return &ExitError{Code: signalExit(s), Err: fmt.Errorf("interrupted by %v; nothing was left running", s)}
 			}
 			if err != nil {
-				if errors.Is(err, sandbox.ErrNameTaken) {
-					return exitCode(1, err)
-				}
-				if errors.Is(err, runtime.ErrPolicy) {
-					return exitCode(ExitCannotExec, manifestNetworkHint(err))
-				}
-				if isBadImage(err) {
-					return exitCode(ExitUsage, err)
-				}
-				return exitCode(ExitMvm, err)
+				return exitCode(bootExit(err), manifestNetworkHint(err))
 			}
 			if jsonOut {
 				return writeJSON(app.Stdout, stateJSON(sb.State))
@@ -207,11 +197,14 @@ failed; 126 not executable (or refused by a sealed image); 127 not found.`,
 				cerr := commandError(err, args[1])
 				if jsonOut {
 					// Scripts get an object on every path: the error's
-					// kind, message and exit code.
+					// kind, reason, message and exit code.
 					var ee *ExitError
 					errors.As(cerr, &ee)
+					obj := errorJSON(cerr, ee.Code)
+					obj["message"] = withHint(cerr)
 					writeJSON(app.Stdout, map[string]any{"schema_version": 1, "sandbox": args[0],
-						"exit_code": ee.Code, "error": map[string]any{"kind": errorKind(err), "message": ee.Error()}})
+						"exit_code": ee.Code, "error": obj})
+					ee.JSONDone = true
 				}
 				return cerr
 			}
@@ -229,6 +222,7 @@ failed; 126 not executable (or refused by a sealed image); 127 not found.`,
 					"timed_out": timedOut, "duration_ms": ms(time.Since(t0))}
 				if res != nil {
 					obj["audit_id"] = res.AuditID
+					obj["receipt_id"] = res.ReceiptID
 				}
 				outCap.into(obj, "stdout")
 				errCap.into(obj, "stderr")
@@ -271,23 +265,6 @@ func rawTerminal(app *App, o *runtime.ExecOptions) (func(), error) {
 	return func() { term.Restore(int(f.Fd()), old) }, nil
 }
 
-// errorKind names why a command could not run, for --json output.
-func errorKind(err error) string {
-	switch {
-	case agentapi.IsNotFound(err):
-		return "not_found"
-	case agentapi.IsPermissionDenied(err):
-		return "not_executable"
-	case agentapi.IsRefused(err):
-		return "refused"
-	case errors.Is(err, runtime.ErrNotFound):
-		return "no_sandbox"
-	case errors.Is(err, runtime.ErrNotRunning):
-		return "not_running"
-	}
-	return "error"
-}
-
 func newInspectCmd(app *App) *cobra.Command {
 	return &cobra.Command{
 		Use:   "inspect NAME",
@@ -300,7 +277,7 @@ func newInspectCmd(app *App) *cobra.Command {
 			}
 			st, err := rt.Get(args[0])
 			if err != nil {
-				return exitCode(ExitNotFound, err)
+				return err
 			}
 			obj := stateJSON(st)
 			obj["boot"] = st.Boot
@@ -434,7 +411,7 @@ func newLogsCmd(app *App) *cobra.Command {
 			}
 			dir, err := rt.Dir(args[0])
 			if err != nil {
-				return exitCode(ExitNotFound, err)
+				return err
 			}
 			path := filepath.Join(dir, "console.log")
 			ctx, _, stop := signalContext(context.Background())
@@ -548,7 +525,7 @@ func newBootReportCmd(app *App) *cobra.Command {
 			}
 			st, err := rt.Get(args[0])
 			if err != nil {
-				return exitCode(ExitNotFound, err)
+				return err
 			}
 			if jsonOut {
 				return writeJSON(app.Stdout, map[string]any{"schema_version": 1, "name": st.Name, "id": st.ID, "state": st.Status, "boot": st.Boot})
@@ -585,7 +562,7 @@ func controlCmd(app *App, op, short string) *cobra.Command {
 				return err
 			}
 			if _, err := rt.Get(args[0]); err != nil {
-				return exitCode(ExitNotFound, err)
+				return err
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()

@@ -44,20 +44,6 @@ the process's own code.`, agentapi.ProcOutputBytes>>10, agentapi.ProcRetention,
 	return cmd
 }
 
-// procError maps an error of a proc command.
-func procError(err error, what string) error {
-	if err == nil {
-		return nil
-	}
-	switch status.Code(err) {
-	case codes.NotFound:
-		return exitCode(ExitPathNotFound, fmt.Errorf("%s: %s", what, agentapi.Message(err)))
-	case codes.ResourceExhausted:
-		return exitCode(ExitTooLarge, fmt.Errorf("%s: %s", what, agentapi.Message(err)))
-	}
-	return fsError(err, what)
-}
-
 func procJSON(p *pb.ProcInfo) map[string]any {
 	obj := map[string]any{
 		"handle": p.Handle, "pid": p.Pid, "argv": p.Argv, "state": p.State,
@@ -105,7 +91,7 @@ func newProcStartCmd(app *App) *cobra.Command {
 				Argv: args[1:], Env: envMap, Cwd: workdir, Stdin: stdin, Entrypoint: entrypoint})
 			if err != nil {
 				if status.Code(err) == codes.ResourceExhausted {
-					return procError(err, "proc start")
+					return fsError(err, "proc start")
 				}
 				argv0 := "the entrypoint"
 				if len(args) > 1 {
@@ -146,7 +132,7 @@ func newProcLsCmd(app *App) *cobra.Command {
 			defer stop()
 			procs, err := rt.ProcList(ctx, args[0])
 			if err != nil {
-				return procError(err, "proc ls")
+				return fsError(err, "proc ls")
 			}
 			if jsonOut {
 				rows := make([]map[string]any, 0, len(procs))
@@ -212,7 +198,7 @@ it is reported on stderr with its size.`,
 				if timeout > 0 && ctx.Err() != nil {
 					return exitCode(ExitTimeout, fmt.Errorf("proc wait: %s still running after %s", args[1], timeout))
 				}
-				return procError(err, "proc wait "+args[1])
+				return fsError(err, "proc wait "+args[1])
 			}
 			if r := last.GetRunning(); r != nil {
 				fmt.Fprintf(app.Stderr, "mvmctl: %s is still running (pid %d)\n", r.Handle, r.Pid)
@@ -256,7 +242,7 @@ func signalProc(app *App, name, handle string, sig int) error {
 	defer stop()
 	info, err := rt.ProcSignal(ctx, name, handle, sig)
 	if err != nil {
-		return procError(err, "proc signal "+handle)
+		return fsError(err, "proc signal "+handle)
 	}
 	if info.State == "exited" {
 		fmt.Fprintf(app.Stderr, "mvmctl: %s had already exited (code %d)\n", handle, info.Exit.GetCode())
@@ -314,7 +300,7 @@ func newProcStdinCmd(app *App) *cobra.Command {
 			ctx, stop := fsCtx()
 			defer stop()
 			_, err = rt.ProcStdin(ctx, args[0], args[1], in, closeArg)
-			return procError(err, "proc stdin "+args[1])
+			return fsError(err, "proc stdin "+args[1])
 		},
 	}
 	cmd.Flags().StringVar(&content, "content", "", "send this text instead of standard input")

@@ -36,6 +36,8 @@ type ExitError struct {
 	Code   int
 	Err    error
 	Silent bool
+	// JSONDone: the command printed its own --json error object.
+	JSONDone bool
 }
 
 func (e *ExitError) Error() string {
@@ -63,7 +65,7 @@ func NewRoot(app *App) *cobra.Command {
 	root.SetOut(app.Stdout)
 	root.SetErr(app.Stderr)
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
-		return exitCode(2, fmt.Errorf("%v (see `%s --help`)", err, cmd.CommandPath()))
+		return exitCode(ExitUsage, fmt.Errorf("%v (see `%s --help`)", err, cmd.CommandPath()))
 	})
 	for _, b := range builders {
 		root.AddCommand(wrapArgs(b(app)))
@@ -74,21 +76,38 @@ func NewRoot(app *App) *cobra.Command {
 // Main runs mvmctl with args and returns the process exit code.
 func Main(args []string) int {
 	app := &App{Dirs: paths.FromEnv(), Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
+	return run(app, args)
+}
+
+// run executes one command line and reports its error: the message (with a
+// hint of what to do next) on stderr, with --json also an error object on
+// stdout, and the exit code of the one table (errors.go).
+func run(app *App, args []string) int {
 	root := NewRoot(app)
 	root.SetArgs(args)
-	err := root.Execute()
+	cmd, err := root.ExecuteC()
 	if err == nil {
 		return 0
 	}
+	code := exitFor(err)
 	var ee *ExitError
-	if errors.As(err, &ee) {
-		if !ee.Silent && ee.Err != nil {
-			fmt.Fprintf(app.Stderr, "mvmctl: %v\n", ee.Err)
-		}
-		return ee.Code
+	if errors.As(err, &ee) && (ee.Silent || ee.Err == nil) {
+		return code
 	}
-	fmt.Fprintf(app.Stderr, "mvmctl: %v\n", err)
-	return 1
+	msg := withHint(err)
+	fmt.Fprintf(app.Stderr, "mvmctl: %s\n", msg)
+	if cmd != nil && wantsJSON(cmd) && (ee == nil || !ee.JSONDone) {
+		obj := errorJSON(err, code)
+		obj["message"] = msg
+		writeJSON(app.Stdout, map[string]any{"schema_version": 1, "error": obj})
+	}
+	return code
+}
+
+// wantsJSON reports whether cmd was given --json.
+func wantsJSON(cmd *cobra.Command) bool {
+	f := cmd.Flags().Lookup("json")
+	return f != nil && f.Value.String() == "true"
 }
 
 // wrapArgs makes argument-count errors of cmd and its children exit 2.

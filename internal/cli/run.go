@@ -125,11 +125,8 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 		return &ExitError{Code: signalExit(s), Silent: true}
 	}
 	if err != nil && !errors.Is(err, runtime.ErrTimeout) {
-		if errors.Is(err, runtime.ErrPolicy) {
-			return exitCode(ExitCannotExec, manifestNetworkHint(err))
-		}
-		if res == nil {
-			return exitCode(ExitMvm, err)
+		if res == nil { // the sandbox did not come up
+			return exitCode(bootExit(err), manifestNetworkHint(err))
 		}
 		return commandError(err, argv[0])
 	}
@@ -159,6 +156,7 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 		if res.Exit != nil {
 			obj["signal"] = res.Exit.Signal
 			obj["audit_id"] = res.Exit.AuditID
+			obj["receipt_id"] = res.Exit.ReceiptID
 		}
 		if f.receipt != "" {
 			obj["receipt_path"] = f.receipt

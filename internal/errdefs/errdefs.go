@@ -89,18 +89,38 @@ func (k Kind) String() string {
 // Reasons refine a kind where a surface must tell cases apart (the CLI's
 // exit codes do). They are short lower_snake words; a reason is optional.
 const (
-	ReasonSandbox  = "sandbox"   // NotFound: no such sandbox
-	ReasonCommand  = "command"   // NotFound/PermissionDenied: the command to run
-	ReasonPath     = "path"      // NotFound: a guest or host path
-	ReasonProcess  = "process"   // NotFound: a background process handle
-	ReasonNotDir   = "not_dir"   // FailedPrecondition: not a directory
-	ReasonIsDir    = "is_dir"    // FailedPrecondition: is a directory
-	ReasonNotEmpty = "not_empty" // FailedPrecondition: directory not empty
-	ReasonUnsafe   = "unsafe"    // Refused: an unsafe archive member or symlink
-	ReasonSealed   = "sealed"    // Refused: the sealed image profile
-	ReasonNotReady = "not_ready" // Timeout: the sandbox did not become ready
-	ReasonFailed   = "failed"    // Guest: the sandbox failed (boot, VMM died)
+	ReasonSandbox    = "sandbox"     // NotFound: no such sandbox
+	ReasonCommand    = "command"     // NotFound/PermissionDenied/Timeout: the command to run
+	ReasonPath       = "path"        // NotFound: a guest or host path
+	ReasonProcess    = "process"     // NotFound: a background process handle
+	ReasonNotDir     = "not_dir"     // FailedPrecondition: not a directory
+	ReasonIsDir      = "is_dir"      // FailedPrecondition: is a directory
+	ReasonNotEmpty   = "not_empty"   // FailedPrecondition: directory not empty
+	ReasonUnsafe     = "unsafe"      // Refused: an unsafe archive member or symlink
+	ReasonTooLarge   = "too_large"   // LimitExceeded: a file or copy too large, no space left
+	ReasonSealed     = "sealed"      // Refused: the sealed image profile
+	ReasonPolicy     = "policy"      // Refused: the run profile or admission
+	ReasonNoStdin    = "no_stdin"    // FailedPrecondition: the process has no open stdin
+	ReasonNotRunning = "not_running" // FailedPrecondition: the sandbox is not running
+	ReasonNotReady   = "not_ready"   // Timeout: the sandbox did not become ready
+	ReasonFailed     = "failed"      // Guest: the sandbox failed (boot, VMM died)
 )
+
+// Kinded is implemented by errors that know their kind: *Error, and error
+// types of other packages (the agent API's file errors) that want KindOf,
+// ReasonOf and the gRPC conversion to see their kind.
+type Kinded interface {
+	error
+	ErrKind() (Kind, string)
+}
+
+// MatchSentinel reports whether target is the sentinel of kind k; a Kinded
+// type calls it from its Is method so that errors.Is(err, ErrNotFound)
+// works for it too.
+func MatchSentinel(k Kind, target error) bool {
+	s, ok := target.(*sentinel)
+	return ok && s.kind == k
+}
 
 // Error is an error with a kind and an optional reason. Its message is the
 // message of the error it wraps.
@@ -119,12 +139,12 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// ErrKind makes *Error a Kinded.
+func (e *Error) ErrKind() (Kind, string) { return e.Kind, e.Reason }
+
 // Is makes errors.Is(err, errdefs.ErrNotFound) (and the other sentinels)
 // true for every error of that kind.
-func (e *Error) Is(target error) bool {
-	s, ok := target.(*sentinel)
-	return ok && s.kind == e.Kind
-}
+func (e *Error) Is(target error) bool { return MatchSentinel(e.Kind, target) }
 
 // sentinel is the type of the Err* values: comparable kinds for errors.Is.
 type sentinel struct{ kind Kind }
@@ -171,16 +191,20 @@ func WithReason(k Kind, r string, err error) error {
 	return &Error{Kind: k, Reason: r, Err: err}
 }
 
-// KindOf reports the kind of err: that of the outermost *Error in its
-// chain; else, context.DeadlineExceeded is a timeout and context.Canceled a
+// KindOf reports the kind of err: that of the outermost Kinded error in its
+// chain; else that of a gRPC status in it (as FromGRPC reads it); else, context.DeadlineExceeded is a timeout and context.Canceled a
 // cancellation; else Unknown.
 func KindOf(err error) Kind {
 	if err == nil {
 		return Unknown
 	}
-	var e *Error
+	var e Kinded
 	if errors.As(err, &e) {
-		return e.Kind
+		k, _ := e.ErrKind()
+		return k
+	}
+	if k, _, ok := statusKind(err); ok {
+		return k
 	}
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
@@ -191,11 +215,15 @@ func KindOf(err error) Kind {
 	return Unknown
 }
 
-// ReasonOf reports the reason of the outermost *Error in err's chain.
+// ReasonOf reports the reason of the outermost Kinded error in err's chain.
 func ReasonOf(err error) string {
-	var e *Error
+	var e Kinded
 	if errors.As(err, &e) {
-		return e.Reason
+		_, r := e.ErrKind()
+		return r
+	}
+	if _, r, ok := statusKind(err); ok {
+		return r
 	}
 	return ""
 }

@@ -225,3 +225,37 @@ func TestToGRPCPlainAndContext(t *testing.T) {
 		t.Fatal("a status was changed")
 	}
 }
+
+// TestRawStatusHasAKind: a status that did not pass through FromGRPC (a
+// fake, a caller of the generated client) is read the same way.
+func TestRawStatusHasAKind(t *testing.T) {
+	raw := fmt.Errorf("exec: %w", status.Error(codes.NotFound, "missing: not found"))
+	if KindOf(raw) != KindNotFound {
+		t.Fatalf("got %v", KindOf(raw))
+	}
+	withDetails := ToGRPC(WithReason(KindRefused, ReasonSealed, errors.New("sealed")))
+	if KindOf(withDetails) != KindRefused || ReasonOf(withDetails) != ReasonSealed {
+		t.Fatalf("got %v/%q", KindOf(withDetails), ReasonOf(withDetails))
+	}
+	if KindOf(status.Error(codes.FailedPrecondition, "no open stdin")) == KindRefused {
+		t.Fatal("a bare FailedPrecondition read as a refusal")
+	}
+}
+
+// fsLike is a foreign error type that knows its kind (as agentapi.FsError).
+type fsLike struct{}
+
+func (fsLike) Error() string           { return "x: not a directory" }
+func (fsLike) ErrKind() (Kind, string) { return KindFailedPrecondition, ReasonNotDir }
+func (e fsLike) Is(target error) bool  { return MatchSentinel(KindFailedPrecondition, target) }
+
+func TestForeignKinded(t *testing.T) {
+	err := fmt.Errorf("ls: %w", fsLike{})
+	if KindOf(err) != KindFailedPrecondition || ReasonOf(err) != ReasonNotDir || !errors.Is(err, ErrFailedPrecondition) {
+		t.Fatal("a foreign Kinded is not seen")
+	}
+	back := FromGRPC(ToGRPC(err))
+	if KindOf(back) != KindFailedPrecondition || ReasonOf(back) != ReasonNotDir || back.Error() != "ls: x: not a directory" {
+		t.Fatalf("round trip: %v/%q %q", KindOf(back), ReasonOf(back), back)
+	}
+}

@@ -97,8 +97,13 @@ func ToGRPC(err error) error {
 	if err == nil {
 		return nil
 	}
-	var e *Error
-	if errors.As(err, &e) {
+	var k Kinded
+	if errors.As(err, &k) {
+		kind, reason := k.ErrKind()
+		e, ok := k.(*Error)
+		if !ok {
+			e = &Error{Kind: kind, Reason: reason, Err: k}
+		}
 		st := e.GRPCStatus()
 		p := st.Proto()
 		p.Message = err.Error()
@@ -126,8 +131,8 @@ func FromGRPC(err error) error {
 	if err == nil {
 		return nil
 	}
-	var e *Error
-	if errors.As(err, &e) {
+	var kd Kinded
+	if errors.As(err, &kd) {
 		return err
 	}
 	st, ok := status.FromError(err)
@@ -209,4 +214,21 @@ func fromGRPCKeepEOF(err error) error {
 		return err
 	}
 	return FromGRPC(err)
+}
+
+// statusKind reads the kind of a gRPC status error that was not converted
+// with FromGRPC (as FromGRPC would).
+func statusKind(err error) (Kind, string, bool) {
+	var gs interface{ GRPCStatus() *status.Status }
+	if !errors.As(err, &gs) {
+		return Unknown, "", false
+	}
+	st := gs.GRPCStatus()
+	if st == nil || st.Code() == codes.OK {
+		return Unknown, "", false
+	}
+	if k, r, found := detailsOf(st); found {
+		return k, r, true
+	}
+	return kindOfCode[st.Code()], "", true
 }

@@ -7,13 +7,14 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/evidence"
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
 
 // ErrPolicy reports a boot or request refused by admission or policy.
-var ErrPolicy = errors.New("refused by policy")
+var ErrPolicy = errdefs.WithReason(errdefs.KindRefused, errdefs.ReasonPolicy, errors.New("refused by policy"))
 
 // witness signs plans and receipts and appends to the audit chain.
 type witness struct {

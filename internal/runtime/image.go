@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/mvm-sandbox/mvm/internal/backend"
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/image"
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
@@ -43,7 +44,7 @@ func BusyboxPath() (string, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("busybox not found: run `mvmctl setup` (or apt-get install busybox-static)")
+	return "", errdefs.Errorf(errdefs.KindUnavailable, "busybox not found: run `mvmctl setup` (or apt-get install busybox-static)")
 }
 
 // initramfs returns the shared initramfs: the agent as /init, busybox, and
@@ -83,7 +84,7 @@ func IsBuildDir(name string) bool {
 func (r *Runtime) resolveImage(ctx context.Context, name, backend string, buildDir bool, progress func(image.Event)) (*bootImage, error) {
 	k, err := image.FindKernel(r.Dirs)
 	if err != nil {
-		return nil, err
+		return nil, errdefs.Unavailable(err)
 	}
 	initrd, digest, err := r.initramfs(k, backend)
 	if err != nil {
@@ -106,7 +107,7 @@ func (r *Runtime) resolveImage(ctx context.Context, name, backend string, buildD
 		}
 	}
 	if err != nil {
-		return nil, err
+		return nil, imageError(err)
 	}
 	label := art.Name
 	if label == "" {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/evidence"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
@@ -73,6 +74,9 @@ type ExecResult struct {
 	AuditID string
 	// Receipt is the signed receipt of the run (canonical JSON).
 	Receipt []byte
+	// ReceiptID is the receipt's id (a UUID), also named by the
+	// exec.finished audit entry.
+	ReceiptID string
 }
 
 // Exec runs a command in a running sandbox and waits for it. The run is
@@ -81,7 +85,7 @@ type ExecResult struct {
 func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*ExecResult, error) {
 	for k := range o.Env {
 		if !validEnvKey(k) {
-			return nil, fmt.Errorf("invalid environment variable name %q", k)
+			return nil, errdefs.Errorf(errdefs.KindInvalidArgument, "invalid environment variable name %q", k)
 		}
 	}
 	if o.TTY || o.Console {
@@ -135,8 +139,9 @@ func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*Ex
 		w.chain.Append("exec.failed", st.ID, fields)
 		return nil, err
 	}
+	receiptID := evidence.NewID()
 	receipt, rec, err := evidence.RecordRun(w.chain, w.signer, evidence.RunRecord{
-		SandboxID: st.ID, ImageDigest: st.Image.Digest, KernelDigest: kernelDigest(dir),
+		ReceiptID: receiptID, SandboxID: st.ID, ImageDigest: st.Image.Digest, KernelDigest: kernelDigest(dir),
 		PlanHash: planHash(dir), Backend: backendOf(dir), Argv: o.Argv, Env: env,
 		Stdin: inH.Digest(), Stdout: outH.Digest(), Stderr: errH.Digest(),
 		ExitCode: res.ExitCode, StartedAt: started, FinishedAt: time.Now(),
@@ -144,7 +149,7 @@ func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*Ex
 	if err != nil {
 		return nil, fmt.Errorf("record run: %w", err)
 	}
-	return &ExecResult{ExecResult: *res, AuditID: auditID(rec), Receipt: receipt}, nil
+	return &ExecResult{ExecResult: *res, AuditID: auditID(rec), Receipt: receipt, ReceiptID: receiptID}, nil
 }
 
 func teeWriter(w io.Writer, h io.Writer) io.Writer {
@@ -154,17 +159,21 @@ func teeWriter(w io.Writer, h io.Writer) io.Writer {
 	return io.MultiWriter(w, h)
 }
 
+// execFailureTag is the audit outcome of an exec that could not run,
+// from the error's kind (the one error model).
 func execFailureTag(err error, ctx context.Context) string {
 	switch {
 	case ctx.Err() == context.DeadlineExceeded:
 		return "timeout"
 	case ctx.Err() != nil:
 		return "cancelled"
-	case agentapi.IsNotFound(err):
+	}
+	switch errdefs.KindOf(err) {
+	case errdefs.KindNotFound:
 		return "not_found"
-	case agentapi.IsPermissionDenied(err):
+	case errdefs.KindPermissionDenied:
 		return "permission_denied"
-	case agentapi.IsRefused(err):
+	case errdefs.KindRefused:
 		return "refused_by_profile"
 	}
 	return "error"

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
 )
 
 // RunOptions describe a one-shot run: a transient sandbox, one command,
@@ -26,7 +28,7 @@ type RunResult struct {
 }
 
 // ErrTimeout reports a command that ran past its timeout and was killed.
-var ErrTimeout = errors.New("command timed out")
+var ErrTimeout = errdefs.WithReason(errdefs.KindTimeout, errdefs.ReasonCommand, errors.New("command timed out"))
 
 // Run boots a transient sandbox, runs one command and tears the sandbox
 // down on every path. Cancelling ctx (Ctrl-C, SIGTERM) kills the VM.

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/paths"
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
@@ -46,11 +47,12 @@ func (r *Runtime) backend() (string, error) {
 	return "", fmt.Errorf("%s=%q: want qemu (the default) or firecracker", BackendEnv, r.Backend)
 }
 
-// Errors callers map to exit codes and messages.
+// Errors of the runtime, in the one error model (errdefs): callers ask
+// errdefs for the kind, or errors.Is for these.
 var (
-	ErrNotFound   = errors.New("sandbox not found")
-	ErrNotRunning = errors.New("sandbox is not running")
-	ErrBoot       = errors.New("boot failed")
+	ErrNotFound   = errdefs.WithReason(errdefs.KindNotFound, errdefs.ReasonSandbox, errors.New("sandbox not found"))
+	ErrNotRunning = errdefs.WithReason(errdefs.KindFailedPrecondition, errdefs.ReasonNotRunning, errors.New("sandbox is not running"))
+	ErrBoot       = errdefs.Guest(errors.New("boot failed"))
 )
 
 // New finds mvmctl and mvm-agent: MVM_AGENT_BIN, else mvm-agent beside
@@ -74,10 +76,10 @@ func New(d paths.Dirs) (*Runtime, error) {
 func (r *Runtime) CheckAgent() error {
 	st, err := os.Stat(r.Agent)
 	if err != nil {
-		return fmt.Errorf("guest agent %s not found: build it beside mvmctl (`make build`, or `go build -o DIR/ ./cmd/...`) or set MVM_AGENT_BIN", r.Agent)
+		return errdefs.Errorf(errdefs.KindUnavailable, "guest agent %s not found: build it beside mvmctl (`make build`, or `go build -o DIR/ ./cmd/...`) or set MVM_AGENT_BIN", r.Agent)
 	}
 	if st.Mode()&0o111 == 0 {
-		return fmt.Errorf("guest agent %s is not executable", r.Agent)
+		return errdefs.Errorf(errdefs.KindUnavailable, "guest agent %s is not executable", r.Agent)
 	}
 	return checkStaticAgent(r.Agent)
 }
@@ -116,7 +118,7 @@ func BootTimeout() time.Duration {
 func (r *Runtime) dir(nameOrID string) (string, string, error) {
 	id, ok := r.Layout.Resolve(nameOrID)
 	if !ok {
-		return "", "", fmt.Errorf("%w: no sandbox named %q (`mvmctl ls -a` lists sandboxes)", ErrNotFound, nameOrID)
+		return "", "", fmt.Errorf("%w: no sandbox named %q", ErrNotFound, nameOrID)
 	}
 	return id, r.Layout.Dir(id), nil
 }

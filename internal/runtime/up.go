@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/backend"
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/image"
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/mvm-sandbox/mvm/internal/plan"
@@ -107,24 +108,29 @@ func (o *UpOptions) defaults(img *bootImage) {
 	}
 }
 
-// Validate checks options before anything is created.
+// Validate checks options before anything is created. Its errors are
+// invalid arguments; they name options, not CLI flags (MCP shows them too).
 func (o *UpOptions) Validate() error {
+	return errdefs.InvalidArgument(o.validate())
+}
+
+func (o *UpOptions) validate() error {
 	if o.Name != "" {
 		if err := sandbox.ValidateName(o.Name); err != nil {
 			return err
 		}
 	}
 	if o.CPUs < 0 || o.CPUs > 64 {
-		return fmt.Errorf("--cpus %d: must be between 1 and 64", o.CPUs)
+		return fmt.Errorf("cpus %d: must be between 1 and 64", o.CPUs)
 	}
 	if o.MemoryMiB != 0 && (o.MemoryMiB < 128 || o.MemoryMiB > 256<<10) {
-		return fmt.Errorf("--memory %dM: must be between 128M and 256G", o.MemoryMiB)
+		return fmt.Errorf("memory %dM: must be between 128M and 256G", o.MemoryMiB)
 	}
 	if o.DiskMiB != 0 && (o.DiskMiB < 64 || o.DiskMiB > 1<<20) {
-		return fmt.Errorf("--disk %dM: must be between 64M and 1T", o.DiskMiB)
+		return fmt.Errorf("disk %dM: must be between 64M and 1T", o.DiskMiB)
 	}
 	if o.TTL < 0 {
-		return fmt.Errorf("--ttl must not be negative")
+		return fmt.Errorf("ttl must not be negative")
 	}
 	if err := o.Network.Validate(); err != nil {
 		if errors.Is(err, netpolicy.ErrRefused) {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/backend"
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
 )
 
 // Files inside a sandbox directory ($MVM_STATE_DIR/sb/<id>).
@@ -176,7 +177,7 @@ func NewID() string {
 }
 
 // ErrNameTaken says another sandbox already has the name.
-var ErrNameTaken = errors.New("name already in use")
+var ErrNameTaken = errdefs.WithReason(errdefs.KindAlreadyExists, errdefs.ReasonSandbox, errors.New("name already in use"))
 
 // Reserve atomically claims name for id.
 func (l Layout) Reserve(name, id string) error {
@@ -185,7 +186,7 @@ func (l Layout) Reserve(name, id string) error {
 	}
 	if err := os.Symlink(filepath.Join("..", sandboxesDir, id), l.NameLink(name)); err != nil {
 		if errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("sandbox %q: %w (choose another --name, or `mvmctl down %s` first)", name, ErrNameTaken, name)
+			return fmt.Errorf("sandbox %q: %w (choose another name, or remove that sandbox first)", name, ErrNameTaken)
 		}
 		return err
 	}

@@ -138,37 +138,13 @@ def _boot(template: str) -> mvm.Sandbox:
 
 
 def bootable_template() -> str:
-    """``MVM_SDK_TEST_TEMPLATE``, else ``python`` when this mvmctl can boot
-    it, else the built-in ``minimal``."""
+    """``MVM_SDK_TEST_TEMPLATE``, else ``python`` (the README's template).
+    There is no fallback: if this mvmctl cannot boot it, the tests fail
+    rather than quietly testing something else."""
     global _template
     if _template is None:
-        _template = os.environ.get("MVM_SDK_TEST_TEMPLATE") or ""
-        if not _template:
-            _template = "python" if python_template_available() else "minimal"
+        _template = os.environ.get("MVM_SDK_TEST_TEMPLATE") or "python"
     return _template
-
-
-_python_ok: Optional[bool] = None
-
-
-def python_template_available() -> bool:
-    """Probe once whether ``up --image python`` is accepted (a refusal is
-    immediate; when it is accepted the probe boot is kept as the session
-    sandbox, so no boot is wasted)."""
-    global _python_ok, _probe_sandbox
-    if _python_ok is None:
-        try:
-            _probe_sandbox = _boot("python")
-            _python_ok = True
-        except mvm.MvmError as exc:
-            if "unknown image" in str(exc) or "only the built-in" in str(exc):
-                _python_ok = False
-            else:
-                raise
-    return _python_ok
-
-
-_probe_sandbox: Optional[mvm.Sandbox] = None
 
 
 def requires_cli() -> None:
@@ -185,11 +161,7 @@ def template() -> str:
 @pytest.fixture(scope="session")
 def sandbox(template: str) -> Iterator[mvm.Sandbox]:
     """One sandbox shared by the tests that only need a running guest."""
-    global _probe_sandbox
-    if _probe_sandbox is not None and template == "python":
-        sb, _probe_sandbox = _probe_sandbox, None
-    else:
-        sb = _boot(template)
+    sb = _boot(template)
     try:
         yield sb
     finally:

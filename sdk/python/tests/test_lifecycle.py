@@ -17,7 +17,6 @@ import pytest
 from conftest import (
     CHILD_TIMEOUT,
     child_env,
-    python_template_available,
     qemu_running,
     requires_cli,
     run_script,
@@ -47,8 +46,6 @@ def wait_gone(name: str, sandbox_id: str, within: float = 30) -> None:
 
 def test_readme_snippet_as_written(tmp_path: Path) -> None:
     requires_cli()
-    if os.environ.get("MVM_SDK_TEST_TEMPLATE", "python") != "python" or not python_template_available():
-        pytest.skip("this mvmctl cannot boot the `python` template yet (`up --image python`)")
     before = set(sandbox_names())
     script = write_script(tmp_path, "snippet.py", SNIPPET)
     res = run_script(script)
@@ -145,10 +142,7 @@ def test_ports_forward_reaches_a_guest_server(template: str) -> None:
     import urllib.request
 
     with mvm.Sandbox.create(template, workload_id="ports", ports=[8000]) as sb:
-        try:
-            published = sb.ports.list()
-        except mvm.Unsupported:
-            pytest.skip("this mvmctl has no `port`/`forward` yet")
+        published = sb.ports.list()
         assert [p.guest_port for p in published] == [8000]
         sb.files.write("/tmp/www/index.html", "hello from the guest\n")
         server = sb.commands.start(

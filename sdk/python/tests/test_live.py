@@ -4,6 +4,7 @@ streaming, logs, pause/resume and error types."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from typing import List, Tuple
@@ -21,8 +22,12 @@ def test_run_returns_output_and_audit_id(sandbox: mvm.Sandbox) -> None:
     r = sandbox.commands.run(["sh", "-c", "echo out; echo err >&2"])
     assert (r.exit_code, r.stdout, r.stderr, r.timed_out, r.truncated) == (0, "out\n", "err\n", False, False)
     assert r.ok and r.duration_ms >= 0
-    # the CLI adds an audit id to exec results; it is carried through
-    assert r.audit_id is None or isinstance(r.audit_id, str) and r.audit_id
+    # every exec is recorded: the audit entry and the signed receipt's id
+    # come through (receipt_id was always None before exec --json named it)
+    assert isinstance(r.audit_id, str) and re.fullmatch(r"\d+:[0-9a-f]{16}", r.audit_id), r.audit_id
+    assert isinstance(r.receipt_id, str) and re.fullmatch(
+        r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", r.receipt_id
+    ), r.receipt_id
 
 
 def test_non_zero_exit_is_a_result(sandbox: mvm.Sandbox) -> None:

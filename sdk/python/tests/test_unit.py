@@ -8,7 +8,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import List, Type
+from typing import Dict, List, Type
 
 import pytest
 
@@ -136,6 +136,64 @@ def test_exit_codes_map_to_typed_errors(
     assert info.value.exit_code == code
     assert info.value.message == message
     assert isinstance(info.value, mvm.MvmError)
+
+
+@pytest.mark.parametrize(
+    "code,kind,reason,err",
+    [
+        (3, "not_found", "sandbox", mvm.SandboxNotFound),
+        (4, "not_found", "path", mvm.FileNotFound),
+        (4, "not_found", "process", mvm.FileNotFound),
+        (124, "timeout", "command", mvm.CommandTimeout),
+        (125, "timeout", "", mvm.TransportError),
+        (125, "transport", "", mvm.TransportError),
+        (125, "guest", "", mvm.TransportError),
+        (125, "failed_precondition", "not_running", mvm.TransportError),
+        (126, "refused", "sealed", mvm.PolicyDenied),
+        (9, "refused", "unsafe", mvm.CLIError),
+        (7, "failed_precondition", "not_empty", mvm.CLIError),
+        (1, "failed_precondition", "no_stdin", mvm.CLIError),
+    ],
+)
+def test_json_error_kinds_map_to_typed_errors(
+    fake_cli: Path, monkeypatch: pytest.MonkeyPatch, code: int, kind: str, reason: str, err: Type[mvm.MvmError]
+) -> None:
+    """With --json the CLI prints its error object; the kind decides."""
+    monkeypatch.setenv("FAKE_CODE", str(code))
+    monkeypatch.setenv("FAKE_STDERR", "stderr text")
+    error: Dict[str, object] = {"kind": kind, "message": "the message", "exit_code": code}
+    if reason:
+        error["reason"] = reason
+    monkeypatch.setenv("FAKE_STDOUT", json.dumps({"schema_version": 1, "error": error}))
+    with pytest.raises(err) as info:
+        fake_sandbox().files.stat("/x")
+    assert type(info.value) is err
+    assert info.value.exit_code == code and info.value.message == "the message"
+
+
+def test_exec_missing_sandbox_is_not_a_command_result(fake_cli: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kind not_found with reason sandbox is the sandbox, not the command."""
+    monkeypatch.setenv("FAKE_CODE", "3")
+    monkeypatch.setenv("FAKE_STDOUT", json.dumps({"schema_version": 1, "sandbox": "fake", "exit_code": 3,
+        "error": {"kind": "not_found", "reason": "sandbox", "message": "sandbox not found", "exit_code": 3}}))
+    with pytest.raises(mvm.SandboxNotFound):
+        fake_sandbox().commands.run(["ls"])
+
+
+def test_exec_missing_command_is_a_result(fake_cli: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_CODE", "127")
+    monkeypatch.setenv("FAKE_STDOUT", json.dumps({"schema_version": 1, "sandbox": "fake", "exit_code": 127,
+        "error": {"kind": "not_found", "reason": "command", "message": "nope: command not found in the sandbox",
+                  "exit_code": 127}}))
+    r = fake_sandbox().commands.run(["nope"])
+    assert r.exit_code == 127 and "command not found" in r.stderr
+
+
+def test_exec_result_carries_the_receipt_id(fake_cli: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_STDOUT", json.dumps({"schema_version": 1, "exit_code": 0, "stdout": "", "stderr": "",
+        "audit_id": "7:abc", "receipt_id": "9b2f3c1e-1d2a-4c5b-8e7f-0a1b2c3d4e5f"}))
+    r = fake_sandbox().commands.run(["true"])
+    assert r.receipt_id == "9b2f3c1e-1d2a-4c5b-8e7f-0a1b2c3d4e5f"
 
 
 def test_exec_policy_refusal_is_policy_denied(fake_cli: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -74,10 +74,67 @@ export function cliMessage(stderr: string): string {
   return lines.at(-1) ?? "";
 }
 
-/** Map a failed CLI call to the SDK's typed errors. */
-export function errorFor(argv: string[], code: number, stderr: string, what = ""): MvmError {
-  const msg = cliMessage(stderr) || (what ? `${what}: mvmctl exited with code ${code}` : `mvmctl exited with code ${code}`);
+/** The error object a failed `--json` call prints on stdout, or null. */
+export function jsonError(stdout: Buffer | undefined): { kind: string; reason: string; message: string } | null {
+  if (!stdout || stdout.length === 0) return null;
+  let obj: unknown;
+  try {
+    obj = JSON.parse(stdout.toString("utf8"));
+  } catch {
+    return null;
+  }
+  const err = obj && typeof obj === "object" ? (obj as { error?: unknown }).error : undefined;
+  if (!err || typeof err !== "object") return null;
+  const e = err as { kind?: unknown; reason?: unknown; message?: unknown };
+  if (typeof e.kind !== "string") return null;
+  return {
+    kind: e.kind,
+    reason: typeof e.reason === "string" ? e.reason : "",
+    message: typeof e.message === "string" ? e.message : "",
+  };
+}
+
+type ErrorClass = new (message: string, opts: MvmErrorOptions) => MvmError;
+
+/**
+ * The typed error of an error kind of the CLI's one error model (docs/cli.md,
+ * exit codes); null leaves the choice to the exit code.
+ */
+function errorOfKind(kind: string, reason: string): ErrorClass | null {
+  switch (kind) {
+    case "not_found":
+      if (reason === "sandbox") return SandboxNotFound;
+      if (reason === "path" || reason === "process") return FileNotFound;
+      return CLIError;
+    case "timeout":
+      return reason === "command" ? CommandTimeout : TransportError;
+    case "refused":
+      return reason === "unsafe" ? CLIError : PolicyDenied;
+    case "permission_denied":
+      return reason === "command" ? PolicyDenied : null;
+    case "transport":
+    case "guest":
+    case "unavailable":
+      return TransportError;
+    case "failed_precondition":
+      return reason === "not_running" ? TransportError : null;
+  }
+  return null;
+}
+
+/**
+ * Map a failed CLI call to the SDK's typed errors: by the error kind of its
+ * `--json` error object when there is one, else by exit code.
+ */
+export function errorFor(argv: string[], code: number, stderr: string, what = "", stdout?: Buffer): MvmError {
+  let msg = cliMessage(stderr) || (what ? `${what}: mvmctl exited with code ${code}` : `mvmctl exited with code ${code}`);
   const opts: MvmErrorOptions = { exitCode: code, argv, stderr };
+  const failure = jsonError(stdout);
+  if (failure) {
+    msg = failure.message || msg;
+    const typed = errorOfKind(failure.kind, failure.reason);
+    if (typed) return new typed(msg, opts);
+  }
   switch (code) {
     case EXIT_NOT_FOUND:
       return new SandboxNotFound(msg, opts);
@@ -195,7 +252,7 @@ export class CLI {
         const stderr = Buffer.concat(err).toString("utf8");
         const rc = code ?? 128 + (signal ? 9 : 0);
         const done: Completed = { argv, code: rc, stdout: Buffer.concat(out), stderr };
-        if (!ok(rc)) reject(errorFor(argv, rc, stderr, opts.what));
+        if (!ok(rc)) reject(errorFor(argv, rc, stderr, opts.what, done.stdout));
         else resolve(done);
       });
       if (opts.input !== undefined) {

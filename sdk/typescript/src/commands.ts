@@ -97,7 +97,7 @@ export function resultFromJSON(argv: string[], obj: unknown): CommandResult {
     stdoutSize: typeof o.stdout_bytes === "number" ? o.stdout_bytes : out.length,
     stderrSize: typeof o.stderr_bytes === "number" ? o.stderr_bytes : err.length,
     auditId: str(o.audit_id),
-    receiptId: str(o.receipt_id) ?? str(o.run_id),
+    receiptId: str(o.receipt_id),
   });
 }
 
@@ -210,7 +210,7 @@ export class Commands {
     if (done.stdout.toString("utf8").trim()) parsed = cli.parseJSON(done);
     const failure =
       parsed && typeof parsed === "object" && "error" in parsed
-        ? ((parsed as { error?: { kind?: string; message?: string } }).error ?? null)
+        ? ((parsed as { error?: { kind?: string; reason?: string; message?: string } }).error ?? null)
         : null;
     if (parsed && typeof parsed === "object" && "exit_code" in parsed && !failure) {
       const result = resultFromJSON(argv, parsed);
@@ -225,18 +225,18 @@ export class Commands {
     }
     // An error object (or nothing): the CLI could not run the command.
     const kind = failure?.kind ?? "";
+    const reason = failure?.reason ?? "";
     const msg = failure?.message || cli.cliMessage(done.stderr);
     if (
-      kind === "not_found" ||
-      kind === "not_executable" ||
-      done.code === cli.EXIT_NO_COMMAND ||
+      ((kind === "not_found" || kind === "permission_denied") && reason === "command") ||
+      (!kind && done.code === cli.EXIT_NO_COMMAND) ||
       (!kind && done.code === cli.EXIT_CANNOT_EXEC && msg.includes("permission denied in the sandbox"))
     ) {
       const err = Buffer.from(msg + "\n");
       return makeResult(argv, { exitCode: done.code, stderr: err.toString(), stderrRaw: err, stderrSize: err.length });
     }
     if (done.code === 0) throw new TransportError("exec --json: no result on stdout", { argv: done.argv });
-    throw cli.errorFor(done.argv, done.code, done.stderr, "exec");
+    throw cli.errorFor(done.argv, done.code, done.stderr, "exec", done.stdout);
   }
 
   /** Start `cmd` in the background; output streams to the callbacks and the handle's iterator. */

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { describe, test } from "node:test";
-import { Sandbox, Unsupported } from "../src/index.js";
+import { Sandbox } from "../src/index.js";
 import { CHILD_TIMEOUT_MS, mvmctl, qemuRunning, fixture, runNode, sandboxNames, setupEnv, waitGone } from "./helpers.js";
 
 const haveCli = setupEnv();
@@ -13,13 +13,9 @@ const haveCli = setupEnv();
 const TEMPLATE = process.env.MVM_SDK_TEST_TEMPLATE || "minimal";
 
 describe("lifecycle", { skip: haveCli ? false : "no mvmctl: set MVM_CLI_BIN or run `make build`" }, () => {
-  test("the README snippet, as written", async (t) => {
+  test("the README snippet, as written", async () => {
     const before = new Set(sandboxNames());
     const res = await runNode(fixture("snippet"));
-    if (res.code !== 0 && /unknown image|only the built-in/.test(res.stderr)) {
-      t.skip("this mvmctl cannot boot the `python` template yet (`up --image python`)");
-      return;
-    }
     assert.equal(res.code, 0, res.stderr);
     assert.ok(sandboxNames().every((n) => before.has(n)), "destroyed when the block ended");
   });
@@ -71,18 +67,9 @@ describe("lifecycle", { skip: haveCli ? false : "no mvmctl: set MVM_CLI_BIN or r
     }
   });
 
-  test("ports.forward reaches a guest server", async (t) => {
+  test("ports.forward reaches a guest server", async () => {
     await using sb = await Sandbox.create(TEMPLATE, { workloadId: "ports", ports: [8000] });
-    let published;
-    try {
-      published = await sb.ports.list();
-    } catch (e) {
-      if (e instanceof Unsupported) {
-        t.skip("this mvmctl has no `port`/`forward` yet");
-        return;
-      }
-      throw e;
-    }
+    const published = await sb.ports.list();
     assert.deepEqual(published.map((p) => p.guestPort), [8000]);
     await sb.files.write("/tmp/www/index.html", "hello from the guest\n");
     const server = await sb.commands.start(

@@ -91,6 +91,60 @@ describe("stand-in CLI", () => {
     });
   }
 
+  const kindCases: [number, string, string, new (...a: never[]) => sdk.MvmError][] = [
+    [3, "not_found", "sandbox", sdk.SandboxNotFound],
+    [4, "not_found", "path", sdk.FileNotFound],
+    [4, "not_found", "process", sdk.FileNotFound],
+    [124, "timeout", "command", sdk.CommandTimeout],
+    [125, "timeout", "", sdk.TransportError],
+    [125, "transport", "", sdk.TransportError],
+    [125, "guest", "", sdk.TransportError],
+    [125, "failed_precondition", "not_running", sdk.TransportError],
+    [126, "refused", "sealed", sdk.PolicyDenied],
+    [9, "refused", "unsafe", sdk.CLIError],
+    [7, "failed_precondition", "not_empty", sdk.CLIError],
+    [1, "failed_precondition", "no_stdin", sdk.CLIError],
+  ];
+  for (const [code, kind, reason, cls] of kindCases) {
+    test(`--json error kind ${kind}/${reason || "-"} maps to ${cls.name}`, async () => {
+      const error: Record<string, unknown> = { kind, message: "the message", exit_code: code };
+      if (reason) error.reason = reason;
+      Object.assign(process.env, {
+        FAKE_CODE: String(code),
+        FAKE_STDERR: "stderr text",
+        FAKE_STDOUT: JSON.stringify({ schema_version: 1, error }),
+      });
+      await assert.rejects(fakeSandbox().files.stat("/x"), (e: unknown) => {
+        assert.ok(e instanceof sdk.MvmError);
+        assert.equal((e as object).constructor, cls);
+        assert.equal((e as sdk.MvmError).exitCode, code);
+        assert.equal((e as sdk.MvmError).message, "the message");
+        return true;
+      });
+    });
+  }
+
+  test("exec: a missing sandbox is an error, a missing command a result", async () => {
+    const obj = (reason: string, code: number) =>
+      JSON.stringify({ schema_version: 1, sandbox: "fake", exit_code: code,
+        error: { kind: "not_found", reason, message: `${reason} not found`, exit_code: code } });
+    Object.assign(process.env, { FAKE_CODE: "3", FAKE_STDOUT: obj("sandbox", 3) });
+    await assert.rejects(fakeSandbox().commands.run(["ls"]), sdk.SandboxNotFound);
+    Object.assign(process.env, { FAKE_CODE: "127", FAKE_STDOUT: obj("command", 127) });
+    const r = await fakeSandbox().commands.run(["nope"]);
+    assert.equal(r.exitCode, 127);
+    assert.match(r.stderr, /command not found/);
+  });
+
+  test("exec result carries the receipt id", async () => {
+    Object.assign(process.env, {
+      FAKE_STDOUT: JSON.stringify({ schema_version: 1, exit_code: 0, stdout: "", stderr: "", audit_id: "7:abc",
+        receipt_id: "9b2f3c1e-1d2a-4c5b-8e7f-0a1b2c3d4e5f" }),
+    });
+    const r = await fakeSandbox().commands.run(["true"]);
+    assert.equal(r.receiptId, "9b2f3c1e-1d2a-4c5b-8e7f-0a1b2c3d4e5f");
+  });
+
   test("exec: policy refusal vs not-executable", async () => {
     Object.assign(process.env, { FAKE_CODE: "126", FAKE_STDERR: "exec refused: the image is sealed" });
     await assert.rejects(fakeSandbox().commands.run(["ls"]), sdk.PolicyDenied);

@@ -85,14 +85,57 @@ def cli_message(stderr: str) -> str:
     return lines[-1] if lines else ""
 
 
+def json_error(stdout: bytes) -> Optional[Dict[str, str]]:
+    """The error object a failed ``--json`` call prints on stdout
+    (``{"error": {"kind", "reason", "message", ...}}``), or ``None``."""
+    try:
+        obj = json.loads(stdout.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if not isinstance(err, dict) or not isinstance(err.get("kind"), str):
+        return None
+    return {k: str(err.get(k) or "") for k in ("kind", "reason", "message")}
+
+
+def _error_of_kind(kind: str, reason: str) -> Optional[type]:
+    """The typed error of an error kind of the CLI's one error model (see
+    docs/cli.md, exit codes); ``None`` leaves the choice to the exit code."""
+    if kind == "not_found":
+        if reason == "sandbox":
+            return SandboxNotFound
+        if reason in ("path", "process"):
+            return FileNotFound
+        return CLIError
+    if kind == "timeout":
+        return CommandTimeout if reason == "command" else TransportError
+    if kind == "refused":
+        return CLIError if reason == "unsafe" else PolicyDenied
+    if kind == "permission_denied" and reason == "command":
+        return PolicyDenied
+    if kind in ("transport", "guest", "unavailable") or (
+        kind == "failed_precondition" and reason == "not_running"
+    ):
+        return TransportError
+    return None
+
+
 def error_for(
-    argv: Sequence[str], code: int, stderr: str, *, what: str = ""
+    argv: Sequence[str], code: int, stderr: str, *, what: str = "", stdout: bytes = b""
 ) -> MvmError:
-    """Map a failed CLI call to the SDK's typed errors."""
+    """Map a failed CLI call to the SDK's typed errors: by the error kind of
+    its ``--json`` error object when there is one, else by exit code."""
     msg = cli_message(stderr) or (
         f"{what}: mvmctl exited with code {code}" if what else f"mvmctl exited with code {code}"
     )
     kw: Dict[str, Any] = {"exit_code": code, "argv": list(argv), "stderr": stderr}
+    failure = json_error(stdout) if stdout else None
+    if failure is not None:
+        msg = failure["message"] or msg
+        typed = _error_of_kind(failure["kind"], failure["reason"])
+        if typed is not None:
+            err: MvmError = typed(msg, **kw)
+            return err
     if code == EXIT_NOT_FOUND:
         return SandboxNotFound(msg, **kw)
     if code == EXIT_PATH_NOT_FOUND:
@@ -176,7 +219,7 @@ class CLI:
         stderr = proc.stderr.decode("utf-8", "replace")
         done = Completed(argv, proc.returncode, proc.stdout, stderr)
         if proc.returncode not in ok:
-            raise error_for(argv, proc.returncode, stderr, what=what)
+            raise error_for(argv, proc.returncode, stderr, what=what, stdout=proc.stdout)
         return done
 
     def popen(

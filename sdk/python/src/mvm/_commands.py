@@ -127,7 +127,7 @@ def result_from_json(argv: List[str], obj: Any) -> CommandResult:
         raise TransportError("exec --json: result has no integer exit_code")
     out, err = _stream(obj, "stdout"), _stream(obj, "stderr")
     audit = obj.get("audit_id")
-    receipt = obj.get("receipt_id") or obj.get("run_id")
+    receipt = obj.get("receipt_id")
     return CommandResult(
         argv=argv,
         exit_code=obj["exit_code"],
@@ -227,13 +227,14 @@ class Commands:
             return result
         # An error object (or nothing): the CLI could not run the command.
         msg = _cli.cli_message(done.stderr)
-        kind = ""
+        kind = reason = ""
         if isinstance(failure, dict):
             kind = str(failure.get("kind", ""))
+            reason = str(failure.get("reason") or "")
             msg = str(failure.get("message", msg)) or msg
-        if kind in ("not_found", "not_executable") or done.code == _cli.EXIT_NO_COMMAND or (
-            not kind and done.code == _cli.EXIT_CANNOT_EXEC and "permission denied in the sandbox" in msg
-        ):
+        if (kind in ("not_found", "permission_denied") and reason == "command") or (
+            not kind and done.code == _cli.EXIT_NO_COMMAND
+        ) or (not kind and done.code == _cli.EXIT_CANNOT_EXEC and "permission denied in the sandbox" in msg):
             # The guest's "not found" / "not executable" is a command result,
             # as a shell would report it.
             err = (msg + "\n").encode()
@@ -246,7 +247,7 @@ class Commands:
             )
         if done.code == 0:
             raise TransportError("exec --json: no result on stdout", argv=done.argv)
-        raise _cli.error_for(done.argv, done.code, done.stderr, what="exec")
+        raise _cli.error_for(done.argv, done.code, done.stderr, what="exec", stdout=done.stdout)
 
     def start(
         self,
