@@ -70,7 +70,32 @@ func NewRoot(app *App) *cobra.Command {
 	for _, b := range builders {
 		root.AddCommand(wrapArgs(b(app)))
 	}
+	refuseUnknown(root)
 	return root
+}
+
+// refuseUnknown makes every command group (root included) refuse a word
+// that is not one of its subcommands: a usage error (exit 2) that names
+// the word, instead of printing help and exiting 0 (a script would believe
+// `mvmctl image import x` worked) or cobra's plain error (exit 1). A group
+// given alone still prints its help.
+func refuseUnknown(cmd *cobra.Command) {
+	if cmd.HasSubCommands() && !cmd.Runnable() {
+		cmd.Args = func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return nil
+			}
+			msg := fmt.Sprintf("unknown command %q for %q", args[0], c.CommandPath())
+			if s := c.SuggestionsFor(args[0]); len(s) > 0 {
+				msg += fmt.Sprintf(" (did you mean %q?)", s[0])
+			}
+			return exitCode(ExitUsage, fmt.Errorf("%s; see `%s --help`", msg, c.CommandPath()))
+		}
+		cmd.RunE = func(c *cobra.Command, args []string) error { return c.Help() }
+	}
+	for _, c := range cmd.Commands() {
+		refuseUnknown(c)
+	}
 }
 
 // Main runs mvmctl with args and returns the process exit code.
