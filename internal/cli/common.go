@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -194,4 +195,61 @@ func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
 		}
 		return nil
 	}
+}
+
+// maxLogLine caps one NDJSON log line; a longer one is split (a hostile
+// guest can write a console line without end).
+const maxLogLine = 64 << 10
+
+// ndjsonLines turns a byte stream into NDJSON, one {"line": TEXT} object
+// per line (without its newline; invalid UTF-8 becomes U+FFFD). Flush
+// writes a last line that had no newline.
+type ndjsonLines struct {
+	w   io.Writer
+	buf []byte
+}
+
+func (n *ndjsonLines) Write(p []byte) (int, error) {
+	total := len(p)
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			n.buf = append(n.buf, p...)
+			for len(n.buf) >= maxLogLine {
+				if err := n.emit(n.buf[:maxLogLine]); err != nil {
+					return 0, err
+				}
+				n.buf = append(n.buf[:0], n.buf[maxLogLine:]...)
+			}
+			break
+		}
+		n.buf = append(n.buf, p[:i]...)
+		p = p[i+1:]
+		line := n.buf
+		for len(line) > maxLogLine {
+			if err := n.emit(line[:maxLogLine]); err != nil {
+				return 0, err
+			}
+			line = line[maxLogLine:]
+		}
+		if err := n.emit(line); err != nil {
+			return 0, err
+		}
+		n.buf = n.buf[:0]
+	}
+	return total, nil
+}
+
+func (n *ndjsonLines) emit(line []byte) error {
+	return writeJSON(n.w, map[string]string{"line": strings.ToValidUTF8(string(bytes.TrimSuffix(line, []byte("\r"))), "\uFFFD")})
+}
+
+// Flush writes what is left of an unterminated last line.
+func (n *ndjsonLines) Flush() error {
+	if len(n.buf) == 0 {
+		return nil
+	}
+	err := n.emit(n.buf)
+	n.buf = n.buf[:0]
+	return err
 }

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 	"github.com/spf13/cobra"
@@ -48,6 +49,24 @@ func stateJSON(st *sandbox.State) map[string]any {
 		obj["expires"] = nil
 	}
 	return obj
+}
+
+// listJSON is the shape of a sandbox in `ls --json` and `inspect`: the
+// state plus its network mode and published ports.
+func listJSON(st *sandbox.State, net runtime.NetInfo) map[string]any {
+	obj := stateJSON(st)
+	obj["network"] = net.Mode
+	obj["ports"] = portsJSON(net.Ports)
+	return obj
+}
+
+// portsJSON is the shape of published ports (as `port --json` prints them).
+func portsJSON(ports []netpolicy.Publish) []map[string]any {
+	rows := make([]map[string]any, 0, len(ports))
+	for _, p := range ports {
+		rows = append(rows, map[string]any{"host_addr": p.HostAddr, "host_port": p.HostPort, "guest_port": p.GuestPort, "proto": "tcp"})
+	}
+	return rows
 }
 
 func newUpCmd(app *App) *cobra.Command {
@@ -279,7 +298,7 @@ func newInspectCmd(app *App) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			obj := stateJSON(st)
+			obj := listJSON(st, rt.Net(st))
 			obj["boot"] = st.Boot
 			return writeJSON(app.Stdout, obj)
 		},
@@ -287,7 +306,7 @@ func newInspectCmd(app *App) *cobra.Command {
 }
 
 func newDownCmd(app *App) *cobra.Command {
-	var all bool
+	var all, jsonOut bool
 	cmd := &cobra.Command{
 		Use:   "down NAME... | --all",
 		Short: "Stop sandboxes and remove their state",
@@ -312,15 +331,21 @@ func newDownCmd(app *App) *cobra.Command {
 			notFound := 0
 			for _, name := range args {
 				if err := rt.Down(context.Background(), name); err != nil {
-					fmt.Fprintf(app.Stderr, "mvmctl: %v\n", err)
+					fmt.Fprintf(app.Stderr, "mvmctl: %s\n", withHint(err))
 					if errors.Is(err, runtime.ErrNotFound) {
 						notFound++
 					} else {
 						failed++
 					}
+					if jsonOut {
+						writeJSON(app.Stdout, map[string]any{"schema_version": 1, "sandbox": name, "removed": false,
+							"error": errorJSON(err, exitFor(err))})
+					}
 					continue
 				}
-				if !all {
+				if jsonOut {
+					writeJSON(app.Stdout, map[string]any{"schema_version": 1, "sandbox": name, "removed": true})
+				} else if !all {
 					fmt.Fprintln(app.Stdout, name)
 				}
 			}
@@ -334,6 +359,7 @@ func newDownCmd(app *App) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "stop every sandbox of this state directory")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, `print one JSON line per sandbox: {"schema_version":1,"sandbox","removed"[,"error"]}`)
 	return cmd
 }
 
@@ -356,7 +382,7 @@ func newLsCmd(app *App) *cobra.Command {
 			if jsonOut {
 				rows := make([]map[string]any, 0, len(sts))
 				for _, st := range sts {
-					rows = append(rows, stateJSON(st))
+					rows = append(rows, listJSON(st, rt.Net(st)))
 				}
 				return writeJSON(app.Stdout, rows)
 			}
@@ -398,7 +424,7 @@ func humanSince(d time.Duration) string {
 }
 
 func newLogsCmd(app *App) *cobra.Command {
-	var follow bool
+	var follow, jsonOut bool
 	var lines int
 	cmd := &cobra.Command{
 		Use:   "logs NAME",
@@ -416,12 +442,23 @@ func newLogsCmd(app *App) *cobra.Command {
 			path := filepath.Join(dir, "console.log")
 			ctx, _, stop := signalContext(context.Background())
 			defer stop()
-			return tailFile(ctx, app.Stdout, path, lines, follow, func() bool {
+			var w io.Writer = app.Stdout
+			var nd *ndjsonLines
+			if jsonOut {
+				nd = &ndjsonLines{w: app.Stdout}
+				w = nd
+			}
+			err = tailFile(ctx, w, path, lines, follow, func() bool {
 				st, err := rt.Get(args[0])
 				return err == nil && sandbox.Active(st.Status)
 			})
+			if nd != nil {
+				nd.Flush()
+			}
+			return err
 		},
 	}
+	cmd.Flags().BoolVar(&jsonOut, "json", false, `print NDJSON: one {"line": TEXT} per console line`)
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output until the sandbox stops or Ctrl-C")
 	cmd.Flags().IntVarP(&lines, "lines", "n", 0, "print only the last N lines (0 = all)")
 	return cmd
@@ -474,41 +511,31 @@ func tailFile(ctx context.Context, w io.Writer, path string, n int, follow bool,
 
 func newWaitCmd(app *App) *cobra.Command {
 	var timeout time.Duration
+	var jsonOut bool
 	cmd := &cobra.Command{
 		Use:   "wait NAME",
-		Short: "Wait until a sandbox is running and its agent answers (exit 75 on timeout)",
+		Short: "Wait until a sandbox is running and its agent answers (exit 75 on timeout, 65 if it failed)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			rt, err := app.runtime()
 			if err != nil {
 				return err
 			}
-			deadline := time.Now().Add(timeout)
-			for {
-				st, err := rt.Get(args[0])
-				if err != nil {
-					return exitCode(ExitNotFound, err)
-				}
-				if st.Status == sandbox.Running {
-					ctx, cancel := context.WithTimeout(context.Background(), time.Until(deadline)+time.Second)
-					c, _, err := rt.Connect(ctx, args[0])
-					cancel()
-					if err == nil {
-						c.Close()
-						fmt.Fprintln(app.Stdout, st.Name, "ready")
-						return nil
-					}
-				} else if !sandbox.Active(st.Status) {
-					return exitCode(65, fmt.Errorf("%s is %s: %s", st.Name, st.Status, st.Reason))
-				}
-				if time.Now().After(deadline) {
-					return exitCode(75, fmt.Errorf("%s not ready after %s (state %s)", st.Name, timeout, st.Status))
-				}
-				time.Sleep(100 * time.Millisecond)
+			ctx, _, stop := signalContext(context.Background())
+			defer stop()
+			st, err := rt.Wait(ctx, args[0], timeout)
+			if err != nil {
+				return err
 			}
+			if jsonOut {
+				return writeJSON(app.Stdout, map[string]any{"schema_version": 1, "name": st.Name, "id": st.ID, "state": st.Status, "ready": true})
+			}
+			fmt.Fprintln(app.Stdout, st.Name, "ready")
+			return nil
 		},
 	}
 	cmd.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "give up after this long")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, `print {"schema_version":1,"name","id","state","ready":true}`)
 	return cmd
 }
 
@@ -552,7 +579,8 @@ func newResumeCmd(app *App) *cobra.Command {
 }
 
 func controlCmd(app *App, op, short string) *cobra.Command {
-	return &cobra.Command{
+	var jsonOut bool
+	cmd := &cobra.Command{
 		Use:   op + " NAME",
 		Short: short,
 		Args:  cobra.ExactArgs(1),
@@ -570,8 +598,13 @@ func controlCmd(app *App, op, short string) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if jsonOut {
+				return writeJSON(app.Stdout, stateJSON(st))
+			}
 			fmt.Fprintln(app.Stdout, st.Name, st.Status)
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the sandbox as JSON (the object `up --json` prints)")
+	return cmd
 }

@@ -1,0 +1,194 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mvm-sandbox/mvm/internal/netpolicy"
+	"github.com/mvm-sandbox/mvm/internal/runtime"
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/mvm-sandbox/mvm/internal/sandbox/sandboxtest"
+)
+
+// ndjson decodes every line of out as one JSON object.
+func ndjson(t *testing.T, out []byte) []map[string]any {
+	t.Helper()
+	var objs []map[string]any
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var o map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &o); err != nil {
+			t.Fatalf("line %q is not a JSON object: %v", sc.Text(), err)
+		}
+		objs = append(objs, o)
+	}
+	return objs
+}
+
+// TestLsJSONNetworkAndPorts: ls --json carries the network mode and the
+// published ports (the shape of `port --json`); inspect too.
+func TestLsJSONNetworkAndPorts(t *testing.T) {
+	app, out, errb := testApp(t)
+	sandboxtest.Make(t, app.Dirs.State, "web", sandboxtest.Options{Network: "allowlist",
+		Ports: []netpolicy.Publish{{HostAddr: "127.0.0.1", HostPort: 8080, GuestPort: 80}}})
+	sandboxtest.Make(t, app.Dirs.State, "quiet", sandboxtest.Options{})
+	if code := run(app, []string{"ls", "-a", "--json"}); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb)
+	}
+	var rows []map[string]any
+	if err := json.Unmarshal(out.Bytes(), &rows); err != nil || len(rows) != 2 {
+		t.Fatalf("%v: %s", err, out)
+	}
+	byName := map[string]map[string]any{}
+	for _, r := range rows {
+		byName[r["name"].(string)] = r
+	}
+	web, quiet := byName["web"], byName["quiet"]
+	ports, _ := web["ports"].([]any)
+	if web["network"] != "allowlist" || len(ports) != 1 {
+		t.Fatalf("web: %v", web)
+	}
+	p := ports[0].(map[string]any)
+	if p["host_addr"] != "127.0.0.1" || p["host_port"] != float64(8080) || p["guest_port"] != float64(80) || p["proto"] != "tcp" {
+		t.Errorf("port %v", p)
+	}
+	if quiet["network"] != "none" {
+		t.Errorf("quiet: %v", quiet)
+	}
+	if qp, ok := quiet["ports"].([]any); !ok || len(qp) != 0 {
+		t.Errorf("quiet ports must be an empty array: %v", quiet["ports"])
+	}
+	for _, k := range []string{"name", "id", "state", "image", "image_digest", "profile", "cpus", "memory_mib", "created", "expires", "transient"} {
+		if _, ok := web[k]; !ok {
+			t.Errorf("ls --json lost %q", k)
+		}
+	}
+	app2, out2, _ := testApp(t)
+	app2.Dirs = app.Dirs
+	if code := run(app2, []string{"inspect", "web"}); code != 0 || !strings.Contains(out2.String(), `"network":"allowlist"`) {
+		t.Errorf("inspect: %d %s", code, out2)
+	}
+}
+
+// TestDownJSON: one NDJSON line per sandbox, removed or with its error;
+// the exit code is the worst.
+func TestDownJSON(t *testing.T) {
+	app, out, errb := testApp(t)
+	sandboxtest.Make(t, app.Dirs.State, "old", sandboxtest.Options{})
+	code := run(app, []string{"down", "--json", "old", "nosuch"})
+	if code != ExitNotFound {
+		t.Fatalf("exit %d, want %d: %s", code, ExitNotFound, errb)
+	}
+	objs := ndjson(t, out.Bytes())
+	if len(objs) != 2 {
+		t.Fatalf("%d lines: %s", len(objs), out)
+	}
+	if objs[0]["sandbox"] != "old" || objs[0]["removed"] != true || objs[0]["schema_version"] != float64(1) {
+		t.Errorf("first: %v", objs[0])
+	}
+	e, _ := objs[1]["error"].(map[string]any)
+	if objs[1]["sandbox"] != "nosuch" || objs[1]["removed"] != false || e["kind"] != "not_found" || e["reason"] != "sandbox" || e["exit_code"] != float64(ExitNotFound) {
+		t.Errorf("second: %v", objs[1])
+	}
+	if !strings.Contains(errb.String(), "nosuch") {
+		t.Errorf("stderr %q", errb)
+	}
+	if _, err := os.Stat(filepath.Join(app.Dirs.State, "names", "old")); !os.IsNotExist(err) {
+		t.Errorf("the name of a removed sandbox is still reserved: %v", err)
+	}
+}
+
+// TestWaitJSON: wait's failures come from the runtime's kinds: 65 for a
+// failed sandbox, 75 when not ready in time, 3 for no such sandbox, each
+// with the error object under --json.
+func TestWaitJSON(t *testing.T) {
+	cases := []struct {
+		name   string
+		opts   *sandboxtest.Options
+		args   []string
+		code   int
+		kind   string
+		reason string
+	}{
+		{"nosuch", nil, nil, ExitNotFound, "not_found", "sandbox"},
+		{"dead", &sandboxtest.Options{Status: sandbox.Failed, Reason: "qemu signal: killed"}, nil, ExitFailed, "guest", "failed"},
+		{"slow", &sandboxtest.Options{Status: sandbox.Starting}, []string{"--timeout", "200ms"}, ExitNotReady, "timeout", "not_ready"},
+	}
+	for _, c := range cases {
+		app, out, errb := testApp(t)
+		if c.opts != nil {
+			o := *c.opts
+			if o.Status == sandbox.Starting {
+				o.SupervisorPID = sandboxtest.Supervisor(t, runtime.SupervisorCommand)
+			}
+			sandboxtest.Make(t, app.Dirs.State, c.name, o)
+		}
+		code := run(app, append([]string{"wait", c.name, "--json"}, c.args...))
+		if code != c.code {
+			t.Errorf("%s: exit %d, want %d (%s)", c.name, code, c.code, errb)
+			continue
+		}
+		objs := ndjson(t, out.Bytes())
+		if len(objs) != 1 {
+			t.Errorf("%s: %d objects: %s", c.name, len(objs), out)
+			continue
+		}
+		e, _ := objs[0]["error"].(map[string]any)
+		if e["kind"] != c.kind || e["reason"] != c.reason {
+			t.Errorf("%s: error %v", c.name, e)
+		}
+	}
+}
+
+// TestPauseResumeJSONErrors: no such sandbox, as a JSON error, exit 3.
+func TestPauseResumeJSONErrors(t *testing.T) {
+	for _, op := range []string{"pause", "resume"} {
+		app, out, _ := testApp(t)
+		if code := run(app, []string{op, "nosuch", "--json"}); code != ExitNotFound || !strings.Contains(out.String(), `"kind":"not_found"`) {
+			t.Errorf("%s: exit %d, stdout %s", op, code, out)
+		}
+	}
+}
+
+// TestLogsJSON: logs --json prints one {"line"} object per console line,
+// the last one even without a newline; -n keeps the last N.
+func TestLogsJSON(t *testing.T) {
+	app, out, errb := testApp(t)
+	id := sandboxtest.Make(t, app.Dirs.State, "box", sandboxtest.Options{})
+	dir := sandbox.Layout{Root: app.Dirs.State}.Dir(id)
+	os.WriteFile(filepath.Join(dir, "console.log"), []byte("boot\r\nagent: ready\n\x1b[31mred\xff\nlast"), 0o600)
+	if code := run(app, []string{"logs", "box", "--json"}); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb)
+	}
+	objs := ndjson(t, out.Bytes())
+	var lines []string
+	for _, o := range objs {
+		lines = append(lines, o["line"].(string))
+	}
+	want := []string{"boot", "agent: ready", "\x1b[31mred\uFFFD", "last"}
+	if strings.Join(lines, "|") != strings.Join(want, "|") {
+		t.Errorf("lines %q, want %q", lines, want)
+	}
+	out.Reset()
+	if code := run(app, []string{"logs", "box", "--json", "-n", "1"}); code != 0 || len(ndjson(t, out.Bytes())) != 1 {
+		t.Errorf("-n 1: %d %s", code, out)
+	}
+}
+
+func TestNDJSONLinesCapsALine(t *testing.T) {
+	var out bytes.Buffer
+	n := &ndjsonLines{w: &out}
+	n.Write(bytes.Repeat([]byte("a"), maxLogLine*2+10))
+	n.Write([]byte("\nb\n"))
+	n.Flush()
+	objs := ndjson(t, out.Bytes())
+	if len(objs) != 4 || len(objs[0]["line"].(string)) != maxLogLine || objs[2]["line"] != strings.Repeat("a", 10) || objs[3]["line"] != "b" {
+		t.Errorf("%d objects", len(objs))
+	}
+}
