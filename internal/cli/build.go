@@ -21,12 +21,6 @@ import (
 
 func init() { register(newBuildCmd) }
 
-// Exit codes of build.
-const (
-	exitBuildFailed = 1 // mmdebstrap, mkfs or I/O failed
-	exitBuildInput  = 2 // bad manifest, unknown template or package, bad usage
-)
-
 func newBuildCmd(app *App) *cobra.Command {
 	var (
 		template string
@@ -53,17 +47,17 @@ resolves from the cache. Templates: ` + fmt.Sprint(image.TemplateNames()),
 			case len(args) == 1:
 				dir = args[0]
 				if _, err := os.Stat(filepath.Join(dir, manifest.FileName)); err != nil {
-					return exitCode(exitBuildInput, fmt.Errorf("no %s in %s", manifest.FileName, dir))
+					return exitCode(ExitUsage, fmt.Errorf("no %s in %s", manifest.FileName, dir))
 				}
 			default:
 				if _, err := os.Stat(manifest.FileName); err == nil {
 					dir = "."
 				} else if template == "" {
-					return exitCode(exitBuildInput, fmt.Errorf("no %s in the current directory: give a DIR that has one, or --template NAME", manifest.FileName))
+					return exitCode(ExitUsage, fmt.Errorf("no %s in the current directory: give a DIR that has one, or --template NAME", manifest.FileName))
 				}
 			}
 			if profile != "" && dir != "" {
-				return exitCode(exitBuildInput, errors.New("--profile applies to bare template builds; set profile in mvm.toml"))
+				return exitCode(ExitUsage, errors.New("--profile applies to bare template builds; set profile in mvm.toml"))
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -107,19 +101,17 @@ func buildRun(ctx context.Context, app *App, dir, template string, opts image.Bu
 		}
 		fmt.Fprintf(app.Stderr, "[%6.1fs] %-9s %s%s\n", time.Since(start).Seconds(), e.Phase, e.Status, msg)
 	}
-	a, err := image.Build(ctx, app.Dirs, dir, template, opts, progress)
+	rt, err := app.runtime()
 	if err != nil {
-		code := exitBuildFailed
-		var me *manifest.Error
-		var ut *image.UnknownTemplateError
-		var up *image.UnknownPackageError
-		if errors.As(err, &me) || errors.As(err, &ut) || errors.As(err, &up) {
-			code = exitBuildInput
-		}
+		return err
+	}
+	a, err := rt.Build(ctx, dir, template, opts, progress)
+	if err != nil {
 		if jsonOut {
 			_ = enc.Encode(map[string]string{"error": err.Error()})
+			return &ExitError{Code: exitFor(err), Err: err, JSONDone: true}
 		}
-		return exitCode(code, err)
+		return err
 	}
 	if jsonOut {
 		return enc.Encode(map[string]any{"artifact": a})

@@ -8,7 +8,6 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/evidence"
 	"github.com/mvm-sandbox/mvm/internal/image"
-	"github.com/mvm-sandbox/mvm/internal/manifest"
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
@@ -129,14 +128,4 @@ func buildProgress(app *App, jsonOut bool) func(image.Event) {
 		}
 		fmt.Fprintf(app.Stderr, "[%5.1fs] %s %s %s\n", time.Since(start).Seconds(), ev.Phase, ev.Status, ev.Message)
 	}
-}
-
-// isBadImage reports errors that mean the caller named something wrong.
-func isBadImage(err error) bool {
-	var ut *image.UnknownTemplateError
-	var up *image.UnknownPackageError
-	var me *manifest.Error
-	var ml manifest.ErrorList
-	return errors.As(err, &ut) || errors.As(err, &up) || errors.As(err, &me) || errors.As(err, &ml) ||
-		errors.Is(err, image.ErrNoImage)
 }

@@ -16,33 +16,6 @@ func init() {
 	register(newImageCmd)
 }
 
-// imageInUse reports whether a sandbox uses the artifact with this
-// "sha256:<hex>" digest; `image rm` refuses such artifacts. The runtime
-// sets it (from an init function or at start-up); until then nothing is in
-// use.
-var imageInUse = func(digest string) bool { return false }
-
-// sandboxesUse reports whether any sandbox of this state directory, in any
-// state, was booted from digest (a stopped one can still be inspected).
-func sandboxesUse(app *App) func(string) bool {
-	return func(digest string) bool {
-		rt, err := app.runtime()
-		if err != nil {
-			return true // cannot tell: keep the image
-		}
-		sts, err := rt.List(true)
-		if err != nil {
-			return true
-		}
-		for _, st := range sts {
-			if st.Image.Digest == digest {
-				return true
-			}
-		}
-		return false
-	}
-}
-
 func newImagesCmd(app *App) *cobra.Command {
 	var jsonOut bool
 	cmd := &cobra.Command{
@@ -119,12 +92,13 @@ func newImageCmd(app *App) *cobra.Command {
 }
 
 func imageList(app *App, jsonOut bool) error {
-	arts, err := image.ListArtifacts(app.Dirs)
+	rt, err := app.runtime()
 	if err != nil {
 		return err
 	}
-	if arts == nil {
-		arts = []*image.Artifact{}
+	arts, err := rt.Images()
+	if err != nil {
+		return err
 	}
 	if jsonOut {
 		return json.NewEncoder(app.Stdout).Encode(map[string]any{"images": arts})
@@ -161,10 +135,14 @@ func imageRemove(app *App, ids []string, jsonOut bool) error {
 		ID    string `json:"id"`
 		Error string `json:"error"`
 	}
+	rt, err := app.runtime()
+	if err != nil {
+		return err
+	}
 	removed := []string{}
 	var errs []rmErr
 	for _, id := range ids {
-		a, err := image.RemoveArtifact(app.Dirs, id, func(d string) bool { return imageInUse(d) || sandboxesUse(app)(d) })
+		a, err := rt.RemoveImage(id)
 		if err != nil {
 			errs = append(errs, rmErr{ID: id, Error: err.Error()})
 			if !jsonOut {
@@ -186,7 +164,7 @@ func imageRemove(app *App, ids []string, jsonOut bool) error {
 		}
 	}
 	if len(errs) > 0 {
-		return &ExitError{Code: 1, Err: fmt.Errorf("%d of %d image(s) not removed", len(errs), len(ids)), Silent: !jsonOut}
+		return &ExitError{Code: 1, Err: fmt.Errorf("%d of %d image(s) not removed", len(errs), len(ids)), Silent: !jsonOut, JSONDone: jsonOut}
 	}
 	return nil
 }

@@ -192,3 +192,89 @@ func TestNDJSONLinesCapsALine(t *testing.T) {
 		t.Errorf("%d objects", len(objs))
 	}
 }
+
+// TestImagesThroughRuntime: images and image rm go through the runtime;
+// an empty cache lists [], an unknown image is not removed (exit 1, the
+// errors array names it).
+func TestImagesThroughRuntime(t *testing.T) {
+	app, out, errb := testApp(t)
+	if code := run(app, []string{"images", "--json"}); code != 0 || strings.TrimSpace(out.String()) != `{"images":[]}` {
+		t.Fatalf("images: %d %q %s", code, out, errb)
+	}
+	out.Reset()
+	code := run(app, []string{"image", "rm", "--json", "abcd1234"})
+	var obj struct {
+		Removed []string
+		Errors  []struct{ ID, Error string }
+	}
+	if err := json.Unmarshal(out.Bytes(), &obj); err != nil || code != 1 || len(obj.Removed) != 0 || len(obj.Errors) != 1 || obj.Errors[0].ID != "abcd1234" {
+		t.Fatalf("image rm: %d %v %s", code, err, out)
+	}
+}
+
+// TestBuildUsageErrors: build refuses a directory without mvm.toml with a
+// usage error (exit 2) before the runtime is asked.
+func TestBuildUsageErrors(t *testing.T) {
+	app, _, errb := testApp(t)
+	if code := run(app, []string{"build", t.TempDir()}); code != ExitUsage || !strings.Contains(errb.String(), "mvm.toml") {
+		t.Fatalf("exit %d: %s", code, errb)
+	}
+}
+
+// TestJSONFailuresPrintOneErrorObject: every --json command that fails
+// (here: on a sandbox, file or receipt that does not exist) prints JSON
+// lines only, exactly one of them with the error, and a non-zero exit.
+func TestJSONFailuresPrintOneErrorObject(t *testing.T) {
+	cases := [][]string{
+		{"audit", "show", "99:0000"},
+		{"boot-report", "nosuch"},
+		{"cp", "nosuch:/etc/hostname", "/tmp/x"},
+		{"down", "nosuch"},
+		{"exec", "nosuch", "--", "true"},
+		{"forward", "nosuch", "-p", "8080"},
+		{"fs", "ls", "nosuch", "/"},
+		{"fs", "stat", "nosuch", "/"},
+		{"fs", "write", "nosuch", "/x", "--content", "y"},
+		{"image", "rm", "abcd1234"},
+		{"logs", "nosuch"},
+		{"pause", "nosuch"},
+		{"port", "nosuch"},
+		{"proc", "ls", "nosuch"},
+		{"proc", "start", "nosuch", "--", "true"},
+		{"receipt", "verify", "/nonexistent/receipt.json"},
+		{"resume", "nosuch"},
+		{"stats", "nosuch"},
+		{"wait", "nosuch"},
+	}
+	for _, args := range cases {
+		app, out, errb := testApp(t)
+		argv := append([]string{}, args...)
+		for i, a := range argv {
+			if a == "--" {
+				argv = append(append(append([]string{}, argv[:i]...), "--json"), argv[i:]...)
+				break
+			}
+		}
+		if len(argv) == len(args) {
+			argv = append(argv, "--json")
+		}
+		code := run(app, argv)
+		if code == 0 {
+			t.Errorf("%v: exit 0", args)
+			continue
+		}
+		objs := ndjson(t, out.Bytes())
+		withError := 0
+		for _, o := range objs {
+			if _, ok := o["error"]; ok {
+				withError++
+			}
+			if es, ok := o["errors"].([]any); ok && len(es) > 0 {
+				withError++
+			}
+		}
+		if withError != 1 {
+			t.Errorf("%v: exit %d, %d error objects in %q (stderr %q)", args, code, withError, out, errb)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"context"
 	"errors"
 
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
@@ -24,4 +25,49 @@ func imageError(err error) error {
 		return errdefs.InvalidArgument(err)
 	}
 	return err
+}
+
+// Build builds the image of a build directory (dir with mvm.toml) or a
+// bare template, or finds it in the cache. progress receives build events.
+// Naming something wrong is an invalid argument.
+func (r *Runtime) Build(ctx context.Context, dir, template string, o image.BuildOptions, progress func(image.Event)) (*image.Artifact, error) {
+	a, err := image.Build(ctx, r.Dirs, dir, template, o, progress)
+	if err != nil {
+		return nil, imageError(err)
+	}
+	return a, nil
+}
+
+// Images lists the built images, never nil.
+func (r *Runtime) Images() ([]*image.Artifact, error) {
+	arts, err := image.ListArtifacts(r.Dirs)
+	if arts == nil {
+		arts = []*image.Artifact{}
+	}
+	return arts, err
+}
+
+// RemoveImage removes a built image by digest or unique digest prefix. It
+// refuses (failed precondition) an image a sandbox of this state directory
+// was booted from, in any state: a stopped one can still be inspected.
+// When the sandboxes cannot be listed, the image is kept.
+func (r *Runtime) RemoveImage(idOrPrefix string) (*image.Artifact, error) {
+	a, err := image.RemoveArtifact(r.Dirs, idOrPrefix, r.imageInUse)
+	if errors.Is(err, image.ErrArtifactInUse) {
+		return nil, errdefs.FailedPrecondition(err)
+	}
+	return a, err
+}
+
+func (r *Runtime) imageInUse(digest string) bool {
+	sts, err := r.List(true)
+	if err != nil {
+		return true
+	}
+	for _, st := range sts {
+		if st.Image.Digest == digest {
+			return true
+		}
+	}
+	return false
 }
