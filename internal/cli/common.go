@@ -104,11 +104,11 @@ func parseEnv(kvs []string) (map[string]string, error) {
 	return env, nil
 }
 
-// parseMemory accepts 512M, 1G or a number of MiB.
-func parseMemory(s string) (int, error) {
+// parseSize accepts 512M, 1G or a number of MiB, for the flag named flag.
+func parseSize(flag, s string) (int, error) {
 	mib, err := manifest.ParseSize(s)
 	if err != nil {
-		return 0, exitCode(ExitUsage, fmt.Errorf("--memory %q: %v", s, err))
+		return 0, exitCode(ExitUsage, fmt.Errorf("--%s %q: %v", flag, s, err))
 	}
 	return int(mib), nil
 }

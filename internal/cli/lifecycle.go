@@ -89,12 +89,12 @@ func newUpCmd(app *App) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
 			if cmd.Flags().Changed("memory") {
-				if o.MemoryMiB, err = parseMemory(memory); err != nil {
+				if o.MemoryMiB, err = parseSize("memory", memory); err != nil {
 					return err
 				}
 			}
 			if cmd.Flags().Changed("disk") {
-				d, err := parseMemory(disk)
+				d, err := parseSize("disk", disk)
 				if err != nil {
 					return err
 				}

@@ -68,7 +68,7 @@ Exit codes: the command's own; 124 timeout; 125 mvm failed (boot, transport);
 }
 
 func runRun(parent context.Context, app *App, f *runFlags, argv []string) error {
-	mem, err := parseMemory(f.memory)
+	mem, err := parseSize("memory", f.memory)
 	if err != nil {
 		return err
 	}
