@@ -64,7 +64,7 @@ func TestLsJSONNetworkAndPorts(t *testing.T) {
 	if qp, ok := quiet["ports"].([]any); !ok || len(qp) != 0 {
 		t.Errorf("quiet ports must be an empty array: %v", quiet["ports"])
 	}
-	for _, k := range []string{"name", "id", "state", "image", "image_digest", "profile", "cpus", "memory_mib", "created", "expires", "transient"} {
+	for _, k := range []string{"name", "id", "state", "image", "image_digest", "image_profile", "run_profile", "backend", "cpus", "memory_mib", "created", "expires", "transient"} {
 		if _, ok := web[k]; !ok {
 			t.Errorf("ls --json lost %q", k)
 		}

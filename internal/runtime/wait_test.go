@@ -7,18 +7,9 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
-	"github.com/mvm-sandbox/mvm/internal/paths"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 	"github.com/mvm-sandbox/mvm/internal/sandbox/sandboxtest"
 )
-
-// testRuntime is a Runtime on temporary directories; no VM is booted.
-func testRuntime(t *testing.T) *Runtime {
-	t.Helper()
-	d := t.TempDir()
-	return &Runtime{Dirs: paths.Dirs{Data: d + "/data", Cache: d + "/cache", State: d + "/state"},
-		Layout: sandbox.Layout{Root: d + "/state"}}
-}
 
 func TestWaitUnknownSandbox(t *testing.T) {
 	r := testRuntime(t)

@@ -44,7 +44,7 @@ func Make(t testing.TB, root, name string, o Options) string {
 	}
 	now := time.Now().UTC()
 	st := sandbox.State{ID: id, Name: name, Status: status, Reason: o.Reason, CPUs: 1, MemoryMiB: 256,
-		Image:   sandbox.ImageRef{Name: "minimal", Digest: "sha256:00", Profile: "dev"},
+		Image:   sandbox.ImageRef{Name: "minimal", Digest: "sha256:00", ImageProfile: "dev"},
 		Created: now, Updated: now, SupervisorPID: o.SupervisorPID}
 	if err := sandbox.WriteJSON(filepath.Join(dir, sandbox.StateFile), st); err != nil {
 		t.Fatal(err)
