@@ -155,7 +155,7 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 		return errdefs.WithReason(errdefs.KindRefused, errdefs.ReasonSealed, errors.New("refused by the image profile \"sealed\": ad-hoc exec and console are disabled; run the image's declared command instead"))
 	}
 	if st.Tty && !s.console {
-		return status.Error(codes.FailedPrecondition, "refused by the run profile: this sandbox was admitted without console access (a terminal session); the dev and permissive run profiles allow it")
+		return errdefs.WithReason(errdefs.KindRefused, errdefs.ReasonPolicy, errors.New("refused by the run profile: this sandbox was admitted without console access (a terminal session); the dev and permissive run profiles allow it"))
 	}
 	if len(argv) == 0 {
 		return errdefs.New(errdefs.KindInvalidArgument, errors.New("empty argv"))
