@@ -270,6 +270,11 @@ func TestEgressHelperBounded(t *testing.T) {
 		}
 		pair[1].Close()
 		held = append(held, pair[0])
+		if i < limit {
+			// Handoffs are served concurrently: let this one take its slot
+			// before the next arrives, so that the one refused is the last.
+			waitFor(t, "DNS connection to take its slot", func() bool { return len(p.dnsSem) == i+1 })
+		}
 	}
 	// The last one is closed by the proxy without an answer.
 	last := held[limit]

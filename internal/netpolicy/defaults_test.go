@@ -1,6 +1,9 @@
 package netpolicy
 
 import (
+	"encoding/binary"
+	"io"
+	"net"
 	"testing"
 	"time"
 )
@@ -33,5 +36,29 @@ func TestProxyDefaultBounds(t *testing.T) {
 		if c.got != c.want {
 			t.Errorf("%s: %v (%T), want %v (%T)", c.name, c.got, c.got, c.want, c.want)
 		}
+	}
+}
+
+// TestDNSMessageBounded: a DNS message over the forward longer than
+// 4 KiB ends the connection unanswered (and unread).
+func TestDNSMessageBounded(t *testing.T) {
+	p, _, _, _ := proxyFixture(t)
+	host, guest := net.Pipe()
+	defer guest.Close()
+	go func() { p.serveDNS(host); host.Close() }() // the caller closes
+	guest.SetDeadline(time.Now().Add(10 * time.Second))
+	var l [2]byte
+	binary.BigEndian.PutUint16(l[:], maxDNSMessage+1)
+	if _, err := guest.Write(l[:]); err != nil {
+		t.Fatal(err)
+	}
+	// the proxy closes without reading the body: the write fails or the
+	// read sees EOF, and no answer comes
+	guest.Write(make([]byte, 16))
+	if b, err := io.ReadAll(guest); len(b) != 0 || err != nil {
+		t.Fatalf("oversized DNS message: read %d bytes, %v", len(b), err)
+	}
+	if maxDNSMessage != 4096 {
+		t.Fatalf("maxDNSMessage %d; docs/network.md promises 4 KiB", maxDNSMessage)
 	}
 }

@@ -149,9 +149,12 @@ func NewProxy(cfg Config, o Options) *Proxy {
 	// one goroutine writes them in order.
 	p.auditQ = make(chan auditEvent, 1024)
 	p.auditDone = make(chan struct{})
+	// The writer ranges over its own copy: Close sets p.auditQ to nil, and
+	// a writer that started after that would range over nil forever.
+	q := p.auditQ
 	go func() {
 		defer close(p.auditDone)
-		for ev := range p.auditQ {
+		for ev := range q {
 			if ev.done != nil {
 				close(ev.done)
 				continue
