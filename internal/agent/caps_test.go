@@ -152,3 +152,38 @@ func TestOutputChunksBounded(t *testing.T) {
 		t.Fatalf("got %d of %d bytes, largest chunk %d (cap %d)", got, n, biggest, agentapi.ChunkBytes)
 	}
 }
+
+// TestMessageCap: a gRPC message over MaxMessageBytes is refused with
+// ResourceExhausted (host and agent are both built with the cap; here the
+// host's client refuses to send it); one of the chunk size passes.
+func TestMessageCap(t *testing.T) {
+	c, _ := testClient(t, "dev")
+	send := func(n int) error {
+		st, err := c.Agent.Exec(context.Background())
+		if err != nil {
+			return err
+		}
+		if err := st.Send(&pb.ExecInput{Msg: &pb.ExecInput_Start{Start: &pb.ExecStart{Argv: []string{"cat"}, Stdin: true}}}); err != nil {
+			return err
+		}
+		if err := st.Send(&pb.ExecInput{Msg: &pb.ExecInput_Stdin{Stdin: make([]byte, n)}}); err != nil {
+			return err
+		}
+		st.Send(&pb.ExecInput{Msg: &pb.ExecInput_CloseStdin{CloseStdin: true}})
+		for {
+			m, err := st.Recv()
+			if err != nil {
+				return err
+			}
+			if m.GetExit() != nil {
+				return nil
+			}
+		}
+	}
+	if err := send(agentapi.ChunkBytes); err != nil {
+		t.Fatalf("a chunk-sized message: %v", err)
+	}
+	if err := send(agentapi.MaxMessageBytes + 1); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a message over %d bytes: %v, want ResourceExhausted", agentapi.MaxMessageBytes, err)
+	}
+}
