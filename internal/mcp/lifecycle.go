@@ -34,9 +34,10 @@ type box struct {
 	active   int // tool calls acting on it now
 	// The network and run profile it was admitted with (read back from
 	// the runtime's admitted plan, never recomputed here).
-	network string
-	allow   []string
-	profile string
+	network      string
+	allow        []string
+	profile      string
+	imageProfile string
 	// free gives its place under the session caps back (once its VM is
 	// gone).
 	free func()
@@ -286,7 +287,7 @@ func (s *Server) sandboxCreate(ctx context.Context, a CreateArgs) (SandboxInfo, 
 		b.image = sb.State.Image.Name
 	}
 	if p := sb.Plan; p != nil {
-		b.network, b.allow, b.profile = string(p.Network.Mode), p.Network.Allow, string(p.RunProfile)
+		b.network, b.allow, b.profile, b.imageProfile = string(p.Network.Mode), p.Network.Allow, string(p.RunProfile), p.ImageProfile
 	}
 	s.mu.Lock()
 	closing := s.closing
@@ -302,7 +303,7 @@ func (s *Server) sandboxCreate(ctx context.Context, a CreateArgs) (SandboxInfo, 
 	info.Status = sandbox.Running
 	info.BootMS = time.Since(start).Milliseconds()
 	text := fmt.Sprintf("created sandbox %s (template %s, %d cpu, %d MiB, %s, profile %s) in %s\nexpires at %s; destroyed after %s idle\npass \"sandbox\": %q to run_command, run_code and files_*",
-		info.Sandbox, info.Template, cpus, mem, networkText(info), info.Profile, ms(info.BootMS), info.ExpiresAt.Format(time.RFC3339), s.lim.SessionIdle, info.Sandbox)
+		info.Sandbox, info.Template, cpus, mem, networkText(info), info.RunProfile, ms(info.BootMS), info.ExpiresAt.Format(time.RFC3339), s.lim.SessionIdle, info.Sandbox)
 	return info, text, nil
 }
 
@@ -335,7 +336,7 @@ func upError(template string, err error) error {
 func (s *Server) info(b box) SandboxInfo {
 	return SandboxInfo{
 		Sandbox: b.handle, SandboxID: b.id, Template: b.template, Image: b.image,
-		CPUs: b.cpus, MemoryMiB: b.mem, Network: b.network, Allow: b.allow, Profile: b.profile,
+		CPUs: b.cpus, MemoryMiB: b.mem, Network: b.network, Allow: b.allow, RunProfile: b.profile, ImageProfile: b.imageProfile,
 		Created: b.created.UTC(), ExpiresAt: b.expires.UTC(),
 		IdleSeconds: int64(s.now().Sub(b.lastUsed) / time.Second),
 		IdleLimitS:  int64(s.lim.SessionIdle / time.Second),

@@ -15,21 +15,22 @@ type CreateArgs struct {
 
 // SandboxInfo describes one sandbox of this server.
 type SandboxInfo struct {
-	Sandbox     string    `json:"sandbox" jsonschema:"the handle: pass it as sandbox to the other tools"`
-	SandboxID   string    `json:"sandbox_id"`
-	Status      string    `json:"status"`
-	Template    string    `json:"template"`
-	Image       string    `json:"image,omitempty"`
-	CPUs        int       `json:"cpus"`
-	MemoryMiB   int       `json:"memory_mib"`
-	Network     string    `json:"network" jsonschema:"the network the sandbox was admitted with: none (no network device) or allowlist"`
-	Allow       []string  `json:"allow,omitempty" jsonschema:"with network allowlist: the HOST:PORT entries it may reach"`
-	Profile     string    `json:"profile" jsonschema:"the run profile it was admitted under: restrictive, or standard with an allowlist"`
-	Created     time.Time `json:"created"`
-	ExpiresAt   time.Time `json:"expires_at" jsonschema:"when the sandbox is destroyed whatever happens (ttl)"`
-	IdleSeconds int64     `json:"idle_seconds" jsonschema:"seconds since the last tool call on it"`
-	IdleLimitS  int64     `json:"idle_limit_seconds" jsonschema:"it is destroyed after this many idle seconds"`
-	BootMS      int64     `json:"boot_ms,omitempty"`
+	Sandbox      string    `json:"sandbox" jsonschema:"the handle: pass it as sandbox to the other tools"`
+	SandboxID    string    `json:"sandbox_id"`
+	Status       string    `json:"status"`
+	Template     string    `json:"template"`
+	Image        string    `json:"image,omitempty"`
+	CPUs         int       `json:"cpus"`
+	MemoryMiB    int       `json:"memory_mib"`
+	Network      string    `json:"network" jsonschema:"the network the sandbox was admitted with: none (no network device) or allowlist"`
+	Allow        []string  `json:"allow,omitempty" jsonschema:"with network allowlist: the HOST:PORT entries it may reach"`
+	RunProfile   string    `json:"run_profile" jsonschema:"the run profile it was admitted under: restrictive, or standard with an allowlist"`
+	ImageProfile string    `json:"image_profile,omitempty" jsonschema:"the profile of the image it booted: dev, or sealed (no ad-hoc code)"`
+	Created      time.Time `json:"created"`
+	ExpiresAt    time.Time `json:"expires_at" jsonschema:"when the sandbox is destroyed whatever happens (ttl)"`
+	IdleSeconds  int64     `json:"idle_seconds" jsonschema:"seconds since the last tool call on it"`
+	IdleLimitS   int64     `json:"idle_limit_seconds" jsonschema:"it is destroyed after this many idle seconds"`
+	BootMS       int64     `json:"boot_ms,omitempty"`
 }
 
 // SandboxArgs name one sandbox.

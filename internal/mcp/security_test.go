@@ -108,16 +108,16 @@ func TestMCPReportsAdmittedNetwork(t *testing.T) {
 	h := start(t, DefaultLimits(), nil)
 	c := h.mustOK("sandbox_create", map[string]any{"allow": []string{"example.com", "api.example.org:8443"}})
 	want := []any{"example.com:443", "api.example.org:8443"}
-	if c["network"] != "allowlist" || c["profile"] != "standard" || !reflect.DeepEqual(c["allow"], want) {
-		t.Fatalf("create with allow reports network=%v profile=%v allow=%v", c["network"], c["profile"], c["allow"])
+	if c["network"] != "allowlist" || c["run_profile"] != "standard" || !reflect.DeepEqual(c["allow"], want) {
+		t.Fatalf("create with allow reports network=%v run_profile=%v allow=%v", c["network"], c["run_profile"], c["allow"])
 	}
 	plain := h.mustOK("sandbox_create", nil)
-	if plain["network"] != "none" || plain["profile"] != "restrictive" || plain["allow"] != nil {
+	if plain["network"] != "none" || plain["run_profile"] != "restrictive" || plain["allow"] != nil || plain["image_profile"] != "dev" {
 		t.Fatalf("create without allow: %v", plain)
 	}
 	for _, s := range h.mustOK("sandbox_list", nil)["sandboxes"].([]any) {
 		m := s.(map[string]any)
-		if m["sandbox"] == c["sandbox"] && (m["network"] != "allowlist" || m["profile"] != "standard") {
+		if m["sandbox"] == c["sandbox"] && (m["network"] != "allowlist" || m["run_profile"] != "standard") {
 			t.Fatalf("sandbox_list: %v", m)
 		}
 	}

@@ -89,7 +89,7 @@ func (f *fakeRuntime) Up(ctx context.Context, o runtime.UpOptions) (*runtime.San
 	f.holds++
 	return &runtime.Sandbox{ID: id, Name: o.Name, Hold: &fakeHold{f: f},
 		State: &sandbox.State{ID: id, Name: o.Name, Status: sandbox.Running, Image: sandbox.ImageRef{Name: "minimal"}},
-		Plan:  &plan.Plan{RunProfile: plan.Profile(o.RunProfile), Network: o.PlanNetwork()}}, nil
+		Plan:  &plan.Plan{RunProfile: plan.Profile(o.RunProfile), ImageProfile: "dev", Network: o.PlanNetwork()}}, nil
 }
 
 // Run is runtime.Run over the fake: boot, one command, Down then the hold.
@@ -363,7 +363,7 @@ func TestSandboxFlow(t *testing.T) {
 	h := start(t, DefaultLimits(), nil)
 	c := h.mustOK("sandbox_create", map[string]any{"ttl": "10m", "memory_mib": 256})
 	sb, _ := c["sandbox"].(string)
-	if !strings.HasPrefix(sb, "mcp-") || c["memory_mib"].(float64) != 256 || c["network"] != "none" || c["profile"] != "restrictive" {
+	if !strings.HasPrefix(sb, "mcp-") || c["memory_mib"].(float64) != 256 || c["network"] != "none" || c["run_profile"] != "restrictive" {
 		t.Fatalf("create: %v", c)
 	}
 	opts := h.rt.live[c["sandbox_id"].(string)]

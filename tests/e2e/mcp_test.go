@@ -237,7 +237,7 @@ func TestMCPFlow(t *testing.T) {
 	c := m.ok("sandbox_create", map[string]any{"ttl": "10m"}, 3*time.Minute)
 	sb := c["sandbox"].(string)
 	t.Logf("sandbox_create: %s in %s", sb, time.Since(t0).Round(time.Millisecond))
-	if c["network"] != "none" || c["profile"] != "restrictive" {
+	if c["network"] != "none" || c["run_profile"] != "restrictive" {
 		t.Errorf("create: %v", c)
 	}
 	if r := e.must("ls", "--json"); !strings.Contains(r.stdout, sb) {
@@ -442,7 +442,11 @@ func TestMCPSealed(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "data.txt"), []byte("sealed data\n"), 0o644)
 	e.must("build", dir)
 	m := startMCP(t, e)
-	sb := m.ok("sandbox_create", map[string]any{"template": "mcp-e2e-sealed"}, 3*time.Minute)["sandbox"].(string)
+	sc := m.ok("sandbox_create", map[string]any{"template": "mcp-e2e-sealed"}, 3*time.Minute)
+	if sc["image_profile"] != "sealed" {
+		t.Errorf("sandbox_create of a sealed image reports image_profile %v", sc["image_profile"])
+	}
+	sb := sc["sandbox"].(string)
 	m.fails("run_command", map[string]any{"sandbox": sb, "command": "id"}, "refused")
 	m.fails("run_code", map[string]any{"sandbox": sb, "language": "shell", "code": "id"}, "sealed")
 	m.fails("files_write", map[string]any{"sandbox": sb, "path": "/tmp/x", "content": "x"}, "refused")
@@ -499,8 +503,8 @@ func TestMCPCapsAndReportedNetwork(t *testing.T) {
 	}
 
 	nc := m.ok("sandbox_create", map[string]any{"allow": []string{"example.com"}, "memory_mib": 512}, 3*time.Minute)
-	if nc["network"] != "allowlist" || nc["profile"] != "standard" || fmt.Sprint(nc["allow"]) != "[example.com:443]" {
-		t.Errorf("sandbox_create with allow reports network=%v profile=%v allow=%v", nc["network"], nc["profile"], nc["allow"])
+	if nc["network"] != "allowlist" || nc["run_profile"] != "standard" || fmt.Sprint(nc["allow"]) != "[example.com:443]" {
+		t.Errorf("sandbox_create with allow reports network=%v run_profile=%v allow=%v", nc["network"], nc["run_profile"], nc["allow"])
 	}
 	netSB := nc["sandbox"].(string)
 	if out := m.ok("run_command", map[string]any{"sandbox": netSB, "command": "cat /proc/net/dev"}, time.Minute); !strings.Contains(fmt.Sprint(out["stdout"]), "eth0") {
@@ -513,7 +517,7 @@ func TestMCPCapsAndReportedNetwork(t *testing.T) {
 	}
 
 	pc := m.ok("sandbox_create", map[string]any{"memory_mib": 256}, 3*time.Minute)
-	if pc["network"] != "none" || pc["profile"] != "restrictive" || pc["allow"] != nil {
+	if pc["network"] != "none" || pc["run_profile"] != "restrictive" || pc["allow"] != nil {
 		t.Errorf("sandbox_create without allow: %v", pc)
 	}
 	plain := pc["sandbox"].(string)
