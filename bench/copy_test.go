@@ -95,7 +95,7 @@ func BenchmarkCopy(b *testing.B) {
 		cpIn := timeIt("copy in", func() error { _, err := rt.CopyIn(ctx, "bench", src, "/tmp/f"); return err })
 		dst := filepath.Join(work, "dst")
 		os.Remove(dst)
-		cpOut := timeIt("copy out", func() error { _, err := rt.CopyOut(ctx, "bench", "/tmp/f", dst, 0); return err })
+		cpOut := timeIt("copy out", func() error { _, err := rt.CopyOut(ctx, "bench", "/tmp/f", dst, -1); return err })
 		if err := rt.FsRemove(ctx, "bench", "/tmp/f", false); err != nil {
 			b.Fatal(err)
 		}
