@@ -185,11 +185,25 @@ func FetchKernel(ctx context.Context, d paths.Dirs, log io.Writer) (*Kernel, err
 		return nil, fmt.Errorf("fetch kernel: resolve %s: %w", KernelPackage, err)
 	}
 	ver := strings.TrimPrefix(pkg, "linux-image-")
-	if k, err := loadKernel(filepath.Join(kernels, ver)); err == nil {
+	final := filepath.Join(kernels, ver)
+	installed := func() (*Kernel, bool) { k, err := loadKernel(final); return k, err == nil }
+	k, hit, err := cache.Once(ctx, kernelLock(d, ver), false, installed, func() (*Kernel, error) {
+		return fetchVersion(ctx, kernels, pkg, ver, log)
+	})
+	if hit {
 		fmt.Fprintf(log, "kernel: %s already installed in %s\n", ver, filepath.Dir(k.Vmlinux))
-		return k, nil
 	}
+	return k, err
+}
 
+// kernelLock is the lock of one kernel version: concurrent fetches and
+// installs of it download and unpack once.
+func kernelLock(d paths.Dirs, version string) string {
+	return filepath.Join(d.Images(), "locks", "kernel-"+version+".lock")
+}
+
+// fetchVersion downloads, unpacks and installs package pkg (kernel ver).
+func fetchVersion(ctx context.Context, kernels, pkg, ver string, log io.Writer) (*Kernel, error) {
 	// 2. Download it into a work dir beside the final location.
 	if err := os.MkdirAll(kernels, cache.DirMode); err != nil {
 		return nil, fmt.Errorf("fetch kernel: create %s: %w", kernels, err)
@@ -268,9 +282,15 @@ func InstallKernelTree(d paths.Dirs, tree string, log io.Writer) (*Kernel, error
 		return nil, fmt.Errorf("install kernel from %s: %w", tree, err)
 	}
 	final := filepath.Join(kernels, ver)
-	if k, err := loadKernel(final); err == nil {
-		return k, nil
-	}
+	installed := func() (*Kernel, bool) { k, err := loadKernel(final); return k, err == nil }
+	k, _, err := cache.Once(context.Background(), kernelLock(d, ver), false, installed, func() (*Kernel, error) {
+		return installTree(kernels, tree, log)
+	})
+	return k, err
+}
+
+// installTree copies an unpacked package tree into kernels.
+func installTree(kernels, tree string, log io.Writer) (*Kernel, error) {
 	if err := os.MkdirAll(kernels, cache.DirMode); err != nil {
 		return nil, fmt.Errorf("install kernel: create %s: %w", kernels, err)
 	}

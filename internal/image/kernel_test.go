@@ -251,3 +251,30 @@ func TestFetchKernel(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentInstallsOnce: concurrent installs of one kernel version
+// take its lock in turn; all get the same kernel and nothing is left over.
+func TestConcurrentInstallsOnce(t *testing.T) {
+	realKernel(t)
+	d := paths.Dirs{Cache: t.TempDir()}
+	ks := make([]*Kernel, 4)
+	errs := make([]error, 4)
+	var wg sync.WaitGroup
+	for i := range ks {
+		wg.Add(1)
+		go func() { defer wg.Done(); ks[i], errs[i] = InstallKernelTree(d, shared.tree, nil) }()
+	}
+	wg.Wait()
+	for i := range ks {
+		if errs[i] != nil || *ks[i] != *ks[0] {
+			t.Fatalf("install %d: %+v, %v (first %+v)", i, ks[i], errs[i], ks[0])
+		}
+	}
+	ents, _ := os.ReadDir(d.Kernels())
+	if len(ents) != 1 || ents[0].Name() != ks[0].Version {
+		t.Fatalf("kernel dir holds %v", ents)
+	}
+	if _, err := os.Stat(kernelLock(d, ks[0].Version)); err != nil {
+		t.Fatalf("no lock file: %v", err)
+	}
+}
