@@ -10,7 +10,6 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 )
 
@@ -42,7 +41,7 @@ func (s *Server) filesWrite(ctx context.Context, a FilesWriteArgs) (FilesWriteRe
 	defer s.release(b)
 	resp, err := s.rt.FsWrite(ctx, b.id, a.Path, bytes.NewReader(data), runtime.FsWriteOptions{Parents: true})
 	if err != nil {
-		return zero, "", fileError("write", a.Path, err)
+		return zero, "", toolError(op{file: "write", path: a.Path}, err)
 	}
 	n := int64(len(data))
 	if resp != nil && resp.Bytes > 0 {
@@ -53,20 +52,6 @@ func (s *Server) filesWrite(ctx context.Context, a FilesWriteArgs) (FilesWriteRe
 		path = resp.Info.Path
 	}
 	return FilesWriteResult{Sandbox: b.handle, Path: path, Bytes: n}, fmt.Sprintf("wrote %d bytes to %s in sandbox %s", n, path, b.handle), nil
-}
-
-func fileError(op, p string, err error) error {
-	if agentapi.IsRefused(err) {
-		return fmt.Errorf("refused: %s", describe(err))
-	}
-	if errors.Is(err, runtime.ErrNotRunning) || errors.Is(err, runtime.ErrNotFound) {
-		return fmt.Errorf("the sandbox is not running: %s", describe(err))
-	}
-	msg := describe(err)
-	if !strings.Contains(msg, p) {
-		msg = p + ": " + msg
-	}
-	return fmt.Errorf("%s %s", op, msg)
 }
 
 // errEnough stops a read once max_bytes are kept.
@@ -104,7 +89,7 @@ func (s *Server) filesRead(ctx context.Context, a FilesReadArgs) (FilesReadResul
 	defer s.release(b)
 	fi, err := s.rt.FsStat(ctx, b.id, a.Path)
 	if err != nil {
-		return zero, "", fileError("read", a.Path, err)
+		return zero, "", toolError(op{file: "read", path: a.Path}, err)
 	}
 	if fi.Type == "dir" {
 		return zero, "", fmt.Errorf("read %s: is a directory; use files_list", a.Path)
@@ -112,7 +97,7 @@ func (s *Server) filesRead(ctx context.Context, a FilesReadArgs) (FilesReadResul
 	w := &limitWriter{limit: limit}
 	_, err = s.rt.FsRead(ctx, b.id, a.Path, w)
 	if err != nil && !w.hit {
-		return zero, "", fileError("read", a.Path, err)
+		return zero, "", toolError(op{file: "read", path: a.Path}, err)
 	}
 	data := w.buf.Bytes()
 	res := FilesReadResult{Sandbox: b.handle, Path: fi.Path, Size: fi.Size, Bytes: int64(len(data)),
@@ -148,7 +133,7 @@ func (s *Server) filesList(ctx context.Context, a FilesListArgs) (FilesListResul
 	defer s.release(b)
 	ls, err := s.rt.FsList(ctx, b.id, a.Path)
 	if err != nil {
-		return zero, "", fileError("list", a.Path, err)
+		return zero, "", toolError(op{file: "list", path: a.Path}, err)
 	}
 	res := FilesListResult{Sandbox: b.handle, Path: a.Path, Entries: []FileEntry{}, Truncated: ls.Truncated}
 	var t strings.Builder

@@ -275,7 +275,7 @@ func (s *Server) sandboxCreate(ctx context.Context, a CreateArgs) (SandboxInfo, 
 	})
 	if err != nil {
 		free()
-		return zero, "", upError(a.Template, err)
+		return zero, "", toolError(op{boot: true, template: a.Template}, err)
 	}
 	now := s.now()
 	b := &box{
@@ -323,14 +323,6 @@ func templateName(t string) string {
 		return "minimal"
 	}
 	return t
-}
-
-// upError explains a failed boot.
-func upError(template string, err error) error {
-	if errors.Is(err, context.Canceled) {
-		return errors.New("cancelled before the sandbox was ready; nothing was left running")
-	}
-	return fmt.Errorf("could not start a sandbox (template %s): %s", templateName(template), describe(err))
 }
 
 func (s *Server) info(b box) SandboxInfo {
@@ -419,7 +411,7 @@ func (s *Server) sandboxDestroy(ctx context.Context, a SandboxArgs) (DestroyResu
 		return DestroyResult{}, "", fmt.Errorf("unknown sandbox %q: this server only destroys sandboxes it created (sandbox_list shows them)", a.Sandbox)
 	}
 	if err := s.destroy(b, "sandbox_destroy"); err != nil {
-		return DestroyResult{}, "", fmt.Errorf("destroy %s: %s", b.handle, describe(err))
+		return DestroyResult{}, "", toolError(op{handle: b.handle}, err)
 	}
 	return DestroyResult{Sandbox: b.handle, Destroyed: true}, "destroyed sandbox " + b.handle, nil
 }

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
@@ -146,7 +145,7 @@ func (s *Server) executeTransient(ctx context.Context, e execSpec) (RunResult, s
 		if err == nil {
 			err = errors.New("the runtime returned no result")
 		}
-		return RunResult{}, "", upError(e.template, err)
+		return RunResult{}, "", toolError(op{boot: true, template: e.template}, err)
 	}
 	res := RunResult{Sandbox: rr.Name, SandboxID: rr.SandboxID, Transient: true,
 		BootMS: rr.BootTime.Milliseconds(), DurationMS: rr.ExecTime.Milliseconds()}
@@ -178,7 +177,7 @@ func finishRun(ctx context.Context, e execSpec, res *RunResult, out, errb *capBu
 		if ctx.Err() != nil {
 			return errors.New("cancelled; the command was killed")
 		}
-		return execError(e.argv, err)
+		return toolError(op{prog: e.argv[0]}, err)
 	}
 	if exit == nil {
 		return errors.New("could not run the command: the runtime returned no exit status")
@@ -189,23 +188,4 @@ func finishRun(ctx context.Context, e execSpec, res *RunResult, out, errb *capBu
 		res.Receipt = json.RawMessage(exit.Receipt)
 	}
 	return nil
-}
-
-// execError explains why a command could not run.
-func execError(argv []string, err error) error {
-	prog := ""
-	if len(argv) > 0 {
-		prog = argv[0]
-	}
-	switch {
-	case agentapi.IsRefused(err):
-		return fmt.Errorf("refused by the sandbox's image: %s", describe(err))
-	case agentapi.IsNotFound(err):
-		return fmt.Errorf("%s: command not found in the sandbox (does its template have it? run_code python needs the python template, node the node template)", prog)
-	case agentapi.IsPermissionDenied(err):
-		return fmt.Errorf("%s: permission denied in the sandbox", prog)
-	case errors.Is(err, runtime.ErrNotRunning), errors.Is(err, runtime.ErrNotFound):
-		return fmt.Errorf("the sandbox is not running: %s", describe(err))
-	}
-	return fmt.Errorf("could not run the command: %s", describe(err))
 }
