@@ -198,3 +198,14 @@ func TestExecJSONErrorObject(t *testing.T) {
 		t.Errorf("object %v", obj)
 	}
 }
+
+// TestUsageErrorKindInJSON: a usage error under --json reports the
+// invalid_argument kind, not unknown.
+func TestUsageErrorKindInJSON(t *testing.T) {
+	for _, args := range [][]string{{"ls", "--json", "extra"}, {"down", "--json"}, {"ls", "--json", "--bogus"}} {
+		app, out, _ := testApp(t)
+		if code := run(app, args); code != ExitUsage || !strings.Contains(out.String(), `"kind":"invalid_argument"`) {
+			t.Errorf("%v: exit %d, stdout %q", args, code, out)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/paths"
 	"github.com/spf13/cobra"
 )
@@ -49,8 +50,15 @@ func (e *ExitError) Error() string {
 
 func (e *ExitError) Unwrap() error { return e.Err }
 
-// exitCode wraps err so that mvmctl exits with code.
-func exitCode(code int, err error) error { return &ExitError{Code: code, Err: err} }
+// exitCode wraps err so that mvmctl exits with code. A usage error (2)
+// nobody classified is an invalid argument in the one error model, so that
+// --json reports its kind.
+func exitCode(code int, err error) error {
+	if code == ExitUsage && err != nil && errdefs.KindOf(err) == errdefs.Unknown {
+		err = errdefs.InvalidArgument(err)
+	}
+	return &ExitError{Code: code, Err: err}
+}
 
 // NewRoot builds the command tree.
 func NewRoot(app *App) *cobra.Command {
