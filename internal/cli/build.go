@@ -15,6 +15,7 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/image"
 	"github.com/mvm-sandbox/mvm/internal/manifest"
+	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 )
@@ -29,7 +30,7 @@ func newBuildCmd(app *App) *cobra.Command {
 		profile  string
 	)
 	cmd := &cobra.Command{
-		Use:   "build [DIR]",
+		Use:   "build [DIR|FILE|IR.json]",
 		Short: "Build a root filesystem image from DIR/mvm.toml or a template",
 		Long: `Build a root filesystem image.
 
@@ -38,11 +39,18 @@ its template plus packages, files and configuration. --template overrides the
 manifest's template. Without DIR and with no mvm.toml in the current
 directory, --template builds the bare template.
 
+With FILE (a declaration: .py with @mvm.app, .ts/.js with mvm.app, a
+record-mode recording) or IR.json, builds the declared workload (see
+docs/declarations.md).
+
 Images are content-addressed and cached: building the same input again
 resolves from the cache. Templates: ` + fmt.Sprint(image.TemplateNames()),
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir := ""
+			if len(args) == 1 && runtime.IsWorkloadFile(args[0]) {
+				return buildWorkloadRun(cmd, app, args[0], jsonOut)
+			}
 			switch {
 			case len(args) == 1:
 				dir = args[0]

@@ -80,7 +80,7 @@ func newUpCmd(app *App) *cobra.Command {
 	)
 	nf := &netFlags{}
 	cmd := &cobra.Command{
-		Use:   "up [DIR] [--image NAME] [--name N]",
+		Use:   "up [DIR|FILE|IR.json] [--image NAME] [--name N]",
 		Short: "Boot a named sandbox that keeps running until `down` or its TTL",
 		Example: `  mvmctl up --name dev
   mvmctl up --name dev --ttl 30m --memory 1G -e MODE=dev
@@ -126,7 +126,23 @@ func newUpCmd(app *App) *cobra.Command {
 			if !jsonOut {
 				o.Progress = func(msg string) { fmt.Fprintln(app.Stderr, msg) }
 			}
-			sb, err := rt.Up(ctx, o)
+			var sb *runtime.Sandbox
+			if o.Image != "" && runtime.IsWorkloadFile(o.Image) {
+				wl, err := loadWorkload(ctx, o.Image)
+				if err != nil {
+					return err
+				}
+				if cmd.Flags().Changed("network") || cmd.Flags().Changed("allow") || cmd.Flags().Changed("cpus") || cmd.Flags().Changed("memory") || cmd.Flags().Changed("disk") {
+					return exitCode(ExitUsage, errors.New("a declared workload brings its own network and resources: change the declaration (and approve it again) instead of passing --network/--allow/--cpus/--memory/--disk"))
+				}
+				o.Image = ""
+				sb, err = rt.UpWorkload(ctx, wl, o)
+				if err != nil && isDeclError(err) {
+					return exitCode(exitDeclaration, err)
+				}
+			} else {
+				sb, err = rt.Up(ctx, o)
+			}
 			if s := sig(); s != nil {
 				return &ExitError{Code: signalExit(s), Err: fmt.Errorf("interrupted by %v; nothing was left running", s)}
 			}

@@ -54,12 +54,12 @@ sb.kill()
 
 func TestRecordingErrors(t *testing.T) {
 	for name, doc := range map[string]string{
-		"not json":    `{`,
-		"version":     `{"schema_version": 9, "workload_id": "x", "create": {"template": "python"}, "ops": []}`,
-		"no command":  `{"schema_version": 1, "workload_id": "x", "create": {"template": "python"}, "ops": []}`,
-		"build dir":   `{"schema_version": 1, "workload_id": "x", "create": {"build_dir": "/x"}, "ops": []}`,
-		"unknown op":  `{"schema_version": 1, "workload_id": "x", "create": {"template": "python"}, "ops": [{"kind": "snapshot"}]}`,
-		"bad b64":     `{"schema_version": 1, "workload_id": "x", "create": {"template": "python"}, "ops": [{"kind": "files_write", "path": "/a", "bytes_b64": "!"}]}`,
+		"not json":   `{`,
+		"version":    `{"schema_version": 9, "workload_id": "x", "create": {"template": "python"}, "ops": []}`,
+		"no command": `{"schema_version": 1, "workload_id": "x", "create": {"template": "python"}, "ops": []}`,
+		"build dir":  `{"schema_version": 1, "workload_id": "x", "create": {"build_dir": "/x"}, "ops": []}`,
+		"unknown op": `{"schema_version": 1, "workload_id": "x", "create": {"template": "python"}, "ops": [{"kind": "snapshot"}]}`,
+		"bad b64":    `{"schema_version": 1, "workload_id": "x", "create": {"template": "python"}, "ops": [{"kind": "files_write", "path": "/a", "bytes_b64": "!"}]}`,
 	} {
 		_, err := compileString(t, "r.json", doc)
 		if err == nil {

@@ -9,6 +9,8 @@ package decl
 import (
 	"fmt"
 	"strings"
+
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
 )
 
 // Error codes of extraction (validation of the result adds the ir E_*
@@ -110,3 +112,6 @@ const maxDepth = 32
 
 // MaxSourceBytes caps a declaration file.
 const MaxSourceBytes = 4 << 20
+
+// ErrKind places extraction errors in the shared error model.
+func (e *Error) ErrKind() (errdefs.Kind, string) { return errdefs.KindInvalidArgument, "" }

@@ -106,14 +106,19 @@ type RunRecord struct {
 	KernelDigest string
 	PlanHash     string // plan.SignedPlan hash (sha256 of its canonical bytes)
 	Backend      string // the VMM that ran it: qemu or firecracker
-	Argv         []string
-	Env          map[string]string // values are never stored
-	Stdin        Digest
-	Stdout       Digest
-	Stderr       Digest
-	ExitCode     int
-	StartedAt    time.Time
-	FinishedAt   time.Time
+
+	// WorkloadIRHash is the Workload IR hash of a sandbox booted from a
+	// declaration ("" otherwise).
+	WorkloadIRHash string
+
+	Argv       []string
+	Env        map[string]string // values are never stored
+	Stdin      Digest
+	Stdout     Digest
+	Stderr     Digest
+	ExitCode   int
+	StartedAt  time.Time
+	FinishedAt time.Time
 }
 
 // ReceiptPayload is the signed part of a receipt.
@@ -124,7 +129,8 @@ type ReceiptPayload struct {
 	ImageDigest      string   `json:"image_digest"`
 	KernelDigest     string   `json:"kernel_digest"`
 	PlanSHA256       string   `json:"plan_sha256"`
-	Backend          string   `json:"backend,omitempty"` // schema 2 on
+	Backend          string   `json:"backend,omitempty"`  // schema 2 on
+	WorkloadIRSHA256 string   `json:"workload_ir_sha256"` // "" unless booted from a declaration
 	ArgvSHA256       string   `json:"argv_sha256"`
 	ArgvLen          int      `json:"argv_len"`
 	EnvKeys          []string `json:"env_keys"`
@@ -175,6 +181,9 @@ func (r *RunRecord) AuditFields() map[string]any {
 	f["receipt_id"] = r.ReceiptID
 	f["plan_sha256"] = r.PlanHash
 	f["backend"] = r.Backend
+	if r.WorkloadIRHash != "" {
+		f["workload_ir_sha256"] = r.WorkloadIRHash
+	}
 	f["exit_code"] = r.ExitCode
 	f["stdin_sha256"], f["stdin_bytes"] = r.Stdin.SHA256, r.Stdin.Bytes
 	f["stdout_sha256"], f["stdout_bytes"] = r.Stdout.SHA256, r.Stdout.Bytes
@@ -195,6 +204,7 @@ func BuildReceipt(r RunRecord, auditEntryHash string, s *Signer) ([]byte, *Recei
 		KernelDigest:     r.KernelDigest,
 		PlanSHA256:       r.PlanHash,
 		Backend:          r.Backend,
+		WorkloadIRSHA256: r.WorkloadIRHash,
 		ArgvSHA256:       inv.ArgvSHA256,
 		ArgvLen:          inv.ArgvLen,
 		EnvKeys:          inv.EnvKeys,
@@ -429,6 +439,9 @@ func checkPayload(p *ReceiptPayload) error {
 		if !IsDigest(v) {
 			return fmt.Errorf("%s %q is not a digest", name, v)
 		}
+	}
+	if p.WorkloadIRSHA256 != "" && !IsHex64(p.WorkloadIRSHA256) {
+		return fmt.Errorf("workload_ir_sha256 is not a sha256 hex digest")
 	}
 	for name, v := range map[string]string{
 		"plan_sha256": p.PlanSHA256, "argv_sha256": p.ArgvSHA256,

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 )
 
@@ -487,3 +488,10 @@ func sortedKeys[V any](m map[string]V) []string {
 	sort.Strings(out)
 	return out
 }
+
+// ErrKind places IR problems in the shared error model: the declaration
+// is an invalid argument.
+func (e *Error) ErrKind() (errdefs.Kind, string) { return errdefs.KindInvalidArgument, "" }
+
+// ErrKind of a list is that of its problems.
+func (l Errors) ErrKind() (errdefs.Kind, string) { return errdefs.KindInvalidArgument, "" }

@@ -134,7 +134,7 @@ func Admit(ctx context.Context, sp *SignedPlan, opts AdmitOptions) (*Admission, 
 	}
 	adm := &Admission{Signed: sp, Plan: p, Hash: hash}
 	if opts.Chain != nil {
-		rec, err := opts.Chain.Append(evidence.KindPlanAdmitted, p.Sandbox.ID, map[string]any{
+		fields := map[string]any{
 			"plan_id":       p.PlanID,
 			"plan_sha256":   hash,
 			"run_profile":   string(p.RunProfile),
@@ -149,7 +149,11 @@ func Admit(ctx context.Context, sp *SignedPlan, opts AdmitOptions) (*Admission, 
 			"env_key_count": len(p.EnvKeys),
 			"console":       p.Console,
 			"signer_id":     sp.SignerID,
-		})
+		}
+		if p.WorkloadIRSHA256 != "" {
+			fields["workload_ir_sha256"] = p.WorkloadIRSHA256
+		}
+		rec, err := opts.Chain.Append(evidence.KindPlanAdmitted, p.Sandbox.ID, fields)
 		if err != nil {
 			_ = os.Remove(opts.StorePath)
 			return refuse(ReasonAudit, err)

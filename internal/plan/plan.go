@@ -67,7 +67,11 @@ type Plan struct {
 	// Console reports whether a console (an interactive terminal in the
 	// guest) may be opened: the run profile allows it and the image is
 	// not sealed. The supervisor tells the agent at boot.
-	Console    bool   `json:"console"`
+	Console bool `json:"console"`
+
+	// WorkloadIRSHA256 is the Workload IR hash of a declared workload.
+	WorkloadIRSHA256 string `json:"workload_ir_sha256,omitempty"`
+
 	ValidFrom  string `json:"valid_from"`
 	ValidUntil string `json:"valid_until"`
 	Nonce      string `json:"nonce"`
@@ -103,6 +107,10 @@ type Input struct {
 	// Console to whatever the run and image profiles allow.
 	Console          bool
 	ConsoleIfAllowed bool
+
+	// WorkloadIRSHA256 is the Workload IR hash of a declared workload.
+	WorkloadIRSHA256 string
+
 	// Validity overrides DefaultValidity (tests).
 	Validity time.Duration
 }
@@ -160,9 +168,12 @@ func Synthesize(in Input, now time.Time) (*Plan, error) {
 		Mounts:        mounts,
 		EnvKeys:       env,
 		Console:       console,
-		ValidFrom:     evidence.FormatTime(now),
-		ValidUntil:    evidence.FormatTime(now.Add(validity)),
-		Nonce:         hex.EncodeToString(nonce[:]),
+
+		WorkloadIRSHA256: in.WorkloadIRSHA256,
+
+		ValidFrom:  evidence.FormatTime(now),
+		ValidUntil: evidence.FormatTime(now.Add(validity)),
+		Nonce:      hex.EncodeToString(nonce[:]),
 	}
 	if err := p.Check(); err != nil {
 		return nil, err

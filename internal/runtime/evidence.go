@@ -50,11 +50,24 @@ func (r *Runtime) Audit(kind, subject string, fields map[string]any) (string, er
 	if err != nil {
 		return "", err
 	}
+	if h := r.workloadHash(subject); h != "" && fields["workload_ir_sha256"] == nil {
+		fields = withField(fields, "workload_ir_sha256", h)
+	}
 	rec, err := w.chain.Append(kind, subject, fields)
 	if err != nil {
 		return "", fmt.Errorf("audit %s: %w", kind, err)
 	}
 	return auditID(rec), nil
+}
+
+// withField returns a copy of fields with k set to v.
+func withField(fields map[string]any, k string, v any) map[string]any {
+	out := make(map[string]any, len(fields)+1)
+	for key, val := range fields {
+		out[key] = val
+	}
+	out[k] = v
+	return out
 }
 
 // auditID names an audit entry the way `mvmctl audit show` accepts it.
@@ -73,8 +86,13 @@ func planInput(id, name string, img *bootImage, backend string, o UpOptions) (pl
 	for k := range o.Env {
 		keys = append(keys, k)
 	}
+	irHash := ""
+	if o.Workload != nil {
+		irHash = o.Workload.IRSHA256
+	}
 	return plan.Input{
-		SandboxID: id, SandboxName: name,
+		WorkloadIRSHA256: irHash,
+		SandboxID:        id, SandboxName: name,
 		ImageDigest: img.ref.Digest, KernelDigest: img.kernelDigest(),
 		ImageProfile: img.profile, Backend: backend,
 		Resources:  plan.Resources{CPUs: o.CPUs, MemoryMiB: o.MemoryMiB, DiskMiB: o.DiskMiB},

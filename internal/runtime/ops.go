@@ -109,7 +109,15 @@ func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*Ex
 		return nil, err
 	}
 	inv := evidence.RedactInvocation(o.Argv, env)
-	if _, err := w.chain.Append(evidence.KindExecStarted, st.ID, inv.Fields()); err != nil {
+	irHash := r.workloadHash(st.ID)
+	invFields := func() map[string]any {
+		f := inv.Fields()
+		if irHash != "" {
+			f["workload_ir_sha256"] = irHash
+		}
+		return f
+	}
+	if _, err := w.chain.Append(evidence.KindExecStarted, st.ID, invFields()); err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
 	inH, outH, errH := evidence.NewHasher(), evidence.NewHasher(), evidence.NewHasher()
@@ -130,7 +138,7 @@ func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*Ex
 	}
 	res, err := c.Exec(ectx, req)
 	if err != nil {
-		fields := inv.Fields()
+		fields := invFields()
 		fields["outcome"] = execFailureTag(err, ctx)
 		if timedOut.Load() {
 			fields["outcome"] = "timeout"
@@ -142,7 +150,7 @@ func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*Ex
 	receiptID := evidence.NewID()
 	receipt, rec, err := evidence.RecordRun(w.chain, w.signer, evidence.RunRecord{
 		ReceiptID: receiptID, SandboxID: st.ID, ImageDigest: st.Image.Digest, KernelDigest: kernelDigest(dir),
-		PlanHash: planHash(dir), Backend: backendOf(dir), Argv: o.Argv, Env: env,
+		PlanHash: planHash(dir), Backend: backendOf(dir), WorkloadIRHash: irHash, Argv: o.Argv, Env: env,
 		Stdin: inH.Digest(), Stdout: outH.Digest(), Stderr: errH.Digest(),
 		ExitCode: res.ExitCode, StartedAt: started, FinishedAt: time.Now(),
 	})
@@ -254,6 +262,9 @@ func (r *Runtime) Down(ctx context.Context, nameOrID string) error {
 		return err
 	}
 	st, _ := sandbox.ReadState(dir)
+	if wi := workloadOf(dir); wi != nil && len(wi.BeforeStop) > 0 && st != nil && st.Status == sandbox.Running {
+		r.runBeforeStop(ctx, id, wi)
+	}
 	if st != nil && sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
 		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		_, err := sandbox.Control(cctx, dir, sandbox.Request{Op: "stop"})

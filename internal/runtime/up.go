@@ -46,6 +46,9 @@ type UpOptions struct {
 	Progress func(string)
 	// BuildProgress, when set, receives image build events.
 	BuildProgress func(image.Event)
+	// Workload is set when the sandbox boots a declared workload
+	// (UpWorkload): its IR hash goes into the plan, receipts and audit.
+	Workload *WorkloadInfo
 	// Network is the sandbox's network (zero: none, no NIC); see
 	// netpolicy.Build. Its Origin says who asked (netpolicy.OriginCLI for
 	// the operator's flags, netpolicy.OriginMCP for a model): only the
@@ -206,6 +209,12 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		cleanup()
 		return nil, fmt.Errorf("create sandbox dir: %w", err)
+	}
+	if o.Workload != nil {
+		if err := sandbox.WriteJSON(filepath.Join(dir, WorkloadFile), o.Workload); err != nil {
+			cleanup()
+			return nil, err
+		}
 	}
 	adm, err := r.admit(ctx, in, dir)
 	if err != nil {
