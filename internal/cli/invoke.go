@@ -21,6 +21,7 @@ func newInvokeCmd(app *App) *cobra.Command {
 		input   string
 		jsonOut bool
 		timeout time.Duration
+		receipt string
 	)
 	cmd := &cobra.Command{
 		Use:   "invoke NAME|FILE [--input JSON|-] [--json] [--timeout D]",
@@ -78,6 +79,14 @@ runtime failure (including a worker that crashed during the call).`,
 				}
 				return exitCode(code, err)
 			}
+			if receipt != "" {
+				if len(res.Receipt) == 0 {
+					return exitCode(ExitUsage, errors.New("--receipt: a warm call has no receipt of its own (its audit entry carries the IR hash); cold calls do"))
+				}
+				if err := writeReceipt(receipt, res.Receipt); err != nil {
+					return exitCode(1, err)
+				}
+			}
 			if jsonOut {
 				if err := writeJSON(app.Stdout, res); err != nil {
 					return err
@@ -96,6 +105,7 @@ runtime failure (including a worker that crashed during the call).`,
 	}
 	cmd.Flags().StringVarP(&input, "input", "i", "", "arguments as one JSON value, or - for stdin")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print {ok, result|error, warm, workload_ir_sha256}")
+	cmd.Flags().StringVar(&receipt, "receipt", "", "write the signed receipt of the call (cold calls) to this file")
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "give up after this long (e.g. 30s); 0 = no limit")
 	return cmd
 }

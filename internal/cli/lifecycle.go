@@ -128,9 +128,9 @@ func newUpCmd(app *App) *cobra.Command {
 			}
 			var sb *runtime.Sandbox
 			if o.Image != "" && runtime.IsWorkloadFile(o.Image) {
-				wl, err := loadWorkload(ctx, o.Image)
-				if err != nil {
-					return err
+				wl, lerr := loadWorkload(ctx, o.Image)
+				if lerr != nil {
+					return lerr
 				}
 				if cmd.Flags().Changed("network") || cmd.Flags().Changed("allow") || cmd.Flags().Changed("cpus") || cmd.Flags().Changed("memory") || cmd.Flags().Changed("disk") {
 					return exitCode(ExitUsage, errors.New("a declared workload brings its own network and resources: change the declaration (and approve it again) instead of passing --network/--allow/--cpus/--memory/--disk"))

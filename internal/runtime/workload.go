@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"github.com/gofrs/flock"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
 	"github.com/mvm-sandbox/mvm/internal/approval"
@@ -27,6 +25,8 @@ import (
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 	"github.com/mvm-sandbox/mvm/internal/workload"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Workload is a compiled declaration ready to build or boot.
