@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -37,8 +38,10 @@ at 16 MiB.
 
 Exit codes: 0 result printed; 1 the function raised (type, message and the
 guest traceback are printed; with --json, {"ok": false, "error": {...}} on
-stdout); 2 usage or input; 3 no such sandbox; 124 timeout; 125 transport or
-runtime failure (including a worker that crashed during the call).`,
+stdout); otherwise the table of docs/cli.md: 2 usage or bad input JSON,
+3 no such sandbox, 8 input or result over 16 MiB, 124 timeout, 125
+transport or runtime failure (including a worker that crashed during the
+call).`,
 		Args: usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]

@@ -204,14 +204,14 @@ def handle(kind="ok", n=0):
 		t.Errorf("crash: %s", cr)
 	}
 	var r3 struct {
-		OK     bool `json:"ok"`
+		OK     bool                     `json:"ok"`
 		Result struct{ Calls, Pid int } `json:"result"`
 	}
 	json.Unmarshal([]byte(call(0, `{}`).stdout), &r3)
 	if !r3.OK || r3.Result.Pid == r1.Result.Pid || r3.Result.Calls != 1 {
 		t.Errorf("after a crash the next call is served by a new worker: %+v", r3)
 	}
-	if big := e.expect(125, "invoke", "svc", "--input", `{"kind": "big"}`); !strings.Contains(big.stderr, "16777216") {
+	if big := e.expect(8, "invoke", "svc", "--input", `{"kind": "big"}`); !strings.Contains(big.stderr, "16777216") {
 		t.Errorf("oversized result: %s", big)
 	}
 	huge := strings.Repeat("a", 17<<20)
@@ -219,7 +219,7 @@ def handle(kind="ok", n=0):
 	writeFile(t, in, `"`+huge+`"`)
 	f, _ := os.Open(in)
 	defer f.Close()
-	if r := e.runIn(f, "invoke", "svc", "--input", "-"); r.code != 2 || !strings.Contains(r.stderr, "16777216") {
+	if r := e.runIn(f, "invoke", "svc", "--input", "-"); r.code != 8 || !strings.Contains(r.stderr, "16777216") {
 		t.Errorf("oversized input: %s", r)
 	}
 	e.must("audit", "verify")
