@@ -65,7 +65,7 @@ call).`,
 				in = []byte(input)
 			}
 			if len(in) > runtime.MaxInvokeBytes {
-				return exitCode(ExitUsage, fmt.Errorf("%w: input is more than %d bytes", runtime.ErrInvokeTooLarge, runtime.MaxInvokeBytes))
+				return exitCode(ExitTooLarge, fmt.Errorf("%w: input is more than %d bytes", runtime.ErrInvokeTooLarge, runtime.MaxInvokeBytes))
 			}
 			rt, err := app.runtime()
 			if err != nil {
