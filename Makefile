@@ -8,6 +8,7 @@ LDFLAGS ?= -s -w
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/mvmctl ./cmd/mvmctl
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/mvm-agent ./cmd/mvm-agent
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/mvm-egress ./cmd/mvm-egress
 
 setup: build
 	$(BIN)/mvmctl setup

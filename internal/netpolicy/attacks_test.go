@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/netpolicy/handoff"
 	"golang.org/x/net/dns/dnsmessage"
 )
 
@@ -265,7 +266,7 @@ func TestEgressHelperBounded(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := handoff(sock, "dns", int(pair[1].Fd())); err != nil {
+		if err := handoff.Send(sock, "dns", int(pair[1].Fd())); err != nil {
 			t.Fatal(err)
 		}
 		pair[1].Close()

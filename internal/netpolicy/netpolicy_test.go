@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/guestnet"
+	"github.com/mvm-sandbox/mvm/internal/netpolicy/handoff"
 	"golang.org/x/net/dns/dnsmessage"
 )
 
@@ -581,7 +582,7 @@ func TestHelperHandoff(t *testing.T) {
 	}
 	defer pair[0].Close()
 	done := make(chan error, 1)
-	go func() { done <- handoff(sock, "10.0.2.101:"+portOf(web), int(pair[1].Fd())) }()
+	go func() { done <- handoff.Send(sock, "10.0.2.101:"+portOf(web), int(pair[1].Fd())) }()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -130,5 +132,31 @@ func TestPresetsHTTPSOnly(t *testing.T) {
 				t.Errorf("preset %s: %s is not HTTPS", name, e)
 			}
 		}
+	}
+}
+
+// QEMU runs the small mvm-egress helper per guest connection when it is
+// installed beside mvmctl, and `mvmctl __egress` otherwise.
+func TestHelperBinaryPreferred(t *testing.T) {
+	dir := t.TempDir()
+	mvmctl := filepath.Join(dir, "mvmctl")
+	os.WriteFile(mvmctl, []byte("#!/bin/sh\n"), 0o755)
+	if got := HelperExe(mvmctl); got != mvmctl {
+		t.Errorf("without the helper: %s", got)
+	}
+	if cmd, _ := HelperCmdline(HelperExe(mvmctl), "dns"); cmd != "'"+mvmctl+"' __egress egress.sock dns" {
+		t.Errorf("fallback cmdline %q", cmd)
+	}
+	helper := filepath.Join(dir, HelperBinary)
+	os.WriteFile(helper, []byte("#!/bin/sh\n"), 0o644)
+	if got := HelperExe(mvmctl); got != mvmctl {
+		t.Errorf("a helper that is not executable was chosen: %s", got)
+	}
+	os.Chmod(helper, 0o755)
+	if got := HelperExe(mvmctl); got != helper {
+		t.Errorf("with the helper: %s", got)
+	}
+	if cmd, _ := HelperCmdline(HelperExe(mvmctl), "10.0.2.101:443"); cmd != "'"+helper+"' egress.sock 10.0.2.101:443" {
+		t.Errorf("helper cmdline %q", cmd)
 	}
 }

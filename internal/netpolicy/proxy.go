@@ -5,19 +5,20 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"log"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/guestnet"
+	"github.com/mvm-sandbox/mvm/internal/netpolicy/handoff"
 	"golang.org/x/net/dns/dnsmessage"
 	"golang.org/x/sys/unix"
 )
@@ -264,9 +265,6 @@ func (p *Proxy) decide(allow bool, name string, port int, proto, reason string, 
 	p.audit(kind, f)
 }
 
-// helloPrefix starts each helper's message on the egress socket.
-const helloPrefix = "mvm-egress 1 "
-
 // Serve accepts connections from egress helpers on l (the unix socket
 // EgressSocket): each carries one guest connection as a file descriptor.
 func (p *Proxy) Serve(l net.Listener) error {
@@ -312,12 +310,12 @@ func (p *Proxy) accept(c net.Conn) {
 	if err != nil {
 		return
 	}
-	target, ok := strings.CutPrefix(strings.TrimSpace(string(buf[:n])), helloPrefix)
+	target, ok := strings.CutPrefix(strings.TrimSpace(string(buf[:n])), handoff.Prefix)
 	if !ok {
 		guest.Close()
 		return
 	}
-	uc.Write([]byte("ok\n"))
+	uc.Write([]byte(handoff.Ack))
 	p.Handle(guest, target)
 }
 
@@ -634,47 +632,45 @@ func (p *Proxy) AnswerDNS(query []byte) []byte {
 
 // ---- the helper QEMU runs for each guest connection ----
 
-// HelperCommand is the hidden mvmctl command QEMU runs per connection.
+// HelperCommand is the hidden mvmctl command that can stand in for the
+// helper binary (HelperBinary) when that is not installed.
 const HelperCommand = "__egress"
 
-// HelperCmdline is the guest forward command for target: exe run in the
-// sandbox directory (QEMU's working directory), passing the connection to
-// the proxy over EgressSocket.
+// HelperBinary is the small helper QEMU runs per guest connection
+// (cmd/mvm-egress), looked for beside mvmctl.
+const HelperBinary = "mvm-egress"
+
+// HelperExe returns the helper to run for a sandbox of mvmctl: HelperBinary
+// beside it when present, else mvmctl itself (with HelperCommand).
+func HelperExe(mvmctl string) string {
+	if p, err := filepath.EvalSymlinks(mvmctl); err == nil {
+		mvmctl = p
+	}
+	h := filepath.Join(filepath.Dir(mvmctl), HelperBinary)
+	if st, err := os.Stat(h); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+		return h
+	}
+	return mvmctl
+}
+
+// HelperCmdline is the guest forward command for target: exe (HelperBinary,
+// or mvmctl with HelperCommand) run in the sandbox directory (QEMU's
+// working directory), passing the connection to the proxy over
+// EgressSocket.
 func HelperCmdline(exe, target string) (string, error) {
 	if strings.ContainsAny(exe, "'\n\x00") {
 		return "", fmt.Errorf("mvmctl path %q cannot be used in a guest forward", exe)
 	}
-	return "'" + exe + "' " + HelperCommand + " " + EgressSocket + " " + target, nil
+	cmd := "'" + exe + "' "
+	if filepath.Base(exe) != HelperBinary {
+		cmd += HelperCommand + " "
+	}
+	return cmd + EgressSocket + " " + target, nil
 }
 
-// RunHelper is the body of `mvmctl __egress SOCKET TARGET`: fd 0 (and 1
-// and 2) is the guest's connection. It hands fd 0 to the proxy and exits;
-// it writes nothing, since anything written to stderr would reach the
-// guest.
+// RunHelper is the body of `mvmctl __egress SOCKET TARGET` (see
+// handoff.Run).
 func RunHelper(sock, target string) error {
-	if null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0); err == nil {
-		unix.Dup2(int(null.Fd()), 2)
-		null.Close()
-	}
 	log.SetOutput(io.Discard)
-	return handoff(sock, target, 0)
-}
-
-// handoff passes fd to the proxy listening on sock, for target.
-func handoff(sock, target string, fd int) error {
-	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	// Short: a helper is a process; it must not linger.
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, _, err := conn.WriteMsgUnix([]byte(helloPrefix+target+"\n"), unix.UnixRights(fd), nil); err != nil {
-		return err
-	}
-	var ack [3]byte
-	if _, err := io.ReadFull(conn, ack[:]); err != nil || string(ack[:]) != "ok\n" {
-		return errors.New("egress proxy did not accept the connection")
-	}
-	return nil
+	return handoff.Run(sock, target)
 }

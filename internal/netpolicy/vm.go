@@ -8,7 +8,8 @@ import (
 )
 
 // VMNetwork is the NIC a sandbox with c gets (nil for none). exe is the
-// mvmctl binary QEMU runs as the egress helper of each guest forward.
+// egress helper QEMU runs for each guest connection on a forward (see
+// HelperExe).
 func (c Config) VMNetwork(exe string) (*backend.Network, error) {
 	if !c.HasNIC() {
 		return nil, nil

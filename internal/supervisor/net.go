@@ -39,7 +39,7 @@ func (s *supervisor) startNetwork(spec *backend.Spec, cfg netpolicy.Config) erro
 	if err != nil {
 		return err
 	}
-	n, err := cfg.VMNetwork(exe)
+	n, err := cfg.VMNetwork(netpolicy.HelperExe(exe))
 	if err != nil {
 		return err
 	}

@@ -16,7 +16,7 @@ func Root() string {
 	return filepath.Join(filepath.Dir(self), "..", "..")
 }
 
-// Build compiles mvmctl and mvm-agent (static) into dir. With
+// Build compiles mvmctl, mvm-agent and mvm-egress (both static) into dir. With
 // MVM_TEST_RACE=1, mvmctl (and so every supervisor) is built with the race
 // detector; point GORACE=log_path=... somewhere to collect reports.
 func Build(dir string) error {
@@ -31,6 +31,7 @@ func Build(dir string) error {
 	}{
 		{"mvmctl", "./cmd/mvmctl", nil, race},
 		{"mvm-agent", "./cmd/mvm-agent", []string{"CGO_ENABLED=0"}, nil},
+		{"mvm-egress", "./cmd/mvm-egress", []string{"CGO_ENABLED=0"}, nil},
 	} {
 		// The same flags as `make build`, so tests and benchmarks boot
 		// what users get (a stripped agent makes a smaller initramfs).
