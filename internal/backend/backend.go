@@ -5,6 +5,7 @@ package backend
 import (
 	"context"
 	"net"
+	"os"
 	"time"
 )
 
@@ -32,6 +33,10 @@ type Spec struct {
 	// Network, when set, gives the guest one NIC on the VMM's user-mode
 	// network; nil means no network device at all.
 	Network *Network `json:"network,omitempty"`
+	// Console, when set, receives the guest's serial console (typically
+	// the write end of a pipe whose reader caps the log); otherwise the
+	// VMM writes Dir/console.log itself, without bound.
+	Console *os.File `json:"-"`
 }
 
 // Network is a guest NIC on user-mode networking (QEMU slirp).

@@ -6,14 +6,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/mvm-sandbox/mvm/internal/termsafe"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 )
@@ -440,34 +439,34 @@ func humanSince(d time.Duration) string {
 }
 
 func newLogsCmd(app *App) *cobra.Command {
-	var follow, jsonOut bool
-	var lines int
+	var o runtime.LogOptions
+	var jsonOut bool
 	cmd := &cobra.Command{
 		Use:   "logs NAME",
 		Short: "Show the guest console and agent log (-f to follow)",
-		Args:  cobra.ExactArgs(1),
+		Long: `logs prints the guest's serial console, which also carries the agent's log.
+The supervisor caps it (MVM_CONSOLE_LOG_MAX bytes, default 4 MiB, then it
+rotates, keeping one previous generation). The guest writes it, so control
+characters are shown escaped (\x1b...) unless --raw is given.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.Lines < 0 {
+				return exitCode(ExitUsage, errors.New("-n must not be negative"))
+			}
 			rt, err := app.runtime()
 			if err != nil {
 				return err
 			}
-			dir, err := rt.Dir(args[0])
-			if err != nil {
-				return err
-			}
-			path := filepath.Join(dir, "console.log")
 			ctx, _, stop := signalContext(context.Background())
 			defer stop()
 			var w io.Writer = app.Stdout
 			var nd *ndjsonLines
 			if jsonOut {
+				// JSON escapes control characters itself.
 				nd = &ndjsonLines{w: app.Stdout}
-				w = nd
+				w, o.Raw = nd, true
 			}
-			err = tailFile(ctx, w, path, lines, follow, func() bool {
-				st, err := rt.Get(args[0])
-				return err == nil && sandbox.Active(st.Status)
-			})
+			err = rt.Logs(ctx, args[0], o, w)
 			if nd != nil {
 				nd.Flush()
 			}
@@ -475,54 +474,10 @@ func newLogsCmd(app *App) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, `print NDJSON: one {"line": TEXT} per console line`)
-	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output until the sandbox stops or Ctrl-C")
-	cmd.Flags().IntVarP(&lines, "lines", "n", 0, "print only the last N lines (0 = all)")
+	cmd.Flags().BoolVarP(&o.Follow, "follow", "f", false, "keep printing new output until the sandbox stops or Ctrl-C")
+	cmd.Flags().IntVarP(&o.Lines, "lines", "n", 0, "print only the last N lines (0 = all)")
+	cmd.Flags().BoolVar(&o.Raw, "raw", false, "print the guest's bytes unescaped (control characters reach your terminal)")
 	return cmd
-}
-
-// tailFile prints path (its last n lines when n > 0) and, with follow,
-// what is appended until alive() turns false or ctx ends.
-func tailFile(ctx context.Context, w io.Writer, path string, n int, follow bool, alive func() bool) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("no log yet: %w", err)
-	}
-	defer f.Close()
-	if n > 0 {
-		b, err := io.ReadAll(f)
-		if err != nil {
-			return err
-		}
-		ls := strings.SplitAfter(string(b), "\n")
-		if len(ls) > 0 && ls[len(ls)-1] == "" {
-			ls = ls[:len(ls)-1]
-		}
-		if len(ls) > n {
-			ls = ls[len(ls)-n:]
-		}
-		io.WriteString(w, strings.Join(ls, ""))
-	} else if _, err := io.Copy(w, f); err != nil {
-		return err
-	}
-	if !follow {
-		return nil
-	}
-	t := time.NewTicker(200 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		if _, err := io.Copy(w, f); err != nil {
-			return err
-		}
-		if !alive() {
-			io.Copy(w, f)
-			return nil
-		}
-	}
 }
 
 func newWaitCmd(app *App) *cobra.Command {
@@ -573,14 +528,21 @@ func newBootReportCmd(app *App) *cobra.Command {
 			if jsonOut {
 				return writeJSON(app.Stdout, map[string]any{"schema_version": 1, "name": st.Name, "id": st.ID, "state": st.Status, "boot": st.Boot})
 			}
+			// Component names and states, and the agent's description of
+			// itself, come from the guest: escaped before they reach the
+			// terminal.
 			b := st.Boot
-			fmt.Fprintf(app.Stdout, "%s (%s, %s)\n", st.Name, st.Status, b.Accel)
+			fmt.Fprintf(app.Stdout, "%s (%s, %s)\n", st.Name, st.Status, termsafe.Line(b.Accel))
 			fmt.Fprintf(app.Stdout, "host:  vmm started %d ms, channel open %d ms, agent ready %d ms\n", b.VMMStartedMS, b.ChannelOpenMS, b.AgentReadyMS)
 			fmt.Fprintf(app.Stdout, "guest: agent started %d ms, modules %d ms, root %d ms, channel bound %d ms (since kernel start)\n",
 				b.Guest["agent_started"], b.Guest["modules_loaded"], b.Guest["root_mounted"], b.Guest["channel_bound"])
+			if len(b.AgentInfo) > 0 {
+				fmt.Fprintf(app.Stdout, "agent (as reported by the guest): version %s, kernel %s, image profile %s\n",
+					termsafe.Line(b.AgentInfo["version"]), termsafe.Line(b.AgentInfo["kernel"]), termsafe.Line(b.AgentInfo["reported_profile"]))
+			}
 			tw := tabwriter.NewWriter(app.Stdout, 0, 4, 2, ' ', 0)
 			for _, k := range sortedKeys(b.Components) {
-				fmt.Fprintf(tw, "  %s\t%s\n", k, b.Components[k])
+				fmt.Fprintf(tw, "  %s\t%s\n", termsafe.Line(k), termsafe.Line(b.Components[k]))
 			}
 			return tw.Flush()
 		},

@@ -29,6 +29,7 @@ import (
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/mvm-sandbox/mvm/internal/termsafe"
 )
 
 // Ready is the one JSON line the supervisor writes to its ready pipe.
@@ -218,7 +219,13 @@ func (s *supervisor) boot(ctx context.Context, sigs <-chan os.Signal, holderGone
 	if err := s.startNetwork(&spec, netCfg); err != nil {
 		return err
 	}
+	consoleW, err := startConsoleLog(filepath.Join(s.dir, ConsoleLog), consoleLogMax())
+	if err != nil {
+		return err
+	}
+	spec.Console = consoleW
 	vm, err := startVMM(ctx, s.plan.Backend, spec)
+	consoleW.Close() // the VMM holds its own copy; EOF comes when it exits
 	if err != nil {
 		return err
 	}
@@ -327,17 +334,36 @@ func hostname(name string) string {
 	return name
 }
 
-// consoleTail returns the end of the console log, for error messages.
+// consoleTail returns the end of the console log, for error messages,
+// with the guest's control characters escaped.
 func consoleTail(path string) string {
-	b, err := os.ReadFile(path)
+	b, err := readTail(path, 64<<10)
 	if err != nil || len(strings.TrimSpace(string(b))) == 0 {
 		return ""
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	lines := strings.Split(strings.TrimRight(termsafe.Text(string(b)), "\n"), "\n")
 	if len(lines) > 15 {
 		lines = lines[len(lines)-15:]
 	}
 	return "\n--- console log (last lines) ---\n" + strings.Join(lines, "\n")
+}
+
+// readTail reads at most the last n bytes of path.
+func readTail(path string, n int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	off := st.Size() - n
+	if off < 0 {
+		off = 0
+	}
+	return io.ReadAll(io.NewSectionReader(f, off, st.Size()-off))
 }
 
 // serveAgent proxies each connection to a new stream on the guest channel.

@@ -126,7 +126,7 @@ func Start(ctx context.Context, spec backend.Spec) (*Machine, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := launch(bin, spec.Name, spec.Dir)
+	m, err := launch(bin, spec.Name, spec.Dir, spec.Console)
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +140,7 @@ func Start(ctx context.Context, spec backend.Spec) (*Machine, error) {
 // launch starts the Firecracker process: stdout (the guest's serial
 // console, which Firecracker writes to its standard output) goes to
 // console.log, its log and standard error to vmm.log.
-func launch(bin, name, dir string) (*Machine, error) {
+func launch(bin, name, dir string, console *os.File) (*Machine, error) {
 	// Firecracker refuses to start on a stale API socket; the sandbox
 	// directory is private, so whatever is there is ours from a past run.
 	for _, name := range []string{APISocket, VsockSocket} {
@@ -154,11 +154,15 @@ func launch(bin, name, dir string) (*Machine, error) {
 		return nil, err
 	}
 	defer logf.Close()
-	conf, err := os.OpenFile(filepath.Join(dir, ConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return nil, err
+	conf := console
+	if conf == nil {
+		f, err := os.OpenFile(filepath.Join(dir, ConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		conf = f
 	}
-	defer conf.Close()
 	cmd := exec.Command(bin, Args(name)...)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = conf, logf

@@ -66,7 +66,7 @@ func Args(spec backend.Spec, accel string) []string {
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-kernel", spec.Kernel,
 		"-append", cmdline,
-		"-chardev", "file,id=con,path=" + ConsoleLog,
+		"-chardev", "file,id=con,path=" + consolePath(spec),
 		"-serial", "chardev:con",
 		"-device", "virtio-serial-device,max_ports=2",
 		"-chardev", "socket,id=agent,path=" + ChannelSocket + ",server=on,wait=off",
@@ -89,6 +89,18 @@ func Args(spec backend.Spec, accel string) []string {
 	}
 	args = append(args, netArgs(spec.Network)...)
 	return args
+}
+
+// consoleFD is the descriptor QEMU finds spec.Console on (ExtraFiles[0]).
+const consoleFD = 3
+
+// consolePath is where QEMU writes the serial console: the inherited
+// spec.Console, or console.log in the sandbox directory.
+func consolePath(spec backend.Spec) string {
+	if spec.Console != nil {
+		return "/dev/fd/" + strconv.Itoa(consoleFD)
+	}
+	return ConsoleLog // relative: QEMU runs in spec.Dir
 }
 
 // Machine is a running QEMU process.
@@ -126,6 +138,9 @@ func Start(ctx context.Context, spec backend.Spec) (*Machine, error) {
 	cmd := exec.Command(bin, Args(spec, accel)...)
 	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if spec.Console != nil {
+		cmd.ExtraFiles = []*os.File{spec.Console} // fd 3 = consoleFD
+	}
 	proc, err := backend.StartProcess(cmd, "qemu", filepath.Join(spec.Dir, VMMLog))
 	if err != nil {
 		return nil, err
