@@ -420,6 +420,9 @@ type UnknownPackageError = rootfs.UnknownPackageError
 // (ext4 image and its digest) and publish (artifact directory and index
 // entry, renamed into the cache).
 func Build(ctx context.Context, d paths.Dirs, dir, templateName string, opts BuildOptions, progress func(Event)) (*Artifact, error) {
+	if err := cache.Secure(d.Cache); err != nil {
+		return nil, err
+	}
 	b := &build{start: time.Now(), progress: progress, phase: PhaseResolve, l: layoutOf(d), refresh: opts.Refresh}
 	b.emit(StatusStarted, "")
 	plan, err := resolve(dir, templateName, opts)

@@ -97,6 +97,9 @@ func loadKernel(dir string) (*Kernel, error) {
 // neither the network nor apt, and reads only each kernel's small kernel.json
 // record. When no complete kernel is found, the error wraps ErrKernelMissing.
 func FindKernel(d paths.Dirs) (*Kernel, error) {
+	if err := cache.Secure(d.Cache); err != nil {
+		return nil, err
+	}
 	dir := d.Kernels()
 	ents, err := os.ReadDir(dir)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/paths"
 	"github.com/mvm-sandbox/mvm/internal/testbin"
 )
 
@@ -162,6 +163,24 @@ func TestConsoleLogCapped(t *testing.T) {
 	if r := e.must("logs", "noisy", "-n", "3"); strings.Count(r.stdout, "\n") != 3 || !strings.Contains(r.stdout, "flood 3997 ") {
 		t.Errorf("logs -n 3: %q", r.stdout)
 	}
+	// The cache it booted from is private (issue 11 item 15).
+	cache := paths.FromEnv().Cache
+	if st, err := os.Stat(cache); err != nil || st.Mode().Perm()&0o077 != 0 {
+		t.Errorf("cache %s is readable by others: %v", cache, err)
+	}
+
+	// Issue 11 item 17, as docs/images.md says: the minimal image's busybox
+	// wget crashes with -T; `timeout N wget` is the way to bound it.
+	t.Run("BusyboxWgetTimeout", func(t *testing.T) {
+		r := e.run("exec", "noisy", "--", "sh", "-c", "wget -q -T 2 -O - http://127.0.0.1:1/; echo rc=$?")
+		if !strings.Contains(r.stdout, "rc=139") {
+			t.Errorf("wget -T no longer crashes: update docs/images.md (%s)", r)
+		}
+		r = e.run("exec", "noisy", "--", "sh", "-c", "timeout 5 wget -q -O - http://127.0.0.1:1/; echo rc=$?")
+		if !strings.Contains(r.stdout, "rc=1") {
+			t.Errorf("timeout 5 wget: %s", r)
+		}
+	})
 }
 
 // sandboxDir is the state directory of sandbox name.

@@ -22,11 +22,33 @@ import (
 )
 
 // Modes of everything created in the cache. They are the single place to
-// change who may read the cache.
+// change who may read the cache: only its owner. Artifacts hold what a
+// manifest put there (env values, the copied /work tree), so the cache is
+// private like the state and data directories.
 const (
-	DirMode  fs.FileMode = 0o755
-	FileMode fs.FileMode = 0o644
+	DirMode  fs.FileMode = 0o700
+	FileMode fs.FileMode = 0o600
 )
+
+// Secure makes the cache root private (mode 0700) when it exists with any
+// group or other permission, as caches made before the modes above were.
+// Everything beneath is then out of other users' reach whatever its own
+// mode. It creates nothing.
+func Secure(root string) error {
+	st, err := os.Stat(root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if st.IsDir() && st.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(root, DirMode); err != nil {
+			return fmt.Errorf("make the cache %s private: %w", root, err)
+		}
+	}
+	return nil
+}
 
 // lockRetry is how often a waiting Lock tries again.
 const lockRetry = 50 * time.Millisecond

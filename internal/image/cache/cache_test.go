@@ -197,3 +197,32 @@ func TestPublishDir(t *testing.T) {
 		t.Fatalf("refresh: %v %v %q", ok, err, read())
 	}
 }
+
+// TestCacheNotWorldReadable is issue 11 item 15: what the cache creates is
+// its owner's only (0700 directories, 0600 files), and an existing cache
+// root left readable by older versions is made private.
+func TestCacheNotWorldReadable(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "mvm")
+	p := filepath.Join(root, "images", "abc", "artifact.json")
+	if err := WriteFile(p, []byte("{}"), FileMode); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]os.FileMode{p: 0o600, filepath.Dir(p): 0o700, filepath.Join(root, "images"): 0o700} {
+		st, err := os.Stat(path)
+		if err != nil || st.Mode().Perm() != want {
+			t.Errorf("%s: mode %v, want %v (%v)", path, st.Mode().Perm(), want, err)
+		}
+	}
+	old := filepath.Join(t.TempDir(), "old-cache")
+	os.MkdirAll(old, 0o755)
+	os.Chmod(old, 0o755)
+	if err := Secure(old); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(old); st.Mode().Perm() != 0o700 {
+		t.Errorf("old cache root: %v", st.Mode().Perm())
+	}
+	if err := Secure(filepath.Join(t.TempDir(), "missing")); err != nil {
+		t.Errorf("missing root: %v", err)
+	}
+}
