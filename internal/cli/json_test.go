@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
@@ -276,5 +277,36 @@ func TestJSONFailuresPrintOneErrorObject(t *testing.T) {
 		if withError != 1 {
 			t.Errorf("%v: exit %d, %d error objects in %q (stderr %q)", args, code, withError, out, errb)
 		}
+	}
+}
+
+// TestExecJSONShape: the documented keys of `exec --json`, text and base64
+// streams, truncation, and the receipt id (the SDKs' receipt_id was always
+// null: exec --json did not print it).
+func TestExecJSONShape(t *testing.T) {
+	out, errc := &capture{limit: 4}, &capture{limit: 16}
+	out.Write([]byte("hello world"))
+	errc.Write([]byte{0xff, 0x00})
+	res := &runtime.ExecResult{AuditID: "5:3d41e0c1183d9b2a", ReceiptID: "0b7f3c52-9a1e-4d6b-8f20-5c3e7a91d4b8"}
+	obj := execJSON("box", 3, false, 1500*time.Millisecond, res, out, errc)
+	b, _ := json.Marshal(obj)
+	var got map[string]any
+	json.Unmarshal(b, &got)
+	want := map[string]any{"schema_version": float64(1), "sandbox": "box", "exit_code": float64(3), "timed_out": false,
+		"duration_ms": float64(1500), "audit_id": "5:3d41e0c1183d9b2a", "receipt_id": "0b7f3c52-9a1e-4d6b-8f20-5c3e7a91d4b8",
+		"stdout": "hell", "stdout_bytes": float64(11), "stdout_truncated": true,
+		"stderr_base64": "/wA=", "stderr_bytes": float64(2), "stderr_truncated": false}
+	if len(got) != len(want) {
+		t.Errorf("keys %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %v, want %v", k, got[k], v)
+		}
+	}
+	// Timed out before the agent answered: no ids.
+	timed := execJSON("box", ExitTimeout, true, time.Second, nil, &capture{limit: 1}, &capture{limit: 1})
+	if _, ok := timed["receipt_id"]; ok || timed["timed_out"] != true || timed["exit_code"] != ExitTimeout {
+		t.Errorf("timed out: %v", timed)
 	}
 }

@@ -252,15 +252,7 @@ failed; 126 not executable (or refused by a sealed image); 127 not found.`,
 				}
 			}
 			if jsonOut {
-				obj := map[string]any{"schema_version": 1, "sandbox": args[0], "exit_code": code,
-					"timed_out": timedOut, "duration_ms": ms(time.Since(t0))}
-				if res != nil {
-					obj["audit_id"] = res.AuditID
-					obj["receipt_id"] = res.ReceiptID
-				}
-				outCap.into(obj, "stdout")
-				errCap.into(obj, "stderr")
-				writeJSON(app.Stdout, obj)
+				writeJSON(app.Stdout, execJSON(args[0], code, timedOut, time.Since(t0), res, outCap, errCap))
 			} else if timedOut {
 				fmt.Fprintf(app.Stderr, "mvmctl: command timed out after %s and was killed\n", timeout)
 			}
@@ -280,6 +272,20 @@ failed; 126 not executable (or refused by a sealed image); 127 not found.`,
 	fl.IntVar(&maxOutput, "max-output", 4<<20, "with --json: bytes of each stream kept in the result")
 	fl.StringVar(&receipt, "receipt", "", "write a signed receipt of the run to this file")
 	return cmd
+}
+
+// execJSON is the object `exec --json` prints for a command that ran
+// (res is nil when it timed out before the agent reported).
+func execJSON(sb string, code int, timedOut bool, d time.Duration, res *runtime.ExecResult, out, errc *capture) map[string]any {
+	obj := map[string]any{"schema_version": 1, "sandbox": sb, "exit_code": code,
+		"timed_out": timedOut, "duration_ms": ms(d)}
+	if res != nil {
+		obj["audit_id"] = res.AuditID
+		obj["receipt_id"] = res.ReceiptID
+	}
+	out.into(obj, "stdout")
+	errc.into(obj, "stderr")
+	return obj
 }
 
 // rawTerminal puts the caller's terminal in raw mode for -t and returns
