@@ -29,6 +29,24 @@ from ._errors import (
     TransportError,
     Unsupported,
 )
+from ._declare import (
+    RemoteError,
+    Workload,
+    app,
+    debian_packages,
+    entrypoint,
+    entrypoint_function,
+    hooks,
+    local_path,
+    network,
+    nix_packages,
+    node_image,
+    python_image,
+    resources,
+    secret,
+    template,
+    workload,
+)
 from ._files import EntryInfo, Files
 from ._sandbox import PortForward, Ports, Sandbox, SandboxInfo
 
@@ -56,5 +74,21 @@ __all__ = [
     "InvalidArgument",
     "Unsupported",
     "ModeError",
+    "app",
+    "local_path",
+    "nix_packages",
+    "debian_packages",
+    "python_image",
+    "node_image",
+    "template",
+    "resources",
+    "network",
+    "secret",
+    "entrypoint",
+    "entrypoint_function",
+    "hooks",
+    "workload",
+    "Workload",
+    "RemoteError",
     "__version__",
 ]
