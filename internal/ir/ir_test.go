@@ -114,6 +114,7 @@ func badCases(t *testing.T) []badCase {
 		{"star", mutate(t, good, set("network", map[string]any{"mode": "allow", "allow": []string{"*"}})), ENetworkWildcard, false},
 		{"ip literal", mutate(t, good, set("network", map[string]any{"mode": "allow", "allow": []string{"10.0.0.1:443"}})), ENetworkIPLiteral, false},
 		{"cidr", mutate(t, good, set("network", map[string]any{"mode": "allow", "allow": []string{"10.0.0.0/8"}})), ENetworkIPLiteral, false},
+		{"host loopback", mutate(t, good, set("network", map[string]any{"mode": "allow", "allow": []string{"host.mvm.internal:22"}})), ENetwork, false},
 		{"ipv6", mutate(t, good, set("network", map[string]any{"mode": "allow", "allow": []string{"[::1]:443"}})), ENetworkIPLiteral, false},
 		{"env name", mutate(t, good, set("env", map[string]any{"1X": map[string]any{"kind": "literal", "value": "v"}})), EEnv, true},
 		{"env secret with value", mutate(t, good, set("env", map[string]any{"K": map[string]any{"kind": "secret", "name": "k", "value": "leak"}})), EEnv, true},

@@ -362,6 +362,8 @@ func (w *Workload) validateNetwork(add func(code, p, format string, a ...any)) {
 		switch {
 		case strings.Contains(host, "*"):
 			add(ENetworkWildcard, p, "%q: wildcards are not allowed; list each host name", clip(a))
+		case strings.EqualFold(host, netpolicy.HostAlias):
+			add(ENetwork, p, "%q is the host's own loopback; a declaration can never allow it (only the operator, with --allow on the command line)", clip(a))
 		case isIPish(host):
 			add(ENetworkIPLiteral, p, "%q: IP addresses and CIDRs are not allowed; name the host (the egress proxy matches names)", clip(a))
 		default:

@@ -188,6 +188,49 @@ func (r *Runtime) CheckApproved(wl *Workload, profile string) error {
 	return nil
 }
 
+// DeclaredNetworkError refuses a declaration's egress that neither an
+// approval of its hash nor the operator's --allow-manifest-network grants.
+type DeclaredNetworkError struct {
+	Name, Hash, File string
+	Allow            []string
+}
+
+func (e *DeclaredNetworkError) Error() string {
+	return fmt.Sprintf("the declaration of %s asks for network egress to %s, which nobody has granted; "+
+		"a declaration is a request: review and approve it (`mvmctl approve %s`), or grant it for this boot with --allow-manifest-network",
+		e.Name, strings.Join(e.Allow, ", "), e.File)
+}
+
+// Unwrap makes it a policy refusal.
+func (e *DeclaredNetworkError) Unwrap() error { return ErrPolicy }
+
+// checkDeclaredNetwork treats a declaration's egress like a manifest's: it
+// is shown before boot and applied only when its exact hash is approved or
+// the operator consents (AllowManifestNetwork). The host's own loopback is
+// refused by validation (and by the network policy for non-CLI origins).
+func (r *Runtime) checkDeclaredNetwork(wl *Workload, o *UpOptions) error {
+	n := wl.IR.Network
+	if n.Mode != ir.NetAllow || len(n.Allow) == 0 {
+		return nil
+	}
+	if o.Notice != nil {
+		o.Notice(fmt.Sprintf("the declaration of %s asks for network egress to %s", wl.IR.Name, strings.Join(n.Allow, ", ")))
+	}
+	if o.AllowManifestNetwork {
+		return nil
+	}
+	w, err := r.witness()
+	if err != nil {
+		return err
+	}
+	if _, err := approval.Check(r.Dirs.Data, wl.Hash, w.signer.Public); err == nil {
+		return nil
+	}
+	r.Audit("workload.refused", "workload:"+wl.IR.Name, map[string]any{
+		"workload_ir_sha256": wl.Hash, "reason": "network_not_granted", "allow_count": len(n.Allow)})
+	return &DeclaredNetworkError{Name: wl.IR.Name, Hash: wl.Hash, File: wl.File, Allow: n.Allow}
+}
+
 // Approve records the workload's hash as approved with the host key.
 func (r *Runtime) Approve(wl *Workload) (*approval.Approval, error) {
 	w, err := r.witness()
@@ -218,6 +261,9 @@ func (r *Runtime) Approvals() ([]approval.Entry, error) {
 // worker and after_start hooks. On failure nothing is left running.
 func (r *Runtime) UpWorkload(ctx context.Context, wl *Workload, o UpOptions) (*Sandbox, error) {
 	if err := r.CheckApproved(wl, o.RunProfile); err != nil {
+		return nil, err
+	}
+	if err := r.checkDeclaredNetwork(wl, &o); err != nil {
 		return nil, err
 	}
 	art, err := r.BuildWorkload(ctx, wl, o.BuildProgress)

@@ -1,0 +1,90 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mvm-sandbox/mvm/internal/approval"
+)
+
+func writeDecl(t *testing.T, src string) string {
+	t.Helper()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "app.py")
+	if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const egressDecl = `import mvm
+@mvm.app(name="fetcher", image=mvm.python_image("3.13"),
+         network=mvm.network(mode="allow", allow=["api.example.com:443"]))
+def run() -> str:
+    return "ok"
+`
+
+// A declaration's egress is a request, like a manifest's: printed before
+// boot, refused (before anything is built or created) unless its hash is
+// approved or the operator consents, and the refusal is audited.
+func TestDeclaredEgressNeedsApprovalOrConsent(t *testing.T) {
+	r := testRuntime(t)
+	wl, err := LoadWorkload(context.Background(), writeDecl(t, egressDecl))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var notices []string
+	o := UpOptions{Notice: func(s string) { notices = append(notices, s) }}
+	_, err = r.UpWorkload(context.Background(), wl, o)
+	var de *DeclaredNetworkError
+	if !errors.As(err, &de) || !errors.Is(err, ErrPolicy) || !strings.Contains(err.Error(), "mvmctl approve") {
+		t.Fatalf("unapproved egress: %v", err)
+	}
+	if len(notices) != 1 || !strings.Contains(notices[0], "api.example.com:443") {
+		t.Errorf("egress not shown before boot: %v", notices)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(r.Dirs.State, "sb")); len(ents) != 0 {
+		t.Errorf("a refused up left state: %v", ents)
+	}
+	chain, _ := os.ReadFile(filepath.Join(r.Dirs.Audit(), "chain.jsonl"))
+	if !strings.Contains(string(chain), "network_not_granted") || !strings.Contains(string(chain), wl.Hash) {
+		t.Errorf("refusal not audited")
+	}
+	// approved: the network check passes (the build is what fails here,
+	// with no template cache in this test)
+	if _, err := r.Approve(wl); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.checkDeclaredNetwork(wl, &o); err != nil {
+		t.Errorf("approved egress refused: %v", err)
+	}
+	if _, err := approval.Check(r.Dirs.Data, wl.Hash, nil); err == nil {
+		t.Error("approval verified with no key")
+	}
+	// consent instead of approval
+	r2 := testRuntime(t)
+	o2 := UpOptions{AllowManifestNetwork: true}
+	if err := r2.checkDeclaredNetwork(wl, &o2); err != nil {
+		t.Errorf("consented egress refused: %v", err)
+	}
+	// a deny declaration needs neither
+	deny, err := LoadWorkload(context.Background(), writeDecl(t, strings.Replace(egressDecl, `mode="allow", allow=["api.example.com:443"]`, `mode="deny"`, 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.checkDeclaredNetwork(deny, &UpOptions{}); err != nil {
+		t.Errorf("deny: %v", err)
+	}
+}
+
+// The host's own loopback can never be declared.
+func TestDeclarationNeverAllowsHostInternal(t *testing.T) {
+	_, err := LoadWorkload(context.Background(), writeDecl(t, strings.Replace(egressDecl, "api.example.com:443", "host.mvm.internal:22", 1)))
+	if err == nil || !strings.Contains(err.Error(), "E_NETWORK") || !strings.Contains(err.Error(), "loopback") {
+		t.Fatalf("host.mvm.internal declared: %v", err)
+	}
+}
