@@ -30,8 +30,9 @@ type runFlags struct {
 
 func newRunCmd(app *App) *cobra.Command {
 	f := &runFlags{}
+	var mode string
 	cmd := &cobra.Command{
-		Use:   "run [flags] -- ARGV...",
+		Use:   "run [flags] -- ARGV... | run --mode live|record SCRIPT [ARGS...]",
 		Short: "Boot a transient sandbox, run one command in it, tear it down",
 		Long: `run boots a fresh microVM, runs ARGV in it with stdout and stderr streamed
 separately, exits with the command's exit code and removes the sandbox on
@@ -47,10 +48,14 @@ Exit codes: the command's own; 124 timeout; 125 mvm failed (boot, transport);
   mvmctl run --json -- true`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if mode != "" {
+				return runScript(cmd.Context(), app, mode, args)
+			}
 			return runRun(cmd.Context(), app, f, args)
 		},
 	}
 	fl := cmd.Flags()
+	fl.StringVar(&mode, "mode", "", "live|record: run SCRIPT (an SDK script, .py or .js) on the host with MVM_SDK_MODE set instead of ARGV in a microVM; record prints the Workload IR of its recording (docs/declarations.md)")
 	fl.IntVar(&f.cpus, "cpus", 1, "virtual CPUs")
 	fl.StringVar(&f.memory, "memory", "512M", "guest memory (e.g. 512M, 1G)")
 	fl.DurationVar(&f.timeout, "timeout", 0, "kill the command after this long (exit 124); 0 = no limit")
