@@ -268,3 +268,49 @@ export const worker = mvm.app({
 	e.must("audit", "verify")
 	e.must("down", "tsworker")
 }
+
+// run --mode record runs an SDK script without booting and prints the IR
+// of its recording; --mode live runs it against real microVMs through this
+// mvmctl.
+func TestRunScriptModes(t *testing.T) {
+	e := newEnv(t)
+	sdk, _ := filepath.Abs("../../sdk/python/src")
+	e.extra = append(e.extra, "PYTHONPATH="+sdk)
+	dir := t.TempDir()
+	rec := filepath.Join(dir, "rec.py")
+	writeFile(t, rec, `import mvm
+sb = mvm.Sandbox.create("python-3.13", workload_id="etl")
+sb.files.write("/app/main.py", "print('hi')\n")
+sb.commands.start(["python3", "/app/main.py"])
+print("script output goes to stderr")
+`)
+	r := e.must("run", "--mode", "record", rec)
+	var ir struct {
+		Name        string `json:"name"`
+		Image       struct{ Kind, Name string }
+		Entrypoints []struct {
+			Kind    string
+			Command []string
+		}
+		Files []struct{ Path string }
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &ir); err != nil {
+		t.Fatalf("record mode did not print IR: %v %s", err, r)
+	}
+	if ir.Name != "etl" || ir.Image.Name != "python-3.13" || ir.Entrypoints[0].Command[1] != "/app/main.py" || ir.Files[0].Path != "/app/main.py" {
+		t.Errorf("IR: %+v", ir)
+	}
+	if !strings.Contains(r.stderr, "script output goes to stderr") || len(e.sandboxDirs()) != 0 {
+		t.Errorf("record mode: %s (sandboxes %v)", r, e.sandboxDirs())
+	}
+	live := filepath.Join(dir, "live.py")
+	writeFile(t, live, `import mvm
+with mvm.Sandbox.create("minimal", workload_id="live") as sb:
+    print(sb.commands.run(["echo", "from-the-guest"]).stdout, end="")
+`)
+	if r := e.must("run", "--mode", "live", live); strings.TrimSpace(r.stdout) != "from-the-guest" {
+		t.Errorf("live mode: %s", r)
+	}
+	e.expect(2, "run", "--mode", "nope", live)
+	e.assertClean()
+}
