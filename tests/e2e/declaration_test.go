@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // issueDecl is issue 12's declaration, verbatim.
@@ -159,7 +160,13 @@ CALLS = []
 @mvm.app(
     name="svc",
     image=mvm.python_image("3.13"),
-    entrypoint=mvm.entrypoint_function(warm=True),
+    entrypoints=[
+        mvm.entrypoint_function(warm=True),
+        mvm.entrypoint(command=["sh", "-c", "echo started > /tmp/cmd-started; exec sleep 100000"]),
+    ],
+    before_start=[["sh", "-c", "echo before > /tmp/hook-before"]],
+    hooks=mvm.hooks(after_start=[["sh", "-c", "echo after > /tmp/hook-after"]],
+                    before_stop=[["sh", "-c", "echo stop > /tmp/hook-stop"]]),
 )
 def handle(kind="ok", n=0):
     CALLS.append(kind)
@@ -173,6 +180,18 @@ def handle(kind="ok", n=0):
 `)
 	e.must("up", filepath.Join(dir, "svc.py"))
 	defer e.run("down", "svc")
+	// hooks ran around the start, and the command entrypoint runs in the
+	// background
+	if r := e.must("exec", "svc", "--", "cat", "/tmp/hook-before", "/tmp/hook-after"); r.stdout != "before\nafter\n" {
+		t.Errorf("hooks: %s", r)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for e.run("exec", "svc", "--", "test", "-e", "/tmp/cmd-started").code != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the command entrypoint did not start")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	call := func(code int, input string) result {
 		return e.expect(code, "invoke", "svc", "--json", "--input", input)
 	}
@@ -223,7 +242,12 @@ def handle(kind="ok", n=0):
 		t.Errorf("oversized input: %s", r)
 	}
 	e.must("audit", "verify")
+	// before_stop runs at down, in the guest (an exec recorded in the chain)
+	before := countKind(t, e, "exec.finished")
 	e.must("down", "svc")
+	if after := countKind(t, e, "exec.finished"); after != before+1 {
+		t.Errorf("before_stop hook did not run at down: exec.finished %d -> %d", before, after)
+	}
 }
 
 // The TypeScript equivalent on the node image: the declaration is read
