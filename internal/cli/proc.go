@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
-	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -44,17 +43,17 @@ the process's own code.`, agentapi.ProcOutputBytes>>10, agentapi.ProcRetention,
 	return cmd
 }
 
-func procJSON(p *pb.ProcInfo) map[string]any {
+func procJSON(p *runtime.ProcInfo) map[string]any {
 	obj := map[string]any{
 		"handle": p.Handle, "pid": p.Pid, "argv": p.Argv, "state": p.State,
-		"started":      time.Unix(0, p.StartedUnixNano).UTC().Format(time.RFC3339Nano),
+		"started":      p.Started.UTC().Format(time.RFC3339Nano),
 		"stdout_bytes": p.StdoutBytes, "stderr_bytes": p.StderrBytes,
 		"stdout_dropped": p.StdoutDropped, "stderr_dropped": p.StderrDropped,
 		"stdin_open": p.StdinOpen, "exit_code": nil, "signal": nil, "exited": nil,
 	}
 	if p.Exit != nil {
 		obj["exit_code"], obj["signal"] = p.Exit.Code, p.Exit.Signal
-		obj["exited"] = time.Unix(0, p.ExitedUnixNano).UTC().Format(time.RFC3339Nano)
+		obj["exited"] = p.Exited.UTC().Format(time.RFC3339Nano)
 	}
 	return obj
 }
@@ -150,7 +149,7 @@ func newProcLsCmd(app *App) *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s ago\t%s\n", safeName(p.Handle), p.Pid, p.State, exit,
 					p.StdoutBytes+p.StderrBytes, p.StdoutDropped+p.StderrDropped,
-					humanSince(time.Since(time.Unix(0, p.StartedUnixNano))), safeName(strings.Join(p.Argv, " ")))
+					humanSince(time.Since(p.Started)), safeName(strings.Join(p.Argv, " ")))
 			}
 			return tw.Flush()
 		},
@@ -185,12 +184,12 @@ it is reported on stderr with its size.`,
 				ctx, cancel = context.WithTimeout(ctx, timeout)
 				defer cancel()
 			}
-			gap := func(g *pb.OutputGap) {
+			gap := func(g runtime.OutputGap) {
 				stream := map[int32]string{1: "stdout", 2: "stderr"}[g.Fd]
 				fmt.Fprintf(app.Stderr, "mvmctl: %d bytes of %s were dropped: this reader fell behind the process's bounded output buffer (%d KiB)\n",
 					g.Lost, stream, agentapi.ProcOutputBytes>>10)
 			}
-			last, err := rt.ProcWait(ctx, args[0], &pb.ProcWaitRequest{Handle: args[1], NoFollow: noFollow}, app.Stdout, app.Stderr, gap)
+			last, err := rt.ProcWait(ctx, args[0], args[1], noFollow, app.Stdout, app.Stderr, gap)
 			if s := sig(); s != nil {
 				return &ExitError{Code: signalExit(s), Err: fmt.Errorf("interrupted by %v; the process keeps running", s)}
 			}
@@ -200,12 +199,12 @@ it is reported on stderr with its size.`,
 				}
 				return fsError(err, "proc wait "+args[1])
 			}
-			if r := last.GetRunning(); r != nil {
+			if r := last.Running; r != nil {
 				fmt.Fprintf(app.Stderr, "mvmctl: %s is still running (pid %d)\n", r.Handle, r.Pid)
 				return nil
 			}
-			if code := int(last.GetExit().GetCode()); code != 0 {
-				return &ExitError{Code: code, Silent: true}
+			if last.Exit != nil && last.Exit.Code != 0 {
+				return &ExitError{Code: int(last.Exit.Code), Silent: true}
 			}
 			return nil
 		},
@@ -245,7 +244,11 @@ func signalProc(app *App, name, handle string, sig int) error {
 		return fsError(err, "proc signal "+handle)
 	}
 	if info.State == "exited" {
-		fmt.Fprintf(app.Stderr, "mvmctl: %s had already exited (code %d)\n", handle, info.Exit.GetCode())
+		code := int32(0)
+		if info.Exit != nil {
+			code = info.Exit.Code
+		}
+		fmt.Fprintf(app.Stderr, "mvmctl: %s had already exited (code %d)\n", handle, code)
 	}
 	return nil
 }

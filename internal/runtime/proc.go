@@ -5,12 +5,78 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
 	"github.com/mvm-sandbox/mvm/internal/evidence"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
+
+// ProcInfo describes a background process (the runtime's own type; the
+// agent's protobuf messages stay below the runtime).
+type ProcInfo struct {
+	Handle  string
+	Pid     int32
+	Argv    []string
+	State   string    // "running" or "exited"
+	Exit    *ProcExit // set once exited
+	Started time.Time
+	Exited  time.Time // zero while running
+	// Bytes produced on each stream, and those no longer retained.
+	StdoutBytes, StderrBytes     int64
+	StdoutDropped, StderrDropped int64
+	StdinOpen                    bool
+}
+
+// ProcExit is how a process ended: its exit code, or the signal that
+// killed it.
+type ProcExit struct {
+	Code, Signal int32
+}
+
+// ProcWaitResult is how a wait ended: the exit, or (no-follow) the
+// process still running.
+type ProcWaitResult struct {
+	Exit    *ProcExit
+	Running *ProcInfo
+}
+
+// OutputGap reports bytes of one stream (1 stdout, 2 stderr) that left the
+// bounded buffer before the reader got them.
+type OutputGap struct {
+	Fd   int32
+	Lost int64
+}
+
+// GuestStats are a guest's metrics.
+type GuestStats struct {
+	MemTotalBytes, MemAvailableBytes uint64
+	Load1, Load5, Load15             float64
+	Processes                        uint32
+	UptimeSeconds                    float64
+	DiskTotalBytes, DiskFreeBytes    uint64
+}
+
+func procExit(e *pb.Exit) *ProcExit {
+	if e == nil {
+		return nil
+	}
+	return &ProcExit{Code: e.Code, Signal: e.Signal}
+}
+
+func procInfo(p *pb.ProcInfo) *ProcInfo {
+	if p == nil {
+		return nil
+	}
+	out := &ProcInfo{Handle: p.Handle, Pid: p.Pid, Argv: p.Argv, State: p.State, Exit: procExit(p.Exit),
+		Started: time.Unix(0, p.StartedUnixNano), StdoutBytes: p.StdoutBytes, StderrBytes: p.StderrBytes,
+		StdoutDropped: p.StdoutDropped, StderrDropped: p.StderrDropped, StdinOpen: p.StdinOpen}
+	if p.ExitedUnixNano != 0 {
+		out.Exited = time.Unix(0, p.ExitedUnixNano)
+	}
+	return out
+}
 
 // ProcStartOptions describe a background process.
 type ProcStartOptions struct {
@@ -41,14 +107,15 @@ func (r *Runtime) sandboxEnv(nameOrID string, env map[string]string) (map[string
 
 // ProcStart starts a background process and returns its handle and info.
 // The returned id names its exec.started audit entry.
-func (r *Runtime) ProcStart(ctx context.Context, name string, o ProcStartOptions) (info *pb.ProcInfo, auditID string, err error) {
+func (r *Runtime) ProcStart(ctx context.Context, name string, o ProcStartOptions) (info *ProcInfo, auditID string, err error) {
 	env, err := r.sandboxEnv(name, o.Env)
 	if err != nil {
 		return nil, "", err
 	}
 	err = r.withAgent(ctx, name, func(c *agentapi.Client) error {
-		info, err = c.Agent.ProcStart(ctx, &pb.ProcStartRequest{Start: &pb.ExecStart{
+		pi, err := c.Agent.ProcStart(ctx, &pb.ProcStartRequest{Start: &pb.ExecStart{
 			Argv: o.Argv, Env: env, Cwd: o.Cwd, Stdin: o.Stdin, Entrypoint: o.Entrypoint}})
+		info = procInfo(pi)
 		return err
 	})
 	if err == nil {
@@ -61,7 +128,7 @@ func (r *Runtime) ProcStart(ctx context.Context, name string, o ProcStartOptions
 }
 
 // ProcList lists the background processes of a sandbox.
-func (r *Runtime) ProcList(ctx context.Context, name string) (procs []*pb.ProcInfo, err error) {
+func (r *Runtime) ProcList(ctx context.Context, name string) (procs []*ProcInfo, err error) {
 	err = r.withAgent(ctx, name, func(c *agentapi.Client) error {
 		resp, err := c.Agent.ProcList(ctx, &pb.ProcListRequest{})
 		if err != nil {
@@ -70,27 +137,38 @@ func (r *Runtime) ProcList(ctx context.Context, name string) (procs []*pb.ProcIn
 		if len(resp.Procs) > agentapi.MaxProcs+agentapi.MaxExitedProcs {
 			return fmt.Errorf("agent protocol: %d processes exceed the caps", len(resp.Procs))
 		}
-		procs = resp.Procs
+		for _, p := range resp.Procs {
+			procs = append(procs, procInfo(p))
+		}
 		return nil
 	})
 	return procs, err
 }
 
-// ProcWait streams a background process's output from its start (or the
-// given offsets) and returns how it ended; with noFollow it returns at once
-// with the process still running (Running set).
-func (r *Runtime) ProcWait(ctx context.Context, name string, req *pb.ProcWaitRequest, stdout, stderr io.Writer, gap func(*pb.OutputGap)) (last *pb.ProcOutput, err error) {
+// ProcWait streams a background process's output from its start and
+// returns how it ended; with noFollow it returns at once with the process
+// still running (Running set). gap, when set, hears of output that left
+// the bounded buffer before it was read.
+func (r *Runtime) ProcWait(ctx context.Context, name, handle string, noFollow bool, stdout, stderr io.Writer, gap func(OutputGap)) (res *ProcWaitResult, err error) {
+	var pgap func(*pb.OutputGap)
+	if gap != nil {
+		pgap = func(g *pb.OutputGap) { gap(OutputGap{Fd: g.Fd, Lost: g.Lost}) }
+	}
 	err = r.withAgent(ctx, name, func(c *agentapi.Client) error {
-		last, err = c.ProcWait(ctx, req, stdout, stderr, gap)
+		last, err := c.ProcWait(ctx, &pb.ProcWaitRequest{Handle: handle, NoFollow: noFollow}, stdout, stderr, pgap)
+		if err == nil {
+			res = &ProcWaitResult{Exit: procExit(last.GetExit()), Running: procInfo(last.GetRunning())}
+		}
 		return err
 	})
-	return last, err
+	return res, err
 }
 
 // ProcSignal signals a background process (and its process group).
-func (r *Runtime) ProcSignal(ctx context.Context, name, handle string, sig int) (info *pb.ProcInfo, err error) {
+func (r *Runtime) ProcSignal(ctx context.Context, name, handle string, sig int) (info *ProcInfo, err error) {
 	err = r.withAgent(ctx, name, func(c *agentapi.Client) error {
-		info, err = c.Agent.ProcSignal(ctx, &pb.ProcSignalRequest{Handle: handle, Signal: int32(sig)})
+		pi, err := c.Agent.ProcSignal(ctx, &pb.ProcSignalRequest{Handle: handle, Signal: int32(sig)})
+		info = procInfo(pi)
 		return err
 	})
 	if err == nil {
@@ -110,9 +188,14 @@ func (r *Runtime) ProcStdin(ctx context.Context, name, handle string, rd io.Read
 }
 
 // Stats reads guest metrics.
-func (r *Runtime) Stats(ctx context.Context, name string) (st *pb.StatsResponse, err error) {
+func (r *Runtime) Stats(ctx context.Context, name string) (st *GuestStats, err error) {
 	err = r.withAgent(ctx, name, func(c *agentapi.Client) error {
-		st, err = c.Agent.Stats(ctx, &pb.StatsRequest{})
+		s, err := c.Agent.Stats(ctx, &pb.StatsRequest{})
+		if err == nil {
+			st = &GuestStats{MemTotalBytes: s.MemTotalBytes, MemAvailableBytes: s.MemAvailableBytes,
+				Load1: s.Load1, Load5: s.Load5, Load15: s.Load15, Processes: s.Processes,
+				UptimeSeconds: s.UptimeSeconds, DiskTotalBytes: s.DiskTotalBytes, DiskFreeBytes: s.DiskFreeBytes}
+		}
 		return err
 	})
 	return st, err
