@@ -33,6 +33,13 @@ fi
 # (MVM_TEST_BOOT).
 export MVM_TEST_STRICT=1 MVM_TEST_FETCH=1 MVM_TEST_BOOT=1
 
+# The TypeScript SDK's toolchain (tsc, @types/node): the SDK suite and the
+# declaration end-to-end tests (which compile a TypeScript workload) use it.
+if [ ! -f sdk/typescript/node_modules/.package-lock.json ] || [ sdk/typescript/package-lock.json -nt sdk/typescript/node_modules/.package-lock.json ]; then
+  echo "== npm ci (sdk/typescript)"
+  (cd sdk/typescript && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 echo "== gofmt / go vet"
 unformatted=$(gofmt -l $(git ls-files '*.go' | grep -v '\.pb\.go$') 2>/dev/null || true)
 if [ -n "$unformatted" ]; then

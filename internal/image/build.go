@@ -7,6 +7,7 @@ package image
 //	artifacts/<hex>/rootfs.ext4     the image; <hex> is the sha256 of its bytes
 //	artifacts/<hex>/artifact.json   what it is (Artifact)
 //	rootfs-index/<key>.json         input key -> digest, for cache hits
+//	names/<name>.json               image name -> digest of its latest build
 //	trees/<key>/                    unpacked root trees (template + packages)
 //	locks/<key>.lock                flock(2) per tree or image key
 //	tmp/                            work directories, renamed into place
@@ -166,6 +167,7 @@ func layoutOf(d paths.Dirs) layout          { return layout{d.Images()} }
 func (l layout) artifacts() string          { return filepath.Join(l.root, "artifacts") }
 func (l layout) artifact(hex string) string { return filepath.Join(l.root, "artifacts", hex) }
 func (l layout) index(key string) string    { return filepath.Join(l.root, "rootfs-index", key+".json") }
+func (l layout) name(name string) string    { return filepath.Join(l.root, "names", name+".json") }
 func (l layout) tree(key string) string     { return filepath.Join(l.root, "trees", key) }
 func (l layout) lock(key string) string     { return filepath.Join(l.root, "locks", key+".lock") }
 func (l layout) tmp() string                { return filepath.Join(l.root, "tmp") }
@@ -444,7 +446,49 @@ func Build(ctx context.Context, d paths.Dirs, dir, templateName string, opts Bui
 			b.emit(StatusDone, "cache hit: %s (%s)", a.Digest, plan.tpl.Name)
 		}
 	}
+	// The name now means what was just built, cache hit or not: two
+	// directories that declare one name are resolved to the last built.
+	if a.Name != "" && safeImageName(a.Name) {
+		idx, _ := json.Marshal(indexEntry{Digest: a.Digest})
+		if err := cache.WriteFile(b.l.name(a.Name), idx, cache.FileMode); err != nil {
+			return b.fail(fmt.Errorf("record image name %s: %w", a.Name, err))
+		}
+	}
 	return a, nil
+}
+
+// safeImageName reports whether name can be a file name in the names
+// index (manifest names are 1-63 of a-z, 0-9 and '-').
+func safeImageName(name string) bool {
+	if name == "" || len(name) > 63 || name[0] == '-' {
+		return false
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// lookupName is the artifact a name was last built as.
+func lookupName(l layout, name string) (*Artifact, bool) {
+	if !safeImageName(name) {
+		return nil, false
+	}
+	raw, err := os.ReadFile(l.name(name))
+	if err != nil {
+		return nil, false
+	}
+	var idx indexEntry
+	if json.Unmarshal(raw, &idx) != nil || !validRootfsDigest(idx.Digest) {
+		return nil, false
+	}
+	a, err := loadArtifact(l, strings.TrimPrefix(idx.Digest, "sha256:"))
+	if err != nil || a.Name != name {
+		return nil, false
+	}
+	return a, true
 }
 
 // build carries one build's progress reporting.
@@ -799,6 +843,9 @@ func ResolveImage(d paths.Dirs, name string) (*Artifact, error) {
 		}
 		return nil, &NotBuiltError{Template: name}
 	}
+	if a, ok := lookupName(layoutOf(d), name); ok {
+		return a, nil
+	}
 	all, err := ListArtifacts(d)
 	if err != nil {
 		return nil, err
@@ -838,8 +885,11 @@ func RemoveArtifact(d paths.Dirs, idOrPrefix string, inUse func(digest string) b
 	}
 	defer unlock()
 	// index entries first, so that no build resolves to a missing artifact
-	idxDir := filepath.Dir(l.index("x"))
-	if ents, err := os.ReadDir(idxDir); err == nil {
+	for _, idxDir := range []string{filepath.Dir(l.index("x")), filepath.Dir(l.name("x"))} {
+		ents, err := os.ReadDir(idxDir)
+		if err != nil {
+			continue
+		}
 		for _, e := range ents {
 			p := filepath.Join(idxDir, e.Name())
 			raw, err := os.ReadFile(p)

@@ -462,3 +462,40 @@ func TestBuildPython(t *testing.T) {
 		}
 	}
 }
+
+// TestImageNameIsLastBuilt: two directories that declare one name; the
+// name resolves to whichever was built last, also when that build was a
+// cache hit (it resolved to the newest artifact before, so rebuilding an
+// older directory left the name on the other one).
+func TestImageNameIsLastBuilt(t *testing.T) {
+	rfNeedTools(t)
+	d := rfTestDirs(t)
+	ctx := context.Background()
+	a, b := t.TempDir(), t.TempDir()
+	writeTree(t, a, map[string]string{"mvm.toml": "template = \"minimal\"\nname = \"same-name\"\n", "data.txt": "a\n"})
+	writeTree(t, b, map[string]string{"mvm.toml": "template = \"minimal\"\nname = \"same-name\"\n", "data.txt": "b\n"})
+	built := map[string]string{}
+	for _, dir := range []string{a, b, a} {
+		art, err := Build(ctx, d, dir, "", BuildOptions{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		built[dir] = art.Digest
+		got, err := ResolveImage(d, "same-name")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Digest != art.Digest {
+			t.Fatalf("after building %s (cached %v) the name resolves to %s, want %s", dir, art.Cached, got.Digest, art.Digest)
+		}
+	}
+	if built[a] == built[b] {
+		t.Fatalf("two different directories built to one digest %s", built[a])
+	}
+	if _, err := RemoveArtifact(d, built[a], nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ResolveImage(d, "same-name"); err != nil || got.Digest != built[b] {
+		t.Fatalf("after removing the last build the name resolves to %v (%v), want the other build %s", got, err, built[b])
+	}
+}
