@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/testbin"
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 )
 
 // tmux drives a real terminal.
@@ -65,9 +66,7 @@ func (m *tmux) retryUntil(keys, want string, d time.Duration) {
 // the session prints its exit code and whether the terminal is canonical
 // again (restored), then idles.
 func startTmux(t *testing.T, e *env, args ...string) *tmux {
-	if _, err := exec.LookPath("tmux"); err != nil {
-		t.Skip("tmux is not installed")
-	}
+	testenv.NeedTools(t, "tmux") // scripts/test.sh installs it
 	m := &tmux{t: t, name: "mvm-e2e-" + strings.ReplaceAll(t.Name(), "/", "-")}
 	exec.Command("tmux", "kill-session", "-t", m.name).Run()
 	var env []string

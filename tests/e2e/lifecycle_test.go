@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 )
 
 // TestReadmeSequence types the documented sequence as it stands, on a
@@ -226,16 +228,14 @@ func TestBuildCacheAndBadManifests(t *testing.T) {
 // sandbox's writable layer fails with a message, not a hang, and leaves
 // nothing behind.
 func TestFullDiskIsAClearError(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a tiny tmpfs")
-	}
+	testenv.NeedRoot(t, "mounting a tiny tmpfs")
 	t.Parallel()
 	e := newEnv(t)
 	if err := os.MkdirAll(e.state, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", e.state).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs here: %v %s", err, out)
+		testenv.Missing(t, "cannot mount a tmpfs here: %v %s", err, out)
 	}
 	defer exec.Command("umount", "-l", e.state).Run()
 	dir := t.TempDir()
