@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -66,9 +67,13 @@ func Make(t testing.TB, root, name string, o Options) string {
 func Supervisor(t testing.TB, tag string) int {
 	t.Helper()
 	cmd := exec.Command("sh", "-c", "sleep 600; :", tag)
+	// Its own process group, killed whole: killing only sh orphaned the
+	// sleep, which kept every descriptor the test inherited open for ten
+	// minutes (among them the team's merge lock).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
 	return cmd.Process.Pid
 }
