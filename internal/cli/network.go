@@ -34,7 +34,7 @@ func (f *netFlags) register(fl *pflag.FlagSet, publish bool) {
 	fl.StringVar(&f.network, "network", "", "network: none (default: no network device), unrestricted (needs "+netpolicy.AckUnrestrictedEnv+"=1) or a preset ("+strings.Join(netpolicy.PresetNames(), ", ")+"); see docs/network.md")
 	fl.StringArrayVar(&f.allow, "allow", nil, "allow egress to HOST[:PORT] (port 443 by default; repeatable); TLS SNI or HTTP Host must name HOST")
 	fl.BoolVar(&f.allowPrivate, "allow-private", false, "let allowed names resolve to private (10/8, 172.16/12, 192.168/16), CGNAT (100.64/10) and IPv6 unique-local addresses, e.g. an internal mirror; recorded in the plan")
-	fl.BoolVar(&f.manifestNetwork, "allow-manifest-network", false, "grant the network egress the image's mvm.toml asks for (network/allow keys); it is printed before boot")
+	fl.BoolVar(&f.manifestNetwork, "allow-manifest-network", false, "grant the network egress the image's mvm.toml (network/allow keys) or a workload declaration asks for; it is printed before boot")
 	if publish {
 		fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a guest port: [ADDR:]HOSTPORT:GUESTPORT, bound to 127.0.0.1 unless ADDR is given (repeatable)")
 	}
