@@ -26,6 +26,16 @@ type ImageConfig struct {
 	Env     map[string]string `json:"env,omitempty"`
 	Command []string          `json:"command,omitempty"`
 	Workdir string            `json:"workdir,omitempty"`
+	// User is who processes run as (an OCI image's USER, resolved at
+	// build time); nil is root.
+	User *ImageUser `json:"user,omitempty"`
+}
+
+// ImageUser is a numeric user and group, and the user's home directory.
+type ImageUser struct {
+	UID  uint32 `json:"uid"`
+	GID  uint32 `json:"gid"`
+	Home string `json:"home,omitempty"`
 }
 
 // bootParams are the mvm.* keys of the kernel command line.

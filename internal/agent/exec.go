@@ -38,6 +38,9 @@ func (s *server) buildEnv(req map[string]string, tty bool) ([]string, string) {
 	if tty {
 		env["TERM"] = "xterm-256color"
 	}
+	if u := s.image.User; u != nil && u.Home != "" {
+		env["HOME"] = u.Home
+	}
 	for k, v := range s.image.Env {
 		env[k] = v
 	}
@@ -54,6 +57,15 @@ func (s *server) buildEnv(req map[string]string, tty bool) ([]string, string) {
 		out = append(out, k+"="+env[k])
 	}
 	return out, env["PATH"]
+}
+
+// credential is the image's user, or nil (root).
+func (s *server) credential() *syscall.Credential {
+	u := s.image.User
+	if u == nil {
+		return nil
+	}
+	return &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: []uint32{}}
 }
 
 // lookPath resolves argv[0] against PATH the way a shell would.
@@ -194,7 +206,7 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 		if rows == 0 || cols == 0 {
 			rows, cols = 24, 80
 		}
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Credential: s.credential()}
 		var tty *os.File
 		ptmx, tty, startErr = pty.Open()
 		if startErr == nil {
@@ -210,7 +222,7 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 			pumps = func() { go sess.pump(ptmx, false, outDone); close(errDone) }
 		}
 	} else {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: s.credential()}
 		var or, ow, er, ew *os.File
 		if or, ow, startErr = os.Pipe(); startErr == nil {
 			if er, ew, startErr = os.Pipe(); startErr == nil {

@@ -87,7 +87,7 @@ func newImageCmd(app *App) *cobra.Command {
 	}
 	tpl.Flags().BoolVar(&tplJSON, "json", false, `print {"templates": [...]}`)
 
-	cmd.AddCommand(ls, rm, tpl)
+	cmd.AddCommand(ls, rm, tpl, newImagePullCmd(app), newImageImportCmd(app))
 	return cmd
 }
 
@@ -110,8 +110,12 @@ func imageList(app *App, jsonOut bool) error {
 		if name == "" {
 			name = "-"
 		}
+		src := a.Source
+		if a.OCI != nil {
+			src += "@" + a.OCI.Digest
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ShortID(), name, a.Template, a.Profile,
-			imgHumanBytes(a.Size), imgAgo(a.Created), a.Source)
+			imgHumanBytes(a.Size), imgAgo(a.Created), src)
 	}
 	return tw.Flush()
 }

@@ -39,6 +39,10 @@ func stateJSON(st *sandbox.State) map[string]any {
 		"cpus": st.CPUs, "memory_mib": st.MemoryMiB,
 		"created": st.Created.Format(time.RFC3339), "transient": st.Transient,
 	}
+	if st.Image.OCIDigest != "" {
+		obj["oci_digest"] = st.Image.OCIDigest
+		obj["exposed_ports"] = append([]string{}, st.Image.ExposedPorts...)
+	}
 	if st.Reason != "" {
 		obj["reason"] = st.Reason
 	}

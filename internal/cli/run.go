@@ -13,26 +13,29 @@ import (
 func init() { register(newRunCmd) }
 
 type runFlags struct {
-	cpus      int
-	memory    string
-	timeout   time.Duration
-	env       []string
-	workdir   string
-	image     string
-	jsonOut   bool
-	stdin     bool
-	maxOutput int
-	receipt   string
-	profile   string
-	dryRun    bool
-	net       netFlags
+	cpus    int
+	memory  string
+	timeout time.Duration
+	env     []string
+	workdir string
+	image   string
+	// requireDigest and platform apply to an OCI image reference.
+	requireDigest bool
+	platform      string
+	jsonOut       bool
+	stdin         bool
+	maxOutput     int
+	receipt       string
+	profile       string
+	dryRun        bool
+	net           netFlags
 }
 
 func newRunCmd(app *App) *cobra.Command {
 	f := &runFlags{}
 	var mode string
 	cmd := &cobra.Command{
-		Use:   "run [flags] -- ARGV... | run --mode live|record SCRIPT [ARGS...]",
+		Use:   "run [flags] [-- ARGV...] | run --mode live|record SCRIPT [ARGS...]",
 		Short: "Boot a transient sandbox, run one command in it, tear it down",
 		Long: `run boots a fresh microVM, runs ARGV in it with stdout and stderr streamed
 separately, exits with the command's exit code and removes the sandbox on
@@ -40,16 +43,22 @@ every path (success, failure, timeout, Ctrl-C, SIGTERM).
 
 Standard input is forwarded when it is not a terminal (use -i to force it).
 
+Without ARGV, the image's declared command runs (an OCI image's Entrypoint
+and Cmd, or a manifest's command): give --image.
+
 Exit codes: the command's own; 124 timeout; 125 mvm failed (boot, transport);
 126 command not executable; 127 command not found; 130/143 interrupted.`,
 		Example: `  mvmctl run -- uname -a
   echo hi | mvmctl run -- cat
   mvmctl run --timeout 10s --memory 1G -e MODE=fast -- sh -c 'echo $MODE'
   mvmctl run --json -- true`,
-		Args: cobra.MinimumNArgs(1),
+		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if mode != "" {
 				return runScript(cmd.Context(), app, mode, args)
+			}
+			if len(args) == 0 && f.image == "" {
+				return exitCode(ExitUsage, errors.New("nothing to run: give -- ARGV, or --image with an image that declares a command (an OCI image's Entrypoint/Cmd)"))
 			}
 			return runRun(cmd.Context(), app, f, args)
 		},
@@ -61,7 +70,9 @@ Exit codes: the command's own; 124 timeout; 125 mvm failed (boot, transport);
 	fl.DurationVar(&f.timeout, "timeout", 0, "kill the command after this long (exit 124); 0 = no limit")
 	fl.StringArrayVarP(&f.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
 	fl.StringVarP(&f.workdir, "workdir", "w", "", "working directory in the guest")
-	fl.StringVar(&f.image, "image", "", "image to boot (default: the built-in minimal image)")
+	fl.StringVar(&f.image, "image", "", "image to boot: a template, a built image, or an OCI reference such as python:3.12-slim (default: the built-in minimal image)")
+	fl.BoolVar(&f.requireDigest, "require-digest", false, "refuse an OCI image reference that is a tag (default under the restrictive profile)")
+	fl.StringVar(&f.platform, "platform", "", "platform of a multi-platform OCI image (default linux/amd64)")
 	fl.BoolVar(&f.jsonOut, "json", false, "print one JSON object with the result instead of streaming output")
 	fl.BoolVarP(&f.stdin, "interactive", "i", false, "forward standard input even when it is a terminal")
 	fl.IntVar(&f.maxOutput, "max-output", 4<<20, "with --json: bytes of each stream kept in the result")
@@ -101,8 +112,8 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 	defer stop()
 
 	opts := runtime.RunOptions{
-		Up:      runtime.UpOptions{Image: f.image, CPUs: f.cpus, MemoryMiB: mem, Env: env, RunProfile: f.profile},
-		Exec:    runtime.ExecOptions{Argv: argv, Cwd: f.workdir},
+		Up:      runtime.UpOptions{Image: f.image, CPUs: f.cpus, MemoryMiB: mem, Env: env, RunProfile: f.profile, RequireDigest: f.requireDigest, Platform: f.platform},
+		Exec:    runtime.ExecOptions{Argv: argv, Cwd: f.workdir, Entrypoint: len(argv) == 0},
 		Timeout: f.timeout,
 	}
 	if err := f.net.apply(app, &opts.Up); err != nil {
@@ -133,7 +144,11 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 		if res == nil { // the sandbox did not come up
 			return exitCode(bootExit(err), manifestNetworkHint(err))
 		}
-		return commandError(err, argv[0])
+		cmdName := "the image's command"
+		if len(argv) > 0 {
+			cmdName = argv[0]
+		}
+		return commandError(err, cmdName)
 	}
 	if f.receipt != "" && res.Exit != nil {
 		if err := writeReceipt(f.receipt, res.Exit.Receipt); err != nil {

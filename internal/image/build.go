@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/image/cache"
+	"github.com/mvm-sandbox/mvm/internal/image/oci"
 	"github.com/mvm-sandbox/mvm/internal/image/rootfs"
 	"github.com/mvm-sandbox/mvm/internal/manifest"
 	"github.com/mvm-sandbox/mvm/internal/paths"
@@ -116,6 +117,8 @@ type Artifact struct {
 	Files     int               `json:"files,omitempty"`
 	FileBytes int64             `json:"file_bytes,omitempty"`
 	BuildMS   int64             `json:"build_ms,omitempty"`
+	// OCI is set for an artifact made from an OCI image (pull or import).
+	OCI *OCIInfo `json:"oci,omitempty"`
 
 	// Path is the image file (filled in when loaded, not stored).
 	Path string `json:"path,omitempty"`
@@ -830,9 +833,13 @@ func findArtifact(d paths.Dirs, idOrPrefix string) (*Artifact, error) {
 
 // ResolveImage resolves a template name (its bare build), an image name
 // (from a manifest's name key, newest first) or a digest prefix to a cached
-// artifact. A template that has not been built yet gives *NotBuiltError;
+// artifact. An image reference (a name with ":" or "/") resolves to its
+// last pull, or *NotPulledError. A template that has not been built yet gives *NotBuiltError;
 // building it is the caller's job (Build).
 func ResolveImage(d paths.Dirs, name string) (*Artifact, error) {
+	if oci.IsReference(name) {
+		return resolveRef(d, name)
+	}
 	if _, err := ResolveTemplate(name); err == nil {
 		plan, err := makePlan(nil, name, BuildOptions{})
 		if err != nil {
@@ -871,7 +878,13 @@ func ResolveImage(d paths.Dirs, name string) (*Artifact, error) {
 // the "sha256:<hex>" digest; when it says yes the artifact is kept and the
 // error wraps ErrArtifactInUse. Cached trees are kept.
 func RemoveArtifact(d paths.Dirs, idOrPrefix string, inUse func(digest string) bool) (*Artifact, error) {
-	a, err := findArtifact(d, idOrPrefix)
+	var a *Artifact
+	var err error
+	if oci.IsReference(idOrPrefix) {
+		a, err = resolveRef(d, idOrPrefix)
+	} else {
+		a, err = findArtifact(d, idOrPrefix)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -885,7 +898,7 @@ func RemoveArtifact(d paths.Dirs, idOrPrefix string, inUse func(digest string) b
 	}
 	defer unlock()
 	// index entries first, so that no build resolves to a missing artifact
-	for _, idxDir := range []string{filepath.Dir(l.index("x")), filepath.Dir(l.name("x"))} {
+	for _, idxDir := range []string{filepath.Dir(l.index("x")), filepath.Dir(l.name("x")), filepath.Dir(l.ref("x"))} {
 		ents, err := os.ReadDir(idxDir)
 		if err != nil {
 			continue

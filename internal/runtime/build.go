@@ -71,3 +71,23 @@ func (r *Runtime) imageInUse(digest string) bool {
 	}
 	return false
 }
+
+// Pull resolves an OCI image reference on its registry and makes (or finds
+// in the cache) its sandbox image. layers receives per-layer progress.
+func (r *Runtime) Pull(ctx context.Context, ref string, o image.PullOptions, progress func(image.Event), layers func(image.PullEvent)) (*image.Artifact, error) {
+	a, err := image.Pull(ctx, r.Dirs, ref, o, progress, layers)
+	if err != nil {
+		return nil, imageError(err)
+	}
+	return a, nil
+}
+
+// Import makes the sandbox image of a `docker save` archive or an OCI
+// image layout (tarball or directory).
+func (r *Runtime) Import(ctx context.Context, file string, progress func(image.Event), layers func(image.PullEvent)) (*image.Artifact, error) {
+	a, err := image.Import(ctx, r.Dirs, file, progress, layers)
+	if err != nil {
+		return nil, imageError(err)
+	}
+	return a, nil
+}

@@ -81,7 +81,7 @@ func IsBuildDir(name string) bool {
 // when unchanged); a template is built on first use; otherwise the name is
 // an artifact digest (prefix) or a manifest name from `mvmctl build`.
 // Without buildDir a directory is never built, whatever the name.
-func (r *Runtime) resolveImage(ctx context.Context, name, backend string, buildDir bool, progress func(image.Event)) (*bootImage, error) {
+func (r *Runtime) resolveImage(ctx context.Context, name, backend string, buildDir bool, pull image.PullOptions, progress func(image.Event)) (*bootImage, error) {
 	k, err := image.FindKernel(r.Dirs)
 	if err != nil {
 		return nil, errdefs.Unavailable(err)
@@ -102,19 +102,31 @@ func (r *Runtime) resolveImage(ctx context.Context, name, backend string, buildD
 	} else {
 		art, err = image.ResolveImage(r.Dirs, name)
 		var nb *image.NotBuiltError
+		var np *image.NotPulledError
 		if errors.As(err, &nb) {
 			art, err = image.Build(ctx, r.Dirs, "", nb.Template, image.BuildOptions{}, progress)
+		} else if errors.As(err, &np) || err == nil && pull.RequireDigest && art.OCI != nil && !strings.Contains(name, "@") {
+			// a tag is pulled on first use; with digests required it
+			// is resolved again so that the pin is checked
+			art, err = image.Pull(ctx, r.Dirs, name, pull, progress, nil)
 		}
 	}
 	if err != nil {
 		return nil, imageError(err)
 	}
 	label := art.Name
+	if label == "" && art.OCI != nil {
+		label = art.OCI.Ref
+	}
 	if label == "" {
 		label = art.Template
 	}
+	ref := sandbox.ImageRef{Name: label, Digest: art.Digest, ImageProfile: imageProfile(art.Profile)}
+	if art.OCI != nil {
+		ref.OCIDigest, ref.ExposedPorts = art.OCI.Digest, art.OCI.Config.ExposedPorts
+	}
 	return &bootImage{
-		ref:    sandbox.ImageRef{Name: label, Digest: art.Digest, ImageProfile: imageProfile(art.Profile)},
+		ref:    ref,
 		kernel: k, initrd: initrd, rootfs: art.Path, profile: imageProfile(art.Profile), artifact: art,
 	}, nil
 }

@@ -54,6 +54,9 @@ type ExecOptions struct {
 	Env  map[string]string
 	Cwd  string
 	TTY  bool
+	// Entrypoint runs the image's declared command (an OCI image's
+	// Entrypoint and Cmd) with Argv appended.
+	Entrypoint bool
 	// Console marks a console session (`console --command`): like TTY, it
 	// needs the admitted plan to allow a console.
 	Console    bool
@@ -122,7 +125,7 @@ func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*Ex
 	}
 	inH, outH, errH := evidence.NewHasher(), evidence.NewHasher(), evidence.NewHasher()
 	req := agentapi.ExecRequest{
-		Argv: o.Argv, Env: env, Cwd: o.Cwd, TTY: o.TTY, Rows: o.Rows, Cols: o.Cols,
+		Argv: o.Argv, Env: env, Cwd: o.Cwd, TTY: o.TTY, Rows: o.Rows, Cols: o.Cols, Entrypoint: o.Entrypoint,
 		Stdout: teeWriter(o.Stdout, outH), Stderr: teeWriter(o.Stderr, errH),
 	}
 	if o.Stdin != nil {

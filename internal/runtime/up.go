@@ -42,6 +42,11 @@ type UpOptions struct {
 	// permissive; "" is standard). The image profile (dev, sealed) comes
 	// from the image.
 	RunProfile string
+	// RequireDigest refuses an OCI image reference that is a tag (always
+	// so under the restrictive run profile); Platform selects the image of
+	// a multi-platform reference ("" = linux/amd64).
+	RequireDigest bool
+	Platform      string
 	// Progress, when set, receives short human-readable phase messages.
 	Progress func(string)
 	// BuildProgress, when set, receives image build events.
@@ -176,7 +181,8 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	img, err := r.resolveImage(ctx, o.Image, backendName, !o.NoBuildDir, o.BuildProgress)
+	pull := image.PullOptions{Platform: o.Platform, RequireDigest: o.RequireDigest || o.RunProfile == string(plan.Restrictive)}
+	img, err := r.resolveImage(ctx, o.Image, backendName, !o.NoBuildDir, pull, o.BuildProgress)
 	if err != nil {
 		return nil, err
 	}

@@ -79,6 +79,11 @@ type ImageRef struct {
 	// ImageProfile is the artifact's profile (dev or sealed), as recorded
 	// when it was built; never what the guest claims.
 	ImageProfile string `json:"image_profile,omitempty"`
+	// OCIDigest is the manifest digest of the OCI image the artifact was
+	// made from, and ExposedPorts the ports its configuration lists
+	// (informational: nothing is published from them).
+	OCIDigest    string   `json:"oci_digest,omitempty"`
+	ExposedPorts []string `json:"exposed_ports,omitempty"`
 }
 
 // UnmarshalJSON also reads state files written before the image profile

@@ -1,0 +1,107 @@
+package e2e
+
+import (
+	"archive/tar"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/mvm-sandbox/mvm/internal/image/oci/ocitest"
+	"github.com/mvm-sandbox/mvm/internal/image/rootfs"
+)
+
+// TestOCIImagePullRunExecFiles pulls a busybox image from a registry in
+// this process (127.0.0.1, nothing from the internet), runs its
+// Entrypoint/Cmd with the image's Env, WorkingDir and non-root USER on a
+// real microVM, then keeps a sandbox of it up for exec and file
+// operations.
+func TestOCIImagePullRunExecFiles(t *testing.T) {
+	e := newEnv(t)
+	e.extra = append(e.extra, "DOCKER_CONFIG="+t.TempDir())
+	reg := ocitest.NewRegistry(t, "", "")
+	// a marker of its own, so that this image is new to the shared cache
+	// and the pull really unpacks and packs
+	rnd := make([]byte, 8)
+	rand.Read(rnd)
+	marker := "oci-e2e-" + hex.EncodeToString(rnd)
+	base := ocitest.BusyboxEntries(t, rootfs.HostBusybox)
+	top := []ocitest.Entry{
+		{Name: "app/", Type: tar.TypeDir, Mode: 0o755, UID: 1000, GID: 1000},
+		{Name: "app/marker", Body: marker, UID: 1000, GID: 1000},
+	}
+	img := ocitest.Image(t, v1.Config{
+		Entrypoint:   []string{"/bin/sh", "-c"},
+		Cmd:          []string{`echo "user=$(id -u):$(id -g) pwd=$(pwd) greeting=$GREETING home=$HOME marker=$(cat marker)"`},
+		Env:          []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=hello from oci"},
+		WorkingDir:   "/app",
+		User:         "app",
+		ExposedPorts: map[string]struct{}{"8080/tcp": {}},
+	}, "linux/amd64", ocitest.Layer(ocitest.Tar(base)), ocitest.Layer(ocitest.Tar(top)))
+	pinned := reg.Push(t, "e2e/busybox:1", img, nil)
+	ref := reg.Host + "/e2e/busybox:1"
+	digest := pinned[strings.Index(pinned, "@")+1:]
+
+	// pull with NDJSON events
+	r := e.must("image", "pull", "--json", ref)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	var last struct {
+		Artifact struct {
+			Digest string `json:"digest"`
+			OCI    struct {
+				Digest string `json:"digest"`
+			} `json:"oci"`
+		} `json:"artifact"`
+	}
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil || last.Artifact.OCI.Digest != digest {
+		t.Fatalf("pull --json last line %q: %v (want manifest digest %s)", lines[len(lines)-1], err, digest)
+	}
+	if !strings.Contains(r.stdout, `"status":"layer"`) {
+		t.Errorf("no per-layer events in:\n%s", r.stdout)
+	}
+	if ls := e.must("image", "ls"); !strings.Contains(ls.stdout, "oci:"+ref) || !strings.Contains(ls.stdout, digest[:19]) {
+		t.Errorf("image ls does not show the source and digest:\n%s", ls.stdout)
+	}
+
+	// run without argv: the image's Entrypoint and Cmd, as its user
+	r = e.must("run", "--image", ref)
+	want := "user=1000:1000 pwd=/app greeting=hello from oci home=/home/app marker=" + marker + "\n"
+	if r.stdout != want {
+		t.Fatalf("run --image %s: stdout %q, want %q", ref, r.stdout, want)
+	}
+	// tags refused when digests are required; the pinned reference runs
+	if r := e.run("run", "--require-digest", "--image", ref, "--", "true"); r.code == 0 || !strings.Contains(r.stderr, "@sha256:") {
+		t.Fatalf("run --require-digest with a tag: %s", r)
+	}
+	e.must("run", "--require-digest", "--image", pinned, "--", "true")
+
+	// a sandbox of it: exec and file operations
+	e.must("up", "--name", "ocibox", "--image", ref)
+	defer e.run("down", "ocibox")
+	r = e.must("exec", "ocibox", "--", "sh", "-c", "id -u; pwd; echo written > /app/out; cat /app/out")
+	if r.stdout != "1000\n/app\nwritten\n" {
+		t.Fatalf("exec: %q", r.stdout)
+	}
+	host := filepath.Join(t.TempDir(), "in.txt")
+	if err := os.WriteFile(host, []byte("from the host\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.must("cp", host, "ocibox:/tmp/in.txt")
+	if r := e.must("exec", "ocibox", "--", "cat", "/tmp/in.txt"); r.stdout != "from the host\n" {
+		t.Fatalf("cp in then cat: %q", r.stdout)
+	}
+	back := filepath.Join(t.TempDir(), "marker")
+	e.must("cp", "ocibox:/app/marker", back)
+	if b, err := os.ReadFile(back); err != nil || string(b) != marker {
+		t.Fatalf("cp out: %q %v", b, err)
+	}
+	if r := e.must("inspect", "ocibox"); !strings.Contains(r.stdout, "8080/tcp") || !strings.Contains(r.stdout, digest) {
+		t.Errorf("inspect does not list the exposed port and the manifest digest:\n%s", r.stdout)
+	}
+	e.must("down", "ocibox")
+	e.assertClean()
+}
