@@ -161,7 +161,9 @@ func newUpCmd(app *App) *cobra.Command {
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&name, "name", "", "sandbox name (default: generated)")
-	fl.StringVar(&o.Image, "image", "", "image or template to boot (default: minimal)")
+	fl.StringVar(&o.Image, "image", "", "image or template to boot, or an OCI reference such as python:3.12-slim (default: minimal)")
+	fl.BoolVar(&o.RequireDigest, "require-digest", false, "refuse an OCI image reference that is a tag (default under the restrictive profile)")
+	fl.StringVar(&o.Platform, "platform", "", "platform of a multi-platform OCI image (default linux/amd64)")
 	fl.IntVar(&o.CPUs, "cpus", 0, "virtual CPUs (default: the manifest's, else 1)")
 	fl.StringVar(&memory, "memory", "512M", "guest memory, e.g. 512M, 1G (default: the manifest's, else 512M)")
 	fl.StringVar(&disk, "disk", "4G", "size of the sandbox's writable layer (sparse; default: the manifest's, else 4G)")

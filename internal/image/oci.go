@@ -247,7 +247,7 @@ func unpackError(im *oci.Image, err error) error {
 	case errors.Is(err, oci.ErrDigestMismatch):
 		return errdefs.New(errdefs.KindInvalidArgument, fmt.Errorf("image %s: %w (nothing was cached; the registry or the file is corrupt or was tampered with)", im.Ref, err))
 	case errors.Is(err, oci.ErrUnsafeLayer):
-		return errdefs.New(errdefs.KindRefused, fmt.Errorf("image %s: %w (nothing was cached)", im.Ref, err))
+		return errdefs.WithReason(errdefs.KindRefused, errdefs.ReasonUnsafe, fmt.Errorf("image %s: %w (nothing was cached)", im.Ref, err))
 	case errors.Is(err, context.Canceled):
 		return errdefs.Canceled(err)
 	}
