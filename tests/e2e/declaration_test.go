@@ -338,3 +338,45 @@ with mvm.Sandbox.create("minimal", workload_id="live") as sb:
 	e.expect(2, "run", "--mode", "nope", live)
 	e.assertClean()
 }
+
+// network(mode="allow") goes to the host-enforced allowlist: a NIC, the
+// allowlist in the signed plan, and only once the declaration is approved
+// (or the operator consents).
+func TestDeclarationNetworkAllow(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	p := filepath.Join(dir, "net.py")
+	writeFile(t, p, `import mvm
+@mvm.app(name="netw", image=mvm.python_image("3.13"),
+         network=mvm.network(mode="allow", allow=["pypi.org:443"]),
+         resources=mvm.resources(cpu_cores=1, memory_mb=384))
+def run() -> str:
+    return "ok"
+`)
+	ref := e.expect(126, "up", p)
+	if !strings.Contains(ref.stderr, "pypi.org:443") || !strings.Contains(ref.stderr, "mvmctl approve") || len(e.sandboxDirs()) != 0 {
+		t.Fatalf("unapproved egress: %s (state %v)", ref, e.sandboxDirs())
+	}
+	e.must("approve", p)
+	e.must("up", p)
+	defer e.run("down", "netw")
+	if x := e.must("exec", "netw", "--", "ls", "/sys/class/net"); !strings.Contains(x.stdout, "eth0") {
+		t.Errorf("allow mode has no NIC: %q", x.stdout)
+	}
+	ls := e.must("ls", "--json")
+	if !strings.Contains(ls.stdout, "allowlist") {
+		t.Errorf("ls does not show the allowlist: %s", ls.stdout)
+	}
+	matches, _ := filepath.Glob(filepath.Join(e.state, "sb", "*", "plan.json"))
+	if len(matches) != 1 {
+		t.Fatalf("plans: %v", matches)
+	}
+	plan, _ := os.ReadFile(matches[0])
+	if !strings.Contains(string(plan), "pypi.org:443") || !strings.Contains(string(plan), `"memory_mib":384`) || !strings.Contains(string(plan), "workload_ir_sha256") {
+		t.Errorf("signed plan lacks the allowlist, resources or IR hash: %s", plan)
+	}
+	if r := e.must("invoke", "netw"); strings.TrimSpace(r.stdout) != `"ok"` {
+		t.Errorf("invoke: %s", r)
+	}
+	e.must("down", "netw")
+}
