@@ -180,6 +180,10 @@ func moduleParams(cmdline string) map[string]string {
 // networkModules are needed only by a guest with a network device.
 var networkModules = map[string]bool{"virtio_net": true, "net_failover": true, "failover": true}
 
+// sharedDirModules are needed only by a guest given host directories
+// (mvm.virtiofs=1).
+var sharedDirModules = map[string]bool{"fuse": true, "virtiofs": true}
+
 // loadModules loads, in order, the kernel modules listed in /etc/mvm/modules.
 func loadModules() error {
 	cmdline, _ := os.ReadFile("/proc/cmdline")
@@ -188,6 +192,7 @@ func loadModules() error {
 	// that has a network (mvm.net=...): loading modules costs boot time
 	// under emulation, and most sandboxes have no network device.
 	withNet := strings.Contains(string(cmdline), guestnet.KernelArgKey+"=")
+	withFS := strings.Contains(string(cmdline), "mvm.virtiofs=1")
 	b, err := os.ReadFile("/etc/mvm/modules")
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -206,7 +211,7 @@ func loadModules() error {
 			return fmt.Errorf("module %s: %w", path, err)
 		}
 		name := strings.ReplaceAll(strings.TrimSuffix(filepath.Base(path), ".ko"), "-", "_")
-		if networkModules[name] && !withNet {
+		if (networkModules[name] && !withNet) || (sharedDirModules[name] && !withFS) {
 			f.Close()
 			continue
 		}

@@ -203,6 +203,9 @@ func (s *server) run() error {
 			}
 			s.rootMounted = uptimeMS()
 		}
+		if err := setupMounts(string(b)); err != nil {
+			return err
+		}
 		s.hostname = p.hostname
 		s.console = p.console
 		if err := unix.Sethostname([]byte(p.hostname)); err != nil {

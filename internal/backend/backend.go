@@ -13,6 +13,18 @@ import (
 type Disk struct {
 	Path     string
 	ReadOnly bool
+	// Serial, when set, names the disk to the guest (virtio-blk serial,
+	// at most 20 bytes): volumes are found by it, not by order.
+	Serial string `json:"serial,omitempty"`
+}
+
+// Share is a host directory given to the guest as a virtiofs file system
+// with tag Tag. ReadOnly is enforced on the host (a read-only bind mount
+// under the file server), not only by the guest's mount flags.
+type Share struct {
+	Tag      string `json:"tag"`
+	HostPath string `json:"host_path"`
+	ReadOnly bool   `json:"read_only"`
 }
 
 // Spec describes one microVM.
@@ -37,6 +49,9 @@ type Spec struct {
 	// the write end of a pipe whose reader caps the log); otherwise the
 	// VMM writes Dir/console.log itself, without bound.
 	Console *os.File `json:"-"`
+	// Shares are host directories (virtiofs); guest RAM is then shared
+	// memory, as vhost-user needs.
+	Shares []Share `json:"shares,omitempty"`
 }
 
 // Network is a guest NIC on user-mode networking (QEMU slirp).

@@ -57,6 +57,9 @@ func dryRun(app *App, f *runFlags, argv []string, env map[string]string, memMiB 
 		return exitCode(ExitUsage, err)
 	}
 	opts := runtime.UpOptions{Image: f.image, CPUs: f.cpus, MemoryMiB: memMiB, Env: env, RunProfile: f.profile, Network: netCfg, Transient: true}
+	if err := f.attach.apply(&opts); err != nil {
+		return exitCode(ExitUsage, err)
+	}
 	p, verr := rt.WouldAdmit(opts)
 	if p == nil {
 		// Not a policy verdict: the options themselves are wrong.
@@ -92,6 +95,7 @@ func dryRun(app *App, f *runFlags, argv []string, env map[string]string, memMiB 
 	if reason != "" {
 		obj["reason"] = reason
 	}
+	planAttachJSON(obj, p)
 	if f.jsonOut {
 		writeJSON(app.Stdout, obj)
 	} else {
@@ -107,6 +111,7 @@ func dryRun(app *App, f *runFlags, argv []string, env map[string]string, memMiB 
 			network += " " + strings.Join(p.Network.Allow, ", ")
 		}
 		fmt.Fprintf(app.Stdout, "  image:     %s\n  backend:   %s\n  network:   %s\n  receipt:   %v\n", img, p.Backend, network, f.receipt != "")
+		printPlanAttachments(app, p)
 	}
 	if verdict == "refuse" {
 		return &ExitError{Code: ExitCannotExec, Silent: true}

@@ -51,6 +51,7 @@ func stateJSON(st *sandbox.State) map[string]any {
 	} else {
 		obj["expires"] = nil
 	}
+	attachJSON(obj, st.Attachments)
 	return obj
 }
 
@@ -82,6 +83,7 @@ func newUpCmd(app *App) *cobra.Command {
 		jsonOut bool
 	)
 	nf := &netFlags{}
+	af := &attachFlags{}
 	cmd := &cobra.Command{
 		Use:   "up [DIR|FILE|IR.json] [--image NAME] [--name N]",
 		Short: "Boot a named sandbox that keeps running until `down` or its TTL",
@@ -108,6 +110,9 @@ func newUpCmd(app *App) *cobra.Command {
 			}
 			o.Name = name
 			if err := nf.apply(app, &o); err != nil {
+				return exitCode(ExitUsage, err)
+			}
+			if err := af.apply(&o); err != nil {
 				return exitCode(ExitUsage, err)
 			}
 			if len(args) == 1 {
@@ -172,6 +177,7 @@ func newUpCmd(app *App) *cobra.Command {
 	fl.DurationVar(&o.TTL, "ttl", 0, "stop the sandbox after this long (e.g. 30m); 0 = no limit")
 	fl.BoolVar(&jsonOut, "json", false, "print the sandbox as JSON")
 	nf.register(fl, true)
+	af.register(fl)
 	return cmd
 }
 

@@ -29,6 +29,7 @@ type runFlags struct {
 	profile       string
 	dryRun        bool
 	net           netFlags
+	attach        attachFlags
 }
 
 func newRunCmd(app *App) *cobra.Command {
@@ -80,6 +81,7 @@ Exit codes: the command's own; 124 timeout; 125 mvm failed (boot, transport);
 	fl.StringVar(&f.profile, "profile", "standard", "run profile: restrictive, standard, dev or permissive (needs MVM_ACK_PERMISSIVE_RUN=1)")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "show what would be admitted; boot nothing, write nothing")
 	f.net.register(fl, false)
+	f.attach.register(fl)
 	return cmd
 }
 
@@ -117,6 +119,9 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 		Timeout: f.timeout,
 	}
 	if err := f.net.apply(app, &opts.Up); err != nil {
+		return exitCode(ExitUsage, err)
+	}
+	if err := f.attach.apply(&opts.Up); err != nil {
 		return exitCode(ExitUsage, err)
 	}
 	if err := opts.Up.Validate(); err != nil {

@@ -63,6 +63,13 @@ func Run(d paths.Dirs, agent string) []Check {
 		}
 		out = append(out, c)
 	}
+	// virtiofsd ships with qemu-system-common (a dependency of
+	// qemu-system-x86); only host directories (-v DIR:PATH) need it.
+	if p, err := qemu.Virtiofsd(); err == nil {
+		out = append(out, Check{Name: "virtiofsd", OK: true, Info: p})
+	} else {
+		out = append(out, Check{Name: "virtiofsd", Info: "host directories (-v DIR:PATH): " + err.Error(), Fix: "apt-get install -y qemu-system-common"})
+	}
 	acc := qemu.DetectAccel()
 	out = append(out, Check{Name: "accelerator", OK: true, Required: true, Info: acc.Accel + ": " + acc.Reason})
 	k, err := image.FindKernel(d)

@@ -60,10 +60,16 @@ type Plan struct {
 	Backend   string    `json:"backend"`
 	Resources Resources `json:"resources"`
 	// RunProfile is how much of the host the run may reach.
-	RunProfile Profile  `json:"run_profile"`
-	Network    Network  `json:"network"`
-	Mounts     []Mount  `json:"mounts"`
-	EnvKeys    []string `json:"env_keys"`
+	RunProfile Profile `json:"run_profile"`
+	Network    Network `json:"network"`
+	Mounts     []Mount `json:"mounts"`
+	// AllowRWMount records --allow-rw-mount: read-write host directories
+	// under a profile that otherwise allows only read-only ones.
+	AllowRWMount bool          `json:"allow_rw_mount,omitempty"`
+	Volumes      []VolumeMount `json:"volumes,omitempty"`
+	// Secrets are names and targets, never values.
+	Secrets []SecretRef `json:"secrets,omitempty"`
+	EnvKeys []string    `json:"env_keys"`
 	// Console reports whether a console (an interactive terminal in the
 	// guest) may be opened: the run profile allows it and the image is
 	// not sealed. The supervisor tells the agent at boot.
@@ -101,6 +107,9 @@ type Input struct {
 	RunProfile   Profile // "" means DefaultProfile
 	Network      Network // zero value means no network
 	Mounts       []Mount
+	AllowRWMount bool
+	Volumes      []VolumeMount
+	Secrets      []SecretRef
 	EnvKeys      []string // names only
 	// Console asks for console access; a plan that asks for it under a
 	// profile that refuses it is refused. ConsoleIfAllowed instead sets
@@ -166,6 +175,9 @@ func Synthesize(in Input, now time.Time) (*Plan, error) {
 		RunProfile:    prof,
 		Network:       net,
 		Mounts:        mounts,
+		AllowRWMount:  in.AllowRWMount,
+		Volumes:       in.Volumes,
+		Secrets:       in.Secrets,
 		EnvKeys:       env,
 		Console:       console,
 
@@ -268,7 +280,8 @@ func (p *Plan) Window() (from, until time.Time, err error) {
 
 // Request returns what the plan asks of its profile.
 func (p *Plan) Request() Request {
-	return Request{EnvKeys: p.EnvKeys, Mounts: p.Mounts, Network: p.Network, Console: p.Console}
+	return Request{EnvKeys: p.EnvKeys, Mounts: p.Mounts, Network: p.Network, Console: p.Console,
+		AllowRWMount: p.AllowRWMount, Volumes: p.Volumes, Secrets: p.Secrets}
 }
 
 // CheckPolicy is the one answer to "would this plan be admitted by its

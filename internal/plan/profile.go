@@ -116,12 +116,31 @@ type Mount struct {
 	ReadOnly  bool   `json:"read_only"`
 }
 
+// VolumeMount is a named mvm volume attached to the guest.
+type VolumeMount struct {
+	Name      string `json:"name"`
+	GuestPath string `json:"guest_path"`
+	ReadOnly  bool   `json:"read_only"`
+}
+
+// SecretRef is a secret handed to the guest: its name and where it goes
+// ("env:VAR" or "file:/run/secrets/NAME"), never its value.
+type SecretRef struct {
+	Name   string `json:"name"`
+	Target string `json:"target"`
+}
+
 // Request is what an invocation asks of a profile.
 type Request struct {
 	EnvKeys []string // names of caller-provided env variables (values are not needed)
 	Mounts  []Mount
-	Network Network
-	Console bool
+	// AllowRWMount (--allow-rw-mount) admits read-write host directories
+	// under a profile that allows read-only ones.
+	AllowRWMount bool
+	Volumes      []VolumeMount
+	Secrets      []SecretRef
+	Network      Network
+	Console      bool
 	// AckPermissive reports that MVM_ACK_PERMISSIVE_RUN=1 was set (see
 	// PermissiveAcknowledged).
 	AckPermissive bool
@@ -152,6 +171,10 @@ const (
 	maxEnvKeys             = 256
 	maxEnvKeyLen           = 128
 	permissiveAckRequired  = "1"
+	RuleVolumeForbidden    = "volume.forbidden"
+	RuleSecretForbidden    = "secret.forbidden"
+	RuleSecretInvalid      = "secret.invalid"
+	maxSecrets             = 64
 )
 
 // PolicyDenied is returned when a request breaks a rule of its profile.
@@ -238,8 +261,43 @@ func (p Profile) Validate(req Request) error {
 		if !c.roDirs {
 			return deny(RuleMountForbidden, "host directories are not allowed (%d given)", len(req.Mounts))
 		}
-		if !m.ReadOnly && !c.rwDirs {
-			return deny(RuleMountReadWrite, "mount #%d is read-write; only read-only host directories are allowed", i+1)
+		if !m.ReadOnly && !c.rwDirs && !req.AllowRWMount {
+			return deny(RuleMountReadWrite, "mount #%d is read-write; only read-only host directories are allowed (add :ro, or --allow-rw-mount)", i+1)
+		}
+	}
+	if len(req.Mounts)+len(req.Volumes) > maxMounts {
+		return deny(RuleMountLimit, "%d host directories and volumes exceed the limit of %d", len(req.Mounts)+len(req.Volumes), maxMounts)
+	}
+	guestPaths := map[string]bool{}
+	for _, m := range req.Mounts {
+		guestPaths[m.GuestPath] = true
+	}
+	for i, v := range req.Volumes {
+		if !isCleanAbs(v.GuestPath) || v.GuestPath == "/" {
+			return deny(RuleMountPath, "volume #%d: guest path must be absolute, clean and not /", i+1)
+		}
+		if !c.roDirs {
+			return deny(RuleVolumeForbidden, "volumes are not allowed (%d given)", len(req.Volumes))
+		}
+		if guestPaths[v.GuestPath] {
+			return deny(RuleMountPath, "volume #%d: guest path %s is used twice", i+1, v.GuestPath)
+		}
+		guestPaths[v.GuestPath] = true
+	}
+	if len(guestPaths) != len(req.Mounts)+len(req.Volumes) {
+		return deny(RuleMountPath, "two host directories share a guest path")
+	}
+
+	// Secrets: names and targets only.
+	if len(req.Secrets) > maxSecrets {
+		return deny(RuleSecretInvalid, "%d secrets exceed the limit of %d", len(req.Secrets), maxSecrets)
+	}
+	for i, sr := range req.Secrets {
+		if sr.Name == "" || len(sr.Name) > 64 || !(strings.HasPrefix(sr.Target, "env:") || strings.HasPrefix(sr.Target, "file:/run/secrets/")) {
+			return deny(RuleSecretInvalid, "secret #%d: want a name and an env:VAR or file:/run/secrets/NAME target", i+1)
+		}
+		if !c.env {
+			return deny(RuleSecretForbidden, "secrets are not allowed (%d given)", len(req.Secrets))
 		}
 	}
 

@@ -58,6 +58,11 @@ func (r *Runtime) WouldAdmit(o UpOptions) (*plan.Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	att, err := r.ResolveAttachments(o)
+	if err != nil {
+		return nil, err
+	}
+	withAttachments(&in, att, o)
 	in.KernelDigest = unresolvedDigest
 	p, err := plan.Synthesize(in, nowUTC())
 	if err != nil {

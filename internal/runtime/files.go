@@ -171,6 +171,13 @@ func (r *Runtime) FsRead(ctx context.Context, name, p string, w io.Writer) (n in
 	if err := guestPaths(&p); err != nil {
 		return 0, err
 	}
+	// What reaches the caller (CLI, MCP, SDK) never holds a secret's
+	// value, even read from /run/secrets.
+	if red := r.Redactor(name); !red.Empty() {
+		rw := red.Writer(w)
+		defer rw.Flush()
+		w = rw
+	}
 	err = r.withAgent(ctx, name, func(c *agentapi.Client) error {
 		_, n, err = c.ReadFile(ctx, p, w)
 		return err

@@ -18,7 +18,7 @@ import (
 )
 
 // guestModules are loaded by the agent at boot, in dependency order.
-var guestModules = []string{"virtio_mmio", "virtio_console", "virtio_blk", "overlay", "virtio_net"}
+var guestModules = []string{"virtio_mmio", "virtio_console", "virtio_blk", "overlay", "virtio_net", "virtiofs"}
 
 // VsockModules are the extra modules a Firecracker guest needs: its agent
 // channel is virtio-vsock (vmw_vsock_virtio_transport pulls in vsock and

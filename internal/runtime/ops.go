@@ -107,11 +107,36 @@ func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*Ex
 	for k, v := range o.Env {
 		env[k] = v
 	}
+	senv, red, err := r.secretEnv(dir)
+	if err != nil {
+		return nil, err
+	}
+	// Evidence sees secrets by name only: not even a hash of the value.
+	evEnv := map[string]string{}
+	for k, v := range env {
+		evEnv[k] = v
+	}
+	for k, v := range senv {
+		env[k] = v
+		evEnv[k] = "[secret]"
+	}
+	// Output that is captured, not a terminal's raw stream, is redacted.
+	if !red.Empty() && !o.TTY {
+		ow, ew := red.Writer(o.Stdout), red.Writer(o.Stderr)
+		defer ow.Flush()
+		defer ew.Flush()
+		if o.Stdout != nil {
+			o.Stdout = ow
+		}
+		if o.Stderr != nil {
+			o.Stderr = ew
+		}
+	}
 	w, err := r.witness()
 	if err != nil {
 		return nil, err
 	}
-	inv := evidence.RedactInvocation(o.Argv, env)
+	inv := evidence.RedactInvocation(o.Argv, evEnv)
 	irHash := r.workloadHash(st.ID)
 	invFields := func() map[string]any {
 		f := inv.Fields()
@@ -153,7 +178,7 @@ func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*Ex
 	receiptID := evidence.NewID()
 	receipt, rec, err := evidence.RecordRun(w.chain, w.signer, evidence.RunRecord{
 		ReceiptID: receiptID, SandboxID: st.ID, ImageDigest: st.Image.Digest, KernelDigest: kernelDigest(dir),
-		PlanHash: planHash(dir), Backend: backendOf(dir), WorkloadIRHash: irHash, Argv: o.Argv, Env: env,
+		PlanHash: planHash(dir), Backend: backendOf(dir), WorkloadIRHash: irHash, Argv: o.Argv, Env: evEnv,
 		Stdin: inH.Digest(), Stdout: outH.Digest(), Stderr: errH.Digest(),
 		ExitCode: res.ExitCode, StartedAt: started, FinishedAt: time.Now(),
 	})
@@ -218,6 +243,7 @@ func (r *Runtime) state(dir string) (*sandbox.State, error) {
 		}
 		return nil, err
 	}
+	st.Attachments = readAttachments(dir)
 	if sandbox.Active(st.Status) && !sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
 		st.Status = sandbox.Failed
 		st.Reason = fmt.Sprintf("supervisor (pid %d) died", st.SupervisorPID)

@@ -96,10 +96,17 @@ func (r *Runtime) sandboxEnv(nameOrID string, env map[string]string) (map[string
 		}
 	}
 	out := map[string]string{}
+	var senv map[string]string
 	if _, dir, err := r.dir(nameOrID); err == nil {
 		sandbox.ReadJSON(filepath.Join(dir, envFile), &out)
+		if senv, _, err = r.secretEnv(dir); err != nil {
+			return nil, err
+		}
 	}
 	for k, v := range env {
+		out[k] = v
+	}
+	for k, v := range senv {
 		out[k] = v
 	}
 	return out, nil
@@ -150,6 +157,18 @@ func (r *Runtime) ProcList(ctx context.Context, name string) (procs []*ProcInfo,
 // still running (Running set). gap, when set, hears of output that left
 // the bounded buffer before it was read.
 func (r *Runtime) ProcWait(ctx context.Context, name, handle string, noFollow bool, stdout, stderr io.Writer, gap func(OutputGap)) (res *ProcWaitResult, err error) {
+	// A background process's output is captured: its secrets are redacted.
+	if red := r.Redactor(name); !red.Empty() {
+		ow, ew := red.Writer(stdout), red.Writer(stderr)
+		defer ow.Flush()
+		defer ew.Flush()
+		if stdout != nil {
+			stdout = ow
+		}
+		if stderr != nil {
+			stderr = ew
+		}
+	}
 	var pgap func(*pb.OutputGap)
 	if gap != nil {
 		pgap = func(g *pb.OutputGap) { gap(OutputGap{Fd: g.Fd, Lost: g.Lost}) }

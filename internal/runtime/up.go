@@ -20,7 +20,9 @@ import (
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/mvm-sandbox/mvm/internal/secret"
 	"github.com/mvm-sandbox/mvm/internal/supervisor"
+	"github.com/mvm-sandbox/mvm/internal/volume"
 )
 
 // UpOptions describe a sandbox to boot.
@@ -71,6 +73,14 @@ type UpOptions struct {
 	// a host directory to build: a name an MCP client chose must not make
 	// the host read its own files into an image.
 	NoBuildDir bool
+	// Mounts are host directories and volumes (-v); see docs/volumes.md.
+	Mounts []volume.MountSpec
+	// AllowRWMount (--allow-rw-mount) admits read-write host directories
+	// under the standard profile; it is recorded in the plan.
+	AllowRWMount bool
+	// Secrets are handed to the guest by name (--secret); values are read
+	// from the store only when given to the guest.
+	Secrets []secret.Ref
 }
 
 // Sandbox is a booted sandbox.
@@ -181,6 +191,11 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Host paths, volumes and secrets are checked before anything else.
+	att, err := r.ResolveAttachments(o)
+	if err != nil {
+		return nil, err
+	}
 	pull := image.PullOptions{Platform: o.Platform, RequireDigest: o.RequireDigest || o.RunProfile == string(plan.Restrictive)}
 	img, err := r.resolveImage(ctx, o.Image, backendName, !o.NoBuildDir, pull, o.BuildProgress)
 	if err != nil {
@@ -204,6 +219,7 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
+	withAttachments(&in, att, o)
 	if err := r.Layout.Reserve(name, id); err != nil {
 		return nil, err
 	}
@@ -232,6 +248,25 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 		cleanup()
 		return nil, err
 	}
+	volDisks, shares, mountArgs, err := r.vmAttachments(att)
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	disks = append(disks, volDisks...)
+	if mountArgs != "" {
+		cmdline = strings.TrimSpace(cmdline + " " + mountArgs)
+	}
+	locks, err := r.lockVolumes(att)
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	defer func() {
+		for _, f := range locks {
+			f.Close() // the supervisor holds its own copies
+		}
+	}()
 	envKeys := make([]string, 0, len(o.Env))
 	for k := range o.Env {
 		envKeys = append(envKeys, k)
@@ -241,7 +276,7 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 		ID: id, Name: name, Transient: o.Transient,
 		VM: backend.Spec{
 			Kernel: img.kernel.Vmlinux, Initrd: img.initrd, Cmdline: cmdline,
-			CPUs: o.CPUs, MemoryMiB: o.MemoryMiB, Disks: disks,
+			CPUs: o.CPUs, MemoryMiB: o.MemoryMiB, Disks: disks, Shares: shares,
 		},
 		BootTimeout: o.BootTimeout, TTL: o.TTL,
 		Image: img.ref, Kernel: img.kernel.Digest,
@@ -253,6 +288,12 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	if err := sandbox.WriteJSON(filepath.Join(dir, sandbox.SpecFile), spec); err != nil {
 		cleanup()
 		return nil, err
+	}
+	if !att.Empty() {
+		if err := sandbox.WriteJSON(filepath.Join(dir, sandbox.AttachmentsFile), att); err != nil {
+			cleanup()
+			return nil, err
+		}
 	}
 	if len(o.Env) > 0 {
 		if err := sandbox.WriteJSON(filepath.Join(dir, envFile), o.Env); err != nil {
@@ -267,7 +308,7 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 		}
 	}
 	progress(fmt.Sprintf("booting %s (%s, %d cpu, %d MiB)", name, img.ref.Name, o.CPUs, o.MemoryMiB))
-	st, hold, err := r.spawnSupervisor(ctx, dir, o.BootTimeout, o.Transient)
+	st, hold, err := r.spawnSupervisor(ctx, dir, o.BootTimeout, o.Transient, locks)
 	if err != nil {
 		cleanup()
 		return nil, fmt.Errorf("%w: %s: %v", ErrBoot, name, err)
@@ -276,6 +317,14 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	if hold != nil {
 		sb.Hold = hold
 	}
+	if err := r.placeSecretFiles(ctx, id, att); err != nil {
+		r.Down(context.Background(), id)
+		if hold != nil {
+			hold.Close()
+		}
+		return nil, err
+	}
+	st.Attachments = att
 	return sb, nil
 }
 
@@ -287,7 +336,7 @@ const envFile = "env.json"
 // (fd 4): its write end stays with the caller, and when it closes, even
 // because the caller was killed, the supervisor tears the sandbox down.
 // There is no window in which the sandbox runs without a holder.
-func (r *Runtime) spawnSupervisor(ctx context.Context, dir string, bootTimeout time.Duration, transient bool) (st *sandbox.State, hold *os.File, err error) {
+func (r *Runtime) spawnSupervisor(ctx context.Context, dir string, bootTimeout time.Duration, transient bool, inherit []*os.File) (st *sandbox.State, hold *os.File, err error) {
 	rd, wr, err := os.Pipe()
 	if err != nil {
 		return nil, nil, err
@@ -316,7 +365,9 @@ func (r *Runtime) spawnSupervisor(ctx context.Context, dir string, bootTimeout t
 	}
 	cmd := exec.Command(r.Exe, SupervisorCommand, dir)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.ExtraFiles = extra
+	// Then the volume locks: the supervisor holds them, unread, for as
+	// long as it lives.
+	cmd.ExtraFiles = append(extra, inherit...)
 	// Its own session: a terminal's Ctrl-C goes to mvmctl, which decides.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	err = cmd.Start()

@@ -153,6 +153,9 @@ type State struct {
 	VMMPID        int        `json:"vmm_pid,omitempty"`
 	Boot          BootReport `json:"boot"`
 	Updated       time.Time  `json:"updated"`
+	// Attachments are filled in from AttachmentsFile when read through
+	// the runtime; the supervisor does not write them.
+	Attachments *Attachments `json:"attachments,omitempty"`
 }
 
 // Layout locates sandboxes under a state directory.

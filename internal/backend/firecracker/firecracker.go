@@ -105,6 +105,14 @@ func check(spec backend.Spec) error {
 	if spec.Network != nil {
 		return errors.New("firecracker: networking is not supported by the firecracker backend yet; run without network or use the default qemu backend")
 	}
+	if len(spec.Shares) > 0 {
+		return errors.New("firecracker: host directories (-v DIR:PATH) are not supported by the firecracker backend (it has no virtiofs); use the default qemu backend")
+	}
+	for _, d := range spec.Disks {
+		if d.Serial != "" {
+			return errors.New("firecracker: volumes are not supported by the firecracker backend yet; use the default qemu backend")
+		}
+	}
 	if spec.Kernel == "" {
 		return errors.New("firecracker: no kernel")
 	}

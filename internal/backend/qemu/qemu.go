@@ -59,7 +59,7 @@ func Args(spec backend.Spec, accel string) []string {
 	}
 	args := []string{
 		"-name", spec.Name,
-		"-M", "microvm,x-option-roms=off,isa-serial=on",
+		"-M", "microvm,x-option-roms=off,isa-serial=on" + memBackend(spec),
 		"-accel", accel,
 		"-m", strconv.Itoa(spec.MemoryMiB),
 		"-smp", strconv.Itoa(spec.CPUs),
@@ -85,8 +85,13 @@ func Args(spec backend.Spec, accel string) []string {
 		if d.ReadOnly {
 			drive += ",readonly=on"
 		}
-		args = append(args, "-drive", drive, "-device", "virtio-blk-device,drive="+id)
+		dev := "virtio-blk-device,drive=" + id
+		if d.Serial != "" {
+			dev += ",serial=" + d.Serial
+		}
+		args = append(args, "-drive", drive, "-device", dev)
 	}
+	args = append(args, shareArgs(spec)...)
 	args = append(args, netArgs(spec.Network)...)
 	return args
 }
@@ -101,6 +106,23 @@ func consolePath(spec backend.Spec) string {
 		return "/dev/fd/" + strconv.Itoa(consoleFD)
 	}
 	return ConsoleLog // relative: QEMU runs in spec.Dir
+}
+
+// noteVMMLog appends a line from mvm itself to the VMM log (its last line
+// describes the VMM's exit).
+func noteVMMLog(dir, line string) {
+	if f, err := os.OpenFile(filepath.Join(dir, VMMLog), os.O_WRONLY|os.O_APPEND, 0o600); err == nil {
+		fmt.Fprintln(f, line)
+		f.Close()
+	}
+}
+
+// memBackend names the shared-memory RAM backend that shares need.
+func memBackend(spec backend.Spec) string {
+	if len(spec.Shares) > 0 {
+		return ",memory-backend=mem"
+	}
+	return ""
 }
 
 // Machine is a running QEMU process.
@@ -135,6 +157,10 @@ func Start(ctx context.Context, spec backend.Spec) (*Machine, error) {
 		return nil, err
 	}
 	defer logf.Close()
+	stopShares, sharesDied, err := startShares(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
 	cmd := exec.Command(bin, Args(spec, accel)...)
 	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -143,8 +169,18 @@ func Start(ctx context.Context, spec backend.Spec) (*Machine, error) {
 	}
 	proc, err := backend.StartProcess(cmd, "qemu", filepath.Join(spec.Dir, VMMLog))
 	if err != nil {
+		stopShares()
 		return nil, err
 	}
+	go func() {
+		select {
+		case <-proc.Done():
+		case <-sharesDied:
+			noteVMMLog(spec.Dir, "mvm: virtiofsd exited (see "+VirtiofsdLog+"); stopping the VM")
+			proc.Kill()
+		}
+		stopShares()
+	}()
 	return &Machine{Process: proc, dir: spec.Dir, accel: accel}, nil
 }
 

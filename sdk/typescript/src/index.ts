@@ -29,6 +29,7 @@ export {
   ModeError,
 } from "./errors.js";
 export type { Command, TTL } from "./validate.js";
+export { Secret, secret } from "./secrets.js";
 export const VERSION = "0.1.0";
 export {
   app, local_path, localPath, nix_packages, nixPackages, debian_packages, debianPackages, python_image, pythonImage,

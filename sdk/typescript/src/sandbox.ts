@@ -1,5 +1,6 @@
 // Sandbox: the lifecycle of one microVM sandbox.
 
+import { mountFlags, secretFlags, type Secret } from "./secrets.js";
 import { randomBytes } from "node:crypto";
 import { existsSync, statSync } from "node:fs";
 import * as os from "node:os";
@@ -71,6 +72,11 @@ export interface CreateOptions {
   network?: string[] | string;
   /** Guest ports to publish on 127.0.0.1 (a free host port is picked), or "[ADDR:]HOSTPORT:GUESTPORT". */
   ports?: (number | string)[];
+  /** Host directories (read-only unless ":rw" and allowRwMount) or volumes: ["./src:/work", "cache:/cache"]. */
+  mounts?: string[];
+  /** Env variables (or /run/secrets/FILE) to secret(NAME); values never pass through the SDK. */
+  secrets?: Record<string, Secret>;
+  allowRwMount?: boolean;
 }
 
 /** A published port: host:hostPort on the host reaches guestPort in the sandbox. */
@@ -203,6 +209,8 @@ export class Sandbox implements AsyncDisposable, Disposable {
     const [preset, hosts] = v.networkOf(opts.network);
     const publish = await v.publishSpecs(opts.ports);
     const buildDir = isBuildDir(template);
+    const attach = [...mountFlags(opts.mounts), ...secretFlags(opts.secrets)];
+    if (opts.allowRwMount) attach.push("--allow-rw-mount");
 
     if (sdkMode() === "record") {
       const rec = new Recording(wid, {
@@ -231,6 +239,7 @@ export class Sandbox implements AsyncDisposable, Disposable {
     if (preset !== null) args.push("--network", preset);
     for (const h of hosts) args.push("--allow", h);
     for (const p of publish) args.push("-p", p);
+    args.push(...attach);
     // Owned from before the boot starts: an exit during `up` still runs `down`.
     const pending = { cleanupSync: () => void c.callSync(["down", name], 60_000) };
     register(pending);

@@ -48,12 +48,15 @@ from ._declare import (
     workload,
 )
 from ._files import EntryInfo, Files
+from ._secrets import Secret, secret
 from ._sandbox import PortForward, Ports, Sandbox, SandboxInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Sandbox",
+    "Secret",
+    "secret",
     "SandboxInfo",
     "Commands",
     "CommandResult",

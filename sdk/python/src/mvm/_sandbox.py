@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import secrets
+import secrets as _random
 import threading
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -13,6 +13,7 @@ from . import _cleanup
 from . import _cli
 from . import _validate as v
 from ._commands import CommandHandle, Commands
+from . import _secrets
 from ._errors import (
     MvmError,
     SandboxNotFound,
@@ -197,6 +198,9 @@ class Sandbox:
         ttl: v.TTL = None,
         network: Union[str, Sequence[str], None] = None,
         ports: Optional[Sequence[Union[int, str]]] = None,
+        mounts: Optional[Sequence[str]] = None,
+        secrets: Optional[Mapping[str, _secrets.Secret]] = None,
+        allow_rw_mount: bool = False,
     ) -> "Sandbox":
         """Boot a sandbox from a template (``"python"``, ``"minimal"``, an
         image name or digest) or a build directory holding ``mvm.toml``
@@ -207,7 +211,11 @@ class Sandbox:
         ``HOST`` / ``HOST:PORT`` to allow out, or a preset name (``"agent"``,
         ``"dev"``, ``"registries"``, ``"unrestricted"``); default: no
         network. ``ports`` publishes guest ports on 127.0.0.1: a guest port
-        (a free host port is picked) or ``"[ADDR:]HOSTPORT:GUESTPORT"``."""
+        (a free host port is picked) or ``"[ADDR:]HOSTPORT:GUESTPORT"``.
+        ``mounts`` are host directories (read-only unless ``:rw`` and
+        ``allow_rw_mount``) or volumes: ``["./src:/work", "cache:/cache"]``.
+        ``secrets`` maps env variables (or ``/run/secrets/FILE``) to
+        ``mvm.secret(NAME)``; values never pass through the SDK."""
         if not isinstance(template, str) or not template.strip():
             raise v.InvalidArgument("template: expected a non-empty template name or directory")
         wid = v.workload_id(workload_id, template)
@@ -220,6 +228,9 @@ class Sandbox:
         preset, hosts = v.network_of(network)
         publish = v.publish_specs(ports)
         build_dir = _is_build_dir(template)
+        attach = _secrets.mount_flags(mounts) + _secrets.secret_flags(secrets)
+        if allow_rw_mount:
+            attach.append("--allow-rw-mount")
 
         if sdk_mode() == "record":
             rec = Recording(
@@ -241,7 +252,7 @@ class Sandbox:
 
         _cleanup.install()
         cli = _cli.CLI()
-        sb_name = name or f"sdk-{wid[:24].rstrip('-')}-{secrets.token_hex(4)}"
+        sb_name = name or f"sdk-{wid[:24].rstrip('-')}-{_random.token_hex(4)}"
         args: List[str] = ["up"]
         if build_dir:
             args.append(os.path.abspath(os.path.expanduser(template)))
@@ -259,6 +270,7 @@ class Sandbox:
             args += ["--allow", host]
         for spec in publish:
             args += ["-p", spec]
+        args += attach
         try:
             done = cli.call(args, timeout=_cli.create_timeout(), what="up")
         except (TransportError, KeyboardInterrupt, SystemExit):
