@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/mvm-sandbox/mvm/internal/ir"
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/mvm-sandbox/mvm/internal/secret"
 	"github.com/mvm-sandbox/mvm/internal/workload"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -107,7 +109,8 @@ func readCapped(path string, max int64) ([]byte, error) {
 // builder. An image no Debian release provides fails here with
 // E_IMAGE_UNAVAILABLE.
 func (r *Runtime) BuildWorkload(ctx context.Context, wl *Workload, progress func(image.Event)) (*image.Artifact, error) {
-	st, err := workload.Prepare(wl.IR, wl.BaseDir, filepath.Join(r.Dirs.Images(), "tmp"))
+	store := secret.Open(r.Dirs.Data)
+	st, err := workload.Prepare(wl.IR, wl.BaseDir, filepath.Join(r.Dirs.Images(), "tmp"), func(n string) bool { return store.Check(n) == nil })
 	if err != nil {
 		return nil, err
 	}
@@ -296,6 +299,17 @@ func (r *Runtime) UpWorkload(ctx context.Context, wl *Workload, o UpOptions) (*S
 	wi := &WorkloadInfo{IRSHA256: wl.Hash, Name: w.Name, Language: w.Language, WorkingDir: workload.WorkingDir(w), BeforeStop: w.Hooks.BeforeStop}
 	if ep, ok := w.FunctionEntrypoint(); ok {
 		wi.Module, wi.Function, wi.Warm, wi.WorkingDir = ep.Module, ep.Function, ep.Warm, ep.WorkingDir
+	}
+	// mvm.secret(NAME) env values: handed over by name, like --secret.
+	envKeys := make([]string, 0, len(w.Env))
+	for k := range w.Env {
+		envKeys = append(envKeys, k)
+	}
+	sort.Strings(envKeys)
+	for _, k := range envKeys {
+		if v := w.Env[k]; v.Kind == "secret" {
+			o.Secrets = append(o.Secrets, secret.Ref{Name: v.Name, Env: k})
+		}
 	}
 	o.Workload = wi
 	if o.Name == "" {

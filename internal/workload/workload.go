@@ -61,16 +61,24 @@ func WorkingDir(w *ir.Workload) string {
 	return ir.DefaultWorkingDir
 }
 
-// Prepare realises the image, checks the secrets, stages the source from
-// baseDir and returns the manifest to build. tmpDir holds the staging
-// directory. Errors carry ir E_* codes where one applies.
-func Prepare(w *ir.Workload, baseDir, tmpDir string) (*Stage, error) {
+// Prepare realises the image, checks the secrets (secretExists reports
+// whether the host's store has one; nil means none exists), stages the
+// source from baseDir and returns the manifest to build. tmpDir holds the
+// staging directory. Errors carry ir E_* codes where one applies. Secrets
+// never enter the image: the runtime hands them to the guest at exec time.
+func Prepare(w *ir.Workload, baseDir, tmpDir string, secretExists func(string) bool) (*Stage, error) {
 	real, err := ir.Realize(w.Image)
 	if err != nil {
 		return nil, err
 	}
-	if names := w.SecretNames(); len(names) > 0 {
-		return nil, &ir.Error{Code: ir.ESecretNotFound, Path: "env", Msg: fmt.Sprintf("secret(s) %s: this mvm has no secret store yet, so no secret exists; remove the mvm.secret(...) references or pass values at run time", strings.Join(names, ", "))}
+	var missing []string
+	for _, n := range w.SecretNames() {
+		if secretExists == nil || !secretExists(n) {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, &ir.Error{Code: ir.ESecretNotFound, Path: "env", Msg: fmt.Sprintf("secret(s) %s not in the secret store; store each with `mvmctl secret set NAME` (docs/secrets.md)", strings.Join(missing, ", "))}
 	}
 	if err := os.MkdirAll(tmpDir, 0o700); err != nil {
 		return nil, err
@@ -91,6 +99,9 @@ func Prepare(w *ir.Workload, baseDir, tmpDir string) (*Stage, error) {
 		DiskMiB: int64(w.Resources.DiskMB), Workdir: wd, Profile: manifest.ProfileDev,
 	}
 	for k, v := range w.Env {
+		if v.Kind == "secret" {
+			continue // by name only; given at exec time, never baked in
+		}
 		m.Env[k] = v.Value
 	}
 	if ep, ok := w.CommandEntrypoint(); ok {

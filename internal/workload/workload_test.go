@@ -35,7 +35,7 @@ func TestPrepareSource(t *testing.T) {
 	w := wl()
 	w.Source.Include = []string{"**/*.py"}
 	w.Source.Exclude = []string{"tests/**"}
-	st, err := Prepare(w, base, t.TempDir())
+	st, err := Prepare(w, base, t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,12 +61,12 @@ func TestPrepareRefusals(t *testing.T) {
 	// a symlink leaving the tree
 	os.Symlink("/etc/passwd", filepath.Join(base, "passwd"))
 	tmp := t.TempDir()
-	if _, err := Prepare(wl(), base, tmp); code(err) != ir.ESourceSymlink {
+	if _, err := Prepare(wl(), base, tmp, nil); code(err) != ir.ESourceSymlink {
 		t.Fatalf("symlink out: %v", err)
 	}
 	os.Remove(filepath.Join(base, "passwd"))
 	os.Symlink("../../x", filepath.Join(base, "up"))
-	if _, err := Prepare(wl(), base, tmp); code(err) != ir.ESourceSymlink {
+	if _, err := Prepare(wl(), base, tmp, nil); code(err) != ir.ESourceSymlink {
 		t.Fatalf("relative symlink out: %v", err)
 	}
 	os.Remove(filepath.Join(base, "up"))
@@ -78,22 +78,33 @@ func TestPrepareRefusals(t *testing.T) {
 	os.Symlink(t.TempDir(), filepath.Join(base, "elsewhere"))
 	w := wl()
 	w.Source.Path = "elsewhere"
-	if _, err := Prepare(w, base, tmp); code(err) != ir.ESourceOutOfTree {
+	if _, err := Prepare(w, base, tmp, nil); code(err) != ir.ESourceOutOfTree {
 		t.Fatalf("root out: %v", err)
 	}
 	// python312 fails at build with the versions that exist
 	w = wl()
 	w.Image = ir.Image{Kind: ir.ImageNixPackages, Packages: []string{"python312"}}
-	_, err := Prepare(w, base, tmp)
+	_, err := Prepare(w, base, tmp, nil)
 	if code(err) != ir.EImageUnavailable || !strings.Contains(err.Error(), "python313") || !strings.Contains(err.Error(), "python_image") {
 		t.Fatalf("python312: %v", err)
 	}
-	// secrets: no store exists
+	// secrets: one not in the store is refused; one in it is not baked
+	// into the image's environment
 	w = wl()
 	w.Env = map[string]ir.EnvVal{"TOKEN": {Kind: "secret", Name: "api"}}
-	if _, err := Prepare(w, base, tmp); code(err) != ir.ESecretNotFound {
+	if _, err := Prepare(w, base, tmp, func(n string) bool { return n == "other" }); code(err) != ir.ESecretNotFound || !strings.Contains(err.Error(), "secret set") {
 		t.Fatalf("secret: %v", err)
 	}
+	clean := t.TempDir()
+	os.WriteFile(filepath.Join(clean, "app.py"), nil, 0o644)
+	st, err := Prepare(w, clean, tmp, func(n string) bool { return n == "api" })
+	if err != nil {
+		t.Fatalf("secret in store: %v", err)
+	}
+	if _, baked := st.Manifest.Env["TOKEN"]; baked {
+		t.Fatalf("secret env baked into the image: %v", st.Manifest.Env)
+	}
+	st.Remove()
 }
 
 func TestMatch(t *testing.T) {
