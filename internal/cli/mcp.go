@@ -12,10 +12,41 @@ import (
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/mvm-sandbox/mvm/internal/image"
 	"github.com/mvm-sandbox/mvm/internal/mcp"
+	"github.com/mvm-sandbox/mvm/internal/paths"
 	"github.com/spf13/cobra"
 )
 
 func init() { register(newMCPCmd) }
+
+// mcpImageResolver tells the MCP server whether an image name may be
+// booted and the memory its manifest asks for: templates (built on first
+// use), built images, and OCI references already pulled, or not yet
+// pulled when the operator allows registries (EnvMCPAllowRegistries=1).
+func mcpImageResolver(d paths.Dirs) func(string) (int, error) {
+	return func(name string) (int, error) {
+		if name == "" || name == "minimal" {
+			return 0, nil // the built-in initramfs image
+		}
+		a, err := image.ResolveImage(d, name)
+		var nb *image.NotBuiltError
+		var np *image.NotPulledError
+		switch {
+		case err == nil:
+			return int(a.MemoryMiB), nil
+		case errors.As(err, &nb):
+			return 0, nil // a template, built on first use
+		case errors.As(err, &np) && os.Getenv(EnvMCPAllowRegistries) == "1":
+			return 0, nil // pulled on first use: the operator allowed registries
+		case errors.As(err, &np):
+			return 0, fmt.Errorf("refused: image %s is not in the cache and this server does not reach registries; the operator pulls it first (mvmctl image pull) or starts the server with %s=1", np.Ref, EnvMCPAllowRegistries)
+		}
+		return 0, err
+	}
+}
+
+// EnvMCPAllowRegistries=1 lets `mvmctl mcp` pull OCI images a client
+// names; by default only images already in the cache are used.
+const EnvMCPAllowRegistries = "MVM_MCP_ALLOW_REGISTRIES"
 
 func newMCPCmd(app *App) *cobra.Command {
 	cmd := &cobra.Command{
@@ -85,24 +116,11 @@ func runMCPStdio(parent context.Context, app *App) error {
 	}
 	log := slog.New(slog.NewTextHandler(app.Stderr, &slog.HandlerOptions{Level: level})).With("component", "mcp")
 	srv := mcp.New(mcp.Options{
-		Runtime: rt,
-		Limits:  lim,
-		Logger:  log,
-		Version: Version,
-		ResolveImage: func(name string) (int, error) {
-			if name == "" || name == "minimal" {
-				return 0, nil // the built-in initramfs image
-			}
-			a, err := image.ResolveImage(app.Dirs, name)
-			var nb *image.NotBuiltError
-			switch {
-			case err == nil:
-				return int(a.MemoryMiB), nil
-			case errors.As(err, &nb):
-				return 0, nil // a template, built on first use
-			}
-			return 0, err
-		},
+		Runtime:      rt,
+		Limits:       lim,
+		Logger:       log,
+		Version:      Version,
+		ResolveImage: mcpImageResolver(app.Dirs),
 	})
 	err = srv.Run(ctx, &sdk.IOTransport{Reader: readCloser(app.Stdin), Writer: writeCloser(app.Stdout)})
 	if s := sig(); s != nil {

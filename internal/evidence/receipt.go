@@ -110,6 +110,8 @@ type RunRecord struct {
 	// WorkloadIRHash is the Workload IR hash of a sandbox booted from a
 	// declaration ("" otherwise).
 	WorkloadIRHash string
+	// OCIDigest is the OCI manifest digest behind the image ("" for none).
+	OCIDigest string
 
 	Argv       []string
 	Env        map[string]string // values are never stored
@@ -129,8 +131,9 @@ type ReceiptPayload struct {
 	ImageDigest      string   `json:"image_digest"`
 	KernelDigest     string   `json:"kernel_digest"`
 	PlanSHA256       string   `json:"plan_sha256"`
-	Backend          string   `json:"backend,omitempty"`  // schema 2 on
-	WorkloadIRSHA256 string   `json:"workload_ir_sha256"` // "" unless booted from a declaration
+	Backend          string   `json:"backend,omitempty"`    // schema 2 on
+	WorkloadIRSHA256 string   `json:"workload_ir_sha256"`   // "" unless booted from a declaration
+	OCIDigest        string   `json:"oci_digest,omitempty"` // the OCI manifest digest behind the image, if any
 	ArgvSHA256       string   `json:"argv_sha256"`
 	ArgvLen          int      `json:"argv_len"`
 	EnvKeys          []string `json:"env_keys"`
@@ -205,6 +208,7 @@ func BuildReceipt(r RunRecord, auditEntryHash string, s *Signer) ([]byte, *Recei
 		PlanSHA256:       r.PlanHash,
 		Backend:          r.Backend,
 		WorkloadIRSHA256: r.WorkloadIRHash,
+		OCIDigest:        r.OCIDigest,
 		ArgvSHA256:       inv.ArgvSHA256,
 		ArgvLen:          inv.ArgvLen,
 		EnvKeys:          inv.EnvKeys,
@@ -439,6 +443,9 @@ func checkPayload(p *ReceiptPayload) error {
 		if !IsDigest(v) {
 			return fmt.Errorf("%s %q is not a digest", name, v)
 		}
+	}
+	if p.OCIDigest != "" && !IsDigest(p.OCIDigest) {
+		return fmt.Errorf("oci_digest %q is not a digest", p.OCIDigest)
 	}
 	if p.WorkloadIRSHA256 != "" && !IsHex64(p.WorkloadIRSHA256) {
 		return fmt.Errorf("workload_ir_sha256 is not a sha256 hex digest")

@@ -17,6 +17,7 @@ func sampleRun() RunRecord {
 	return RunRecord{
 		SandboxID:    "sb-123",
 		ImageDigest:  "sha256:" + strings.Repeat("a1", 32),
+		OCIDigest:    "sha256:" + strings.Repeat("e5", 32),
 		KernelDigest: strings.Repeat("b2", 32),
 		PlanHash:     strings.Repeat("c3", 32),
 		Backend:      "qemu",

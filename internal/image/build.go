@@ -31,6 +31,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/image/cache"
 	"github.com/mvm-sandbox/mvm/internal/image/oci"
 	"github.com/mvm-sandbox/mvm/internal/image/rootfs"
@@ -90,6 +91,9 @@ type RootfsConfig struct {
 	// boot, on the host; the guest never enforces them).
 	Network string   `json:"network,omitempty"`
 	Allow   []string `json:"allow,omitempty"`
+	// User is who the agent runs processes as (an OCI image's USER,
+	// resolved against the image's /etc/passwd); nil is root.
+	User *ImageUser `json:"user,omitempty"`
 }
 
 // Artifact is a built root filesystem image (artifact.json).
@@ -188,6 +192,7 @@ type buildPlan struct {
 	imageKey string
 	files    int
 	bytes    int64
+	oci      *oci.Image // the base image of a manifest with image = REF
 }
 
 func hashKey(parts ...any) string {
@@ -430,7 +435,7 @@ func Build(ctx context.Context, d paths.Dirs, dir, templateName string, opts Bui
 	}
 	b := &build{start: time.Now(), progress: progress, phase: PhaseResolve, l: layoutOf(d), refresh: opts.Refresh}
 	b.emit(StatusStarted, "")
-	plan, err := resolve(dir, templateName, opts)
+	plan, err := resolve(ctx, dir, templateName, opts)
 	if err != nil {
 		return b.fail(err)
 	}
@@ -515,13 +520,16 @@ func (b *build) fail(err error) (*Artifact, error) {
 }
 
 // resolve loads the manifest (unless given) and makes the build plan.
-func resolve(dir, templateName string, opts BuildOptions) (*buildPlan, error) {
+func resolve(ctx context.Context, dir, templateName string, opts BuildOptions) (*buildPlan, error) {
 	m := opts.Manifest
 	if m == nil && dir != "" {
 		var err error
 		if m, err = manifest.Load(dir); err != nil {
 			return nil, err
 		}
+	}
+	if m != nil && m.Image != "" && templateName == "" {
+		return makeOCIPlan(ctx, m)
 	}
 	return makePlan(m, templateName, opts)
 }
@@ -575,6 +583,10 @@ func (b *build) make(ctx context.Context, plan *buildPlan) (*Artifact, error) {
 		Source: plan.source, InputKey: plan.imageKey, Files: staged.files, FileBytes: staged.bytes,
 		BuildMS: time.Since(b.start).Milliseconds(),
 	}
+	if im := plan.oci; im != nil {
+		a.OCI = &OCIInfo{Ref: im.Ref, Repo: im.Repo, Digest: im.Digest, Platform: im.Platform,
+			Config: im.Config, User: plan.cfg.User, Layers: im.Layers()}
+	}
 	if a, err = publish(b.l, plan.imageKey, work, img, a); err != nil {
 		return nil, err
 	}
@@ -597,6 +609,13 @@ func (b *build) stage(ctx context.Context, plan *buildPlan, tree, root string) (
 		return nil, err
 	}
 	st := &stagedTree{root: root}
+	if plan.oci != nil {
+		u, err := resolveUser(root, plan.oci.Config.User)
+		if err != nil {
+			return nil, errdefs.Errorf(errdefs.KindInvalidArgument, "image %s: USER %q: %v", plan.oci.Ref, plan.oci.Config.User, err)
+		}
+		plan.cfg.User = u
+	}
 	if m := plan.m; m != nil {
 		for _, fm := range m.Files {
 			src := m.SourcePath(fm)
@@ -641,7 +660,11 @@ func pack(ctx context.Context, plan *buildPlan, root, img string) (string, int64
 	var seed [16]byte
 	k, _ := hex.DecodeString(plan.imageKey)
 	copy(seed[:], k)
-	if err := rootfs.Pack(ctx, root, img, seed, !plan.tpl.debian()); err != nil {
+	forceRoot := !plan.tpl.debian()
+	if plan.oci != nil {
+		forceRoot = os.Geteuid() != 0 // an OCI image's owners are kept
+	}
+	if err := rootfs.Pack(ctx, root, img, seed, forceRoot); err != nil {
 		return "", 0, err
 	}
 	sum, err := fileSHA(img)
@@ -748,7 +771,12 @@ func makeTree(ctx context.Context, l layout, p *buildPlan, progress func(status,
 	defer rootfs.SafeRemoveAll(work)
 	target := filepath.Join(work, "root")
 	t0 := time.Now()
-	if p.tpl.debian() {
+	if p.oci != nil {
+		progress(StatusStarted, fmt.Sprintf("unpack %s (%s)", p.oci.Ref, p.oci.Digest))
+		if err := unpackTree(ctx, p.oci, target); err != nil {
+			return "", err
+		}
+	} else if p.tpl.debian() {
 		progress(StatusStarted, fmt.Sprintf("mmdebstrap %s: %s", p.tpl.Suite, strings.Join(p.packages, " ")))
 		if err := rootfs.Debootstrap(ctx, p.tpl.Suite, p.packages, target, func(s string) { progress(StatusProgress, s) }); err != nil {
 			return "", err

@@ -189,11 +189,8 @@ func (b *build) makeOCI(ctx context.Context, im *oci.Image, cfg RootfsConfig, ke
 			return nil, errdefs.Errorf(errdefs.KindInvalidArgument, "image %s: /%s: %v", im.Ref, strings.TrimPrefix(dir, "/"), err)
 		}
 	}
-	guest := struct {
-		RootfsConfig
-		User *ImageUser `json:"user,omitempty"`
-	}{cfg, user}
-	cfgJSON, err := json.MarshalIndent(guest, "", "  ")
+	cfg.User = user
+	cfgJSON, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return nil, err
 	}
@@ -375,4 +372,56 @@ func resolveRef(d paths.Dirs, ref string) (*Artifact, error) {
 		}
 	}
 	return nil, &NotPulledError{Ref: ref}
+}
+
+// makeOCIPlan is the build plan of a manifest whose base is an OCI image
+// (image = REF): the image's configuration gives the defaults, the
+// manifest's keys override them (env is merged), and its files are added
+// on the unpacked image, which is cached as a tree keyed by the manifest
+// digest.
+func makeOCIPlan(ctx context.Context, m *manifest.Manifest) (*buildPlan, error) {
+	im, err := oci.Resolve(ctx, m.Image, oci.PullOptions{})
+	if err != nil {
+		return nil, err
+	}
+	p := &buildPlan{tpl: Template{Name: TemplateOCI}, m: m, oci: im, source: m.Dir}
+	p.cfg = ociConfig(im)
+	p.cfg.Profile = m.Profile
+	for k, v := range m.Env {
+		if p.cfg.Env == nil {
+			p.cfg.Env = map[string]string{}
+		}
+		p.cfg.Env[k] = v
+	}
+	if len(m.Command) > 0 {
+		p.cfg.Command = m.Command
+	}
+	p.cfg.Workdir = m.Workdir
+	p.cfg.Name, p.cfg.CPUs, p.cfg.MemoryMiB, p.cfg.DiskMiB = m.Name, m.CPUs, m.MemoryMiB, m.DiskMiB
+	p.cfg.Network, p.cfg.Allow = m.Network, m.Allow
+	filesKey, files, size, err := hashSources(m)
+	if err != nil {
+		return nil, fmt.Errorf("hash build files: %w", err)
+	}
+	p.files, p.bytes = files, size
+	p.treeKey = hashKey(rootfsFormat, "oci-tree", im.Digest, im.Platform)
+	p.imageKey = hashKey(rootfsFormat, "image", p.treeKey, p.cfg, filesKey)
+	return p, nil
+}
+
+// unpackTree unpacks an OCI image as a cached tree: its layers plus the
+// directories every guest needs, at the fixed time.
+func unpackTree(ctx context.Context, im *oci.Image, target string) error {
+	if err := os.Mkdir(target, 0o755); err != nil {
+		return err
+	}
+	if _, err := im.Unpack(ctx, target, nil); err != nil {
+		return unpackError(im, err)
+	}
+	for _, dir := range []string{"proc", "sys", "dev", "run", "tmp", "etc/mvm"} {
+		if _, err := rootfs.MkdirAllInRoot(target, dir); err != nil {
+			return errdefs.Errorf(errdefs.KindInvalidArgument, "image %s: /%s: %v", im.Ref, dir, err)
+		}
+	}
+	return rootfs.SetTimes(target)
 }

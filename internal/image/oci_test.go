@@ -298,3 +298,40 @@ func TestImportDockerSaveAndOCILayout(t *testing.T) {
 }
 
 func emptyIndex() v1.ImageIndex { return empty.Index }
+
+func TestBuildManifestOnOCIImage(t *testing.T) {
+	rfNeedTools(t)
+	t.Setenv("DOCKER_CONFIG", t.TempDir())
+	reg := ocitest.NewRegistry(t, "", "")
+	img := testOCIImage(t, "linux/amd64", "base")
+	reg.Push(t, "app:1", img, nil)
+	dir := t.TempDir()
+	toml := "image = \"" + reg.Host + "/app:1\"\ncommand = [\"/bin/sh\", \"-c\", \"echo manifest\"]\n[env]\nMODE = \"manifest\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "mvm.toml"), []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "task.txt"), []byte("from the build dir"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := rfTestDirs(t)
+	a, err := Build(context.Background(), d, dir, "", BuildOptions{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Template != TemplateOCI || a.OCI == nil || a.OCI.Digest != ociDigest(t, img) {
+		t.Fatalf("artifact %+v", a)
+	}
+	if a.Env["MODE"] != "manifest" || a.Env["GREETING"] != "hello from oci" || strings.Join(a.Command, " ") != "/bin/sh -c echo manifest" || a.Workdir != "/work" {
+		t.Errorf("config: env %v command %v workdir %q", a.Env, a.Command, a.Workdir)
+	}
+	if guestCat(t, a.Path, "/work/task.txt") != "from the build dir" || guestCat(t, a.Path, "/app/marker") != "base" {
+		t.Errorf("files missing")
+	}
+	if u := a.OCI.User; u == nil || u.UID != 1000 {
+		t.Errorf("user %+v", u)
+	}
+	again, err := Build(context.Background(), d, dir, "", BuildOptions{}, nil)
+	if err != nil || !again.Cached || again.Digest != a.Digest {
+		t.Fatalf("second build: %v %v", again, err)
+	}
+}

@@ -64,7 +64,10 @@ type Manifest struct {
 	Path string `json:"path,omitempty"`
 	Dir  string `json:"dir,omitempty"`
 
-	Template  string            `json:"template"`
+	Template string `json:"template"`
+	// Image is an OCI image reference the image is built on instead of a
+	// template (image = "python:3.12-slim"); Template is then "".
+	Image     string            `json:"image,omitempty"`
 	Name      string            `json:"name,omitempty"`
 	Packages  []string          `json:"packages,omitempty"`
 	Files     []FileMapping     `json:"files,omitempty"`
@@ -141,6 +144,7 @@ func (l ErrorList) Unwrap() []error {
 
 type rawManifest struct {
 	Template *string        `toml:"template"`
+	Image    *string        `toml:"image"`
 	Name     *string        `toml:"name"`
 	Packages []string       `toml:"packages"`
 	Files    map[string]any `toml:"files"`
@@ -251,8 +255,19 @@ func Parse(file string, data []byte) (*Manifest, error) {
 
 	// template
 	switch {
+	case raw.Image != nil && raw.Template != nil:
+		add("image", "give either template or image, not both")
+	case raw.Image != nil:
+		if r := *raw.Image; len(r) > 512 || !strings.ContainsAny(r, ":/") || strings.ContainsAny(r, " \t\n\x00") || strings.HasPrefix(r, "sha256:") {
+			add("image", "invalid OCI image reference %q (for example: image = \"python:3.12-slim\" or \"ghcr.io/org/app@sha256:...\")", r)
+		} else {
+			m.Image = r
+		}
+		if len(raw.Packages) > 0 {
+			add("packages", "packages need a Debian template (debian, python, node); an OCI image brings its own")
+		}
 	case raw.Template == nil:
-		errs = append(errs, &Error{File: file, Key: "template", Msg: `required key missing (for example: template = "python")`})
+		errs = append(errs, &Error{File: file, Key: "template", Msg: `required key missing (for example: template = "python", or image = "python:3.12-slim")`})
 	case !TemplateRE.MatchString(*raw.Template):
 		add("template", "invalid template name %q", *raw.Template)
 	default:

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/image/oci"
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
@@ -195,9 +196,18 @@ func (s *Server) checkImage(t string) (int, error) {
 	if t == "" {
 		return 0, nil
 	}
-	if len(t) <= 256 && !strings.ContainsAny(t, "/\\\x00") && !strings.HasPrefix(t, ".") && !strings.HasPrefix(t, "~") && s.resolveImage != nil {
-		if m, err := s.resolveImage(t); err == nil {
+	// an OCI reference may contain "/" (ghcr.io/org/app); the server never
+	// builds a directory (NoBuildDir), and ResolveImage decides whether a
+	// registry may be reached
+	// (a tag or a digest must be named: "a/b" or "python/.." is refused)
+	ref := oci.IsReference(t) && strings.ContainsAny(t, ":@") && !strings.HasPrefix(t, "/") && !strings.Contains(t, "..")
+	if len(t) <= 256 && (ref || !strings.ContainsAny(t, "/\\\x00")) && !strings.ContainsAny(t, "\\\x00") && !strings.HasPrefix(t, ".") && !strings.HasPrefix(t, "~") && s.resolveImage != nil {
+		m, err := s.resolveImage(t)
+		if err == nil {
 			return m, nil
+		}
+		if ref {
+			return 0, err
 		}
 	}
 	return 0, fmt.Errorf("template %q is not a template or a built image: give a template (minimal, python, node, debian, ...) or the name or digest of an image built with mvmctl build; host directories are not accepted through MCP", t)

@@ -77,6 +77,9 @@ type Plan struct {
 
 	// WorkloadIRSHA256 is the Workload IR hash of a declared workload.
 	WorkloadIRSHA256 string `json:"workload_ir_sha256,omitempty"`
+	// OCIDigest is the manifest digest of the OCI image the booted
+	// artifact was made from ("" for template images).
+	OCIDigest string `json:"oci_digest,omitempty"`
 
 	ValidFrom  string `json:"valid_from"`
 	ValidUntil string `json:"valid_until"`
@@ -119,6 +122,8 @@ type Input struct {
 
 	// WorkloadIRSHA256 is the Workload IR hash of a declared workload.
 	WorkloadIRSHA256 string
+	// OCIDigest is the OCI manifest digest behind the image ("" for none).
+	OCIDigest string
 
 	// Validity overrides DefaultValidity (tests).
 	Validity time.Duration
@@ -182,6 +187,7 @@ func Synthesize(in Input, now time.Time) (*Plan, error) {
 		Console:       console,
 
 		WorkloadIRSHA256: in.WorkloadIRSHA256,
+		OCIDigest:        in.OCIDigest,
 
 		ValidFrom:  evidence.FormatTime(now),
 		ValidUntil: evidence.FormatTime(now.Add(validity)),
@@ -217,6 +223,9 @@ func (p *Plan) Check() error {
 	}
 	if !evidence.IsDigest(p.ImageDigest) {
 		return bad("image_digest %q is not a digest", p.ImageDigest)
+	}
+	if p.OCIDigest != "" && !evidence.IsDigest(p.OCIDigest) {
+		return bad("oci_digest %q is not a digest", p.OCIDigest)
 	}
 	if !evidence.IsDigest(p.KernelDigest) {
 		return bad("kernel_digest %q is not a digest", p.KernelDigest)

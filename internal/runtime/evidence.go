@@ -93,7 +93,7 @@ func planInput(id, name string, img *bootImage, backend string, o UpOptions) (pl
 	return plan.Input{
 		WorkloadIRSHA256: irHash,
 		SandboxID:        id, SandboxName: name,
-		ImageDigest: img.ref.Digest, KernelDigest: img.kernelDigest(),
+		ImageDigest: img.ref.Digest, KernelDigest: img.kernelDigest(), OCIDigest: img.ref.OCIDigest,
 		ImageProfile: img.profile, Backend: backend,
 		Resources:  plan.Resources{CPUs: o.CPUs, MemoryMiB: o.MemoryMiB, DiskMiB: o.DiskMiB},
 		RunProfile: prof,

@@ -177,7 +177,7 @@ func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*Ex
 	}
 	receiptID := evidence.NewID()
 	receipt, rec, err := evidence.RecordRun(w.chain, w.signer, evidence.RunRecord{
-		ReceiptID: receiptID, SandboxID: st.ID, ImageDigest: st.Image.Digest, KernelDigest: kernelDigest(dir),
+		ReceiptID: receiptID, SandboxID: st.ID, ImageDigest: st.Image.Digest, OCIDigest: st.Image.OCIDigest, KernelDigest: kernelDigest(dir),
 		PlanHash: planHash(dir), Backend: backendOf(dir), WorkloadIRHash: irHash, Argv: o.Argv, Env: evEnv,
 		Stdin: inH.Digest(), Stdout: outH.Digest(), Stderr: errH.Digest(),
 		ExitCode: res.ExitCode, StartedAt: started, FinishedAt: time.Now(),

@@ -77,11 +77,27 @@ func TestOCIImagePullRunExecFiles(t *testing.T) {
 	if r := e.run("run", "--require-digest", "--image", ref, "--", "true"); r.code == 0 || !strings.Contains(r.stderr, "@sha256:") {
 		t.Fatalf("run --require-digest with a tag: %s", r)
 	}
-	e.must("run", "--require-digest", "--image", pinned, "--", "true")
+	// the manifest digest is in the signed receipt
+	receipt := filepath.Join(t.TempDir(), "r.json")
+	e.must("run", "--require-digest", "--receipt", receipt, "--image", pinned, "--", "true")
+	if b, err := os.ReadFile(receipt); err != nil || !strings.Contains(string(b), `"oci_digest":"`+digest+`"`) {
+		t.Fatalf("receipt does not record the manifest digest %s: %s %v", digest, b, err)
+	}
+	e.must("receipt", "verify", receipt)
 
 	// a sandbox of it: exec and file operations
 	e.must("up", "--name", "ocibox", "--image", ref)
 	defer e.run("down", "ocibox")
+	// and in the admitted plan
+	var planned bool
+	for _, d := range e.sandboxDirs() {
+		if b, err := os.ReadFile(filepath.Join(e.state, "sb", d, "plan.json")); err == nil && strings.Contains(string(b), `"oci_digest":"`+digest+`"`) {
+			planned = true
+		}
+	}
+	if !planned {
+		t.Errorf("no sandbox plan records oci_digest %s", digest)
+	}
 	r = e.must("exec", "ocibox", "--", "sh", "-c", "id -u; pwd; echo written > /app/out; cat /app/out")
 	if r.stdout != "1000\n/app\nwritten\n" {
 		t.Fatalf("exec: %q", r.stdout)
