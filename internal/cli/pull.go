@@ -120,7 +120,9 @@ func ociRun(ctx context.Context, app *App, jsonOut bool, do func(runtimeAPI, fun
 	if a.Cached {
 		how = "cached"
 	}
-	fmt.Fprintf(app.Stdout, "%s  %s@%s  %s  %s in %.1fs\n", a.Digest, a.OCI.Ref, a.OCI.Digest, imgHumanBytes(a.Size), how, time.Since(start).Seconds())
+	// the artifact, then the manifest digest it was made from (the same
+	// digest pulled under another name is the same artifact)
+	fmt.Fprintf(app.Stdout, "%s  manifest %s  %s  %s in %.1fs\n", a.Digest, a.OCI.Digest, imgHumanBytes(a.Size), how, time.Since(start).Seconds())
 	return nil
 }
 

@@ -335,3 +335,19 @@ func TestBuildManifestOnOCIImage(t *testing.T) {
 		t.Fatalf("second build: %v %v", again, err)
 	}
 }
+
+// TestUnknownTemplateNamesOCIAlternative: python-3.12 (no Debian release
+// here provides it) points at the OCI image, which a name with ':' reaches.
+func TestUnknownTemplateNamesOCIAlternative(t *testing.T) {
+	_, err := ResolveTemplate("python-3.12")
+	if err == nil || !strings.Contains(err.Error(), "python:3.12-slim") {
+		t.Fatalf("error %v does not name python:3.12-slim", err)
+	}
+	if !oci.IsReference("python:3.12-slim") || oci.IsReference("python-3.12") || oci.IsReference("sha256:abcd") {
+		t.Fatal("reference detection")
+	}
+	d := rfTestDirs(t)
+	if _, err := ResolveImage(d, "python:3.12-slim"); !errors.As(err, new(*NotPulledError)) {
+		t.Fatalf("ResolveImage of an unpulled reference: %v", err)
+	}
+}
