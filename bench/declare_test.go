@@ -50,9 +50,16 @@ def run() -> str:
 	b.ReportMetric(float64(inv.Microseconds())/1000, "warm-invoke-p50-ms")
 	b.ReportMetric(float64(ex.Microseconds())/1000, "exec-python-p50-ms")
 	b.ReportMetric(ratio, "ratio")
-	fmt.Printf("warm invoke p50 %v vs exec python3 -c pass p50 %v on the same sandbox (%d each): %.2fx (target <= 0.30x)\n",
-		inv.Round(100*time.Microsecond), ex.Round(100*time.Microsecond), n, ratio)
+	fmt.Printf("warm invoke p50 %v vs exec python3 -c pass p50 %v on the same sandbox (%d each): %.2fx (target <= %.2fx)\n",
+		inv.Round(100*time.Microsecond), ex.Round(100*time.Microsecond), n, ratio, warmInvokeTarget)
+	if ratio > warmInvokeTarget {
+		b.Errorf("warm invoke at %.2fx of exec python3 misses its target of <= %.2fx (SPECIFICATION.md)", ratio, warmInvokeTarget)
+	}
 }
+
+// warmInvokeTarget is the promise of SPECIFICATION.md: a warm invoke's p50
+// against `exec python3 -c pass` on the same sandbox.
+const warmInvokeTarget = 0.30
 
 // BenchmarkCompile compiles a 5,000-line declaring module and prints its
 // p50 beside `python3 -m py_compile` of the same file.
