@@ -314,6 +314,15 @@ def test_create_flags(fake_cli: Path, tmp_path: Path, monkeypatch: pytest.Monkey
         sb2.commands.run("true")
 
 
+def test_create_passes_oci_references(fake_cli: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OCI image reference is an image name, not a build directory."""
+    monkeypatch.setenv("FAKE_STDOUT", json.dumps({"name": "o1", "id": "abc", "state": "running"}))
+    for ref in ("python:3.12-slim", "ghcr.io/org/app@sha256:" + "ab" * 32):
+        sb = mvm.Sandbox.create(ref, name="o1")
+        assert calls(tmp_path)[-1].startswith(f"up --image {ref} --name o1 --json")
+        sb.detach()
+
+
 # -- record mode --------------------------------------------------------------
 
 def test_record_mode_writes_the_recording_without_booting(tmp_path: Path) -> None:
