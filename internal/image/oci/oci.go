@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -25,6 +26,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/klauspost/compress/zstd"
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
@@ -117,16 +119,24 @@ func Resolve(ctx context.Context, ref string, o PullOptions) (*Image, error) {
 	return out, nil
 }
 
-// registryError gives a registry failure its kind and what to do next.
+// registryError gives a registry failure its kind and what to do next,
+// by the HTTP status the registry answered (transport.Error).
 func registryError(ref string, err error) error {
-	msg := err.Error()
-	switch {
-	case strings.Contains(msg, "UNAUTHORIZED") || strings.Contains(msg, "DENIED") || strings.Contains(msg, "401"):
-		return errdefs.Errorf(errdefs.KindPermissionDenied, "pull %s: %v (log in with `docker login` or set DOCKER_CONFIG to a config with credentials for the registry)", ref, err)
-	case strings.Contains(msg, "MANIFEST_UNKNOWN") || strings.Contains(msg, "NAME_UNKNOWN") || strings.Contains(msg, "404"):
-		return errdefs.Errorf(errdefs.KindNotFound, "pull %s: %v (check the name and tag)", ref, err)
-	case strings.Contains(msg, "no child with platform"):
+	var te *transport.Error
+	if errors.As(err, &te) {
+		switch te.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden:
+			return errdefs.Errorf(errdefs.KindPermissionDenied, "pull %s: %v (log in with `docker login` or set DOCKER_CONFIG to a config with credentials for the registry)", ref, err)
+		case http.StatusNotFound:
+			return errdefs.Errorf(errdefs.KindNotFound, "pull %s: %v (check the name and tag)", ref, err)
+		}
+	}
+	// go-containerregistry has no typed error for a platform an index lacks
+	if strings.Contains(err.Error(), "no child with platform") {
 		return errdefs.Errorf(errdefs.KindNotFound, "pull %s: %v (choose another --platform)", ref, err)
+	}
+	if errors.Is(err, context.Canceled) {
+		return errdefs.Canceled(err)
 	}
 	return errdefs.Errorf(errdefs.KindUnavailable, "pull %s: %v", ref, err)
 }
