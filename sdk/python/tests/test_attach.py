@@ -24,7 +24,7 @@ def test_secret_refs_are_names_only() -> None:
     with pytest.raises(mvm.InvalidArgument):
         mvm.secret("../x")
     with pytest.raises(mvm.InvalidArgument):
-        mvm._secrets.mount_flags("/a:/b")  # type: ignore[arg-type]
+        mvm._secrets.mount_flags("/a:/b")  # a str is refused, though it is a Sequence[str]
 
 
 def test_mounts_and_secrets(tmp_path: Path) -> None:

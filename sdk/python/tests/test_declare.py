@@ -29,7 +29,7 @@ def test_app_returns_the_function_unchanged() -> None:
     assert local_fn(1) == 2
     assert local_fn.__name__ == "local_fn"
     assert mvm.nix_packages(["python313"]) == {"kind": "nix_packages", "packages": ["python313"]}
-    assert mvm.secret("token") == {"kind": "secret", "name": "token"}
+    assert mvm.secret("token") == mvm.Secret("token")  # one helper for declarations and Sandbox.create
     assert mvm.entrypoint_function(warm=True)["warm"] is True
 
 

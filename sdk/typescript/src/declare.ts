@@ -9,9 +9,10 @@
  */
 import { CLI, EXIT_MVM, callTimeoutMs } from "./cli.js";
 import { InvalidArgument, MvmError } from "./errors.js";
+import type { Secret } from "./secrets.js";
 
 export type Decl = Record<string, unknown>;
-export type EnvValue = string | Decl;
+export type EnvValue = string | Secret;
 
 export interface AppOptions {
   name?: string;
@@ -57,10 +58,6 @@ export function resources(opts: { cpu_cores?: number; memory_mb?: number; disk_m
 }
 export function network(opts: { mode?: "deny" | "allow"; allow?: string[]; ports?: (number | { guest: number; host?: number })[] } = {}): Decl {
   return { mode: opts.mode ?? "deny", allow: opts.allow ?? [], ports: opts.ports ?? [] };
-}
-/** A secret by name; its value never appears in the declaration. */
-export function secret(name: string): Decl {
-  return { kind: "secret", name };
 }
 export function entrypoint(command: string[], opts: { working_dir?: string; env?: Record<string, string> } = {}): Decl {
   return { kind: "command", command: [...command], working_dir: opts.working_dir ?? "/app", env: opts.env ?? {} };

@@ -43,7 +43,6 @@ from ._declare import (
     node_image,
     python_image,
     resources,
-    secret,
     template,
     workload,
 )

@@ -17,11 +17,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TypeV
 
 from ._cli import CLI, EXIT_MVM, call_timeout
 from ._errors import InvalidArgument, MvmError
+from ._secrets import Secret
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 Decl = Dict[str, Any]
-EnvValue = Union[str, Decl]
+EnvValue = Union[str, Secret]
 
 
 def app(
@@ -81,11 +82,6 @@ def network(
     ports: Sequence[Union[int, Mapping[str, int]]] = (),
 ) -> Decl:
     return {"mode": mode, "allow": list(allow), "ports": list(ports)}
-
-
-def secret(name: str) -> Decl:
-    """A secret by name; its value never appears in the declaration."""
-    return {"kind": "secret", "name": name}
 
 
 def entrypoint(
