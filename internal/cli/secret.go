@@ -4,10 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/mvm-sandbox/mvm/internal/secret"
 	"github.com/spf13/cobra"
 )
@@ -51,10 +51,11 @@ func newSecretCmd(app *App) *cobra.Command {
 			if err != nil {
 				return exitCode(ExitUsage, err)
 			}
-			if err := secretInUse(app, name, "replace"); err != nil {
-				return err
+			rt, err := app.runtime()
+			if err != nil {
+				return exitCode(ExitMvm, err)
 			}
-			if err := secret.Open(app.Dirs.Data).Set(name, val, time.Now()); err != nil {
+			if err := rt.SetSecret(name, val, time.Now()); err != nil {
 				return exitCode(1, err)
 			}
 			fmt.Fprintf(app.Stderr, "secret %s stored\n", name)
@@ -69,7 +70,11 @@ func newSecretCmd(app *App) *cobra.Command {
 		Short: "List secrets: names and times, never values",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			list, err := secret.Open(app.Dirs.Data).List()
+			rt, err := app.runtime()
+			if err != nil {
+				return exitCode(ExitMvm, err)
+			}
+			list, err := rt.Secrets().List()
 			if err != nil {
 				return exitCode(1, err)
 			}
@@ -91,11 +96,15 @@ func newSecretCmd(app *App) *cobra.Command {
 		Short: "Remove a secret (sandboxes already given it keep what they have)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := secretInUse(app, args[0], "remove"); err != nil {
-				return err
+			rt, err := app.runtime()
+			if err != nil {
+				return exitCode(ExitMvm, err)
 			}
-			err := secret.Open(app.Dirs.Data).Remove(args[0])
+			err = rt.RemoveSecret(args[0])
+			var inUse *runtime.SecretInUseError
 			switch {
+			case errors.As(err, &inUse):
+				return exitCode(1, err)
 			case errors.Is(err, secret.ErrNotFound):
 				return exitCode(ExitNotFound, err)
 			case errors.Is(err, secret.ErrInvalid):
@@ -113,13 +122,3 @@ func newSecretCmd(app *App) *cobra.Command {
 
 // secretInUse refuses to change a secret that running sandboxes hold: the
 // redaction of their output needs the value they were given.
-func secretInUse(app *App, name, what string) error {
-	rt, err := app.runtime()
-	if err != nil {
-		return exitCode(ExitMvm, err)
-	}
-	if h := rt.SecretHolders(name); len(h) > 0 {
-		return exitCode(1, fmt.Errorf("secret %s is in use by %s; cannot %s it until they are down (`mvmctl down %s`)", name, strings.Join(h, ", "), what, strings.Join(h, " ")))
-	}
-	return nil
-}

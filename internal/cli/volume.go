@@ -54,7 +54,7 @@ func newVolumeCmd(app *App) *cobra.Command {
 			if err != nil {
 				return exitCode(ExitMvm, err)
 			}
-			v, err := volume.Open(app.Dirs.Data).Create(args[0], n, time.Now())
+			v, err := rt.Volumes().Create(args[0], n, time.Now())
 			if errors.Is(err, volume.ErrExists) {
 				return exitCode(1, err)
 			}
@@ -81,7 +81,7 @@ func newVolumeCmd(app *App) *cobra.Command {
 			if err != nil {
 				return exitCode(ExitMvm, err)
 			}
-			list, err := volume.Open(app.Dirs.Data).List()
+			list, err := rt.Volumes().List()
 			if err != nil {
 				return exitCode(1, err)
 			}
@@ -115,7 +115,7 @@ func newVolumeCmd(app *App) *cobra.Command {
 			if err != nil {
 				return exitCode(ExitMvm, err)
 			}
-			v, err := volume.Open(app.Dirs.Data).Inspect(args[0])
+			v, err := rt.Volumes().Inspect(args[0])
 			if err != nil {
 				return volumeExit(err)
 			}
@@ -128,7 +128,11 @@ func newVolumeCmd(app *App) *cobra.Command {
 		Short: "Remove a volume and its data (refused while a sandbox has it attached)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := volume.Open(app.Dirs.Data).Remove(args[0]); err != nil {
+			rt, err := app.runtime()
+			if err != nil {
+				return exitCode(ExitMvm, err)
+			}
+			if err := rt.Volumes().Remove(args[0]); err != nil {
 				return volumeExit(err)
 			}
 			fmt.Fprintf(app.Stderr, "volume %s removed\n", args[0])
@@ -146,7 +150,11 @@ func newVolumeCmd(app *App) *cobra.Command {
 			if err != nil {
 				return exitCode(ExitUsage, err)
 			}
-			v, err := volume.Open(app.Dirs.Data).Resize(args[0], n)
+			rt, err := app.runtime()
+			if err != nil {
+				return exitCode(ExitMvm, err)
+			}
+			v, err := rt.Volumes().Resize(args[0], n)
 			if err != nil {
 				return volumeExit(err)
 			}

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
+	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
 	"github.com/mvm-sandbox/mvm/internal/backend"
@@ -33,7 +35,7 @@ var ErrAttach = errdefs.New(errdefs.KindInvalidArgument, errors.New("cannot atta
 func (r *Runtime) ResolveAttachments(o UpOptions) (*sandbox.Attachments, error) {
 	a := &sandbox.Attachments{Mounts: []plan.Mount{}, Volumes: []plan.VolumeMount{}, Secrets: []secret.Ref{}}
 	home, _ := os.UserHomeDir()
-	vs := volume.Open(r.Dirs.Data)
+	vs := r.Volumes()
 	for _, m := range o.Mounts {
 		if err := volume.CheckGuestPath(m.Target); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrAttach, err)
@@ -59,7 +61,7 @@ func (r *Runtime) ResolveAttachments(o UpOptions) (*sandbox.Attachments, error) 
 	if err := secret.CheckRefs(o.Secrets); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrAttach, err)
 	}
-	ss := secret.Open(r.Dirs.Data)
+	ss := r.Secrets()
 	for _, ref := range o.Secrets {
 		if err := ss.Check(ref.Name); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrAttach, err)
@@ -116,7 +118,7 @@ func (r *Runtime) vmAttachments(a *sandbox.Attachments) ([]backend.Disk, []backe
 		shares = append(shares, backend.Share{Tag: shareTag(i), HostPath: m.HostPath, ReadOnly: m.ReadOnly})
 		ms = append(ms, gm{"virtiofs", shareTag(i), m.GuestPath, m.ReadOnly})
 	}
-	vs := volume.Open(r.Dirs.Data)
+	vs := r.Volumes()
 	for i, v := range a.Volumes {
 		disks = append(disks, backend.Disk{Path: vs.ImagePath(v.Name), ReadOnly: v.ReadOnly, Serial: volumeSerial(i)})
 		ms = append(ms, gm{"ext4", volumeSerial(i), v.GuestPath, v.ReadOnly})
@@ -141,7 +143,7 @@ func (r *Runtime) vmAttachments(a *sandbox.Attachments) ([]backend.Disk, []backe
 // lockVolumes takes each volume's attachment lock; the supervisor inherits
 // the descriptors and holds them for the sandbox's life.
 func (r *Runtime) lockVolumes(a *sandbox.Attachments) ([]*os.File, error) {
-	vs := volume.Open(r.Dirs.Data)
+	vs := r.Volumes()
 	var files []*os.File
 	for _, v := range a.Volumes {
 		l, err := vs.Acquire(v.Name, v.ReadOnly)
@@ -182,6 +184,41 @@ func (r *Runtime) VolumeHolders(name string) []string {
 	return out
 }
 
+// Volumes is the volume store of this runtime's data directory.
+func (r *Runtime) Volumes() *volume.Store { return volume.Open(r.Dirs.Data) }
+
+// Secrets is the secret store of this runtime's data directory.
+func (r *Runtime) Secrets() *secret.Store { return secret.Open(r.Dirs.Data) }
+
+// SecretInUseError refuses to change or remove a secret that active
+// sandboxes were given.
+type SecretInUseError struct {
+	Name    string
+	Holders []string
+	Verb    string // "replace" or "remove"
+}
+
+func (e *SecretInUseError) Error() string {
+	return fmt.Sprintf("secret %s is in use by %s; cannot %s it until they are down (`mvmctl down %s`)",
+		e.Name, strings.Join(e.Holders, ", "), e.Verb, strings.Join(e.Holders, " "))
+}
+
+// SetSecret stores a secret's value, unless an active sandbox holds it.
+func (r *Runtime) SetSecret(name string, value []byte, now time.Time) error {
+	if h := r.SecretHolders(name); len(h) > 0 {
+		return &SecretInUseError{Name: name, Holders: h, Verb: "replace"}
+	}
+	return r.Secrets().Set(name, value, now)
+}
+
+// RemoveSecret deletes a secret, unless an active sandbox holds it.
+func (r *Runtime) RemoveSecret(name string) error {
+	if h := r.SecretHolders(name); len(h) > 0 {
+		return &SecretInUseError{Name: name, Holders: h, Verb: "remove"}
+	}
+	return r.Secrets().Remove(name)
+}
+
 // SecretHolders names the active sandboxes that were given a secret. Its
 // value must not change or vanish under them: output redaction needs the
 // value the guest holds.
@@ -217,7 +254,7 @@ func (r *Runtime) secretValues(a *sandbox.Attachments) (map[string][]byte, error
 	if a == nil || len(a.Secrets) == 0 {
 		return nil, nil
 	}
-	ss := secret.Open(r.Dirs.Data)
+	ss := r.Secrets()
 	vals := map[string][]byte{}
 	for _, ref := range a.Secrets {
 		v, err := ss.Get(ref.Name)

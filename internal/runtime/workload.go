@@ -109,7 +109,7 @@ func readCapped(path string, max int64) ([]byte, error) {
 // builder. An image no Debian release provides fails here with
 // E_IMAGE_UNAVAILABLE.
 func (r *Runtime) BuildWorkload(ctx context.Context, wl *Workload, progress func(image.Event)) (*image.Artifact, error) {
-	store := secret.Open(r.Dirs.Data)
+	store := r.Secrets()
 	st, err := workload.Prepare(wl.IR, wl.BaseDir, filepath.Join(r.Dirs.Images(), "tmp"), func(n string) bool { return store.Check(n) == nil })
 	if err != nil {
 		return nil, err
