@@ -15,6 +15,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	ocilayout "github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/image/oci"
@@ -203,6 +204,44 @@ func TestPullCorruptLayerRefused(t *testing.T) {
 		t.Fatalf("corrupt layer: %v", err)
 	}
 	cacheEmpty(t, d)
+}
+
+// TestPullDiffIDMismatchRefused: a layer whose compressed bytes match the
+// manifest but whose uncompressed tar stream is not the one the
+// configuration names (rootfs.diff_ids) is refused, and so is a
+// configuration listing fewer diff_ids than there are layers; nothing is
+// cached either way.
+func TestPullDiffIDMismatchRefused(t *testing.T) {
+	rfNeedTools(t)
+	t.Setenv("DOCKER_CONFIG", t.TempDir())
+	reg := ocitest.NewRegistry(t, "", "")
+	img := testOCIImage(t, "linux/amd64", "x")
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// diff_ids[1] names another layer's uncompressed stream
+	other, err := ocitest.Layer(ocitest.Tar([]ociE{{Name: "other", Body: "not this layer"}})).DiffID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	swapped := cf.DeepCopy()
+	swapped.RootFS.DiffIDs[1] = other
+	short := cf.DeepCopy()
+	short.RootFS.DiffIDs = short.RootFS.DiffIDs[:1]
+	for tag, bad := range map[string]*v1.ConfigFile{"swapped": swapped, "short": short} {
+		crafted, err := mutate.ConfigFile(img, bad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg.Push(t, "crafted:"+tag, crafted, nil)
+		d := rfTestDirs(t)
+		_, err = Pull(context.Background(), d, reg.Host+"/crafted:"+tag, PullOptions{}, nil, nil)
+		if !errors.Is(err, oci.ErrDigestMismatch) || errdefs.KindOf(err) != errdefs.KindInvalidArgument || !strings.Contains(err.Error(), "diff_id") {
+			t.Fatalf("%s diff_ids: %v (kind %q)", tag, err, errdefs.KindOf(err))
+		}
+		cacheEmpty(t, d)
+	}
 }
 
 func TestPullHostileLayerRefused(t *testing.T) {

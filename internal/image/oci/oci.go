@@ -287,13 +287,22 @@ type Event struct {
 }
 
 // Unpack downloads (or reads) every layer in order, verifying its digest
-// and size as it streams, and applies it onto dir (an existing empty
-// directory). A layer whose bytes do not match its digest fails the whole
-// unpack; the caller removes dir.
+// and size as it streams and the digest of its uncompressed tar stream
+// against the configuration's rootfs.diff_ids, and applies it onto dir (an
+// existing empty directory). A layer whose bytes do not match fails the
+// whole unpack; the caller removes dir.
 func (im *Image) Unpack(ctx context.Context, dir string, progress func(Event)) (*Unpacker, error) {
 	layers, err := im.img.Layers()
 	if err != nil {
 		return nil, errdefs.Errorf(errdefs.KindUnavailable, "image %s: layers: %v", im.Ref, err)
+	}
+	cf, err := im.img.ConfigFile()
+	if err != nil {
+		return nil, errdefs.Errorf(errdefs.KindInvalidArgument, "image %s: configuration: %v", im.Ref, err)
+	}
+	diffIDs := cf.RootFS.DiffIDs
+	if len(diffIDs) != len(layers) {
+		return nil, fmt.Errorf("%w: image %s: the configuration lists %d rootfs.diff_ids for %d layers", ErrDigestMismatch, im.Ref, len(diffIDs), len(layers))
 	}
 	u, err := NewUnpacker(dir)
 	if err != nil {
@@ -304,14 +313,14 @@ func (im *Image) Unpack(ctx context.Context, dir string, progress func(Event)) (
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		if err := im.layer(ctx, u, l, i+1, len(layers), progress); err != nil {
+		if err := im.layer(ctx, u, l, diffIDs[i], i+1, len(layers), progress); err != nil {
 			return nil, err
 		}
 	}
 	return u, nil
 }
 
-func (im *Image) layer(ctx context.Context, u *Unpacker, l v1.Layer, n, of int, progress func(Event)) error {
+func (im *Image) layer(ctx context.Context, u *Unpacker, l v1.Layer, diffID v1.Hash, n, of int, progress func(Event)) error {
 	d, err := l.Digest()
 	if err != nil {
 		return err
@@ -334,9 +343,14 @@ func (im *Image) layer(ctx context.Context, u *Unpacker, l v1.Layer, n, of int, 
 			progress(Event{Layer: n, Of: of, Digest: d.String(), Done: done, Total: size, Final: final})
 		}
 	}}
-	plain, err := decompress(cr)
+	z, err := decompress(cr)
 	if err != nil {
 		return fmt.Errorf("layer %d/%d %s: %w", n, of, d, err)
+	}
+	// the uncompressed stream is what the configuration names (diff_id)
+	plain, err := verifyReader(z, -1, diffID)
+	if err != nil {
+		return err
 	}
 	if err := u.Layer(plain); err != nil {
 		// a layer that fails to unpack may be a corrupt one: the digest
@@ -346,9 +360,9 @@ func (im *Image) layer(ctx context.Context, u *Unpacker, l v1.Layer, n, of int, 
 		}
 		return fmt.Errorf("layer %d/%d %s: %w", n, of, d, err)
 	}
-	// read to the end: the digest is checked at EOF
+	// read to the end: the digests are checked at EOF
 	if _, err := io.Copy(io.Discard, plain); err != nil {
-		return fmt.Errorf("layer %d/%d %s: %w", n, of, d, err)
+		return fmt.Errorf("layer %d/%d %s (uncompressed: diff_id %s): %w", n, of, d, diffID, err)
 	}
 	if _, err := io.Copy(io.Discard, cr); err != nil {
 		return fmt.Errorf("layer %d/%d %s: %w", n, of, d, err)
