@@ -17,6 +17,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/atomicfile"
 	"github.com/mvm-sandbox/mvm/internal/evidence"
 )
 
@@ -72,21 +73,7 @@ func Approve(dataDir, hash, name string, s *evidence.Signer, now time.Time) (*Ap
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	tmp, err := os.CreateTemp(dir, ".approval-*")
-	if err != nil {
-		return nil, err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return nil, err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return nil, err
-	}
-	tmp.Close()
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, hash+".json")); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, hash+".json"), append(b, '\n'), 0o600); err != nil {
 		return nil, err
 	}
 	return a, nil

@@ -5,9 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 
+	"github.com/mvm-sandbox/mvm/internal/atomicfile"
 	"github.com/mvm-sandbox/mvm/internal/decl"
 	"github.com/mvm-sandbox/mvm/internal/ir"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
@@ -98,7 +98,7 @@ See docs/declarations.md and docs/workload-ir.md.`,
 				return err
 			}
 			if out != "" {
-				if err := writeFileAtomic(out, data); err != nil {
+				if err := atomicfile.WriteFile(out, data, 0o644); err != nil {
 					return exitCode(1, err)
 				}
 			}
@@ -117,24 +117,6 @@ See docs/declarations.md and docs/workload-ir.md.`,
 	cmd.Flags().StringVarP(&out, "out", "o", "", "write the IR to this file")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print {ok, ir_sha256, ir} (or {ok: false, errors})")
 	return cmd
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, ".ir-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	os.Chmod(tmp.Name(), 0o644)
-	return os.Rename(tmp.Name(), path)
 }
 
 // loadWorkload loads FILE for approve/build/up/invoke with the CLI's

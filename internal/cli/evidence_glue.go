@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/atomicfile"
 	"github.com/mvm-sandbox/mvm/internal/evidence"
 	"github.com/mvm-sandbox/mvm/internal/image"
 	"github.com/mvm-sandbox/mvm/internal/plan"
@@ -37,7 +38,7 @@ func writeReceipt(path string, receipt []byte) error {
 	if len(receipt) == 0 {
 		return errors.New("no receipt was produced")
 	}
-	if err := evidence.WriteFileAtomic(path, receipt, 0o644); err != nil {
+	if err := atomicfile.WriteFile(path, receipt, 0o644); err != nil {
 		return fmt.Errorf("write receipt %s: %w", path, err)
 	}
 	return nil

@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/mvm-sandbox/mvm/internal/atomicfile"
 )
 
 // Host key file names inside paths.Dirs.Keys().
@@ -123,7 +125,7 @@ func LoadOrCreateSigner(keysDir string) (*Signer, error) {
 	}
 	// The public key file is a convenience copy; keep it in step.
 	if cur, err := os.ReadFile(pubPath); err != nil || !bytes.Equal(cur, s.Public) {
-		if err := writeFileAtomic(pubPath, s.Public, 0o644); err != nil {
+		if err := atomicfile.WriteFile(pubPath, s.Public, 0o644); err != nil {
 			return nil, fmt.Errorf("write public key: %w", err)
 		}
 	}
@@ -169,31 +171,16 @@ func createKey(path string) error {
 	if _, err := rand.Read(seed); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".host-signer-*")
+	tmp, err := atomicfile.CreateTemp(filepath.Dir(path), ".host-signer-*")
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
+	defer tmp.Abort()
 	if _, err := tmp.Write(seed); err != nil {
-		tmp.Close()
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Link(tmp.Name(), path); err != nil && !errors.Is(err, fs.ErrExist) {
-		return err
-	}
-	syncDir(filepath.Dir(path))
-	return nil
+	_, err = tmp.CommitNew(path, 0o600)
+	return err
 }
 
 // ParsePublicKey accepts a public key as the raw 32 bytes or as base64 text
@@ -276,45 +263,4 @@ func LoadKeyList(path string) ([]ed25519.PublicKey, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return keys, nil
-}
-
-// writeFileAtomic writes data to path via a temp file and rename.
-func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	syncDir(filepath.Dir(path))
-	return nil
-}
-
-// WriteFileAtomic writes data to path atomically with the given mode.
-func WriteFileAtomic(path string, data []byte, mode fs.FileMode) error {
-	return writeFileAtomic(path, data, mode)
-}
-
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 )
 
 func TestKeyCreatedWithModes(t *testing.T) {
@@ -114,4 +116,47 @@ func TestParsePublicKey(t *testing.T) {
 	if _, err := ParsePublicKey([]byte("not a key")); err == nil {
 		t.Error("garbage accepted")
 	}
+}
+
+// Rewriting the public key file fails half-way (the disk filled up): the
+// old file stays whole, nothing is left beside it, and the private key is
+// untouched.
+func TestPublicKeyRewriteFailureKeepsOldFile(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "keys")
+	if _, err := LoadOrCreateSigner(dir); err != nil {
+		t.Fatal(err)
+	}
+	pub := filepath.Join(dir, PublicKeyFile)
+	stale := []byte("stale")
+	if err := os.WriteFile(pub, stale, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	priv, _ := os.ReadFile(filepath.Join(dir, PrivateKeyFile))
+	restore := testenv.LimitFileSize(t, 8)
+	_, err := LoadOrCreateSigner(dir)
+	restore()
+	if err == nil {
+		t.Fatal("the rewrite past the file size limit succeeded")
+	}
+	if b, _ := os.ReadFile(pub); !bytes.Equal(b, stale) {
+		t.Fatalf("public key file changed: %q", b)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, PrivateKeyFile)); !bytes.Equal(b, priv) {
+		t.Fatal("private key changed")
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 2 {
+		t.Fatalf("left behind: %v", ents)
+	}
+	if s, err := LoadOrCreateSigner(dir); err != nil || !bytes.Equal(mustRead(t, pub), s.Public) {
+		t.Fatalf("repair: %v", err)
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

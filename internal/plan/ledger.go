@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gofrs/flock"
+	"github.com/mvm-sandbox/mvm/internal/atomicfile"
 	"github.com/mvm-sandbox/mvm/internal/evidence"
 )
 
@@ -87,5 +88,5 @@ func (l *Ledger) Consume(signer, nonce string, validUntil, now time.Time) error 
 	if err != nil {
 		return err
 	}
-	return evidence.WriteFileAtomic(l.path, append(out, '\n'), 0o600)
+	return atomicfile.WriteFile(l.path, append(out, '\n'), 0o600)
 }

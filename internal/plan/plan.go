@@ -19,6 +19,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/atomicfile"
 	"github.com/mvm-sandbox/mvm/internal/evidence"
 )
 
@@ -461,7 +462,7 @@ func Store(sp *SignedPlan, path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	return evidence.WriteFileAtomic(path, append(b, '\n'), 0o600)
+	return atomicfile.WriteFile(path, append(b, '\n'), 0o600)
 }
 
 // Verify checks the plan is well formed and signed by trusted.

@@ -12,10 +12,10 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/atomicfile"
 	"github.com/mvm-sandbox/mvm/internal/backend"
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
 )
@@ -246,11 +246,7 @@ func WriteJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp" + strconv.Itoa(os.Getpid())
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.WriteFile(path, append(b, '\n'), 0o600)
 }
 
 // ReadJSON reads path into v.

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 )
 
 func TestValidateName(t *testing.T) {
@@ -98,5 +100,33 @@ func TestProcessAlive(t *testing.T) {
 	}
 	if ProcessAlive(0, "") || ProcessAlive(-1, "") {
 		t.Fatal("invalid pids alive")
+	}
+}
+
+// A state file whose rewrite fails half-way (the disk filled up) keeps its
+// old content, and nothing is left beside it: WriteJSON goes through
+// atomicfile (temp file, fsync, rename). The old code left its partial
+// temporary file in the sandbox directory.
+func TestWriteJSONFailureKeepsOldFile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, StateFile)
+	if err := WriteJSON(p, map[string]string{"status": "running"}); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := os.ReadFile(p)
+	restore := testenv.LimitFileSize(t, 16)
+	err := WriteJSON(p, map[string]string{"status": strings.Repeat("x", 4096)})
+	restore()
+	if err == nil {
+		t.Fatal("a write past the file size limit succeeded")
+	}
+	if b, _ := os.ReadFile(p); string(b) != string(old) {
+		t.Fatalf("old content lost: %q", b)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("left behind: %v", ents)
+	}
+	if st, _ := os.Stat(p); st.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v", st.Mode())
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"syscall"
 	"testing"
 )
 
@@ -74,4 +75,24 @@ func Opted(t testing.TB, env, what string) {
 		return
 	}
 	t.Skipf("%s: set %s=1 (scripts/test.sh runs it)", what, env)
+}
+
+// LimitFileSize makes this process's writes past n bytes of a file fail
+// with EFBIG (a disk that fills up half-way through a write) until the
+// returned func restores the old limit. Go ignores SIGXFSZ, so the write
+// returns the error. Not for parallel tests: the limit is per process.
+func LimitFileSize(t testing.TB, n uint64) (restore func()) {
+	t.Helper()
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
+		t.Fatal(err)
+	}
+	lim := old
+	lim.Cur = n
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	restore = func() { syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old) }
+	t.Cleanup(restore)
+	return restore
 }

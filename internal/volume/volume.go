@@ -23,6 +23,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/atomicfile"
 )
 
 // SchemaVersion of volume.json.
@@ -174,11 +176,7 @@ func (s *Store) writeInfo(info *Info) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(s.dir(info.Name), ".volume.json.tmp")
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, filepath.Join(s.dir(info.Name), "volume.json"))
+	return atomicfile.WriteFile(filepath.Join(s.dir(info.Name), "volume.json"), append(b, '\n'), 0o600)
 }
 
 // Inspect reads a volume's metadata.

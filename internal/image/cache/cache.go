@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/gofrs/flock"
+	"github.com/mvm-sandbox/mvm/internal/atomicfile"
 )
 
 // Modes of everything created in the cache. They are the single place to
@@ -53,12 +54,8 @@ func Secure(root string) error {
 // lockRetry is how often a waiting Lock tries again.
 const lockRetry = 50 * time.Millisecond
 
-// Temp is a file being written beside its final name. Commit makes it
-// durable and renames it into place; Abort (safe after Commit) removes it.
-type Temp struct {
-	*os.File
-	done bool
-}
+// Temp is a file being written beside its final name (atomicfile.Temp).
+type Temp = atomicfile.Temp
 
 // CreateTemp creates a temporary file in dir (made with DirMode when
 // missing). pattern is as for os.CreateTemp.
@@ -66,75 +63,20 @@ func CreateTemp(dir, pattern string) (*Temp, error) {
 	if err := os.MkdirAll(dir, DirMode); err != nil {
 		return nil, err
 	}
-	f, err := os.CreateTemp(dir, pattern)
-	if err != nil {
-		return nil, err
-	}
-	return &Temp{File: f}, nil
-}
-
-// Commit sets perm, flushes the file to disk, renames it to final and
-// flushes final's directory, so that after a crash final is either absent
-// or complete.
-func (t *Temp) Commit(final string, perm fs.FileMode) error {
-	if t.done {
-		return errors.New("cache: temp file already committed or aborted")
-	}
-	t.done = true
-	name := t.Name()
-	err := t.Chmod(perm)
-	if err == nil {
-		err = t.Sync()
-	}
-	if cerr := t.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(name, final)
-	}
-	if err != nil {
-		os.Remove(name)
-		return fmt.Errorf("write %s: %w", final, err)
-	}
-	return SyncDir(filepath.Dir(final))
-}
-
-// Abort closes and removes the temporary file unless it was committed.
-func (t *Temp) Abort() {
-	if t.done {
-		return
-	}
-	t.done = true
-	t.Close()
-	os.Remove(t.Name())
+	return atomicfile.CreateTemp(dir, pattern)
 }
 
 // WriteFile replaces p atomically with data, with mode perm; p's directory
 // is created (DirMode) when missing.
 func WriteFile(p string, data []byte, perm fs.FileMode) error {
-	t, err := CreateTemp(filepath.Dir(p), ".tmp-*")
-	if err != nil {
+	if err := os.MkdirAll(filepath.Dir(p), DirMode); err != nil {
 		return err
 	}
-	defer t.Abort()
-	if _, err := t.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	return t.Commit(p, perm)
+	return atomicfile.WriteFile(p, data, perm)
 }
 
 // SyncDir flushes a directory's entries (a rename into it) to disk.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
-}
+func SyncDir(dir string) error { return atomicfile.SyncDir(dir) }
 
 // Lock takes the exclusive lock at path (created with FileMode), waiting
 // until it is free or ctx ends. The returned func releases it.
