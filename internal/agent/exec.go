@@ -93,6 +93,9 @@ func lookPath(name, path string) (string, error) {
 }
 
 func validateStart(st *pb.ExecStart) error {
+	if st.Bundle != nil {
+		return errdefs.Errorf(errdefs.KindUnavailable, "bundle processes are not implemented by this agent yet")
+	}
 	if len(st.Argv) > maxArgs || len(st.Env) > maxEnv {
 		return errdefs.Errorf(errdefs.KindInvalidArgument, "too many arguments or environment variables")
 	}

@@ -75,6 +75,10 @@ type ExecRequest struct {
 	Started func(pid int32)
 	// Control, when set, receives signals and resizes to forward.
 	Control <-chan *pb.ExecInput
+	// Bundle runs the process in a bundle sandbox's root (Env is then
+	// unused: Bundle.Env is the whole environment); ID names it.
+	Bundle *pb.BundleProcess
+	ID     string
 }
 
 // ExecResult is how a process ended.
@@ -98,7 +102,7 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (*ExecResult, error)
 	start := &pb.ExecStart{
 		Argv: req.Argv, Env: req.Env, Cwd: req.Cwd,
 		Stdin: req.Stdin != nil, Tty: req.TTY, Rows: req.Rows, Cols: req.Cols,
-		Entrypoint: req.Entrypoint,
+		Entrypoint: req.Entrypoint, Bundle: req.Bundle, Id: req.ID,
 	}
 	var sendMu sync.Mutex
 	send := func(m *pb.ExecInput) error {

@@ -63,4 +63,14 @@ const (
 
 // Capabilities this agent build offers.
 var Capabilities = []string{"exec", "exec_tty", "stdin", "signal", "readiness", "stats", "shutdown",
-	"fs", "archive", "proc", "discard"}
+	"fs", "archive", "proc", "discard", "bundle"}
+
+// Caps of bundle processes (ExecStart.bundle) and of Pids.
+const (
+	// MaxPids caps one Pids answer; the host refuses more.
+	MaxPids = 4096
+	// MaxGroups caps a bundle process's additional groups.
+	MaxGroups = 256
+	// MaxProcessIDBytes caps ExecStart.id.
+	MaxProcessIDBytes = 128
+)

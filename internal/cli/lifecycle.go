@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -52,6 +53,12 @@ func stateJSON(st *sandbox.State) map[string]any {
 		obj["expires"] = nil
 	}
 	attachJSON(obj, st.Attachments)
+	if len(st.Labels) > 0 {
+		obj["labels"] = st.Labels
+	}
+	if st.RootDir != "" {
+		obj["root_dir"] = st.RootDir
+	}
 	return obj
 }
 
@@ -420,7 +427,15 @@ func newLsCmd(app *App) *cobra.Command {
 				return writeJSON(app.Stdout, rows)
 			}
 			tw := tabwriter.NewWriter(app.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tCPUS\tMEMORY\tCREATED\tEXPIRES")
+			labels := false // the LABELS column shows only when a sandbox has labels
+			for _, st := range sts {
+				labels = labels || len(st.Labels) > 0
+			}
+			header := "NAME\tSTATE\tIMAGE\tCPUS\tMEMORY\tCREATED\tEXPIRES"
+			if labels {
+				header += "\tLABELS"
+			}
+			fmt.Fprintln(tw, header)
 			for _, st := range sts {
 				state := st.Status
 				if st.Reason != "" && !sandbox.Active(st.Status) {
@@ -430,8 +445,16 @@ func newLsCmd(app *App) *cobra.Command {
 				if st.Expires != nil {
 					exp = humanSince(time.Until(*st.Expires))
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dM\t%s ago\t%s\n", st.Name, state, st.Image.Name,
+				img := st.Image.Name
+				if st.RootDir != "" {
+					img = "rootdir:" + st.RootDir
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dM\t%s ago\t%s", st.Name, state, img,
 					st.CPUs, st.MemoryMiB, humanSince(time.Since(st.Created)), exp)
+				if labels {
+					fmt.Fprintf(tw, "\t%s", strings.Join(runtime.SortedLabels(st.Labels), ","))
+				}
+				fmt.Fprintln(tw)
 			}
 			return tw.Flush()
 		},

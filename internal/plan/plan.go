@@ -81,10 +81,23 @@ type Plan struct {
 	// OCIDigest is the manifest digest of the OCI image the booted
 	// artifact was made from ("" for template images).
 	OCIDigest string `json:"oci_digest,omitempty"`
+	// RootDir is set when the root of the sandbox's processes is a host
+	// directory (an OCI bundle's rootfs), shared read-write.
+	RootDir *RootDir `json:"root_dir,omitempty"`
 
 	ValidFrom  string `json:"valid_from"`
 	ValidUntil string `json:"valid_until"`
 	Nonce      string `json:"nonce"`
+}
+
+// RootDir is a host directory shared read-write as the root of a
+// sandbox's processes: an OCI bundle's rootfs that the caller (the
+// containerd shim) prepared. It is the workload's own root, not a host
+// directory of the operator's, so every run profile admits it; it is
+// recorded here so that receipts name what the sandbox ran on.
+type RootDir struct {
+	HostPath  string `json:"host_path"`
+	BundleDir string `json:"bundle_dir,omitempty"`
 }
 
 // Image profiles.
@@ -125,6 +138,8 @@ type Input struct {
 	WorkloadIRSHA256 string
 	// OCIDigest is the OCI manifest digest behind the image ("" for none).
 	OCIDigest string
+	// RootDir is the host directory that is the processes' root.
+	RootDir *RootDir
 
 	// Validity overrides DefaultValidity (tests).
 	Validity time.Duration
@@ -189,6 +204,7 @@ func Synthesize(in Input, now time.Time) (*Plan, error) {
 
 		WorkloadIRSHA256: in.WorkloadIRSHA256,
 		OCIDigest:        in.OCIDigest,
+		RootDir:          in.RootDir,
 
 		ValidFrom:  evidence.FormatTime(now),
 		ValidUntil: evidence.FormatTime(now.Add(validity)),
@@ -252,6 +268,14 @@ func (p *Plan) Check() error {
 	}
 	if p.Mounts == nil || p.EnvKeys == nil || p.Network.Allow == nil || p.Network.Publish == nil {
 		return bad("mounts, env_keys, network.allow and network.publish must be present")
+	}
+	if rd := p.RootDir; rd != nil {
+		if !isCleanAbs(rd.HostPath) || rd.HostPath == "/" {
+			return bad("root_dir.host_path must be absolute, clean and not /")
+		}
+		if rd.BundleDir != "" && !isCleanAbs(rd.BundleDir) {
+			return bad("root_dir.bundle_dir must be absolute and clean")
+		}
 	}
 	if p.Console && p.ImageProfile == ImageSealed {
 		return bad("console on a sealed image")

@@ -244,6 +244,10 @@ func (r *Runtime) state(dir string) (*sandbox.State, error) {
 		return nil, err
 	}
 	st.Attachments = readAttachments(dir)
+	var spec sandbox.Spec
+	if sandbox.ReadJSON(filepath.Join(dir, sandbox.SpecFile), &spec) == nil {
+		st.Labels, st.RootDir = spec.Labels, spec.RootDir
+	}
 	if sandbox.Active(st.Status) && !sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
 		st.Status = sandbox.Failed
 		st.Reason = fmt.Sprintf("supervisor (pid %d) died", st.SupervisorPID)
@@ -291,6 +295,7 @@ func (r *Runtime) Down(ctx context.Context, nameOrID string) error {
 		return err
 	}
 	st, _ := sandbox.ReadState(dir)
+	r.dropProcesses(id)
 	if wi := workloadOf(dir); wi != nil && len(wi.BeforeStop) > 0 && st != nil && st.Status == sandbox.Running {
 		r.runBeforeStop(ctx, id, wi)
 	}

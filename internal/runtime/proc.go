@@ -56,6 +56,8 @@ type GuestStats struct {
 	Processes                        uint32
 	UptimeSeconds                    float64
 	DiskTotalBytes, DiskFreeBytes    uint64
+	// CPU time of the whole guest since boot, in microseconds.
+	CPUUserUsec, CPUSystemUsec uint64
 }
 
 func procExit(e *pb.Exit) *ProcExit {
@@ -213,7 +215,8 @@ func (r *Runtime) Stats(ctx context.Context, name string) (st *GuestStats, err e
 		if err == nil {
 			st = &GuestStats{MemTotalBytes: s.MemTotalBytes, MemAvailableBytes: s.MemAvailableBytes,
 				Load1: s.Load1, Load5: s.Load5, Load15: s.Load15, Processes: s.Processes,
-				UptimeSeconds: s.UptimeSeconds, DiskTotalBytes: s.DiskTotalBytes, DiskFreeBytes: s.DiskFreeBytes}
+				UptimeSeconds: s.UptimeSeconds, DiskTotalBytes: s.DiskTotalBytes, DiskFreeBytes: s.DiskFreeBytes,
+				CPUUserUsec: s.CpuUserUsec, CPUSystemUsec: s.CpuSystemUsec}
 		}
 		return err
 	})

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/backend"
+	"github.com/mvm-sandbox/mvm/internal/backend/qemu"
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/image"
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
@@ -81,6 +82,11 @@ type UpOptions struct {
 	// Secrets are handed to the guest by name (--secret); values are read
 	// from the store only when given to the guest.
 	Secrets []secret.Ref
+	// RootDir, when set, is a host directory shared read-write as the root
+	// of the sandbox's processes (UpBundle); the plan records it.
+	RootDir *RootDir
+	// Labels are shown by `mvmctl ls` and kept in the sandbox's spec.
+	Labels map[string]string
 }
 
 // Sandbox is a booted sandbox.
@@ -161,6 +167,12 @@ func (o *UpOptions) validate() error {
 			return fmt.Errorf("invalid environment variable name %q: use letters, digits and '_', not starting with a digit", k)
 		}
 	}
+	if err := ValidateLabels(o.Labels); err != nil {
+		return err
+	}
+	if o.RootDir != nil && (o.Image != "" && o.Image != "minimal") {
+		return fmt.Errorf("a sandbox whose root is a host directory boots the minimal image, not %q", o.Image)
+	}
 	return nil
 }
 
@@ -196,6 +208,15 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
+	var rootDir string
+	if o.RootDir != nil {
+		if rootDir, err = r.checkRootDir(o.RootDir); err != nil {
+			return nil, err
+		}
+		if err := qemu.ShareSupport(); err != nil {
+			return nil, errdefs.New(errdefs.KindUnavailable, err)
+		}
+	}
 	pull := image.PullOptions{Platform: o.Platform, RequireDigest: o.RequireDigest || o.RunProfile == string(plan.Restrictive)}
 	img, err := r.resolveImage(ctx, o.Image, backendName, !o.NoBuildDir, pull, o.BuildProgress)
 	if err != nil {
@@ -220,6 +241,9 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 		return nil, err
 	}
 	withAttachments(&in, att, o)
+	if o.RootDir != nil {
+		in.RootDir = &plan.RootDir{HostPath: rootDir, BundleDir: o.RootDir.BundleDir}
+	}
 	if err := r.Layout.Reserve(name, id); err != nil {
 		return nil, err
 	}
@@ -257,6 +281,13 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	if mountArgs != "" {
 		cmdline = strings.TrimSpace(cmdline + " " + mountArgs)
 	}
+	if o.RootDir != nil {
+		shares = append(shares, backend.Share{Tag: RootDirTag, HostPath: rootDir})
+		cmdline = strings.TrimSpace(cmdline + " mvm.rootdir=" + RootDirTag)
+		if !strings.Contains(cmdline, "mvm.virtiofs=1") {
+			cmdline += " mvm.virtiofs=1"
+		}
+	}
 	locks, err := r.lockVolumes(att)
 	if err != nil {
 		cleanup()
@@ -284,6 +315,8 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 		Network: string(in.Network.Mode), Env: envKeys,
 		PlanHash: adm.Hash,
 		Created:  time.Now().UTC(),
+		Labels:   o.Labels,
+		RootDir:  rootDir,
 	}
 	if err := sandbox.WriteJSON(filepath.Join(dir, sandbox.SpecFile), spec); err != nil {
 		cleanup()

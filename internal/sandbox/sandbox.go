@@ -70,6 +70,12 @@ type Spec struct {
 	PlanHash string    `json:"plan_hash"`
 	Env      []string  `json:"env_keys,omitempty"`
 	Created  time.Time `json:"created"`
+	// Labels are the creator's (the containerd shim: its namespace and
+	// container id); `mvmctl ls` shows them.
+	Labels map[string]string `json:"labels,omitempty"`
+	// RootDir is the host directory that is the root of the sandbox's
+	// processes (a bundle sandbox), shared read-write.
+	RootDir string `json:"root_dir,omitempty"`
 }
 
 // ImageRef names the image a sandbox boots.
@@ -156,6 +162,10 @@ type State struct {
 	// Attachments are filled in from AttachmentsFile when read through
 	// the runtime; the supervisor does not write them.
 	Attachments *Attachments `json:"attachments,omitempty"`
+	// Labels and RootDir are filled in from the spec when read through
+	// the runtime.
+	Labels  map[string]string `json:"labels,omitempty"`
+	RootDir string            `json:"root_dir,omitempty"`
 }
 
 // Layout locates sandboxes under a state directory.

@@ -98,7 +98,7 @@ func (x FsError_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use FsError_Kind.Descriptor instead.
 func (FsError_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16, 0}
+	return file_agent_proto_rawDescGZIP(), []int{18, 0}
 }
 
 type HelloRequest struct {
@@ -493,7 +493,15 @@ type ExecStart struct {
 	Cols  uint32 `protobuf:"varint,7,opt,name=cols,proto3" json:"cols,omitempty"`
 	// Run the image's declared command instead of argv (allowed on sealed
 	// images, where ad-hoc argv is refused); argv, when given, is appended.
-	Entrypoint    bool `protobuf:"varint,8,opt,name=entrypoint,proto3" json:"entrypoint,omitempty"`
+	Entrypoint bool `protobuf:"varint,8,opt,name=entrypoint,proto3" json:"entrypoint,omitempty"`
+	// Set for a process of a sandbox whose root is a host directory (an OCI
+	// bundle, mvm.rootdir= at boot): it runs chrooted in that root, as
+	// bundle.uid/gid, with exactly bundle.env (env and the image defaults
+	// are not used). A terminal is allowed whatever the console flag: it is
+	// the container's own stdio.
+	Bundle *BundleProcess `protobuf:"bytes,9,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// Names the process in the guest (Pids reports it).
+	Id            string `protobuf:"bytes,10,opt,name=id,proto3" json:"id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -584,6 +592,193 @@ func (x *ExecStart) GetEntrypoint() bool {
 	return false
 }
 
+func (x *ExecStart) GetBundle() *BundleProcess {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *ExecStart) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// Rlimit is one resource limit (resource is the Linux RLIMIT_* number).
+type Rlimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Resource      int32                  `protobuf:"varint,1,opt,name=resource,proto3" json:"resource,omitempty"`
+	Soft          uint64                 `protobuf:"varint,2,opt,name=soft,proto3" json:"soft,omitempty"`
+	Hard          uint64                 `protobuf:"varint,3,opt,name=hard,proto3" json:"hard,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rlimit) Reset() {
+	*x = Rlimit{}
+	mi := &file_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rlimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rlimit) ProtoMessage() {}
+
+func (x *Rlimit) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rlimit.ProtoReflect.Descriptor instead.
+func (*Rlimit) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Rlimit) GetResource() int32 {
+	if x != nil {
+		return x.Resource
+	}
+	return 0
+}
+
+func (x *Rlimit) GetSoft() uint64 {
+	if x != nil {
+		return x.Soft
+	}
+	return 0
+}
+
+func (x *Rlimit) GetHard() uint64 {
+	if x != nil {
+		return x.Hard
+	}
+	return 0
+}
+
+// BundleProcess is what of an OCI process spec the agent applies.
+type BundleProcess struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Uid             uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid             uint32                 `protobuf:"varint,2,opt,name=gid,proto3" json:"gid,omitempty"`
+	AdditionalGids  []uint32               `protobuf:"varint,3,rep,packed,name=additional_gids,json=additionalGids,proto3" json:"additional_gids,omitempty"`
+	Rlimits         []*Rlimit              `protobuf:"bytes,4,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
+	NoNewPrivileges bool                   `protobuf:"varint,5,opt,name=no_new_privileges,json=noNewPrivileges,proto3" json:"no_new_privileges,omitempty"`
+	HasUmask        bool                   `protobuf:"varint,6,opt,name=has_umask,json=hasUmask,proto3" json:"has_umask,omitempty"`
+	Umask           uint32                 `protobuf:"varint,7,opt,name=umask,proto3" json:"umask,omitempty"`
+	// The container's init: when it exits every other process in the guest
+	// is killed, as a PID namespace would.
+	Init bool `protobuf:"varint,8,opt,name=init,proto3" json:"init,omitempty"`
+	// The whole environment, KEY=VALUE.
+	Env           []string `protobuf:"bytes,9,rep,name=env,proto3" json:"env,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleProcess) Reset() {
+	*x = BundleProcess{}
+	mi := &file_agent_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleProcess) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleProcess) ProtoMessage() {}
+
+func (x *BundleProcess) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleProcess.ProtoReflect.Descriptor instead.
+func (*BundleProcess) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *BundleProcess) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *BundleProcess) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *BundleProcess) GetAdditionalGids() []uint32 {
+	if x != nil {
+		return x.AdditionalGids
+	}
+	return nil
+}
+
+func (x *BundleProcess) GetRlimits() []*Rlimit {
+	if x != nil {
+		return x.Rlimits
+	}
+	return nil
+}
+
+func (x *BundleProcess) GetNoNewPrivileges() bool {
+	if x != nil {
+		return x.NoNewPrivileges
+	}
+	return false
+}
+
+func (x *BundleProcess) GetHasUmask() bool {
+	if x != nil {
+		return x.HasUmask
+	}
+	return false
+}
+
+func (x *BundleProcess) GetUmask() uint32 {
+	if x != nil {
+		return x.Umask
+	}
+	return 0
+}
+
+func (x *BundleProcess) GetInit() bool {
+	if x != nil {
+		return x.Init
+	}
+	return false
+}
+
+func (x *BundleProcess) GetEnv() []string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
 type Resize struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Rows          uint32                 `protobuf:"varint,1,opt,name=rows,proto3" json:"rows,omitempty"`
@@ -594,7 +789,7 @@ type Resize struct {
 
 func (x *Resize) Reset() {
 	*x = Resize{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -606,7 +801,7 @@ func (x *Resize) String() string {
 func (*Resize) ProtoMessage() {}
 
 func (x *Resize) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -619,7 +814,7 @@ func (x *Resize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resize.ProtoReflect.Descriptor instead.
 func (*Resize) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Resize) GetRows() uint32 {
@@ -652,7 +847,7 @@ type ExecInput struct {
 
 func (x *ExecInput) Reset() {
 	*x = ExecInput{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +859,7 @@ func (x *ExecInput) String() string {
 func (*ExecInput) ProtoMessage() {}
 
 func (x *ExecInput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +872,7 @@ func (x *ExecInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecInput.ProtoReflect.Descriptor instead.
 func (*ExecInput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ExecInput) GetMsg() isExecInput_Msg {
@@ -775,7 +970,7 @@ type Started struct {
 
 func (x *Started) Reset() {
 	*x = Started{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -787,7 +982,7 @@ func (x *Started) String() string {
 func (*Started) ProtoMessage() {}
 
 func (x *Started) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -800,7 +995,7 @@ func (x *Started) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Started.ProtoReflect.Descriptor instead.
 func (*Started) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Started) GetPid() int32 {
@@ -822,7 +1017,7 @@ type Exit struct {
 
 func (x *Exit) Reset() {
 	*x = Exit{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -834,7 +1029,7 @@ func (x *Exit) String() string {
 func (*Exit) ProtoMessage() {}
 
 func (x *Exit) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -847,7 +1042,7 @@ func (x *Exit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Exit.ProtoReflect.Descriptor instead.
 func (*Exit) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Exit) GetCode() int32 {
@@ -879,7 +1074,7 @@ type ExecOutput struct {
 
 func (x *ExecOutput) Reset() {
 	*x = ExecOutput{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +1086,7 @@ func (x *ExecOutput) String() string {
 func (*ExecOutput) ProtoMessage() {}
 
 func (x *ExecOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +1099,7 @@ func (x *ExecOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecOutput.ProtoReflect.Descriptor instead.
 func (*ExecOutput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ExecOutput) GetMsg() isExecOutput_Msg {
@@ -986,7 +1181,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -998,7 +1193,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1011,7 +1206,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 type StatsResponse struct {
@@ -1025,13 +1220,16 @@ type StatsResponse struct {
 	UptimeSeconds     float64                `protobuf:"fixed64,7,opt,name=uptime_seconds,json=uptimeSeconds,proto3" json:"uptime_seconds,omitempty"`
 	DiskTotalBytes    uint64                 `protobuf:"varint,8,opt,name=disk_total_bytes,json=diskTotalBytes,proto3" json:"disk_total_bytes,omitempty"`
 	DiskFreeBytes     uint64                 `protobuf:"varint,9,opt,name=disk_free_bytes,json=diskFreeBytes,proto3" json:"disk_free_bytes,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// CPU time of the whole guest since boot (from /proc/stat), microseconds.
+	CpuUserUsec   uint64 `protobuf:"varint,10,opt,name=cpu_user_usec,json=cpuUserUsec,proto3" json:"cpu_user_usec,omitempty"`
+	CpuSystemUsec uint64 `protobuf:"varint,11,opt,name=cpu_system_usec,json=cpuSystemUsec,proto3" json:"cpu_system_usec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1241,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1254,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StatsResponse) GetMemTotalBytes() uint64 {
@@ -1122,6 +1320,20 @@ func (x *StatsResponse) GetDiskFreeBytes() uint64 {
 	return 0
 }
 
+func (x *StatsResponse) GetCpuUserUsec() uint64 {
+	if x != nil {
+		return x.CpuUserUsec
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetCpuSystemUsec() uint64 {
+	if x != nil {
+		return x.CpuSystemUsec
+	}
+	return 0
+}
+
 type ShutdownRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1130,7 +1342,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1142,7 +1354,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1155,7 +1367,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 type ShutdownResponse struct {
@@ -1166,7 +1378,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1178,7 +1390,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1191,7 +1403,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 // FsError is attached as a status detail to every failed file operation.
@@ -1205,7 +1417,7 @@ type FsError struct {
 
 func (x *FsError) Reset() {
 	*x = FsError{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1429,7 @@ func (x *FsError) String() string {
 func (*FsError) ProtoMessage() {}
 
 func (x *FsError) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1442,7 @@ func (x *FsError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FsError.ProtoReflect.Descriptor instead.
 func (*FsError) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *FsError) GetKind() FsError_Kind {
@@ -1265,7 +1477,7 @@ type FileInfo struct {
 
 func (x *FileInfo) Reset() {
 	*x = FileInfo{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1277,7 +1489,7 @@ func (x *FileInfo) String() string {
 func (*FileInfo) ProtoMessage() {}
 
 func (x *FileInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1290,7 +1502,7 @@ func (x *FileInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileInfo.ProtoReflect.Descriptor instead.
 func (*FileInfo) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *FileInfo) GetName() string {
@@ -1365,7 +1577,7 @@ type StatRequest struct {
 
 func (x *StatRequest) Reset() {
 	*x = StatRequest{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1377,7 +1589,7 @@ func (x *StatRequest) String() string {
 func (*StatRequest) ProtoMessage() {}
 
 func (x *StatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1390,7 +1602,7 @@ func (x *StatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatRequest.ProtoReflect.Descriptor instead.
 func (*StatRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StatRequest) GetPath() string {
@@ -1409,7 +1621,7 @@ type ListDirRequest struct {
 
 func (x *ListDirRequest) Reset() {
 	*x = ListDirRequest{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1421,7 +1633,7 @@ func (x *ListDirRequest) String() string {
 func (*ListDirRequest) ProtoMessage() {}
 
 func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1434,7 +1646,7 @@ func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirRequest.ProtoReflect.Descriptor instead.
 func (*ListDirRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListDirRequest) GetPath() string {
@@ -1455,7 +1667,7 @@ type ListDirResponse struct {
 
 func (x *ListDirResponse) Reset() {
 	*x = ListDirResponse{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1467,7 +1679,7 @@ func (x *ListDirResponse) String() string {
 func (*ListDirResponse) ProtoMessage() {}
 
 func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1480,7 +1692,7 @@ func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirResponse.ProtoReflect.Descriptor instead.
 func (*ListDirResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListDirResponse) GetEntries() []*FileInfo {
@@ -1508,7 +1720,7 @@ type MakeDirRequest struct {
 
 func (x *MakeDirRequest) Reset() {
 	*x = MakeDirRequest{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +1732,7 @@ func (x *MakeDirRequest) String() string {
 func (*MakeDirRequest) ProtoMessage() {}
 
 func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +1745,7 @@ func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirRequest.ProtoReflect.Descriptor instead.
 func (*MakeDirRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *MakeDirRequest) GetPath() string {
@@ -1567,7 +1779,7 @@ type RemoveRequest struct {
 
 func (x *RemoveRequest) Reset() {
 	*x = RemoveRequest{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1579,7 +1791,7 @@ func (x *RemoveRequest) String() string {
 func (*RemoveRequest) ProtoMessage() {}
 
 func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1592,7 +1804,7 @@ func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RemoveRequest) GetPath() string {
@@ -1617,7 +1829,7 @@ type RemoveResponse struct {
 
 func (x *RemoveResponse) Reset() {
 	*x = RemoveResponse{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1629,7 +1841,7 @@ func (x *RemoveResponse) String() string {
 func (*RemoveResponse) ProtoMessage() {}
 
 func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1642,7 +1854,7 @@ func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
 func (*RemoveResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 type RenameRequest struct {
@@ -1657,7 +1869,7 @@ type RenameRequest struct {
 
 func (x *RenameRequest) Reset() {
 	*x = RenameRequest{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1669,7 +1881,7 @@ func (x *RenameRequest) String() string {
 func (*RenameRequest) ProtoMessage() {}
 
 func (x *RenameRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1682,7 +1894,7 @@ func (x *RenameRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenameRequest.ProtoReflect.Descriptor instead.
 func (*RenameRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RenameRequest) GetFrom() string {
@@ -1717,7 +1929,7 @@ type ReadFileRequest struct {
 
 func (x *ReadFileRequest) Reset() {
 	*x = ReadFileRequest{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1729,7 +1941,7 @@ func (x *ReadFileRequest) String() string {
 func (*ReadFileRequest) ProtoMessage() {}
 
 func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1742,7 +1954,7 @@ func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileRequest.ProtoReflect.Descriptor instead.
 func (*ReadFileRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReadFileRequest) GetPath() string {
@@ -1779,7 +1991,7 @@ type ReadFileOutput struct {
 
 func (x *ReadFileOutput) Reset() {
 	*x = ReadFileOutput{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1791,7 +2003,7 @@ func (x *ReadFileOutput) String() string {
 func (*ReadFileOutput) ProtoMessage() {}
 
 func (x *ReadFileOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1804,7 +2016,7 @@ func (x *ReadFileOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileOutput.ProtoReflect.Descriptor instead.
 func (*ReadFileOutput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReadFileOutput) GetMsg() isReadFileOutput_Msg {
@@ -1862,7 +2074,7 @@ type WriteFileHeader struct {
 
 func (x *WriteFileHeader) Reset() {
 	*x = WriteFileHeader{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1874,7 +2086,7 @@ func (x *WriteFileHeader) String() string {
 func (*WriteFileHeader) ProtoMessage() {}
 
 func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1887,7 +2099,7 @@ func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileHeader.ProtoReflect.Descriptor instead.
 func (*WriteFileHeader) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *WriteFileHeader) GetPath() string {
@@ -1945,7 +2157,7 @@ type WriteFileInput struct {
 
 func (x *WriteFileInput) Reset() {
 	*x = WriteFileInput{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1957,7 +2169,7 @@ func (x *WriteFileInput) String() string {
 func (*WriteFileInput) ProtoMessage() {}
 
 func (x *WriteFileInput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1970,7 +2182,7 @@ func (x *WriteFileInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileInput.ProtoReflect.Descriptor instead.
 func (*WriteFileInput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WriteFileInput) GetMsg() isWriteFileInput_Msg {
@@ -2024,7 +2236,7 @@ type WriteFileResponse struct {
 
 func (x *WriteFileResponse) Reset() {
 	*x = WriteFileResponse{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2036,7 +2248,7 @@ func (x *WriteFileResponse) String() string {
 func (*WriteFileResponse) ProtoMessage() {}
 
 func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2049,7 +2261,7 @@ func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileResponse.ProtoReflect.Descriptor instead.
 func (*WriteFileResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *WriteFileResponse) GetBytes() int64 {
@@ -2075,7 +2287,7 @@ type DataChunk struct {
 
 func (x *DataChunk) Reset() {
 	*x = DataChunk{}
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2087,7 +2299,7 @@ func (x *DataChunk) String() string {
 func (*DataChunk) ProtoMessage() {}
 
 func (x *DataChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2100,7 +2312,7 @@ func (x *DataChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataChunk.ProtoReflect.Descriptor instead.
 func (*DataChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DataChunk) GetData() []byte {
@@ -2119,7 +2331,7 @@ type ArchiveOutRequest struct {
 
 func (x *ArchiveOutRequest) Reset() {
 	*x = ArchiveOutRequest{}
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2131,7 +2343,7 @@ func (x *ArchiveOutRequest) String() string {
 func (*ArchiveOutRequest) ProtoMessage() {}
 
 func (x *ArchiveOutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2144,7 +2356,7 @@ func (x *ArchiveOutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveOutRequest.ProtoReflect.Descriptor instead.
 func (*ArchiveOutRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ArchiveOutRequest) GetPath() string {
@@ -2165,7 +2377,7 @@ type ArchiveInHeader struct {
 
 func (x *ArchiveInHeader) Reset() {
 	*x = ArchiveInHeader{}
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2177,7 +2389,7 @@ func (x *ArchiveInHeader) String() string {
 func (*ArchiveInHeader) ProtoMessage() {}
 
 func (x *ArchiveInHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2190,7 +2402,7 @@ func (x *ArchiveInHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveInHeader.ProtoReflect.Descriptor instead.
 func (*ArchiveInHeader) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{32}
+	return file_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ArchiveInHeader) GetPath() string {
@@ -2213,7 +2425,7 @@ type ArchiveInInput struct {
 
 func (x *ArchiveInInput) Reset() {
 	*x = ArchiveInInput{}
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2225,7 +2437,7 @@ func (x *ArchiveInInput) String() string {
 func (*ArchiveInInput) ProtoMessage() {}
 
 func (x *ArchiveInInput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2238,7 +2450,7 @@ func (x *ArchiveInInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveInInput.ProtoReflect.Descriptor instead.
 func (*ArchiveInInput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{33}
+	return file_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ArchiveInInput) GetMsg() isArchiveInInput_Msg {
@@ -2296,7 +2508,7 @@ type ArchiveInResponse struct {
 
 func (x *ArchiveInResponse) Reset() {
 	*x = ArchiveInResponse{}
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2308,7 +2520,7 @@ func (x *ArchiveInResponse) String() string {
 func (*ArchiveInResponse) ProtoMessage() {}
 
 func (x *ArchiveInResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2321,7 +2533,7 @@ func (x *ArchiveInResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveInResponse.ProtoReflect.Descriptor instead.
 func (*ArchiveInResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{34}
+	return file_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ArchiveInResponse) GetFiles() int64 {
@@ -2377,7 +2589,7 @@ type ProcStartRequest struct {
 
 func (x *ProcStartRequest) Reset() {
 	*x = ProcStartRequest{}
-	mi := &file_agent_proto_msgTypes[35]
+	mi := &file_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2389,7 +2601,7 @@ func (x *ProcStartRequest) String() string {
 func (*ProcStartRequest) ProtoMessage() {}
 
 func (x *ProcStartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[35]
+	mi := &file_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2402,7 +2614,7 @@ func (x *ProcStartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcStartRequest.ProtoReflect.Descriptor instead.
 func (*ProcStartRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{35}
+	return file_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ProcStartRequest) GetStart() *ExecStart {
@@ -2433,7 +2645,7 @@ type ProcInfo struct {
 
 func (x *ProcInfo) Reset() {
 	*x = ProcInfo{}
-	mi := &file_agent_proto_msgTypes[36]
+	mi := &file_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2445,7 +2657,7 @@ func (x *ProcInfo) String() string {
 func (*ProcInfo) ProtoMessage() {}
 
 func (x *ProcInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[36]
+	mi := &file_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2458,7 +2670,7 @@ func (x *ProcInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcInfo.ProtoReflect.Descriptor instead.
 func (*ProcInfo) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{36}
+	return file_agent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ProcInfo) GetHandle() string {
@@ -2553,7 +2765,7 @@ type ProcListRequest struct {
 
 func (x *ProcListRequest) Reset() {
 	*x = ProcListRequest{}
-	mi := &file_agent_proto_msgTypes[37]
+	mi := &file_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2565,7 +2777,7 @@ func (x *ProcListRequest) String() string {
 func (*ProcListRequest) ProtoMessage() {}
 
 func (x *ProcListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[37]
+	mi := &file_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2578,7 +2790,7 @@ func (x *ProcListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcListRequest.ProtoReflect.Descriptor instead.
 func (*ProcListRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{37}
+	return file_agent_proto_rawDescGZIP(), []int{39}
 }
 
 type ProcListResponse struct {
@@ -2590,7 +2802,7 @@ type ProcListResponse struct {
 
 func (x *ProcListResponse) Reset() {
 	*x = ProcListResponse{}
-	mi := &file_agent_proto_msgTypes[38]
+	mi := &file_agent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2602,7 +2814,7 @@ func (x *ProcListResponse) String() string {
 func (*ProcListResponse) ProtoMessage() {}
 
 func (x *ProcListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[38]
+	mi := &file_agent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2615,7 +2827,7 @@ func (x *ProcListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcListResponse.ProtoReflect.Descriptor instead.
 func (*ProcListResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{38}
+	return file_agent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ProcListResponse) GetProcs() []*ProcInfo {
@@ -2638,7 +2850,7 @@ type ProcWaitRequest struct {
 
 func (x *ProcWaitRequest) Reset() {
 	*x = ProcWaitRequest{}
-	mi := &file_agent_proto_msgTypes[39]
+	mi := &file_agent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2650,7 +2862,7 @@ func (x *ProcWaitRequest) String() string {
 func (*ProcWaitRequest) ProtoMessage() {}
 
 func (x *ProcWaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[39]
+	mi := &file_agent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2663,7 +2875,7 @@ func (x *ProcWaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcWaitRequest.ProtoReflect.Descriptor instead.
 func (*ProcWaitRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{39}
+	return file_agent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ProcWaitRequest) GetHandle() string {
@@ -2707,7 +2919,7 @@ type OutputGap struct {
 
 func (x *OutputGap) Reset() {
 	*x = OutputGap{}
-	mi := &file_agent_proto_msgTypes[40]
+	mi := &file_agent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2719,7 +2931,7 @@ func (x *OutputGap) String() string {
 func (*OutputGap) ProtoMessage() {}
 
 func (x *OutputGap) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[40]
+	mi := &file_agent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2732,7 +2944,7 @@ func (x *OutputGap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutputGap.ProtoReflect.Descriptor instead.
 func (*OutputGap) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{40}
+	return file_agent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *OutputGap) GetFd() int32 {
@@ -2765,7 +2977,7 @@ type ProcOutput struct {
 
 func (x *ProcOutput) Reset() {
 	*x = ProcOutput{}
-	mi := &file_agent_proto_msgTypes[41]
+	mi := &file_agent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2777,7 +2989,7 @@ func (x *ProcOutput) String() string {
 func (*ProcOutput) ProtoMessage() {}
 
 func (x *ProcOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[41]
+	mi := &file_agent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2790,7 +3002,7 @@ func (x *ProcOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcOutput.ProtoReflect.Descriptor instead.
 func (*ProcOutput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{41}
+	return file_agent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ProcOutput) GetMsg() isProcOutput_Msg {
@@ -2881,16 +3093,18 @@ func (*ProcOutput_Exit) isProcOutput_Msg() {}
 func (*ProcOutput_Running) isProcOutput_Msg() {}
 
 type ProcSignalRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Handle        string                 `protobuf:"bytes,1,opt,name=handle,proto3" json:"handle,omitempty"`
-	Signal        int32                  `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Handle string                 `protobuf:"bytes,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	Signal int32                  `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"`
+	// Signal every process in the guest but the agent (handle is ignored).
+	All           bool `protobuf:"varint,3,opt,name=all,proto3" json:"all,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ProcSignalRequest) Reset() {
 	*x = ProcSignalRequest{}
-	mi := &file_agent_proto_msgTypes[42]
+	mi := &file_agent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2902,7 +3116,7 @@ func (x *ProcSignalRequest) String() string {
 func (*ProcSignalRequest) ProtoMessage() {}
 
 func (x *ProcSignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[42]
+	mi := &file_agent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2915,7 +3129,7 @@ func (x *ProcSignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcSignalRequest.ProtoReflect.Descriptor instead.
 func (*ProcSignalRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{42}
+	return file_agent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ProcSignalRequest) GetHandle() string {
@@ -2932,6 +3146,170 @@ func (x *ProcSignalRequest) GetSignal() int32 {
 	return 0
 }
 
+func (x *ProcSignalRequest) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+type PidsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PidsRequest) Reset() {
+	*x = PidsRequest{}
+	mi := &file_agent_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PidsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PidsRequest) ProtoMessage() {}
+
+func (x *PidsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PidsRequest.ProtoReflect.Descriptor instead.
+func (*PidsRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{45}
+}
+
+type GuestPid struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pid           int32                  `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Ppid          int32                  `protobuf:"varint,2,opt,name=ppid,proto3" json:"ppid,omitempty"`
+	Command       string                 `protobuf:"bytes,3,opt,name=command,proto3" json:"command,omitempty"` // comm, at most 15 bytes
+	Id            string                 `protobuf:"bytes,4,opt,name=id,proto3" json:"id,omitempty"`           // ExecStart.id of a process the agent started
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuestPid) Reset() {
+	*x = GuestPid{}
+	mi := &file_agent_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestPid) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestPid) ProtoMessage() {}
+
+func (x *GuestPid) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestPid.ProtoReflect.Descriptor instead.
+func (*GuestPid) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *GuestPid) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *GuestPid) GetPpid() int32 {
+	if x != nil {
+		return x.Ppid
+	}
+	return 0
+}
+
+func (x *GuestPid) GetCommand() string {
+	if x != nil {
+		return x.Command
+	}
+	return ""
+}
+
+func (x *GuestPid) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type PidsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pids  []*GuestPid            `protobuf:"bytes,1,rep,name=pids,proto3" json:"pids,omitempty"`
+	// More processes exist than MaxPids.
+	Truncated     bool `protobuf:"varint,2,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PidsResponse) Reset() {
+	*x = PidsResponse{}
+	mi := &file_agent_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PidsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PidsResponse) ProtoMessage() {}
+
+func (x *PidsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PidsResponse.ProtoReflect.Descriptor instead.
+func (*PidsResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *PidsResponse) GetPids() []*GuestPid {
+	if x != nil {
+		return x.Pids
+	}
+	return nil
+}
+
+func (x *PidsResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
 type ProcStdinInput struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Msg:
@@ -2946,7 +3324,7 @@ type ProcStdinInput struct {
 
 func (x *ProcStdinInput) Reset() {
 	*x = ProcStdinInput{}
-	mi := &file_agent_proto_msgTypes[43]
+	mi := &file_agent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2958,7 +3336,7 @@ func (x *ProcStdinInput) String() string {
 func (*ProcStdinInput) ProtoMessage() {}
 
 func (x *ProcStdinInput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[43]
+	mi := &file_agent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2971,7 +3349,7 @@ func (x *ProcStdinInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcStdinInput.ProtoReflect.Descriptor instead.
 func (*ProcStdinInput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{43}
+	return file_agent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ProcStdinInput) GetMsg() isProcStdinInput_Msg {
@@ -3039,7 +3417,7 @@ type ProcStdinResponse struct {
 
 func (x *ProcStdinResponse) Reset() {
 	*x = ProcStdinResponse{}
-	mi := &file_agent_proto_msgTypes[44]
+	mi := &file_agent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3051,7 +3429,7 @@ func (x *ProcStdinResponse) String() string {
 func (*ProcStdinResponse) ProtoMessage() {}
 
 func (x *ProcStdinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[44]
+	mi := &file_agent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3064,7 +3442,7 @@ func (x *ProcStdinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcStdinResponse.ProtoReflect.Descriptor instead.
 func (*ProcStdinResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{44}
+	return file_agent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ProcStdinResponse) GetBytes() int64 {
@@ -3083,7 +3461,7 @@ type DiscardResponse struct {
 
 func (x *DiscardResponse) Reset() {
 	*x = DiscardResponse{}
-	mi := &file_agent_proto_msgTypes[45]
+	mi := &file_agent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3095,7 +3473,7 @@ func (x *DiscardResponse) String() string {
 func (*DiscardResponse) ProtoMessage() {}
 
 func (x *DiscardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[45]
+	mi := &file_agent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3108,7 +3486,7 @@ func (x *DiscardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscardResponse.ProtoReflect.Descriptor instead.
 func (*DiscardResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{45}
+	return file_agent_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *DiscardResponse) GetBytes() int64 {
@@ -3127,7 +3505,7 @@ type ZerosRequest struct {
 
 func (x *ZerosRequest) Reset() {
 	*x = ZerosRequest{}
-	mi := &file_agent_proto_msgTypes[46]
+	mi := &file_agent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3139,7 +3517,7 @@ func (x *ZerosRequest) String() string {
 func (*ZerosRequest) ProtoMessage() {}
 
 func (x *ZerosRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[46]
+	mi := &file_agent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3152,7 +3530,7 @@ func (x *ZerosRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ZerosRequest.ProtoReflect.Descriptor instead.
 func (*ZerosRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{46}
+	return file_agent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ZerosRequest) GetBytes() int64 {
@@ -3194,7 +3572,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x04boot\x18\x02 \x01(\v2\x19.mvm.agent.v1.BootTimingsR\x04boot\x127\n" +
 	"\n" +
 	"components\x18\x03 \x03(\v2\x17.mvm.agent.v1.ComponentR\n" +
-	"components\"\x8d\x02\n" +
+	"components\"\xd2\x02\n" +
 	"\tExecStart\x12\x12\n" +
 	"\x04argv\x18\x01 \x03(\tR\x04argv\x122\n" +
 	"\x03env\x18\x02 \x03(\v2 .mvm.agent.v1.ExecStart.EnvEntryR\x03env\x12\x10\n" +
@@ -3205,10 +3583,27 @@ const file_agent_proto_rawDesc = "" +
 	"\x04cols\x18\a \x01(\rR\x04cols\x12\x1e\n" +
 	"\n" +
 	"entrypoint\x18\b \x01(\bR\n" +
-	"entrypoint\x1a6\n" +
+	"entrypoint\x123\n" +
+	"\x06bundle\x18\t \x01(\v2\x1b.mvm.agent.v1.BundleProcessR\x06bundle\x12\x0e\n" +
+	"\x02id\x18\n" +
+	" \x01(\tR\x02id\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"0\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"L\n" +
+	"\x06Rlimit\x12\x1a\n" +
+	"\bresource\x18\x01 \x01(\x05R\bresource\x12\x12\n" +
+	"\x04soft\x18\x02 \x01(\x04R\x04soft\x12\x12\n" +
+	"\x04hard\x18\x03 \x01(\x04R\x04hard\"\x91\x02\n" +
+	"\rBundleProcess\x12\x10\n" +
+	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x02 \x01(\rR\x03gid\x12'\n" +
+	"\x0fadditional_gids\x18\x03 \x03(\rR\x0eadditionalGids\x12.\n" +
+	"\arlimits\x18\x04 \x03(\v2\x14.mvm.agent.v1.RlimitR\arlimits\x12*\n" +
+	"\x11no_new_privileges\x18\x05 \x01(\bR\x0fnoNewPrivileges\x12\x1b\n" +
+	"\thas_umask\x18\x06 \x01(\bR\bhasUmask\x12\x14\n" +
+	"\x05umask\x18\a \x01(\rR\x05umask\x12\x12\n" +
+	"\x04init\x18\b \x01(\bR\x04init\x12\x10\n" +
+	"\x03env\x18\t \x03(\tR\x03env\"0\n" +
 	"\x06Resize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
 	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xc8\x01\n" +
@@ -3232,7 +3627,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x06stderr\x18\x03 \x01(\fH\x00R\x06stderr\x12(\n" +
 	"\x04exit\x18\x04 \x01(\v2\x12.mvm.agent.v1.ExitH\x00R\x04exitB\x05\n" +
 	"\x03msg\"\x0e\n" +
-	"\fStatsRequest\"\xc2\x02\n" +
+	"\fStatsRequest\"\x8e\x03\n" +
 	"\rStatsResponse\x12&\n" +
 	"\x0fmem_total_bytes\x18\x01 \x01(\x04R\rmemTotalBytes\x12.\n" +
 	"\x13mem_available_bytes\x18\x02 \x01(\x04R\x11memAvailableBytes\x12\x14\n" +
@@ -3242,7 +3637,10 @@ const file_agent_proto_rawDesc = "" +
 	"\tprocesses\x18\x06 \x01(\rR\tprocesses\x12%\n" +
 	"\x0euptime_seconds\x18\a \x01(\x01R\ruptimeSeconds\x12(\n" +
 	"\x10disk_total_bytes\x18\b \x01(\x04R\x0ediskTotalBytes\x12&\n" +
-	"\x0fdisk_free_bytes\x18\t \x01(\x04R\rdiskFreeBytes\"\x11\n" +
+	"\x0fdisk_free_bytes\x18\t \x01(\x04R\rdiskFreeBytes\x12\"\n" +
+	"\rcpu_user_usec\x18\n" +
+	" \x01(\x04R\vcpuUserUsec\x12&\n" +
+	"\x0fcpu_system_usec\x18\v \x01(\x04R\rcpuSystemUsec\"\x11\n" +
 	"\x0fShutdownRequest\"\x12\n" +
 	"\x10ShutdownResponse\"\x87\x02\n" +
 	"\aFsError\x12.\n" +
@@ -3369,10 +3767,20 @@ const file_agent_proto_rawDesc = "" +
 	"\x03gap\x18\x03 \x01(\v2\x17.mvm.agent.v1.OutputGapH\x00R\x03gap\x12(\n" +
 	"\x04exit\x18\x04 \x01(\v2\x12.mvm.agent.v1.ExitH\x00R\x04exit\x122\n" +
 	"\arunning\x18\x05 \x01(\v2\x16.mvm.agent.v1.ProcInfoH\x00R\arunningB\x05\n" +
-	"\x03msg\"C\n" +
+	"\x03msg\"U\n" +
 	"\x11ProcSignalRequest\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\tR\x06handle\x12\x16\n" +
-	"\x06signal\x18\x02 \x01(\x05R\x06signal\"_\n" +
+	"\x06signal\x18\x02 \x01(\x05R\x06signal\x12\x10\n" +
+	"\x03all\x18\x03 \x01(\bR\x03all\"\r\n" +
+	"\vPidsRequest\"Z\n" +
+	"\bGuestPid\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x12\n" +
+	"\x04ppid\x18\x02 \x01(\x05R\x04ppid\x12\x18\n" +
+	"\acommand\x18\x03 \x01(\tR\acommand\x12\x0e\n" +
+	"\x02id\x18\x04 \x01(\tR\x02id\"X\n" +
+	"\fPidsResponse\x12*\n" +
+	"\x04pids\x18\x01 \x03(\v2\x16.mvm.agent.v1.GuestPidR\x04pids\x12\x1c\n" +
+	"\ttruncated\x18\x02 \x01(\bR\ttruncated\"_\n" +
 	"\x0eProcStdinInput\x12\x18\n" +
 	"\x06handle\x18\x01 \x01(\tH\x00R\x06handle\x12\x14\n" +
 	"\x04data\x18\x02 \x01(\fH\x00R\x04data\x12\x16\n" +
@@ -3383,7 +3791,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x0fDiscardResponse\x12\x14\n" +
 	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\"$\n" +
 	"\fZerosRequest\x12\x14\n" +
-	"\x05bytes\x18\x01 \x01(\x03R\x05bytes2\xcb\v\n" +
+	"\x05bytes\x18\x01 \x01(\x03R\x05bytes2\x8a\f\n" +
 	"\x05Agent\x12@\n" +
 	"\x05Hello\x12\x1a.mvm.agent.v1.HelloRequest\x1a\x1b.mvm.agent.v1.HelloResponse\x12J\n" +
 	"\tReadiness\x12\x1e.mvm.agent.v1.ReadinessRequest\x1a\x1d.mvm.agent.v1.ReadinessReport\x12=\n" +
@@ -3405,7 +3813,8 @@ const file_agent_proto_rawDesc = "" +
 	"\bProcWait\x12\x1d.mvm.agent.v1.ProcWaitRequest\x1a\x18.mvm.agent.v1.ProcOutput0\x01\x12E\n" +
 	"\n" +
 	"ProcSignal\x12\x1f.mvm.agent.v1.ProcSignalRequest\x1a\x16.mvm.agent.v1.ProcInfo\x12L\n" +
-	"\tProcStdin\x12\x1c.mvm.agent.v1.ProcStdinInput\x1a\x1f.mvm.agent.v1.ProcStdinResponse(\x01\x12C\n" +
+	"\tProcStdin\x12\x1c.mvm.agent.v1.ProcStdinInput\x1a\x1f.mvm.agent.v1.ProcStdinResponse(\x01\x12=\n" +
+	"\x04Pids\x12\x19.mvm.agent.v1.PidsRequest\x1a\x1a.mvm.agent.v1.PidsResponse\x12C\n" +
 	"\aDiscard\x12\x17.mvm.agent.v1.DataChunk\x1a\x1d.mvm.agent.v1.DiscardResponse(\x01\x12>\n" +
 	"\x05Zeros\x12\x1a.mvm.agent.v1.ZerosRequest\x1a\x17.mvm.agent.v1.DataChunk0\x01B6Z4github.com/mvm-sandbox/mvm/internal/agentapi/agentpbb\x06proto3"
 
@@ -3422,7 +3831,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_agent_proto_goTypes = []any{
 	(FsError_Kind)(0),         // 0: mvm.agent.v1.FsError.Kind
 	(*HelloRequest)(nil),      // 1: mvm.agent.v1.HelloRequest
@@ -3432,115 +3841,125 @@ var file_agent_proto_goTypes = []any{
 	(*BootTimings)(nil),       // 5: mvm.agent.v1.BootTimings
 	(*ReadinessReport)(nil),   // 6: mvm.agent.v1.ReadinessReport
 	(*ExecStart)(nil),         // 7: mvm.agent.v1.ExecStart
-	(*Resize)(nil),            // 8: mvm.agent.v1.Resize
-	(*ExecInput)(nil),         // 9: mvm.agent.v1.ExecInput
-	(*Started)(nil),           // 10: mvm.agent.v1.Started
-	(*Exit)(nil),              // 11: mvm.agent.v1.Exit
-	(*ExecOutput)(nil),        // 12: mvm.agent.v1.ExecOutput
-	(*StatsRequest)(nil),      // 13: mvm.agent.v1.StatsRequest
-	(*StatsResponse)(nil),     // 14: mvm.agent.v1.StatsResponse
-	(*ShutdownRequest)(nil),   // 15: mvm.agent.v1.ShutdownRequest
-	(*ShutdownResponse)(nil),  // 16: mvm.agent.v1.ShutdownResponse
-	(*FsError)(nil),           // 17: mvm.agent.v1.FsError
-	(*FileInfo)(nil),          // 18: mvm.agent.v1.FileInfo
-	(*StatRequest)(nil),       // 19: mvm.agent.v1.StatRequest
-	(*ListDirRequest)(nil),    // 20: mvm.agent.v1.ListDirRequest
-	(*ListDirResponse)(nil),   // 21: mvm.agent.v1.ListDirResponse
-	(*MakeDirRequest)(nil),    // 22: mvm.agent.v1.MakeDirRequest
-	(*RemoveRequest)(nil),     // 23: mvm.agent.v1.RemoveRequest
-	(*RemoveResponse)(nil),    // 24: mvm.agent.v1.RemoveResponse
-	(*RenameRequest)(nil),     // 25: mvm.agent.v1.RenameRequest
-	(*ReadFileRequest)(nil),   // 26: mvm.agent.v1.ReadFileRequest
-	(*ReadFileOutput)(nil),    // 27: mvm.agent.v1.ReadFileOutput
-	(*WriteFileHeader)(nil),   // 28: mvm.agent.v1.WriteFileHeader
-	(*WriteFileInput)(nil),    // 29: mvm.agent.v1.WriteFileInput
-	(*WriteFileResponse)(nil), // 30: mvm.agent.v1.WriteFileResponse
-	(*DataChunk)(nil),         // 31: mvm.agent.v1.DataChunk
-	(*ArchiveOutRequest)(nil), // 32: mvm.agent.v1.ArchiveOutRequest
-	(*ArchiveInHeader)(nil),   // 33: mvm.agent.v1.ArchiveInHeader
-	(*ArchiveInInput)(nil),    // 34: mvm.agent.v1.ArchiveInInput
-	(*ArchiveInResponse)(nil), // 35: mvm.agent.v1.ArchiveInResponse
-	(*ProcStartRequest)(nil),  // 36: mvm.agent.v1.ProcStartRequest
-	(*ProcInfo)(nil),          // 37: mvm.agent.v1.ProcInfo
-	(*ProcListRequest)(nil),   // 38: mvm.agent.v1.ProcListRequest
-	(*ProcListResponse)(nil),  // 39: mvm.agent.v1.ProcListResponse
-	(*ProcWaitRequest)(nil),   // 40: mvm.agent.v1.ProcWaitRequest
-	(*OutputGap)(nil),         // 41: mvm.agent.v1.OutputGap
-	(*ProcOutput)(nil),        // 42: mvm.agent.v1.ProcOutput
-	(*ProcSignalRequest)(nil), // 43: mvm.agent.v1.ProcSignalRequest
-	(*ProcStdinInput)(nil),    // 44: mvm.agent.v1.ProcStdinInput
-	(*ProcStdinResponse)(nil), // 45: mvm.agent.v1.ProcStdinResponse
-	(*DiscardResponse)(nil),   // 46: mvm.agent.v1.DiscardResponse
-	(*ZerosRequest)(nil),      // 47: mvm.agent.v1.ZerosRequest
-	nil,                       // 48: mvm.agent.v1.ExecStart.EnvEntry
+	(*Rlimit)(nil),            // 8: mvm.agent.v1.Rlimit
+	(*BundleProcess)(nil),     // 9: mvm.agent.v1.BundleProcess
+	(*Resize)(nil),            // 10: mvm.agent.v1.Resize
+	(*ExecInput)(nil),         // 11: mvm.agent.v1.ExecInput
+	(*Started)(nil),           // 12: mvm.agent.v1.Started
+	(*Exit)(nil),              // 13: mvm.agent.v1.Exit
+	(*ExecOutput)(nil),        // 14: mvm.agent.v1.ExecOutput
+	(*StatsRequest)(nil),      // 15: mvm.agent.v1.StatsRequest
+	(*StatsResponse)(nil),     // 16: mvm.agent.v1.StatsResponse
+	(*ShutdownRequest)(nil),   // 17: mvm.agent.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),  // 18: mvm.agent.v1.ShutdownResponse
+	(*FsError)(nil),           // 19: mvm.agent.v1.FsError
+	(*FileInfo)(nil),          // 20: mvm.agent.v1.FileInfo
+	(*StatRequest)(nil),       // 21: mvm.agent.v1.StatRequest
+	(*ListDirRequest)(nil),    // 22: mvm.agent.v1.ListDirRequest
+	(*ListDirResponse)(nil),   // 23: mvm.agent.v1.ListDirResponse
+	(*MakeDirRequest)(nil),    // 24: mvm.agent.v1.MakeDirRequest
+	(*RemoveRequest)(nil),     // 25: mvm.agent.v1.RemoveRequest
+	(*RemoveResponse)(nil),    // 26: mvm.agent.v1.RemoveResponse
+	(*RenameRequest)(nil),     // 27: mvm.agent.v1.RenameRequest
+	(*ReadFileRequest)(nil),   // 28: mvm.agent.v1.ReadFileRequest
+	(*ReadFileOutput)(nil),    // 29: mvm.agent.v1.ReadFileOutput
+	(*WriteFileHeader)(nil),   // 30: mvm.agent.v1.WriteFileHeader
+	(*WriteFileInput)(nil),    // 31: mvm.agent.v1.WriteFileInput
+	(*WriteFileResponse)(nil), // 32: mvm.agent.v1.WriteFileResponse
+	(*DataChunk)(nil),         // 33: mvm.agent.v1.DataChunk
+	(*ArchiveOutRequest)(nil), // 34: mvm.agent.v1.ArchiveOutRequest
+	(*ArchiveInHeader)(nil),   // 35: mvm.agent.v1.ArchiveInHeader
+	(*ArchiveInInput)(nil),    // 36: mvm.agent.v1.ArchiveInInput
+	(*ArchiveInResponse)(nil), // 37: mvm.agent.v1.ArchiveInResponse
+	(*ProcStartRequest)(nil),  // 38: mvm.agent.v1.ProcStartRequest
+	(*ProcInfo)(nil),          // 39: mvm.agent.v1.ProcInfo
+	(*ProcListRequest)(nil),   // 40: mvm.agent.v1.ProcListRequest
+	(*ProcListResponse)(nil),  // 41: mvm.agent.v1.ProcListResponse
+	(*ProcWaitRequest)(nil),   // 42: mvm.agent.v1.ProcWaitRequest
+	(*OutputGap)(nil),         // 43: mvm.agent.v1.OutputGap
+	(*ProcOutput)(nil),        // 44: mvm.agent.v1.ProcOutput
+	(*ProcSignalRequest)(nil), // 45: mvm.agent.v1.ProcSignalRequest
+	(*PidsRequest)(nil),       // 46: mvm.agent.v1.PidsRequest
+	(*GuestPid)(nil),          // 47: mvm.agent.v1.GuestPid
+	(*PidsResponse)(nil),      // 48: mvm.agent.v1.PidsResponse
+	(*ProcStdinInput)(nil),    // 49: mvm.agent.v1.ProcStdinInput
+	(*ProcStdinResponse)(nil), // 50: mvm.agent.v1.ProcStdinResponse
+	(*DiscardResponse)(nil),   // 51: mvm.agent.v1.DiscardResponse
+	(*ZerosRequest)(nil),      // 52: mvm.agent.v1.ZerosRequest
+	nil,                       // 53: mvm.agent.v1.ExecStart.EnvEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	5,  // 0: mvm.agent.v1.ReadinessReport.boot:type_name -> mvm.agent.v1.BootTimings
 	4,  // 1: mvm.agent.v1.ReadinessReport.components:type_name -> mvm.agent.v1.Component
-	48, // 2: mvm.agent.v1.ExecStart.env:type_name -> mvm.agent.v1.ExecStart.EnvEntry
-	7,  // 3: mvm.agent.v1.ExecInput.start:type_name -> mvm.agent.v1.ExecStart
-	8,  // 4: mvm.agent.v1.ExecInput.resize:type_name -> mvm.agent.v1.Resize
-	10, // 5: mvm.agent.v1.ExecOutput.started:type_name -> mvm.agent.v1.Started
-	11, // 6: mvm.agent.v1.ExecOutput.exit:type_name -> mvm.agent.v1.Exit
-	0,  // 7: mvm.agent.v1.FsError.kind:type_name -> mvm.agent.v1.FsError.Kind
-	18, // 8: mvm.agent.v1.ListDirResponse.entries:type_name -> mvm.agent.v1.FileInfo
-	18, // 9: mvm.agent.v1.ReadFileOutput.info:type_name -> mvm.agent.v1.FileInfo
-	28, // 10: mvm.agent.v1.WriteFileInput.header:type_name -> mvm.agent.v1.WriteFileHeader
-	18, // 11: mvm.agent.v1.WriteFileResponse.info:type_name -> mvm.agent.v1.FileInfo
-	33, // 12: mvm.agent.v1.ArchiveInInput.header:type_name -> mvm.agent.v1.ArchiveInHeader
-	7,  // 13: mvm.agent.v1.ProcStartRequest.start:type_name -> mvm.agent.v1.ExecStart
-	11, // 14: mvm.agent.v1.ProcInfo.exit:type_name -> mvm.agent.v1.Exit
-	37, // 15: mvm.agent.v1.ProcListResponse.procs:type_name -> mvm.agent.v1.ProcInfo
-	41, // 16: mvm.agent.v1.ProcOutput.gap:type_name -> mvm.agent.v1.OutputGap
-	11, // 17: mvm.agent.v1.ProcOutput.exit:type_name -> mvm.agent.v1.Exit
-	37, // 18: mvm.agent.v1.ProcOutput.running:type_name -> mvm.agent.v1.ProcInfo
-	1,  // 19: mvm.agent.v1.Agent.Hello:input_type -> mvm.agent.v1.HelloRequest
-	3,  // 20: mvm.agent.v1.Agent.Readiness:input_type -> mvm.agent.v1.ReadinessRequest
-	9,  // 21: mvm.agent.v1.Agent.Exec:input_type -> mvm.agent.v1.ExecInput
-	13, // 22: mvm.agent.v1.Agent.Stats:input_type -> mvm.agent.v1.StatsRequest
-	15, // 23: mvm.agent.v1.Agent.Shutdown:input_type -> mvm.agent.v1.ShutdownRequest
-	19, // 24: mvm.agent.v1.Agent.Stat:input_type -> mvm.agent.v1.StatRequest
-	20, // 25: mvm.agent.v1.Agent.ListDir:input_type -> mvm.agent.v1.ListDirRequest
-	22, // 26: mvm.agent.v1.Agent.MakeDir:input_type -> mvm.agent.v1.MakeDirRequest
-	23, // 27: mvm.agent.v1.Agent.Remove:input_type -> mvm.agent.v1.RemoveRequest
-	25, // 28: mvm.agent.v1.Agent.Rename:input_type -> mvm.agent.v1.RenameRequest
-	26, // 29: mvm.agent.v1.Agent.ReadFile:input_type -> mvm.agent.v1.ReadFileRequest
-	29, // 30: mvm.agent.v1.Agent.WriteFile:input_type -> mvm.agent.v1.WriteFileInput
-	32, // 31: mvm.agent.v1.Agent.ArchiveOut:input_type -> mvm.agent.v1.ArchiveOutRequest
-	34, // 32: mvm.agent.v1.Agent.ArchiveIn:input_type -> mvm.agent.v1.ArchiveInInput
-	36, // 33: mvm.agent.v1.Agent.ProcStart:input_type -> mvm.agent.v1.ProcStartRequest
-	38, // 34: mvm.agent.v1.Agent.ProcList:input_type -> mvm.agent.v1.ProcListRequest
-	40, // 35: mvm.agent.v1.Agent.ProcWait:input_type -> mvm.agent.v1.ProcWaitRequest
-	43, // 36: mvm.agent.v1.Agent.ProcSignal:input_type -> mvm.agent.v1.ProcSignalRequest
-	44, // 37: mvm.agent.v1.Agent.ProcStdin:input_type -> mvm.agent.v1.ProcStdinInput
-	31, // 38: mvm.agent.v1.Agent.Discard:input_type -> mvm.agent.v1.DataChunk
-	47, // 39: mvm.agent.v1.Agent.Zeros:input_type -> mvm.agent.v1.ZerosRequest
-	2,  // 40: mvm.agent.v1.Agent.Hello:output_type -> mvm.agent.v1.HelloResponse
-	6,  // 41: mvm.agent.v1.Agent.Readiness:output_type -> mvm.agent.v1.ReadinessReport
-	12, // 42: mvm.agent.v1.Agent.Exec:output_type -> mvm.agent.v1.ExecOutput
-	14, // 43: mvm.agent.v1.Agent.Stats:output_type -> mvm.agent.v1.StatsResponse
-	16, // 44: mvm.agent.v1.Agent.Shutdown:output_type -> mvm.agent.v1.ShutdownResponse
-	18, // 45: mvm.agent.v1.Agent.Stat:output_type -> mvm.agent.v1.FileInfo
-	21, // 46: mvm.agent.v1.Agent.ListDir:output_type -> mvm.agent.v1.ListDirResponse
-	18, // 47: mvm.agent.v1.Agent.MakeDir:output_type -> mvm.agent.v1.FileInfo
-	24, // 48: mvm.agent.v1.Agent.Remove:output_type -> mvm.agent.v1.RemoveResponse
-	18, // 49: mvm.agent.v1.Agent.Rename:output_type -> mvm.agent.v1.FileInfo
-	27, // 50: mvm.agent.v1.Agent.ReadFile:output_type -> mvm.agent.v1.ReadFileOutput
-	30, // 51: mvm.agent.v1.Agent.WriteFile:output_type -> mvm.agent.v1.WriteFileResponse
-	31, // 52: mvm.agent.v1.Agent.ArchiveOut:output_type -> mvm.agent.v1.DataChunk
-	35, // 53: mvm.agent.v1.Agent.ArchiveIn:output_type -> mvm.agent.v1.ArchiveInResponse
-	37, // 54: mvm.agent.v1.Agent.ProcStart:output_type -> mvm.agent.v1.ProcInfo
-	39, // 55: mvm.agent.v1.Agent.ProcList:output_type -> mvm.agent.v1.ProcListResponse
-	42, // 56: mvm.agent.v1.Agent.ProcWait:output_type -> mvm.agent.v1.ProcOutput
-	37, // 57: mvm.agent.v1.Agent.ProcSignal:output_type -> mvm.agent.v1.ProcInfo
-	45, // 58: mvm.agent.v1.Agent.ProcStdin:output_type -> mvm.agent.v1.ProcStdinResponse
-	46, // 59: mvm.agent.v1.Agent.Discard:output_type -> mvm.agent.v1.DiscardResponse
-	31, // 60: mvm.agent.v1.Agent.Zeros:output_type -> mvm.agent.v1.DataChunk
-	40, // [40:61] is the sub-list for method output_type
-	19, // [19:40] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	53, // 2: mvm.agent.v1.ExecStart.env:type_name -> mvm.agent.v1.ExecStart.EnvEntry
+	9,  // 3: mvm.agent.v1.ExecStart.bundle:type_name -> mvm.agent.v1.BundleProcess
+	8,  // 4: mvm.agent.v1.BundleProcess.rlimits:type_name -> mvm.agent.v1.Rlimit
+	7,  // 5: mvm.agent.v1.ExecInput.start:type_name -> mvm.agent.v1.ExecStart
+	10, // 6: mvm.agent.v1.ExecInput.resize:type_name -> mvm.agent.v1.Resize
+	12, // 7: mvm.agent.v1.ExecOutput.started:type_name -> mvm.agent.v1.Started
+	13, // 8: mvm.agent.v1.ExecOutput.exit:type_name -> mvm.agent.v1.Exit
+	0,  // 9: mvm.agent.v1.FsError.kind:type_name -> mvm.agent.v1.FsError.Kind
+	20, // 10: mvm.agent.v1.ListDirResponse.entries:type_name -> mvm.agent.v1.FileInfo
+	20, // 11: mvm.agent.v1.ReadFileOutput.info:type_name -> mvm.agent.v1.FileInfo
+	30, // 12: mvm.agent.v1.WriteFileInput.header:type_name -> mvm.agent.v1.WriteFileHeader
+	20, // 13: mvm.agent.v1.WriteFileResponse.info:type_name -> mvm.agent.v1.FileInfo
+	35, // 14: mvm.agent.v1.ArchiveInInput.header:type_name -> mvm.agent.v1.ArchiveInHeader
+	7,  // 15: mvm.agent.v1.ProcStartRequest.start:type_name -> mvm.agent.v1.ExecStart
+	13, // 16: mvm.agent.v1.ProcInfo.exit:type_name -> mvm.agent.v1.Exit
+	39, // 17: mvm.agent.v1.ProcListResponse.procs:type_name -> mvm.agent.v1.ProcInfo
+	43, // 18: mvm.agent.v1.ProcOutput.gap:type_name -> mvm.agent.v1.OutputGap
+	13, // 19: mvm.agent.v1.ProcOutput.exit:type_name -> mvm.agent.v1.Exit
+	39, // 20: mvm.agent.v1.ProcOutput.running:type_name -> mvm.agent.v1.ProcInfo
+	47, // 21: mvm.agent.v1.PidsResponse.pids:type_name -> mvm.agent.v1.GuestPid
+	1,  // 22: mvm.agent.v1.Agent.Hello:input_type -> mvm.agent.v1.HelloRequest
+	3,  // 23: mvm.agent.v1.Agent.Readiness:input_type -> mvm.agent.v1.ReadinessRequest
+	11, // 24: mvm.agent.v1.Agent.Exec:input_type -> mvm.agent.v1.ExecInput
+	15, // 25: mvm.agent.v1.Agent.Stats:input_type -> mvm.agent.v1.StatsRequest
+	17, // 26: mvm.agent.v1.Agent.Shutdown:input_type -> mvm.agent.v1.ShutdownRequest
+	21, // 27: mvm.agent.v1.Agent.Stat:input_type -> mvm.agent.v1.StatRequest
+	22, // 28: mvm.agent.v1.Agent.ListDir:input_type -> mvm.agent.v1.ListDirRequest
+	24, // 29: mvm.agent.v1.Agent.MakeDir:input_type -> mvm.agent.v1.MakeDirRequest
+	25, // 30: mvm.agent.v1.Agent.Remove:input_type -> mvm.agent.v1.RemoveRequest
+	27, // 31: mvm.agent.v1.Agent.Rename:input_type -> mvm.agent.v1.RenameRequest
+	28, // 32: mvm.agent.v1.Agent.ReadFile:input_type -> mvm.agent.v1.ReadFileRequest
+	31, // 33: mvm.agent.v1.Agent.WriteFile:input_type -> mvm.agent.v1.WriteFileInput
+	34, // 34: mvm.agent.v1.Agent.ArchiveOut:input_type -> mvm.agent.v1.ArchiveOutRequest
+	36, // 35: mvm.agent.v1.Agent.ArchiveIn:input_type -> mvm.agent.v1.ArchiveInInput
+	38, // 36: mvm.agent.v1.Agent.ProcStart:input_type -> mvm.agent.v1.ProcStartRequest
+	40, // 37: mvm.agent.v1.Agent.ProcList:input_type -> mvm.agent.v1.ProcListRequest
+	42, // 38: mvm.agent.v1.Agent.ProcWait:input_type -> mvm.agent.v1.ProcWaitRequest
+	45, // 39: mvm.agent.v1.Agent.ProcSignal:input_type -> mvm.agent.v1.ProcSignalRequest
+	49, // 40: mvm.agent.v1.Agent.ProcStdin:input_type -> mvm.agent.v1.ProcStdinInput
+	46, // 41: mvm.agent.v1.Agent.Pids:input_type -> mvm.agent.v1.PidsRequest
+	33, // 42: mvm.agent.v1.Agent.Discard:input_type -> mvm.agent.v1.DataChunk
+	52, // 43: mvm.agent.v1.Agent.Zeros:input_type -> mvm.agent.v1.ZerosRequest
+	2,  // 44: mvm.agent.v1.Agent.Hello:output_type -> mvm.agent.v1.HelloResponse
+	6,  // 45: mvm.agent.v1.Agent.Readiness:output_type -> mvm.agent.v1.ReadinessReport
+	14, // 46: mvm.agent.v1.Agent.Exec:output_type -> mvm.agent.v1.ExecOutput
+	16, // 47: mvm.agent.v1.Agent.Stats:output_type -> mvm.agent.v1.StatsResponse
+	18, // 48: mvm.agent.v1.Agent.Shutdown:output_type -> mvm.agent.v1.ShutdownResponse
+	20, // 49: mvm.agent.v1.Agent.Stat:output_type -> mvm.agent.v1.FileInfo
+	23, // 50: mvm.agent.v1.Agent.ListDir:output_type -> mvm.agent.v1.ListDirResponse
+	20, // 51: mvm.agent.v1.Agent.MakeDir:output_type -> mvm.agent.v1.FileInfo
+	26, // 52: mvm.agent.v1.Agent.Remove:output_type -> mvm.agent.v1.RemoveResponse
+	20, // 53: mvm.agent.v1.Agent.Rename:output_type -> mvm.agent.v1.FileInfo
+	29, // 54: mvm.agent.v1.Agent.ReadFile:output_type -> mvm.agent.v1.ReadFileOutput
+	32, // 55: mvm.agent.v1.Agent.WriteFile:output_type -> mvm.agent.v1.WriteFileResponse
+	33, // 56: mvm.agent.v1.Agent.ArchiveOut:output_type -> mvm.agent.v1.DataChunk
+	37, // 57: mvm.agent.v1.Agent.ArchiveIn:output_type -> mvm.agent.v1.ArchiveInResponse
+	39, // 58: mvm.agent.v1.Agent.ProcStart:output_type -> mvm.agent.v1.ProcInfo
+	41, // 59: mvm.agent.v1.Agent.ProcList:output_type -> mvm.agent.v1.ProcListResponse
+	44, // 60: mvm.agent.v1.Agent.ProcWait:output_type -> mvm.agent.v1.ProcOutput
+	39, // 61: mvm.agent.v1.Agent.ProcSignal:output_type -> mvm.agent.v1.ProcInfo
+	50, // 62: mvm.agent.v1.Agent.ProcStdin:output_type -> mvm.agent.v1.ProcStdinResponse
+	48, // 63: mvm.agent.v1.Agent.Pids:output_type -> mvm.agent.v1.PidsResponse
+	51, // 64: mvm.agent.v1.Agent.Discard:output_type -> mvm.agent.v1.DiscardResponse
+	33, // 65: mvm.agent.v1.Agent.Zeros:output_type -> mvm.agent.v1.DataChunk
+	44, // [44:66] is the sub-list for method output_type
+	22, // [22:44] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -3548,39 +3967,39 @@ func file_agent_proto_init() {
 	if File_agent_proto != nil {
 		return
 	}
-	file_agent_proto_msgTypes[8].OneofWrappers = []any{
+	file_agent_proto_msgTypes[10].OneofWrappers = []any{
 		(*ExecInput_Start)(nil),
 		(*ExecInput_Stdin)(nil),
 		(*ExecInput_CloseStdin)(nil),
 		(*ExecInput_Signal)(nil),
 		(*ExecInput_Resize)(nil),
 	}
-	file_agent_proto_msgTypes[11].OneofWrappers = []any{
+	file_agent_proto_msgTypes[13].OneofWrappers = []any{
 		(*ExecOutput_Started)(nil),
 		(*ExecOutput_Stdout)(nil),
 		(*ExecOutput_Stderr)(nil),
 		(*ExecOutput_Exit)(nil),
 	}
-	file_agent_proto_msgTypes[26].OneofWrappers = []any{
+	file_agent_proto_msgTypes[28].OneofWrappers = []any{
 		(*ReadFileOutput_Info)(nil),
 		(*ReadFileOutput_Data)(nil),
 	}
-	file_agent_proto_msgTypes[28].OneofWrappers = []any{
+	file_agent_proto_msgTypes[30].OneofWrappers = []any{
 		(*WriteFileInput_Header)(nil),
 		(*WriteFileInput_Data)(nil),
 	}
-	file_agent_proto_msgTypes[33].OneofWrappers = []any{
+	file_agent_proto_msgTypes[35].OneofWrappers = []any{
 		(*ArchiveInInput_Header)(nil),
 		(*ArchiveInInput_Data)(nil),
 	}
-	file_agent_proto_msgTypes[41].OneofWrappers = []any{
+	file_agent_proto_msgTypes[43].OneofWrappers = []any{
 		(*ProcOutput_Stdout)(nil),
 		(*ProcOutput_Stderr)(nil),
 		(*ProcOutput_Gap)(nil),
 		(*ProcOutput_Exit)(nil),
 		(*ProcOutput_Running)(nil),
 	}
-	file_agent_proto_msgTypes[43].OneofWrappers = []any{
+	file_agent_proto_msgTypes[48].OneofWrappers = []any{
 		(*ProcStdinInput_Handle)(nil),
 		(*ProcStdinInput_Data)(nil),
 		(*ProcStdinInput_Close)(nil),
@@ -3591,7 +4010,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   48,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -45,6 +45,7 @@ const (
 	Agent_ProcWait_FullMethodName   = "/mvm.agent.v1.Agent/ProcWait"
 	Agent_ProcSignal_FullMethodName = "/mvm.agent.v1.Agent/ProcSignal"
 	Agent_ProcStdin_FullMethodName  = "/mvm.agent.v1.Agent/ProcStdin"
+	Agent_Pids_FullMethodName       = "/mvm.agent.v1.Agent/Pids"
 	Agent_Discard_FullMethodName    = "/mvm.agent.v1.Agent/Discard"
 	Agent_Zeros_FullMethodName      = "/mvm.agent.v1.Agent/Zeros"
 )
@@ -99,6 +100,9 @@ type AgentClient interface {
 	// ProcStdin writes to a process's stdin: a header naming the handle, then
 	// data; close=true (or the handle's close_stdin) closes it.
 	ProcStdin(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ProcStdinInput, ProcStdinResponse], error)
+	// Pids lists the guest's processes but the agent and kernel threads
+	// (the processes of a bundle sandbox's container).
+	Pids(ctx context.Context, in *PidsRequest, opts ...grpc.CallOption) (*PidsResponse, error)
 	// Discard reads and drops a stream of chunks.
 	Discard(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[DataChunk, DiscardResponse], error)
 	// Zeros sends `bytes` zero bytes in chunks.
@@ -342,6 +346,16 @@ func (c *agentClient) ProcStdin(ctx context.Context, opts ...grpc.CallOption) (g
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Agent_ProcStdinClient = grpc.ClientStreamingClient[ProcStdinInput, ProcStdinResponse]
 
+func (c *agentClient) Pids(ctx context.Context, in *PidsRequest, opts ...grpc.CallOption) (*PidsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PidsResponse)
+	err := c.cc.Invoke(ctx, Agent_Pids_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *agentClient) Discard(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[DataChunk, DiscardResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[7], Agent_Discard_FullMethodName, cOpts...)
@@ -424,6 +438,9 @@ type AgentServer interface {
 	// ProcStdin writes to a process's stdin: a header naming the handle, then
 	// data; close=true (or the handle's close_stdin) closes it.
 	ProcStdin(grpc.ClientStreamingServer[ProcStdinInput, ProcStdinResponse]) error
+	// Pids lists the guest's processes but the agent and kernel threads
+	// (the processes of a bundle sandbox's container).
+	Pids(context.Context, *PidsRequest) (*PidsResponse, error)
 	// Discard reads and drops a stream of chunks.
 	Discard(grpc.ClientStreamingServer[DataChunk, DiscardResponse]) error
 	// Zeros sends `bytes` zero bytes in chunks.
@@ -494,6 +511,9 @@ func (UnimplementedAgentServer) ProcSignal(context.Context, *ProcSignalRequest) 
 }
 func (UnimplementedAgentServer) ProcStdin(grpc.ClientStreamingServer[ProcStdinInput, ProcStdinResponse]) error {
 	return status.Error(codes.Unimplemented, "method ProcStdin not implemented")
+}
+func (UnimplementedAgentServer) Pids(context.Context, *PidsRequest) (*PidsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Pids not implemented")
 }
 func (UnimplementedAgentServer) Discard(grpc.ClientStreamingServer[DataChunk, DiscardResponse]) error {
 	return status.Error(codes.Unimplemented, "method Discard not implemented")
@@ -799,6 +819,24 @@ func _Agent_ProcStdin_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Agent_ProcStdinServer = grpc.ClientStreamingServer[ProcStdinInput, ProcStdinResponse]
 
+func _Agent_Pids_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PidsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).Pids(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_Pids_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).Pids(ctx, req.(*PidsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Agent_Discard_Handler(srv interface{}, stream grpc.ServerStream) error {
 	return srv.(AgentServer).Discard(&grpc.GenericServerStream[DataChunk, DiscardResponse]{ServerStream: stream})
 }
@@ -871,6 +909,10 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ProcSignal",
 			Handler:    _Agent_ProcSignal_Handler,
+		},
+		{
+			MethodName: "Pids",
+			Handler:    _Agent_Pids_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
