@@ -6,6 +6,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/image"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/spf13/cobra"
 )
@@ -123,7 +124,7 @@ func buildWorkloadRun(cmd *cobra.Command, app *App, path string, jsonOut bool) e
 	if err != nil {
 		return err
 	}
-	a, err := rt.BuildWorkload(cmd.Context(), wl, buildProgress(app, jsonOut))
+	a, err := rt.BuildWorkload(cmd.Context(), wl, image.PullOptions{}, buildProgress(app, jsonOut))
 	if err != nil {
 		code := exitFor(err)
 		if jsonOut {

@@ -251,3 +251,34 @@ func TestCompileDir(t *testing.T) {
 		t.Fatalf("empty dir: %v", err)
 	}
 }
+
+// TestOCIImageDeclaration: mvm.oci_image(REF) in Python and TypeScript
+// (ociImage too) lowers to image kind oci_image with the reference as
+// written; a name that is not a reference is E_IMAGE, a missing one
+// E_MISSING_ARGUMENT.
+func TestOCIImageDeclaration(t *testing.T) {
+	for _, c := range []struct{ file, src string }{
+		{"app.py", "import mvm\n@mvm.app(name='py', image=mvm.oci_image('python:3.12-slim'))\ndef run(): pass\n"},
+		{"app.py", "from mvm import oci_image, app\n@app(name='py', image=oci_image(ref='python:3.12-slim'))\ndef run(): pass\n"},
+		{"w.ts", "import * as mvm from 'mvm-sdk';\nexport const w = mvm.app({name: 'py', image: mvm.oci_image('python:3.12-slim')})(async () => 1);\n"},
+		{"w.ts", "import * as mvm from 'mvm-sdk';\nexport const w = mvm.app({name: 'py', image: mvm.ociImage('python:3.12-slim')})(async () => 1);\n"},
+	} {
+		r, err := compileString(t, c.file, c.src)
+		if err != nil {
+			t.Fatalf("%s: %v", c.src, err)
+		}
+		if im := r.Workload.Image; im.Kind != ir.ImageOCI || im.Ref != "python:3.12-slim" {
+			t.Fatalf("%s: image %+v", c.src, im)
+		}
+	}
+	_, err := compileString(t, "a.py", "import mvm\n@mvm.app(image=mvm.oci_image('python-3.12'))\ndef f(): pass\n")
+	var ie *ir.Error
+	if !errors.As(err, &ie) || ie.Code != ir.EImage || !strings.Contains(err.Error(), "python:3.12-slim") {
+		t.Errorf("not a reference: %v", err)
+	}
+	_, err = compileString(t, "a.py", "import mvm\n@mvm.app(image=mvm.oci_image())\ndef f(): pass\n")
+	var de *Error
+	if !errors.As(err, &de) || de.Code != EMissingArgument {
+		t.Errorf("no reference: %v", err)
+	}
+}

@@ -33,6 +33,7 @@ var sigs = map[string]sig{
 	"python_image":        {params: []string{"version", "packages"}},
 	"node_image":          {params: []string{"version"}},
 	"template":            {params: []string{"name"}, required: []string{"name"}},
+	"oci_image":           {params: []string{"ref"}, required: []string{"ref"}},
 	"resources":           {params: []string{"cpu_cores", "memory_mb", "disk_mb"}},
 	"network":             {params: []string{"mode", "allow", "ports"}},
 	"secret":              {params: []string{"name"}, required: []string{"name"}},
@@ -202,7 +203,7 @@ func (l *lowerer) lower(f *found) (*ir.Workload, error) {
 	}
 	v := get("image")
 	if v == nil {
-		return nil, l.x.errAt(f.Pos, EMissingArgument, "image=mvm.python_image(\"3.13\") / mvm.node_image(\"20\") / mvm.nix_packages([...]) / mvm.debian_packages([...]) / mvm.template(NAME)", "mvm.app needs an image")
+		return nil, l.x.errAt(f.Pos, EMissingArgument, "image=mvm.python_image(\"3.13\") / mvm.node_image(\"20\") / mvm.nix_packages([...]) / mvm.debian_packages([...]) / mvm.template(NAME) / mvm.oci_image(REF)", "mvm.app needs an image")
 	}
 	if w.Image, err = l.image(v); err != nil {
 		return nil, err
@@ -378,7 +379,7 @@ func (l *lowerer) hooks(a map[string]*Value, h *ir.Hooks) error {
 }
 
 func (l *lowerer) image(v *Value) (ir.Image, error) {
-	a, err := l.call(v, "nix_packages", "debian_packages", "python_image", "node_image", "template")
+	a, err := l.call(v, "nix_packages", "debian_packages", "python_image", "node_image", "template", "oci_image")
 	if err != nil {
 		return ir.Image{}, err
 	}
@@ -410,6 +411,10 @@ func (l *lowerer) image(v *Value) (ir.Image, error) {
 		}
 	case "template":
 		if im.Name, err = l.str(a["name"], "name"); err != nil {
+			return im, err
+		}
+	case "oci_image":
+		if im.Ref, err = l.str(a["ref"], "ref"); err != nil {
 			return im, err
 		}
 	}

@@ -83,7 +83,7 @@ func (x *extractor) tsCallee(nm tsNames, fn *sitter.Node) string {
 // camel maps the TypeScript spellings onto the helper names.
 var camel = map[string]string{
 	"localPath": "local_path", "nixPackages": "nix_packages", "debianPackages": "debian_packages",
-	"pythonImage": "python_image", "nodeImage": "node_image", "entrypointFunction": "entrypoint_function",
+	"pythonImage": "python_image", "nodeImage": "node_image", "ociImage": "oci_image", "entrypointFunction": "entrypoint_function",
 }
 
 func extractTypeScript(ctx context.Context, file string, src []byte) (*found, error) {

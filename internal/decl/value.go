@@ -98,12 +98,12 @@ type Value struct {
 // helpers is the closed list of declaration helpers.
 var helpers = map[string]bool{
 	"local_path": true, "nix_packages": true, "debian_packages": true, "python_image": true,
-	"node_image": true, "template": true, "resources": true, "network": true, "secret": true,
+	"node_image": true, "template": true, "oci_image": true, "resources": true, "network": true, "secret": true,
 	"entrypoint": true, "entrypoint_function": true, "hooks": true,
 }
 
 // HelperNames lists the helpers, for messages.
-const HelperNames = "mvm.local_path, mvm.nix_packages, mvm.debian_packages, mvm.python_image, mvm.node_image, mvm.template, mvm.resources, mvm.network, mvm.secret, mvm.entrypoint, mvm.entrypoint_function, mvm.hooks"
+const HelperNames = "mvm.local_path, mvm.nix_packages, mvm.debian_packages, mvm.python_image, mvm.node_image, mvm.template, mvm.oci_image, mvm.resources, mvm.network, mvm.secret, mvm.entrypoint, mvm.entrypoint_function, mvm.hooks"
 
 const literalHint = "string, number, True/False/None, list, dict of literals, or a call to " + HelperNames
 

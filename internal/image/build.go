@@ -152,6 +152,9 @@ type BuildOptions struct {
 	// Refresh rebuilds trees and images even when cached (to pick up
 	// Debian updates).
 	Refresh bool
+	// Pull applies to a manifest whose base is an OCI image (image = REF):
+	// its platform, and whether a tag is refused (RequireDigest).
+	Pull PullOptions
 }
 
 // NotBuiltError is returned by ResolveImage for a template that has no
@@ -529,7 +532,7 @@ func resolve(ctx context.Context, dir, templateName string, opts BuildOptions) (
 		}
 	}
 	if m != nil && m.Image != "" && templateName == "" {
-		return makeOCIPlan(ctx, m)
+		return makeOCIPlan(ctx, m, opts.Pull)
 	}
 	return makePlan(m, templateName, opts)
 }

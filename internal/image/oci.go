@@ -379,8 +379,8 @@ func resolveRef(d paths.Dirs, ref string) (*Artifact, error) {
 // manifest's keys override them (env is merged), and its files are added
 // on the unpacked image, which is cached as a tree keyed by the manifest
 // digest.
-func makeOCIPlan(ctx context.Context, m *manifest.Manifest) (*buildPlan, error) {
-	im, err := oci.Resolve(ctx, m.Image, oci.PullOptions{})
+func makeOCIPlan(ctx context.Context, m *manifest.Manifest, o PullOptions) (*buildPlan, error) {
+	im, err := oci.Resolve(ctx, m.Image, oci.PullOptions{Platform: o.Platform, RequireDigest: o.RequireDigest})
 	if err != nil {
 		return nil, err
 	}

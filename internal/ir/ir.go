@@ -77,6 +77,7 @@ const (
 	ImagePython         = "python_image"
 	ImageNode           = "node_image"
 	ImageTemplate       = "template"
+	ImageOCI            = "oci_image"
 )
 
 // Image says what the root filesystem is built from. Which fields apply
@@ -87,12 +88,15 @@ const (
 //	python_image     version ("3.11", "3.13"), packages (Debian)
 //	node_image       version ("18", "20")
 //	template         name (an mvm template)
+//	oci_image        ref (an OCI image reference, pulled at build; pin it
+//	                 as name@sha256:... for the hash to cover the content)
 type Image struct {
 	Kind     string   `json:"kind"`
 	Packages []string `json:"packages,omitempty"`
 	Release  int      `json:"release,omitempty"`
 	Version  string   `json:"version,omitempty"`
 	Name     string   `json:"name,omitempty"`
+	Ref      string   `json:"ref,omitempty"`
 }
 
 // Resources of the microVM.

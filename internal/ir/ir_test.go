@@ -104,6 +104,12 @@ func badCases(t *testing.T) []badCase {
 		{"image empty nix", mutate(t, good, set("image", map[string]any{"kind": "nix_packages", "packages": []string{}})), EImage, true},
 		{"debian release", mutate(t, good, set("image", map[string]any{"kind": "debian_packages", "release": 11})), EImage, true},
 		{"debian bad pkg", mutate(t, good, set("image", map[string]any{"kind": "debian_packages", "release": 12, "packages": []string{"curl;rm"}})), EImage, true},
+		{"oci ref not a reference", mutate(t, good, set("image", map[string]any{"kind": "oci_image", "ref": "python"})), EImage, true},
+		{"oci ref with a name", mutate(t, good, set("image", map[string]any{"kind": "oci_image", "ref": "python:3.12-slim", "name": "x"})), EImage, true},
+		{"oci ref missing", mutate(t, good, set("image", map[string]any{"kind": "oci_image"})), EImage, true},
+		{"oci ref unparsable", mutate(t, good, set("image", map[string]any{"kind": "oci_image", "ref": "Upper/App:1"})), EImage, false},
+		{"oci ref local digest", mutate(t, good, set("image", map[string]any{"kind": "oci_image", "ref": "sha256:abcd"})), EImage, false},
+		{"template with a ref", mutate(t, good, set("image", map[string]any{"kind": "template", "name": "minimal", "ref": "a:b"})), EImage, true},
 		{"cpu", mutate(t, good, set("resources", map[string]any{"cpu_cores": 99})), EResources, true},
 		{"memory", mutate(t, good, set("resources", map[string]any{"memory_mb": 64})), EResources, true},
 		{"net mode", mutate(t, good, set("network", map[string]any{"mode": "bridge"})), ENetwork, true},
@@ -173,6 +179,12 @@ func TestSchemaAgreesWithGo(t *testing.T) {
 			m["hooks"] = map[string]any{"before_start": []any{[]string{"python", "-V"}}}
 			m["resources"] = map[string]any{"cpu_cores": 2, "memory_mb": 1024, "disk_mb": 2048}
 		}),
+		mutate(t, good, func(m map[string]any) {
+			m["image"] = map[string]any{"kind": "oci_image", "ref": "python:3.12-slim"}
+		}),
+		mutate(t, good, func(m map[string]any) {
+			m["image"] = map[string]any{"kind": "oci_image", "ref": "127.0.0.1:5000/org/app@sha256:" + strings.Repeat("ab", 32)}
+		}),
 	}
 	for i, d := range goods {
 		if _, err := Decode([]byte(d)); err != nil {
@@ -227,6 +239,9 @@ func TestRealize(t *testing.T) {
 	}
 	if r, err := Realize(Image{Kind: ImageNode, Version: "20"}); err != nil || r.Template != "node-20" {
 		t.Errorf("node 20: %+v %v", r, err)
+	}
+	if r, err := Realize(Image{Kind: ImageOCI, Ref: "python:3.12-slim"}); err != nil || r.OCIRef != "python:3.12-slim" || r.Template != "" {
+		t.Errorf("oci_image: %+v %v", r, err)
 	}
 	if _, err := Realize(Image{Kind: ImageTemplate, Name: "nope"}); err == nil {
 		t.Error("unknown template accepted")

@@ -33,10 +33,11 @@ var NixTable = []NixEntry{
 }
 
 // Realization is how an image is built here: an mvm template plus extra
-// Debian packages.
+// Debian packages, or an OCI image (pulled at build).
 type Realization struct {
-	Template string   `json:"template"`
+	Template string   `json:"template,omitempty"`
 	Packages []string `json:"packages,omitempty"`
+	OCIRef   string   `json:"oci_ref,omitempty"`
 }
 
 // Versions this runtime can build, per image helper.
@@ -85,6 +86,8 @@ func Realize(im Image) (Realization, error) {
 			return Realization{}, unavailable("template(%q): %v", im.Name, err)
 		}
 		return Realization{Template: im.Name}, nil
+	case ImageOCI:
+		return Realization{OCIRef: im.Ref}, nil
 	}
 	return Realization{}, unavailable("image kind %q cannot be built", im.Kind)
 }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 )
@@ -291,6 +292,9 @@ func (w *Workload) validateImage(add func(code, p, format string, a ...any)) {
 		if !allowed["name"] && im.Name != "" {
 			add(EImage, "image.name", "image kind %s takes no name", im.Kind)
 		}
+		if !allowed["ref"] && im.Ref != "" {
+			add(EImage, "image.ref", "image kind %s takes no ref", im.Kind)
+		}
 	}
 	pkgs := func(re *regexp.Regexp, what string) {
 		if len(im.Packages) > MaxListItems {
@@ -331,9 +335,36 @@ func (w *Workload) validateImage(add func(code, p, format string, a ...any)) {
 		if !tmplRe.MatchString(im.Name) {
 			add(EImage, "image.name", "template name %q: want a template such as \"python-3.13\"", clip(im.Name))
 		}
+	case ImageOCI:
+		only("ref")
+		if msg := ociRefProblem(im.Ref); msg != "" {
+			add(EImage, "image.ref", "%s; want an OCI image reference such as \"python:3.12-slim\" or \"ghcr.io/org/app@sha256:...\"", msg)
+		}
 	default:
-		add(EImage, "image.kind", "image kind %q: want one of nix_packages, debian_packages, python_image, node_image, template", clip(im.Kind))
+		add(EImage, "image.kind", "image kind %q: want one of nix_packages, debian_packages, python_image, node_image, template, oci_image", clip(im.Kind))
 	}
+}
+
+// MaxRefLen caps an OCI image reference.
+const MaxRefLen = 512
+
+// ociRefProblem says what is wrong with an OCI image reference ("" if
+// nothing). A reference holds ":" or "/" (template names never do) and
+// parses as a registry reference; "sha256:..." alone is a digest of a
+// local image, not a reference.
+func ociRefProblem(ref string) string {
+	switch {
+	case ref == "":
+		return "empty reference"
+	case len(ref) > MaxRefLen:
+		return fmt.Sprintf("reference of %d bytes (at most %d)", len(ref), MaxRefLen)
+	case !strings.ContainsAny(ref, ":/") || strings.HasPrefix(ref, "sha256:"):
+		return fmt.Sprintf("%q is not a registry reference (it needs a tag, a digest or a repository path)", clip(ref))
+	}
+	if _, err := name.ParseReference(ref); err != nil {
+		return fmt.Sprintf("%q: %v", clip(ref), err)
+	}
+	return ""
 }
 
 func (w *Workload) validateNetwork(add func(code, p, format string, a ...any)) {

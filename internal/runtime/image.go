@@ -98,7 +98,7 @@ func (r *Runtime) resolveImage(ctx context.Context, name, backend string, buildD
 	}
 	var art *image.Artifact
 	if buildDir && IsBuildDir(name) {
-		art, err = image.Build(ctx, r.Dirs, name, "", image.BuildOptions{}, progress)
+		art, err = image.Build(ctx, r.Dirs, name, "", image.BuildOptions{Pull: pull}, progress)
 	} else {
 		art, err = image.ResolveImage(r.Dirs, name)
 		var nb *image.NotBuiltError

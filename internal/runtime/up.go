@@ -132,6 +132,12 @@ func (o *UpOptions) defaults(img *bootImage) {
 	}
 }
 
+// pullOptions are the options of an OCI image pull: tags are refused when
+// asked, and always under the restrictive run profile.
+func (o *UpOptions) pullOptions() image.PullOptions {
+	return image.PullOptions{Platform: o.Platform, RequireDigest: o.RequireDigest || o.RunProfile == string(plan.Restrictive)}
+}
+
 // Validate checks options before anything is created. Its errors are
 // invalid arguments; they name options, not CLI flags (MCP shows them too).
 func (o *UpOptions) Validate() error {
@@ -217,8 +223,7 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 			return nil, errdefs.New(errdefs.KindUnavailable, err)
 		}
 	}
-	pull := image.PullOptions{Platform: o.Platform, RequireDigest: o.RequireDigest || o.RunProfile == string(plan.Restrictive)}
-	img, err := r.resolveImage(ctx, o.Image, backendName, !o.NoBuildDir, pull, o.BuildProgress)
+	img, err := r.resolveImage(ctx, o.Image, backendName, !o.NoBuildDir, o.pullOptions(), o.BuildProgress)
 	if err != nil {
 		return nil, err
 	}

@@ -104,18 +104,18 @@ func readCapped(path string, max int64) ([]byte, error) {
 	return b, nil
 }
 
-// BuildWorkload realises the workload's image (template, packages, the
-// source with include/exclude, the function runner) through the image
-// builder. An image no Debian release provides fails here with
-// E_IMAGE_UNAVAILABLE.
-func (r *Runtime) BuildWorkload(ctx context.Context, wl *Workload, progress func(image.Event)) (*image.Artifact, error) {
+// BuildWorkload realises the workload's image (template, packages, or an
+// OCI image pulled with pull's options; the source with include/exclude,
+// the function runner) through the image builder. An image no Debian
+// release provides fails here with E_IMAGE_UNAVAILABLE.
+func (r *Runtime) BuildWorkload(ctx context.Context, wl *Workload, pull image.PullOptions, progress func(image.Event)) (*image.Artifact, error) {
 	store := r.Secrets()
 	st, err := workload.Prepare(wl.IR, wl.BaseDir, filepath.Join(r.Dirs.Images(), "tmp"), func(n string) bool { return store.Check(n) == nil })
 	if err != nil {
 		return nil, err
 	}
 	defer st.Remove()
-	return image.Build(ctx, r.Dirs, st.Dir, "", image.BuildOptions{Manifest: st.Manifest}, progress)
+	return image.Build(ctx, r.Dirs, st.Dir, "", image.BuildOptions{Manifest: st.Manifest, Pull: pull}, progress)
 }
 
 // WorkloadFile is the sandbox-directory record of a declared workload.
@@ -269,7 +269,7 @@ func (r *Runtime) UpWorkload(ctx context.Context, wl *Workload, o UpOptions) (*S
 	if err := r.checkDeclaredNetwork(wl, &o); err != nil {
 		return nil, err
 	}
-	art, err := r.BuildWorkload(ctx, wl, o.BuildProgress)
+	art, err := r.BuildWorkload(ctx, wl, o.pullOptions(), o.BuildProgress)
 	if err != nil {
 		return nil, err
 	}

@@ -61,7 +61,8 @@ func WorkingDir(w *ir.Workload) string {
 	return ir.DefaultWorkingDir
 }
 
-// Prepare realises the image, checks the secrets (secretExists reports
+// Prepare realises the image (a template and packages, or an OCI image
+// reference the build pulls), checks the secrets (secretExists reports
 // whether the host's store has one; nil means none exists), stages the
 // source from baseDir and returns the manifest to build. tmpDir holds the
 // staging directory. Errors carry ir E_* codes where one applies. Secrets
@@ -94,7 +95,7 @@ func Prepare(w *ir.Workload, baseDir, tmpDir string, secretExists func(string) b
 	}
 	wd := WorkingDir(w)
 	m := &manifest.Manifest{
-		Dir: dir, Template: real.Template, Name: w.Name, Packages: real.Packages,
+		Dir: dir, Template: real.Template, Image: real.OCIRef, Name: w.Name, Packages: real.Packages,
 		Env: map[string]string{}, CPUs: w.Resources.CPUCores, MemoryMiB: int64(w.Resources.MemoryMB),
 		DiskMiB: int64(w.Resources.DiskMB), Workdir: wd, Profile: manifest.ProfileDev,
 	}

@@ -126,3 +126,20 @@ func TestMatch(t *testing.T) {
 		}
 	}
 }
+
+// TestPrepareOCIImage: an oci_image workload builds on the reference (the
+// image builder pulls it), with no template and no packages.
+func TestPrepareOCIImage(t *testing.T) {
+	base := t.TempDir()
+	os.WriteFile(filepath.Join(base, "app.py"), []byte("x"), 0o644)
+	w := wl()
+	w.Image = ir.Image{Kind: ir.ImageOCI, Ref: "127.0.0.1:5000/app:1"}
+	st, err := Prepare(w, base, t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Remove()
+	if m := st.Manifest; m.Image != "127.0.0.1:5000/app:1" || m.Template != "" || len(m.Packages) != 0 || m.Workdir != "/app" {
+		t.Fatalf("manifest %+v", m)
+	}
+}

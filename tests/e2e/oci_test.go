@@ -121,3 +121,81 @@ func TestOCIImagePullRunExecFiles(t *testing.T) {
 	e.must("down", "ocibox")
 	e.assertClean()
 }
+
+// TestOCIImageDeclaration: a declaration on mvm.oci_image(REF) (a tag on
+// the registry in this process) compiles to image kind oci_image; under
+// the restrictive profile, even approved, the tag is refused before
+// anything is created; otherwise `up` pulls it, boots the workload with
+// its source, and the signed receipt of an exec carries the manifest
+// digest the tag resolved to and the IR hash.
+func TestOCIImageDeclaration(t *testing.T) {
+	e := newEnv(t)
+	e.extra = append(e.extra, "DOCKER_CONFIG="+t.TempDir())
+	reg := ocitest.NewRegistry(t, "", "")
+	rnd := make([]byte, 8)
+	rand.Read(rnd)
+	img := ocitest.Image(t, v1.Config{Env: []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, Cmd: []string{"/bin/sh"}},
+		"linux/amd64", ocitest.Layer(ocitest.Tar(append(ocitest.BusyboxEntries(t, rootfs.HostBusybox),
+			ocitest.Entry{Name: "etc/marker", Body: hex.EncodeToString(rnd)}))))
+	pinned := reg.Push(t, "e2e/decl:1", img, nil)
+	digest := pinned[strings.Index(pinned, "@")+1:]
+	ref := reg.Host + "/e2e/decl:1"
+
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "hello.txt"), []byte("from the source\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	app := filepath.Join(dir, "app.py")
+	src := `import mvm
+
+@mvm.app(
+    name="ocidecl",
+    source=mvm.local_path("."),
+    image=mvm.oci_image("` + ref + `"),
+    entrypoint=mvm.entrypoint(command=["sh", "-c", "echo started > /tmp/started; exec sleep 3600"]),
+)
+def run():
+    pass
+`
+	if err := os.WriteFile(app, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var compiled struct {
+		IR struct {
+			Image map[string]string `json:"image"`
+		} `json:"ir"`
+	}
+	if r := e.must("compile", app, "--json"); json.Unmarshal([]byte(r.stdout), &compiled) != nil || compiled.IR.Image["kind"] != "oci_image" || compiled.IR.Image["ref"] != ref {
+		t.Fatalf("compile: %s", r.stdout)
+	}
+
+	// restrictive: approved, but a tag is not a pin
+	e.must("approve", app)
+	if r := e.run("up", "--profile", "restrictive", app); r.code != 126 || !strings.Contains(r.stderr, "@sha256:") || len(e.sandboxDirs()) != 0 {
+		t.Fatalf("restrictive up of a tag: %s (sandboxes %v)", r, e.sandboxDirs())
+	}
+
+	// so is a manifest's image = TAG
+	mdir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(mdir, "mvm.toml"), []byte("image = \""+ref+"\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.run("up", "--profile", "restrictive", mdir); r.code != 126 || !strings.Contains(r.stderr, "@sha256:") || len(e.sandboxDirs()) != 0 {
+		t.Fatalf("restrictive up of a manifest on a tag: %s (sandboxes %v)", r, e.sandboxDirs())
+	}
+
+	e.must("up", app)
+	defer e.run("down", "ocidecl")
+	receipt := filepath.Join(t.TempDir(), "r.json")
+	r := e.must("exec", "--receipt", receipt, "ocidecl", "--", "sh", "-c", "for i in $(seq 100); do [ -f /tmp/started ] && break; sleep 0.1; done; cat /app/hello.txt /etc/marker /tmp/started")
+	if r.stdout != "from the source\n"+hex.EncodeToString(rnd)+"started\n" {
+		t.Fatalf("exec in the declared workload: %q", r.stdout)
+	}
+	b, err := os.ReadFile(receipt)
+	if err != nil || !strings.Contains(string(b), `"oci_digest":"`+digest+`"`) || !strings.Contains(string(b), `"workload_ir_sha256":"`) {
+		t.Fatalf("receipt lacks the manifest digest %s or the IR hash: %s %v", digest, b, err)
+	}
+	e.must("receipt", "verify", receipt)
+	e.must("down", "ocidecl")
+	e.assertClean()
+}

@@ -31,6 +31,7 @@ def test_app_returns_the_function_unchanged() -> None:
     assert mvm.nix_packages(["python313"]) == {"kind": "nix_packages", "packages": ["python313"]}
     assert mvm.secret("token") == mvm.Secret("token")  # one helper for declarations and Sandbox.create
     assert mvm.entrypoint_function(warm=True)["warm"] is True
+    assert mvm.oci_image("python:3.12-slim") == {"kind": "oci_image", "ref": "python:3.12-slim"}
 
 
 def test_this_file_compiles_statically() -> None:

@@ -53,6 +53,10 @@ export function node_image(version = "20"): Decl {
 export function template(name: string): Decl {
   return { kind: "template", name };
 }
+/** An OCI image (python:3.12-slim, ghcr.io/org/app@sha256:...), pulled at build; pin it by digest. */
+export function oci_image(ref: string): Decl {
+  return { kind: "oci_image", ref };
+}
 export function resources(opts: { cpu_cores?: number; memory_mb?: number; disk_mb?: number } = {}): Decl {
   return { cpu_cores: opts.cpu_cores ?? 1, memory_mb: opts.memory_mb ?? 512, disk_mb: opts.disk_mb ?? 4096 };
 }
@@ -75,6 +79,7 @@ export const nixPackages = nix_packages;
 export const debianPackages = debian_packages;
 export const pythonImage = python_image;
 export const nodeImage = node_image;
+export const ociImage = oci_image;
 export const entrypointFunction = entrypoint_function;
 
 /** The workload's function raised: its type, message and guest traceback. */

@@ -33,6 +33,6 @@ export { Secret, secret } from "./secrets.js";
 export const VERSION = "0.1.0";
 export {
   app, local_path, localPath, nix_packages, nixPackages, debian_packages, debianPackages, python_image, pythonImage,
-  node_image, nodeImage, template, resources, network, entrypoint, entrypoint_function, entrypointFunction,
+  node_image, nodeImage, oci_image, ociImage, template, resources, network, entrypoint, entrypoint_function, entrypointFunction,
   hooks, workload, Workload, RemoteError, EXIT_RAISED, type AppOptions, type Decl, type EnvValue,
 } from "./declare.js";

@@ -23,6 +23,8 @@ export const worker = mvm.app({
 test("app returns the function unchanged; helpers are inert", async () => {
   assert.equal(await worker(1), 2);
   assert.deepEqual(mvm.nix_packages(["nodejs_20"]), { kind: "nix_packages", packages: ["nodejs_20"] });
+  assert.deepEqual(mvm.oci_image("node:20-slim"), { kind: "oci_image", ref: "node:20-slim" });
+  assert.equal(mvm.ociImage, mvm.oci_image);
   assert.ok(mvm.secret("t") instanceof mvm.Secret && mvm.secret("t").name === "t"); // one helper for declarations and Sandbox.create
 });
 

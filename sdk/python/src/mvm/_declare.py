@@ -72,6 +72,13 @@ def template(name: str) -> Decl:
     return {"kind": "template", "name": name}
 
 
+def oci_image(ref: str) -> Decl:
+    """An OCI image (``python:3.12-slim``, ``ghcr.io/org/app@sha256:...``),
+    pulled at build; pin it by digest so that the reviewed hash covers its
+    content."""
+    return {"kind": "oci_image", "ref": ref}
+
+
 def resources(cpu_cores: int = 1, memory_mb: int = 512, disk_mb: int = 4096) -> Decl:
     return {"cpu_cores": cpu_cores, "memory_mb": memory_mb, "disk_mb": disk_mb}
 
