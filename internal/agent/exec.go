@@ -34,7 +34,7 @@ const (
 
 // buildEnv merges the image defaults, the request and the PATH/HOME basics.
 func (s *server) buildEnv(req map[string]string, tty bool) ([]string, string) {
-	env := map[string]string{"PATH": defaultPath, "HOME": "/root", "HOSTNAME": s.hostname}
+	env := map[string]string{"PATH": defaultPath, "HOME": "/root", "HOSTNAME": s.currentHostname()}
 	if tty {
 		env["TERM"] = "xterm-256color"
 	}

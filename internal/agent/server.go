@@ -41,6 +41,8 @@ type server struct {
 
 	// bg holds background processes (proc.go); its zero value is ready.
 	bg procTable
+	// restore is the state of the Restored RPC (restore.go).
+	restore restoreState
 }
 
 func (s *server) markRequest() {
@@ -63,7 +65,7 @@ func (s *server) Hello(_ context.Context, req *pb.HelloRequest) (*pb.HelloRespon
 		AgentVersion:       Version,
 		Capabilities:       agentapi.Capabilities,
 		Profile:            s.image.Profile,
-		Hostname:           s.hostname,
+		Hostname:           s.currentHostname(),
 		KernelRelease:      unix.ByteSliceToString(uts.Release[:]),
 	}, nil
 }
@@ -211,6 +213,7 @@ func (s *server) run() error {
 		if err := unix.Sethostname([]byte(p.hostname)); err != nil {
 			log.Printf("sethostname: %v", err)
 		}
+		s.restore.netMode = netMode()
 		if err := setupNetwork(); err != nil {
 			log.Printf("network: %v", err) // fails closed: no egress
 		}

@@ -63,7 +63,7 @@ const (
 
 // Capabilities this agent build offers.
 var Capabilities = []string{"exec", "exec_tty", "stdin", "signal", "readiness", "stats", "shutdown",
-	"fs", "archive", "proc", "discard", "bundle"}
+	"fs", "archive", "proc", "discard", "bundle", CapRestored}
 
 // Caps of bundle processes (ExecStart.bundle) and of Pids.
 const (
@@ -74,3 +74,7 @@ const (
 	// MaxProcessIDBytes caps ExecStart.id.
 	MaxProcessIDBytes = 128
 )
+
+// CapRestored is the capability of an agent that serves Restored (fresh
+// entropy, clock, hostname, machine-id and MAC after a snapshot restore).
+const CapRestored = "restored"

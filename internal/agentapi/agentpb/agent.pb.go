@@ -98,7 +98,7 @@ func (x FsError_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use FsError_Kind.Descriptor instead.
 func (FsError_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18, 0}
+	return file_agent_proto_rawDescGZIP(), []int{20, 0}
 }
 
 type HelloRequest struct {
@@ -1406,6 +1406,155 @@ func (*ShutdownResponse) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
+// See internal/guestid for how each field is made and checked; the agent
+// refuses the whole request (InvalidArgument) before changing anything if
+// one field is out of bounds.
+type RestoredRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Fresh host randomness, 32 to 512 bytes, credited to the input pool.
+	Entropy []byte `protobuf:"bytes,1,opt,name=entropy,proto3" json:"entropy,omitempty"`
+	// The host's wall clock (CLOCK_REALTIME), nanoseconds since the epoch.
+	UnixNanos int64 `protobuf:"varint,2,opt,name=unix_nanos,json=unixNanos,proto3" json:"unix_nanos,omitempty"`
+	// 1 to 63 bytes of [a-z0-9-], not starting or ending with '-'.
+	Hostname string `protobuf:"bytes,3,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// 32 lowercase hex digits, not all zero.
+	MachineId string `protobuf:"bytes,4,opt,name=machine_id,json=machineId,proto3" json:"machine_id,omitempty"`
+	// Set for a guest with a NIC: a locally administered unicast MAC, 6 bytes.
+	Mac           []byte `protobuf:"bytes,5,opt,name=mac,proto3" json:"mac,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoredRequest) Reset() {
+	*x = RestoredRequest{}
+	mi := &file_agent_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoredRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoredRequest) ProtoMessage() {}
+
+func (x *RestoredRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoredRequest.ProtoReflect.Descriptor instead.
+func (*RestoredRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RestoredRequest) GetEntropy() []byte {
+	if x != nil {
+		return x.Entropy
+	}
+	return nil
+}
+
+func (x *RestoredRequest) GetUnixNanos() int64 {
+	if x != nil {
+		return x.UnixNanos
+	}
+	return 0
+}
+
+func (x *RestoredRequest) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *RestoredRequest) GetMachineId() string {
+	if x != nil {
+		return x.MachineId
+	}
+	return ""
+}
+
+func (x *RestoredRequest) GetMac() []byte {
+	if x != nil {
+		return x.Mac
+	}
+	return nil
+}
+
+type RestoredResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How far the guest's wall clock was moved: host time minus the guest's
+	// time just before, in nanoseconds.
+	ClockStepNanos int64 `protobuf:"varint,1,opt,name=clock_step_nanos,json=clockStepNanos,proto3" json:"clock_step_nanos,omitempty"`
+	// /etc/hostname was rewritten (false when the file system refused;
+	// the kernel hostname is set either way).
+	HostnameFile bool `protobuf:"varint,2,opt,name=hostname_file,json=hostnameFile,proto3" json:"hostname_file,omitempty"`
+	// The NIC took the new MAC and its addresses were re-applied.
+	Nic           bool `protobuf:"varint,3,opt,name=nic,proto3" json:"nic,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoredResponse) Reset() {
+	*x = RestoredResponse{}
+	mi := &file_agent_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoredResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoredResponse) ProtoMessage() {}
+
+func (x *RestoredResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoredResponse.ProtoReflect.Descriptor instead.
+func (*RestoredResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RestoredResponse) GetClockStepNanos() int64 {
+	if x != nil {
+		return x.ClockStepNanos
+	}
+	return 0
+}
+
+func (x *RestoredResponse) GetHostnameFile() bool {
+	if x != nil {
+		return x.HostnameFile
+	}
+	return false
+}
+
+func (x *RestoredResponse) GetNic() bool {
+	if x != nil {
+		return x.Nic
+	}
+	return false
+}
+
 // FsError is attached as a status detail to every failed file operation.
 type FsError struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1417,7 +1566,7 @@ type FsError struct {
 
 func (x *FsError) Reset() {
 	*x = FsError{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1429,7 +1578,7 @@ func (x *FsError) String() string {
 func (*FsError) ProtoMessage() {}
 
 func (x *FsError) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1442,7 +1591,7 @@ func (x *FsError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FsError.ProtoReflect.Descriptor instead.
 func (*FsError) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FsError) GetKind() FsError_Kind {
@@ -1477,7 +1626,7 @@ type FileInfo struct {
 
 func (x *FileInfo) Reset() {
 	*x = FileInfo{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1489,7 +1638,7 @@ func (x *FileInfo) String() string {
 func (*FileInfo) ProtoMessage() {}
 
 func (x *FileInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1502,7 +1651,7 @@ func (x *FileInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileInfo.ProtoReflect.Descriptor instead.
 func (*FileInfo) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FileInfo) GetName() string {
@@ -1577,7 +1726,7 @@ type StatRequest struct {
 
 func (x *StatRequest) Reset() {
 	*x = StatRequest{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1589,7 +1738,7 @@ func (x *StatRequest) String() string {
 func (*StatRequest) ProtoMessage() {}
 
 func (x *StatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1602,7 +1751,7 @@ func (x *StatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatRequest.ProtoReflect.Descriptor instead.
 func (*StatRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StatRequest) GetPath() string {
@@ -1621,7 +1770,7 @@ type ListDirRequest struct {
 
 func (x *ListDirRequest) Reset() {
 	*x = ListDirRequest{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1633,7 +1782,7 @@ func (x *ListDirRequest) String() string {
 func (*ListDirRequest) ProtoMessage() {}
 
 func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1646,7 +1795,7 @@ func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirRequest.ProtoReflect.Descriptor instead.
 func (*ListDirRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListDirRequest) GetPath() string {
@@ -1667,7 +1816,7 @@ type ListDirResponse struct {
 
 func (x *ListDirResponse) Reset() {
 	*x = ListDirResponse{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1679,7 +1828,7 @@ func (x *ListDirResponse) String() string {
 func (*ListDirResponse) ProtoMessage() {}
 
 func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1692,7 +1841,7 @@ func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirResponse.ProtoReflect.Descriptor instead.
 func (*ListDirResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListDirResponse) GetEntries() []*FileInfo {
@@ -1720,7 +1869,7 @@ type MakeDirRequest struct {
 
 func (x *MakeDirRequest) Reset() {
 	*x = MakeDirRequest{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1732,7 +1881,7 @@ func (x *MakeDirRequest) String() string {
 func (*MakeDirRequest) ProtoMessage() {}
 
 func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1745,7 +1894,7 @@ func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirRequest.ProtoReflect.Descriptor instead.
 func (*MakeDirRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *MakeDirRequest) GetPath() string {
@@ -1779,7 +1928,7 @@ type RemoveRequest struct {
 
 func (x *RemoveRequest) Reset() {
 	*x = RemoveRequest{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1791,7 +1940,7 @@ func (x *RemoveRequest) String() string {
 func (*RemoveRequest) ProtoMessage() {}
 
 func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1804,7 +1953,7 @@ func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RemoveRequest) GetPath() string {
@@ -1829,7 +1978,7 @@ type RemoveResponse struct {
 
 func (x *RemoveResponse) Reset() {
 	*x = RemoveResponse{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +1990,7 @@ func (x *RemoveResponse) String() string {
 func (*RemoveResponse) ProtoMessage() {}
 
 func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +2003,7 @@ func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
 func (*RemoveResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 type RenameRequest struct {
@@ -1869,7 +2018,7 @@ type RenameRequest struct {
 
 func (x *RenameRequest) Reset() {
 	*x = RenameRequest{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1881,7 +2030,7 @@ func (x *RenameRequest) String() string {
 func (*RenameRequest) ProtoMessage() {}
 
 func (x *RenameRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1894,7 +2043,7 @@ func (x *RenameRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenameRequest.ProtoReflect.Descriptor instead.
 func (*RenameRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RenameRequest) GetFrom() string {
@@ -1929,7 +2078,7 @@ type ReadFileRequest struct {
 
 func (x *ReadFileRequest) Reset() {
 	*x = ReadFileRequest{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1941,7 +2090,7 @@ func (x *ReadFileRequest) String() string {
 func (*ReadFileRequest) ProtoMessage() {}
 
 func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1954,7 +2103,7 @@ func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileRequest.ProtoReflect.Descriptor instead.
 func (*ReadFileRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReadFileRequest) GetPath() string {
@@ -1991,7 +2140,7 @@ type ReadFileOutput struct {
 
 func (x *ReadFileOutput) Reset() {
 	*x = ReadFileOutput{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2003,7 +2152,7 @@ func (x *ReadFileOutput) String() string {
 func (*ReadFileOutput) ProtoMessage() {}
 
 func (x *ReadFileOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2016,7 +2165,7 @@ func (x *ReadFileOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileOutput.ProtoReflect.Descriptor instead.
 func (*ReadFileOutput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReadFileOutput) GetMsg() isReadFileOutput_Msg {
@@ -2074,7 +2223,7 @@ type WriteFileHeader struct {
 
 func (x *WriteFileHeader) Reset() {
 	*x = WriteFileHeader{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2086,7 +2235,7 @@ func (x *WriteFileHeader) String() string {
 func (*WriteFileHeader) ProtoMessage() {}
 
 func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2099,7 +2248,7 @@ func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileHeader.ProtoReflect.Descriptor instead.
 func (*WriteFileHeader) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *WriteFileHeader) GetPath() string {
@@ -2157,7 +2306,7 @@ type WriteFileInput struct {
 
 func (x *WriteFileInput) Reset() {
 	*x = WriteFileInput{}
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2169,7 +2318,7 @@ func (x *WriteFileInput) String() string {
 func (*WriteFileInput) ProtoMessage() {}
 
 func (x *WriteFileInput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2182,7 +2331,7 @@ func (x *WriteFileInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileInput.ProtoReflect.Descriptor instead.
 func (*WriteFileInput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *WriteFileInput) GetMsg() isWriteFileInput_Msg {
@@ -2236,7 +2385,7 @@ type WriteFileResponse struct {
 
 func (x *WriteFileResponse) Reset() {
 	*x = WriteFileResponse{}
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2248,7 +2397,7 @@ func (x *WriteFileResponse) String() string {
 func (*WriteFileResponse) ProtoMessage() {}
 
 func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2261,7 +2410,7 @@ func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileResponse.ProtoReflect.Descriptor instead.
 func (*WriteFileResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WriteFileResponse) GetBytes() int64 {
@@ -2287,7 +2436,7 @@ type DataChunk struct {
 
 func (x *DataChunk) Reset() {
 	*x = DataChunk{}
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2299,7 +2448,7 @@ func (x *DataChunk) String() string {
 func (*DataChunk) ProtoMessage() {}
 
 func (x *DataChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2312,7 +2461,7 @@ func (x *DataChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataChunk.ProtoReflect.Descriptor instead.
 func (*DataChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{32}
+	return file_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DataChunk) GetData() []byte {
@@ -2331,7 +2480,7 @@ type ArchiveOutRequest struct {
 
 func (x *ArchiveOutRequest) Reset() {
 	*x = ArchiveOutRequest{}
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2343,7 +2492,7 @@ func (x *ArchiveOutRequest) String() string {
 func (*ArchiveOutRequest) ProtoMessage() {}
 
 func (x *ArchiveOutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2356,7 +2505,7 @@ func (x *ArchiveOutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveOutRequest.ProtoReflect.Descriptor instead.
 func (*ArchiveOutRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{33}
+	return file_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ArchiveOutRequest) GetPath() string {
@@ -2377,7 +2526,7 @@ type ArchiveInHeader struct {
 
 func (x *ArchiveInHeader) Reset() {
 	*x = ArchiveInHeader{}
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2389,7 +2538,7 @@ func (x *ArchiveInHeader) String() string {
 func (*ArchiveInHeader) ProtoMessage() {}
 
 func (x *ArchiveInHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2402,7 +2551,7 @@ func (x *ArchiveInHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveInHeader.ProtoReflect.Descriptor instead.
 func (*ArchiveInHeader) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{34}
+	return file_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ArchiveInHeader) GetPath() string {
@@ -2425,7 +2574,7 @@ type ArchiveInInput struct {
 
 func (x *ArchiveInInput) Reset() {
 	*x = ArchiveInInput{}
-	mi := &file_agent_proto_msgTypes[35]
+	mi := &file_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2437,7 +2586,7 @@ func (x *ArchiveInInput) String() string {
 func (*ArchiveInInput) ProtoMessage() {}
 
 func (x *ArchiveInInput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[35]
+	mi := &file_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2450,7 +2599,7 @@ func (x *ArchiveInInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveInInput.ProtoReflect.Descriptor instead.
 func (*ArchiveInInput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{35}
+	return file_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ArchiveInInput) GetMsg() isArchiveInInput_Msg {
@@ -2508,7 +2657,7 @@ type ArchiveInResponse struct {
 
 func (x *ArchiveInResponse) Reset() {
 	*x = ArchiveInResponse{}
-	mi := &file_agent_proto_msgTypes[36]
+	mi := &file_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2520,7 +2669,7 @@ func (x *ArchiveInResponse) String() string {
 func (*ArchiveInResponse) ProtoMessage() {}
 
 func (x *ArchiveInResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[36]
+	mi := &file_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2533,7 +2682,7 @@ func (x *ArchiveInResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveInResponse.ProtoReflect.Descriptor instead.
 func (*ArchiveInResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{36}
+	return file_agent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ArchiveInResponse) GetFiles() int64 {
@@ -2589,7 +2738,7 @@ type ProcStartRequest struct {
 
 func (x *ProcStartRequest) Reset() {
 	*x = ProcStartRequest{}
-	mi := &file_agent_proto_msgTypes[37]
+	mi := &file_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2601,7 +2750,7 @@ func (x *ProcStartRequest) String() string {
 func (*ProcStartRequest) ProtoMessage() {}
 
 func (x *ProcStartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[37]
+	mi := &file_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2614,7 +2763,7 @@ func (x *ProcStartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcStartRequest.ProtoReflect.Descriptor instead.
 func (*ProcStartRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{37}
+	return file_agent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ProcStartRequest) GetStart() *ExecStart {
@@ -2645,7 +2794,7 @@ type ProcInfo struct {
 
 func (x *ProcInfo) Reset() {
 	*x = ProcInfo{}
-	mi := &file_agent_proto_msgTypes[38]
+	mi := &file_agent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2657,7 +2806,7 @@ func (x *ProcInfo) String() string {
 func (*ProcInfo) ProtoMessage() {}
 
 func (x *ProcInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[38]
+	mi := &file_agent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2670,7 +2819,7 @@ func (x *ProcInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcInfo.ProtoReflect.Descriptor instead.
 func (*ProcInfo) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{38}
+	return file_agent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ProcInfo) GetHandle() string {
@@ -2765,7 +2914,7 @@ type ProcListRequest struct {
 
 func (x *ProcListRequest) Reset() {
 	*x = ProcListRequest{}
-	mi := &file_agent_proto_msgTypes[39]
+	mi := &file_agent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2777,7 +2926,7 @@ func (x *ProcListRequest) String() string {
 func (*ProcListRequest) ProtoMessage() {}
 
 func (x *ProcListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[39]
+	mi := &file_agent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2790,7 +2939,7 @@ func (x *ProcListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcListRequest.ProtoReflect.Descriptor instead.
 func (*ProcListRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{39}
+	return file_agent_proto_rawDescGZIP(), []int{41}
 }
 
 type ProcListResponse struct {
@@ -2802,7 +2951,7 @@ type ProcListResponse struct {
 
 func (x *ProcListResponse) Reset() {
 	*x = ProcListResponse{}
-	mi := &file_agent_proto_msgTypes[40]
+	mi := &file_agent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2814,7 +2963,7 @@ func (x *ProcListResponse) String() string {
 func (*ProcListResponse) ProtoMessage() {}
 
 func (x *ProcListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[40]
+	mi := &file_agent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2827,7 +2976,7 @@ func (x *ProcListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcListResponse.ProtoReflect.Descriptor instead.
 func (*ProcListResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{40}
+	return file_agent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ProcListResponse) GetProcs() []*ProcInfo {
@@ -2850,7 +2999,7 @@ type ProcWaitRequest struct {
 
 func (x *ProcWaitRequest) Reset() {
 	*x = ProcWaitRequest{}
-	mi := &file_agent_proto_msgTypes[41]
+	mi := &file_agent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2862,7 +3011,7 @@ func (x *ProcWaitRequest) String() string {
 func (*ProcWaitRequest) ProtoMessage() {}
 
 func (x *ProcWaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[41]
+	mi := &file_agent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2875,7 +3024,7 @@ func (x *ProcWaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcWaitRequest.ProtoReflect.Descriptor instead.
 func (*ProcWaitRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{41}
+	return file_agent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ProcWaitRequest) GetHandle() string {
@@ -2919,7 +3068,7 @@ type OutputGap struct {
 
 func (x *OutputGap) Reset() {
 	*x = OutputGap{}
-	mi := &file_agent_proto_msgTypes[42]
+	mi := &file_agent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2931,7 +3080,7 @@ func (x *OutputGap) String() string {
 func (*OutputGap) ProtoMessage() {}
 
 func (x *OutputGap) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[42]
+	mi := &file_agent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2944,7 +3093,7 @@ func (x *OutputGap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutputGap.ProtoReflect.Descriptor instead.
 func (*OutputGap) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{42}
+	return file_agent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *OutputGap) GetFd() int32 {
@@ -2977,7 +3126,7 @@ type ProcOutput struct {
 
 func (x *ProcOutput) Reset() {
 	*x = ProcOutput{}
-	mi := &file_agent_proto_msgTypes[43]
+	mi := &file_agent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2989,7 +3138,7 @@ func (x *ProcOutput) String() string {
 func (*ProcOutput) ProtoMessage() {}
 
 func (x *ProcOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[43]
+	mi := &file_agent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3002,7 +3151,7 @@ func (x *ProcOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcOutput.ProtoReflect.Descriptor instead.
 func (*ProcOutput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{43}
+	return file_agent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ProcOutput) GetMsg() isProcOutput_Msg {
@@ -3104,7 +3253,7 @@ type ProcSignalRequest struct {
 
 func (x *ProcSignalRequest) Reset() {
 	*x = ProcSignalRequest{}
-	mi := &file_agent_proto_msgTypes[44]
+	mi := &file_agent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3116,7 +3265,7 @@ func (x *ProcSignalRequest) String() string {
 func (*ProcSignalRequest) ProtoMessage() {}
 
 func (x *ProcSignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[44]
+	mi := &file_agent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3129,7 +3278,7 @@ func (x *ProcSignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcSignalRequest.ProtoReflect.Descriptor instead.
 func (*ProcSignalRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{44}
+	return file_agent_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ProcSignalRequest) GetHandle() string {
@@ -3161,7 +3310,7 @@ type PidsRequest struct {
 
 func (x *PidsRequest) Reset() {
 	*x = PidsRequest{}
-	mi := &file_agent_proto_msgTypes[45]
+	mi := &file_agent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3173,7 +3322,7 @@ func (x *PidsRequest) String() string {
 func (*PidsRequest) ProtoMessage() {}
 
 func (x *PidsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[45]
+	mi := &file_agent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3186,7 +3335,7 @@ func (x *PidsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsRequest.ProtoReflect.Descriptor instead.
 func (*PidsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{45}
+	return file_agent_proto_rawDescGZIP(), []int{47}
 }
 
 type GuestPid struct {
@@ -3201,7 +3350,7 @@ type GuestPid struct {
 
 func (x *GuestPid) Reset() {
 	*x = GuestPid{}
-	mi := &file_agent_proto_msgTypes[46]
+	mi := &file_agent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3213,7 +3362,7 @@ func (x *GuestPid) String() string {
 func (*GuestPid) ProtoMessage() {}
 
 func (x *GuestPid) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[46]
+	mi := &file_agent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3226,7 +3375,7 @@ func (x *GuestPid) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestPid.ProtoReflect.Descriptor instead.
 func (*GuestPid) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{46}
+	return file_agent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GuestPid) GetPid() int32 {
@@ -3268,7 +3417,7 @@ type PidsResponse struct {
 
 func (x *PidsResponse) Reset() {
 	*x = PidsResponse{}
-	mi := &file_agent_proto_msgTypes[47]
+	mi := &file_agent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3280,7 +3429,7 @@ func (x *PidsResponse) String() string {
 func (*PidsResponse) ProtoMessage() {}
 
 func (x *PidsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[47]
+	mi := &file_agent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3293,7 +3442,7 @@ func (x *PidsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsResponse.ProtoReflect.Descriptor instead.
 func (*PidsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{47}
+	return file_agent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PidsResponse) GetPids() []*GuestPid {
@@ -3324,7 +3473,7 @@ type ProcStdinInput struct {
 
 func (x *ProcStdinInput) Reset() {
 	*x = ProcStdinInput{}
-	mi := &file_agent_proto_msgTypes[48]
+	mi := &file_agent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3336,7 +3485,7 @@ func (x *ProcStdinInput) String() string {
 func (*ProcStdinInput) ProtoMessage() {}
 
 func (x *ProcStdinInput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[48]
+	mi := &file_agent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3349,7 +3498,7 @@ func (x *ProcStdinInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcStdinInput.ProtoReflect.Descriptor instead.
 func (*ProcStdinInput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{48}
+	return file_agent_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ProcStdinInput) GetMsg() isProcStdinInput_Msg {
@@ -3417,7 +3566,7 @@ type ProcStdinResponse struct {
 
 func (x *ProcStdinResponse) Reset() {
 	*x = ProcStdinResponse{}
-	mi := &file_agent_proto_msgTypes[49]
+	mi := &file_agent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3429,7 +3578,7 @@ func (x *ProcStdinResponse) String() string {
 func (*ProcStdinResponse) ProtoMessage() {}
 
 func (x *ProcStdinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[49]
+	mi := &file_agent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3442,7 +3591,7 @@ func (x *ProcStdinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcStdinResponse.ProtoReflect.Descriptor instead.
 func (*ProcStdinResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{49}
+	return file_agent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ProcStdinResponse) GetBytes() int64 {
@@ -3461,7 +3610,7 @@ type DiscardResponse struct {
 
 func (x *DiscardResponse) Reset() {
 	*x = DiscardResponse{}
-	mi := &file_agent_proto_msgTypes[50]
+	mi := &file_agent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3473,7 +3622,7 @@ func (x *DiscardResponse) String() string {
 func (*DiscardResponse) ProtoMessage() {}
 
 func (x *DiscardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[50]
+	mi := &file_agent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3486,7 +3635,7 @@ func (x *DiscardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscardResponse.ProtoReflect.Descriptor instead.
 func (*DiscardResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{50}
+	return file_agent_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *DiscardResponse) GetBytes() int64 {
@@ -3505,7 +3654,7 @@ type ZerosRequest struct {
 
 func (x *ZerosRequest) Reset() {
 	*x = ZerosRequest{}
-	mi := &file_agent_proto_msgTypes[51]
+	mi := &file_agent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3517,7 +3666,7 @@ func (x *ZerosRequest) String() string {
 func (*ZerosRequest) ProtoMessage() {}
 
 func (x *ZerosRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[51]
+	mi := &file_agent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3530,7 +3679,7 @@ func (x *ZerosRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ZerosRequest.ProtoReflect.Descriptor instead.
 func (*ZerosRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{51}
+	return file_agent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ZerosRequest) GetBytes() int64 {
@@ -3642,7 +3791,19 @@ const file_agent_proto_rawDesc = "" +
 	" \x01(\x04R\vcpuUserUsec\x12&\n" +
 	"\x0fcpu_system_usec\x18\v \x01(\x04R\rcpuSystemUsec\"\x11\n" +
 	"\x0fShutdownRequest\"\x12\n" +
-	"\x10ShutdownResponse\"\x87\x02\n" +
+	"\x10ShutdownResponse\"\x97\x01\n" +
+	"\x0fRestoredRequest\x12\x18\n" +
+	"\aentropy\x18\x01 \x01(\fR\aentropy\x12\x1d\n" +
+	"\n" +
+	"unix_nanos\x18\x02 \x01(\x03R\tunixNanos\x12\x1a\n" +
+	"\bhostname\x18\x03 \x01(\tR\bhostname\x12\x1d\n" +
+	"\n" +
+	"machine_id\x18\x04 \x01(\tR\tmachineId\x12\x10\n" +
+	"\x03mac\x18\x05 \x01(\fR\x03mac\"s\n" +
+	"\x10RestoredResponse\x12(\n" +
+	"\x10clock_step_nanos\x18\x01 \x01(\x03R\x0eclockStepNanos\x12#\n" +
+	"\rhostname_file\x18\x02 \x01(\bR\fhostnameFile\x12\x10\n" +
+	"\x03nic\x18\x03 \x01(\bR\x03nic\"\x87\x02\n" +
 	"\aFsError\x12.\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1a.mvm.agent.v1.FsError.KindR\x04kind\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\"\xb7\x01\n" +
@@ -3791,13 +3952,14 @@ const file_agent_proto_rawDesc = "" +
 	"\x0fDiscardResponse\x12\x14\n" +
 	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\"$\n" +
 	"\fZerosRequest\x12\x14\n" +
-	"\x05bytes\x18\x01 \x01(\x03R\x05bytes2\x8a\f\n" +
+	"\x05bytes\x18\x01 \x01(\x03R\x05bytes2\xd5\f\n" +
 	"\x05Agent\x12@\n" +
 	"\x05Hello\x12\x1a.mvm.agent.v1.HelloRequest\x1a\x1b.mvm.agent.v1.HelloResponse\x12J\n" +
 	"\tReadiness\x12\x1e.mvm.agent.v1.ReadinessRequest\x1a\x1d.mvm.agent.v1.ReadinessReport\x12=\n" +
 	"\x04Exec\x12\x17.mvm.agent.v1.ExecInput\x1a\x18.mvm.agent.v1.ExecOutput(\x010\x01\x12@\n" +
 	"\x05Stats\x12\x1a.mvm.agent.v1.StatsRequest\x1a\x1b.mvm.agent.v1.StatsResponse\x12I\n" +
-	"\bShutdown\x12\x1d.mvm.agent.v1.ShutdownRequest\x1a\x1e.mvm.agent.v1.ShutdownResponse\x129\n" +
+	"\bShutdown\x12\x1d.mvm.agent.v1.ShutdownRequest\x1a\x1e.mvm.agent.v1.ShutdownResponse\x12I\n" +
+	"\bRestored\x12\x1d.mvm.agent.v1.RestoredRequest\x1a\x1e.mvm.agent.v1.RestoredResponse\x129\n" +
 	"\x04Stat\x12\x19.mvm.agent.v1.StatRequest\x1a\x16.mvm.agent.v1.FileInfo\x12F\n" +
 	"\aListDir\x12\x1c.mvm.agent.v1.ListDirRequest\x1a\x1d.mvm.agent.v1.ListDirResponse\x12?\n" +
 	"\aMakeDir\x12\x1c.mvm.agent.v1.MakeDirRequest\x1a\x16.mvm.agent.v1.FileInfo\x12C\n" +
@@ -3831,7 +3993,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_agent_proto_goTypes = []any{
 	(FsError_Kind)(0),         // 0: mvm.agent.v1.FsError.Kind
 	(*HelloRequest)(nil),      // 1: mvm.agent.v1.HelloRequest
@@ -3852,46 +4014,48 @@ var file_agent_proto_goTypes = []any{
 	(*StatsResponse)(nil),     // 16: mvm.agent.v1.StatsResponse
 	(*ShutdownRequest)(nil),   // 17: mvm.agent.v1.ShutdownRequest
 	(*ShutdownResponse)(nil),  // 18: mvm.agent.v1.ShutdownResponse
-	(*FsError)(nil),           // 19: mvm.agent.v1.FsError
-	(*FileInfo)(nil),          // 20: mvm.agent.v1.FileInfo
-	(*StatRequest)(nil),       // 21: mvm.agent.v1.StatRequest
-	(*ListDirRequest)(nil),    // 22: mvm.agent.v1.ListDirRequest
-	(*ListDirResponse)(nil),   // 23: mvm.agent.v1.ListDirResponse
-	(*MakeDirRequest)(nil),    // 24: mvm.agent.v1.MakeDirRequest
-	(*RemoveRequest)(nil),     // 25: mvm.agent.v1.RemoveRequest
-	(*RemoveResponse)(nil),    // 26: mvm.agent.v1.RemoveResponse
-	(*RenameRequest)(nil),     // 27: mvm.agent.v1.RenameRequest
-	(*ReadFileRequest)(nil),   // 28: mvm.agent.v1.ReadFileRequest
-	(*ReadFileOutput)(nil),    // 29: mvm.agent.v1.ReadFileOutput
-	(*WriteFileHeader)(nil),   // 30: mvm.agent.v1.WriteFileHeader
-	(*WriteFileInput)(nil),    // 31: mvm.agent.v1.WriteFileInput
-	(*WriteFileResponse)(nil), // 32: mvm.agent.v1.WriteFileResponse
-	(*DataChunk)(nil),         // 33: mvm.agent.v1.DataChunk
-	(*ArchiveOutRequest)(nil), // 34: mvm.agent.v1.ArchiveOutRequest
-	(*ArchiveInHeader)(nil),   // 35: mvm.agent.v1.ArchiveInHeader
-	(*ArchiveInInput)(nil),    // 36: mvm.agent.v1.ArchiveInInput
-	(*ArchiveInResponse)(nil), // 37: mvm.agent.v1.ArchiveInResponse
-	(*ProcStartRequest)(nil),  // 38: mvm.agent.v1.ProcStartRequest
-	(*ProcInfo)(nil),          // 39: mvm.agent.v1.ProcInfo
-	(*ProcListRequest)(nil),   // 40: mvm.agent.v1.ProcListRequest
-	(*ProcListResponse)(nil),  // 41: mvm.agent.v1.ProcListResponse
-	(*ProcWaitRequest)(nil),   // 42: mvm.agent.v1.ProcWaitRequest
-	(*OutputGap)(nil),         // 43: mvm.agent.v1.OutputGap
-	(*ProcOutput)(nil),        // 44: mvm.agent.v1.ProcOutput
-	(*ProcSignalRequest)(nil), // 45: mvm.agent.v1.ProcSignalRequest
-	(*PidsRequest)(nil),       // 46: mvm.agent.v1.PidsRequest
-	(*GuestPid)(nil),          // 47: mvm.agent.v1.GuestPid
-	(*PidsResponse)(nil),      // 48: mvm.agent.v1.PidsResponse
-	(*ProcStdinInput)(nil),    // 49: mvm.agent.v1.ProcStdinInput
-	(*ProcStdinResponse)(nil), // 50: mvm.agent.v1.ProcStdinResponse
-	(*DiscardResponse)(nil),   // 51: mvm.agent.v1.DiscardResponse
-	(*ZerosRequest)(nil),      // 52: mvm.agent.v1.ZerosRequest
-	nil,                       // 53: mvm.agent.v1.ExecStart.EnvEntry
+	(*RestoredRequest)(nil),   // 19: mvm.agent.v1.RestoredRequest
+	(*RestoredResponse)(nil),  // 20: mvm.agent.v1.RestoredResponse
+	(*FsError)(nil),           // 21: mvm.agent.v1.FsError
+	(*FileInfo)(nil),          // 22: mvm.agent.v1.FileInfo
+	(*StatRequest)(nil),       // 23: mvm.agent.v1.StatRequest
+	(*ListDirRequest)(nil),    // 24: mvm.agent.v1.ListDirRequest
+	(*ListDirResponse)(nil),   // 25: mvm.agent.v1.ListDirResponse
+	(*MakeDirRequest)(nil),    // 26: mvm.agent.v1.MakeDirRequest
+	(*RemoveRequest)(nil),     // 27: mvm.agent.v1.RemoveRequest
+	(*RemoveResponse)(nil),    // 28: mvm.agent.v1.RemoveResponse
+	(*RenameRequest)(nil),     // 29: mvm.agent.v1.RenameRequest
+	(*ReadFileRequest)(nil),   // 30: mvm.agent.v1.ReadFileRequest
+	(*ReadFileOutput)(nil),    // 31: mvm.agent.v1.ReadFileOutput
+	(*WriteFileHeader)(nil),   // 32: mvm.agent.v1.WriteFileHeader
+	(*WriteFileInput)(nil),    // 33: mvm.agent.v1.WriteFileInput
+	(*WriteFileResponse)(nil), // 34: mvm.agent.v1.WriteFileResponse
+	(*DataChunk)(nil),         // 35: mvm.agent.v1.DataChunk
+	(*ArchiveOutRequest)(nil), // 36: mvm.agent.v1.ArchiveOutRequest
+	(*ArchiveInHeader)(nil),   // 37: mvm.agent.v1.ArchiveInHeader
+	(*ArchiveInInput)(nil),    // 38: mvm.agent.v1.ArchiveInInput
+	(*ArchiveInResponse)(nil), // 39: mvm.agent.v1.ArchiveInResponse
+	(*ProcStartRequest)(nil),  // 40: mvm.agent.v1.ProcStartRequest
+	(*ProcInfo)(nil),          // 41: mvm.agent.v1.ProcInfo
+	(*ProcListRequest)(nil),   // 42: mvm.agent.v1.ProcListRequest
+	(*ProcListResponse)(nil),  // 43: mvm.agent.v1.ProcListResponse
+	(*ProcWaitRequest)(nil),   // 44: mvm.agent.v1.ProcWaitRequest
+	(*OutputGap)(nil),         // 45: mvm.agent.v1.OutputGap
+	(*ProcOutput)(nil),        // 46: mvm.agent.v1.ProcOutput
+	(*ProcSignalRequest)(nil), // 47: mvm.agent.v1.ProcSignalRequest
+	(*PidsRequest)(nil),       // 48: mvm.agent.v1.PidsRequest
+	(*GuestPid)(nil),          // 49: mvm.agent.v1.GuestPid
+	(*PidsResponse)(nil),      // 50: mvm.agent.v1.PidsResponse
+	(*ProcStdinInput)(nil),    // 51: mvm.agent.v1.ProcStdinInput
+	(*ProcStdinResponse)(nil), // 52: mvm.agent.v1.ProcStdinResponse
+	(*DiscardResponse)(nil),   // 53: mvm.agent.v1.DiscardResponse
+	(*ZerosRequest)(nil),      // 54: mvm.agent.v1.ZerosRequest
+	nil,                       // 55: mvm.agent.v1.ExecStart.EnvEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	5,  // 0: mvm.agent.v1.ReadinessReport.boot:type_name -> mvm.agent.v1.BootTimings
 	4,  // 1: mvm.agent.v1.ReadinessReport.components:type_name -> mvm.agent.v1.Component
-	53, // 2: mvm.agent.v1.ExecStart.env:type_name -> mvm.agent.v1.ExecStart.EnvEntry
+	55, // 2: mvm.agent.v1.ExecStart.env:type_name -> mvm.agent.v1.ExecStart.EnvEntry
 	9,  // 3: mvm.agent.v1.ExecStart.bundle:type_name -> mvm.agent.v1.BundleProcess
 	8,  // 4: mvm.agent.v1.BundleProcess.rlimits:type_name -> mvm.agent.v1.Rlimit
 	7,  // 5: mvm.agent.v1.ExecInput.start:type_name -> mvm.agent.v1.ExecStart
@@ -3899,64 +4063,66 @@ var file_agent_proto_depIdxs = []int32{
 	12, // 7: mvm.agent.v1.ExecOutput.started:type_name -> mvm.agent.v1.Started
 	13, // 8: mvm.agent.v1.ExecOutput.exit:type_name -> mvm.agent.v1.Exit
 	0,  // 9: mvm.agent.v1.FsError.kind:type_name -> mvm.agent.v1.FsError.Kind
-	20, // 10: mvm.agent.v1.ListDirResponse.entries:type_name -> mvm.agent.v1.FileInfo
-	20, // 11: mvm.agent.v1.ReadFileOutput.info:type_name -> mvm.agent.v1.FileInfo
-	30, // 12: mvm.agent.v1.WriteFileInput.header:type_name -> mvm.agent.v1.WriteFileHeader
-	20, // 13: mvm.agent.v1.WriteFileResponse.info:type_name -> mvm.agent.v1.FileInfo
-	35, // 14: mvm.agent.v1.ArchiveInInput.header:type_name -> mvm.agent.v1.ArchiveInHeader
+	22, // 10: mvm.agent.v1.ListDirResponse.entries:type_name -> mvm.agent.v1.FileInfo
+	22, // 11: mvm.agent.v1.ReadFileOutput.info:type_name -> mvm.agent.v1.FileInfo
+	32, // 12: mvm.agent.v1.WriteFileInput.header:type_name -> mvm.agent.v1.WriteFileHeader
+	22, // 13: mvm.agent.v1.WriteFileResponse.info:type_name -> mvm.agent.v1.FileInfo
+	37, // 14: mvm.agent.v1.ArchiveInInput.header:type_name -> mvm.agent.v1.ArchiveInHeader
 	7,  // 15: mvm.agent.v1.ProcStartRequest.start:type_name -> mvm.agent.v1.ExecStart
 	13, // 16: mvm.agent.v1.ProcInfo.exit:type_name -> mvm.agent.v1.Exit
-	39, // 17: mvm.agent.v1.ProcListResponse.procs:type_name -> mvm.agent.v1.ProcInfo
-	43, // 18: mvm.agent.v1.ProcOutput.gap:type_name -> mvm.agent.v1.OutputGap
+	41, // 17: mvm.agent.v1.ProcListResponse.procs:type_name -> mvm.agent.v1.ProcInfo
+	45, // 18: mvm.agent.v1.ProcOutput.gap:type_name -> mvm.agent.v1.OutputGap
 	13, // 19: mvm.agent.v1.ProcOutput.exit:type_name -> mvm.agent.v1.Exit
-	39, // 20: mvm.agent.v1.ProcOutput.running:type_name -> mvm.agent.v1.ProcInfo
-	47, // 21: mvm.agent.v1.PidsResponse.pids:type_name -> mvm.agent.v1.GuestPid
+	41, // 20: mvm.agent.v1.ProcOutput.running:type_name -> mvm.agent.v1.ProcInfo
+	49, // 21: mvm.agent.v1.PidsResponse.pids:type_name -> mvm.agent.v1.GuestPid
 	1,  // 22: mvm.agent.v1.Agent.Hello:input_type -> mvm.agent.v1.HelloRequest
 	3,  // 23: mvm.agent.v1.Agent.Readiness:input_type -> mvm.agent.v1.ReadinessRequest
 	11, // 24: mvm.agent.v1.Agent.Exec:input_type -> mvm.agent.v1.ExecInput
 	15, // 25: mvm.agent.v1.Agent.Stats:input_type -> mvm.agent.v1.StatsRequest
 	17, // 26: mvm.agent.v1.Agent.Shutdown:input_type -> mvm.agent.v1.ShutdownRequest
-	21, // 27: mvm.agent.v1.Agent.Stat:input_type -> mvm.agent.v1.StatRequest
-	22, // 28: mvm.agent.v1.Agent.ListDir:input_type -> mvm.agent.v1.ListDirRequest
-	24, // 29: mvm.agent.v1.Agent.MakeDir:input_type -> mvm.agent.v1.MakeDirRequest
-	25, // 30: mvm.agent.v1.Agent.Remove:input_type -> mvm.agent.v1.RemoveRequest
-	27, // 31: mvm.agent.v1.Agent.Rename:input_type -> mvm.agent.v1.RenameRequest
-	28, // 32: mvm.agent.v1.Agent.ReadFile:input_type -> mvm.agent.v1.ReadFileRequest
-	31, // 33: mvm.agent.v1.Agent.WriteFile:input_type -> mvm.agent.v1.WriteFileInput
-	34, // 34: mvm.agent.v1.Agent.ArchiveOut:input_type -> mvm.agent.v1.ArchiveOutRequest
-	36, // 35: mvm.agent.v1.Agent.ArchiveIn:input_type -> mvm.agent.v1.ArchiveInInput
-	38, // 36: mvm.agent.v1.Agent.ProcStart:input_type -> mvm.agent.v1.ProcStartRequest
-	40, // 37: mvm.agent.v1.Agent.ProcList:input_type -> mvm.agent.v1.ProcListRequest
-	42, // 38: mvm.agent.v1.Agent.ProcWait:input_type -> mvm.agent.v1.ProcWaitRequest
-	45, // 39: mvm.agent.v1.Agent.ProcSignal:input_type -> mvm.agent.v1.ProcSignalRequest
-	49, // 40: mvm.agent.v1.Agent.ProcStdin:input_type -> mvm.agent.v1.ProcStdinInput
-	46, // 41: mvm.agent.v1.Agent.Pids:input_type -> mvm.agent.v1.PidsRequest
-	33, // 42: mvm.agent.v1.Agent.Discard:input_type -> mvm.agent.v1.DataChunk
-	52, // 43: mvm.agent.v1.Agent.Zeros:input_type -> mvm.agent.v1.ZerosRequest
-	2,  // 44: mvm.agent.v1.Agent.Hello:output_type -> mvm.agent.v1.HelloResponse
-	6,  // 45: mvm.agent.v1.Agent.Readiness:output_type -> mvm.agent.v1.ReadinessReport
-	14, // 46: mvm.agent.v1.Agent.Exec:output_type -> mvm.agent.v1.ExecOutput
-	16, // 47: mvm.agent.v1.Agent.Stats:output_type -> mvm.agent.v1.StatsResponse
-	18, // 48: mvm.agent.v1.Agent.Shutdown:output_type -> mvm.agent.v1.ShutdownResponse
-	20, // 49: mvm.agent.v1.Agent.Stat:output_type -> mvm.agent.v1.FileInfo
-	23, // 50: mvm.agent.v1.Agent.ListDir:output_type -> mvm.agent.v1.ListDirResponse
-	20, // 51: mvm.agent.v1.Agent.MakeDir:output_type -> mvm.agent.v1.FileInfo
-	26, // 52: mvm.agent.v1.Agent.Remove:output_type -> mvm.agent.v1.RemoveResponse
-	20, // 53: mvm.agent.v1.Agent.Rename:output_type -> mvm.agent.v1.FileInfo
-	29, // 54: mvm.agent.v1.Agent.ReadFile:output_type -> mvm.agent.v1.ReadFileOutput
-	32, // 55: mvm.agent.v1.Agent.WriteFile:output_type -> mvm.agent.v1.WriteFileResponse
-	33, // 56: mvm.agent.v1.Agent.ArchiveOut:output_type -> mvm.agent.v1.DataChunk
-	37, // 57: mvm.agent.v1.Agent.ArchiveIn:output_type -> mvm.agent.v1.ArchiveInResponse
-	39, // 58: mvm.agent.v1.Agent.ProcStart:output_type -> mvm.agent.v1.ProcInfo
-	41, // 59: mvm.agent.v1.Agent.ProcList:output_type -> mvm.agent.v1.ProcListResponse
-	44, // 60: mvm.agent.v1.Agent.ProcWait:output_type -> mvm.agent.v1.ProcOutput
-	39, // 61: mvm.agent.v1.Agent.ProcSignal:output_type -> mvm.agent.v1.ProcInfo
-	50, // 62: mvm.agent.v1.Agent.ProcStdin:output_type -> mvm.agent.v1.ProcStdinResponse
-	48, // 63: mvm.agent.v1.Agent.Pids:output_type -> mvm.agent.v1.PidsResponse
-	51, // 64: mvm.agent.v1.Agent.Discard:output_type -> mvm.agent.v1.DiscardResponse
-	33, // 65: mvm.agent.v1.Agent.Zeros:output_type -> mvm.agent.v1.DataChunk
-	44, // [44:66] is the sub-list for method output_type
-	22, // [22:44] is the sub-list for method input_type
+	19, // 27: mvm.agent.v1.Agent.Restored:input_type -> mvm.agent.v1.RestoredRequest
+	23, // 28: mvm.agent.v1.Agent.Stat:input_type -> mvm.agent.v1.StatRequest
+	24, // 29: mvm.agent.v1.Agent.ListDir:input_type -> mvm.agent.v1.ListDirRequest
+	26, // 30: mvm.agent.v1.Agent.MakeDir:input_type -> mvm.agent.v1.MakeDirRequest
+	27, // 31: mvm.agent.v1.Agent.Remove:input_type -> mvm.agent.v1.RemoveRequest
+	29, // 32: mvm.agent.v1.Agent.Rename:input_type -> mvm.agent.v1.RenameRequest
+	30, // 33: mvm.agent.v1.Agent.ReadFile:input_type -> mvm.agent.v1.ReadFileRequest
+	33, // 34: mvm.agent.v1.Agent.WriteFile:input_type -> mvm.agent.v1.WriteFileInput
+	36, // 35: mvm.agent.v1.Agent.ArchiveOut:input_type -> mvm.agent.v1.ArchiveOutRequest
+	38, // 36: mvm.agent.v1.Agent.ArchiveIn:input_type -> mvm.agent.v1.ArchiveInInput
+	40, // 37: mvm.agent.v1.Agent.ProcStart:input_type -> mvm.agent.v1.ProcStartRequest
+	42, // 38: mvm.agent.v1.Agent.ProcList:input_type -> mvm.agent.v1.ProcListRequest
+	44, // 39: mvm.agent.v1.Agent.ProcWait:input_type -> mvm.agent.v1.ProcWaitRequest
+	47, // 40: mvm.agent.v1.Agent.ProcSignal:input_type -> mvm.agent.v1.ProcSignalRequest
+	51, // 41: mvm.agent.v1.Agent.ProcStdin:input_type -> mvm.agent.v1.ProcStdinInput
+	48, // 42: mvm.agent.v1.Agent.Pids:input_type -> mvm.agent.v1.PidsRequest
+	35, // 43: mvm.agent.v1.Agent.Discard:input_type -> mvm.agent.v1.DataChunk
+	54, // 44: mvm.agent.v1.Agent.Zeros:input_type -> mvm.agent.v1.ZerosRequest
+	2,  // 45: mvm.agent.v1.Agent.Hello:output_type -> mvm.agent.v1.HelloResponse
+	6,  // 46: mvm.agent.v1.Agent.Readiness:output_type -> mvm.agent.v1.ReadinessReport
+	14, // 47: mvm.agent.v1.Agent.Exec:output_type -> mvm.agent.v1.ExecOutput
+	16, // 48: mvm.agent.v1.Agent.Stats:output_type -> mvm.agent.v1.StatsResponse
+	18, // 49: mvm.agent.v1.Agent.Shutdown:output_type -> mvm.agent.v1.ShutdownResponse
+	20, // 50: mvm.agent.v1.Agent.Restored:output_type -> mvm.agent.v1.RestoredResponse
+	22, // 51: mvm.agent.v1.Agent.Stat:output_type -> mvm.agent.v1.FileInfo
+	25, // 52: mvm.agent.v1.Agent.ListDir:output_type -> mvm.agent.v1.ListDirResponse
+	22, // 53: mvm.agent.v1.Agent.MakeDir:output_type -> mvm.agent.v1.FileInfo
+	28, // 54: mvm.agent.v1.Agent.Remove:output_type -> mvm.agent.v1.RemoveResponse
+	22, // 55: mvm.agent.v1.Agent.Rename:output_type -> mvm.agent.v1.FileInfo
+	31, // 56: mvm.agent.v1.Agent.ReadFile:output_type -> mvm.agent.v1.ReadFileOutput
+	34, // 57: mvm.agent.v1.Agent.WriteFile:output_type -> mvm.agent.v1.WriteFileResponse
+	35, // 58: mvm.agent.v1.Agent.ArchiveOut:output_type -> mvm.agent.v1.DataChunk
+	39, // 59: mvm.agent.v1.Agent.ArchiveIn:output_type -> mvm.agent.v1.ArchiveInResponse
+	41, // 60: mvm.agent.v1.Agent.ProcStart:output_type -> mvm.agent.v1.ProcInfo
+	43, // 61: mvm.agent.v1.Agent.ProcList:output_type -> mvm.agent.v1.ProcListResponse
+	46, // 62: mvm.agent.v1.Agent.ProcWait:output_type -> mvm.agent.v1.ProcOutput
+	41, // 63: mvm.agent.v1.Agent.ProcSignal:output_type -> mvm.agent.v1.ProcInfo
+	52, // 64: mvm.agent.v1.Agent.ProcStdin:output_type -> mvm.agent.v1.ProcStdinResponse
+	50, // 65: mvm.agent.v1.Agent.Pids:output_type -> mvm.agent.v1.PidsResponse
+	53, // 66: mvm.agent.v1.Agent.Discard:output_type -> mvm.agent.v1.DiscardResponse
+	35, // 67: mvm.agent.v1.Agent.Zeros:output_type -> mvm.agent.v1.DataChunk
+	45, // [45:68] is the sub-list for method output_type
+	22, // [22:45] is the sub-list for method input_type
 	22, // [22:22] is the sub-list for extension type_name
 	22, // [22:22] is the sub-list for extension extendee
 	0,  // [0:22] is the sub-list for field type_name
@@ -3980,26 +4146,26 @@ func file_agent_proto_init() {
 		(*ExecOutput_Stderr)(nil),
 		(*ExecOutput_Exit)(nil),
 	}
-	file_agent_proto_msgTypes[28].OneofWrappers = []any{
+	file_agent_proto_msgTypes[30].OneofWrappers = []any{
 		(*ReadFileOutput_Info)(nil),
 		(*ReadFileOutput_Data)(nil),
 	}
-	file_agent_proto_msgTypes[30].OneofWrappers = []any{
+	file_agent_proto_msgTypes[32].OneofWrappers = []any{
 		(*WriteFileInput_Header)(nil),
 		(*WriteFileInput_Data)(nil),
 	}
-	file_agent_proto_msgTypes[35].OneofWrappers = []any{
+	file_agent_proto_msgTypes[37].OneofWrappers = []any{
 		(*ArchiveInInput_Header)(nil),
 		(*ArchiveInInput_Data)(nil),
 	}
-	file_agent_proto_msgTypes[43].OneofWrappers = []any{
+	file_agent_proto_msgTypes[45].OneofWrappers = []any{
 		(*ProcOutput_Stdout)(nil),
 		(*ProcOutput_Stderr)(nil),
 		(*ProcOutput_Gap)(nil),
 		(*ProcOutput_Exit)(nil),
 		(*ProcOutput_Running)(nil),
 	}
-	file_agent_proto_msgTypes[48].OneofWrappers = []any{
+	file_agent_proto_msgTypes[50].OneofWrappers = []any{
 		(*ProcStdinInput_Handle)(nil),
 		(*ProcStdinInput_Data)(nil),
 		(*ProcStdinInput_Close)(nil),
@@ -4010,7 +4176,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   53,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,7 @@ const (
 	Agent_Exec_FullMethodName       = "/mvm.agent.v1.Agent/Exec"
 	Agent_Stats_FullMethodName      = "/mvm.agent.v1.Agent/Stats"
 	Agent_Shutdown_FullMethodName   = "/mvm.agent.v1.Agent/Shutdown"
+	Agent_Restored_FullMethodName   = "/mvm.agent.v1.Agent/Restored"
 	Agent_Stat_FullMethodName       = "/mvm.agent.v1.Agent/Stat"
 	Agent_ListDir_FullMethodName    = "/mvm.agent.v1.Agent/ListDir"
 	Agent_MakeDir_FullMethodName    = "/mvm.agent.v1.Agent/MakeDir"
@@ -67,6 +68,13 @@ type AgentClient interface {
 	Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error)
 	// Shutdown syncs filesystems and powers the guest off.
 	Shutdown(ctx context.Context, in *ShutdownRequest, opts ...grpc.CallOption) (*ShutdownResponse, error)
+	// Restored tells the agent that its VM was just restored from a memory
+	// snapshot (a clone, a resume, a warm start). Before it answers, the
+	// agent mixes the host's entropy into the kernel RNG and forces a
+	// reseed, sets the wall clock, and takes the new hostname, machine-id
+	// and, with a NIC, MAC (re-applying its static addresses). The host
+	// calls it before anything else runs in a restored guest.
+	Restored(ctx context.Context, in *RestoredRequest, opts ...grpc.CallOption) (*RestoredResponse, error)
 	// Stat describes one path (lstat: symlinks are not followed).
 	Stat(ctx context.Context, in *StatRequest, opts ...grpc.CallOption) (*FileInfo, error)
 	// ListDir lists a directory, at most MaxListEntries entries.
@@ -164,6 +172,16 @@ func (c *agentClient) Shutdown(ctx context.Context, in *ShutdownRequest, opts ..
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ShutdownResponse)
 	err := c.cc.Invoke(ctx, Agent_Shutdown_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) Restored(ctx context.Context, in *RestoredRequest, opts ...grpc.CallOption) (*RestoredResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RestoredResponse)
+	err := c.cc.Invoke(ctx, Agent_Restored_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -405,6 +423,13 @@ type AgentServer interface {
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
 	// Shutdown syncs filesystems and powers the guest off.
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
+	// Restored tells the agent that its VM was just restored from a memory
+	// snapshot (a clone, a resume, a warm start). Before it answers, the
+	// agent mixes the host's entropy into the kernel RNG and forces a
+	// reseed, sets the wall clock, and takes the new hostname, machine-id
+	// and, with a NIC, MAC (re-applying its static addresses). The host
+	// calls it before anything else runs in a restored guest.
+	Restored(context.Context, *RestoredRequest) (*RestoredResponse, error)
 	// Stat describes one path (lstat: symlinks are not followed).
 	Stat(context.Context, *StatRequest) (*FileInfo, error)
 	// ListDir lists a directory, at most MaxListEntries entries.
@@ -469,6 +494,9 @@ func (UnimplementedAgentServer) Stats(context.Context, *StatsRequest) (*StatsRes
 }
 func (UnimplementedAgentServer) Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Shutdown not implemented")
+}
+func (UnimplementedAgentServer) Restored(context.Context, *RestoredRequest) (*RestoredResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Restored not implemented")
 }
 func (UnimplementedAgentServer) Stat(context.Context, *StatRequest) (*FileInfo, error) {
 	return nil, status.Error(codes.Unimplemented, "method Stat not implemented")
@@ -617,6 +645,24 @@ func _Agent_Shutdown_Handler(srv interface{}, ctx context.Context, dec func(inte
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AgentServer).Shutdown(ctx, req.(*ShutdownRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_Restored_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RestoredRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).Restored(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_Restored_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).Restored(ctx, req.(*RestoredRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -877,6 +923,10 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Shutdown",
 			Handler:    _Agent_Shutdown_Handler,
+		},
+		{
+			MethodName: "Restored",
+			Handler:    _Agent_Restored_Handler,
 		},
 		{
 			MethodName: "Stat",
