@@ -8,12 +8,12 @@ import (
 	"log"
 	"net"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 	"unsafe"
 
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/atomicfile"
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/guestid"
 	"github.com/mvm-sandbox/mvm/internal/guestnet"
@@ -62,7 +62,7 @@ var hostRestoreSys = &restoreSys{
 	now:         time.Now,
 	setClock:    setClock,
 	setHostname: func(h string) error { return unix.Sethostname([]byte(h)) },
-	writeFile:   replaceFile,
+	writeFile:   atomicfile.WriteFile,
 	setMAC:      setMAC,
 	reapplyNet:  applyStaticNet,
 }
@@ -192,28 +192,6 @@ func reseedCRNG() error {
 func setClock(unixNanos int64) error {
 	ts := unix.NsecToTimespec(unixNanos)
 	return unix.ClockSettime(unix.CLOCK_REALTIME, &ts)
-}
-
-// replaceFile writes data to a temporary file beside path and renames it
-// over path, so a reader sees the old file or the new one.
-func replaceFile(path string, data []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // setMAC changes a live interface's hardware address (SIOCSIFHWADDR).

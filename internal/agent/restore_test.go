@@ -239,23 +239,3 @@ func TestRestoredFailures(t *testing.T) {
 		t.Errorf("failed MAC change: %v", err)
 	}
 }
-
-// TestReplaceFile: the atomic write leaves the new content, the mode, and
-// no temporary file.
-func TestReplaceFile(t *testing.T) {
-	dir := t.TempDir()
-	p := dir + "/machine-id"
-	os.WriteFile(p, []byte("old\n"), 0o644)
-	if err := replaceFile(p, []byte("new\n"), 0o444); err != nil {
-		t.Fatal(err)
-	}
-	b, _ := os.ReadFile(p)
-	fi, _ := os.Stat(p)
-	ents, _ := os.ReadDir(dir)
-	if string(b) != "new\n" || fi.Mode().Perm() != 0o444 || len(ents) != 1 {
-		t.Errorf("content %q mode %v entries %d", b, fi.Mode().Perm(), len(ents))
-	}
-	if err := replaceFile(dir+"/missing/x", []byte("x"), 0o644); err == nil {
-		t.Error("write into a missing directory succeeded")
-	}
-}
