@@ -20,7 +20,7 @@ type attachFlags struct {
 
 func (f *attachFlags) register(fl *pflag.FlagSet) {
 	fl.StringArrayVarP(&f.volumes, "volume", "v", nil, "HOST_DIR:GUEST_PATH[:ro|:rw] (read-only by default) or VOLUME:GUEST_PATH[:ro|:rw] (repeatable); see docs/volumes.md")
-	fl.BoolVar(&f.allowRW, "allow-rw-mount", false, "admit read-write host directories under the standard profile (recorded in the plan)")
+	fl.BoolVar(&f.allowRW, "allow-rw-mount", false, "admit read-write host directories (:rw) under the standard and dev profiles (recorded in the plan)")
 	fl.StringArrayVar(&f.secrets, "secret", nil, "NAME, NAME:ENV_VAR or NAME:/run/secrets/FILE: hand a stored secret to the guest (repeatable); see docs/secrets.md")
 }
 

@@ -17,14 +17,17 @@ const (
 	// Restrictive: no env from the caller, no host directories, no
 	// network, no console. For generated or untrusted code.
 	Restrictive Profile = "restrictive"
-	// Standard (default): env allowed, read-only host directories only, no
-	// network unless an allowlist is given, no console.
+	// Standard (default): env allowed, read-only host directories (read-
+	// write ones with AllowRWMount), no network unless an allowlist is
+	// given, no console.
 	Standard Profile = "standard"
-	// Dev: env, read-only or read-write host directories, allowlisted
-	// network, console.
+	// Dev: standard plus a console and published ports on any address.
+	// Read-write host directories still need AllowRWMount: a guest that
+	// can write a host directory can plant what the host later runs
+	// (docs/decisions.md).
 	Dev Profile = "dev"
-	// Permissive: anything, including unrestricted network; refused unless
-	// MVM_ACK_PERMISSIVE_RUN=1.
+	// Permissive: anything, including unrestricted network and read-write
+	// host directories; refused unless MVM_ACK_PERMISSIVE_RUN=1.
 	Permissive Profile = "permissive"
 )
 
@@ -135,7 +138,7 @@ type Request struct {
 	EnvKeys []string // names of caller-provided env variables (values are not needed)
 	Mounts  []Mount
 	// AllowRWMount (--allow-rw-mount) admits read-write host directories
-	// under a profile that allows read-only ones.
+	// under a profile that allows read-only ones (standard, dev).
 	AllowRWMount bool
 	Volumes      []VolumeMount
 	Secrets      []SecretRef
@@ -211,7 +214,7 @@ type caps struct {
 var profileCaps = map[Profile]caps{
 	Restrictive: {},
 	Standard:    {env: true, roDirs: true, allowlist: true, publishLoopback: true},
-	Dev:         {env: true, roDirs: true, rwDirs: true, allowlist: true, console: true, publishLoopback: true, publishAny: true},
+	Dev:         {env: true, roDirs: true, allowlist: true, console: true, publishLoopback: true, publishAny: true},
 	Permissive:  {env: true, roDirs: true, rwDirs: true, allowlist: true, unrestricted: true, console: true, needsAck: true, publishLoopback: true, publishAny: true},
 }
 
@@ -262,7 +265,7 @@ func (p Profile) Validate(req Request) error {
 			return deny(RuleMountForbidden, "host directories are not allowed (%d given)", len(req.Mounts))
 		}
 		if !m.ReadOnly && !c.rwDirs && !req.AllowRWMount {
-			return deny(RuleMountReadWrite, "mount #%d is read-write; only read-only host directories are allowed (add :ro, or --allow-rw-mount)", i+1)
+			return deny(RuleMountReadWrite, "mount #%d is read-write; a read-write host directory needs --allow-rw-mount (or the permissive profile with %s=1); or add :ro", i+1, AckPermissiveEnv)
 		}
 	}
 	if len(req.Mounts)+len(req.Volumes) > maxMounts {

@@ -58,7 +58,8 @@ func TestProfileValidate(t *testing.T) {
 		{Standard, R{Mounts: []Mount{{HostPath: "/src/../etc", GuestPath: "/w", ReadOnly: true}}}, RuleMountPath},
 		{Standard, R{Mounts: []Mount{{HostPath: "/src", GuestPath: "/", ReadOnly: true}}}, RuleMountPath},
 
-		{Dev, R{EnvKeys: env, Mounts: rw, Network: allow, Console: true}, ""},
+		{Dev, R{EnvKeys: env, Mounts: rw, Network: allow, Console: true}, RuleMountReadWrite},
+		{Dev, R{EnvKeys: env, Mounts: rw, AllowRWMount: true, Network: allow, Console: true}, ""},
 		{Dev, R{Network: open}, RuleNetUnrestricted},
 
 		{Permissive, R{}, RulePermissiveAck},

@@ -66,13 +66,20 @@ func TestHostDirectories(t *testing.T) {
 			t.Errorf("-v %v: want exit 2 and %q, got %s", args, want, r)
 		}
 	}
-	// Policy: restrictive refuses host directories, standard refuses
-	// read-write without --allow-rw-mount; dry-run shows both.
+	// Policy: restrictive refuses host directories; dry-run shows the
+	// mounts and allow_rw_mount.
 	if r := e.run("run", "--profile", "restrictive", "-v", ro+":/m", "--", "true"); r.code != 126 || !strings.Contains(r.stderr, "mount.forbidden") {
 		t.Errorf("restrictive: %s", r)
 	}
-	if r := e.run("run", "-v", rw+":/m:rw", "--", "true"); r.code != 126 || !strings.Contains(r.stderr, "read_write_forbidden") {
-		t.Errorf("standard rw: %s", r)
+	// Read-write needs --allow-rw-mount under standard and dev alike
+	// (docs/decisions.md); permissive needs its acknowledgement.
+	for _, prof := range []string{"standard", "dev"} {
+		if r := e.run("run", "--profile", prof, "-v", rw+":/m:rw", "--", "true"); r.code != 126 || !strings.Contains(r.stderr, "read_write_forbidden") || !strings.Contains(r.stderr, "--allow-rw-mount") {
+			t.Errorf("%s rw: %s", prof, r)
+		}
+	}
+	if r := e.run("run", "--profile", "permissive", "-v", rw+":/m:rw", "--", "true"); r.code != 126 || !strings.Contains(r.stderr, "MVM_ACK_PERMISSIVE_RUN") {
+		t.Errorf("permissive rw without ack: %s", r)
 	}
 	r := e.run("run", "--dry-run", "--json", "-v", rw+":/w:rw", "--allow-rw-mount", "--", "true")
 	var dry map[string]any
