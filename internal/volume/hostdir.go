@@ -93,6 +93,12 @@ func CheckHostDir(p, home string, mvmDirs ...string) (string, error) {
 		return "", invalidf("host directory %q must be an absolute path", p)
 	}
 	p = filepath.Clean(p)
+	if strings.ContainsAny(p, ",\\") || strings.IndexFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
+		// virtiofsd reads its -o source=PATH as comma-separated options
+		// (a backslash escapes): a directory named "x,source=/etc" would make it
+		// share /etc instead.
+		return "", invalidf("host directory %q has a ',', a '\\' or a control character, which virtiofsd would read as option syntax; rename it or share a directory without one", p)
+	}
 	st, err := os.Lstat(p)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {

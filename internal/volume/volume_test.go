@@ -133,20 +133,28 @@ func TestCheckHostDir(t *testing.T) {
 	}
 	os.WriteFile(root+"/file", nil, 0o644)
 	os.Symlink(share, root+"/link")
+	// Directories that exist and whose names are virtiofsd option syntax:
+	// "-o source=DIR" split at the comma shared the directory named after
+	// the second "source=" (here root/secret), read-write.
+	inject := root + "/proj,source=" + root + "/secret"
+	os.MkdirAll(inject, 0o755)
+	os.MkdirAll(root+`/back\slash`, 0o755)
 	if p, err := CheckHostDir(share, home, data); err != nil || p != share {
 		t.Fatalf("good dir: %q %v", p, err)
 	}
 	for in, want := range map[string]string{
-		"/":               "whole host",
-		home:              "home directory",
-		home + "/.local":  "overlaps",
-		data:              "overlaps",
-		data + "/keys":    "does not exist",
-		root + "/link":    "symlink",
-		root + "/link/":   "symlink",
-		root + "/missing": "does not exist",
-		root + "/file":    "not a directory",
-		"relative":        "absolute",
+		"/":                  "whole host",
+		home:                 "home directory",
+		home + "/.local":     "overlaps",
+		data:                 "overlaps",
+		data + "/keys":       "does not exist",
+		root + "/link":       "symlink",
+		root + "/link/":      "symlink",
+		root + "/missing":    "does not exist",
+		root + "/file":       "not a directory",
+		"relative":           "absolute",
+		inject:               "option syntax",
+		root + `/back\slash`: "option syntax",
 	} {
 		_, err := CheckHostDir(in, home, data)
 		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), want) {

@@ -46,6 +46,8 @@ func TestHostDirectories(t *testing.T) {
 		}
 	}
 	os.MkdirAll(e.data, 0o700)
+	inject := filepath.Join(base, "x,source="+ro)
+	os.MkdirAll(inject, 0o755)
 	link := filepath.Join(base, "link")
 	os.Symlink(ro, link)
 
@@ -59,6 +61,9 @@ func TestHostDirectories(t *testing.T) {
 		"mvm's own ":      {"-v", filepath.Dir(e.state) + ":/m"},
 		"absolute":        {"-v", ro + ":relative"},
 		"which the guest": {"-v", ro + ":/proc"},
+		// virtiofsd read "-o source=PATH" as options: this directory
+		// made it share base/ro (read-write) instead.
+		"option syntax": {"-v", inject + ":/m"},
 	}
 	for want, args := range refused {
 		r := e.run(append([]string{"run"}, append(args, "--", "true")...)...)
