@@ -13,14 +13,16 @@ import (
 
 // attachFlags are -v, --allow-rw-mount and --secret of up and run.
 type attachFlags struct {
-	volumes []string
-	secrets []string
-	allowRW bool
+	volumes       []string
+	secrets       []string
+	allowRW       bool
+	allowManifest bool
 }
 
 func (f *attachFlags) register(fl *pflag.FlagSet) {
 	fl.StringArrayVarP(&f.volumes, "volume", "v", nil, "HOST_DIR:GUEST_PATH[:ro|:rw] (read-only by default) or VOLUME:GUEST_PATH[:ro|:rw] (repeatable); see docs/volumes.md")
 	fl.BoolVar(&f.allowRW, "allow-rw-mount", false, "admit read-write host directories (:rw) under the standard and dev profiles (recorded in the plan)")
+	fl.BoolVar(&f.allowManifest, "allow-manifest-mounts", false, "grant the host directories and volumes the build directory's mvm.toml asks for ([[mount]]); they are printed before boot and recorded in the plan")
 	fl.StringArrayVar(&f.secrets, "secret", nil, "NAME, NAME:ENV_VAR or NAME:/run/secrets/FILE: hand a stored secret to the guest (repeatable); see docs/secrets.md")
 }
 
@@ -41,6 +43,7 @@ func (f *attachFlags) apply(o *runtime.UpOptions) error {
 		o.Secrets = append(o.Secrets, ref)
 	}
 	o.AllowRWMount = f.allowRW
+	o.AllowManifestMounts = f.allowManifest
 	return secret.CheckRefs(o.Secrets)
 }
 
@@ -49,12 +52,7 @@ func (f *attachFlags) apply(o *runtime.UpOptions) error {
 func attachJSON(obj map[string]any, a *sandbox.Attachments) {
 	mounts, vols, secs := []map[string]any{}, []map[string]any{}, []map[string]any{}
 	if a != nil {
-		for _, m := range a.Mounts {
-			mounts = append(mounts, map[string]any{"host_path": m.HostPath, "guest_path": m.GuestPath, "read_only": m.ReadOnly})
-		}
-		for _, v := range a.Volumes {
-			vols = append(vols, map[string]any{"name": v.Name, "guest_path": v.GuestPath, "read_only": v.ReadOnly})
-		}
+		mounts, vols = mountsJSON(a.Mounts, a.Volumes)
 		for _, s := range a.Secrets {
 			secs = append(secs, map[string]any{"name": s.Name, "target": s.Target()})
 		}
@@ -65,17 +63,34 @@ func attachJSON(obj map[string]any, a *sandbox.Attachments) {
 // planAttachJSON adds a plan's host directories, volumes, secret names
 // and allow_rw_mount to a dry run's JSON.
 func planAttachJSON(obj map[string]any, p *plan.Plan) {
-	mounts, vols, secs := []map[string]any{}, []map[string]any{}, []map[string]any{}
-	for _, m := range p.Mounts {
-		mounts = append(mounts, map[string]any{"host_path": m.HostPath, "guest_path": m.GuestPath, "read_only": m.ReadOnly})
-	}
-	for _, v := range p.Volumes {
-		vols = append(vols, map[string]any{"name": v.Name, "guest_path": v.GuestPath, "read_only": v.ReadOnly})
-	}
+	mounts, vols := mountsJSON(p.Mounts, p.Volumes)
+	secs := []map[string]any{}
 	for _, s := range p.Secrets {
 		secs = append(secs, map[string]any{"name": s.Name, "target": s.Target})
 	}
 	obj["mounts"], obj["volumes"], obj["secrets"], obj["allow_rw_mount"] = mounts, vols, secs, p.AllowRWMount
+	obj["allow_manifest_mounts"] = p.AllowManifestMounts
+}
+
+// mountsJSON is the --json shape of host directories and volumes; a
+// mount a manifest asked for says so ("origin": "manifest").
+func mountsJSON(ms []plan.Mount, vs []plan.VolumeMount) (mounts, vols []map[string]any) {
+	mounts, vols = []map[string]any{}, []map[string]any{}
+	for _, m := range ms {
+		o := map[string]any{"host_path": m.HostPath, "guest_path": m.GuestPath, "read_only": m.ReadOnly}
+		if m.Origin != "" {
+			o["origin"] = m.Origin
+		}
+		mounts = append(mounts, o)
+	}
+	for _, v := range vs {
+		o := map[string]any{"name": v.Name, "guest_path": v.GuestPath, "read_only": v.ReadOnly}
+		if v.Origin != "" {
+			o["origin"] = v.Origin
+		}
+		vols = append(vols, o)
+	}
+	return mounts, vols
 }
 
 func printPlanAttachments(app *App, p *plan.Plan) {
@@ -85,11 +100,17 @@ func printPlanAttachments(app *App, p *plan.Plan) {
 		}
 		return "rw"
 	}
+	from := func(origin string) string {
+		if origin != "" {
+			return ", from the " + origin
+		}
+		return ""
+	}
 	for _, m := range p.Mounts {
-		fmt.Fprintf(app.Stdout, "  host dir:  %s -> %s (%s)\n", m.HostPath, m.GuestPath, mode(m.ReadOnly))
+		fmt.Fprintf(app.Stdout, "  host dir:  %s -> %s (%s%s)\n", m.HostPath, m.GuestPath, mode(m.ReadOnly), from(m.Origin))
 	}
 	for _, v := range p.Volumes {
-		fmt.Fprintf(app.Stdout, "  volume:    %s -> %s (%s)\n", v.Name, v.GuestPath, mode(v.ReadOnly))
+		fmt.Fprintf(app.Stdout, "  volume:    %s -> %s (%s%s)\n", v.Name, v.GuestPath, mode(v.ReadOnly), from(v.Origin))
 	}
 	for _, s := range p.Secrets {
 		fmt.Fprintf(app.Stdout, "  secret:    %s -> %s\n", s.Name, s.Target)

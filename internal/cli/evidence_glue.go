@@ -69,7 +69,7 @@ func dryRun(app *App, f *runFlags, argv []string, env map[string]string, memMiB 
 			if errors.As(verr, &pd) && pd.Rule == plan.RuleUnknownProfile {
 				return exitCode(ExitUsage, verr)
 			}
-			return exitCode(ExitCannotExec, verr)
+			return exitCode(ExitCannotExec, manifestNetworkHint(verr))
 		}
 		return exitCode(ExitUsage, verr)
 	}

@@ -53,8 +53,17 @@ func (f *netFlags) apply(app *App, o *runtime.UpOptions) error {
 	return nil
 }
 
-// manifestNetworkHint adds what to do to a refused manifest network.
+// manifestNetworkHint adds what to do to a refused manifest network or
+// manifest mounts.
 func manifestNetworkHint(err error) error {
+	var mm *runtime.ManifestMountsError
+	if errors.As(err, &mm) {
+		give := make([]string, len(mm.Missing))
+		for i, m := range mm.Missing {
+			give[i] = "-v " + m
+		}
+		return fmt.Errorf("%w\nto grant it: --allow-manifest-mounts (or give %s)", err, strings.Join(give, " "))
+	}
 	var me *runtime.ManifestNetworkError
 	if !errors.As(err, &me) {
 		return err

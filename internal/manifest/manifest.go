@@ -26,6 +26,7 @@ import (
 	"strings"
 
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
+	"github.com/mvm-sandbox/mvm/internal/volume"
 	"github.com/pelletier/go-toml/v2"
 	"github.com/pelletier/go-toml/v2/unstable"
 )
@@ -82,7 +83,17 @@ type Manifest struct {
 	// destinations. Both are enforced on the host at boot (docs/network.md).
 	Network string   `json:"network,omitempty"`
 	Allow   []string `json:"allow,omitempty"`
+	// Mounts are the [[mount]] tables: host directories (Source absolute,
+	// resolved against Dir) and volumes, each with Origin
+	// volume.OriginManifest. Like Network they are a request: applied at
+	// up/run from DIR only with the operator's consent
+	// (docs/manifest.md), never part of the image.
+	Mounts []volume.MountSpec `json:"mounts,omitempty"`
 }
+
+// MaxMounts bounds the [[mount]] tables of one manifest (the plan's limit
+// for host directories and volumes together).
+const MaxMounts = 16
 
 // FileMapping copies Source (a path relative to the manifest directory,
 // "." for the directory itself) to the absolute guest path Guest.
@@ -157,6 +168,7 @@ type rawManifest struct {
 	Profile  *string        `toml:"profile"`
 	Network  *string        `toml:"network"`
 	Allow    []string       `toml:"allow"`
+	Mount    []any          `toml:"mount"`
 }
 
 var (
@@ -428,6 +440,9 @@ func Parse(file string, data []byte) (*Manifest, error) {
 		}
 	}
 
+	// [[mount]]
+	m.Mounts = parseMounts(raw.Mount, m.Dir, lines, add)
+
 	// files
 	haveWork := false
 	for _, g := range sortedKeys(raw.Files) {
@@ -469,6 +484,121 @@ func Parse(file string, data []byte) (*Manifest, error) {
 		return nil, errs
 	}
 	return m, nil
+}
+
+// parseMounts checks the [[mount]] tables: exactly one of host (a host
+// directory, relative to the manifest directory) or volume (a volume
+// name), guest (an absolute guest path) and mode ("ro" or "rw"; host
+// directories are read-only by default, volumes read-write). Whether a
+// host directory may be shared (it exists, is no symlink, is not /, $HOME
+// or mvm's own) is checked at boot, with the same rules as -v.
+func parseMounts(raw []any, dir string, lines map[string]int, add func(key, format string, args ...any)) []volume.MountSpec {
+	if len(raw) > MaxMounts {
+		add("mount", "%d [[mount]] tables exceed the limit of %d", len(raw), MaxMounts)
+		return nil
+	}
+	var out []volume.MountSpec
+	for i, r := range raw {
+		key := fmt.Sprintf("mount[%d]", i)
+		if lines[key] == 0 {
+			lines[key] = lines["mount"]
+		}
+		t, ok := r.(map[string]any)
+		if !ok {
+			add(key, "must be a table ([[mount]]), got %s", tomlType(r))
+			continue
+		}
+		str := func(k string) (string, bool) {
+			v, present := t[k]
+			if !present {
+				return "", false
+			}
+			s, ok := v.(string)
+			if !ok {
+				add(key, "%s must be a string, got %s", k, tomlType(v))
+				return "", false
+			}
+			return s, true
+		}
+		bad := false
+		for _, k := range sortedKeys(t) {
+			switch k {
+			case "host", "volume", "guest", "mode":
+			default:
+				add(key, "unknown key %q (known keys: host, volume, guest, mode)", k)
+				bad = true
+			}
+		}
+		host, hasHost := str("host")
+		vol, hasVol := str("volume")
+		guest, hasGuest := str("guest")
+		mode, hasMode := str("mode")
+		if bad {
+			continue
+		}
+		ms := volume.MountSpec{Target: guest, Origin: volume.OriginManifest}
+		switch {
+		case hasHost == hasVol:
+			add(key, `give exactly one of host = "DIR" (a host directory) or volume = "NAME"`)
+			continue
+		case hasVol:
+			if err := volume.ValidateName(vol); err != nil {
+				add(key, "volume: %v", err)
+				continue
+			}
+			ms.Source, ms.Volume = vol, true
+		default:
+			p, err := hostPath(host, dir)
+			if err != nil {
+				add(key, "host: %v", err)
+				continue
+			}
+			ms.Source, ms.ReadOnly = p, true
+		}
+		if !hasGuest {
+			add(key, `guest is required (for example: guest = "/data")`)
+			continue
+		}
+		if err := volume.CheckGuestPath(guest); err != nil {
+			add(key, "guest: %v", err)
+			continue
+		}
+		if hasMode {
+			switch mode {
+			case "ro":
+				ms.ReadOnly = true
+			case "rw":
+				ms.ReadOnly = false
+			default:
+				add(key, `mode must be "ro" or "rw", got %q`, mode)
+				continue
+			}
+		}
+		out = append(out, ms)
+	}
+	return out
+}
+
+// hostPath resolves a [[mount]] host directory against the manifest
+// directory; the result is absolute and clean.
+func hostPath(p, dir string) (string, error) {
+	switch {
+	case p == "":
+		return "", errors.New("must not be empty")
+	case len(p) > 4096:
+		return "", errors.New("longer than 4096 bytes")
+	case strings.HasPrefix(p, "~"):
+		return "", errors.New("~ is not expanded; give a path relative to the manifest directory or an absolute one")
+	case strings.IndexByte(p, 0) >= 0:
+		return "", errors.New("contains a NUL byte")
+	}
+	if filepath.IsAbs(p) {
+		return filepath.Clean(p), nil
+	}
+	if dir == "" {
+		return "", fmt.Errorf("relative path %q needs the manifest's directory", p)
+	}
+	return filepath.Join(dir, p), nil
 }
 
 // checkSources resolves every file mapping against Dir: the source must
@@ -719,7 +849,7 @@ var typeMsgRE = regexp.MustCompile(`cannot decode TOML (\w+) into .*`)
 var wantType = map[string]string{
 	"template": "a string", "name": "a string", "packages": "a list of package names",
 	"files": "a table of guest path = source path", "env": "a table of NAME = value",
-	"workdir": "a string", "profile": "a string",
+	"workdir": "a string", "profile": "a string", "mount": "[[mount]] tables",
 }
 
 func cleanTypeMsg(key, msg string) string {
@@ -741,6 +871,7 @@ func keyLines(data []byte) map[string]int {
 	var p unstable.Parser
 	p.Reset(data)
 	var table []string
+	arrays := map[string]int{} // [[x]] tables seen so far, by name
 	line := func(n *unstable.Node) int {
 		if n.Raw.Length > 0 {
 			return p.Shape(n.Raw).Start.Line
@@ -765,6 +896,13 @@ func keyLines(data []byte) map[string]int {
 		case unstable.Table, unstable.ArrayTable:
 			table = parts
 			set(out, table, quoted, first)
+			if e.Kind == unstable.ArrayTable {
+				k := strings.Join(parts, ".")
+				if first > 0 {
+					out[fmt.Sprintf("%s[%d]", k, arrays[k])] = first
+				}
+				arrays[k]++
+			}
 		case unstable.KeyValue:
 			full := append(append([]string{}, table...), parts...)
 			var fq []string

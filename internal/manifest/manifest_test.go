@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/mvm-sandbox/mvm/internal/volume"
 )
 
 func TestSmallest(t *testing.T) {
@@ -256,5 +258,74 @@ func TestUnknownKeyHintListsAllKeys(t *testing.T) {
 		if !strings.Contains(err.Error(), k) {
 			t.Errorf("hint lacks %q: %v", k, err)
 		}
+	}
+}
+
+// [[mount]] tables: host directories resolve against the manifest's
+// directory, modes default like -v (host ro, volume rw), every entry is
+// marked as the manifest's, and bad entries name their table and line.
+func TestMountTables(t *testing.T) {
+	src := `template = "python"
+
+[[mount]]
+host  = "data"
+guest = "/data"
+
+[[mount]]
+host  = "/srv/models"
+guest = "/models"
+mode  = "rw"
+
+[[mount]]
+volume = "pip-cache"
+guest  = "/root/.cache/pip"
+`
+	m, err := Parse("/proj/mvm.toml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []volume.MountSpec{
+		{Source: "/proj/data", Target: "/data", ReadOnly: true, Origin: volume.OriginManifest},
+		{Source: "/srv/models", Target: "/models", Origin: volume.OriginManifest},
+		{Source: "pip-cache", Target: "/root/.cache/pip", Volume: true, Origin: volume.OriginManifest},
+	}
+	if len(m.Mounts) != len(want) {
+		t.Fatalf("mounts %+v", m.Mounts)
+	}
+	for i := range want {
+		if m.Mounts[i] != want[i] {
+			t.Errorf("mount %d: %+v, want %+v", i, m.Mounts[i], want[i])
+		}
+	}
+	if m2, _ := Parse("/proj/mvm.toml", []byte("template = \"python\"\n[[mount]]\nhost = \"../shared\"\nguest = \"/s\"\n")); m2 == nil || m2.Mounts[0].Source != "/shared" {
+		t.Errorf("relative host path not resolved against the manifest directory: %+v", m2)
+	}
+
+	bad := []struct{ body, want string }{
+		{"[[mount]]\nguest = \"/d\"\n", "exactly one of host"},
+		{"[[mount]]\nhost = \"d\"\nvolume = \"v\"\nguest = \"/d\"\n", "exactly one of host"},
+		{"[[mount]]\nhost = \"d\"\n", "guest is required"},
+		{"[[mount]]\nhost = \"d\"\nguest = \"relative\"\n", "must be absolute"},
+		{"[[mount]]\nhost = \"d\"\nguest = \"/proc/x\"\n", "/proc"},
+		{"[[mount]]\nhost = \"d\"\nguest = \"/\"\n", "guest path /"},
+		{"[[mount]]\nhost = \"d\"\nguest = \"/d\"\nmode = \"rwx\"\n", `mode must be "ro" or "rw"`},
+		{"[[mount]]\nhost = \"~/d\"\nguest = \"/d\"\n", "~ is not expanded"},
+		{"[[mount]]\nhost = \"\"\nguest = \"/d\"\n", "must not be empty"},
+		{"[[mount]]\nvolume = \"../x\"\nguest = \"/d\"\n", "volume:"},
+		{"[[mount]]\nhost = \"d\"\nguest = \"/d\"\nsource = \"x\"\n", `unknown key "source"`},
+		{"[[mount]]\nhost = 3\nguest = \"/d\"\n", "host must be a string"},
+		{"mount = \"d:/d\"\n", "key mount"},
+		{strings.Repeat("[[mount]]\nvolume = \"v\"\nguest = \"/d\"\n", MaxMounts+1), "exceed the limit"},
+	}
+	for _, b := range bad {
+		_, err := Parse("/proj/mvm.toml", []byte("template = \"python\"\n"+b.body))
+		if err == nil || !strings.Contains(err.Error(), b.want) {
+			t.Errorf("%q: got %v, want %q", b.body, err, b.want)
+		}
+	}
+	// The second table's problem names it and its line.
+	_, err = Parse("/proj/mvm.toml", []byte("template = \"python\"\n[[mount]]\nhost = \"a\"\nguest = \"/a\"\n[[mount]]\nhost = \"b\"\nguest = \"b\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "mvm.toml:5: key mount[1]: guest") {
+		t.Errorf("error does not name the table and line: %v", err)
 	}
 }

@@ -9,6 +9,9 @@ func TestMountVolumeSecretPolicy(t *testing.T) {
 	ro := Mount{HostPath: "/srv/data", GuestPath: "/data", ReadOnly: true}
 	rw := Mount{HostPath: "/srv/data", GuestPath: "/data"}
 	vol := VolumeMount{Name: "cache", GuestPath: "/cache"}
+	mro := Mount{HostPath: "/srv/data", GuestPath: "/data", ReadOnly: true, Origin: OriginManifest}
+	mrw := Mount{HostPath: "/srv/data", GuestPath: "/data", Origin: OriginManifest}
+	mvol := VolumeMount{Name: "cache", GuestPath: "/cache", Origin: OriginManifest}
 	sec := SecretRef{Name: "openai", Target: "env:OPENAI_API_KEY"}
 	cases := []struct {
 		name string
@@ -26,6 +29,12 @@ func TestMountVolumeSecretPolicy(t *testing.T) {
 		{"dev refuses rw without --allow-rw-mount", Dev, Request{Mounts: []Mount{rw}}, RuleMountReadWrite},
 		{"dev rw with --allow-rw-mount", Dev, Request{Mounts: []Mount{rw}, AllowRWMount: true}, ""},
 		{"dev allows ro", Dev, Request{Mounts: []Mount{ro}}, ""},
+		{"manifest mount without consent", Standard, Request{Mounts: []Mount{mro}}, RuleMountNotGranted},
+		{"manifest volume without consent", Standard, Request{Volumes: []VolumeMount{mvol}}, RuleMountNotGranted},
+		{"manifest mount with consent", Standard, Request{Mounts: []Mount{mro}, Volumes: []VolumeMount{mvol}, AllowManifestMounts: true}, ""},
+		{"consent does not make rw admissible", Dev, Request{Mounts: []Mount{mrw}, AllowManifestMounts: true}, RuleMountReadWrite},
+		{"manifest rw with consent and --allow-rw-mount", Standard, Request{Mounts: []Mount{mrw}, AllowManifestMounts: true, AllowRWMount: true}, ""},
+		{"restrictive refuses a granted manifest mount", Restrictive, Request{Mounts: []Mount{mro}, AllowManifestMounts: true}, RuleMountForbidden},
 		{"permissive rw with ack", Permissive, Request{Mounts: []Mount{rw}, AckPermissive: true}, ""},
 		{"permissive needs ack", Permissive, Request{Mounts: []Mount{rw}}, RulePermissiveAck},
 		{"standard volume and secret", Standard, Request{Volumes: []VolumeMount{vol}, Secrets: []SecretRef{sec}}, ""},

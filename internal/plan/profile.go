@@ -117,6 +117,9 @@ type Mount struct {
 	HostPath  string `json:"host_path"`
 	GuestPath string `json:"guest_path"`
 	ReadOnly  bool   `json:"read_only"`
+	// Origin is OriginManifest for a mount an image manifest asked for
+	// ("" is the operator's).
+	Origin string `json:"origin,omitempty"`
 }
 
 // VolumeMount is a named mvm volume attached to the guest.
@@ -124,7 +127,12 @@ type VolumeMount struct {
 	Name      string `json:"name"`
 	GuestPath string `json:"guest_path"`
 	ReadOnly  bool   `json:"read_only"`
+	Origin    string `json:"origin,omitempty"`
 }
+
+// OriginManifest marks a mount asked for by an image manifest's [[mount]]
+// (volume.OriginManifest): admitted only with AllowManifestMounts.
+const OriginManifest = "manifest"
 
 // SecretRef is a secret handed to the guest: its name and where it goes
 // ("env:VAR" or "file:/run/secrets/NAME"), never its value.
@@ -140,10 +148,13 @@ type Request struct {
 	// AllowRWMount (--allow-rw-mount) admits read-write host directories
 	// under a profile that allows read-only ones (standard, dev).
 	AllowRWMount bool
-	Volumes      []VolumeMount
-	Secrets      []SecretRef
-	Network      Network
-	Console      bool
+	// AllowManifestMounts (--allow-manifest-mounts) admits the mounts an
+	// image manifest asked for (Origin OriginManifest).
+	AllowManifestMounts bool
+	Volumes             []VolumeMount
+	Secrets             []SecretRef
+	Network             Network
+	Console             bool
 	// AckPermissive reports that MVM_ACK_PERMISSIVE_RUN=1 was set (see
 	// PermissiveAcknowledged).
 	AckPermissive bool
@@ -160,6 +171,7 @@ const (
 	RuleMountReadWrite     = "mount.read_write_forbidden"
 	RuleMountPath          = "mount.path_invalid"
 	RuleMountLimit         = "mount.limit"
+	RuleMountNotGranted    = "mount.manifest_not_granted"
 	RuleNetForbidden       = "net.forbidden"
 	RuleNetUnrestricted    = "net.unrestricted_forbidden"
 	RuleNetMode            = "net.mode_invalid"
@@ -264,6 +276,9 @@ func (p Profile) Validate(req Request) error {
 		if !c.roDirs {
 			return deny(RuleMountForbidden, "host directories are not allowed (%d given)", len(req.Mounts))
 		}
+		if m.Origin == OriginManifest && !req.AllowManifestMounts {
+			return deny(RuleMountNotGranted, "mount #%d was asked for by the image's manifest and not granted (--allow-manifest-mounts)", i+1)
+		}
 		if !m.ReadOnly && !c.rwDirs && !req.AllowRWMount {
 			return deny(RuleMountReadWrite, "mount #%d is read-write; a read-write host directory needs --allow-rw-mount (or the permissive profile with %s=1); or add :ro", i+1, AckPermissiveEnv)
 		}
@@ -281,6 +296,9 @@ func (p Profile) Validate(req Request) error {
 		}
 		if !c.roDirs {
 			return deny(RuleVolumeForbidden, "volumes are not allowed (%d given)", len(req.Volumes))
+		}
+		if v.Origin == OriginManifest && !req.AllowManifestMounts {
+			return deny(RuleMountNotGranted, "volume #%d was asked for by the image's manifest and not granted (--allow-manifest-mounts)", i+1)
 		}
 		if guestPaths[v.GuestPath] {
 			return deny(RuleMountPath, "volume #%d: guest path %s is used twice", i+1, v.GuestPath)

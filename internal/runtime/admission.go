@@ -58,6 +58,9 @@ func (r *Runtime) WouldAdmit(o UpOptions) (*plan.Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := r.manifestMounts(&o); err != nil {
+		return nil, err
+	}
 	att, err := r.ResolveAttachments(o)
 	if err != nil {
 		return nil, err

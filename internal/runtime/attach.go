@@ -37,21 +37,27 @@ func (r *Runtime) ResolveAttachments(o UpOptions) (*sandbox.Attachments, error) 
 	home, _ := os.UserHomeDir()
 	vs := r.Volumes()
 	for _, m := range o.Mounts {
+		// Say where a refused mount came from: the operator's -v or
+		// the manifest's [[mount]].
+		from := ""
+		if m.Origin == volume.OriginManifest {
+			from = "the image's manifest (mvm.toml) [[mount]]: "
+		}
 		if err := volume.CheckGuestPath(m.Target); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrAttach, err)
+			return nil, fmt.Errorf("%w: %s%v", ErrAttach, from, err)
 		}
 		if m.Volume {
 			if _, err := vs.Inspect(m.Source); err != nil {
-				return nil, fmt.Errorf("%w: %v", ErrAttach, err)
+				return nil, fmt.Errorf("%w: %s%v", ErrAttach, from, err)
 			}
-			a.Volumes = append(a.Volumes, plan.VolumeMount{Name: m.Source, GuestPath: m.Target, ReadOnly: m.ReadOnly})
+			a.Volumes = append(a.Volumes, plan.VolumeMount{Name: m.Source, GuestPath: m.Target, ReadOnly: m.ReadOnly, Origin: m.Origin})
 			continue
 		}
 		p, err := volume.CheckHostDir(m.Source, home, r.Dirs.Data, r.Dirs.State, r.Dirs.Cache)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrAttach, err)
+			return nil, fmt.Errorf("%w: %s%v", ErrAttach, from, err)
 		}
-		a.Mounts = append(a.Mounts, plan.Mount{HostPath: p, GuestPath: m.Target, ReadOnly: m.ReadOnly})
+		a.Mounts = append(a.Mounts, plan.Mount{HostPath: p, GuestPath: m.Target, ReadOnly: m.ReadOnly, Origin: m.Origin})
 	}
 	if len(a.Mounts) > 0 {
 		if err := qemu.ShareSupport(); err != nil {
@@ -80,6 +86,13 @@ func (r *Runtime) ResolveAttachments(o UpOptions) (*sandbox.Attachments, error) 
 // into the plan input.
 func withAttachments(in *plan.Input, a *sandbox.Attachments, o UpOptions) {
 	in.Mounts, in.Volumes, in.Secrets, in.AllowRWMount = a.Mounts, a.Volumes, planSecrets(a), o.AllowRWMount
+	// The consent is recorded only when it was used.
+	for _, m := range a.Mounts {
+		in.AllowManifestMounts = in.AllowManifestMounts || (o.AllowManifestMounts && m.Origin == volume.OriginManifest)
+	}
+	for _, v := range a.Volumes {
+		in.AllowManifestMounts = in.AllowManifestMounts || (o.AllowManifestMounts && v.Origin == volume.OriginManifest)
+	}
 }
 
 func planSecrets(a *sandbox.Attachments) []plan.SecretRef {

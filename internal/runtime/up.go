@@ -77,8 +77,12 @@ type UpOptions struct {
 	// Mounts are host directories and volumes (-v); see docs/volumes.md.
 	Mounts []volume.MountSpec
 	// AllowRWMount (--allow-rw-mount) admits read-write host directories
-	// under the standard profile; it is recorded in the plan.
+	// under the standard and dev profiles; it is recorded in the plan.
 	AllowRWMount bool
+	// AllowManifestMounts (--allow-manifest-mounts) is the operator's
+	// consent to the host directories and volumes a build directory's
+	// manifest asks for ([[mount]]); it is recorded in the plan.
+	AllowManifestMounts bool
 	// Secrets are handed to the guest by name (--secret); values are read
 	// from the store only when given to the guest.
 	Secrets []secret.Ref
@@ -209,7 +213,11 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Host paths, volumes and secrets are checked before anything else.
+	// Host paths, volumes and secrets are checked before anything else,
+	// the manifest's mounts (granted or refused) among them.
+	if err := r.manifestMounts(&o); err != nil {
+		return nil, err
+	}
 	att, err := r.ResolveAttachments(o)
 	if err != nil {
 		return nil, err

@@ -7,6 +7,8 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+
+	"github.com/mvm-sandbox/mvm/internal/plan"
 )
 
 // MountSpec is one -v argument: HOST_DIR:GUEST_PATH[:ro|:rw] (a host
@@ -18,6 +20,22 @@ type MountSpec struct {
 	Target   string `json:"target"`
 	ReadOnly bool   `json:"read_only"`
 	Volume   bool   `json:"volume"`
+	// Origin is who asked for it: "" for the operator (-v, the SDKs),
+	// OriginManifest for an image manifest's [[mount]].
+	Origin string `json:"origin,omitempty"`
+}
+
+// OriginManifest marks a mount that an image manifest (mvm.toml) asked
+// for: a request, applied only with the operator's consent.
+const OriginManifest = plan.OriginManifest
+
+// String is the mount as -v would write it (host paths absolute).
+func (m MountSpec) String() string {
+	mode := "rw"
+	if m.ReadOnly {
+		mode = "ro"
+	}
+	return m.Source + ":" + m.Target + ":" + mode
 }
 
 // reservedGuest are guest paths a mount may not cover.

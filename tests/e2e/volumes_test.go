@@ -169,6 +169,82 @@ func TestHostDirectories(t *testing.T) {
 	e.assertClean()
 }
 
+// TestManifestMounts: a build directory's mvm.toml asks for a host
+// directory (relative to it) and a volume. Without --allow-manifest-mounts
+// the boot is refused before anything is created, naming both and what to
+// do; every host-path rule of -v applies to them; consent never makes a
+// read-write one admissible without --allow-rw-mount; with consent they
+// are printed before boot, mounted, and recorded in the signed plan.
+func TestManifestMounts(t *testing.T) {
+	e := newEnv(t)
+	base := t.TempDir()
+	proj := filepath.Join(base, "proj")
+	data := filepath.Join(proj, "data")
+	os.MkdirAll(data, 0o755)
+	os.WriteFile(filepath.Join(data, "hello"), []byte("from the manifest's directory\n"), 0o644)
+	writeManifest := func(dir, mounts string) {
+		os.MkdirAll(dir, 0o755)
+		os.WriteFile(filepath.Join(dir, "mvm.toml"), []byte("template = \"minimal\"\n"+mounts), 0o644)
+	}
+	writeManifest(proj, "[[mount]]\nhost = \"data\"\nguest = \"/data\"\n\n[[mount]]\nvolume = \"mcache\"\nguest = \"/cache\"\n")
+	e.must("volume", "create", "mcache", "--size", "16M")
+
+	r := e.run("up", proj, "--name", "m")
+	if r.code != 126 || !strings.Contains(r.stderr, data+":/data:ro") || !strings.Contains(r.stderr, "mcache:/cache:rw") || !strings.Contains(r.stderr, "--allow-manifest-mounts") {
+		t.Fatalf("up without consent: want exit 126 naming both mounts and --allow-manifest-mounts: %s", r)
+	}
+	e.assertClean()
+	dry := e.must("run", "--dry-run", "--json", "--image", proj, "--allow-manifest-mounts", "--", "true")
+	if !strings.Contains(dry.stdout, `"origin":"manifest"`) || !strings.Contains(dry.stdout, `"allow_manifest_mounts":true`) {
+		t.Errorf("dry run does not show the manifest's mounts: %s", dry)
+	}
+
+	// The rules of -v, with the manifest named; exit 2, nothing created.
+	os.Symlink(data, filepath.Join(base, "link"))
+	os.MkdirAll(filepath.Join(base, "y,source="+data), 0o755)
+	for host, want := range map[string]string{
+		"missing":             "does not exist",
+		"../link":             "symlink",
+		"/":                   "sharing /",
+		e.data:                "overlaps mvm's own",
+		"../y,source=" + data: "option syntax",
+	} {
+		dir := filepath.Join(base, "bad")
+		writeManifest(dir, "[[mount]]\nhost = \""+host+"\"\nguest = \"/m\"\n")
+		if r := e.run("up", dir, "--allow-manifest-mounts"); r.code != 2 || !strings.Contains(r.stderr, "mvm.toml") || !strings.Contains(r.stderr, want) {
+			t.Errorf("manifest host %q: want exit 2 and %q: %s", host, want, r)
+		}
+	}
+	// Consent does not stand for --allow-rw-mount, under dev either.
+	rw := filepath.Join(base, "rw")
+	writeManifest(rw, "[[mount]]\nhost = \"../proj/data\"\nguest = \"/data\"\nmode = \"rw\"\n")
+	if r := e.run("up", rw, "--profile", "dev", "--allow-manifest-mounts"); r.code != 126 || !strings.Contains(r.stderr, "read_write_forbidden") {
+		t.Errorf("manifest rw without --allow-rw-mount: %s", r)
+	}
+	e.assertClean()
+
+	r = e.must("up", proj, "--name", "m", "--allow-manifest-mounts")
+	defer e.run("down", "m")
+	if !strings.Contains(r.stderr, "granted by the operator") || !strings.Contains(r.stderr, "host directory "+data+" -> /data (ro)") {
+		t.Errorf("the manifest's mounts were not printed before boot: %s", r)
+	}
+	if x := e.must("exec", "m", "--", "cat", "/data/hello"); x.stdout != "from the manifest's directory\n" {
+		t.Errorf("read through the manifest's share: %s", x)
+	}
+	if x := e.run("exec", "m", "--", "touch", "/data/new"); x.code == 0 {
+		t.Errorf("the manifest's read-only share is writable")
+	}
+	e.must("exec", "m", "--", "sh", "-c", "echo kept > /cache/f")
+	st := e.stateOf("m")
+	pb, err := os.ReadFile(filepath.Join(e.state, "sb", st["id"].(string), "plan.json"))
+	if err != nil || !bytes.Contains(pb, []byte(`"allow_manifest_mounts":true`)) || bytes.Count(pb, []byte(`"origin":"manifest"`)) != 2 {
+		t.Errorf("the signed plan does not record the manifest's mounts and the consent: %v %s", err, pb)
+	}
+	e.must("down", "m")
+	e.must("volume", "rm", "mcache")
+	e.assertClean()
+}
+
 // TestVolumes: data written by one sandbox is there for the next; a
 // read-write attachment is exclusive, read-only ones share; rm of an
 // attached volume is refused; a crashed holder releases its lock.

@@ -1,0 +1,96 @@
+package runtime
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/mvm-sandbox/mvm/internal/manifest"
+	"github.com/mvm-sandbox/mvm/internal/volume"
+)
+
+// ManifestMountsError refuses a boot whose build directory's manifest
+// asks for host directories or volumes the operator has not granted.
+type ManifestMountsError struct {
+	// Missing are the mounts asked for and not granted, as -v would
+	// write them.
+	Missing []string
+}
+
+func (e *ManifestMountsError) Error() string {
+	return fmt.Sprintf("the image's manifest (mvm.toml) asks to mount %s, which the operator has not granted; "+
+		"a manifest is a request: grant its mounts explicitly, or give the same mounts yourself",
+		strings.Join(e.Missing, ", "))
+}
+
+// Unwrap makes it a policy refusal.
+func (e *ManifestMountsError) Unwrap() error { return ErrPolicy }
+
+// describeMount is a mount as the operator reads it in a notice.
+func describeMount(m volume.MountSpec) string {
+	mode := "rw"
+	if m.ReadOnly {
+		mode = "ro"
+	}
+	if m.Volume {
+		return fmt.Sprintf("volume %s -> %s (%s)", m.Source, m.Target, mode)
+	}
+	return fmt.Sprintf("host directory %s -> %s (%s)", m.Source, m.Target, mode)
+}
+
+// manifestMounts applies the [[mount]] tables of the manifest in the build
+// directory o.Image (none for templates, built images, digests, OCI
+// references, declarations, or NoBuildDir). A manifest is untrusted: every
+// mount it asks for is shown (Notice) before anything is created and
+// added only with the operator's consent (AllowManifestMounts), unless the
+// operator's own -v already gives the same mount. The host-path rules of
+// -v (ResolveAttachments) and the profile's rules (admission) apply to
+// them as to any mount: consent never makes a read-write host directory
+// admissible without --allow-rw-mount.
+func (r *Runtime) manifestMounts(o *UpOptions) error {
+	if o.NoBuildDir || o.Image == "" || !IsBuildDir(o.Image) {
+		return nil
+	}
+	m, err := manifest.Load(o.Image)
+	if err != nil {
+		return imageError(err)
+	}
+	if len(m.Mounts) == 0 {
+		return nil
+	}
+	same := func(a, b volume.MountSpec) bool {
+		return a.Source == b.Source && a.Target == b.Target && a.ReadOnly == b.ReadOnly && a.Volume == b.Volume
+	}
+	var asked, missing []string
+	var add []volume.MountSpec
+	for _, mm := range m.Mounts {
+		asked = append(asked, describeMount(mm))
+		covered := false
+		for _, have := range o.Mounts {
+			if same(have, mm) {
+				covered = true
+			}
+		}
+		if !covered {
+			add = append(add, mm)
+			missing = append(missing, mm.String())
+		}
+	}
+	notice := o.Notice
+	if notice == nil {
+		notice = func(string) {}
+	}
+	if len(add) == 0 {
+		notice("the image's manifest (mvm.toml) asks to mount " + strings.Join(asked, ", ") + "; the operator gives all of it already")
+		return nil
+	}
+	if !o.AllowManifestMounts {
+		return &ManifestMountsError{Missing: missing}
+	}
+	var granted []string
+	for _, mm := range add {
+		granted = append(granted, describeMount(mm))
+	}
+	notice("mounts from the image's manifest (mvm.toml), granted by the operator: " + strings.Join(granted, ", "))
+	o.Mounts = append(o.Mounts, add...)
+	return nil
+}
