@@ -22,6 +22,10 @@ type runFlags struct {
 	// requireDigest and platform apply to an OCI image reference.
 	requireDigest bool
 	platform      string
+	// entrypoint replaces the image's Entrypoint when set (Docker's
+	// --entrypoint: one executable; "" clears it).
+	entrypoint    string
+	entrypointSet bool
 	jsonOut       bool
 	stdin         bool
 	maxOutput     int
@@ -45,11 +49,16 @@ every path (success, failure, timeout, Ctrl-C, SIGTERM).
 Standard input is forwarded when it is not a terminal (use -i to force it).
 
 Without ARGV, the image's declared command runs (an OCI image's Entrypoint
-and Cmd, or a manifest's command): give --image.
+and Cmd, or a manifest's command): give --image. With ARGV on an OCI image,
+Docker's rule applies: ARGV replaces the image's Cmd and keeps its
+Entrypoint; --entrypoint EXE replaces the Entrypoint (and drops the Cmd),
+--entrypoint "" runs ARGV alone. The receipt records the command that ran.
 
 Exit codes: the command's own; 124 timeout; 125 mvm failed (boot, transport);
 126 command not executable; 127 command not found; 130/143 interrupted.`,
 		Example: `  mvmctl run -- uname -a
+  mvmctl run --image python:3.12-slim -- python -V
+  mvmctl run --image ghcr.io/org/app:1 --entrypoint sh -- -c 'ls /'
   echo hi | mvmctl run -- cat
   mvmctl run --timeout 10s --memory 1G -e MODE=fast -- sh -c 'echo $MODE'
   mvmctl run --json -- true`,
@@ -58,7 +67,8 @@ Exit codes: the command's own; 124 timeout; 125 mvm failed (boot, transport);
 			if mode != "" {
 				return runScript(cmd.Context(), app, mode, args)
 			}
-			if len(args) == 0 && f.image == "" {
+			f.entrypointSet = cmd.Flags().Changed("entrypoint")
+			if len(args) == 0 && (f.entrypointSet && f.entrypoint == "" || !f.entrypointSet && f.image == "") {
 				return exitCode(ExitUsage, errors.New("nothing to run: give -- ARGV, or --image with an image that declares a command (an OCI image's Entrypoint/Cmd)"))
 			}
 			return runRun(cmd.Context(), app, f, args)
@@ -74,6 +84,7 @@ Exit codes: the command's own; 124 timeout; 125 mvm failed (boot, transport);
 	fl.StringVar(&f.image, "image", "", "image to boot: a template, a built image, or an OCI reference such as python:3.12-slim (default: the built-in minimal image)")
 	fl.BoolVar(&f.requireDigest, "require-digest", false, "refuse an OCI image reference that is a tag (default under the restrictive profile)")
 	fl.StringVar(&f.platform, "platform", "", "platform of a multi-platform OCI image (default linux/amd64)")
+	fl.StringVar(&f.entrypoint, "entrypoint", "", "run this executable instead of the image's Entrypoint (ARGV follows it; the image's Cmd is dropped); \"\" runs ARGV alone")
 	fl.BoolVar(&f.jsonOut, "json", false, "print one JSON object with the result instead of streaming output")
 	fl.BoolVarP(&f.stdin, "interactive", "i", false, "forward standard input even when it is a terminal")
 	fl.IntVar(&f.maxOutput, "max-output", 4<<20, "with --json: bytes of each stream kept in the result")
@@ -115,8 +126,15 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 
 	opts := runtime.RunOptions{
 		Up:      runtime.UpOptions{Image: f.image, CPUs: f.cpus, MemoryMiB: mem, Env: env, RunProfile: f.profile, RequireDigest: f.requireDigest, Platform: f.platform},
-		Exec:    runtime.ExecOptions{Argv: argv, Cwd: f.workdir, Entrypoint: len(argv) == 0},
-		Timeout: f.timeout,
+		Exec:    runtime.ExecOptions{Argv: argv, Cwd: f.workdir},
+		Timeout: f.timeout, ImageCommand: true,
+	}
+	if f.entrypointSet {
+		ep := []string{}
+		if f.entrypoint != "" {
+			ep = []string{f.entrypoint}
+		}
+		opts.Entrypoint = &ep
 	}
 	if err := f.net.apply(app, &opts.Up); err != nil {
 		return exitCode(ExitUsage, err)
@@ -150,7 +168,9 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 			return exitCode(bootExit(err), manifestNetworkHint(err))
 		}
 		cmdName := "the image's command"
-		if len(argv) > 0 {
+		if f.entrypoint != "" {
+			cmdName = f.entrypoint
+		} else if len(argv) > 0 {
 			cmdName = argv[0]
 		}
 		return commandError(err, cmdName)

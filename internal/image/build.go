@@ -98,29 +98,33 @@ type RootfsConfig struct {
 
 // Artifact is a built root filesystem image (artifact.json).
 type Artifact struct {
-	Digest    string            `json:"digest"` // "sha256:<hex>" of the image bytes
-	Size      int64             `json:"size"`   // image file size in bytes
-	Format    string            `json:"format"` // "ext4"
-	Template  string            `json:"template"`
-	Suite     string            `json:"suite,omitempty"`
-	Packages  []string          `json:"packages,omitempty"`       // every package asked for (template's and extra)
-	Extra     []string          `json:"extra_packages,omitempty"` // the manifest's packages
-	Created   time.Time         `json:"created"`
-	Profile   string            `json:"profile"`
-	Env       map[string]string `json:"env,omitempty"`
-	Command   []string          `json:"command,omitempty"`
-	Workdir   string            `json:"workdir"`
-	Name      string            `json:"name,omitempty"`
-	CPUs      int               `json:"cpus,omitempty"`
-	MemoryMiB int64             `json:"memory_mib,omitempty"`
-	DiskMiB   int64             `json:"disk_mib"`
-	Network   string            `json:"network,omitempty"`
-	Allow     []string          `json:"allow,omitempty"`
-	Source    string            `json:"source"`    // manifest directory, or "template:<name>"
-	InputKey  string            `json:"input_key"` // hash of everything the image was built from
-	Files     int               `json:"files,omitempty"`
-	FileBytes int64             `json:"file_bytes,omitempty"`
-	BuildMS   int64             `json:"build_ms,omitempty"`
+	Digest   string            `json:"digest"` // "sha256:<hex>" of the image bytes
+	Size     int64             `json:"size"`   // image file size in bytes
+	Format   string            `json:"format"` // "ext4"
+	Template string            `json:"template"`
+	Suite    string            `json:"suite,omitempty"`
+	Packages []string          `json:"packages,omitempty"`       // every package asked for (template's and extra)
+	Extra    []string          `json:"extra_packages,omitempty"` // the manifest's packages
+	Created  time.Time         `json:"created"`
+	Profile  string            `json:"profile"`
+	Env      map[string]string `json:"env,omitempty"`
+	Command  []string          `json:"command,omitempty"`
+	// Entrypoint is the leading part of Command that `run -- ARGV` keeps
+	// (an OCI image's Entrypoint; ARGV replaces the rest, its Cmd). A
+	// manifest's command replaces both, so it has none.
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Workdir    string   `json:"workdir"`
+	Name       string   `json:"name,omitempty"`
+	CPUs       int      `json:"cpus,omitempty"`
+	MemoryMiB  int64    `json:"memory_mib,omitempty"`
+	DiskMiB    int64    `json:"disk_mib"`
+	Network    string   `json:"network,omitempty"`
+	Allow      []string `json:"allow,omitempty"`
+	Source     string   `json:"source"`    // manifest directory, or "template:<name>"
+	InputKey   string   `json:"input_key"` // hash of everything the image was built from
+	Files      int      `json:"files,omitempty"`
+	FileBytes  int64    `json:"file_bytes,omitempty"`
+	BuildMS    int64    `json:"build_ms,omitempty"`
 	// OCI is set for an artifact made from an OCI image (pull or import).
 	OCI *OCIInfo `json:"oci,omitempty"`
 
@@ -589,6 +593,9 @@ func (b *build) make(ctx context.Context, plan *buildPlan) (*Artifact, error) {
 	if im := plan.oci; im != nil {
 		a.OCI = &OCIInfo{Ref: im.Ref, Repo: im.Repo, Digest: im.Digest, Platform: im.Platform,
 			Config: im.Config, User: plan.cfg.User, Layers: im.Layers()}
+		if plan.m == nil || len(plan.m.Command) == 0 {
+			a.Entrypoint = im.Config.Entrypoint
+		}
 	}
 	if a, err = publish(b.l, plan.imageKey, work, img, a); err != nil {
 		return nil, err

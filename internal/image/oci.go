@@ -223,7 +223,7 @@ func (b *build) makeOCI(ctx context.Context, im *oci.Image, cfg RootfsConfig, ke
 	b.phase = PhaseRecord
 	a := &Artifact{
 		Digest: "sha256:" + sum, Size: st.Size(), Format: "ext4", Template: TemplateOCI,
-		Created: time.Now().UTC(), Profile: cfg.Profile, Env: cfg.Env, Command: cfg.Command,
+		Created: time.Now().UTC(), Profile: cfg.Profile, Env: cfg.Env, Command: cfg.Command, Entrypoint: im.Config.Entrypoint,
 		Workdir: cfg.Workdir, DiskMiB: cfg.DiskMiB, Source: "oci:" + im.Ref, InputKey: key,
 		BuildMS: time.Since(b.start).Milliseconds(),
 		OCI: &OCIInfo{Ref: im.Ref, Repo: im.Repo, Digest: im.Digest, Platform: im.Platform,

@@ -99,6 +99,9 @@ func TestPullFromRegistry(t *testing.T) {
 	if a.Workdir != "/app" || a.Env["GREETING"] != "hello from oci" || strings.Join(a.Command, " ") != `/bin/sh -c `+`echo "user=$(id -u):$(id -g) pwd=$(pwd) greeting=$GREETING home=$HOME"` {
 		t.Errorf("artifact config: workdir %q env %v command %q", a.Workdir, a.Env, a.Command)
 	}
+	if strings.Join(a.Entrypoint, " ") != "/bin/sh -c" {
+		t.Errorf("artifact entrypoint %q, want the image's", a.Entrypoint)
+	}
 	if u := a.OCI.User; u == nil || u.UID != 1000 || u.GID != 1000 || u.Home != "/home/app" {
 		t.Errorf("user %+v, want 1000:1000 /home/app", a.OCI.User)
 	}
@@ -362,6 +365,9 @@ func TestBuildManifestOnOCIImage(t *testing.T) {
 	}
 	if a.Env["MODE"] != "manifest" || a.Env["GREETING"] != "hello from oci" || strings.Join(a.Command, " ") != "/bin/sh -c echo manifest" || a.Workdir != "/work" {
 		t.Errorf("config: env %v command %v workdir %q", a.Env, a.Command, a.Workdir)
+	}
+	if len(a.Entrypoint) != 0 {
+		t.Errorf("a manifest's command replaces the Entrypoint too; artifact keeps %q", a.Entrypoint)
 	}
 	if guestCat(t, a.Path, "/work/task.txt") != "from the build dir" || guestCat(t, a.Path, "/app/marker") != "base" {
 		t.Errorf("files missing")

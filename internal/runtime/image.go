@@ -121,7 +121,8 @@ func (r *Runtime) resolveImage(ctx context.Context, name, backend string, buildD
 	if label == "" {
 		label = art.Template
 	}
-	ref := sandbox.ImageRef{Name: label, Digest: art.Digest, ImageProfile: imageProfile(art.Profile)}
+	ref := sandbox.ImageRef{Name: label, Digest: art.Digest, ImageProfile: imageProfile(art.Profile),
+		Command: art.Command, Entrypoint: art.Entrypoint}
 	if art.OCI != nil {
 		ref.OCIDigest, ref.ExposedPorts = art.OCI.Digest, art.OCI.Config.ExposedPorts
 	}

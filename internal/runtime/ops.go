@@ -136,7 +136,10 @@ func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*Ex
 	if err != nil {
 		return nil, err
 	}
-	inv := evidence.RedactInvocation(o.Argv, evEnv)
+	// evidence names the command actually run: with Entrypoint, the
+	// image's declared command (as built) before Argv
+	ran := ranArgv(st.Image, o.Argv, o.Entrypoint)
+	inv := evidence.RedactInvocation(ran, evEnv)
 	irHash := r.workloadHash(st.ID)
 	invFields := func() map[string]any {
 		f := inv.Fields()
@@ -178,7 +181,7 @@ func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*Ex
 	receiptID := evidence.NewID()
 	receipt, rec, err := evidence.RecordRun(w.chain, w.signer, evidence.RunRecord{
 		ReceiptID: receiptID, SandboxID: st.ID, ImageDigest: st.Image.Digest, OCIDigest: st.Image.OCIDigest, KernelDigest: kernelDigest(dir),
-		PlanHash: planHash(dir), Backend: backendOf(dir), WorkloadIRHash: irHash, Argv: o.Argv, Env: evEnv,
+		PlanHash: planHash(dir), Backend: backendOf(dir), WorkloadIRHash: irHash, Argv: ran, Env: evEnv,
 		Stdin: inH.Digest(), Stdout: outH.Digest(), Stderr: errH.Digest(),
 		ExitCode: res.ExitCode, StartedAt: started, FinishedAt: time.Now(),
 	})
@@ -186,6 +189,15 @@ func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*Ex
 		return nil, fmt.Errorf("record run: %w", err)
 	}
 	return &ExecResult{ExecResult: *res, AuditID: auditID(rec), Receipt: receipt, ReceiptID: receiptID}, nil
+}
+
+// ranArgv is the argv a process runs: argv, or with entrypoint the
+// image's declared command followed by argv (what the agent runs).
+func ranArgv(img sandbox.ImageRef, argv []string, entrypoint bool) []string {
+	if !entrypoint {
+		return argv
+	}
+	return append(append([]string(nil), img.Command...), argv...)
 }
 
 func teeWriter(w io.Writer, h io.Writer) io.Writer {

@@ -128,7 +128,11 @@ func (r *Runtime) ProcStart(ctx context.Context, name string, o ProcStartOptions
 		return err
 	})
 	if err == nil {
-		fields := evidence.RedactInvocation(o.Argv, env).Fields()
+		ran := o.Argv
+		if st, err := r.Get(name); err == nil {
+			ran = ranArgv(st.Image, o.Argv, o.Entrypoint)
+		}
+		fields := evidence.RedactInvocation(ran, env).Fields()
 		fields["background"] = true
 		fields["handle"] = info.Handle
 		auditID, err = r.auditOpID(name, evidence.KindExecStarted, fields)

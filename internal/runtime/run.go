@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
 
 // RunOptions describe a one-shot run: a transient sandbox, one command,
@@ -15,6 +16,28 @@ type RunOptions struct {
 	Exec ExecOptions
 	// Timeout bounds the command (not the boot); 0 means none.
 	Timeout time.Duration
+	// ImageCommand applies Docker's rule for `run` (see CommandFor):
+	// Exec.Argv replaces the image's Cmd and keeps its Entrypoint, no
+	// Argv runs the image's whole command. Without it Exec runs as given.
+	ImageCommand bool
+	// Entrypoint, with ImageCommand, replaces the image's Entrypoint
+	// (empty: none) and drops its Cmd.
+	Entrypoint *[]string
+}
+
+// CommandFor is what `run` executes on an image (Docker's rule): with an
+// entrypoint given, that entrypoint then argv; with no argv, the image's
+// declared command (entrypoint true: the agent runs Entrypoint + Cmd, or a
+// manifest's command); otherwise the image's Entrypoint then argv, which
+// replaces its Cmd.
+func CommandFor(img sandbox.ImageRef, argv []string, entrypoint *[]string) (out []string, imageCommand bool) {
+	switch {
+	case entrypoint != nil:
+		return append(append([]string(nil), (*entrypoint)...), argv...), false
+	case len(argv) == 0:
+		return nil, true
+	}
+	return append(append([]string(nil), img.Entrypoint...), argv...), false
 }
 
 // RunResult is what a run produced.
@@ -46,6 +69,9 @@ func (r *Runtime) Run(ctx context.Context, o RunOptions) (*RunResult, error) {
 		sb.Hold.Close()
 	}()
 	res := &RunResult{SandboxID: sb.ID, Name: sb.Name, BootTime: time.Since(t0)}
+	if o.ImageCommand {
+		o.Exec.Argv, o.Exec.Entrypoint = CommandFor(sb.State.Image, o.Exec.Argv, o.Entrypoint)
+	}
 	if o.Exec.Timeout == 0 {
 		o.Exec.Timeout = o.Timeout
 	}

@@ -90,6 +90,12 @@ type ImageRef struct {
 	// (informational: nothing is published from them).
 	OCIDigest    string   `json:"oci_digest,omitempty"`
 	ExposedPorts []string `json:"exposed_ports,omitempty"`
+	// Command is what the image declares to run (an OCI image's
+	// Entrypoint + Cmd, or a manifest's command) and Entrypoint its
+	// leading part that `run -- ARGV` keeps, as built; the host records
+	// them so that evidence names the command actually run.
+	Command    []string `json:"command,omitempty"`
+	Entrypoint []string `json:"entrypoint,omitempty"`
 }
 
 // UnmarshalJSON also reads state files written before the image profile

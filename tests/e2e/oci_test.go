@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/mvm-sandbox/mvm/internal/evidence"
 	"github.com/mvm-sandbox/mvm/internal/image/oci/ocitest"
 	"github.com/mvm-sandbox/mvm/internal/image/rootfs"
 )
@@ -67,22 +68,34 @@ func TestOCIImagePullRunExecFiles(t *testing.T) {
 		t.Errorf("image ls does not show the source and digest:\n%s", ls.stdout)
 	}
 
-	// run without argv: the image's Entrypoint and Cmd, as its user
-	r = e.must("run", "--image", ref)
+	// run without argv: the image's Entrypoint and Cmd, as its user; the
+	// receipt hashes that command, not an empty argv
+	rdir := t.TempDir()
+	r = e.must("run", "--receipt", filepath.Join(rdir, "cmd.json"), "--image", ref)
 	want := "user=1000:1000 pwd=/app greeting=hello from oci home=/home/app marker=" + marker + "\n"
 	if r.stdout != want {
 		t.Fatalf("run --image %s: stdout %q, want %q", ref, r.stdout, want)
+	}
+	cfg, _ := img.ConfigFile()
+	receiptArgv(t, filepath.Join(rdir, "cmd.json"), append(append([]string{}, cfg.Config.Entrypoint...), cfg.Config.Cmd...))
+	// --entrypoint replaces the Entrypoint and drops the Cmd
+	if r := e.must("run", "--image", ref, "--entrypoint", "echo", "--", "hi", "there"); r.stdout != "hi there\n" {
+		t.Fatalf("run --entrypoint echo: %q", r.stdout)
 	}
 	// tags refused when digests are required; the pinned reference runs
 	if r := e.run("run", "--require-digest", "--image", ref, "--", "true"); r.code == 0 || !strings.Contains(r.stderr, "@sha256:") {
 		t.Fatalf("run --require-digest with a tag: %s", r)
 	}
-	// the manifest digest is in the signed receipt
-	receipt := filepath.Join(t.TempDir(), "r.json")
-	e.must("run", "--require-digest", "--receipt", receipt, "--image", pinned, "--", "true")
+	// ARGV replaces the Cmd and keeps the Entrypoint (sh -c), as docker
+	// run does; the manifest digest and that command are in the receipt
+	receipt := filepath.Join(rdir, "r.json")
+	if r := e.must("run", "--require-digest", "--receipt", receipt, "--image", pinned, "--", "echo replaced; id -u"); r.stdout != "replaced\n1000\n" {
+		t.Fatalf("run -- ARGV with the image's Entrypoint: %q", r.stdout)
+	}
 	if b, err := os.ReadFile(receipt); err != nil || !strings.Contains(string(b), `"oci_digest":"`+digest+`"`) {
 		t.Fatalf("receipt does not record the manifest digest %s: %s %v", digest, b, err)
 	}
+	receiptArgv(t, receipt, []string{"/bin/sh", "-c", "echo replaced; id -u"})
 	e.must("receipt", "verify", receipt)
 
 	// a sandbox of it: exec and file operations
@@ -120,6 +133,24 @@ func TestOCIImagePullRunExecFiles(t *testing.T) {
 	}
 	e.must("down", "ocibox")
 	e.assertClean()
+}
+
+// receiptArgv checks that a receipt hashes argv.
+func receiptArgv(t *testing.T, file string, argv []string) {
+	t.Helper()
+	var rc struct {
+		Payload struct {
+			ArgvSHA256 string `json:"argv_sha256"`
+			ArgvLen    int    `json:"argv_len"`
+		} `json:"payload"`
+	}
+	b, err := os.ReadFile(file)
+	if err == nil {
+		err = json.Unmarshal(b, &rc)
+	}
+	if err != nil || rc.Payload.ArgvSHA256 != evidence.ArgvSHA256(argv) || rc.Payload.ArgvLen != len(argv) {
+		t.Fatalf("receipt %s: argv_sha256 %s len %d, want those of %q: %v", file, rc.Payload.ArgvSHA256, rc.Payload.ArgvLen, argv, err)
+	}
 }
 
 // TestOCIImageDeclaration: a declaration on mvm.oci_image(REF) (a tag on
