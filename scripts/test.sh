@@ -13,16 +13,22 @@ cd "$(dirname "$0")/.."
 #   mmdebstrap        Debian template builds
 #   qemu-system-x86   the initramfs smoke boot (MVM_TEST_BOOT)
 #   apt-utils, dpkg   the kernel fetch test (MVM_TEST_FETCH)
+#   containerd        the shim's tests (containerd, ctr); they start their own
+#                     containerd, so the package's service is not left running
 need_pkgs=()
 command -v tmux >/dev/null 2>&1 || need_pkgs+=(tmux)
 command -v mkfs.ext4 >/dev/null 2>&1 && command -v debugfs >/dev/null 2>&1 || need_pkgs+=(e2fsprogs)
 { [ -x /bin/busybox ] && ! LC_ALL=C file -L /bin/busybox 2>/dev/null | grep -q dynamically; } || need_pkgs+=(busybox-static)
 command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need_pkgs+=(qemu-system-x86)
+command -v containerd >/dev/null || need_pkgs+=(containerd)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing test prerequisites: ${need_pkgs[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]}" >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]}" >/dev/null; }
+    if [[ " ${need_pkgs[*]} " == *" containerd "* ]] && [ -d /run/systemd/system ]; then
+      systemctl disable --now containerd.service >/dev/null 2>&1 || true
+    fi
   else
     echo "missing test prerequisites and this is not root: run apt-get install -y ${need_pkgs[*]}" >&2
     exit 1

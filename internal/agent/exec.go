@@ -93,9 +93,6 @@ func lookPath(name, path string) (string, error) {
 }
 
 func validateStart(st *pb.ExecStart) error {
-	if st.Bundle != nil {
-		return errdefs.Errorf(errdefs.KindUnavailable, "bundle processes are not implemented by this agent yet")
-	}
 	if len(st.Argv) > maxArgs || len(st.Env) > maxEnv {
 		return errdefs.Errorf(errdefs.KindInvalidArgument, "too many arguments or environment variables")
 	}
@@ -160,8 +157,17 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 	if err := validateStart(st); err != nil {
 		return err
 	}
+	var hs *helperSpec // set for a process of a bundle sandbox
+	if st.Bundle != nil {
+		if hs, err = bundleSpec(st, s.rootDir); err != nil {
+			return err
+		}
+	}
 	argv := st.Argv
-	if st.Entrypoint {
+	if hs != nil {
+		// The bundle's process spec is the workload's own: no image
+		// command, and its terminal is its stdio, not a console.
+	} else if st.Entrypoint {
 		if len(s.image.Command) == 0 {
 			return errdefs.New(errdefs.KindFailedPrecondition, errors.New("this image declares no command"))
 		}
@@ -169,26 +175,39 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 	} else if s.image.Profile == "sealed" {
 		return errdefs.WithReason(errdefs.KindRefused, errdefs.ReasonSealed, errors.New("refused by the image profile \"sealed\": ad-hoc exec and console are disabled; run the image's declared command instead"))
 	}
-	if st.Tty && !s.console {
+	if st.Tty && !s.console && hs == nil {
 		return errdefs.WithReason(errdefs.KindRefused, errdefs.ReasonPolicy, errors.New("refused by the run profile: this sandbox was admitted without console access (a terminal session); the dev and permissive run profiles allow it"))
 	}
 	if len(argv) == 0 {
 		return errdefs.New(errdefs.KindInvalidArgument, errors.New("empty argv"))
 	}
-	env, path := s.buildEnv(st.Env, st.Tty)
-	bin, err := lookPath(argv[0], path)
-	if err != nil {
-		return err
-	}
-	cwd := st.Cwd
-	if cwd == "" {
-		cwd = s.image.Workdir
-	}
-	if cwd == "" {
-		cwd = "/"
-	}
-	if fi, err := os.Stat(cwd); err != nil || !fi.IsDir() {
-		return errdefs.Errorf(errdefs.KindInvalidArgument, "working directory %s: not a directory in the guest", cwd)
+	var (
+		env      []string
+		bin, cwd string
+		cred     *syscall.Credential
+	)
+	startCmd := s.reaper.start
+	if hs != nil {
+		// The helper applies user, limits, root and cwd, then looks the
+		// command up inside the root.
+		startCmd = func(c *exec.Cmd) (<-chan unix.WaitStatus, error) { return s.startBundle(c, hs) }
+	} else {
+		var path string
+		env, path = s.buildEnv(st.Env, st.Tty)
+		if bin, err = lookPath(argv[0], path); err != nil {
+			return err
+		}
+		cwd = st.Cwd
+		if cwd == "" {
+			cwd = s.image.Workdir
+		}
+		if cwd == "" {
+			cwd = "/"
+		}
+		if fi, err := os.Stat(cwd); err != nil || !fi.IsDir() {
+			return errdefs.Errorf(errdefs.KindInvalidArgument, "working directory %s: not a directory in the guest", cwd)
+		}
+		cred = s.credential()
 	}
 
 	cmd := &exec.Cmd{Path: bin, Args: argv, Env: env, Dir: cwd}
@@ -209,14 +228,14 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 		if rows == 0 || cols == 0 {
 			rows, cols = 24, 80
 		}
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Credential: s.credential()}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Credential: cred}
 		var tty *os.File
 		ptmx, tty, startErr = pty.Open()
 		if startErr == nil {
 			pty.Setsize(ptmx, &pty.Winsize{Rows: rows, Cols: cols})
 			cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
 			cmd.SysProcAttr.Ctty = 0
-			waitCh, startErr = s.reaper.start(cmd)
+			waitCh, startErr = startCmd(cmd)
 			tty.Close()
 		}
 		if startErr == nil {
@@ -225,7 +244,7 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 			pumps = func() { go sess.pump(ptmx, false, outDone); close(errDone) }
 		}
 	} else {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: s.credential()}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
 		var or, ow, er, ew *os.File
 		if or, ow, startErr = os.Pipe(); startErr == nil {
 			if er, ew, startErr = os.Pipe(); startErr == nil {
@@ -240,7 +259,7 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 					}
 				}
 				if startErr == nil {
-					waitCh, startErr = s.reaper.start(cmd)
+					waitCh, startErr = startCmd(cmd)
 				}
 			}
 		}
@@ -262,6 +281,9 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 		}
 	}
 	if startErr != nil {
+		if errdefs.KindOf(startErr) != errdefs.Unknown {
+			return startErr // the exec helper's report
+		}
 		if errors.Is(startErr, os.ErrPermission) {
 			return errdefs.WithReason(errdefs.KindPermissionDenied, errdefs.ReasonCommand, fmt.Errorf("%s: permission denied", argv[0]))
 		}
@@ -270,12 +292,22 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 	pid := cmd.Process.Pid
 	s.trackProcess(pid, 1)
 	defer s.trackProcess(pid, -1)
+	if st.Id != "" {
+		s.names.Store(pid, st.Id)
+		defer s.names.Delete(pid)
+	}
 	kill := func(sig unix.Signal) {
 		if st.Tty {
 			unix.Kill(pid, sig)
 			return
 		}
 		unix.Kill(-pid, sig)
+	}
+	// A signal the host sends: a bundle process gets it itself (as a
+	// container's process would), others with their process group.
+	signal := kill
+	if hs != nil {
+		signal = func(sig unix.Signal) { unix.Kill(pid, sig) }
 	}
 	// Started goes first: no output chunk may precede it on the stream.
 	if err := sess.send(&pb.ExecOutput{Msg: &pb.ExecOutput_Started{Started: &pb.Started{Pid: int32(pid)}}}); err != nil {
@@ -322,7 +354,7 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 				}
 			case *pb.ExecInput_Signal:
 				if m.Signal > 0 && m.Signal < 65 {
-					kill(unix.Signal(m.Signal))
+					signal(unix.Signal(m.Signal))
 				}
 			case *pb.ExecInput_Resize:
 				if ptmx != nil && m.Resize.Rows > 0 && m.Resize.Cols > 0 {
@@ -338,6 +370,11 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 	case <-stream.Context().Done():
 		kill(unix.SIGKILL)
 		ws = <-waitCh
+	}
+	if hs != nil && st.Bundle.Init && os.Getpid() == 1 {
+		// The container's init is gone: so is every other process of
+		// the guest but the agent, as in a PID namespace.
+		unix.Kill(-1, unix.SIGKILL)
 	}
 	grace := time.NewTimer(drainGrace)
 	defer grace.Stop()

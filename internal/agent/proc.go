@@ -194,6 +194,9 @@ func (s *server) ProcStart(_ context.Context, req *pb.ProcStartRequest) (*pb.Pro
 	if st.Tty {
 		return nil, errdefs.New(errdefs.KindInvalidArgument, errors.New("background processes have no terminal; run the command in the foreground for a tty"))
 	}
+	if st.Bundle != nil {
+		return nil, errdefs.New(errdefs.KindInvalidArgument, errors.New("bundle processes run through Exec, not as background processes"))
+	}
 	if err := validateStart(st); err != nil {
 		return nil, err
 	}
@@ -443,6 +446,9 @@ func (s *server) ProcWait(req *pb.ProcWaitRequest, stream pb.Agent_ProcWaitServe
 }
 
 func (s *server) ProcSignal(_ context.Context, req *pb.ProcSignalRequest) (*pb.ProcInfo, error) {
+	if req.All {
+		return &pb.ProcInfo{}, signalAll(req.Signal)
+	}
 	p, err := s.bg.get(req.Handle)
 	if err != nil {
 		return nil, err

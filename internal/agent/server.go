@@ -43,6 +43,12 @@ type server struct {
 	bg procTable
 	// restore is the state of the Restored RPC (restore.go).
 	restore restoreState
+
+	// rootDir is the root of a bundle sandbox's processes ("" when the
+	// sandbox has none; bundle.go).
+	rootDir string
+	// names maps the pid of an Exec process to its ExecStart.id.
+	names sync.Map
 }
 
 func (s *server) markRequest() {
@@ -119,6 +125,7 @@ func (s *server) Stats(context.Context, *pb.StatsRequest) (*pb.StatsResponse, er
 		}
 	}
 	out.UptimeSeconds = float64(uptimeMS()) / 1000
+	out.CpuUserUsec, out.CpuSystemUsec = cpuTimes()
 	var fs unix.Statfs_t
 	if unix.Statfs("/", &fs) == nil {
 		out.DiskTotalBytes = fs.Blocks * uint64(fs.Bsize)
@@ -170,6 +177,10 @@ func findPort(name string, timeout time.Duration) (string, error) {
 // error it logs to the console and powers the guest off, so the host sees
 // the VMM exit instead of a hang.
 func Main() {
+	if len(os.Args) > 1 && os.Args[1] == bundleExecArg && os.Getpid() != 1 {
+		bundleExecMain()
+		return
+	}
 	log.SetFlags(0)
 	log.SetPrefix("mvm-agent: ")
 	s := &server{}
@@ -207,6 +218,12 @@ func (s *server) run() error {
 		}
 		if err := setupMounts(string(b)); err != nil {
 			return err
+		}
+		if tag := rootDirTag(string(b)); tag != "" {
+			if err := setupBundleRoot(tag); err != nil {
+				return err
+			}
+			s.rootDir = bundleRoot
 		}
 		s.hostname = p.hostname
 		s.console = p.console

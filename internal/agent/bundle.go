@@ -1,0 +1,437 @@
+package agent
+
+// Bundle sandboxes: the root of the sandbox's processes is a host
+// directory (an OCI bundle's rootfs) shared over virtiofs (mvm.rootdir=TAG
+// on the kernel command line). The agent keeps its own root; it mounts the
+// share at bundleRoot, gives it /proc, /sys, /dev, /dev/pts, /dev/shm and
+// /tmp as a container runtime would, and starts each process through a
+// re-exec of itself (bundleExecArg) that applies the OCI process spec
+// (rlimits, umask, chroot, groups, gid, uid, no_new_privs, cwd) and then
+// executes the command. A failure before the exec comes back to the agent
+// on a close-on-exec pipe, so a start either runs the command or reports
+// why not.
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/mvm-sandbox/mvm/internal/agentapi"
+	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// bundleRoot is where a bundle sandbox's root directory is mounted.
+	bundleRoot = "/run/mvm/rootfs"
+	// bundleExecArg makes the agent binary the exec helper (os.Args[1]).
+	bundleExecArg = "__mvm-bundle-exec"
+	// maxRlimits is the number of RLIMIT_* kinds Linux has.
+	maxRlimits = 16
+	// maxHelperSpecBytes caps the spec the helper reads.
+	maxHelperSpecBytes = 8 << 20
+)
+
+// rootDirTag returns the virtiofs tag of mvm.rootdir=TAG ("" when absent).
+func rootDirTag(cmdline string) string {
+	for _, f := range strings.Fields(cmdline) {
+		if v, ok := strings.CutPrefix(f, "mvm.rootdir="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// validTag is a virtiofs tag the host may name.
+func validTag(t string) bool {
+	if t == "" || len(t) > 36 {
+		return false
+	}
+	for _, c := range t {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// setupBundleRoot mounts the root directory share at bundleRoot and the
+// pseudo file systems its processes need. It fails the boot on any error:
+// a container never runs without its root.
+func setupBundleRoot(tag string) error {
+	if !validTag(tag) {
+		return fmt.Errorf("mvm.rootdir: bad tag %q", tag)
+	}
+	if err := os.MkdirAll(bundleRoot, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount(tag, bundleRoot, "virtiofs", unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
+		return fmt.Errorf("mount root directory (virtiofs %s) on %s: %w", tag, bundleRoot, err)
+	}
+	return prepareRoot(bundleRoot)
+}
+
+// mountDir makes root/name a directory to mount on: created when missing,
+// refused when it is a symlink or not a directory (the rootfs is the
+// workload's content: a symlink there must not redirect a mount onto the
+// agent's own tree).
+func mountDir(root, name string) (string, error) {
+	p := filepath.Join(root, name)
+	st, err := os.Lstat(p)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.Mkdir(p, 0o755); err != nil {
+			return "", fmt.Errorf("root directory: create /%s: %w", name, err)
+		}
+		return p, nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("root directory: /%s: %w", name, err)
+	}
+	if !st.IsDir() {
+		return "", fmt.Errorf("root directory: /%s is a symlink or not a directory; refusing to mount on it", name)
+	}
+	return p, nil
+}
+
+// prepareRoot mounts /proc, /sys (read-only), /dev (a tmpfs with the
+// standard device nodes), /dev/pts (the agent's, so that the terminals it
+// opens are visible inside), /dev/shm and /tmp into root.
+func prepareRoot(root string) error {
+	type m struct {
+		name, src, fstype string
+		flags             uintptr
+		data              string
+	}
+	for _, x := range []m{
+		{"proc", "proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"sys", "sysfs", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC | unix.MS_RDONLY, ""},
+		{"dev", "tmpfs", "tmpfs", unix.MS_NOSUID | unix.MS_STRICTATIME, "mode=0755,size=65536k"},
+		{"tmp", "tmpfs", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+	} {
+		p, err := mountDir(root, x.name)
+		if err != nil {
+			return err
+		}
+		if err := unix.Mount(x.src, p, x.fstype, x.flags, x.data); err != nil {
+			return fmt.Errorf("root directory: mount %s on /%s: %w", x.fstype, x.name, err)
+		}
+	}
+	dev := filepath.Join(root, "dev")
+	// The dev tmpfs is ours: nothing in it comes from the rootfs.
+	for _, n := range []struct {
+		name         string
+		major, minor uint32
+	}{{"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0}} {
+		if err := unix.Mknod(filepath.Join(dev, n.name), unix.S_IFCHR|0o666, int(unix.Mkdev(n.major, n.minor))); err != nil {
+			return fmt.Errorf("root directory: mknod /dev/%s: %w", n.name, err)
+		}
+		os.Chmod(filepath.Join(dev, n.name), 0o666) // the umask applied to mknod
+	}
+	for name, target := range map[string]string{"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+		"stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx", "core": "/proc/kcore"} {
+		if err := os.Symlink(target, filepath.Join(dev, name)); err != nil {
+			return fmt.Errorf("root directory: /dev/%s: %w", name, err)
+		}
+	}
+	for _, d := range []string{"pts", "shm"} {
+		if err := os.Mkdir(filepath.Join(dev, d), 0o755); err != nil {
+			return fmt.Errorf("root directory: /dev/%s: %w", d, err)
+		}
+	}
+	if err := unix.Mount("/dev/pts", filepath.Join(dev, "pts"), "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("root directory: bind /dev/pts: %w", err)
+	}
+	if err := unix.Mount("shm", filepath.Join(dev, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=1777,size=65536k"); err != nil {
+		return fmt.Errorf("root directory: mount /dev/shm: %w", err)
+	}
+	return nil
+}
+
+// helperSpec is what the exec helper applies before it executes Argv.
+type helperSpec struct {
+	Root       string         `json:"root"`
+	Argv       []string       `json:"argv"`
+	Env        []string       `json:"env"`
+	Cwd        string         `json:"cwd"`
+	UID        uint32         `json:"uid"`
+	GID        uint32         `json:"gid"`
+	Groups     []uint32       `json:"groups"`
+	Rlimits    []helperRlimit `json:"rlimits,omitempty"`
+	NoNewPrivs bool           `json:"no_new_privs,omitempty"`
+	Umask      int            `json:"umask"` // -1: unchanged
+}
+
+type helperRlimit struct {
+	Resource int    `json:"r"`
+	Soft     uint64 `json:"s"`
+	Hard     uint64 `json:"h"`
+}
+
+// helperError is what the helper reports when it cannot execute.
+type helperError struct {
+	Kind   string `json:"kind"`
+	Reason string `json:"reason,omitempty"`
+	Msg    string `json:"msg"`
+}
+
+// bundleSpec checks a bundle start from the host and returns what the
+// helper applies. Everything here came from the host: it is validated,
+// whatever the host already checked.
+func bundleSpec(st *pb.ExecStart, root string) (*helperSpec, error) {
+	b := st.Bundle
+	bad := func(format string, a ...any) error {
+		return errdefs.Errorf(errdefs.KindInvalidArgument, "bundle process: "+format, a...)
+	}
+	if root == "" {
+		return nil, errdefs.Errorf(errdefs.KindFailedPrecondition, "this sandbox has no root directory (it was not created from a bundle); bundle processes need one")
+	}
+	if st.Entrypoint || len(st.Env) > 0 {
+		return nil, bad("entrypoint and env do not apply (the bundle's env is the whole environment)")
+	}
+	if len(st.Argv) == 0 {
+		return nil, bad("empty argv")
+	}
+	if len(b.Env) > maxEnv {
+		return nil, bad("%d environment entries exceed the limit of %d", len(b.Env), maxEnv)
+	}
+	for _, e := range b.Env {
+		k, _, ok := strings.Cut(e, "=")
+		if !ok || k == "" || strings.ContainsRune(e, 0) {
+			return nil, bad("an environment entry is not KEY=VALUE")
+		}
+	}
+	cwd := st.Cwd
+	if cwd == "" {
+		cwd = "/"
+	}
+	if !path.IsAbs(cwd) || len(cwd) > agentapi.MaxPathBytes || strings.ContainsRune(cwd, 0) {
+		return nil, bad("cwd must be an absolute path")
+	}
+	if len(b.AdditionalGids) > agentapi.MaxGroups {
+		return nil, bad("%d additional groups exceed the limit of %d", len(b.AdditionalGids), agentapi.MaxGroups)
+	}
+	if b.Uid == ^uint32(0) || b.Gid == ^uint32(0) {
+		return nil, bad("uid or gid 4294967295 is not an id")
+	}
+	for _, g := range b.AdditionalGids {
+		if g == ^uint32(0) {
+			return nil, bad("group 4294967295 is not an id")
+		}
+	}
+	if b.HasUmask && b.Umask > 0o777 {
+		return nil, bad("umask %o is not a permission mask", b.Umask)
+	}
+	if len(b.Rlimits) > maxRlimits {
+		return nil, bad("%d rlimits: Linux has %d kinds", len(b.Rlimits), maxRlimits)
+	}
+	if len(st.Id) > agentapi.MaxProcessIDBytes || strings.ContainsFunc(st.Id, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return nil, bad("process id too long or not printable")
+	}
+	if st.Rows > 0xffff || st.Cols > 0xffff {
+		return nil, bad("terminal size %dx%d is too large", st.Cols, st.Rows)
+	}
+	hs := &helperSpec{Root: root, Argv: st.Argv, Env: b.Env, Cwd: cwd, UID: b.Uid, GID: b.Gid,
+		Groups: append([]uint32{}, b.AdditionalGids...), NoNewPrivs: b.NoNewPrivileges, Umask: -1}
+	if b.HasUmask {
+		hs.Umask = int(b.Umask)
+	}
+	seen := map[int32]bool{}
+	for _, l := range b.Rlimits {
+		if l.Resource < 0 || l.Resource >= maxRlimits || seen[l.Resource] {
+			return nil, bad("rlimit %d is unknown or given twice", l.Resource)
+		}
+		seen[l.Resource] = true
+		if l.Soft > l.Hard {
+			return nil, bad("rlimit %d: soft above hard", l.Resource)
+		}
+		hs.Rlimits = append(hs.Rlimits, helperRlimit{Resource: int(l.Resource), Soft: l.Soft, Hard: l.Hard})
+	}
+	return hs, nil
+}
+
+// startBundle starts cmd (its stdio and process attributes set) as the
+// exec helper for hs and returns once the helper has executed the command
+// or with the reason it could not.
+func (s *server) startBundle(cmd *exec.Cmd, hs *helperSpec) (<-chan unix.WaitStatus, error) {
+	spec, err := json.Marshal(hs)
+	if err != nil {
+		return nil, err
+	}
+	specR, specW, err := os.Pipe()
+	if err != nil {
+		return nil, errdefs.Errorf(errdefs.KindGuest, "pipe: %v", err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		specR.Close()
+		specW.Close()
+		return nil, errdefs.Errorf(errdefs.KindGuest, "pipe: %v", err)
+	}
+	defer errR.Close()
+	cmd.Path = "/proc/self/exe"
+	cmd.Args = []string{"mvm-agent", bundleExecArg}
+	cmd.Env = []string{}
+	cmd.Dir = "/"
+	cmd.ExtraFiles = []*os.File{specR, errW} // fd 3, fd 4
+	waitCh, err := s.reaper.start(cmd)
+	specR.Close()
+	errW.Close()
+	if err != nil {
+		specW.Close()
+		return nil, errdefs.Errorf(errdefs.KindGuest, "start the exec helper: %v", err)
+	}
+	go func() {
+		specW.Write(spec)
+		specW.Close()
+	}()
+	b, _ := io.ReadAll(io.LimitReader(errR, 64<<10))
+	if len(b) == 0 {
+		return waitCh, nil // the helper executed the command
+	}
+	<-waitCh // the helper exits after reporting
+	var he helperError
+	if json.Unmarshal(b, &he) != nil || !errdefs.Kind(he.Kind).Valid() {
+		return nil, errdefs.Errorf(errdefs.KindGuest, "exec helper: %s", strings.TrimSpace(string(b)))
+	}
+	return nil, errdefs.WithReason(errdefs.Kind(he.Kind), he.Reason, errors.New(he.Msg))
+}
+
+// bundleExecMain is the exec helper: it reads its spec from fd 3, applies
+// it, and executes the command; on failure it writes why to fd 4 (closed
+// on exec, so the agent reads EOF when the exec succeeds) and exits 127.
+func bundleExecMain() {
+	// no_new_privs and the exec must happen on the same thread.
+	runtime.LockOSThread()
+	report := os.NewFile(4, "report")
+	unix.CloseOnExec(4)
+	fail := func(err error) {
+		he := helperError{Kind: string(errdefs.KindOf(err)), Reason: errdefs.ReasonOf(err), Msg: err.Error()}
+		if !errdefs.Kind(he.Kind).Valid() {
+			he.Kind = string(errdefs.KindGuest)
+		}
+		b, _ := json.Marshal(he)
+		report.Write(b)
+		os.Exit(127)
+	}
+	specFile := os.NewFile(3, "spec")
+	b, err := io.ReadAll(io.LimitReader(specFile, maxHelperSpecBytes))
+	specFile.Close()
+	if err != nil {
+		fail(fmt.Errorf("read spec: %w", err))
+	}
+	var hs helperSpec
+	if err := json.Unmarshal(b, &hs); err != nil {
+		fail(fmt.Errorf("spec: %w", err))
+	}
+	if err := applySpec(&hs); err != nil {
+		fail(err)
+	}
+	fail(errors.New("exec returned")) // not reached
+}
+
+// applySpec applies hs to this process and executes the command; it
+// returns only on failure.
+func applySpec(hs *helperSpec) error {
+	guest := func(what string, err error) error { return errdefs.Errorf(errdefs.KindGuest, "%s: %v", what, err) }
+	// Limits first: raising a hard limit needs privileges dropped below.
+	for _, l := range hs.Rlimits {
+		if err := syscall.Setrlimit(l.Resource, &syscall.Rlimit{Cur: l.Soft, Max: l.Hard}); err != nil {
+			return errdefs.Errorf(errdefs.KindInvalidArgument, "rlimit %d (soft %d, hard %d): %v", l.Resource, l.Soft, l.Hard, err)
+		}
+	}
+	if hs.Umask >= 0 {
+		unix.Umask(hs.Umask)
+	}
+	if err := syscall.Chroot(hs.Root); err != nil {
+		return guest("chroot", err)
+	}
+	if err := os.Chdir("/"); err != nil {
+		return guest("chdir /", err)
+	}
+	env := hs.Env
+	pathEnv, home := defaultPath, false
+	for _, e := range env {
+		if v, ok := strings.CutPrefix(e, "PATH="); ok {
+			pathEnv = v
+		}
+		home = home || strings.HasPrefix(e, "HOME=")
+	}
+	if !home {
+		env = append(env, "HOME="+passwdHome(hs.UID))
+	}
+	if err := syscall.Setgroups(intSlice(hs.Groups)); err != nil {
+		return guest("setgroups", err)
+	}
+	if err := syscall.Setgid(int(hs.GID)); err != nil {
+		return guest("setgid", err)
+	}
+	if err := syscall.Setuid(int(hs.UID)); err != nil {
+		return guest("setuid", err)
+	}
+	if hs.NoNewPrivs {
+		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+			return guest("no_new_privs", err)
+		}
+	}
+	if err := os.Chdir(hs.Cwd); err != nil {
+		return errdefs.Errorf(errdefs.KindInvalidArgument, "working directory %s: %v", hs.Cwd, unwrapPathErr(err))
+	}
+	bin, err := lookPath(hs.Argv[0], pathEnv)
+	if err != nil {
+		return err
+	}
+	err = syscall.Exec(bin, hs.Argv, env)
+	switch {
+	case errors.Is(err, syscall.ENOENT):
+		return errdefs.WithReason(errdefs.KindNotFound, errdefs.ReasonCommand, fmt.Errorf("%s: no such file or directory (or its interpreter is missing)", hs.Argv[0]))
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return errdefs.WithReason(errdefs.KindPermissionDenied, errdefs.ReasonCommand, fmt.Errorf("%s: permission denied", hs.Argv[0]))
+	case errors.Is(err, syscall.ENOEXEC):
+		return errdefs.WithReason(errdefs.KindPermissionDenied, errdefs.ReasonCommand, fmt.Errorf("%s: exec format error", hs.Argv[0]))
+	}
+	return guest("exec "+hs.Argv[0], err)
+}
+
+func unwrapPathErr(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+func intSlice(u []uint32) []int {
+	out := make([]int, len(u))
+	for i, v := range u {
+		out[i] = int(v)
+	}
+	return out
+}
+
+// passwdHome is uid's home directory from /etc/passwd ("/" when none).
+func passwdHome(uid uint32) string {
+	f, err := os.Open("/etc/passwd")
+	if err != nil {
+		return "/"
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(io.LimitReader(f, 4<<20))
+	for sc.Scan() {
+		fs := strings.Split(sc.Text(), ":")
+		if len(fs) >= 6 && fs[2] == strconv.FormatUint(uint64(uid), 10) && path.IsAbs(fs[5]) {
+			return fs[5]
+		}
+	}
+	return "/"
+}

@@ -1,0 +1,193 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/agentapi"
+	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
+	"github.com/mvm-sandbox/mvm/internal/testenv"
+)
+
+// TestMain lets the test binary be the exec helper, as the agent binary
+// is in the guest (startBundle re-executes /proc/self/exe).
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == bundleExecArg {
+		bundleExecMain()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func TestRootDirTag(t *testing.T) {
+	if got := rootDirTag("quiet mvm.rootdir=mvmroot mvm.virtiofs=1"); got != "mvmroot" {
+		t.Fatalf("rootDirTag = %q", got)
+	}
+	if got := rootDirTag("quiet"); got != "" {
+		t.Fatalf("rootDirTag = %q", got)
+	}
+	for _, bad := range []string{"", "a/b", "../x", "UPPER", strings.Repeat("a", 37), "a,b"} {
+		if validTag(bad) {
+			t.Errorf("validTag(%q)", bad)
+		}
+	}
+}
+
+func TestParseStat(t *testing.T) {
+	st, ok := parseStat("42 (a (weird) name) S 7 42 42 0 -1")
+	if !ok || st.pid != 42 || st.ppid != 7 || st.comm != "a (weird) name" {
+		t.Fatalf("parseStat = %+v %v", st, ok)
+	}
+	for _, bad := range []string{"", "x (a) S 1", "1 a S 1", "1 (a) S", "1 (a) S x"} {
+		if _, ok := parseStat(bad); ok {
+			t.Errorf("parseStat(%q) accepted", bad)
+		}
+	}
+}
+
+// TestBundleSpecRefusals: what the host sends for a bundle process is
+// checked by the agent, whatever the host checked.
+func TestBundleSpecRefusals(t *testing.T) {
+	ok := func() *pb.ExecStart {
+		return &pb.ExecStart{Argv: []string{"/bin/true"}, Cwd: "/", Bundle: &pb.BundleProcess{Uid: 1, Gid: 1, Env: []string{"A=1"}}}
+	}
+	if _, err := bundleSpec(ok(), "/r"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bundleSpec(ok(), ""); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("no root directory: %v", err)
+	}
+	cases := map[string]func(*pb.ExecStart){
+		"empty argv":      func(s *pb.ExecStart) { s.Argv = nil },
+		"entrypoint":      func(s *pb.ExecStart) { s.Entrypoint = true },
+		"map env":         func(s *pb.ExecStart) { s.Env = map[string]string{"A": "1"} },
+		"env without =":   func(s *pb.ExecStart) { s.Bundle.Env = []string{"A"} },
+		"env empty key":   func(s *pb.ExecStart) { s.Bundle.Env = []string{"=1"} },
+		"env NUL":         func(s *pb.ExecStart) { s.Bundle.Env = []string{"A=\x00"} },
+		"too much env":    func(s *pb.ExecStart) { s.Bundle.Env = make([]string, maxEnv+1) },
+		"relative cwd":    func(s *pb.ExecStart) { s.Cwd = "tmp" },
+		"long cwd":        func(s *pb.ExecStart) { s.Cwd = "/" + strings.Repeat("a", agentapi.MaxPathBytes) },
+		"uid -1":          func(s *pb.ExecStart) { s.Bundle.Uid = ^uint32(0) },
+		"group -1":        func(s *pb.ExecStart) { s.Bundle.AdditionalGids = []uint32{^uint32(0)} },
+		"too many groups": func(s *pb.ExecStart) { s.Bundle.AdditionalGids = make([]uint32, agentapi.MaxGroups+1) },
+		"umask":           func(s *pb.ExecStart) { s.Bundle.HasUmask, s.Bundle.Umask = true, 0o1000 },
+		"rlimit unknown":  func(s *pb.ExecStart) { s.Bundle.Rlimits = []*pb.Rlimit{{Resource: 16}} },
+		"rlimit negative": func(s *pb.ExecStart) { s.Bundle.Rlimits = []*pb.Rlimit{{Resource: -1}} },
+		"rlimit twice":    func(s *pb.ExecStart) { s.Bundle.Rlimits = []*pb.Rlimit{{Resource: 7}, {Resource: 7}} },
+		"soft above hard": func(s *pb.ExecStart) { s.Bundle.Rlimits = []*pb.Rlimit{{Resource: 7, Soft: 2, Hard: 1}} },
+		"too many limits": func(s *pb.ExecStart) { s.Bundle.Rlimits = make([]*pb.Rlimit, maxRlimits+1) },
+		"id control char": func(s *pb.ExecStart) { s.Id = "a\nb" },
+		"long id":         func(s *pb.ExecStart) { s.Id = strings.Repeat("a", agentapi.MaxProcessIDBytes+1) },
+		"huge terminal":   func(s *pb.ExecStart) { s.Rows = 1 << 20 },
+	}
+	for name, mut := range cases {
+		st := ok()
+		mut(st)
+		if _, err := bundleSpec(st, "/r"); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("%s: %v, want an invalid argument", name, err)
+		}
+	}
+}
+
+// bundleRootfs makes a root directory with busybox and a non-root user.
+func bundleRootfs(t *testing.T) string {
+	t.Helper()
+	testenv.NeedRoot(t, "chroot and setuid for bundle processes")
+	testenv.NeedStaticBinary(t, "/bin/busybox", "busybox-static")
+	root := t.TempDir()
+	os.Chmod(root, 0o755)
+	for _, d := range []string{"bin", "etc", "work"} {
+		os.MkdirAll(filepath.Join(root, d), 0o755)
+	}
+	b, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(root, "bin", "busybox"), b, 0o755)
+	for _, n := range []string{"sh", "id", "env", "pwd", "cat", "sleep"} {
+		os.Symlink("busybox", filepath.Join(root, "bin", n))
+	}
+	os.WriteFile(filepath.Join(root, "etc", "passwd"), []byte("root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\n"), 0o644)
+	os.WriteFile(filepath.Join(root, "etc", "group"), []byte("root:x:0:\nwheel:x:10:alice\nalice:x:1000:\n"), 0o644)
+	os.WriteFile(filepath.Join(root, "notexec"), []byte("#!/bin/sh\n"), 0o644)
+	return root
+}
+
+// TestBundleExec runs processes through the exec helper in a chroot on
+// the host (as the guest agent does in its root directory): user, groups,
+// exact env with HOME from /etc/passwd, cwd, rlimits, umask; and the
+// errors of a start that cannot run.
+func TestBundleExec(t *testing.T) {
+	root := bundleRootfs(t)
+	c, s := testClient(t, "dev")
+	s.rootDir = root
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	run := func(argv []string, bp *pb.BundleProcess, cwd string) (string, *agentapi.ExecResult, error) {
+		var out bytes.Buffer
+		res, err := c.Exec(ctx, agentapi.ExecRequest{Argv: argv, Cwd: cwd, Bundle: bp, Stdout: &out, Stderr: &out})
+		return out.String(), res, err
+	}
+	user := func() *pb.BundleProcess {
+		return &pb.BundleProcess{Uid: 1000, Gid: 1000, AdditionalGids: []uint32{10}, Env: []string{"PATH=/bin", "FOO=bar baz"}}
+	}
+
+	out, res, err := run([]string{"id"}, user(), "")
+	if err != nil || res.ExitCode != 0 || !strings.Contains(out, "uid=1000(alice) gid=1000(alice)") || !strings.Contains(out, "10(wheel)") {
+		t.Fatalf("id: %v %+v %q", err, res, out)
+	}
+	out, _, err = run([]string{"env"}, user(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Fields(strings.ReplaceAll(out, "\n", " ")); strings.Join(got, " ") != "PATH=/bin FOO=bar baz HOME=/home/alice" {
+		t.Fatalf("env = %q", out)
+	}
+	out, _, err = run([]string{"pwd"}, user(), "/work")
+	if err != nil || out != "/work\n" {
+		t.Fatalf("pwd: %v %q", err, out)
+	}
+	bp := user()
+	bp.Rlimits = []*pb.Rlimit{{Resource: 7, Soft: 123, Hard: 456}}
+	bp.HasUmask, bp.Umask = true, 0o027
+	out, _, err = run([]string{"sh", "-c", "ulimit -n; ulimit -Hn; umask; exit 7"}, bp, "")
+	if err != nil || out != "123\n456\n0027\n" {
+		t.Fatalf("limits: %v %q", err, out)
+	}
+	if _, res, _ = run([]string{"sh", "-c", "exit 7"}, user(), ""); res == nil || res.ExitCode != 7 {
+		t.Fatalf("exit code: %+v", res)
+	}
+	// A user cannot read root's files: the credentials are real.
+	os.WriteFile(filepath.Join(root, "secret"), []byte("x"), 0o600)
+	if out, res, err = run([]string{"cat", "/secret"}, user(), ""); err != nil || res.ExitCode == 0 {
+		t.Fatalf("cat as alice: %v %+v %q", err, res, out)
+	}
+
+	// Starts that cannot run say why, before anything runs.
+	if _, _, err = run([]string{"nosuch"}, user(), ""); !errdefs.IsNotFound(err) || errdefs.ReasonOf(err) != errdefs.ReasonCommand {
+		t.Fatalf("command not found: %v", err)
+	}
+	if _, _, err = run([]string{"/notexec"}, user(), ""); !errdefs.IsPermissionDenied(err) {
+		t.Fatalf("not executable: %v", err)
+	}
+	if _, _, err = run([]string{"pwd"}, user(), "/nosuch"); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "/nosuch") {
+		t.Fatalf("missing cwd: %v", err)
+	}
+	// The root directory is the process's root: /etc/passwd is the
+	// rootfs's, not the host's.
+	out, _, err = run([]string{"cat", "/etc/passwd"}, &pb.BundleProcess{Env: []string{"PATH=/bin"}}, "")
+	if err != nil || !strings.Contains(out, "alice:x:1000") {
+		t.Fatalf("root's view: %v %q", err, out)
+	}
+	// Not a bundle sandbox: refused.
+	s.rootDir = ""
+	if _, _, err = run([]string{"id"}, user(), ""); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("bundle process without a root directory: %v", err)
+	}
+}

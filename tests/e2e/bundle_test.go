@@ -1,0 +1,296 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
+	"github.com/mvm-sandbox/mvm/internal/paths"
+	"github.com/mvm-sandbox/mvm/internal/runtime"
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/mvm-sandbox/mvm/internal/testenv"
+)
+
+// syncBuffer is a bytes.Buffer safe for a writer and a poller.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// bundleRuntime is the runtime API (as the containerd shim calls it) on
+// this test's state and data directories, with the binaries under test.
+func bundleRuntime(t *testing.T, e *env) *runtime.Runtime {
+	t.Setenv("MVM_STATE_DIR", e.state)
+	t.Setenv("MVM_DATA_DIR", e.data)
+	d := paths.FromEnv()
+	return &runtime.Runtime{Dirs: d, Layout: sandbox.Layout{Root: d.State},
+		Exe: filepath.Join(binDir, "mvmctl"), Agent: filepath.Join(binDir, "mvm-agent")}
+}
+
+// makeBundleRootfs writes an OCI bundle's rootfs as a test would get it
+// from a snapshotter: busybox-static, a non-root user, a directory the
+// user owns.
+func makeBundleRootfs(t *testing.T) string {
+	t.Helper()
+	testenv.NeedRoot(t, "virtiofsd confines itself with namespaces")
+	testenv.NeedStaticBinary(t, "/bin/busybox", "busybox-static")
+	rootfs := filepath.Join(t.TempDir(), "bundle", "rootfs")
+	for _, d := range []string{"bin", "etc", "work"} {
+		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Chmod(filepath.Dir(rootfs), 0o755)
+	os.Chmod(filepath.Dir(filepath.Dir(rootfs)), 0o755)
+	b, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(rootfs, "bin", "busybox"), b, 0o755)
+	for _, n := range []string{"sh", "id", "cat", "sleep", "pwd", "grep", "stty", "tty", "test", "touch", "env"} {
+		os.Symlink("busybox", filepath.Join(rootfs, "bin", n))
+	}
+	os.WriteFile(filepath.Join(rootfs, "etc", "passwd"), []byte("root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\n"), 0o644)
+	os.WriteFile(filepath.Join(rootfs, "etc", "group"), []byte("root:x:0:\nwheel:x:10:alice\nalice:x:1000:\n"), 0o644)
+	os.Chown(filepath.Join(rootfs, "work"), 1000, 1000)
+	return rootfs
+}
+
+// TestBundle is issue 16's guest side on a real microVM: a sandbox whose
+// root is a host directory (virtiofs, read-write), processes from OCI
+// process specs (user, groups, env, cwd, rlimits, no_new_privs, exit
+// codes, binary stdin, a terminal with resize and CloseStdin, a second
+// process, signals to one and to all, pids, init semantics, stats), the
+// plan's record of the root, `ls` labels; and after Down no QEMU, no
+// virtiofsd, no mount is left.
+func TestBundle(t *testing.T) {
+	e := newEnv(t)
+	rt := bundleRuntime(t, e)
+	rootfs := makeBundleRootfs(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	// Refusals before anything boots: nothing is created.
+	if _, err := rt.UpBundle(ctx, runtime.BundleOptions{Name: "nope", RootDir: filepath.Join(rootfs, "missing")}); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("missing root directory: %v", err)
+	}
+	if _, err := rt.UpBundle(ctx, runtime.BundleOptions{Name: "nope", RootDir: rootfs, Allow: []string{"example.com:443"}}); !errdefs.IsRefused(err) {
+		t.Fatalf("egress under the restrictive default: %v", err)
+	}
+	if d := e.sandboxDirs(); len(d) > 0 {
+		t.Fatalf("refused bundles left state: %v", d)
+	}
+
+	sb, err := rt.UpBundle(ctx, runtime.BundleOptions{Name: "bndl", RootDir: rootfs, BundleDir: filepath.Dir(rootfs),
+		Labels: map[string]string{runtime.LabelContainerdNamespace: "default", runtime.LabelContainerdID: "c1"}})
+	if err != nil {
+		t.Fatalf("UpBundle: %v", err)
+	}
+	defer rt.Down(context.Background(), "bndl")
+	if sb.Plan.RunProfile != "restrictive" || sb.Plan.Network.Mode != "none" || sb.Plan.RootDir == nil ||
+		sb.Plan.RootDir.HostPath != rootfs || sb.Plan.RootDir.BundleDir != filepath.Dir(rootfs) {
+		t.Fatalf("plan: profile %s network %s root %+v", sb.Plan.RunProfile, sb.Plan.Network.Mode, sb.Plan.RootDir)
+	}
+	var ls []map[string]any
+	if err := json.Unmarshal([]byte(e.must("ls", "--json").stdout), &ls); err != nil || len(ls) != 1 {
+		t.Fatalf("ls --json: %v %v", err, ls)
+	}
+	if l, _ := ls[0]["labels"].(map[string]any); l[runtime.LabelContainerdID] != "c1" || ls[0]["root_dir"] != rootfs {
+		t.Fatalf("ls --json row: %v", ls[0])
+	}
+	if out := e.must("ls").stdout; !strings.Contains(out, "io.containerd.id=c1,io.containerd.namespace=default") {
+		t.Fatalf("ls: %s", out)
+	}
+
+	start := func(spec runtime.ProcessSpec, io runtime.ProcessIO) *runtime.ProcessStatus {
+		t.Helper()
+		st, err := rt.StartProcess(ctx, "bndl", spec, io)
+		if err != nil {
+			t.Fatalf("start %s: %v", spec.ID, err)
+		}
+		if st.Pid <= 1 {
+			t.Fatalf("start %s: pid %d", spec.ID, st.Pid)
+		}
+		return st
+	}
+	wait := func(id string) *runtime.ProcessStatus {
+		t.Helper()
+		st, err := rt.WaitProcess(ctx, "bndl", id)
+		if err != nil || st.Exit == nil {
+			t.Fatalf("wait %s: %v", id, err)
+		}
+		return st
+	}
+	env := []string{"PATH=/bin", "FOO=bar baz"}
+
+	// The init process, then a second one beside it.
+	var initOut syncBuffer
+	start(runtime.ProcessSpec{ID: "init", Init: true, Env: env,
+		Args: []string{"sh", "-c", `trap 'echo got TERM; exit 42' TERM; echo ready; while :; do sleep 0.2; done`}},
+		runtime.ProcessIO{Stdout: &initOut, Stderr: &initOut})
+	waitFor(t, "init to run", time.Minute, func() bool { return strings.Contains(initOut.String(), "ready") })
+
+	// User, groups, env, cwd, rlimit, no_new_privs, exit code, and a file
+	// written through the share as the user.
+	var out, errb syncBuffer
+	start(runtime.ProcessSpec{ID: "id", Env: env, Cwd: "/work", UID: 1000, GID: 1000, AdditionalGids: []uint32{10},
+		Rlimits: []runtime.Rlimit{{Type: "RLIMIT_NOFILE", Soft: 77, Hard: 88}}, NoNewPrivileges: true,
+		Args: []string{"sh", "-c", `id; echo "FOO=$FOO HOME=$HOME"; pwd; ulimit -n; grep NoNewPrivs /proc/self/status; touch by-alice; echo oops >&2; exit 3`}},
+		runtime.ProcessIO{Stdout: &out, Stderr: &errb})
+	if st := wait("id"); st.Exit.Code != 3 || st.ReceiptID == "" {
+		t.Fatalf("id: exit %+v receipt %q; stdout %q stderr %q", st.Exit, st.ReceiptID, out.String(), errb.String())
+	}
+	for _, want := range []string{"uid=1000(alice) gid=1000(alice)", "10(wheel)", "FOO=bar baz HOME=/home/alice", "/work\n77\n", "NoNewPrivs:\t1"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("id: stdout lacks %q: %q", want, out.String())
+		}
+	}
+	if errb.String() != "oops\n" {
+		t.Errorf("id: stderr %q", errb.String())
+	}
+	if fi, err := os.Stat(filepath.Join(rootfs, "work", "by-alice")); err != nil || fi.Sys().(*syscall.Stat_t).Uid != 1000 {
+		t.Errorf("file written by the container: %v", err)
+	}
+
+	// Binary-safe stdin: every byte value, more than one chunk.
+	in := make([]byte, 300<<10)
+	rand.Read(in)
+	var echoed syncBuffer
+	start(runtime.ProcessSpec{ID: "cat", Env: env, Args: []string{"cat"}}, runtime.ProcessIO{Stdin: bytes.NewReader(in), Stdout: &echoed})
+	if st := wait("cat"); st.Exit.Code != 0 || echoed.String() != string(in) {
+		t.Fatalf("cat: exit %+v, %d bytes back of %d", st.Exit, len(echoed.String()), len(in))
+	}
+
+	// A terminal: its size, a resize, and CloseStdin (^D) ending it.
+	pr, pw := io.Pipe()
+	var ttyOut syncBuffer
+	start(runtime.ProcessSpec{ID: "tty", Env: env, Terminal: true, Rows: 30, Cols: 100,
+		Args: []string{"sh", "-c", `tty; test -t 0 && echo isatty; stty size; while read x; do stty size; done; echo bye`}},
+		runtime.ProcessIO{Stdin: pr, Stdout: &ttyOut})
+	waitFor(t, "the terminal's size", time.Minute, func() bool { return strings.Contains(ttyOut.String(), "30 100") })
+	if err := rt.ResizePTY(ctx, "bndl", "tty", 40, 120); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the resize", time.Minute, func() bool {
+		pw.Write([]byte("x\n"))
+		time.Sleep(100 * time.Millisecond)
+		return strings.Contains(ttyOut.String(), "40 120")
+	})
+	if err := rt.CloseStdin(ctx, "bndl", "tty"); err != nil {
+		t.Fatal(err)
+	}
+	if st := wait("tty"); st.Exit.Code != 0 || !strings.Contains(ttyOut.String(), "/dev/pts/") || !strings.Contains(ttyOut.String(), "isatty") || !strings.Contains(ttyOut.String(), "bye") {
+		t.Fatalf("tty: exit %+v output %q", st.Exit, ttyOut.String())
+	}
+	pw.Close()
+
+	// A command that does not exist fails the start, with its kind.
+	if _, err := rt.StartProcess(ctx, "bndl", runtime.ProcessSpec{ID: "nosuch", Env: env, Args: []string{"nosuch"}}, runtime.ProcessIO{}); !errdefs.IsNotFound(err) {
+		t.Fatalf("start of a missing command: %v", err)
+	}
+
+	// Pids: init and a sleeper, named.
+	start(runtime.ProcessSpec{ID: "sleeper", Env: env, Args: []string{"sleep", "1000"}}, runtime.ProcessIO{})
+	pids, err := rt.Pids(ctx, "bndl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := map[string]bool{}
+	for _, p := range pids {
+		named[p.ID] = true
+		if p.Pid == 1 {
+			t.Errorf("pids lists the agent: %+v", p)
+		}
+	}
+	if !named["init"] || !named["sleeper"] {
+		t.Fatalf("pids: %+v", pids)
+	}
+	if st, err := rt.Stats(ctx, "bndl"); err != nil || st.MemTotalBytes == 0 || st.CPUUserUsec+st.CPUSystemUsec == 0 {
+		t.Fatalf("stats: %+v %v", st, err)
+	}
+
+	// A signal to init; its exit kills the rest (the sleeper).
+	if err := rt.SignalProcess(ctx, "bndl", "init", int(syscall.SIGTERM), false); err != nil {
+		t.Fatal(err)
+	}
+	if st := wait("init"); st.Exit.Code != 42 || !strings.Contains(initOut.String(), "got TERM") {
+		t.Fatalf("init after SIGTERM: %+v %q", st.Exit, initOut.String())
+	}
+	if st := wait("sleeper"); st.Exit.Signal != int32(syscall.SIGKILL) {
+		t.Fatalf("sleeper after init exited: %+v", st.Exit)
+	}
+	if err := rt.SignalProcess(ctx, "bndl", "init", int(syscall.SIGTERM), false); !errdefs.IsNotFound(err) {
+		t.Fatalf("signal to an exited process: %v", err)
+	}
+	// Signal all.
+	start(runtime.ProcessSpec{ID: "s1", Env: env, Args: []string{"sleep", "1000"}}, runtime.ProcessIO{})
+	start(runtime.ProcessSpec{ID: "s2", Env: env, Args: []string{"sh", "-c", "sleep 1000"}}, runtime.ProcessIO{})
+	if err := rt.SignalProcess(ctx, "bndl", "", int(syscall.SIGKILL), true); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"s1", "s2"} {
+		if st := wait(id); st.Exit.Code != 137 {
+			t.Fatalf("%s after signal all: %+v", id, st.Exit)
+		}
+	}
+	if _, err := rt.DeleteProcess(ctx, "bndl", "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.WaitProcess(ctx, "bndl", "s1"); !errdefs.IsNotFound(err) {
+		t.Fatalf("wait after delete: %v", err)
+	}
+
+	// Down: no QEMU, no virtiofsd, no mount left; the root directory is
+	// the host's and stays.
+	if err := rt.Down(ctx, "bndl"); err != nil {
+		t.Fatal(err)
+	}
+	e.assertClean()
+	waitFor(t, "virtiofsd to exit", 10*time.Second, func() bool { return len(processesMentioning(rootfs)) == 0 })
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); bytes.Contains(b, []byte(rootfs)) {
+		t.Fatalf("a mount of the root directory is left on the host")
+	}
+	if _, err := os.Stat(filepath.Join(rootfs, "bin", "busybox")); err != nil {
+		t.Fatalf("root directory damaged: %v", err)
+	}
+}
+
+// processesMentioning lists pids whose command line holds s.
+func processesMentioning(s string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err == nil && bytes.Contains(b, []byte(s)) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
