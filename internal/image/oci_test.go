@@ -396,3 +396,64 @@ func TestUnknownTemplateNamesOCIAlternative(t *testing.T) {
 		t.Fatalf("ResolveImage of an unpulled reference: %v", err)
 	}
 }
+
+// credHelper writes docker-credential-NAME into a new directory on PATH:
+// a credential helper as docker's protocol has it (`get` reads the
+// server on stdin and prints {ServerURL, Username, Secret}) that answers
+// user:secret and logs every server it was asked about.
+func credHelper(t *testing.T, name, user, secret string) (log string) {
+	t.Helper()
+	dir := t.TempDir()
+	log = filepath.Join(dir, "asked")
+	script := "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"$server\" >> " + log + "\n" +
+		"printf '{\"ServerURL\":\"%s\",\"Username\":\"" + user + "\",\"Secret\":\"" + secret + "\"}\\n' \"$server\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "docker-credential-"+name), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	return log
+}
+
+// TestPullWithCredentialHelpers: credentials from a Docker config's
+// credHelpers (per registry) and credsStore (the default store), each a
+// helper program on PATH, as docker finds them; a helper answering wrong
+// credentials is a permission error with what to do, nothing cached.
+func TestPullWithCredentialHelpers(t *testing.T) {
+	rfNeedTools(t)
+	reg := ocitest.NewRegistry(t, "mvm", "s3cret")
+	t.Setenv("DOCKER_CONFIG", ocitest.DockerConfig(t, reg.Host, "mvm", "s3cret"))
+	img := testOCIImage(t, "linux/amd64", "helper")
+	reg.PushWithKeychain(t, "private:1", img)
+	good := credHelper(t, "mvmgood", "mvm", "s3cret")
+	credHelper(t, "mvmbad", "mvm", "wrong")
+	for _, c := range []struct {
+		name, config string
+		ok           bool
+	}{
+		{"credHelpers", `{"credHelpers": {"` + reg.Host + `": "mvmgood"}}`, true},
+		{"credsStore", `{"credsStore": "mvmgood"}`, true},
+		{"wrong secret", `{"credHelpers": {"` + reg.Host + `": "mvmbad"}}`, false},
+	} {
+		cfg := t.TempDir()
+		if err := os.WriteFile(filepath.Join(cfg, "config.json"), []byte(c.config), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("DOCKER_CONFIG", cfg)
+		os.Remove(good)
+		d := rfTestDirs(t)
+		a, err := Pull(context.Background(), d, reg.Host+"/private:1", PullOptions{}, nil, nil)
+		if !c.ok {
+			if errdefs.KindOf(err) != errdefs.KindPermissionDenied || !strings.Contains(err.Error(), "docker login") {
+				t.Fatalf("%s: %v (kind %q)", c.name, err, errdefs.KindOf(err))
+			}
+			cacheEmpty(t, d)
+			continue
+		}
+		if err != nil || a.OCI.Digest != ociDigest(t, img) {
+			t.Fatalf("%s: pull: %v", c.name, err)
+		}
+		if asked, _ := os.ReadFile(good); !strings.Contains(string(asked), reg.Host) {
+			t.Fatalf("%s: the helper was not asked for %s (asked: %q)", c.name, reg.Host, asked)
+		}
+	}
+}
