@@ -505,8 +505,30 @@ func (r *Runtime) Invoke(ctx context.Context, name string, o InvokeOptions) (*In
 	}
 	if res != nil {
 		res.IRHash = wi.IRSHA256
+		res.redact(r.Redactor(name))
 	}
 	return res, err
+}
+
+// redact replaces the sandbox's secret values in a reply (the result and
+// the exception) with [secret:NAME], like every captured output. A value
+// that is not inside a JSON string (a numeric secret returned as a
+// number) leaves invalid JSON behind; the result is then the redacted text
+// as a JSON string.
+func (res *InvokeResult) redact(red *secret.Redactor) {
+	if red.Empty() {
+		return
+	}
+	if len(res.Result) > 0 {
+		b := red.Bytes(res.Result)
+		if !json.Valid(b) {
+			b, _ = json.Marshal(string(b))
+		}
+		res.Result = b
+	}
+	if e := res.Error; e != nil {
+		e.Type, e.Message, e.Traceback = red.String(e.Type), red.String(e.Message), red.String(e.Traceback)
+	}
 }
 
 func runnerArgv(wi *WorkloadInfo, mode string) []string {

@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/mvm-sandbox/mvm/internal/approval"
+	"github.com/mvm-sandbox/mvm/internal/secret"
 )
 
 func writeDecl(t *testing.T, src string) string {
@@ -86,5 +88,27 @@ func TestDeclarationNeverAllowsHostInternal(t *testing.T) {
 	_, err := LoadWorkload(context.Background(), writeDecl(t, strings.Replace(egressDecl, "api.example.com:443", "host.mvm.internal:22", 1)))
 	if err == nil || !strings.Contains(err.Error(), "E_NETWORK") || !strings.Contains(err.Error(), "loopback") {
 		t.Fatalf("host.mvm.internal declared: %v", err)
+	}
+}
+
+// An invoke reply is captured output: the sandbox's secret values are
+// replaced in the result and in the exception, and the result stays JSON.
+func TestInvokeResultRedacted(t *testing.T) {
+	red := secret.NewRedactor(map[string][]byte{"openai": []byte("sk-123"), "pin": []byte("4711")})
+	res := &InvokeResult{Result: json.RawMessage(`{"key":"sk-123","n":1}`),
+		Error: &InvokeError{Type: "ValueError", Message: "bad key sk-123", Traceback: "line 3: sk-123"}}
+	res.redact(red)
+	if string(res.Result) != `{"key":"[secret:openai]","n":1}` || strings.Contains(res.Error.Message+res.Error.Traceback, "sk-123") {
+		t.Fatalf("%s %+v", res.Result, res.Error)
+	}
+	num := &InvokeResult{Result: json.RawMessage(`4711`)}
+	num.redact(red)
+	if string(num.Result) != `"[secret:pin]"` {
+		t.Fatalf("numeric value: %s", num.Result)
+	}
+	plain := &InvokeResult{Result: json.RawMessage(`"x"`)}
+	plain.redact(nil)
+	if string(plain.Result) != `"x"` {
+		t.Fatal(plain.Result)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +33,9 @@ type env struct {
 	state string
 	data  string
 	extra []string
+	// transcript, when set (recordOutput), receives everything mvmctl
+	// prints, for assertNotLeaked.
+	transcript *bytes.Buffer
 }
 
 // newEnv gives the test fresh state and data directories and, when the
@@ -127,14 +131,106 @@ func (e *env) runIn(stdin io.Reader, args ...string) result {
 	cmd := e.command(ctx, args...)
 	var so, se bytes.Buffer
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &so, &se
-	err := cmd.Run()
+	return e.finish(cmd.Run(), args, &so, &se)
+}
+
+// finish turns a finished mvmctl into a result, and records its output
+// in the transcript when one is kept.
+func (e *env) finish(err error, args []string, so, se *bytes.Buffer) result {
+	e.t.Helper()
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
 	} else if err != nil {
 		e.t.Fatalf("mvmctl %v: %v", args, err)
 	}
+	if e.transcript != nil {
+		e.transcript.Write(so.Bytes())
+		e.transcript.Write(se.Bytes())
+	}
 	return result{stdout: so.String(), stderr: se.String(), code: code}
+}
+
+// recordOutput keeps everything mvmctl prints from now on (also through
+// copies of e) for assertNotLeaked.
+func (e *env) recordOutput() { e.transcript = &bytes.Buffer{} }
+
+// assertNotLeaked fails the test if value appears in anything mvmctl
+// printed since recordOutput, in any of files, or in any file under the
+// state, data and cache directories (the cache is shared: every image
+// and kernel in it is searched too).
+func (e *env) assertNotLeaked(value string, files ...string) {
+	e.t.Helper()
+	v := []byte(value)
+	if e.transcript == nil || e.transcript.Len() == 0 {
+		e.t.Fatal("assertNotLeaked: no output was recorded (call recordOutput first)")
+	}
+	if bytes.Contains(e.transcript.Bytes(), v) {
+		e.t.Errorf("the secret's value appeared in mvmctl's output")
+	}
+	for _, f := range files {
+		if b, err := os.ReadFile(f); err != nil || len(b) == 0 || bytes.Contains(b, v) {
+			e.t.Errorf("%s is missing (%v) or holds the value", f, err)
+		}
+	}
+	scanned := 0
+	for _, root := range []string{e.state, e.data, cacheDir()} {
+		filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || !d.Type().IsRegular() {
+				return nil
+			}
+			scanned++
+			if found, err := fileContains(p, v); err == nil && found {
+				e.t.Errorf("the secret's value is in %s", p)
+			}
+			return nil
+		})
+	}
+	if scanned < 5 {
+		e.t.Errorf("scanned only %d files", scanned)
+	}
+}
+
+// cacheDir is the cache the tests share (MVM_CACHE_DIR, else
+// ~/.cache/mvm).
+func cacheDir() string {
+	if c := os.Getenv("MVM_CACHE_DIR"); c != "" {
+		return c
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".cache", "mvm")
+}
+
+// fileContains reports whether the file at p holds v, reading it in
+// blocks (root filesystem images are large).
+func fileContains(p string, v []byte) (bool, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20+len(v))
+	keep := 0
+	for {
+		n, err := f.Read(buf[keep:])
+		if bytes.Contains(buf[:keep+n], v) {
+			return true, nil
+		}
+		if err == io.EOF {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		// keep the tail that could begin a match across blocks
+		tail := keep + n
+		if k := len(v) - 1; tail > k {
+			copy(buf, buf[tail-k:tail])
+			keep = k
+		} else {
+			keep = tail
+		}
+	}
 }
 
 // must runs mvmctl and fails the test unless it exits 0.
@@ -193,14 +289,7 @@ func (e *env) runAt(dir string, args ...string) result {
 	cmd.Dir = dir
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		e.t.Fatalf("mvmctl %v: %v", args, err)
-	}
-	return result{stdout: so.String(), stderr: se.String(), code: code}
+	return e.finish(cmd.Run(), args, &so, &se)
 }
 
 // sandboxes returns `mvmctl ls -a --json`.
