@@ -435,3 +435,36 @@ func passwdHome(uid uint32) string {
 	}
 	return "/"
 }
+
+// shareResolvConf gives a bundle root the guest's resolver configuration
+// (written when the sandbox has egress): the agent's /etc/resolv.conf is
+// bind-mounted, read-only, on the root's, which is created when missing.
+// A root whose /etc or /etc/resolv.conf is a symlink or not what it
+// should be keeps its own file (the mount must not land elsewhere).
+func shareResolvConf(root string) error {
+	if _, err := os.Stat("/etc/resolv.conf"); err != nil {
+		return nil // no network: nothing to share
+	}
+	etc, err := mountDir(root, "etc")
+	if err != nil {
+		return err
+	}
+	target := filepath.Join(etc, "resolv.conf")
+	st, err := os.Lstat(target)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY|unix.O_NOFOLLOW, 0o644)
+		if err != nil {
+			return fmt.Errorf("root directory: create /etc/resolv.conf: %w", err)
+		}
+		f.Close()
+	case err != nil:
+		return fmt.Errorf("root directory: /etc/resolv.conf: %w", err)
+	case !st.Mode().IsRegular():
+		return fmt.Errorf("root directory: /etc/resolv.conf is a symlink or not a file; the container keeps it and has no resolver of the sandbox")
+	}
+	if err := unix.Mount("/etc/resolv.conf", target, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("root directory: bind /etc/resolv.conf: %w", err)
+	}
+	return unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, "")
+}

@@ -191,3 +191,24 @@ func TestBundleExec(t *testing.T) {
 		t.Fatalf("bundle process without a root directory: %v", err)
 	}
 }
+
+// TestMountDirRefusesSymlinks: a rootfs whose /proc (or /dev, ...) is a
+// symlink must not redirect the agent's mount onto its own tree.
+func TestMountDirRefusesSymlinks(t *testing.T) {
+	root := t.TempDir()
+	elsewhere := t.TempDir()
+	os.Symlink(elsewhere, filepath.Join(root, "proc"))
+	os.WriteFile(filepath.Join(root, "dev"), nil, 0o644)
+	for _, name := range []string{"proc", "dev"} {
+		if _, err := mountDir(root, name); err == nil || !strings.Contains(err.Error(), "symlink or not a directory") {
+			t.Errorf("mountDir(%s): %v", name, err)
+		}
+	}
+	p, err := mountDir(root, "sys")
+	if err != nil || p != filepath.Join(root, "sys") {
+		t.Fatalf("mountDir(sys) = %q, %v", p, err)
+	}
+	if st, err := os.Lstat(p); err != nil || !st.IsDir() {
+		t.Fatalf("sys not created: %v", err)
+	}
+}

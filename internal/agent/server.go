@@ -234,6 +234,11 @@ func (s *server) run() error {
 		if err := setupNetwork(); err != nil {
 			log.Printf("network: %v", err) // fails closed: no egress
 		}
+		if s.rootDir != "" {
+			if err := shareResolvConf(s.rootDir); err != nil {
+				log.Printf("%v", err) // the container then has no resolver: fails closed
+			}
+		}
 	} else {
 		s.reaper = newReaper()
 		s.hostname, _ = os.Hostname()

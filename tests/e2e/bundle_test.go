@@ -70,7 +70,7 @@ func makeBundleRootfs(t *testing.T) string {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(rootfs, "bin", "busybox"), b, 0o755)
-	for _, n := range []string{"sh", "id", "cat", "sleep", "pwd", "grep", "stty", "tty", "test", "touch", "env"} {
+	for _, n := range []string{"sh", "id", "cat", "sleep", "pwd", "grep", "stty", "tty", "test", "touch", "env", "ls"} {
 		os.Symlink("busybox", filepath.Join(rootfs, "bin", n))
 	}
 	os.WriteFile(filepath.Join(rootfs, "etc", "passwd"), []byte("root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\n"), 0o644)
@@ -158,12 +158,13 @@ func TestBundle(t *testing.T) {
 	var out, errb syncBuffer
 	start(runtime.ProcessSpec{ID: "id", Env: env, Cwd: "/work", UID: 1000, GID: 1000, AdditionalGids: []uint32{10},
 		Rlimits: []runtime.Rlimit{{Type: "RLIMIT_NOFILE", Soft: 77, Hard: 88}}, NoNewPrivileges: true,
-		Args: []string{"sh", "-c", `id; echo "FOO=$FOO HOME=$HOME"; pwd; ulimit -n; grep NoNewPrivs /proc/self/status; touch by-alice; echo oops >&2; exit 3`}},
+		Args: []string{"sh", "-c", `id; echo "FOO=$FOO HOME=$HOME"; pwd; ulimit -n; grep NoNewPrivs /proc/self/status; echo DEV $(ls /dev); touch by-alice; echo oops >&2; exit 3`}},
 		runtime.ProcessIO{Stdout: &out, Stderr: &errb})
 	if st := wait("id"); st.Exit.Code != 3 || st.ReceiptID == "" {
 		t.Fatalf("id: exit %+v receipt %q; stdout %q stderr %q", st.Exit, st.ReceiptID, out.String(), errb.String())
 	}
-	for _, want := range []string{"uid=1000(alice) gid=1000(alice)", "10(wheel)", "FOO=bar baz HOME=/home/alice", "/work\n77\n", "NoNewPrivs:\t1"} {
+	for _, want := range []string{"uid=1000(alice) gid=1000(alice)", "10(wheel)", "FOO=bar baz HOME=/home/alice", "/work\n77\n", "NoNewPrivs:\t1",
+		"DEV core fd full null ptmx pts random shm stderr stdin stdout tty urandom zero\n"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("id: stdout lacks %q: %q", want, out.String())
 		}
