@@ -182,6 +182,7 @@ func newUpCmd(app *App) *cobra.Command {
 	fl.StringVar(&o.RunProfile, "profile", "standard", "run profile: restrictive, standard, dev or permissive (the image profile, dev or sealed, comes from the image)")
 	fl.StringArrayVarP(&env, "env", "e", nil, "default environment for every exec, KEY=VALUE (repeatable)")
 	fl.DurationVar(&o.TTL, "ttl", 0, "stop the sandbox after this long (e.g. 30m); 0 = no limit")
+	fl.BoolVar(&o.Cold, "cold", false, "boot the kernel even when the image's ready snapshot could be restored (docs/snapshots.md)")
 	fl.BoolVar(&jsonOut, "json", false, "print the sandbox as JSON")
 	nf.register(fl, true)
 	af.register(fl)
@@ -574,9 +575,14 @@ func newBootReportCmd(app *App) *cobra.Command {
 			// terminal.
 			b := st.Boot
 			fmt.Fprintf(app.Stdout, "%s (%s, %s)\n", st.Name, st.Status, termsafe.Line(b.Accel))
+			fmt.Fprintf(app.Stdout, "start: %s\n", startLine(b))
 			fmt.Fprintf(app.Stdout, "host:  vmm started %d ms, channel open %d ms, agent ready %d ms\n", b.VMMStartedMS, b.ChannelOpenMS, b.AgentReadyMS)
-			fmt.Fprintf(app.Stdout, "guest: agent started %d ms, modules %d ms, root %d ms, channel bound %d ms (since kernel start)\n",
-				b.Guest["agent_started"], b.Guest["modules_loaded"], b.Guest["root_mounted"], b.Guest["channel_bound"])
+			when := "since kernel start"
+			if b.Start == runtime.StartRestored {
+				when = "since kernel start, at the ready snapshot's boot"
+			}
+			fmt.Fprintf(app.Stdout, "guest: agent started %d ms, modules %d ms, root %d ms, channel bound %d ms (%s)\n",
+				b.Guest["agent_started"], b.Guest["modules_loaded"], b.Guest["root_mounted"], b.Guest["channel_bound"], when)
 			if len(b.AgentInfo) > 0 {
 				fmt.Fprintf(app.Stdout, "agent (as reported by the guest): version %s, kernel %s, image profile %s\n",
 					termsafe.Line(b.AgentInfo["version"]), termsafe.Line(b.AgentInfo["kernel"]), termsafe.Line(b.AgentInfo["reported_profile"]))
@@ -590,6 +596,32 @@ func newBootReportCmd(app *App) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print JSON")
 	return cmd
+}
+
+// startLine says how a sandbox started, for boot-report.
+func startLine(b sandbox.BootReport) string {
+	var line string
+	switch b.Start {
+	case runtime.StartRestored:
+		line = "restored"
+		if b.Snapshot != "" {
+			line += " from ready snapshot " + b.Snapshot
+		}
+		if b.RestoreMS > 0 {
+			line += fmt.Sprintf(" (state loaded in %d ms)", b.RestoreMS)
+		}
+	case runtime.StartCold, "":
+		line = "cold"
+		if b.StartReason != "" {
+			line += " (" + b.StartReason + ")"
+		}
+	default:
+		line = termsafe.Line(b.Start)
+	}
+	if b.Pool != "" {
+		line += "; claimed from warm pool " + b.Pool
+	}
+	return line
 }
 
 func newPauseCmd(app *App) *cobra.Command { return controlCmd(app, "pause", "Pause a sandbox's vCPUs") }

@@ -32,6 +32,7 @@ type runFlags struct {
 	receipt       string
 	profile       string
 	dryRun        bool
+	cold          bool
 	net           netFlags
 	attach        attachFlags
 }
@@ -91,6 +92,7 @@ Exit codes: the command's own; 124 timeout; 125 mvm failed (boot, transport);
 	fl.StringVar(&f.receipt, "receipt", "", "write a signed receipt of the run to this file")
 	fl.StringVar(&f.profile, "profile", "standard", "run profile: restrictive, standard, dev or permissive (needs MVM_ACK_PERMISSIVE_RUN=1)")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "show what would be admitted; boot nothing, write nothing")
+	fl.BoolVar(&f.cold, "cold", false, "boot the kernel even when the image's ready snapshot could be restored (docs/snapshots.md)")
 	f.net.register(fl, false)
 	f.attach.register(fl)
 	return cmd
@@ -125,7 +127,7 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 	defer stop()
 
 	opts := runtime.RunOptions{
-		Up:      runtime.UpOptions{Image: f.image, CPUs: f.cpus, MemoryMiB: mem, Env: env, RunProfile: f.profile, RequireDigest: f.requireDigest, Platform: f.platform},
+		Up:      runtime.UpOptions{Image: f.image, CPUs: f.cpus, MemoryMiB: mem, Env: env, RunProfile: f.profile, RequireDigest: f.requireDigest, Platform: f.platform, Cold: f.cold},
 		Exec:    runtime.ExecOptions{Argv: argv, Cwd: f.workdir},
 		Timeout: f.timeout, ImageCommand: true,
 	}
@@ -197,6 +199,7 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 			"timings": map[string]int64{
 				"boot_ms": ms(res.BootTime), "exec_ms": ms(res.ExecTime), "total_ms": ms(total),
 			},
+			"start": res.Start,
 		}
 		if res.Exit != nil {
 			obj["signal"] = res.Exit.Signal

@@ -29,12 +29,14 @@ var VsockModules = []string{"vmw_vsock_virtio_transport"}
 
 // bootImage is what a VM needs to boot one image.
 type bootImage struct {
-	ref      sandbox.ImageRef
-	kernel   *image.Kernel
-	initrd   string
-	rootfs   string // read-only root filesystem image ("" boots the initramfs alone)
-	profile  string // "dev" or "sealed"
-	artifact *image.Artifact
+	ref    sandbox.ImageRef
+	kernel *image.Kernel
+	initrd string
+	// initrdDigest is the initramfs's digest (it holds the agent).
+	initrdDigest string
+	rootfs       string // read-only root filesystem image ("" boots the initramfs alone)
+	profile      string // "dev" or "sealed"
+	artifact     *image.Artifact
 }
 
 // BusyboxPath is the static busybox put into the minimal image.
@@ -93,7 +95,7 @@ func (r *Runtime) resolveImage(ctx context.Context, name, backend string, buildD
 	if name == "" || name == "minimal" {
 		return &bootImage{
 			ref:    sandbox.ImageRef{Name: "minimal", Digest: digest, ImageProfile: plan.ImageDev},
-			kernel: k, initrd: initrd, profile: "dev",
+			kernel: k, initrd: initrd, initrdDigest: digest, profile: "dev",
 		}, nil
 	}
 	var art *image.Artifact
@@ -128,7 +130,7 @@ func (r *Runtime) resolveImage(ctx context.Context, name, backend string, buildD
 	}
 	return &bootImage{
 		ref:    ref,
-		kernel: k, initrd: initrd, rootfs: art.Path, profile: imageProfile(art.Profile), artifact: art,
+		kernel: k, initrd: initrd, initrdDigest: digest, rootfs: art.Path, profile: imageProfile(art.Profile), artifact: art,
 	}, nil
 }
 
@@ -154,27 +156,45 @@ func (img *bootImage) kernelDigest() string {
 // writes takes space.
 const DefaultDiskMiB = 4096
 
-// vmDisks creates the per-sandbox writable layer and returns the disks and
-// kernel arguments of a rootfs boot.
-func (img *bootImage) vmDisks(ctx context.Context, dir string, diskMiB int) ([]backend.Disk, string, error) {
+// vmDisks creates the per-sandbox writable layer and returns the disks of
+// a rootfs boot (see cmdline for its kernel arguments).
+func (img *bootImage) vmDisks(ctx context.Context, dir string, diskMiB int) ([]backend.Disk, error) {
 	if img.rootfs == "" {
-		return nil, "", nil
+		return nil, nil
 	}
 	upper := filepath.Join(dir, sandbox.UpperDisk)
+	os.Remove(upper) // a failed restore's copy
 	f, err := os.OpenFile(upper, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	err = f.Truncate(int64(diskMiB) << 20)
 	f.Close()
 	if err != nil {
-		return nil, "", fmt.Errorf("create writable layer: %w", err)
+		return nil, fmt.Errorf("create writable layer: %w", err)
 	}
 	out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0",
 		"-E", "lazy_itable_init=1,nodiscard", "-L", "mvmupper", upper, strconv.Itoa(diskMiB)+"M").CombinedOutput()
 	if err != nil {
-		return nil, "", fmt.Errorf("format writable layer (mkfs.ext4): %v: %s; is the disk full? `df -h %s`", err, strings.TrimSpace(string(out)), dir)
+		return nil, fmt.Errorf("format writable layer (mkfs.ext4): %v: %s; is the disk full? `df -h %s`", err, strings.TrimSpace(string(out)), dir)
 	}
-	return []backend.Disk{{Path: img.rootfs, ReadOnly: true}, {Path: upper}},
-		"mvm.root=/dev/vda mvm.rootfstype=ext4 mvm.upper=/dev/vdb", nil
+	return img.restoredDisks(dir), nil
+}
+
+// cmdline is the kernel command line of the image's root ("" for an
+// initramfs-only image).
+func (img *bootImage) cmdline() string {
+	if img.rootfs == "" {
+		return ""
+	}
+	return "mvm.root=/dev/vda mvm.rootfstype=ext4 mvm.upper=/dev/vdb"
+}
+
+// restoredDisks are the disks of a rootfs boot, the writable layer being
+// dir's (formatted by vmDisks, or a ready snapshot's copy).
+func (img *bootImage) restoredDisks(dir string) []backend.Disk {
+	if img.rootfs == "" {
+		return nil
+	}
+	return []backend.Disk{{Path: img.rootfs, ReadOnly: true}, {Path: filepath.Join(dir, sandbox.UpperDisk)}}
 }

@@ -267,6 +267,13 @@ func (r *Runtime) state(dir string) (*sandbox.State, error) {
 			st.Reason += "; its VMM is still running"
 		}
 	}
+	if sandbox.Active(st.Status) && isPoolMember(dir) {
+		// Idle in a warm pool: usable only once claimed (see pool.go).
+		if st.Status != sandbox.Running {
+			st.Reason = st.Status
+		}
+		st.Status = sandbox.Pooled
+	}
 	return st, nil
 }
 

@@ -48,6 +48,8 @@ type RunResult struct {
 	TimedOut  bool
 	BootTime  time.Duration
 	ExecTime  time.Duration
+	// Start is StartRestored or StartCold (see Sandbox.Start).
+	Start string
 }
 
 // ErrTimeout reports a command that ran past its timeout and was killed.
@@ -68,7 +70,7 @@ func (r *Runtime) Run(ctx context.Context, o RunOptions) (*RunResult, error) {
 		r.Down(context.Background(), sb.ID)
 		sb.Hold.Close()
 	}()
-	res := &RunResult{SandboxID: sb.ID, Name: sb.Name, BootTime: time.Since(t0)}
+	res := &RunResult{SandboxID: sb.ID, Name: sb.Name, BootTime: time.Since(t0), Start: sb.Start}
 	if o.ImageCommand {
 		o.Exec.Argv, o.Exec.Entrypoint = CommandFor(sb.State.Image, o.Exec.Argv, o.Entrypoint)
 	}

@@ -91,6 +91,12 @@ type UpOptions struct {
 	RootDir *RootDir
 	// Labels are shown by `mvmctl ls` and kept in the sandbox's spec.
 	Labels map[string]string
+	// Cold boots the kernel even when a ready snapshot of the image could
+	// be restored (--cold), and never takes a pooled sandbox; see
+	// docs/snapshots.md.
+	Cold bool
+	// pool marks a warm pool's member (started by the pool's filler).
+	pool *poolMember
 }
 
 // Sandbox is a booted sandbox.
@@ -105,6 +111,16 @@ type Sandbox struct {
 	// Plan is the plan the sandbox was admitted with: its run profile and
 	// network as granted, for callers to report rather than recompute.
 	Plan *plan.Plan
+	// Start is StartRestored when the sandbox was restored from its
+	// image's ready snapshot, else StartCold. Recorded is the time spent
+	// recording the ready snapshot after a cold first boot (0 when none
+	// was recorded), RecordErr why recording failed (the sandbox runs).
+	Start     string
+	Recorded  time.Duration
+	RecordErr error
+	// Pool names the warm pool the sandbox was claimed from ("" when it
+	// was started for the caller).
+	Pool string
 }
 
 func (o *UpOptions) defaults(img *bootImage) {
@@ -240,11 +256,18 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 			return nil, err
 		}
 	}
+	o.defaults(img)
+	if sb, ok, err := r.claimPooled(ctx, &o, img, att, backendName); ok || err != nil {
+		return sb, err
+	}
 	id := sandbox.NewID()
 	name := o.Name
 	if name == "" {
 		prefix := "sb"
-		if o.Transient {
+		switch {
+		case o.pool != nil:
+			prefix = "pool"
+		case o.Transient:
 			prefix = "run"
 		}
 		name = prefix + "-" + id
@@ -269,6 +292,14 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 		cleanup()
 		return nil, fmt.Errorf("create sandbox dir: %w", err)
 	}
+	if o.pool != nil {
+		// Marked before anything runs: a member is never listed as an
+		// ordinary sandbox.
+		if err := sandbox.WriteJSON(filepath.Join(dir, poolMarker), o.pool); err != nil {
+			cleanup()
+			return nil, err
+		}
+	}
 	if o.Workload != nil {
 		if err := sandbox.WriteJSON(filepath.Join(dir, WorkloadFile), o.Workload); err != nil {
 			cleanup()
@@ -280,8 +311,12 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 		cleanup()
 		return nil, err
 	}
-	disks, cmdline, err := img.vmDisks(ctx, dir, o.DiskMiB)
-	if err != nil {
+	cmdline := img.cmdline()
+	dec := r.decideStart(r.readyKey(img, &o, backendName, cmdline, adm.Plan.Console), coldReason(&o, att, backendName))
+	var disks []backend.Disk
+	if dec.Start == StartRestored {
+		disks = img.restoredDisks(dir)
+	} else if disks, err = img.vmDisks(ctx, dir, o.DiskMiB); err != nil {
 		cleanup()
 		return nil, err
 	}
@@ -330,6 +365,14 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 		Created:  time.Now().UTC(),
 		Labels:   o.Labels,
 		RootDir:  rootDir,
+		Start:    sandbox.StartInfo{Mode: dec.Start, Reason: dec.Reason},
+	}
+	if dec.Start == StartRestored {
+		spec.Start.Snapshot = dec.Key.ID()
+		if err := r.restoreFrom(&spec, dec.Dir); err != nil {
+			cleanup()
+			return nil, err
+		}
 	}
 	if err := sandbox.WriteJSON(filepath.Join(dir, sandbox.SpecFile), spec); err != nil {
 		cleanup()
@@ -353,15 +396,38 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 			return nil, err
 		}
 	}
-	progress(fmt.Sprintf("booting %s (%s, %d cpu, %d MiB)", name, img.ref.Name, o.CPUs, o.MemoryMiB))
+	verb := "booting"
+	if dec.Start == StartRestored {
+		verb = "restoring"
+	}
+	progress(fmt.Sprintf("%s %s (%s, %d cpu, %d MiB)", verb, name, img.ref.Name, o.CPUs, o.MemoryMiB))
 	st, hold, err := r.spawnSupervisor(ctx, dir, o.BootTimeout, o.Transient, locks)
+	if err != nil && dec.Start == StartRestored && ctx.Err() == nil {
+		// A ready snapshot that does not restore is dropped (the next
+		// first boot records a good one) and this sandbox boots cold.
+		r.dropReady(dec)
+		dec.Reason = "ready snapshot failed to restore: " + firstLine(err.Error())
+		progress(fmt.Sprintf("%s; booting %s", dec.Reason, name))
+		st, hold, err = r.bootColdAfterRestore(ctx, dir, img, &spec, &o, dec, locks)
+		dec.Start, dec.Record = StartCold, err == nil
+	}
 	if err != nil {
 		cleanup()
 		return nil, fmt.Errorf("%w: %s: %v", ErrBoot, name, err)
 	}
-	sb := &Sandbox{ID: id, Name: name, Dir: dir, State: st, Plan: adm.Plan}
+	sb := &Sandbox{ID: id, Name: name, Dir: dir, State: st, Plan: adm.Plan, Start: dec.Start}
 	if hold != nil {
 		sb.Hold = hold
+	}
+	if dec.Record {
+		// Before anything of the caller's reaches the guest (secrets,
+		// commands): the snapshot holds a sandbox that has run nothing.
+		if rec, err := r.recordReady(ctx, r.saveReady, sb, dec); err != nil {
+			progress("warm start: " + err.Error())
+			sb.RecordErr = err
+		} else if rec != nil {
+			sb.Recorded = time.Duration(rec.SaveMS) * time.Millisecond
+		}
 	}
 	if err := r.placeSecretFiles(ctx, id, att); err != nil {
 		r.Down(context.Background(), id)

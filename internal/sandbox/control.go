@@ -6,15 +6,19 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/backend"
+	"golang.org/x/sys/unix"
 )
 
 // Request is one line on the control socket.
 type Request struct {
-	// Op is "status", "stop", "pause", "resume" or "forward".
+	// Op is "status", "stop", "pause", "resume", "forward" or "claim"
+	// (a pooled sandbox becomes its claimer's: the supervisor rereads the
+	// spec).
 	Op     string `json:"op"`
 	Reason string `json:"reason,omitempty"`
 	// Publish is the -p spec of a "forward" request.
@@ -36,6 +40,12 @@ func DialIn(ctx context.Context, dir, name string) (net.Conn, error) {
 
 // Control sends one request to the supervisor of the sandbox in dir.
 func Control(ctx context.Context, dir string, req Request) (*Response, error) {
+	return ControlWithFile(ctx, dir, req, nil)
+}
+
+// ControlWithFile is Control handing f (when not nil) to the supervisor
+// along with the request (SCM_RIGHTS): a claim's hold pipe.
+func ControlWithFile(ctx context.Context, dir string, req Request, f *os.File) (*Response, error) {
 	conn, err := DialIn(ctx, dir, ControlSocket)
 	if err != nil {
 		return nil, err
@@ -47,7 +57,16 @@ func Control(ctx context.Context, dir string, req Request) (*Response, error) {
 		conn.SetDeadline(time.Now().Add(30 * time.Second))
 	}
 	b, _ := json.Marshal(req)
-	if _, err := conn.Write(append(b, '\n')); err != nil {
+	b = append(b, '\n')
+	if f != nil {
+		uc, ok := conn.(*net.UnixConn)
+		if !ok {
+			return nil, fmt.Errorf("control: cannot pass a file over %T", conn)
+		}
+		if _, _, err := uc.WriteMsgUnix(b, unix.UnixRights(int(f.Fd())), nil); err != nil {
+			return nil, err
+		}
+	} else if _, err := conn.Write(b); err != nil {
 		return nil, err
 	}
 	r := bufio.NewReader(conn)

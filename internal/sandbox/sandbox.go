@@ -40,6 +40,9 @@ const (
 	Paused   = "paused"
 	Stopped  = "stopped"
 	Failed   = "failed"
+	// Pooled is how a warm pool's idle member is listed (its supervisor
+	// says running): only a claim makes it usable.
+	Pooled = "pooled"
 )
 
 // Active reports whether a status means a VM should exist.
@@ -76,6 +79,20 @@ type Spec struct {
 	// RootDir is the host directory that is the root of the sandbox's
 	// processes (a bundle sandbox), shared read-write.
 	RootDir string `json:"root_dir,omitempty"`
+	// Start is how the runtime chose to start the sandbox; the
+	// supervisor reports it in the boot report.
+	Start StartInfo `json:"start,omitempty"`
+}
+
+// StartInfo says how a sandbox started: "cold" (the kernel booted) or
+// "restored" (from its image's ready snapshot, named by Snapshot), and
+// why a sandbox that could have been restored was not.
+type StartInfo struct {
+	Mode     string `json:"start,omitempty"`
+	Reason   string `json:"start_reason,omitempty"`
+	Snapshot string `json:"snapshot,omitempty"`
+	// Pool names the warm pool the sandbox was claimed from.
+	Pool string `json:"pool,omitempty"`
 }
 
 // ImageRef names the image a sandbox boots.
@@ -141,6 +158,16 @@ type BootReport struct {
 	VMMStartedMS  int64 `json:"vmm_started_ms"`
 	ChannelOpenMS int64 `json:"channel_open_ms"`
 	AgentReadyMS  int64 `json:"agent_ready_ms"`
+	// Start is "cold" (the kernel booted) or "restored" (from a saved
+	// state). StartReason says why a sandbox that could have been
+	// restored from its image's ready snapshot booted cold; Snapshot names
+	// the ready snapshot restored; Pool the warm pool it was claimed from.
+	Start       string `json:"start,omitempty"`
+	StartReason string `json:"start_reason,omitempty"`
+	Snapshot    string `json:"snapshot,omitempty"`
+	Pool        string `json:"pool,omitempty"`
+	// RestoreMS is the time from VMM start to the loaded state.
+	RestoreMS int64 `json:"restore_ms,omitempty"`
 	// Guest-side milliseconds since the kernel started.
 	Guest      map[string]int64  `json:"guest_ms,omitempty"`
 	Components map[string]string `json:"components,omitempty"`

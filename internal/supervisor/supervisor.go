@@ -9,6 +9,7 @@ package supervisor
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -57,6 +58,14 @@ type supervisor struct {
 	stopCh   chan stopRequest
 	finished chan struct{} // closed once the final state is written
 
+	// holderGone is closed when the holder of a transient sandbox goes
+	// away (the hold pipe at fd 4, or one handed over by a claim).
+	holderGone   chan struct{}
+	holderGoneMu sync.Once
+	// ttl fires at the sandbox's expiry (stopped when it has none); a
+	// claim resets it.
+	ttl *time.Timer
+
 	net *netState // network.go
 
 	plan *plan.Plan // the admitted plan the sandbox boots from
@@ -83,7 +92,8 @@ func RunWith(dir string, ready io.WriteCloser, o Options) error {
 	if events == nil {
 		events = func(string, *sandbox.State, map[string]any) {}
 	}
-	s := &supervisor{dir: dir, events: events, stopCh: make(chan stopRequest, 4), finished: make(chan struct{})}
+	s := &supervisor{dir: dir, events: events, stopCh: make(chan stopRequest, 4), finished: make(chan struct{}), holderGone: make(chan struct{}), ttl: time.NewTimer(time.Hour)}
+	s.ttl.Stop()
 	defer close(s.finished)
 	if err := sandbox.ReadJSON(filepath.Join(dir, sandbox.SpecFile), &s.spec); err != nil {
 		return reportFailure(ready, fmt.Errorf("read spec: %w", err))
@@ -106,6 +116,8 @@ func RunWith(dir string, ready io.WriteCloser, o Options) error {
 	}
 	// The image profile is the artifact's, as admitted.
 	s.state.Image.ImageProfile = p.ImageProfile
+	s.state.Boot.Start, s.state.Boot.StartReason = s.spec.Start.Mode, s.spec.Start.Reason
+	s.state.Boot.Snapshot, s.state.Boot.Pool = s.spec.Start.Snapshot, s.spec.Start.Pool
 	if s.spec.TTL > 0 {
 		exp := s.spec.Created.Add(s.spec.TTL)
 		s.state.Expires = &exp
@@ -118,13 +130,9 @@ func RunWith(dir string, ready io.WriteCloser, o Options) error {
 
 	// A transient sandbox lives as long as its holder keeps the write end
 	// of the hold pipe (fd 4) open: EOF means the holder finished or died.
-	holderGone := make(chan struct{})
+	holderGone := s.holderGone
 	if s.spec.Transient {
-		hold := holdPipe()
-		go func() {
-			io.Copy(io.Discard, hold)
-			close(holderGone)
-		}()
+		s.watchHolder(holdPipe())
 	}
 
 	bootCtx, cancel := context.WithTimeout(context.Background(), s.spec.BootTimeout)
@@ -156,12 +164,13 @@ func RunWith(dir string, ready io.WriteCloser, o Options) error {
 	ready.Write(append(b, '\n'))
 	ready.Close()
 
-	var ttl <-chan time.Time
+	s.mu.Lock()
 	if s.state.Expires != nil {
-		t := time.NewTimer(time.Until(*s.state.Expires))
-		defer t.Stop()
-		ttl = t.C
+		s.ttl.Reset(time.Until(*s.state.Expires))
 	}
+	s.mu.Unlock()
+	defer s.ttl.Stop()
+	ttl := s.ttl.C
 	var req stopRequest
 	select {
 	case <-s.vm.Done():
@@ -400,7 +409,14 @@ func (s *supervisor) serveControl(l net.Listener) {
 
 func (s *supervisor) handleControl(c net.Conn) {
 	defer c.Close()
-	r := bufio.NewReader(io.LimitReader(c, 64<<10))
+	// The first message may carry a descriptor (a claim's hold pipe).
+	first, files := readWithFiles(c, 64<<10)
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	r := bufio.NewReader(io.LimitReader(io.MultiReader(bytes.NewReader(first), c), 64<<10))
 	line, err := r.ReadBytes('\n')
 	if err != nil {
 		return
@@ -450,6 +466,12 @@ func (s *supervisor) handleControl(c net.Conn) {
 		reply(sandbox.Response{OK: true, State: s.snapshot()})
 	case "forward":
 		reply(s.forward(ctx, req.Publish))
+	case "claim":
+		resp, took := s.claim(ctx, files)
+		if took {
+			files = nil
+		}
+		reply(resp)
 	default:
 		reply(sandbox.Response{Error: fmt.Sprintf("unknown op %q", req.Op)})
 	}

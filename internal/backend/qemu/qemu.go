@@ -48,6 +48,10 @@ func KernelCmdline(accel string) string {
 	return strings.Join(parts, " ")
 }
 
+// MachineType is the machine every guest gets (a snapshot restores only
+// into the same one).
+const MachineType = "microvm,x-option-roms=off,isa-serial=on"
+
 // Args returns QEMU's argument list for spec under accel. The sandbox's
 // sockets and console log are named relative to QEMU's working directory,
 // spec.Dir, so that their paths fit a socket address however long the
@@ -59,7 +63,7 @@ func Args(spec backend.Spec, accel string) []string {
 	}
 	args := []string{
 		"-name", spec.Name,
-		"-M", "microvm,x-option-roms=off,isa-serial=on" + memBackend(spec),
+		"-M", MachineType + memBackend(spec),
 		"-accel", accel,
 		"-m", strconv.Itoa(spec.MemoryMiB),
 		"-smp", strconv.Itoa(spec.CPUs),

@@ -1,0 +1,288 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/image"
+	"github.com/mvm-sandbox/mvm/internal/netpolicy"
+	"github.com/mvm-sandbox/mvm/internal/plan"
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
+)
+
+func withSnapshots(t *testing.T) {
+	t.Helper()
+	old := snapshotsSupported
+	snapshotsSupported = true
+	t.Cleanup(func() { snapshotsSupported = old })
+}
+
+func testKey() ReadyKey {
+	return ReadyKey{
+		ReadyShape: ReadyShape{Backend: plan.BackendQEMU, Image: "sha256:" + strings.Repeat("a", 64), CPUs: 1, MemoryMiB: 512},
+		VMM:        "/usr/bin/qemu size=1 mtime=2", Machine: "microvm", Accel: "tcg",
+		Kernel: "sha256:k", Initramfs: "sha256:i", Cmdline: "console=ttyS0",
+	}
+}
+
+// fakeSave writes a file standing for a snapshot, after wait returns.
+func fakeSave(saves *atomic.Int32, wait func()) ReadySaver {
+	return func(ctx context.Context, id, dir string) error {
+		saves.Add(1)
+		if wait != nil {
+			wait()
+		}
+		return os.WriteFile(filepath.Join(dir, "memory"), []byte("state of "+id), 0o600)
+	}
+}
+
+func TestDecideStart(t *testing.T) {
+	withSnapshots(t)
+	r := testRuntime(t)
+	key := testKey()
+
+	d := r.decideStart(key, "")
+	if d.Start != StartCold || !d.Record || !strings.Contains(d.Reason, "no ready snapshot") {
+		t.Fatalf("no snapshot: %+v", d)
+	}
+	var saves atomic.Int32
+	sb := &Sandbox{ID: "src1"}
+	rec, err := r.recordReady(context.Background(), fakeSave(&saves, nil), sb, d)
+	if err != nil || rec == nil {
+		t.Fatalf("record: %v %v", rec, err)
+	}
+	d = r.decideStart(key, "")
+	if d.Start != StartRestored || d.Record || d.Dir == "" {
+		t.Fatalf("after recording: %+v", d)
+	}
+	if b, err := os.ReadFile(filepath.Join(d.Dir, "memory")); err != nil || string(b) != "state of src1" {
+		t.Fatalf("published snapshot: %q %v", b, err)
+	}
+	// The shape's directory and files are private.
+	if st, err := os.Stat(d.Dir); err != nil || st.Mode().Perm() != 0o700 {
+		t.Fatalf("ready dir mode: %v %v", st.Mode(), err)
+	}
+
+	// Anything the guest was booted from changing makes it stale: cold,
+	// and this boot replaces it.
+	for field, mut := range map[string]func(*ReadyKey){
+		"kernel":          func(k *ReadyKey) { k.Kernel = "sha256:k2" },
+		"agent/initramfs": func(k *ReadyKey) { k.Initramfs = "sha256:i2" },
+		"qemu binary":     func(k *ReadyKey) { k.VMM = "/usr/bin/qemu size=3 mtime=4" },
+		"machine type":    func(k *ReadyKey) { k.Machine = "q35" },
+		"accelerator":     func(k *ReadyKey) { k.Accel = "kvm" },
+		"kernel command":  func(k *ReadyKey) { k.Cmdline = "console=ttyS0 other" },
+	} {
+		k := key
+		mut(&k)
+		if k.ID() != key.ID() {
+			t.Fatalf("%s: the shape id must not change with versions", field)
+		}
+		d := r.decideStart(k, "")
+		if d.Start != StartCold || !d.Record || !strings.Contains(d.Reason, "stale: "+field) {
+			t.Errorf("%s changed: %+v", field, d)
+		}
+	}
+	// A different shape has its own snapshot (none yet).
+	k := key
+	k.MemoryMiB = 1024
+	if k.ID() == key.ID() {
+		t.Fatal("memory must be part of the shape")
+	}
+	if d := r.decideStart(k, ""); d.Start != StartCold || !strings.Contains(d.Reason, "no ready snapshot") {
+		t.Fatalf("other shape: %+v", d)
+	}
+	// A reason to be cold wins and records nothing.
+	if d := r.decideStart(key, "cold start requested"); d.Start != StartCold || d.Record || d.Reason != "cold start requested" {
+		t.Fatalf("cold requested: %+v", d)
+	}
+	// A corrupt record is replaced, not trusted.
+	if err := os.WriteFile(filepath.Join(d.Dir, readyRecordFile), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if d := r.decideStart(key, ""); d.Start != StartCold || !d.Record || !strings.Contains(d.Reason, "unreadable") {
+		t.Fatalf("corrupt record: %+v", d)
+	}
+}
+
+func TestRecordReadyReplacesStale(t *testing.T) {
+	withSnapshots(t)
+	r := testRuntime(t)
+	old := testKey()
+	var saves atomic.Int32
+	if _, err := r.recordReady(context.Background(), fakeSave(&saves, nil), &Sandbox{ID: "old"}, r.decideStart(old, "")); err != nil {
+		t.Fatal(err)
+	}
+	cur := old
+	cur.Kernel = "sha256:new"
+	d := r.decideStart(cur, "")
+	if !d.Record {
+		t.Fatalf("stale: %+v", d)
+	}
+	if _, err := r.recordReady(context.Background(), fakeSave(&saves, nil), &Sandbox{ID: "new"}, d); err != nil {
+		t.Fatal(err)
+	}
+	d = r.decideStart(cur, "")
+	if d.Start != StartRestored {
+		t.Fatalf("replaced: %+v", d)
+	}
+	if b, _ := os.ReadFile(filepath.Join(d.Dir, "memory")); string(b) != "state of new" {
+		t.Fatalf("the stale snapshot is still there: %q", b)
+	}
+	if d := r.decideStart(old, ""); d.Start != StartCold {
+		t.Fatalf("the old key must not restore the new snapshot: %+v", d)
+	}
+	assertNoStaging(t, r)
+}
+
+func assertNoStaging(t *testing.T, r *Runtime) {
+	t.Helper()
+	ents, _ := os.ReadDir(r.readyRoot())
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".tmp-") || strings.Contains(e.Name(), ".old") || strings.Contains(e.Name(), ".drop-") {
+			t.Errorf("left in %s: %s", r.readyRoot(), e.Name())
+		}
+	}
+}
+
+// Two first boots of one image at once: one records, the other goes on
+// without waiting, and readers only ever see a complete snapshot.
+func TestRecordReadyConcurrentFirstBoots(t *testing.T) {
+	withSnapshots(t)
+	r := testRuntime(t)
+	key := testKey()
+	var saves atomic.Int32
+	release := make(chan struct{})
+	entered := make(chan struct{}, 2)
+	save := fakeSave(&saves, func() { entered <- struct{}{}; <-release })
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	recs := make([]*ReadyRecord, 2)
+	d := r.decideStart(key, "")
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		recs[0], errs[0] = r.recordReady(context.Background(), save, &Sandbox{ID: "a"}, d)
+	}()
+	<-entered // a holds the lock and is saving
+	if got := r.decideStart(key, ""); got.Start != StartCold {
+		t.Fatalf("a snapshot being recorded must not be restored: %+v", got)
+	}
+	recs[1], errs[1] = r.recordReady(context.Background(), save, &Sandbox{ID: "b"}, d)
+	if errs[1] != nil || recs[1] != nil {
+		t.Fatalf("second recorder: %v %v (want: skipped, no error)", recs[1], errs[1])
+	}
+	close(release)
+	wg.Wait()
+	if errs[0] != nil || recs[0] == nil {
+		t.Fatalf("first recorder: %v %v", recs[0], errs[0])
+	}
+	if n := saves.Load(); n != 1 {
+		t.Fatalf("%d saves, want 1", n)
+	}
+	// A later first boot (it decided before the snapshot was published)
+	// finds it under the lock and records nothing.
+	if rec, err := r.recordReady(context.Background(), save, &Sandbox{ID: "c"}, d); rec != nil || err != nil || saves.Load() != 1 {
+		t.Fatalf("late recorder: %v %v saves=%d", rec, err, saves.Load())
+	}
+	assertNoStaging(t, r)
+}
+
+func TestRecordReadySaveFailureLeavesNothing(t *testing.T) {
+	withSnapshots(t)
+	r := testRuntime(t)
+	key := testKey()
+	boom := errors.New("migrate failed")
+	_, err := r.recordReady(context.Background(), func(ctx context.Context, id, dir string) error {
+		os.WriteFile(filepath.Join(dir, "memory"), []byte("half"), 0o600)
+		return boom
+	}, &Sandbox{ID: "a"}, r.decideStart(key, ""))
+	if !errors.Is(err, boom) {
+		t.Fatalf("err %v", err)
+	}
+	if d := r.decideStart(key, ""); d.Start != StartCold || !strings.Contains(d.Reason, "no ready snapshot") {
+		t.Fatalf("after a failed save: %+v", d)
+	}
+	assertNoStaging(t, r)
+}
+
+func TestDropReadyKeepsANewerSnapshot(t *testing.T) {
+	withSnapshots(t)
+	r := testRuntime(t)
+	key := testKey()
+	var saves atomic.Int32
+	r.recordReady(context.Background(), fakeSave(&saves, nil), &Sandbox{ID: "a"}, r.decideStart(key, ""))
+	failed := r.decideStart(key, "")
+	// Meanwhile someone replaced it.
+	time.Sleep(time.Millisecond) // distinct Created
+	os.RemoveAll(failed.Dir)
+	r.recordReady(context.Background(), fakeSave(&saves, nil), &Sandbox{ID: "b"}, r.decideStart(key, ""))
+	r.dropReady(failed)
+	if d := r.decideStart(key, ""); d.Start != StartRestored {
+		t.Fatalf("a newer snapshot was dropped: %+v", d)
+	}
+	r.dropReady(r.decideStart(key, ""))
+	if d := r.decideStart(key, ""); d.Start != StartCold || !d.Record {
+		t.Fatalf("after drop: %+v", d)
+	}
+	assertNoStaging(t, r)
+}
+
+func TestColdReason(t *testing.T) {
+	t.Setenv(WarmEnv, "")
+	cases := []struct {
+		name string
+		o    UpOptions
+		att  *sandbox.Attachments
+		be   string
+		want string
+	}{
+		{"plain", UpOptions{}, nil, plan.BackendQEMU, ""},
+		{"secrets restore", UpOptions{}, &sandbox.Attachments{}, plan.BackendQEMU, ""},
+		{"cold flag", UpOptions{Cold: true}, nil, plan.BackendQEMU, "cold start requested"},
+		{"firecracker", UpOptions{}, nil, plan.BackendFirecracker, "qemu only"},
+		{"network", UpOptions{Network: netpolicy.Config{Mode: netpolicy.Allowlist, Allow: []netpolicy.Rule{{Host: "example.com", Port: 443}}}}, nil, plan.BackendQEMU, "NIC"},
+		{"host dir", UpOptions{}, &sandbox.Attachments{Mounts: []plan.Mount{{}}}, plan.BackendQEMU, "host directories"},
+		{"volume", UpOptions{}, &sandbox.Attachments{Volumes: []plan.VolumeMount{{}}}, plan.BackendQEMU, "volumes"},
+	}
+	for _, c := range cases {
+		got := coldReason(&c.o, c.att, c.be)
+		if (c.want == "") != (got == "") || !strings.Contains(got, c.want) {
+			t.Errorf("%s: %q, want %q", c.name, got, c.want)
+		}
+	}
+	t.Setenv(WarmEnv, "0")
+	if got := coldReason(&UpOptions{}, nil, plan.BackendQEMU); got != WarmEnv+"=0" {
+		t.Errorf("%s=0: %q", WarmEnv, got)
+	}
+}
+
+func TestReadyKeyShape(t *testing.T) {
+	r := testRuntime(t)
+	k := &image.Kernel{Digest: "sha256:k"}
+	initramfsOnly := &bootImage{ref: sandbox.ImageRef{Digest: "sha256:m"}, kernel: k, initrdDigest: "sha256:i"}
+	o := UpOptions{CPUs: 1, MemoryMiB: 512, DiskMiB: 4096}
+	a := r.readyKey(initramfsOnly, &o, plan.BackendQEMU, "", false)
+	if a.DiskMiB != 0 {
+		t.Fatalf("an initramfs image has no disk in its shape: %+v", a)
+	}
+	if strings.Contains(a.Cmdline, "tsc_early_khz") || !strings.Contains(a.Cmdline, "console=ttyS0") {
+		t.Fatalf("cmdline %q", a.Cmdline)
+	}
+	withConsole := r.readyKey(initramfsOnly, &o, plan.BackendQEMU, "", true)
+	if withConsole.ID() == a.ID() {
+		t.Fatal("the console flag must be part of the shape")
+	}
+	rootfs := &bootImage{ref: sandbox.ImageRef{Digest: "sha256:r"}, kernel: k, initrdDigest: "sha256:i", rootfs: "/img"}
+	b := r.readyKey(rootfs, &o, plan.BackendQEMU, rootfs.cmdline(), false)
+	if b.DiskMiB != 4096 || !strings.Contains(b.Cmdline, "mvm.upper=/dev/vdb") {
+		t.Fatalf("rootfs key %+v", b)
+	}
+}
