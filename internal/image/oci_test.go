@@ -388,6 +388,10 @@ func TestUnknownTemplateNamesOCIAlternative(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "python:3.12-slim") {
 		t.Fatalf("error %v does not name python:3.12-slim", err)
 	}
+	// a name of no template family gets no made-up reference
+	if _, err := ResolveTemplate("foo-bar"); err == nil || strings.Contains(err.Error(), "foo:bar") {
+		t.Fatalf("foo-bar: %v", err)
+	}
 	if !oci.IsReference("python:3.12-slim") || oci.IsReference("python-3.12") || oci.IsReference("sha256:abcd") {
 		t.Fatal("reference detection")
 	}

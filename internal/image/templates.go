@@ -80,7 +80,7 @@ func (e *UnknownTemplateError) Error() string {
 		fmt.Fprintf(&b, " (no Debian release this runtime builds from provides that version; %s versions: %s)", fam, strings.Join(e.Versions, ", "))
 	}
 	fmt.Fprintf(&b, "; available templates: %s", strings.Join(TemplateNames(), ", "))
-	if fam, ver, ok := strings.Cut(e.Name, "-"); ok && ver != "" {
+	if fam, ver, ok := strings.Cut(e.Name, "-"); ok && ver != "" && len(e.Versions) > 0 {
 		fmt.Fprintf(&b, "; or use an OCI image reference such as %s:%s-slim", fam, ver)
 	}
 	return b.String()

@@ -226,7 +226,7 @@ func TestRealize(t *testing.T) {
 	if c := codes(err); len(c) != 1 || c[0] != EImageUnavailable {
 		t.Fatalf("python312: %v", err)
 	}
-	for _, want := range []string{"python311", "python313", "mvm.python_image(\"3.13\")"} {
+	for _, want := range []string{"python311", "python313", "mvm.python_image(\"3.13\")", "mvm.oci_image("} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("python312 message lacks %q: %v", want, err)
 		}
@@ -234,7 +234,7 @@ func TestRealize(t *testing.T) {
 	if _, err := Realize(Image{Kind: ImageNixPackages, Packages: []string{"python311", "nodejs_20"}}); err == nil {
 		t.Error("python311+nodejs_20 (two releases) accepted")
 	}
-	if _, err := Realize(Image{Kind: ImagePython, Version: "3.12"}); err == nil || !strings.Contains(err.Error(), "3.11, 3.13") {
+	if _, err := Realize(Image{Kind: ImagePython, Version: "3.12"}); err == nil || !strings.Contains(err.Error(), "3.11, 3.13") || !strings.Contains(err.Error(), `mvm.oci_image("python:3.12-slim")`) {
 		t.Errorf("python_image 3.12: %v", err)
 	}
 	if r, err := Realize(Image{Kind: ImageNode, Version: "20"}); err != nil || r.Template != "node-20" {

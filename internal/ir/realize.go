@@ -72,13 +72,13 @@ func Realize(im Image) (Realization, error) {
 	case ImagePython:
 		t := "python-" + im.Version
 		if err := checkTemplate(t); err != nil {
-			return Realization{}, unavailable("python_image(%q): no Debian release this runtime builds from ships Python %s; versions that exist: %s (mvm.python_image(\"3.13\"))", im.Version, im.Version, strings.Join(PythonVersions, ", "))
+			return Realization{}, unavailable("python_image(%q): no Debian release this runtime builds from ships Python %s; versions that exist: %s (mvm.python_image(\"3.13\")), or any Python as an OCI image: mvm.oci_image(\"python:%s-slim\")", im.Version, im.Version, strings.Join(PythonVersions, ", "), im.Version)
 		}
 		return Realization{Template: t, Packages: im.Packages}, nil
 	case ImageNode:
 		t := "node-" + im.Version
 		if err := checkTemplate(t); err != nil {
-			return Realization{}, unavailable("node_image(%q): no Debian release this runtime builds from ships Node.js %s; versions that exist: %s (mvm.node_image(\"20\"))", im.Version, im.Version, strings.Join(NodeVersions, ", "))
+			return Realization{}, unavailable("node_image(%q): no Debian release this runtime builds from ships Node.js %s; versions that exist: %s (mvm.node_image(\"20\")), or any Node.js as an OCI image: mvm.oci_image(\"node:%s-slim\")", im.Version, im.Version, strings.Join(NodeVersions, ", "), im.Version)
 		}
 		return Realization{Template: t}, nil
 	case ImageTemplate:
@@ -151,9 +151,9 @@ func nixUnknownMsg(n string) string {
 	low := strings.ToLower(n)
 	switch {
 	case strings.HasPrefix(low, "python"):
-		return fmt.Sprintf("nix package %q cannot be provided: no Nix store is reachable here, and no Debian release this runtime builds from ships that Python. Python versions that exist: %s (Debian 12 / 13). Use mvm.nix_packages([\"python313\"]) or mvm.python_image(\"3.13\")", n, strings.Join(nixNames("python"), ", "))
+		return fmt.Sprintf("nix package %q cannot be provided: no Nix store is reachable here, and no Debian release this runtime builds from ships that Python. Python versions that exist: %s (Debian 12 / 13). Use mvm.nix_packages([\"python313\"]) or mvm.python_image(\"3.13\"), or an OCI image such as mvm.oci_image(\"python:3.12-slim\")", n, strings.Join(nixNames("python"), ", "))
 	case strings.HasPrefix(low, "node"):
-		return fmt.Sprintf("nix package %q cannot be provided: no Nix store is reachable here, and no Debian release this runtime builds from ships that Node.js. Node.js versions that exist: %s (Debian 12 / 13). Use mvm.nix_packages([\"nodejs_20\"]) or mvm.node_image(\"20\")", n, strings.Join(nixNames("node"), ", "))
+		return fmt.Sprintf("nix package %q cannot be provided: no Nix store is reachable here, and no Debian release this runtime builds from ships that Node.js. Node.js versions that exist: %s (Debian 12 / 13). Use mvm.nix_packages([\"nodejs_20\"]) or mvm.node_image(\"20\"), or an OCI image such as mvm.oci_image(\"node:22-slim\")", n, strings.Join(nixNames("node"), ", "))
 	}
 	return fmt.Sprintf("nix package %q is not in the table of Nix names mvm realises from Debian (%s); no Nix store is reachable here. For other software use mvm.debian_packages([...], release=12|13)", n, strings.Join(nixNames(""), ", "))
 }
