@@ -49,6 +49,26 @@ func parse(ctx context.Context, lang *sitter.Language, src []byte) (*sitter.Tree
 	return p.ParseCtx(ctx, nil, src)
 }
 
+// parseChecked parses the extractor's source as lang (named in messages):
+// the source caps first, then tree-sitter under its deadline; the first
+// syntax error is E_SYNTAX at its position. The caller closes the tree.
+func (x *extractor) parseChecked(ctx context.Context, lang *sitter.Language, name string) (*sitter.Tree, error) {
+	if err := x.checkSource(); err != nil {
+		return nil, err
+	}
+	tree, err := parse(ctx, lang, x.src)
+	if err != nil {
+		return nil, x.errAt(Pos{1, 1}, ESyntax, "", "parse: %v", err)
+	}
+	if root := tree.RootNode(); root.HasError() {
+		e := firstError(root)
+		err := x.errAt(pos(e), ESyntax, "", "%s syntax error near %q", name, clip(x.text(e)))
+		tree.Close() // after the last use of its nodes
+		return nil, err
+	}
+	return tree, nil
+}
+
 // firstError finds the first ERROR or MISSING node.
 func firstError(root *sitter.Node) *sitter.Node {
 	stack := []*sitter.Node{root}
@@ -154,19 +174,12 @@ func (x *extractor) pyCallee(nm pyNames, fn *sitter.Node) string {
 
 func extractPython(ctx context.Context, file string, src []byte) (*found, error) {
 	x := &extractor{file: file, src: src}
-	if err := x.checkSource(); err != nil {
-		return nil, err
-	}
-	tree, err := parse(ctx, python.GetLanguage(), src)
+	tree, err := x.parseChecked(ctx, python.GetLanguage(), "Python")
 	if err != nil {
-		return nil, x.errAt(Pos{1, 1}, ESyntax, "", "parse: %v", err)
+		return nil, err
 	}
 	defer tree.Close()
 	root := tree.RootNode()
-	if root.HasError() {
-		e := firstError(root)
-		return nil, x.errAt(pos(e), ESyntax, "", "Python syntax error near %q", clip(x.text(e)))
-	}
 	nm := x.pyImports(root)
 	var apps []*found
 	var appErr error
@@ -262,13 +275,11 @@ func clip(s string) string {
 }
 
 func (x *extractor) pyValue(nm pyNames, n *sitter.Node, depth int) (*Value, error) {
-	if n == nil {
-		return nil, x.errAt(Pos{1, 1}, ESyntax, "", "missing value")
+	p, err := x.startValue(n, depth)
+	if err != nil {
+		return nil, err
 	}
-	p := pos(n)
-	if depth > maxDepth {
-		return nil, x.errAt(p, ETooLarge, "", "literal nested deeper than %d levels", maxDepth)
-	}
+	elem := func(c *sitter.Node, d int) (*Value, error) { return x.pyValue(nm, c, d) }
 	switch n.Type() {
 	case "string", "concatenated_string":
 		s, err := x.pyString(n)
@@ -308,58 +319,19 @@ func (x *extractor) pyValue(nm pyNames, n *sitter.Node, depth int) (*Value, erro
 			return x.pyValue(nm, n.NamedChild(0), depth+1)
 		}
 	case "list", "tuple":
-		v := &Value{Kind: VList, Pos: p}
-		for i := 0; i < int(n.NamedChildCount()); i++ {
-			c := n.NamedChild(i)
-			if c.Type() == "comment" {
-				continue
-			}
-			e, err := x.pyValue(nm, c, depth+1)
-			if err != nil {
-				return nil, err
-			}
-			v.List = append(v.List, e)
-		}
-		return v, nil
+		return x.listValue(n, depth, elem)
 	case "dictionary":
-		v := &Value{Kind: VDict, Dict: map[string]*Value{}, Pos: p}
-		for i := 0; i < int(n.NamedChildCount()); i++ {
-			c := n.NamedChild(i)
-			if c.Type() == "comment" {
-				continue
-			}
-			if c.Type() != "pair" {
-				return nil, x.errAt(pos(c), ENonLiteral, "{\"KEY\": literal, ...}", "dict entries must be \"key\": value pairs (no ** unpacking)")
-			}
-			kn := c.ChildByFieldName("key")
-			if kn.Type() != "string" && kn.Type() != "concatenated_string" {
-				return nil, x.errAt(pos(kn), ENonLiteral, "string keys", "dict keys must be string literals")
-			}
-			k, err := x.pyString(kn)
-			if err != nil {
-				return nil, err
-			}
-			if _, dup := v.Dict[k]; dup {
-				return nil, x.errAt(pos(kn), EBadArgument, "", "key %q given twice", clip(k))
-			}
-			e, err := x.pyValue(nm, c.ChildByFieldName("value"), depth+1)
-			if err != nil {
-				return nil, err
-			}
-			v.Keys = append(v.Keys, k)
-			v.Dict[k] = e
-		}
-		return v, nil
+		return x.dictValue(n, depth, pyDict(x), elem)
 	case "call":
 		fn := n.ChildByFieldName("function")
 		h := ""
 		if fn != nil {
 			h = x.pyCallee(nm, fn)
 		}
-		if !helpers[h] {
-			return nil, x.errAt(p, EUnknownHelper, HelperNames, "%s is not a declaration helper", clip(x.text(fn)))
+		v, err := x.helperCall(n, fn, h)
+		if err != nil {
+			return nil, err
 		}
-		v := &Value{Kind: VCall, Helper: h, Kwargs: map[string]*Value{}, Pos: p}
 		args := n.ChildByFieldName("arguments")
 		for i := 0; args != nil && i < int(args.NamedChildCount()); i++ {
 			a := args.NamedChild(i)
@@ -392,11 +364,21 @@ func (x *extractor) pyValue(nm pyNames, n *sitter.Node, depth int) (*Value, erro
 		}
 		return v, nil
 	}
-	what := typeName(n)
-	if n.Type() == "identifier" {
-		what = "the variable " + x.text(n)
+	return nil, x.notLiteral(n)
+}
+
+// pyDict: string-literal keys, no ** unpacking.
+func pyDict(x *extractor) dictSyntax {
+	return dictSyntax{
+		key: func(kn *sitter.Node) (string, error) {
+			if kn.Type() != "string" && kn.Type() != "concatenated_string" {
+				return "", x.errAt(pos(kn), ENonLiteral, "string keys", "dict keys must be string literals")
+			}
+			return x.pyString(kn)
+		},
+		allowed: "{\"KEY\": literal, ...}",
+		notPair: "dict entries must be \"key\": value pairs (no ** unpacking)",
 	}
-	return nil, x.errAt(p, ENonLiteral, literalHint, "%s is evaluated at run time; declarations are read without running the module", what)
 }
 
 func parseInt(s string) (int64, error) {

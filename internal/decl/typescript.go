@@ -88,19 +88,12 @@ var camel = map[string]string{
 
 func extractTypeScript(ctx context.Context, file string, src []byte) (*found, error) {
 	x := &extractor{file: file, src: src}
-	if err := x.checkSource(); err != nil {
-		return nil, err
-	}
-	tree, err := parse(ctx, typescript.GetLanguage(), src)
+	tree, err := x.parseChecked(ctx, typescript.GetLanguage(), "TypeScript")
 	if err != nil {
-		return nil, x.errAt(Pos{1, 1}, ESyntax, "", "parse: %v", err)
+		return nil, err
 	}
 	defer tree.Close()
 	root := tree.RootNode()
-	if root.HasError() {
-		e := firstError(root)
-		return nil, x.errAt(pos(e), ESyntax, "", "TypeScript syntax error near %q", clip(x.text(e)))
-	}
 	nm := x.tsImports(root)
 	var apps []*found
 	var appErr error
@@ -198,13 +191,11 @@ func (x *extractor) tsKey(n *sitter.Node) (string, error) {
 }
 
 func (x *extractor) tsValue(nm tsNames, n *sitter.Node, depth int) (*Value, error) {
-	if n == nil {
-		return nil, x.errAt(Pos{1, 1}, ESyntax, "", "missing value")
+	p, err := x.startValue(n, depth)
+	if err != nil {
+		return nil, err
 	}
-	p := pos(n)
-	if depth > maxDepth {
-		return nil, x.errAt(p, ETooLarge, "", "literal nested deeper than %d levels", maxDepth)
-	}
+	elem := func(c *sitter.Node, d int) (*Value, error) { return x.tsValue(nm, c, d) }
 	switch n.Type() {
 	case "string", "template_string":
 		s, err := x.tsString(n)
@@ -245,54 +236,23 @@ func (x *extractor) tsValue(nm tsNames, n *sitter.Node, depth int) (*Value, erro
 			return x.tsValue(nm, n.NamedChild(0), depth+1)
 		}
 	case "array":
-		v := &Value{Kind: VList, Pos: p}
-		for i := 0; i < int(n.NamedChildCount()); i++ {
-			c := n.NamedChild(i)
-			if c.Type() == "comment" {
-				continue
-			}
-			e, err := x.tsValue(nm, c, depth+1)
-			if err != nil {
-				return nil, err
-			}
-			v.List = append(v.List, e)
-		}
-		return v, nil
+		return x.listValue(n, depth, elem)
 	case "object":
-		v := &Value{Kind: VDict, Dict: map[string]*Value{}, Pos: p}
-		for i := 0; i < int(n.NamedChildCount()); i++ {
-			c := n.NamedChild(i)
-			if c.Type() == "comment" {
-				continue
-			}
-			if c.Type() != "pair" {
-				return nil, x.errAt(pos(c), ENonLiteral, "{key: literal, ...}", "object entries must be key: value pairs (no shorthand or spread: they read variables)")
-			}
-			k, err := x.tsKey(c.ChildByFieldName("key"))
-			if err != nil {
-				return nil, err
-			}
-			if _, dup := v.Dict[k]; dup {
-				return nil, x.errAt(pos(c), EBadArgument, "", "key %q given twice", clip(k))
-			}
-			e, err := x.tsValue(nm, c.ChildByFieldName("value"), depth+1)
-			if err != nil {
-				return nil, err
-			}
-			v.Keys = append(v.Keys, k)
-			v.Dict[k] = e
-		}
-		return v, nil
+		return x.dictValue(n, depth, dictSyntax{
+			key:     x.tsKey,
+			allowed: "{key: literal, ...}",
+			notPair: "object entries must be key: value pairs (no shorthand or spread: they read variables)",
+		}, elem)
 	case "call_expression":
 		fn := n.ChildByFieldName("function")
 		h := x.tsCallee(nm, fn)
 		if c, ok := camel[h]; ok {
 			h = c
 		}
-		if !helpers[h] {
-			return nil, x.errAt(p, EUnknownHelper, HelperNames, "%s is not a declaration helper", clip(x.text(fn)))
+		v, err := x.helperCall(n, fn, h)
+		if err != nil {
+			return nil, err
 		}
-		v := &Value{Kind: VCall, Helper: h, Kwargs: map[string]*Value{}, Pos: p}
 		args := n.ChildByFieldName("arguments")
 		for i := 0; args != nil && i < int(args.NamedChildCount()); i++ {
 			a := args.NamedChild(i)
@@ -317,9 +277,5 @@ func (x *extractor) tsValue(nm tsNames, n *sitter.Node, depth int) (*Value, erro
 		}
 		return v, nil
 	}
-	what := typeName(n)
-	if n.Type() == "identifier" {
-		what = "the variable " + x.text(n)
-	}
-	return nil, x.errAt(p, ENonLiteral, literalHint, "%s is evaluated at run time; declarations are read without running the module", what)
+	return nil, x.notLiteral(n)
 }
