@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -294,4 +296,63 @@ func processesMentioning(s string) []int {
 		}
 	}
 	return pids
+}
+
+// TestBundleEgress: a bundle sandbox under the standard profile with an
+// allowlist (the shim's io.mvm.allow) gets a NIC, and the container's
+// processes, in their own root, resolve and reach the allowed name (the
+// guest's resolver is bound on the root's /etc/resolv.conf, read-only)
+// and not another.
+func TestBundleEgress(t *testing.T) {
+	e := newEnv(t)
+	rt := bundleRuntime(t, e)
+	rootfs := makeBundleRootfs(t)
+	for _, n := range []string{"nc", "nslookup", "sed", "tail"} {
+		os.Symlink("busybox", filepath.Join(rootfs, "bin", n))
+	}
+	const marker = "hello-from-the-allowed-server"
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, marker) }))
+	defer web.Close()
+	hosts := filepath.Join(t.TempDir(), "hosts")
+	os.WriteFile(hosts, []byte("127.0.0.1 ok.test bad.test\n"), 0o644)
+	t.Setenv("MVM_NET_HOSTS", hosts)
+	wp := port(web.Listener.Addr())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	sb, err := rt.UpBundle(ctx, runtime.BundleOptions{Name: "egress", RootDir: rootfs, Profile: "standard", Allow: []string{"ok.test:" + wp}})
+	if err != nil {
+		t.Fatalf("UpBundle: %v", err)
+	}
+	defer rt.Down(context.Background(), "egress")
+	if sb.Plan.Network.Mode != "allowlist" {
+		t.Fatalf("plan network: %+v", sb.Plan.Network)
+	}
+	var out syncBuffer
+	// busybox's own resolver (nslookup) and nc, as TestNetworkAllowlist
+	// does: a static glibc busybox's wget cannot resolve without NSS.
+	script := `cat /etc/resolv.conf
+ip=$(nslookup ok.test | sed -n 's/^Address:[ \t]*\(10\.0\.2\.[0-9]*\).*/\1/p' | tail -1)
+echo "IP=$ip"
+printf 'GET / HTTP/1.0\r\nHost: ok.test:` + wp + `\r\n\r\n' | nc -w 10 "$ip" ` + wp + `
+echo
+if nslookup bad.test >/dev/null 2>&1; then echo BAD-RESOLVED; fi
+echo > /etc/resolv.conf 2>/dev/null || echo ro`
+	if _, err := rt.StartProcess(ctx, "egress", runtime.ProcessSpec{ID: "w", UID: 1000, GID: 1000, Env: []string{"PATH=/bin"}, Args: []string{"sh", "-c", script}},
+		runtime.ProcessIO{Stdout: &out, Stderr: &out}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := rt.WaitProcess(ctx, "egress", "w"); err != nil || st.Exit.Code != 0 {
+		t.Fatalf("wait: %v %+v: %q", err, st, out.String())
+	}
+	if o := out.String(); !strings.Contains(o, "nameserver 127.0.0.1") || !strings.Contains(o, marker) || strings.Contains(o, "BAD-RESOLVED") || !strings.Contains(o, "ro\n") {
+		t.Fatalf("container egress: %q", o)
+	}
+	if b, err := os.ReadFile(filepath.Join(rootfs, "etc", "resolv.conf")); err != nil || len(b) != 0 {
+		t.Fatalf("the host's rootfs got the guest's resolver written into it: %q %v", b, err)
+	}
+	if err := rt.Down(ctx, "egress"); err != nil {
+		t.Fatal(err)
+	}
+	e.assertClean()
 }
