@@ -15,6 +15,7 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -73,26 +74,16 @@ func TestProcWaitersCapped(t *testing.T) {
 	// The server counts a reader once its stream handler runs: poll until
 	// one more is refused.
 	var err error
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	wait := func() error {
 		_, err = c.ProcWait(ctx, &pb.ProcWaitRequest{Handle: p.Handle, NoFollow: true}, io.Discard, io.Discard, nil)
-		if status.Code(err) == codes.ResourceExhausted || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
+		return err
 	}
-	if status.Code(err) != codes.ResourceExhausted {
-		t.Fatalf("reader %d: %v, want ResourceExhausted", agentapi.MaxProcWaiters+1, err)
-	}
+	testenv.Eventually(t, 10*time.Second, 10*time.Millisecond, func() bool { return status.Code(wait()) == codes.ResourceExhausted },
+		func() string {
+			return fmt.Sprintf("reader %d to be refused: %v, want ResourceExhausted", agentapi.MaxProcWaiters+1, err)
+		})
 	streams[0]()
-	deadline = time.Now().Add(10 * time.Second)
-	for {
-		_, err = c.ProcWait(ctx, &pb.ProcWaitRequest{Handle: p.Handle, NoFollow: true}, io.Discard, io.Discard, nil)
-		if err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.Poll(10*time.Second, 10*time.Millisecond, func() bool { return wait() == nil })
 	if err != nil {
 		t.Fatalf("a reader left but a new one is still refused: %v", err)
 	}

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -69,20 +71,15 @@ func TestProcLateWaitAndGap(t *testing.T) {
 	n := 4 * agentapi.ProcOutputBytes
 	info := start(t, c, false, "sh", "-c", "head -c "+strconv.Itoa(n)+" /dev/zero | tr '\\0' a; echo END; echo oops >&2; exit 5")
 	// Wait late: only once the process has exited (polled, not slept).
-	deadline := time.Now().Add(time.Minute)
-	for {
+	var procs []*pb.ProcInfo
+	testenv.Eventually(t, time.Minute, 10*time.Millisecond, func() bool {
 		ls, err := c.Agent.ProcList(ctx, &pb.ProcListRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(ls.Procs) > 0 && ls.Procs[0].State == "exited" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("process never exited: %+v", ls.Procs)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		procs = ls.Procs
+		return len(procs) > 0 && procs[0].State == "exited"
+	}, func() string { return fmt.Sprintf("the process to exit: %+v", procs) })
 	var out, errb bytes.Buffer
 	var lost int64
 	last, err := c.ProcWait(ctx, &pb.ProcWaitRequest{Handle: info.Handle}, &out, &errb, func(g *pb.OutputGap) { lost += g.Lost })

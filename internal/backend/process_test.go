@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 )
 
 func waitDone(t *testing.T, p *Process) {
@@ -126,18 +128,13 @@ func TestProcessDiesWithItsParent(t *testing.T) {
 	}
 	parent.Process.Kill()
 	parent.Wait()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		// the child is reparented (to init or a subreaper) and reaped there;
-		// a zombie counts as gone
+	// the child is reparented (to init or a subreaper) and reaped there;
+	// a zombie counts as gone
+	if !testenv.Poll(10*time.Second, 20*time.Millisecond, func() bool {
 		st, err := os.ReadFile("/proc/" + strconv.Itoa(child) + "/stat")
-		if err != nil || strings.Contains(string(st), ") Z ") {
-			return
-		}
-		if time.Now().After(deadline) {
-			syscall.Kill(child, syscall.SIGKILL)
-			t.Fatalf("VMM %d outlived its parent", child)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return err != nil || strings.Contains(string(st), ") Z ")
+	}) {
+		syscall.Kill(child, syscall.SIGKILL)
+		t.Fatalf("VMM %d outlived its parent", child)
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 )
 
 // Regression tests for the MCP findings of the security review (issue
@@ -89,7 +90,7 @@ func TestMCPCapCountsBootingSandboxes(t *testing.T) {
 		res, _ := h.cs.CallTool(context.Background(), &sdk.CallToolParams{Name: "sandbox_create", Arguments: map[string]any{"template": "slow"}})
 		first <- res
 	}()
-	waitUntil(t, 5*time.Second, "the first sandbox to be booting", func() bool { return h.rt.upCount() == 1 })
+	testenv.Eventually(t, 5*time.Second, 20*time.Millisecond, func() bool { return h.rt.upCount() == 1 }, testenv.Msg("the first sandbox to be booting"))
 	h.mustFail("sandbox_create", nil, "MVM_MCP_MAX_SANDBOXES=1")
 	h.mustFail("run_command", map[string]any{"command": "true"}, "MVM_MCP_MAX_SANDBOXES=1")
 	close(h.rt.gate)

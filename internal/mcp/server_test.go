@@ -21,6 +21,7 @@ import (
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 )
 
 // fakeRuntime stands in for internal/runtime: no VMs. "block" as argv[0]
@@ -494,17 +495,12 @@ func TestBusy(t *testing.T) {
 	}
 	cancel() // the client cancels the blocking call
 	<-first
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	var last string
+	testenv.Eventually(t, 5*time.Second, 10*time.Millisecond, func() bool {
 		res, _ := h.call("run_command", map[string]any{"sandbox": sb, "command": "true"})
-		if !res.IsError {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("still refused after the blocking call ended: %s", text(res))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		last = text(res)
+		return !res.IsError
+	}, func() string { return "a call to be admitted after the blocking call ended: " + last })
 }
 
 // fakeClock is the clock of idle and lifetime expiry in tests.
@@ -571,11 +567,11 @@ func TestIdleAndMaxReaping(t *testing.T) {
 		t.Fatalf("at the maximum lifetime: listed %v", l)
 	}
 	h.mustFail("files_list", map[string]any{"sandbox": busy, "path": "/"}, "lifetime")
-	waitUntil(t, 5*time.Second, "both destroyed in the runtime", func() bool {
+	testenv.Eventually(t, 5*time.Second, 20*time.Millisecond, func() bool {
 		h.rt.mu.Lock()
 		defer h.rt.mu.Unlock()
 		return len(h.rt.live) == 0
-	})
+	}, testenv.Msg("both destroyed in the runtime"))
 	if res := <-blocked; res == nil || !res.IsError {
 		t.Fatalf("the call on the destroyed sandbox: %v", res)
 	}
@@ -628,11 +624,11 @@ func TestShutdownByContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	go cs.CallTool(context.Background(), &sdk.CallToolParams{Name: "run_command", Arguments: map[string]any{"argv": []string{"block"}}})
-	waitUntil(t, 5*time.Second, "two sandboxes", func() bool {
+	testenv.Eventually(t, 5*time.Second, 20*time.Millisecond, func() bool {
 		rt.mu.Lock()
 		defer rt.mu.Unlock()
 		return len(rt.live) == 2
-	})
+	}, testenv.Msg("two sandboxes"))
 	cancel() // SIGTERM in mvmctl
 	select {
 	case err := <-done:
@@ -644,17 +640,6 @@ func TestShutdownByContext(t *testing.T) {
 	}
 	if len(rt.live) != 0 {
 		t.Fatalf("%d sandboxes left", len(rt.live))
-	}
-}
-
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 

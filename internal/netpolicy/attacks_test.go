@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/netpolicy/handoff"
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 	"golang.org/x/net/dns/dnsmessage"
 )
 
@@ -274,7 +275,7 @@ func TestEgressHelperBounded(t *testing.T) {
 		if i < limit {
 			// Handoffs are served concurrently: let this one take its slot
 			// before the next arrives, so that the one refused is the last.
-			waitFor(t, "DNS connection to take its slot", func() bool { return len(p.dnsSem) == i+1 })
+			testenv.Eventually(t, 10*time.Second, time.Millisecond, func() bool { return len(p.dnsSem) == i+1 }, testenv.Msg("DNS connection to take its slot"))
 		}
 	}
 	// The last one is closed by the proxy without an answer.

@@ -20,20 +20,9 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/guestnet"
 	"github.com/mvm-sandbox/mvm/internal/netpolicy/handoff"
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 	"golang.org/x/net/dns/dnsmessage"
 )
-
-// waitFor polls cond until it holds, failing the test after 10 s.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
 
 // fakeClock is an injected clock for rate limits.
 type fakeClock struct {
@@ -502,7 +491,7 @@ func TestProxyConnLimit(t *testing.T) {
 	p.sem = make(chan struct{}, 1)
 	target := "10.0.2.101:" + portOf(web)
 	held := dialVia(p, target) // holds the one slot while silent
-	waitFor(t, "the first connection to take the slot", func() bool { return p.Conns.Load() == 1 })
+	testenv.Eventually(t, 10*time.Second, time.Millisecond, func() bool { return p.Conns.Load() == 1 }, testenv.Msg("the first connection to take the slot"))
 	c := dialVia(p, target)
 	io.ReadAll(c)
 	if ev := log.last(); ev["reason"] != ReasonTooMany {

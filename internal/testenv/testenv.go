@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // StrictEnv is set to 1 by scripts/test.sh.
@@ -95,4 +96,35 @@ func LimitFileSize(t testing.TB, n uint64) (restore func()) {
 	restore = func() { syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old) }
 	t.Cleanup(restore)
 	return restore
+}
+
+// Poll calls cond every interval until it returns true, and reports
+// whether it did before timeout passed. It returns as soon as cond holds:
+// waiting is on the condition, never a fixed sleep.
+func Poll(timeout, interval time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(interval)
+	}
+	return true
+}
+
+// Eventually polls cond every interval until it returns true; when timeout
+// passes first it fails t (Fatalf) with "timed out after TIMEOUT waiting
+// for " and msg(), called only then so that it can show the last state (a
+// screen, a log). Msg makes a fixed message.
+func Eventually(t testing.TB, timeout, interval time.Duration, cond func() bool, msg func() string) {
+	t.Helper()
+	if !Poll(timeout, interval, cond) {
+		t.Fatalf("timed out after %s waiting for %s", timeout, msg())
+	}
+}
+
+// Msg is a fixed message for Eventually.
+func Msg(format string, args ...any) func() string {
+	s := fmt.Sprintf(format, args...)
+	return func() string { return s }
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,33 +34,18 @@ func (m *tmux) screen() string { return m.cmd("capture-pane", "-p", "-t", m.name
 
 func (m *tmux) waitFor(what string, d time.Duration) {
 	m.t.Helper()
-	deadline := time.Now().Add(d)
-	for !strings.Contains(m.screen(), what) {
-		if time.Now().After(deadline) {
-			m.t.Fatalf("terminal never showed %q:\n%s", what, m.screen())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testenv.Eventually(m.t, d, 100*time.Millisecond, func() bool { return strings.Contains(m.screen(), what) },
+		func() string { return fmt.Sprintf("the terminal to show %q:\n%s", what, m.screen()) })
 }
 
 // retryUntil types keys (then Enter) until the screen shows want, for
 // output that depends on something asynchronous having reached the guest.
 func (m *tmux) retryUntil(keys, want string, d time.Duration) {
 	m.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
+	testenv.Eventually(m.t, d, 0, func() bool {
 		m.cmd("send-keys", "-t", m.name, keys, "Enter")
-		next := time.Now().Add(time.Second)
-		for time.Now().Before(next) {
-			if strings.Contains(m.screen(), want) {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		if time.Now().After(deadline) {
-			m.t.Fatalf("terminal never showed %q:\n%s", want, m.screen())
-		}
-	}
+		return testenv.Poll(time.Second, 100*time.Millisecond, func() bool { return strings.Contains(m.screen(), want) })
+	}, func() string { return fmt.Sprintf("the terminal to show %q:\n%s", want, m.screen()) })
 }
 
 // startTmux runs mvmctl ARGS in a detached tmux session; after mvmctl exits

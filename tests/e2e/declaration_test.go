@@ -185,13 +185,9 @@ def handle(kind="ok", n=0):
 	if r := e.must("exec", "svc", "--", "cat", "/tmp/hook-before", "/tmp/hook-after"); r.stdout != "before\nafter\n" {
 		t.Errorf("hooks: %s", r)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for e.run("exec", "svc", "--", "test", "-e", "/tmp/cmd-started").code != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the command entrypoint did not start")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	waitFor(t, "the command entrypoint to start", 30*time.Second, func() bool {
+		return e.run("exec", "svc", "--", "test", "-e", "/tmp/cmd-started").code == 0
+	})
 	call := func(code int, input string) result {
 		return e.expect(code, "invoke", "svc", "--json", "--input", input)
 	}

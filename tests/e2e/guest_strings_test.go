@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/paths"
 	"github.com/mvm-sandbox/mvm/internal/testbin"
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 )
 
 // evil is what a hostile guest prints: a title change, a screen clear and
@@ -76,17 +78,12 @@ func main() {
 	if st := e.stateOf("liar"); st["image"].(map[string]any)["image_profile"] != "dev" {
 		t.Errorf("state: %v", st["image"])
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		log, _ := os.ReadFile(filepath.Join(e.sandboxDir("liar"), "supervisor.log"))
-		if strings.Contains(string(log), `reports image profile "sealed"`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("no mismatch logged: %s", log)
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
+	var log []byte
+	if !testenv.Poll(30*time.Second, 100*time.Millisecond, func() bool {
+		log, _ = os.ReadFile(filepath.Join(e.sandboxDir("liar"), "supervisor.log"))
+		return strings.Contains(string(log), `reports image profile "sealed"`)
+	}) {
+		t.Errorf("no mismatch logged: %s", log)
 	}
 
 	// Item 13: boot-report shows the guest's strings escaped.
@@ -141,17 +138,11 @@ func TestConsoleLogCapped(t *testing.T) {
 	e.must("exec", "noisy", "--", "sh", "-c",
 		`i=0; while [ $i -lt 4000 ]; do echo "flood $i ................................................"; i=$((i+1)); done > /dev/console`)
 	dir := e.sandboxDir("noisy")
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		r := e.must("logs", "noisy", "-n", "1")
-		if strings.Contains(r.stdout, "flood 3999 ") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("last line never arrived: %q", r.stdout)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	var last string
+	testenv.Eventually(t, time.Minute, 200*time.Millisecond, func() bool {
+		last = e.must("logs", "noisy", "-n", "1").stdout
+		return strings.Contains(last, "flood 3999 ")
+	}, func() string { return fmt.Sprintf("the last line (logs -n 1: %q)", last) })
 	cur, err1 := os.Stat(filepath.Join(dir, "console.log"))
 	old, err2 := os.Stat(filepath.Join(dir, "console.log.1"))
 	if err1 != nil || err2 != nil || cur.Size() > 65536 || old.Size() > 65536 {

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/testbin"
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 )
 
 var binDir string
@@ -50,10 +51,7 @@ func newEnv(t *testing.T) *env {
 		procs := e.processes()
 		if len(procs) > 0 {
 			e.run("down", "--all")
-			deadline := time.Now().Add(10 * time.Second)
-			for len(e.processes()) > 0 && time.Now().Before(deadline) {
-				time.Sleep(50 * time.Millisecond)
-			}
+			testenv.Poll(10*time.Second, 50*time.Millisecond, func() bool { return len(e.processes()) == 0 })
 			t.Errorf("processes left running after the test: %v", procs)
 			for _, p := range e.processes() {
 				syscall.Kill(p, syscall.SIGKILL)
@@ -268,16 +266,10 @@ func (e *env) assertClean() {
 	}
 }
 
-// waitFor polls cond until it holds or the deadline passes.
+// waitFor polls cond every 50 ms until it holds (testenv.Eventually).
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testenv.Eventually(t, d, 50*time.Millisecond, cond, testenv.Msg("%s", what))
 }
 
 // runAt runs mvmctl in working directory dir.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/backend"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 )
 
 // shortDir is a temp dir whose socket paths fit a sockaddr_un.
@@ -475,13 +476,8 @@ func TestStartedVMMIsRecognisedByTag(t *testing.T) {
 	defer m.Kill()
 	// Right after exec the kernel may not have set up the new command
 	// line yet (/proc/PID/cmdline reads empty): poll for the tag.
-	deadline := time.Now().Add(10 * time.Second)
-	for !sandbox.ProcessAlive(m.Pid(), sandbox.VMMTag("0123456789ab")) {
-		if time.Now().After(deadline) {
-			t.Fatal("the running VMM is not recognised by its tag")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.Eventually(t, 10*time.Second, 5*time.Millisecond, func() bool { return sandbox.ProcessAlive(m.Pid(), sandbox.VMMTag("0123456789ab")) },
+		testenv.Msg("the running VMM to be recognised by its tag"))
 	if sandbox.ProcessAlive(m.Pid(), sandbox.VMMTag("ba9876543210")) {
 		t.Fatal("the VMM is taken for another sandbox's")
 	}

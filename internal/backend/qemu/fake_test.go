@@ -14,6 +14,7 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/backend"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 )
 
 // TestMain lets the test binary play QEMU: with MVM_FAKE_QEMU=1 it binds
@@ -97,7 +98,7 @@ func TestLifecycleWithFakeQEMULongDir(t *testing.T) {
 	defer m.Kill()
 	// Right after exec the kernel may not have set up the new command
 	// line yet (/proc/PID/cmdline reads empty): poll for the tag.
-	if !eventually(func() bool { return sandbox.ProcessAlive(m.Pid(), sandbox.VMMTag("0123456789ab")) }) {
+	if !testenv.Poll(10*time.Second, 5*time.Millisecond, func() bool { return sandbox.ProcessAlive(m.Pid(), sandbox.VMMTag("0123456789ab")) }) {
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", m.Pid()))
 		t.Fatalf("QEMU not recognised by its VMM tag; cmdline %q, exit %v", cmdline, m.ExitErr())
 	}
@@ -130,16 +131,4 @@ func TestLifecycleWithFakeQEMULongDir(t *testing.T) {
 	if m.Accel() != "tcg" || m.ConsolePath() != filepath.Join(dir, ConsoleLog) {
 		t.Fatalf("accel %q console %q", m.Accel(), m.ConsolePath())
 	}
-}
-
-// eventually polls cond for up to 10 seconds.
-func eventually(cond func() bool) bool {
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return true
 }
