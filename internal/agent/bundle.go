@@ -66,6 +66,26 @@ func validTag(t string) bool {
 	return true
 }
 
+// rootDirReadOnly reports mvm.rootdir_ro=1 (the spec's root.readonly).
+func rootDirReadOnly(cmdline string) bool {
+	for _, f := range strings.Fields(cmdline) {
+		if f == "mvm.rootdir_ro=1" {
+			return true
+		}
+	}
+	return false
+}
+
+// sealRoot remounts the root directory read-only, once everything mvm
+// mounts on it is in place (those mounts stay writable), as a container
+// runtime applies root.readonly.
+func sealRoot(root string) error {
+	if err := unix.Mount("", root, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
+		return fmt.Errorf("root directory: remount read-only: %w", err)
+	}
+	return nil
+}
+
 // setupBundleRoot mounts the root directory share at bundleRoot and the
 // pseudo file systems its processes need. It fails the boot on any error:
 // a container never runs without its root.

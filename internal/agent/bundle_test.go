@@ -32,6 +32,9 @@ func TestRootDirTag(t *testing.T) {
 	if got := rootDirTag("quiet"); got != "" {
 		t.Fatalf("rootDirTag = %q", got)
 	}
+	if !rootDirReadOnly("mvm.rootdir=x mvm.rootdir_ro=1") || rootDirReadOnly("mvm.rootdir=x mvm.rootdir_ro=0") {
+		t.Fatal("mvm.rootdir_ro= parsed wrong")
+	}
 	for _, bad := range []string{"", "a/b", "../x", "UPPER", strings.Repeat("a", 37), "a,b"} {
 		if validTag(bad) {
 			t.Errorf("validTag(%q)", bad)

@@ -238,6 +238,11 @@ func (s *server) run() error {
 			if err := shareResolvConf(s.rootDir); err != nil {
 				log.Printf("%v", err) // the container then has no resolver: fails closed
 			}
+			if rootDirReadOnly(string(b)) {
+				if err := sealRoot(s.rootDir); err != nil {
+					return err // never run a read-only root writable
+				}
+			}
 		}
 	} else {
 		s.reaper = newReaper()

@@ -101,6 +101,8 @@ type Plan struct {
 type RootDir struct {
 	HostPath  string `json:"host_path"`
 	BundleDir string `json:"bundle_dir,omitempty"`
+	// ReadOnly is the bundle's root.readonly (enforced in the guest).
+	ReadOnly bool `json:"read_only,omitempty"`
 }
 
 // Image profiles.

@@ -14,12 +14,12 @@ func TestRootDir(t *testing.T) {
 	in := testInput()
 	in.Mounts, in.EnvKeys = nil, nil
 	in.RunProfile = Restrictive
-	in.RootDir = &RootDir{HostPath: "/run/containerd/x/rootfs", BundleDir: "/run/containerd/x"}
+	in.RootDir = &RootDir{HostPath: "/run/containerd/x/rootfs", BundleDir: "/run/containerd/x", ReadOnly: true}
 	p, err := Synthesize(in, now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.RootDir == nil || p.RootDir.HostPath != "/run/containerd/x/rootfs" {
+	if p.RootDir == nil || p.RootDir.HostPath != "/run/containerd/x/rootfs" || !p.RootDir.ReadOnly {
 		t.Fatalf("root_dir not recorded: %+v", p.RootDir)
 	}
 	if err := CheckPolicy(p, func(string) (string, bool) { return "", false }); err != nil {

@@ -34,6 +34,10 @@ type BundleOptions struct {
 	// shared); RootDir is its rootfs, the only host path the guest sees.
 	BundleDir string
 	RootDir   string
+	// ReadOnlyRoot is the spec's root.readonly: the root is mounted
+	// read-only in the guest once mvm's mount points exist in it (the
+	// mounts on it, such as /tmp and /dev, stay writable).
+	ReadOnlyRoot bool
 	// CPUs and MemoryMiB size the VM (0: 1 CPU, 256 MiB); see
 	// OCIResources for the mapping from an OCI spec.
 	CPUs      int
@@ -125,7 +129,7 @@ func (r *Runtime) bundleUpOptions(o BundleOptions) (UpOptions, error) {
 	u := UpOptions{
 		Name: o.Name, CPUs: o.CPUs, MemoryMiB: mem, BootTimeout: o.BootTimeout,
 		RunProfile: prof,
-		RootDir:    &RootDir{HostPath: o.RootDir, BundleDir: o.BundleDir},
+		RootDir:    &RootDir{HostPath: o.RootDir, BundleDir: o.BundleDir, ReadOnly: o.ReadOnlyRoot},
 		Labels:     o.Labels,
 		NoBuildDir: true,
 	}
@@ -144,6 +148,7 @@ func (r *Runtime) bundleUpOptions(o BundleOptions) (UpOptions, error) {
 type RootDir struct {
 	HostPath  string
 	BundleDir string
+	ReadOnly  bool
 }
 
 // checkRootDir applies the host-directory rules (volume.CheckHostDir: an

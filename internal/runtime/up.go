@@ -278,7 +278,7 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	}
 	withAttachments(&in, att, o)
 	if o.RootDir != nil {
-		in.RootDir = &plan.RootDir{HostPath: rootDir, BundleDir: o.RootDir.BundleDir}
+		in.RootDir = &plan.RootDir{HostPath: rootDir, BundleDir: o.RootDir.BundleDir, ReadOnly: o.RootDir.ReadOnly}
 	}
 	if err := r.Layout.Reserve(name, id); err != nil {
 		return nil, err
@@ -332,6 +332,9 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	if o.RootDir != nil {
 		shares = append(shares, backend.Share{Tag: RootDirTag, HostPath: rootDir})
 		cmdline = strings.TrimSpace(cmdline + " mvm.rootdir=" + RootDirTag)
+		if o.RootDir.ReadOnly {
+			cmdline += " mvm.rootdir_ro=1"
+		}
 		if !strings.Contains(cmdline, "mvm.virtiofs=1") {
 			cmdline += " mvm.virtiofs=1"
 		}

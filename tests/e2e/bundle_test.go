@@ -302,7 +302,8 @@ func processesMentioning(s string) []int {
 // allowlist (the shim's io.mvm.allow) gets a NIC, and the container's
 // processes, in their own root, resolve and reach the allowed name (the
 // guest's resolver is bound on the root's /etc/resolv.conf, read-only)
-// and not another.
+// and not another. Its root is read-only (root.readonly): even root cannot
+// write it, /tmp stays writable.
 func TestBundleEgress(t *testing.T) {
 	e := newEnv(t)
 	rt := bundleRuntime(t, e)
@@ -320,12 +321,12 @@ func TestBundleEgress(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
-	sb, err := rt.UpBundle(ctx, runtime.BundleOptions{Name: "egress", RootDir: rootfs, Profile: "standard", Allow: []string{"ok.test:" + wp}})
+	sb, err := rt.UpBundle(ctx, runtime.BundleOptions{Name: "egress", RootDir: rootfs, Profile: "standard", Allow: []string{"ok.test:" + wp}, ReadOnlyRoot: true})
 	if err != nil {
 		t.Fatalf("UpBundle: %v", err)
 	}
 	defer rt.Down(context.Background(), "egress")
-	if sb.Plan.Network.Mode != "allowlist" {
+	if sb.Plan.Network.Mode != "allowlist" || sb.Plan.RootDir == nil || !sb.Plan.RootDir.ReadOnly {
 		t.Fatalf("plan network: %+v", sb.Plan.Network)
 	}
 	var out syncBuffer
@@ -337,15 +338,17 @@ echo "IP=$ip"
 printf 'GET / HTTP/1.0\r\nHost: ok.test:` + wp + `\r\n\r\n' | nc -w 10 "$ip" ` + wp + `
 echo
 if nslookup bad.test >/dev/null 2>&1; then echo BAD-RESOLVED; fi
-echo > /etc/resolv.conf 2>/dev/null || echo ro`
-	if _, err := rt.StartProcess(ctx, "egress", runtime.ProcessSpec{ID: "w", UID: 1000, GID: 1000, Env: []string{"PATH=/bin"}, Args: []string{"sh", "-c", script}},
+echo > /etc/resolv.conf 2>/dev/null || echo ro
+touch /rootfile 2>/dev/null || echo rootro
+touch /tmp/x && echo tmprw`
+	if _, err := rt.StartProcess(ctx, "egress", runtime.ProcessSpec{ID: "w", Env: []string{"PATH=/bin"}, Args: []string{"sh", "-c", script}},
 		runtime.ProcessIO{Stdout: &out, Stderr: &out}); err != nil {
 		t.Fatal(err)
 	}
 	if st, err := rt.WaitProcess(ctx, "egress", "w"); err != nil || st.Exit.Code != 0 {
 		t.Fatalf("wait: %v %+v: %q", err, st, out.String())
 	}
-	if o := out.String(); !strings.Contains(o, "nameserver 127.0.0.1") || !strings.Contains(o, marker) || strings.Contains(o, "BAD-RESOLVED") || !strings.Contains(o, "ro\n") {
+	if o := out.String(); !strings.Contains(o, "nameserver 127.0.0.1") || !strings.Contains(o, marker) || strings.Contains(o, "BAD-RESOLVED") || !strings.Contains(o, "\nro\nrootro\ntmprw\n") {
 		t.Fatalf("container egress: %q", o)
 	}
 	if b, err := os.ReadFile(filepath.Join(rootfs, "etc", "resolv.conf")); err != nil || len(b) != 0 {
