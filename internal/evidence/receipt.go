@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // ReceiptSchemaVersion is the receipt schema this build writes. Version 2
@@ -112,6 +113,9 @@ type RunRecord struct {
 	WorkloadIRHash string
 	// OCIDigest is the OCI manifest digest behind the image ("" for none).
 	OCIDigest string
+	// Mounts are the sandbox's host directories and volumes, as its plan
+	// admitted them.
+	Mounts []MountRecord
 
 	Argv       []string
 	Env        map[string]string // values are never stored
@@ -123,33 +127,58 @@ type RunRecord struct {
 	FinishedAt time.Time
 }
 
+// MountRecord is a host directory or volume a run's sandbox had: what
+// the host shared (a path or a volume name, never file contents), where
+// and how.
+type MountRecord struct {
+	Kind      string `json:"kind"`   // MountHostDir or MountVolume
+	Source    string `json:"source"` // the host path, or the volume's name
+	GuestPath string `json:"guest_path"`
+	ReadOnly  bool   `json:"read_only"`
+	// Origin is "manifest" for a mount an image manifest asked for (and
+	// the operator granted); "" is the operator's own.
+	Origin string `json:"origin,omitempty"`
+}
+
+// Kinds of MountRecord.
+const (
+	MountHostDir = "host_dir"
+	MountVolume  = "volume"
+	// maxMountRecords and maxMountPath bound what a receipt may list.
+	maxMountRecords = 64
+	maxMountPath    = 4096
+)
+
 // ReceiptPayload is the signed part of a receipt.
 type ReceiptPayload struct {
-	SchemaVersion    int      `json:"schema_version"`
-	ReceiptID        string   `json:"receipt_id"`
-	SandboxID        string   `json:"sandbox_id"`
-	ImageDigest      string   `json:"image_digest"`
-	KernelDigest     string   `json:"kernel_digest"`
-	PlanSHA256       string   `json:"plan_sha256"`
-	Backend          string   `json:"backend,omitempty"`    // schema 2 on
-	WorkloadIRSHA256 string   `json:"workload_ir_sha256"`   // "" unless booted from a declaration
-	OCIDigest        string   `json:"oci_digest,omitempty"` // the OCI manifest digest behind the image, if any
-	ArgvSHA256       string   `json:"argv_sha256"`
-	ArgvLen          int      `json:"argv_len"`
-	EnvKeys          []string `json:"env_keys"`
-	StdinSHA256      string   `json:"stdin_sha256"`
-	StdinBytes       int64    `json:"stdin_bytes"`
-	StdoutSHA256     string   `json:"stdout_sha256"`
-	StdoutBytes      int64    `json:"stdout_bytes"`
-	StderrSHA256     string   `json:"stderr_sha256"`
-	StderrBytes      int64    `json:"stderr_bytes"`
-	ExitCode         int      `json:"exit_code"`
-	StartedAt        string   `json:"started_at"`
-	FinishedAt       string   `json:"finished_at"`
-	SignerID         string   `json:"signer_id"`
-	PublicKeySHA256  string   `json:"public_key_sha256"`
-	PublicKey        string   `json:"public_key"`
-	AuditEntrySHA256 string   `json:"audit_entry_sha256"`
+	SchemaVersion    int    `json:"schema_version"`
+	ReceiptID        string `json:"receipt_id"`
+	SandboxID        string `json:"sandbox_id"`
+	ImageDigest      string `json:"image_digest"`
+	KernelDigest     string `json:"kernel_digest"`
+	PlanSHA256       string `json:"plan_sha256"`
+	Backend          string `json:"backend,omitempty"`    // schema 2 on
+	WorkloadIRSHA256 string `json:"workload_ir_sha256"`   // "" unless booted from a declaration
+	OCIDigest        string `json:"oci_digest,omitempty"` // the OCI manifest digest behind the image, if any
+	// Mounts: the sandbox's host directories and volumes (omitted when
+	// it had none).
+	Mounts           []MountRecord `json:"mounts,omitempty"`
+	ArgvSHA256       string        `json:"argv_sha256"`
+	ArgvLen          int           `json:"argv_len"`
+	EnvKeys          []string      `json:"env_keys"`
+	StdinSHA256      string        `json:"stdin_sha256"`
+	StdinBytes       int64         `json:"stdin_bytes"`
+	StdoutSHA256     string        `json:"stdout_sha256"`
+	StdoutBytes      int64         `json:"stdout_bytes"`
+	StderrSHA256     string        `json:"stderr_sha256"`
+	StderrBytes      int64         `json:"stderr_bytes"`
+	ExitCode         int           `json:"exit_code"`
+	StartedAt        string        `json:"started_at"`
+	FinishedAt       string        `json:"finished_at"`
+	SignerID         string        `json:"signer_id"`
+	PublicKeySHA256  string        `json:"public_key_sha256"`
+	PublicKey        string        `json:"public_key"`
+	AuditEntrySHA256 string        `json:"audit_entry_sha256"`
 }
 
 // Receipt is the on-disk receipt: {"payload":{...},"signature":"<base64>"},
@@ -209,6 +238,7 @@ func BuildReceipt(r RunRecord, auditEntryHash string, s *Signer) ([]byte, *Recei
 		Backend:          r.Backend,
 		WorkloadIRSHA256: r.WorkloadIRHash,
 		OCIDigest:        r.OCIDigest,
+		Mounts:           r.Mounts,
 		ArgvSHA256:       inv.ArgvSHA256,
 		ArgvLen:          inv.ArgvLen,
 		EnvKeys:          inv.EnvKeys,
@@ -464,6 +494,22 @@ func checkPayload(p *ReceiptPayload) error {
 	}
 	if p.EnvKeys == nil {
 		return fmt.Errorf("env_keys missing")
+	}
+	if len(p.Mounts) > maxMountRecords {
+		return fmt.Errorf("%d mounts exceed %d", len(p.Mounts), maxMountRecords)
+	}
+	for i, m := range p.Mounts {
+		if m.Kind != MountHostDir && m.Kind != MountVolume {
+			return fmt.Errorf("mounts[%d]: kind %q is not %s or %s", i, m.Kind, MountHostDir, MountVolume)
+		}
+		for _, s := range []string{m.Source, m.GuestPath, m.Origin} {
+			if len(s) > maxMountPath || !utf8.ValidString(s) || strings.IndexFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
+				return fmt.Errorf("mounts[%d]: paths must be printable UTF-8 of at most %d bytes", i, maxMountPath)
+			}
+		}
+		if m.Source == "" || !strings.HasPrefix(m.GuestPath, "/") {
+			return fmt.Errorf("mounts[%d]: source missing or guest_path not absolute", i)
+		}
 	}
 	for i, k := range p.EnvKeys {
 		if !envKeyRe.MatchString(k) {

@@ -21,14 +21,16 @@ func sampleRun() RunRecord {
 		KernelDigest: strings.Repeat("b2", 32),
 		PlanHash:     strings.Repeat("c3", 32),
 		Backend:      "qemu",
-		Argv:         []string{"python3", "-c", "print(1)"},
-		Env:          map[string]string{"B": "2", "A": "1"},
-		Stdin:        DigestBytes(nil),
-		Stdout:       DigestBytes([]byte("1\n")),
-		Stderr:       DigestBytes(nil),
-		ExitCode:     3,
-		StartedAt:    t0,
-		FinishedAt:   t0.Add(1500 * time.Millisecond),
+		Mounts: []MountRecord{{Kind: MountHostDir, Source: "/srv/proj", GuestPath: "/work", ReadOnly: true, Origin: "manifest"},
+			{Kind: MountVolume, Source: "cache", GuestPath: "/cache"}},
+		Argv:       []string{"python3", "-c", "print(1)"},
+		Env:        map[string]string{"B": "2", "A": "1"},
+		Stdin:      DigestBytes(nil),
+		Stdout:     DigestBytes([]byte("1\n")),
+		Stderr:     DigestBytes(nil),
+		ExitCode:   3,
+		StartedAt:  t0,
+		FinishedAt: t0.Add(1500 * time.Millisecond),
 	}
 }
 
@@ -296,5 +298,27 @@ func TestReceiptVerifyForgedReceiptRefused(t *testing.T) {
 	b2, s2 := buildSample(t)
 	if rep, err := VerifyReceipt(b2, TrustKeys(host.Public, s2.Public)); err != nil || !rep.OK {
 		t.Fatalf("second trusted key: %v", err)
+	}
+}
+
+// The mounts a receipt lists are checked like every other field: a kind
+// it does not know, a control character or a relative guest path is
+// refused.
+func TestReceiptMountsChecked(t *testing.T) {
+	s := GenerateSigner("host:test")
+	for _, bad := range []MountRecord{
+		{Kind: "bind", Source: "/x", GuestPath: "/x"},
+		{Kind: MountHostDir, Source: "/x\x1b]0;t", GuestPath: "/x"},
+		{Kind: MountHostDir, Source: "/x", GuestPath: "x"},
+		{Kind: MountVolume, Source: "", GuestPath: "/x"},
+	} {
+		r := sampleRun()
+		r.Mounts = []MountRecord{bad}
+		b, _, err := BuildReceipt(r, strings.Repeat("e5", 32), s)
+		if err == nil {
+			if _, err = VerifyReceipt(b, AnyKey); err == nil {
+				t.Errorf("%+v accepted", bad)
+			}
+		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/mvm-sandbox/mvm/internal/backend"
 	"github.com/mvm-sandbox/mvm/internal/backend/qemu"
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
+	"github.com/mvm-sandbox/mvm/internal/evidence"
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 	"github.com/mvm-sandbox/mvm/internal/secret"
@@ -340,4 +341,21 @@ func (r *Runtime) placeSecretFiles(ctx context.Context, id string, a *sandbox.At
 		}
 	}
 	return nil
+}
+
+// receiptMounts lists a sandbox's host directories and volumes (as
+// attachments.json records what its plan admitted) for its receipts.
+func receiptMounts(dir string) []evidence.MountRecord {
+	a := readAttachments(dir)
+	if a == nil {
+		return nil
+	}
+	var out []evidence.MountRecord
+	for _, m := range a.Mounts {
+		out = append(out, evidence.MountRecord{Kind: evidence.MountHostDir, Source: m.HostPath, GuestPath: m.GuestPath, ReadOnly: m.ReadOnly, Origin: m.Origin})
+	}
+	for _, v := range a.Volumes {
+		out = append(out, evidence.MountRecord{Kind: evidence.MountVolume, Source: v.Name, GuestPath: v.GuestPath, ReadOnly: v.ReadOnly, Origin: v.Origin})
+	}
+	return out
 }

@@ -181,7 +181,7 @@ func (r *Runtime) Exec(ctx context.Context, nameOrID string, o ExecOptions) (*Ex
 	receiptID := evidence.NewID()
 	receipt, rec, err := evidence.RecordRun(w.chain, w.signer, evidence.RunRecord{
 		ReceiptID: receiptID, SandboxID: st.ID, ImageDigest: st.Image.Digest, OCIDigest: st.Image.OCIDigest, KernelDigest: kernelDigest(dir),
-		PlanHash: planHash(dir), Backend: backendOf(dir), WorkloadIRHash: irHash, Argv: ran, Env: evEnv,
+		PlanHash: planHash(dir), Backend: backendOf(dir), WorkloadIRHash: irHash, Mounts: receiptMounts(dir), Argv: ran, Env: evEnv,
 		Stdin: inH.Digest(), Stdout: outH.Digest(), Stderr: errH.Digest(),
 		ExitCode: res.ExitCode, StartedAt: started, FinishedAt: time.Now(),
 	})

@@ -225,8 +225,15 @@ func TestManifestMounts(t *testing.T) {
 	if !strings.Contains(r.stderr, "granted by the operator") || !strings.Contains(r.stderr, "host directory "+data+" -> /data (ro)") {
 		t.Errorf("the manifest's mounts were not printed before boot: %s", r)
 	}
-	if x := e.must("exec", "m", "--", "cat", "/data/hello"); x.stdout != "from the manifest's directory\n" {
+	rf := filepath.Join(base, "receipt.json")
+	if x := e.must("exec", "m", "--receipt", rf, "--", "cat", "/data/hello"); x.stdout != "from the manifest's directory\n" {
 		t.Errorf("read through the manifest's share: %s", x)
+	}
+	// The receipt names the host path, the volume, modes and origin.
+	e.must("receipt", "verify", rf)
+	if rb, _ := os.ReadFile(rf); !bytes.Contains(rb, []byte(`{"guest_path":"/data","kind":"host_dir","origin":"manifest","read_only":true,"source":"`+data+`"}`)) ||
+		!bytes.Contains(rb, []byte(`{"guest_path":"/cache","kind":"volume","origin":"manifest","read_only":false,"source":"mcache"}`)) {
+		t.Errorf("the receipt does not list the mounts: %s", rb)
 	}
 	if x := e.run("exec", "m", "--", "touch", "/data/new"); x.code == 0 {
 		t.Errorf("the manifest's read-only share is writable")
