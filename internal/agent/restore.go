@@ -104,6 +104,12 @@ func (s *server) Restored(_ context.Context, req *pb.RestoredRequest) (*pb.Resto
 	defer s.restore.mu.Unlock()
 	sys := s.restore.sys
 	if sys == nil {
+		// The real syscalls change the whole machine: only in a guest,
+		// where the agent is PID 1, never on a host running it as a
+		// process.
+		if os.Getpid() != 1 {
+			return nil, errdefs.Errorf(errdefs.KindFailedPrecondition, "restored: this agent is not a guest's init (pid %d); it does not change the clock, RNG or hostname of the machine it runs on", os.Getpid())
+		}
 		sys = hostRestoreSys
 	}
 	if id.MAC != nil && s.restore.netMode == "" {

@@ -239,3 +239,18 @@ func TestRestoredFailures(t *testing.T) {
 		t.Errorf("failed MAC change: %v", err)
 	}
 }
+
+// TestRestoredOnlyAsInit: with the real syscalls (no seams), an agent
+// that is not PID 1 (one run on a host, or this test) refuses, so nothing
+// can set the host's clock or hostname through it.
+func TestRestoredOnlyAsInit(t *testing.T) {
+	c, _ := testClient(t, "dev")
+	before, _ := os.Hostname()
+	_, err := c.Agent.Restored(context.Background(), request(t, "not-this-host", false))
+	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "not a guest's init") {
+		t.Fatalf("%v, want failed precondition", err)
+	}
+	if after, _ := os.Hostname(); after != before {
+		t.Fatalf("hostname changed from %q to %q", before, after)
+	}
+}
