@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -139,20 +140,57 @@ func BenchmarkOCIPull(b *testing.B) {
 	}
 	built, _ := mvmctl("build", buildDir)
 	digest := strings.Fields(built)[0]
-	// MVM_BENCH_OCI_TEMPLATE_FIRST=1 runs the template image first (to
-	// tell an order effect from a difference between the images)
-	var ociRun, tplRun time.Duration
-	if os.Getenv("MVM_BENCH_OCI_TEMPLATE_FIRST") == "1" {
-		_, tplRun = mvmctl("run", "--image", digest, "--", "true")
-		_, ociRun = mvmctl("run", "--image", ref, "--", "true")
-	} else {
-		_, ociRun = mvmctl("run", "--image", ref, "--", "true")
-		_, tplRun = mvmctl("run", "--image", digest, "--", "true")
+	// first runs alternate which image goes first (MVM_BENCH_OCI_RUNS
+	// rounds, default 3; MVM_BENCH_OCI_TEMPLATE_FIRST=1 starts with the
+	// template), so that an order effect shows instead of hiding in one
+	// sample; the medians are compared
+	rounds := 3
+	if s := os.Getenv("MVM_BENCH_OCI_RUNS"); s != "" {
+		fmt.Sscan(s, &rounds)
 	}
+	tplFirst := os.Getenv("MVM_BENCH_OCI_TEMPLATE_FIRST") == "1"
+	var ociRuns, tplRuns, ociBoots, tplBoots []time.Duration
+	// one run: the whole command, and its boot (up to the agent's hello)
+	// as `run --json` reports it
+	runOne := func(image string, total, boot *[]time.Duration) {
+		out, d := mvmctl("run", "--json", "--image", image, "--", "true")
+		var r struct {
+			Timings struct {
+				BootMS int64 `json:"boot_ms"`
+			} `json:"timings"`
+		}
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			b.Fatalf("run --json: %v: %s", err, out)
+		}
+		*total = append(*total, d)
+		*boot = append(*boot, time.Duration(r.Timings.BootMS)*time.Millisecond)
+	}
+	for i := 0; i < rounds; i++ {
+		runOCI := func() { runOne(ref, &ociRuns, &ociBoots) }
+		runTpl := func() { runOne(digest, &tplRuns, &tplBoots) }
+		if (i%2 == 1) != tplFirst {
+			runTpl()
+			runOCI()
+		} else {
+			runOCI()
+			runTpl()
+		}
+	}
+	ociRun, tplRun := median(ociRuns), median(tplRuns)
 	b.ReportMetric(float64(ociRun.Milliseconds()), "oci-run-ms")
 	b.ReportMetric(float64(tplRun.Milliseconds()), "template-run-ms")
-	fmt.Printf("first run -- true: OCI image %v, template image of the same size %v, ratio %.2f\n",
-		ociRun.Round(time.Millisecond), tplRun.Round(time.Millisecond), float64(ociRun)/float64(tplRun))
+	fmt.Printf("run -- true, median of %d (alternating order): OCI image %v %v, template image of the same size %v %v, ratio %.2f\n",
+		rounds, ociRun.Round(time.Millisecond), roundAll(ociRuns), tplRun.Round(time.Millisecond), roundAll(tplRuns), float64(ociRun)/float64(tplRun))
+	fmt.Printf("  of which boot (run --json boot_ms): OCI image %v %v, template image %v %v\n",
+		median(ociBoots), ociBoots, median(tplBoots), tplBoots)
 	mvmctl("image", "rm", ref)
 	mvmctl("image", "rm", digest)
+}
+
+func roundAll(ds []time.Duration) []time.Duration {
+	out := make([]time.Duration, len(ds))
+	for i, d := range ds {
+		out[i] = d.Round(time.Millisecond)
+	}
+	return out
 }
