@@ -66,6 +66,19 @@ func validTag(t string) bool {
 	return true
 }
 
+// rootDirHostname is mvm.rootdir_hostname= (the spec's hostname), "" when
+// absent or not a DNS label.
+func rootDirHostname(cmdline string) string {
+	for _, f := range strings.Fields(cmdline) {
+		if v, ok := strings.CutPrefix(f, "mvm.rootdir_hostname="); ok && len(v) <= 63 && v != "" &&
+			!strings.HasPrefix(v, "-") && !strings.HasSuffix(v, "-") &&
+			!strings.ContainsFunc(v, func(r rune) bool { return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') }) {
+			return v
+		}
+	}
+	return ""
+}
+
 // rootDirReadOnly reports mvm.rootdir_ro=1 (the spec's root.readonly).
 func rootDirReadOnly(cmdline string) bool {
 	for _, f := range strings.Fields(cmdline) {

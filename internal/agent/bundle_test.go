@@ -32,6 +32,14 @@ func TestRootDirTag(t *testing.T) {
 	if got := rootDirTag("quiet"); got != "" {
 		t.Fatalf("rootDirTag = %q", got)
 	}
+	if rootDirHostname("mvm.rootdir_hostname=pod-1") != "pod-1" {
+		t.Fatal("mvm.rootdir_hostname= not parsed")
+	}
+	for _, bad := range []string{"mvm.rootdir_hostname=", "mvm.rootdir_hostname=-x", "mvm.rootdir_hostname=a.b", "mvm.rootdir_hostname=" + strings.Repeat("a", 64)} {
+		if h := rootDirHostname(bad); h != "" {
+			t.Errorf("%q gave hostname %q", bad, h)
+		}
+	}
 	if !rootDirReadOnly("mvm.rootdir=x mvm.rootdir_ro=1") || rootDirReadOnly("mvm.rootdir=x mvm.rootdir_ro=0") {
 		t.Fatal("mvm.rootdir_ro= parsed wrong")
 	}

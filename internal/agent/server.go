@@ -226,8 +226,11 @@ func (s *server) run() error {
 			s.rootDir = bundleRoot
 		}
 		s.hostname = p.hostname
+		if h := rootDirHostname(string(b)); h != "" {
+			s.hostname = h // the bundle's own (OCI hostname)
+		}
 		s.console = p.console
-		if err := unix.Sethostname([]byte(p.hostname)); err != nil {
+		if err := unix.Sethostname([]byte(s.hostname)); err != nil {
 			log.Printf("sethostname: %v", err)
 		}
 		s.restore.netMode = netMode()

@@ -34,6 +34,9 @@ type BundleOptions struct {
 	// shared); RootDir is its rootfs, the only host path the guest sees.
 	BundleDir string
 	RootDir   string
+	// Hostname is the spec's hostname ("" keeps the sandbox's name): the
+	// guest's hostname. A DNS label: letters, digits, '-', at most 63.
+	Hostname string
 	// ReadOnlyRoot is the spec's root.readonly: the root is mounted
 	// read-only in the guest once mvm's mount points exist in it (the
 	// mounts on it, such as /tmp and /dev, stay writable).
@@ -115,6 +118,9 @@ func (r *Runtime) bundleUpOptions(o BundleOptions) (UpOptions, error) {
 	if err := ValidateLabels(o.Labels); err != nil {
 		return UpOptions{}, errdefs.New(errdefs.KindInvalidArgument, err)
 	}
+	if o.Hostname != "" && !hostnameRe.MatchString(o.Hostname) {
+		return UpOptions{}, errdefs.Errorf(errdefs.KindInvalidArgument, "hostname %q: use letters, digits and '-' (at most 63, not starting or ending with '-')", o.Hostname)
+	}
 	prof := o.Profile
 	if prof == "" {
 		prof = string(plan.Restrictive)
@@ -129,7 +135,7 @@ func (r *Runtime) bundleUpOptions(o BundleOptions) (UpOptions, error) {
 	u := UpOptions{
 		Name: o.Name, CPUs: o.CPUs, MemoryMiB: mem, BootTimeout: o.BootTimeout,
 		RunProfile: prof,
-		RootDir:    &RootDir{HostPath: o.RootDir, BundleDir: o.BundleDir, ReadOnly: o.ReadOnlyRoot},
+		RootDir:    &RootDir{HostPath: o.RootDir, BundleDir: o.BundleDir, ReadOnly: o.ReadOnlyRoot, Hostname: o.Hostname},
 		Labels:     o.Labels,
 		NoBuildDir: true,
 	}
@@ -149,7 +155,10 @@ type RootDir struct {
 	HostPath  string
 	BundleDir string
 	ReadOnly  bool
+	Hostname  string // validated by the caller (bundleUpOptions)
 }
+
+var hostnameRe = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
 
 // checkRootDir applies the host-directory rules (volume.CheckHostDir: an
 // existing real directory, not /, not $HOME, not mvm's own) and returns

@@ -150,6 +150,8 @@ func TestBundleUpOptions(t *testing.T) {
 		"relative bundle":   {RootDir: rootfs, BundleDir: "bundle"},
 		"bad label":         {RootDir: rootfs, Labels: map[string]string{"k": "\n"}},
 		"host loopback ask": {RootDir: rootfs, Allow: []string{"host.mvm.internal:80"}},
+		"bad hostname":      {RootDir: rootfs, Hostname: "a b"},
+		"long hostname":     {RootDir: rootfs, Hostname: strings.Repeat("h", 64)},
 	} {
 		if _, err := r.bundleUpOptions(o); err == nil {
 			t.Errorf("%s: accepted", name)

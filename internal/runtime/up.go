@@ -335,6 +335,9 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 		if o.RootDir.ReadOnly {
 			cmdline += " mvm.rootdir_ro=1"
 		}
+		if h := o.RootDir.Hostname; h != "" && hostnameRe.MatchString(h) {
+			cmdline += " mvm.rootdir_hostname=" + h
+		}
 		if !strings.Contains(cmdline, "mvm.virtiofs=1") {
 			cmdline += " mvm.virtiofs=1"
 		}

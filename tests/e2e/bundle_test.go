@@ -72,7 +72,7 @@ func makeBundleRootfs(t *testing.T) string {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(rootfs, "bin", "busybox"), b, 0o755)
-	for _, n := range []string{"sh", "id", "cat", "sleep", "pwd", "grep", "stty", "tty", "test", "touch", "env", "ls"} {
+	for _, n := range []string{"sh", "id", "cat", "sleep", "pwd", "grep", "stty", "tty", "test", "touch", "env", "ls", "hostname"} {
 		os.Symlink("busybox", filepath.Join(rootfs, "bin", n))
 	}
 	os.WriteFile(filepath.Join(rootfs, "etc", "passwd"), []byte("root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\n"), 0o644)
@@ -106,7 +106,7 @@ func TestBundle(t *testing.T) {
 		t.Fatalf("refused bundles left state: %v", d)
 	}
 
-	sb, err := rt.UpBundle(ctx, runtime.BundleOptions{Name: "bndl", RootDir: rootfs, BundleDir: filepath.Dir(rootfs),
+	sb, err := rt.UpBundle(ctx, runtime.BundleOptions{Name: "bndl", RootDir: rootfs, BundleDir: filepath.Dir(rootfs), Hostname: "pod-1",
 		Labels: map[string]string{runtime.LabelContainerdNamespace: "default", runtime.LabelContainerdID: "c1"}})
 	if err != nil {
 		t.Fatalf("UpBundle: %v", err)
@@ -160,12 +160,12 @@ func TestBundle(t *testing.T) {
 	var out, errb syncBuffer
 	start(runtime.ProcessSpec{ID: "id", Env: env, Cwd: "/work", UID: 1000, GID: 1000, AdditionalGids: []uint32{10},
 		Rlimits: []runtime.Rlimit{{Type: "RLIMIT_NOFILE", Soft: 77, Hard: 88}}, NoNewPrivileges: true,
-		Args: []string{"sh", "-c", `id; echo "FOO=$FOO HOME=$HOME"; pwd; ulimit -n; grep NoNewPrivs /proc/self/status; echo DEV $(ls /dev); touch by-alice; echo oops >&2; exit 3`}},
+		Args: []string{"sh", "-c", `id; echo "FOO=$FOO HOME=$HOME"; pwd; ulimit -n; grep NoNewPrivs /proc/self/status; echo DEV $(ls /dev); echo "HOST $(hostname)"; touch by-alice; echo oops >&2; exit 3`}},
 		runtime.ProcessIO{Stdout: &out, Stderr: &errb})
 	if st := wait("id"); st.Exit.Code != 3 || st.ReceiptID == "" {
 		t.Fatalf("id: exit %+v receipt %q; stdout %q stderr %q", st.Exit, st.ReceiptID, out.String(), errb.String())
 	}
-	for _, want := range []string{"uid=1000(alice) gid=1000(alice)", "10(wheel)", "FOO=bar baz HOME=/home/alice", "/work\n77\n", "NoNewPrivs:\t1",
+	for _, want := range []string{"uid=1000(alice) gid=1000(alice)", "10(wheel)", "FOO=bar baz HOME=/home/alice", "/work\n77\n", "NoNewPrivs:\t1", "HOST pod-1\n",
 		"DEV core fd full null ptmx pts random shm stderr stdin stdout tty urandom zero\n"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("id: stdout lacks %q: %q", want, out.String())
