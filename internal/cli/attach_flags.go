@@ -17,12 +17,14 @@ type attachFlags struct {
 	secrets       []string
 	allowRW       bool
 	allowManifest bool
+	allowSecrets  bool
 }
 
 func (f *attachFlags) register(fl *pflag.FlagSet) {
 	fl.StringArrayVarP(&f.volumes, "volume", "v", nil, "HOST_DIR:GUEST_PATH[:ro|:rw] (read-only by default) or VOLUME:GUEST_PATH[:ro|:rw] (repeatable); see docs/volumes.md")
 	fl.BoolVar(&f.allowRW, "allow-rw-mount", false, "admit read-write host directories (:rw) under the standard and dev profiles (recorded in the plan)")
 	fl.BoolVar(&f.allowManifest, "allow-manifest-mounts", false, "grant the host directories and volumes the build directory's mvm.toml asks for ([[mount]]); they are printed before boot and recorded in the plan")
+	fl.BoolVar(&f.allowSecrets, "allow-manifest-secrets", false, "grant the secrets the build directory's mvm.toml asks for ([secrets], by name); they are printed before boot and recorded in the plan")
 	fl.StringArrayVar(&f.secrets, "secret", nil, "NAME, NAME:ENV_VAR or NAME:/run/secrets/FILE: hand a stored secret to the guest (repeatable); see docs/secrets.md")
 }
 
@@ -44,6 +46,7 @@ func (f *attachFlags) apply(o *runtime.UpOptions) error {
 	}
 	o.AllowRWMount = f.allowRW
 	o.AllowManifestMounts = f.allowManifest
+	o.AllowManifestSecrets = f.allowSecrets
 	return secret.CheckRefs(o.Secrets)
 }
 
@@ -54,7 +57,7 @@ func attachJSON(obj map[string]any, a *sandbox.Attachments) {
 	if a != nil {
 		mounts, vols = mountsJSON(a.Mounts, a.Volumes)
 		for _, s := range a.Secrets {
-			secs = append(secs, map[string]any{"name": s.Name, "target": s.Target()})
+			secs = append(secs, secretJSON(s.Name, s.Target(), s.Origin))
 		}
 	}
 	obj["mounts"], obj["volumes"], obj["secrets"] = mounts, vols, secs
@@ -66,10 +69,19 @@ func planAttachJSON(obj map[string]any, p *plan.Plan) {
 	mounts, vols := mountsJSON(p.Mounts, p.Volumes)
 	secs := []map[string]any{}
 	for _, s := range p.Secrets {
-		secs = append(secs, map[string]any{"name": s.Name, "target": s.Target})
+		secs = append(secs, secretJSON(s.Name, s.Target, s.Origin))
 	}
 	obj["mounts"], obj["volumes"], obj["secrets"], obj["allow_rw_mount"] = mounts, vols, secs, p.AllowRWMount
-	obj["allow_manifest_mounts"] = p.AllowManifestMounts
+	obj["allow_manifest_mounts"], obj["allow_manifest_secrets"] = p.AllowManifestMounts, p.AllowManifestSecrets
+}
+
+// secretJSON is a secret reference's --json shape (never a value).
+func secretJSON(name, target, origin string) map[string]any {
+	o := map[string]any{"name": name, "target": target}
+	if origin != "" {
+		o["origin"] = origin
+	}
+	return o
 }
 
 // mountsJSON is the --json shape of host directories and volumes; a
@@ -113,6 +125,6 @@ func printPlanAttachments(app *App, p *plan.Plan) {
 		fmt.Fprintf(app.Stdout, "  volume:    %s -> %s (%s%s)\n", v.Name, v.GuestPath, mode(v.ReadOnly), from(v.Origin))
 	}
 	for _, s := range p.Secrets {
-		fmt.Fprintf(app.Stdout, "  secret:    %s -> %s\n", s.Name, s.Target)
+		fmt.Fprintf(app.Stdout, "  secret:    %s -> %s%s\n", s.Name, s.Target, from(s.Origin))
 	}
 }

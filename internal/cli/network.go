@@ -64,6 +64,14 @@ func manifestNetworkHint(err error) error {
 		}
 		return fmt.Errorf("%w\nto grant it: --allow-manifest-mounts (or give %s)", err, strings.Join(give, " "))
 	}
+	var ms *runtime.ManifestSecretsError
+	if errors.As(err, &ms) {
+		give := make([]string, len(ms.Missing))
+		for i, m := range ms.Missing {
+			give[i] = "--secret " + m
+		}
+		return fmt.Errorf("%w\nto grant it: --allow-manifest-secrets (or give %s)", err, strings.Join(give, " "))
+	}
 	var me *runtime.ManifestNetworkError
 	if !errors.As(err, &me) {
 		return err

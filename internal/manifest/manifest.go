@@ -26,6 +26,7 @@ import (
 	"strings"
 
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
+	"github.com/mvm-sandbox/mvm/internal/secret"
 	"github.com/mvm-sandbox/mvm/internal/volume"
 	"github.com/pelletier/go-toml/v2"
 	"github.com/pelletier/go-toml/v2/unstable"
@@ -89,6 +90,11 @@ type Manifest struct {
 	// up/run from DIR only with the operator's consent
 	// (docs/manifest.md), never part of the image.
 	Mounts []volume.MountSpec `json:"mounts,omitempty"`
+	// Secrets are the [secrets] table (TARGET = "NAME": an environment
+	// variable or /run/secrets/FILE gets the stored secret NAME), with
+	// Origin "manifest". Names only; a request like Mounts, applied only
+	// with --allow-manifest-secrets.
+	Secrets []secret.Ref `json:"secrets,omitempty"`
 }
 
 // MaxMounts bounds the [[mount]] tables of one manifest (the plan's limit
@@ -169,6 +175,7 @@ type rawManifest struct {
 	Network  *string        `toml:"network"`
 	Allow    []string       `toml:"allow"`
 	Mount    []any          `toml:"mount"`
+	Secrets  map[string]any `toml:"secrets"`
 }
 
 var (
@@ -442,6 +449,30 @@ func Parse(file string, data []byte) (*Manifest, error) {
 
 	// [[mount]]
 	m.Mounts = parseMounts(raw.Mount, m.Dir, lines, add)
+
+	// [secrets]: TARGET = "NAME", checked like --secret NAME:TARGET
+	for _, target := range sortedKeys(raw.Secrets) {
+		key := "secrets." + quoteKey(target)
+		if lines[key] == 0 {
+			lines[key] = lines["secrets."+target]
+		}
+		name, ok := raw.Secrets[target].(string)
+		if !ok {
+			add(key, `value must be the name of a stored secret (a string), got %s`, tomlType(raw.Secrets[target]))
+			continue
+		}
+		ref, err := secret.ParseRef(name + ":" + target)
+		if err != nil {
+			add(key, "%v", err)
+			continue
+		}
+		ref.Origin = volume.OriginManifest
+		m.Secrets = append(m.Secrets, ref)
+	}
+	if len(m.Secrets) > 64 {
+		add("secrets", "%d secrets exceed the limit of 64", len(m.Secrets))
+		m.Secrets = nil
+	}
 
 	// files
 	haveWork := false
@@ -849,7 +880,7 @@ var typeMsgRE = regexp.MustCompile(`cannot decode TOML (\w+) into .*`)
 var wantType = map[string]string{
 	"template": "a string", "name": "a string", "packages": "a list of package names",
 	"files": "a table of guest path = source path", "env": "a table of NAME = value",
-	"workdir": "a string", "profile": "a string", "mount": "[[mount]] tables",
+	"workdir": "a string", "profile": "a string", "mount": "[[mount]] tables", "secrets": "a table of TARGET = secret name",
 }
 
 func cleanTypeMsg(key, msg string) string {

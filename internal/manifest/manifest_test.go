@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mvm-sandbox/mvm/internal/secret"
 	"github.com/mvm-sandbox/mvm/internal/volume"
 )
 
@@ -327,5 +328,38 @@ guest  = "/root/.cache/pip"
 	_, err = Parse("/proj/mvm.toml", []byte("template = \"python\"\n[[mount]]\nhost = \"a\"\nguest = \"/a\"\n[[mount]]\nhost = \"b\"\nguest = \"b\"\n"))
 	if err == nil || !strings.Contains(err.Error(), "mvm.toml:5: key mount[1]: guest") {
 		t.Errorf("error does not name the table and line: %v", err)
+	}
+}
+
+// [secrets]: TARGET = "NAME", names only, checked like --secret.
+func TestSecretsTable(t *testing.T) {
+	m, err := Parse("/proj/mvm.toml", []byte("template = \"python\"\n[secrets]\nOPENAI_API_KEY = \"openai\"\n\"/run/secrets/tls.pem\" = \"tls-key\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []secret.Ref{
+		{Name: "tls-key", Path: "/run/secrets/tls.pem", Origin: volume.OriginManifest},
+		{Name: "openai", Env: "OPENAI_API_KEY", Origin: volume.OriginManifest},
+	}
+	if len(m.Secrets) != 2 || m.Secrets[0] != want[0] || m.Secrets[1] != want[1] {
+		t.Fatalf("secrets %+v", m.Secrets)
+	}
+	for body, want := range map[string]string{
+		"K = 3":                   "value must be the name of a stored secret",
+		"K = \"../x\"":            "secret",
+		"\"1BAD\" = \"x\"":        "not an environment variable name",
+		"\"/etc/passwd\" = \"x\"": "/run/secrets/FILE",
+		"K = \"sk-live-12345\"":   "", // a value-looking name is still only a name
+	} {
+		_, err := Parse("/proj/mvm.toml", []byte("template = \"python\"\n[secrets]\n"+body+"\n"))
+		if want == "" {
+			if err != nil {
+				t.Errorf("%s: %v", body, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "key secrets.") {
+			t.Errorf("%s: got %v, want %q", body, err, want)
+		}
 	}
 }

@@ -13,6 +13,7 @@ func TestMountVolumeSecretPolicy(t *testing.T) {
 	mrw := Mount{HostPath: "/srv/data", GuestPath: "/data", Origin: OriginManifest}
 	mvol := VolumeMount{Name: "cache", GuestPath: "/cache", Origin: OriginManifest}
 	sec := SecretRef{Name: "openai", Target: "env:OPENAI_API_KEY"}
+	msec := SecretRef{Name: "openai", Target: "env:OPENAI_API_KEY", Origin: OriginManifest}
 	cases := []struct {
 		name string
 		prof Profile
@@ -35,6 +36,9 @@ func TestMountVolumeSecretPolicy(t *testing.T) {
 		{"consent does not make rw admissible", Dev, Request{Mounts: []Mount{mrw}, AllowManifestMounts: true}, RuleMountReadWrite},
 		{"manifest rw with consent and --allow-rw-mount", Standard, Request{Mounts: []Mount{mrw}, AllowManifestMounts: true, AllowRWMount: true}, ""},
 		{"restrictive refuses a granted manifest mount", Restrictive, Request{Mounts: []Mount{mro}, AllowManifestMounts: true}, RuleMountForbidden},
+		{"manifest secret without consent", Standard, Request{Secrets: []SecretRef{msec}}, RuleSecretNotGranted},
+		{"manifest secret with consent", Standard, Request{Secrets: []SecretRef{msec}, AllowManifestSecrets: true}, ""},
+		{"mount consent is not secret consent", Standard, Request{Secrets: []SecretRef{msec}, AllowManifestMounts: true}, RuleSecretNotGranted},
 		{"permissive rw with ack", Permissive, Request{Mounts: []Mount{rw}, AckPermissive: true}, ""},
 		{"permissive needs ack", Permissive, Request{Mounts: []Mount{rw}}, RulePermissiveAck},
 		{"standard volume and secret", Standard, Request{Volumes: []VolumeMount{vol}, Secrets: []SecretRef{sec}}, ""},

@@ -69,8 +69,11 @@ type Plan struct {
 	AllowRWMount bool `json:"allow_rw_mount,omitempty"`
 	// AllowManifestMounts records --allow-manifest-mounts when it admitted
 	// mounts an image manifest asked for (their Origin is "manifest").
-	AllowManifestMounts bool          `json:"allow_manifest_mounts,omitempty"`
-	Volumes             []VolumeMount `json:"volumes,omitempty"`
+	AllowManifestMounts bool `json:"allow_manifest_mounts,omitempty"`
+	// AllowManifestSecrets records --allow-manifest-secrets when it
+	// admitted secrets an image manifest asked for.
+	AllowManifestSecrets bool          `json:"allow_manifest_secrets,omitempty"`
+	Volumes              []VolumeMount `json:"volumes,omitempty"`
 	// Secrets are names and targets, never values.
 	Secrets []SecretRef `json:"secrets,omitempty"`
 	EnvKeys []string    `json:"env_keys"`
@@ -119,21 +122,22 @@ const (
 
 // Input is what a boot asks for.
 type Input struct {
-	SandboxID           string
-	SandboxName         string
-	ImageDigest         string
-	KernelDigest        string
-	ImageProfile        string // "" means ImageDev
-	Backend             string // "" means BackendQEMU
-	Resources           Resources
-	RunProfile          Profile // "" means DefaultProfile
-	Network             Network // zero value means no network
-	Mounts              []Mount
-	AllowRWMount        bool
-	AllowManifestMounts bool
-	Volumes             []VolumeMount
-	Secrets             []SecretRef
-	EnvKeys             []string // names only
+	SandboxID            string
+	SandboxName          string
+	ImageDigest          string
+	KernelDigest         string
+	ImageProfile         string // "" means ImageDev
+	Backend              string // "" means BackendQEMU
+	Resources            Resources
+	RunProfile           Profile // "" means DefaultProfile
+	Network              Network // zero value means no network
+	Mounts               []Mount
+	AllowRWMount         bool
+	AllowManifestMounts  bool
+	AllowManifestSecrets bool
+	Volumes              []VolumeMount
+	Secrets              []SecretRef
+	EnvKeys              []string // names only
 	// Console asks for console access; a plan that asks for it under a
 	// profile that refuses it is refused. ConsoleIfAllowed instead sets
 	// Console to whatever the run and image profiles allow.
@@ -191,23 +195,24 @@ func Synthesize(in Input, now time.Time) (*Plan, error) {
 	env := append([]string{}, in.EnvKeys...)
 	sort.Strings(env)
 	p := &Plan{
-		SchemaVersion:       SchemaVersion,
-		PlanID:              evidence.NewID(),
-		Sandbox:             SandboxRef{ID: in.SandboxID, Name: in.SandboxName},
-		ImageDigest:         in.ImageDigest,
-		KernelDigest:        in.KernelDigest,
-		ImageProfile:        imgProf,
-		Backend:             backend,
-		Resources:           in.Resources,
-		RunProfile:          prof,
-		Network:             net,
-		Mounts:              mounts,
-		AllowRWMount:        in.AllowRWMount,
-		AllowManifestMounts: in.AllowManifestMounts,
-		Volumes:             in.Volumes,
-		Secrets:             in.Secrets,
-		EnvKeys:             env,
-		Console:             console,
+		SchemaVersion:        SchemaVersion,
+		PlanID:               evidence.NewID(),
+		Sandbox:              SandboxRef{ID: in.SandboxID, Name: in.SandboxName},
+		ImageDigest:          in.ImageDigest,
+		KernelDigest:         in.KernelDigest,
+		ImageProfile:         imgProf,
+		Backend:              backend,
+		Resources:            in.Resources,
+		RunProfile:           prof,
+		Network:              net,
+		Mounts:               mounts,
+		AllowRWMount:         in.AllowRWMount,
+		AllowManifestMounts:  in.AllowManifestMounts,
+		AllowManifestSecrets: in.AllowManifestSecrets,
+		Volumes:              in.Volumes,
+		Secrets:              in.Secrets,
+		EnvKeys:              env,
+		Console:              console,
 
 		WorkloadIRSHA256: in.WorkloadIRSHA256,
 		OCIDigest:        in.OCIDigest,
@@ -322,7 +327,7 @@ func (p *Plan) Window() (from, until time.Time, err error) {
 // Request returns what the plan asks of its profile.
 func (p *Plan) Request() Request {
 	return Request{EnvKeys: p.EnvKeys, Mounts: p.Mounts, Network: p.Network, Console: p.Console,
-		AllowRWMount: p.AllowRWMount, AllowManifestMounts: p.AllowManifestMounts, Volumes: p.Volumes, Secrets: p.Secrets}
+		AllowRWMount: p.AllowRWMount, AllowManifestMounts: p.AllowManifestMounts, AllowManifestSecrets: p.AllowManifestSecrets, Volumes: p.Volumes, Secrets: p.Secrets}
 }
 
 // CheckPolicy is the one answer to "would this plan be admitted by its

@@ -139,6 +139,8 @@ const OriginManifest = "manifest"
 type SecretRef struct {
 	Name   string `json:"name"`
 	Target string `json:"target"`
+	// Origin is OriginManifest for a secret an image manifest asked for.
+	Origin string `json:"origin,omitempty"`
 }
 
 // Request is what an invocation asks of a profile.
@@ -151,10 +153,13 @@ type Request struct {
 	// AllowManifestMounts (--allow-manifest-mounts) admits the mounts an
 	// image manifest asked for (Origin OriginManifest).
 	AllowManifestMounts bool
-	Volumes             []VolumeMount
-	Secrets             []SecretRef
-	Network             Network
-	Console             bool
+	// AllowManifestSecrets (--allow-manifest-secrets) admits the secrets an
+	// image manifest asked for (Origin OriginManifest).
+	AllowManifestSecrets bool
+	Volumes              []VolumeMount
+	Secrets              []SecretRef
+	Network              Network
+	Console              bool
 	// AckPermissive reports that MVM_ACK_PERMISSIVE_RUN=1 was set (see
 	// PermissiveAcknowledged).
 	AckPermissive bool
@@ -189,6 +194,7 @@ const (
 	RuleVolumeForbidden    = "volume.forbidden"
 	RuleSecretForbidden    = "secret.forbidden"
 	RuleSecretInvalid      = "secret.invalid"
+	RuleSecretNotGranted   = "secret.manifest_not_granted"
 	maxSecrets             = 64
 )
 
@@ -319,6 +325,9 @@ func (p Profile) Validate(req Request) error {
 		}
 		if !c.env {
 			return deny(RuleSecretForbidden, "secrets are not allowed (%d given)", len(req.Secrets))
+		}
+		if sr.Origin == OriginManifest && !req.AllowManifestSecrets {
+			return deny(RuleSecretNotGranted, "secret #%d was asked for by the image's manifest and not granted (--allow-manifest-secrets)", i+1)
 		}
 	}
 

@@ -58,7 +58,7 @@ func (r *Runtime) WouldAdmit(o UpOptions) (*plan.Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := r.manifestMounts(&o); err != nil {
+	if err := r.manifestAttachments(&o); err != nil {
 		return nil, err
 	}
 	att, err := r.ResolveAttachments(o)

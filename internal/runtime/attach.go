@@ -71,6 +71,9 @@ func (r *Runtime) ResolveAttachments(o UpOptions) (*sandbox.Attachments, error) 
 	ss := r.Secrets()
 	for _, ref := range o.Secrets {
 		if err := ss.Check(ref.Name); err != nil {
+			if ref.Origin == volume.OriginManifest {
+				return nil, fmt.Errorf("%w: the image's manifest (mvm.toml) [secrets]: %v", ErrAttach, err)
+			}
 			return nil, fmt.Errorf("%w: %v", ErrAttach, err)
 		}
 		if ref.Env != "" {
@@ -94,12 +97,15 @@ func withAttachments(in *plan.Input, a *sandbox.Attachments, o UpOptions) {
 	for _, v := range a.Volumes {
 		in.AllowManifestMounts = in.AllowManifestMounts || (o.AllowManifestMounts && v.Origin == volume.OriginManifest)
 	}
+	for _, s := range a.Secrets {
+		in.AllowManifestSecrets = in.AllowManifestSecrets || (o.AllowManifestSecrets && s.Origin == volume.OriginManifest)
+	}
 }
 
 func planSecrets(a *sandbox.Attachments) []plan.SecretRef {
 	out := make([]plan.SecretRef, 0, len(a.Secrets))
 	for _, s := range a.Secrets {
-		out = append(out, plan.SecretRef{Name: s.Name, Target: s.Target()})
+		out = append(out, plan.SecretRef{Name: s.Name, Target: s.Target(), Origin: s.Origin})
 	}
 	return out
 }

@@ -83,6 +83,10 @@ type UpOptions struct {
 	// consent to the host directories and volumes a build directory's
 	// manifest asks for ([[mount]]); it is recorded in the plan.
 	AllowManifestMounts bool
+	// AllowManifestSecrets (--allow-manifest-secrets) is the operator's
+	// consent to the secrets that manifest asks for ([secrets]); recorded
+	// in the plan.
+	AllowManifestSecrets bool
 	// Secrets are handed to the guest by name (--secret); values are read
 	// from the store only when given to the guest.
 	Secrets []secret.Ref
@@ -231,7 +235,7 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	}
 	// Host paths, volumes and secrets are checked before anything else,
 	// the manifest's mounts (granted or refused) among them.
-	if err := r.manifestMounts(&o); err != nil {
+	if err := r.manifestAttachments(&o); err != nil {
 		return nil, err
 	}
 	att, err := r.ResolveAttachments(o)

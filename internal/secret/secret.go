@@ -200,6 +200,17 @@ type Ref struct {
 	Name string `json:"name"`
 	Env  string `json:"env,omitempty"`
 	Path string `json:"path,omitempty"`
+	// Origin is "manifest" for a secret an image manifest's [secrets]
+	// asked for (and the operator granted); "" is the operator's own.
+	Origin string `json:"origin,omitempty"`
+}
+
+// String is the reference as --secret writes it (NAME:TARGET).
+func (r Ref) String() string {
+	if r.Path != "" {
+		return r.Name + ":" + r.Path
+	}
+	return r.Name + ":" + r.Env
 }
 
 // Target describes where the secret goes ("env:VAR" or "file:/path").

@@ -167,11 +167,12 @@ func TestHostDirectories(t *testing.T) {
 }
 
 // TestManifestMounts: a build directory's mvm.toml asks for a host
-// directory (relative to it) and a volume. Without --allow-manifest-mounts
+// directory (relative to it), a volume and a secret. Without --allow-manifest-mounts
 // the boot is refused before anything is created, naming both and what to
 // do; every host-path rule of -v applies to them; consent never makes a
 // read-write one admissible without --allow-rw-mount; with consent they
-// are printed before boot, mounted, and recorded in the signed plan.
+// are printed before boot, mounted, and recorded in the signed plan; its
+// secret needs its own grant (--allow-manifest-secrets).
 func TestManifestMounts(t *testing.T) {
 	e := newEnv(t)
 	base := t.TempDir()
@@ -183,17 +184,26 @@ func TestManifestMounts(t *testing.T) {
 		os.MkdirAll(dir, 0o755)
 		os.WriteFile(filepath.Join(dir, "mvm.toml"), []byte("template = \"minimal\"\n"+mounts), 0o644)
 	}
-	writeManifest(proj, "[[mount]]\nhost = \"data\"\nguest = \"/data\"\n\n[[mount]]\nvolume = \"mcache\"\nguest = \"/cache\"\n")
+	writeManifest(proj, "[[mount]]\nhost = \"data\"\nguest = \"/data\"\n\n[[mount]]\nvolume = \"mcache\"\nguest = \"/cache\"\n\n[secrets]\nAPI_KEY = \"msecret\"\n")
 	e.must("volume", "create", "mcache", "--size", "16M")
+	if r := e.runIn(strings.NewReader("manifest-secret-value"), "secret", "set", "msecret"); r.code != 0 {
+		t.Fatal(r)
+	}
 
 	r := e.run("up", proj, "--name", "m")
 	if r.code != 126 || !strings.Contains(r.stderr, data+":/data:ro") || !strings.Contains(r.stderr, "mcache:/cache:rw") || !strings.Contains(r.stderr, "--allow-manifest-mounts") {
 		t.Fatalf("up without consent: want exit 126 naming both mounts and --allow-manifest-mounts: %s", r)
 	}
 	e.assertClean()
-	dry := e.must("run", "--dry-run", "--json", "--image", proj, "--allow-manifest-mounts", "--", "true")
-	if !strings.Contains(dry.stdout, `"origin":"manifest"`) || !strings.Contains(dry.stdout, `"allow_manifest_mounts":true`) {
-		t.Errorf("dry run does not show the manifest's mounts: %s", dry)
+	// Its secrets are a separate grant.
+	r = e.run("up", proj, "--name", "m", "--allow-manifest-mounts")
+	if r.code != 126 || !strings.Contains(r.stderr, "msecret:API_KEY") || !strings.Contains(r.stderr, "--allow-manifest-secrets") || strings.Contains(r.stderr, "manifest-secret-value") {
+		t.Fatalf("up without consent to the secrets: %s", r)
+	}
+	e.assertClean()
+	dry := e.must("run", "--dry-run", "--json", "--image", proj, "--allow-manifest-mounts", "--allow-manifest-secrets", "--", "true")
+	if !strings.Contains(dry.stdout, `"origin":"manifest"`) || !strings.Contains(dry.stdout, `"allow_manifest_mounts":true`) || !strings.Contains(dry.stdout, `"allow_manifest_secrets":true`) {
+		t.Errorf("dry run does not show the manifest's mounts and secrets: %s", dry)
 	}
 
 	// The rules of -v, with the manifest named; exit 2, nothing created.
@@ -220,10 +230,13 @@ func TestManifestMounts(t *testing.T) {
 	}
 	e.assertClean()
 
-	r = e.must("up", proj, "--name", "m", "--allow-manifest-mounts")
+	r = e.must("up", proj, "--name", "m", "--allow-manifest-mounts", "--allow-manifest-secrets")
 	defer e.run("down", "m")
-	if !strings.Contains(r.stderr, "granted by the operator") || !strings.Contains(r.stderr, "host directory "+data+" -> /data (ro)") {
-		t.Errorf("the manifest's mounts were not printed before boot: %s", r)
+	if !strings.Contains(r.stderr, "granted by the operator") || !strings.Contains(r.stderr, "host directory "+data+" -> /data (ro)") || !strings.Contains(r.stderr, "msecret:API_KEY") {
+		t.Errorf("the manifest's mounts and secrets were not printed before boot: %s", r)
+	}
+	if x := e.must("exec", "m", "--", "sh", "-c", "echo $API_KEY"); x.stdout != "[secret:msecret]\n" {
+		t.Errorf("the manifest's secret: %s", x)
 	}
 	rf := filepath.Join(base, "receipt.json")
 	if x := e.must("exec", "m", "--receipt", rf, "--", "cat", "/data/hello"); x.stdout != "from the manifest's directory\n" {
@@ -241,11 +254,12 @@ func TestManifestMounts(t *testing.T) {
 	e.must("exec", "m", "--", "sh", "-c", "echo kept > /cache/f")
 	st := e.stateOf("m")
 	pb, err := os.ReadFile(filepath.Join(e.state, "sb", st["id"].(string), "plan.json"))
-	if err != nil || !bytes.Contains(pb, []byte(`"allow_manifest_mounts":true`)) || bytes.Count(pb, []byte(`"origin":"manifest"`)) != 2 {
-		t.Errorf("the signed plan does not record the manifest's mounts and the consent: %v %s", err, pb)
+	if err != nil || !bytes.Contains(pb, []byte(`"allow_manifest_mounts":true`)) || !bytes.Contains(pb, []byte(`"allow_manifest_secrets":true`)) || bytes.Count(pb, []byte(`"origin":"manifest"`)) != 3 {
+		t.Errorf("the signed plan does not record the manifest's mounts, secret and the consents: %v %s", err, pb)
 	}
 	e.must("down", "m")
 	e.must("volume", "rm", "mcache")
+	e.must("secret", "rm", "msecret")
 	e.assertClean()
 }
 
