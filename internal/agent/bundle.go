@@ -72,7 +72,9 @@ func rootDirHostname(cmdline string) string {
 	for _, f := range strings.Fields(cmdline) {
 		if v, ok := strings.CutPrefix(f, "mvm.rootdir_hostname="); ok && len(v) <= 63 && v != "" &&
 			!strings.HasPrefix(v, "-") && !strings.HasSuffix(v, "-") &&
-			!strings.ContainsFunc(v, func(r rune) bool { return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') }) {
+			!strings.ContainsFunc(v, func(r rune) bool {
+				return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-')
+			}) {
 			return v
 		}
 	}
