@@ -238,6 +238,15 @@ describe("stand-in CLI", () => {
     assert.equal(lastCall(), "down n2");
     await assert.rejects(sb2.commands.run("true"), sdk.SandboxNotFound);
   });
+
+  test("create passes an OCI reference through as up --image", async () => {
+    process.env.FAKE_STDOUT = JSON.stringify({ name: "o1", id: "abc", state: "running" });
+    for (const ref of ["python:3.12-slim", "ghcr.io/org/app@sha256:" + "ab".repeat(32)]) {
+      const sb = await sdk.Sandbox.create(ref, { name: "o1" });
+      assert.ok(lastCall()!.startsWith(`up --image ${ref} --name o1 --json`), lastCall());
+      sb.detach();
+    }
+  });
 });
 
 describe("record mode", () => {
