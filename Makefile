@@ -9,6 +9,7 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/mvmctl ./cmd/mvmctl
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/mvm-agent ./cmd/mvm-agent
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/mvm-egress ./cmd/mvm-egress
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/containerd-shim-mvm-v2 ./cmd/containerd-shim-mvm-v2
 
 setup: build
 	$(BIN)/mvmctl setup

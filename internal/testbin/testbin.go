@@ -65,3 +65,14 @@ func Main(m interface{ Run() int }, dir *string) {
 	os.RemoveAll(tmp)
 	os.Exit(code)
 }
+
+// BuildShim compiles containerd-shim-mvm-v2 into dir (beside mvmctl, where
+// the shim looks for it).
+func BuildShim(dir string) error {
+	cmd := exec.Command("go", "build", "-ldflags", "-s -w", "-o", filepath.Join(dir, "containerd-shim-mvm-v2"), "./cmd/containerd-shim-mvm-v2")
+	cmd.Dir = Root()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build the shim: %v\n%s", err, out)
+	}
+	return nil
+}
