@@ -56,6 +56,9 @@ type BundleOptions struct {
 	Labels map[string]string
 	// BootTimeout bounds the boot (0: BootTimeout()).
 	BootTimeout time.Duration
+	// Transient sandboxes are held by their creator (Sandbox.Hold): when
+	// it closes, even because the creator was killed, the sandbox goes.
+	Transient bool
 }
 
 // Labels the containerd shim puts on its sandboxes.
@@ -138,6 +141,7 @@ func (r *Runtime) bundleUpOptions(o BundleOptions) (UpOptions, error) {
 		RootDir:    &RootDir{HostPath: o.RootDir, BundleDir: o.BundleDir, ReadOnly: o.ReadOnlyRoot, Hostname: o.Hostname},
 		Labels:     o.Labels,
 		NoBuildDir: true,
+		Transient:  o.Transient,
 	}
 	if len(o.Allow) > 0 {
 		cfg, _, err := netpolicy.Build(netpolicy.Request{Allow: o.Allow, Origin: netpolicy.OriginManifest}, func(string) (string, bool) { return "", false })

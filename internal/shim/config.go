@@ -18,6 +18,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/mvm-sandbox/mvm/internal/plan"
+	"github.com/mvm-sandbox/mvm/internal/runtime"
 )
 
 // Annotations the shim reads from the OCI spec (a pod's or a container's
@@ -39,13 +40,6 @@ const DefaultProfile = plan.Restrictive
 const (
 	maxConfigBytes = 4 << 20
 	maxAllow       = 64
-	// MinMemoryMiB and MaxCPUs bound what the resources map to.
-	MinMemoryMiB = 128
-	MaxCPUs      = 64
-	// DefaultMemoryMiB and DefaultCPUs are the VM's size when the spec
-	// sets no limit.
-	DefaultMemoryMiB = 512
-	DefaultCPUs      = 1
 )
 
 // readSpec reads a bundle's config.json, capped in size.
@@ -72,47 +66,38 @@ func readSpec(bundle string) (*specs.Spec, error) {
 	return &s, nil
 }
 
-// Resources is the VM size a spec maps to.
+// Resources is the VM size a spec maps to (0: the runtime's default).
 type Resources struct {
 	CPUs      int
 	MemoryMiB int
 }
 
-// MapResources maps an OCI spec's limits to a VM: the CPU quota over its
-// period, rounded up, is the number of vCPUs (a quota of 1.5 CPUs is 2
-// vCPUs; no quota: DefaultCPUs); the memory limit, rounded up to a MiB and
-// to at least MinMemoryMiB, is the guest's memory (no limit:
-// DefaultMemoryMiB). The guest kernel's own use comes out of that memory,
-// so a container gets somewhat less than its limit.
-func MapResources(s *specs.Spec) (Resources, error) {
-	r := Resources{CPUs: DefaultCPUs, MemoryMiB: DefaultMemoryMiB}
+// MapResources maps an OCI spec's limits to a VM with
+// runtime.OCIResources: the CPU quota over its period, rounded up, is the
+// number of vCPUs (1.5 CPUs: 2 vCPUs; no quota: 1); the memory limit,
+// rounded up to a MiB and to at least 128 MiB, is the guest's memory (no
+// limit: 256 MiB). The guest kernel's own use comes out of that memory, so
+// a container gets somewhat less than its limit.
+func MapResources(s *specs.Spec) Resources {
 	if s.Linux == nil || s.Linux.Resources == nil {
-		return r, nil
+		return Resources{}
 	}
-	res := s.Linux.Resources
-	if c := res.CPU; c != nil && c.Quota != nil && *c.Quota > 0 {
-		period := uint64(100000)
+	var quota, mem int64
+	var period uint64
+	if c := s.Linux.Resources.CPU; c != nil {
+		if c.Quota != nil {
+			quota = *c.Quota
+		}
+		period = 100000 // the kernel's default CFS period
 		if c.Period != nil && *c.Period > 0 {
 			period = *c.Period
 		}
-		q := uint64(*c.Quota)
-		n := (q + period - 1) / period
-		if n > MaxCPUs {
-			return r, fmt.Errorf("%w: CPU quota %d/%d asks for %d CPUs; a VM has at most %d", errdefs.ErrInvalidArgument, q, period, n, MaxCPUs)
-		}
-		r.CPUs = int(n)
 	}
-	if m := res.Memory; m != nil && m.Limit != nil && *m.Limit > 0 {
-		mib := (*m.Limit + (1<<20 - 1)) >> 20
-		if mib > 256<<10 {
-			return r, fmt.Errorf("%w: memory limit %d bytes is more than a VM may have (256 GiB)", errdefs.ErrInvalidArgument, *m.Limit)
-		}
-		if mib < MinMemoryMiB {
-			mib = MinMemoryMiB
-		}
-		r.MemoryMiB = int(mib)
+	if m := s.Linux.Resources.Memory; m != nil && m.Limit != nil {
+		mem = *m.Limit
 	}
-	return r, nil
+	cpus, mib := runtime.OCIResources(quota, period, mem)
+	return Resources{CPUs: cpus, MemoryMiB: mib}
 }
 
 // Policy is the run profile and egress a spec's annotations ask for.

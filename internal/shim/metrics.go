@@ -15,7 +15,7 @@ func metrics(st *Stats) *v2.Metrics {
 	}
 	return &v2.Metrics{
 		Pids:   &v2.PidsStat{Current: uint64(st.Processes)},
-		CPU:    &v2.CPUStat{UsageUsec: st.CPUUsageNanos / 1000},
+		CPU:    &v2.CPUStat{UsageUsec: st.CPUUsec, UserUsec: st.CPUUserUsec, SystemUsec: st.CPUSystemUsec},
 		Memory: &v2.MemoryStat{Usage: used, UsageLimit: st.MemTotalBytes},
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/api/types/task"
-	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/fifo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -40,7 +39,6 @@ type process struct {
 	// published closes once TaskStart/TaskExecStarted has been sent, so
 	// the exit event never overtakes it.
 	published chan struct{}
-	control   chan Control
 	io        *procIO
 }
 
@@ -48,7 +46,6 @@ func newProcess(execID string, spec *specs.Process, stdio Stdio) *process {
 	return &process{
 		execID: execID, spec: spec, stdio: stdio, status: task.Status_CREATED,
 		done: make(chan struct{}), published: make(chan struct{}),
-		control: make(chan Control, 32),
 	}
 }
 
@@ -72,26 +69,29 @@ func (p *process) setExited(status uint32) bool {
 	return true
 }
 
-// signal forwards a signal to a running process. A process that has not
-// started is stopped as if the signal had killed it (reported true).
-func (p *process) signal(sig int) (stoppedUnstarted bool, err error) {
+// stopUnstarted ends a process that never started, as if sig had killed
+// it; it reports whether it did.
+func (p *process) stopUnstarted(sig int) bool {
 	p.mu.Lock()
-	st := p.status
+	created := p.status == task.Status_CREATED
 	p.mu.Unlock()
-	switch st {
-	case task.Status_STOPPED:
-		return false, fmt.Errorf("process %s: %w: process already finished", p.name(), errdefs.ErrNotFound)
-	case task.Status_CREATED:
-		p.io.close()
-		return p.setExited(uint32(128 + sig)), nil
+	if !created {
+		return false
 	}
-	select {
-	case p.control <- Control{Signal: sig}:
-		return false, nil
-	default:
-		return false, fmt.Errorf("process %s: %w: too many pending signals", p.name(), errdefs.ErrUnavailable)
-	}
+	p.io.close()
+	return p.setExited(uint32(128 + sig))
 }
+
+// procID is the process's id in the VM.
+func (p *process) procID() string {
+	if p.execID == "" {
+		return initID
+	}
+	return p.execID
+}
+
+// initID names the task's own process in the VM.
+const initID = "init"
 
 func (p *process) name() string {
 	if p.execID == "" {

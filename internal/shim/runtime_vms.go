@@ -7,20 +7,22 @@ import (
 	"path/filepath"
 
 	"github.com/containerd/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
 	mvmerr "github.com/mvm-sandbox/mvm/internal/errdefs"
-	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
-	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
 
-// RuntimeVMs runs containers through mvm's runtime: every VM is admitted
-// by a signed plan, every process leaves a receipt and audit entries.
+// OwnerLabel is the io.mvm.owner label of the shim's sandboxes.
+const OwnerLabel = "containerd-shim-mvm-v2"
+
+// RuntimeVMs runs containers through mvm's runtime (bundle sandboxes):
+// every VM is admitted by a signed plan, every process leaves a receipt
+// and audit entries.
 type RuntimeVMs struct {
 	R *runtime.Runtime
 	// Receipts is the directory the receipts of the shim's processes are
-	// written to (<data>/receipts).
+	// kept in (<data>/receipts), named by receipt id.
 	Receipts string
 }
 
@@ -51,100 +53,97 @@ func NewRuntimeVMs(r *runtime.Runtime) (*RuntimeVMs, error) {
 }
 
 // Boot admits the container's plan and boots its VM. The sandbox is
-// transient: it is held by the shim, and goes when the shim goes.
+// transient: the shim holds it, and it goes when the shim goes.
 func (v *RuntimeVMs) Boot(ctx context.Context, req BootRequest) (*VM, error) {
-	o := runtime.UpOptions{
+	sb, err := v.R.UpBundle(ctx, runtime.BundleOptions{
+		BundleDir: req.Bundle, RootDir: req.RootDir,
 		CPUs: req.Resources.CPUs, MemoryMiB: req.Resources.MemoryMiB,
-		RunProfile: req.Policy.Profile, Transient: true,
-		Owner: &sandbox.Owner{Kind: "containerd", Namespace: req.Namespace, ID: req.ContainerID},
-	}
-	if len(req.Policy.Allow) > 0 {
-		// Annotations come from whoever wrote the pod: an untrusted
-		// origin, which may not reach the host's loopback or private
-		// addresses.
-		cfg, _, err := netpolicy.Build(netpolicy.Request{Allow: req.Policy.Allow}, func(string) (string, bool) { return "", false })
-		if err != nil {
-			return nil, fmt.Errorf("%w: annotation %s: %v", errdefs.ErrInvalidArgument, AnnotationAllow, err)
-		}
-		o.Network = cfg
-	}
-	if err := bootRoot(&o, req); err != nil {
-		return nil, err
-	}
-	sb, err := v.R.Up(ctx, o)
+		Profile: req.Policy.Profile, Allow: req.Policy.Allow, Transient: true,
+		Labels: map[string]string{
+			runtime.LabelContainerdNamespace: req.Namespace,
+			runtime.LabelContainerdID:        req.ContainerID,
+			runtime.LabelOwner:               OwnerLabel,
+		},
+	})
 	if err != nil {
 		return nil, toContainerd(err)
 	}
-	vm := &VM{ID: sb.ID, Name: sb.Name, Hold: sb.Hold}
+	vm := &VM{ID: sb.ID, Name: sb.Name}
+	if sb.Hold != nil {
+		vm.Hold = sb.Hold
+	}
 	if sb.State != nil {
 		vm.VMMPID = sb.State.VMMPID
 	}
 	return vm, nil
 }
 
-// Run runs one process through runtime.Exec and keeps its receipt.
-func (v *RuntimeVMs) Run(ctx context.Context, vmID string, p ProcessRequest) (*Exit, error) {
-	env, err := envMap(p.Process.Env)
+// ProcessSpec maps the OCI process to what mvm applies (see
+// docs/kubernetes.md, "What of the OCI spec is applied").
+func ProcessSpec(id string, p *specs.Process, init bool) runtime.ProcessSpec {
+	ps := runtime.ProcessSpec{
+		ID: id, Args: p.Args, Env: p.Env, Cwd: p.Cwd,
+		UID: p.User.UID, GID: p.User.GID, AdditionalGids: p.User.AdditionalGids, Umask: p.User.Umask,
+		NoNewPrivileges: p.NoNewPrivileges, Terminal: p.Terminal, Init: init,
+	}
+	if p.ConsoleSize != nil {
+		ps.Rows, ps.Cols = uint32(p.ConsoleSize.Height), uint32(p.ConsoleSize.Width)
+	}
+	for _, l := range p.Rlimits {
+		ps.Rlimits = append(ps.Rlimits, runtime.Rlimit{Type: l.Type, Soft: l.Soft, Hard: l.Hard})
+	}
+	return ps
+}
+
+// Start starts a process through runtime.StartProcess.
+func (v *RuntimeVMs) Start(ctx context.Context, vmID string, p ProcessRequest) (int, error) {
+	st, err := v.R.StartProcess(ctx, vmID, ProcessSpec(p.ID, p.Process, p.Init),
+		runtime.ProcessIO{Stdin: p.Stdin, Stdout: p.Stdout, Stderr: p.Stderr})
 	if err != nil {
-		return nil, err
+		return 0, toContainerd(err)
 	}
-	ctl := make(chan *pb.ExecInput, 8)
-	cctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		for {
-			select {
-			case <-cctx.Done():
-				return
-			case c, ok := <-p.Control:
-				if !ok {
-					return
-				}
-				var m *pb.ExecInput
-				if c.Signal != 0 {
-					m = &pb.ExecInput{Msg: &pb.ExecInput_Signal{Signal: int32(c.Signal)}}
-				} else {
-					m = &pb.ExecInput{Msg: &pb.ExecInput_Resize{Resize: &pb.Resize{Rows: c.Rows, Cols: c.Cols}}}
-				}
-				select {
-				case ctl <- m:
-				case <-cctx.Done():
-					return
-				}
-			}
-		}
-	}()
-	o := runtime.ExecOptions{
-		Argv: p.Process.Args, Env: env, Cwd: p.Process.Cwd, TTY: p.Process.Terminal,
-		Stdin: p.Stdin, Stdout: p.Stdout, Stderr: p.Stderr, Control: ctl,
-		Started: func(pid int32) {
-			if p.Started != nil {
-				p.Started(int(pid))
-			}
-		},
-	}
-	if p.Process.ConsoleSize != nil {
-		o.Rows, o.Cols = uint32(p.Process.ConsoleSize.Height), uint32(p.Process.ConsoleSize.Width)
-	}
-	processOptions(&o, p.Process)
-	res, err := v.R.Exec(cctx, vmID, o)
+	return int(st.Pid), nil
+}
+
+// Wait waits for a process and keeps its receipt.
+func (v *RuntimeVMs) Wait(ctx context.Context, vmID, procID string) (*Exit, error) {
+	st, err := v.R.WaitProcess(ctx, vmID, procID)
 	if err != nil {
 		return nil, toContainerd(err)
 	}
-	if err := v.keepReceipt(res.ReceiptID, res.Receipt); err != nil {
-		fmt.Fprintf(os.Stderr, "mvm shim: %v\n", err)
+	if st.Exit == nil {
+		return nil, fmt.Errorf("process %s: no exit status", procID)
 	}
-	return &Exit{Code: res.ExitCode, Signal: res.Signal, ReceiptID: res.ReceiptID}, nil
+	return &Exit{Code: int(st.Exit.Code), Signal: int(st.Exit.Signal), ReceiptID: st.ReceiptID}, nil
 }
 
-func (v *RuntimeVMs) keepReceipt(id string, receipt []byte) error {
-	if id == "" || len(receipt) == 0 {
-		return nil
+// Signal signals a process, or every process of the VM.
+func (v *RuntimeVMs) Signal(ctx context.Context, vmID, procID string, sig int, all bool) error {
+	return toContainerd(v.R.SignalProcess(ctx, vmID, procID, sig, all))
+}
+
+// Resize sets a process's terminal size.
+func (v *RuntimeVMs) Resize(ctx context.Context, vmID, procID string, rows, cols uint32) error {
+	return toContainerd(v.R.ResizePTY(ctx, vmID, procID, rows, cols))
+}
+
+// Forget drops an exited process.
+func (v *RuntimeVMs) Forget(ctx context.Context, vmID, procID string) error {
+	_, err := v.R.DeleteProcess(ctx, vmID, procID)
+	return toContainerd(err)
+}
+
+// Pids lists the guest's processes.
+func (v *RuntimeVMs) Pids(ctx context.Context, vmID string) ([]GuestProcess, error) {
+	ps, err := v.R.Pids(ctx, vmID)
+	if err != nil {
+		return nil, toContainerd(err)
 	}
-	if err := os.MkdirAll(v.Receipts, 0o700); err != nil {
-		return fmt.Errorf("keep receipt %s: %w", id, err)
+	out := make([]GuestProcess, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, GuestProcess{Pid: int(p.Pid), ID: p.ID})
 	}
-	return os.WriteFile(filepath.Join(v.Receipts, id+".json"), receipt, 0o600)
+	return out, nil
 }
 
 // Stats reads the guest's metrics.
@@ -153,7 +152,8 @@ func (v *RuntimeVMs) Stats(ctx context.Context, vmID string) (*Stats, error) {
 	if err != nil {
 		return nil, toContainerd(err)
 	}
-	return &Stats{MemTotalBytes: st.MemTotalBytes, MemAvailableBytes: st.MemAvailableBytes, Processes: st.Processes}, nil
+	return &Stats{MemTotalBytes: st.MemTotalBytes, MemAvailableBytes: st.MemAvailableBytes, Processes: st.Processes,
+		CPUUsec: st.CPUUserUsec + st.CPUSystemUsec, CPUUserUsec: st.CPUUserUsec, CPUSystemUsec: st.CPUSystemUsec}, nil
 }
 
 // Down takes the VM down; a VM already gone is not an error.
@@ -168,11 +168,16 @@ func (v *RuntimeVMs) Down(ctx context.Context, vmID string) error {
 // toContainerd keeps the error's message and gives it the containerd
 // error kind closest to mvm's, so ctr and the CRI report it sensibly.
 func toContainerd(err error) error {
+	if err == nil {
+		return nil
+	}
 	switch mvmerr.KindOf(err) {
 	case mvmerr.KindNotFound:
 		return fmt.Errorf("%w: %v", errdefs.ErrNotFound, err)
 	case mvmerr.KindInvalidArgument:
 		return fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
+	case mvmerr.KindAlreadyExists:
+		return fmt.Errorf("%w: %v", errdefs.ErrAlreadyExists, err)
 	case mvmerr.KindRefused, mvmerr.KindPermissionDenied, mvmerr.KindFailedPrecondition:
 		return fmt.Errorf("%w: %v", errdefs.ErrFailedPrecondition, err)
 	case mvmerr.KindUnavailable:

@@ -122,10 +122,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
-	res, err := MapResources(spec)
-	if err != nil {
-		return nil, err
-	}
+	res := MapResources(spec)
 	pol, err := MapPolicy(spec.Annotations)
 	if err != nil {
 		return nil, err
@@ -166,7 +163,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}
 	vm, err := s.vms.Boot(ctx, BootRequest{
 		Namespace: s.namespace, ContainerID: r.ID, Bundle: r.Bundle, RootDir: c.rootfs,
-		Spec: spec, Resources: res, Policy: pol,
+		Resources: res, Policy: pol,
 	})
 	if err != nil {
 		return nil, err
@@ -264,22 +261,32 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if p.execID != "" {
 		c.runningExecs.Add(1)
 	}
-	started := make(chan int, 1)
-	failed := make(chan error, 1)
-	go s.run(c, p, started, failed)
-	select {
-	case pid := <-started:
-		if p.execID == "" {
-			s.send(runtime.TaskStartEventTopic, &eventstypes.TaskStart{ContainerID: c.id, Pid: uint32(c.vm.VMMPID)})
-		} else {
-			s.send(runtime.TaskExecStartedEventTopic, &eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: p.execID, Pid: uint32(pid)})
+	pid, err := s.vms.Start(ctx, c.vm.ID, ProcessRequest{
+		ID: p.procID(), Process: p.spec, Init: p.execID == "",
+		Stdin: p.io.stdin, Stdout: p.io.stdout, Stderr: p.io.stderr,
+	})
+	if err != nil {
+		// It never ran: it is over (127 when the command was not found,
+		// as a shell says), and a waiter hears so.
+		status := uint32(255)
+		if errdefs.IsNotFound(err) {
+			status = 127
 		}
 		close(p.published)
-		return &taskAPI.StartResponse{Pid: uint32(s.hostPid(c, p))}, nil
-	case err := <-failed:
-		close(p.published)
+		go s.exited(c, p, status)
 		return nil, fmt.Errorf("start %s in task %s: %w", p.name(), r.ID, err)
 	}
+	p.mu.Lock()
+	p.pid = pid
+	p.mu.Unlock()
+	if p.execID == "" {
+		s.send(runtime.TaskStartEventTopic, &eventstypes.TaskStart{ContainerID: c.id, Pid: uint32(c.vm.VMMPID)})
+	} else {
+		s.send(runtime.TaskExecStartedEventTopic, &eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: p.execID, Pid: uint32(pid)})
+	}
+	close(p.published)
+	go s.wait(c, p)
+	return &taskAPI.StartResponse{Pid: uint32(s.hostPid(c, p))}, nil
 }
 
 // hostPid is the pid containerd is told: the VMM's for the task (it is
@@ -292,41 +299,24 @@ func (s *Service) hostPid(c *container, p *process) int {
 	return pid
 }
 
-// run runs p in the VM until it exits, then reports the exit.
-func (s *Service) run(c *container, p *process, started chan<- int, failed chan<- error) {
-	var once sync.Once
-	exit, err := s.vms.Run(s.ctx, c.vm.ID, ProcessRequest{
-		Process: p.spec, Stdin: p.io.stdin, Stdout: p.io.stdout, Stderr: p.io.stderr,
-		Control: p.control, ReceiptTag: p.name(),
-		Started: func(pid int) {
-			p.mu.Lock()
-			p.pid = pid
-			p.mu.Unlock()
-			once.Do(func() { started <- pid })
-		},
-	})
-	p.io.close()
+// wait waits for p to exit in the VM, then reports it.
+func (s *Service) wait(c *container, p *process) {
 	status := uint32(255)
+	exit, err := s.vms.Wait(s.ctx, c.vm.ID, p.procID())
 	if err == nil {
 		status = exit.Status()
-	} else if errdefs.IsNotFound(err) {
-		status = 127
-	}
-	startFailed := false
-	once.Do(func() {
-		startFailed = true
-		if err == nil {
-			err = fmt.Errorf("process exited before it was reported started")
-		}
-		failed <- err
-	})
-	if !startFailed && err != nil {
+	} else {
 		fmt.Fprintf(os.Stderr, "mvm shim: process %s of task %s: %v\n", p.name(), c.id, err)
 	}
+	s.exited(c, p, status)
+}
+
+// exited records p's exit and publishes it: for the task's own process
+// once the execs it leaves are gone (the VM kills them when it exits).
+func (s *Service) exited(c *container, p *process, status uint32) {
+	p.io.close()
 	<-p.published
 	if p.execID == "" {
-		// The task is over: what it left running goes with it, and its
-		// exit is reported once they are gone.
 		s.killExecs(c)
 		c.runningExecs.Wait()
 	}
@@ -356,7 +346,7 @@ func (s *Service) killExecs(c *container) {
 	s.mu.Unlock()
 	for _, p := range ps {
 		if st, _, _, _ := p.state(); st == task.Status_RUNNING {
-			p.signal(int(syscall.SIGKILL))
+			s.vms.Signal(s.ctx, c.vm.ID, p.procID(), int(syscall.SIGKILL), false)
 		}
 	}
 }
@@ -377,6 +367,9 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		delete(c.execs, r.ExecID)
 		s.mu.Unlock()
 		p.io.close()
+		if st == task.Status_STOPPED {
+			s.vms.Forget(ctx, c.vm.ID, p.procID())
+		}
 		return &taskAPI.DeleteResponse{Pid: uint32(pid), ExitStatus: exit, ExitedAt: protobuf.ToTimestamp(at)}, nil
 	}
 	if st == task.Status_CREATED {
@@ -474,27 +467,7 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 		return nil, fmt.Errorf("%w: signal %d", errdefs.ErrInvalidArgument, r.Signal)
 	}
 	sig := int(r.Signal)
-	if r.All {
-		s.mu.Lock()
-		ps := []*process{c.init}
-		for _, e := range c.execs {
-			ps = append(ps, e)
-		}
-		s.mu.Unlock()
-		for _, q := range ps {
-			if st, _, _, _ := q.state(); st == task.Status_RUNNING {
-				q.signal(sig)
-			}
-		}
-		if st, _, _, _ := c.init.state(); st != task.Status_CREATED {
-			return empty, nil
-		}
-	}
-	unstarted, err := p.signal(sig)
-	if err != nil {
-		return nil, err
-	}
-	if unstarted {
+	if p.stopUnstarted(sig) {
 		_, _, st, at := p.state()
 		id := p.execID
 		if id == "" {
@@ -503,6 +476,13 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 		s.send(runtime.TaskExitEventTopic, &eventstypes.TaskExit{
 			ContainerID: c.id, ID: id, Pid: uint32(s.hostPid(c, p)), ExitStatus: st, ExitedAt: protobuf.ToTimestamp(at),
 		})
+		return empty, nil
+	}
+	if st, _, _, _ := p.state(); st == task.Status_STOPPED && !r.All {
+		return nil, fmt.Errorf("process %s of task %s: %w: process already finished", p.name(), r.ID, errdefs.ErrNotFound)
+	}
+	if err := s.vms.Signal(ctx, c.vm.ID, p.procID(), sig, r.All); err != nil {
+		return nil, fmt.Errorf("signal %d to %s of task %s: %w", sig, p.name(), r.ID, err)
 	}
 	return empty, nil
 }
@@ -522,28 +502,22 @@ func (s *Service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 	return &taskAPI.WaitResponse{ExitStatus: exit, ExitedAt: protobuf.ToTimestamp(at)}, nil
 }
 
-// Pids lists the task's processes by their guest pids; each names its
-// exec id (the task's own process has none).
+// Pids lists the VM's processes by their guest pids (the agent's own
+// excepted); those the shim started name their exec id.
 func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
 	c, _, err := s.get(r.ID, "")
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	ps := []*process{c.init}
-	for _, e := range c.execs {
-		ps = append(ps, e)
+	ps, err := s.vms.Pids(ctx, c.vm.ID)
+	if err != nil {
+		return nil, fmt.Errorf("pids of task %s: %w", r.ID, err)
 	}
-	s.mu.Unlock()
 	var out []*task.ProcessInfo
 	for _, p := range ps {
-		st, pid, _, _ := p.state()
-		if st != task.Status_RUNNING || pid == 0 {
-			continue
-		}
-		info := &task.ProcessInfo{Pid: uint32(pid)}
-		if p.execID != "" {
-			a, err := typeurl.MarshalAny(&options.ProcessDetails{ExecID: p.execID})
+		info := &task.ProcessInfo{Pid: uint32(p.Pid)}
+		if p.ID != "" && p.ID != initID {
+			a, err := typeurl.MarshalAny(&options.ProcessDetails{ExecID: p.ID})
 			if err != nil {
 				return nil, err
 			}
@@ -556,19 +530,18 @@ func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 
 // ResizePty resizes a process's terminal.
 func (s *Service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*ptypes.Empty, error) {
-	_, p, err := s.get(r.ID, r.ExecID)
+	c, p, err := s.get(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
 	if !p.stdio.Terminal {
 		return nil, fmt.Errorf("process %s of task %s has no terminal: %w", p.name(), r.ID, errdefs.ErrFailedPrecondition)
 	}
-	if st, _, _, _ := p.state(); st != task.Status_RUNNING {
-		return empty, nil // containerd resizes before start too; the first size comes with the process
+	if st, _, _, _ := p.state(); st != task.Status_RUNNING || r.Width == 0 || r.Height == 0 {
+		return empty, nil // containerd may resize before start; the size then comes with the process
 	}
-	select {
-	case p.control <- Control{Rows: r.Height, Cols: r.Width}:
-	default:
+	if err := s.vms.Resize(ctx, c.vm.ID, p.procID(), r.Height, r.Width); err != nil && !errdefs.IsNotFound(err) {
+		return nil, err
 	}
 	return empty, nil
 }
