@@ -241,8 +241,10 @@ type ProcessStatus struct {
 	// Exit is set once the process has exited.
 	Exit   *ProcExit
 	Exited time.Time
-	// ReceiptID names the signed receipt of the run (set once exited).
+	// ReceiptID names the signed receipt of the run (set once exited);
+	// Receipt is the receipt itself (canonical JSON), for the caller to keep.
 	ReceiptID string
+	Receipt   []byte
 }
 
 // GuestProcess is one process of a guest (Pids).

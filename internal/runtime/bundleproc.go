@@ -33,12 +33,13 @@ type liveProc struct {
 	exited    time.Time
 	err       error
 	receiptID string
+	receipt   []byte
 }
 
 func (p *liveProc) status() *ProcessStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return &ProcessStatus{ID: p.id, Pid: p.pid, Started: p.started, Exit: p.exit, Exited: p.exited, ReceiptID: p.receiptID}
+	return &ProcessStatus{ID: p.id, Pid: p.pid, Started: p.started, Exit: p.exit, Exited: p.exited, ReceiptID: p.receiptID, Receipt: p.receipt}
 }
 
 // liveTable holds the live processes of every sandbox this Runtime
@@ -214,14 +215,14 @@ func (r *Runtime) StartProcess(ctx context.Context, name string, spec ProcessSpe
 		}
 		p.exit = &ProcExit{Code: int32(res.res.ExitCode), Signal: int32(res.res.Signal)}
 		receiptID := evidence.NewID()
-		_, _, rerr := evidence.RecordRun(w.chain, w.signer, evidence.RunRecord{
+		receipt, _, rerr := evidence.RecordRun(w.chain, w.signer, evidence.RunRecord{
 			ReceiptID: receiptID, SandboxID: st.ID, ImageDigest: st.Image.Digest, KernelDigest: kernelDigest(dir),
 			PlanHash: planHash(dir), Backend: backendOf(dir), Argv: spec.Args, Env: evEnv,
 			Stdin: inH.Digest(), Stdout: outH.Digest(), Stderr: errH.Digest(),
 			ExitCode: res.res.ExitCode, StartedAt: startTime, FinishedAt: p.exited,
 		})
 		if rerr == nil {
-			p.receiptID = receiptID
+			p.receiptID, p.receipt = receiptID, receipt
 		}
 	}()
 	return p.status(), nil

@@ -9,6 +9,7 @@ import (
 	"github.com/containerd/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/mvm-sandbox/mvm/internal/atomicfile"
 	mvmerr "github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 )
@@ -114,7 +115,22 @@ func (v *RuntimeVMs) Wait(ctx context.Context, vmID, procID string) (*Exit, erro
 	if st.Exit == nil {
 		return nil, fmt.Errorf("process %s: no exit status", procID)
 	}
+	if err := v.keepReceipt(st.ReceiptID, st.Receipt); err != nil {
+		fmt.Fprintf(os.Stderr, "mvm shim: %v\n", err)
+	}
 	return &Exit{Code: int(st.Exit.Code), Signal: int(st.Exit.Signal), ReceiptID: st.ReceiptID}, nil
+}
+
+// keepReceipt writes a receipt to <data>/receipts/<id>.json (0600), where
+// `mvmctl receipt verify` can check it.
+func (v *RuntimeVMs) keepReceipt(id string, receipt []byte) error {
+	if id == "" || len(receipt) == 0 {
+		return nil
+	}
+	if err := os.MkdirAll(v.Receipts, 0o700); err != nil {
+		return fmt.Errorf("keep receipt %s: %w", id, err)
+	}
+	return atomicfile.WriteFile(filepath.Join(v.Receipts, id+".json"), receipt, 0o600)
 }
 
 // Signal signals a process, or every process of the VM.
