@@ -213,14 +213,14 @@ func TestShimTask(t *testing.T) {
 	if len(rows) != 1 {
 		t.Fatalf("mvmctl ls: %v", rows)
 	}
-	owner, _ := rows[0]["owner"].(map[string]any)
-	if owner["kind"] != "containerd" || owner["namespace"] != "mvmtest" || owner["id"] != "long" {
-		t.Errorf("mvmctl ls owner = %v, want containerd mvmtest/long", rows[0]["owner"])
+	labels, _ := rows[0]["labels"].(map[string]any)
+	if labels["io.containerd.namespace"] != "mvmtest" || labels["io.containerd.id"] != "long" || labels["io.mvm.owner"] != "containerd-shim-mvm-v2" {
+		t.Errorf("mvmctl ls labels = %v, want the containerd namespace, id and the shim as owner", rows[0]["labels"])
 	}
 	if rows[0]["run_profile"] != "restrictive" {
 		t.Errorf("run profile = %v, want restrictive (the default)", rows[0]["run_profile"])
 	}
-	if text, _ := w.mvmctl("ls"); !strings.Contains(text, "containerd:mvmtest/long") {
+	if text, _ := w.mvmctl("ls"); !strings.Contains(text, "io.containerd.id=long") {
 		t.Errorf("mvmctl ls does not name the owner:\n%s", text)
 	}
 
