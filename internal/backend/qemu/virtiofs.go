@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -75,16 +76,23 @@ func shareArgs(spec backend.Spec) []string {
 // pivot_roots into the directory (sandbox=namespace), so "..", absolute
 // symlinks and bind tricks resolve inside it, and it runs without
 // CAP_MKNOD, so the guest cannot create device nodes.
-func virtiofsdCommand(bin string, s backend.Share, socket string) *exec.Cmd {
+//
+// The listening socket is passed as fd 3 (--fd), not by path: virtiofsd
+// locks a pid file named after its --socket-path, and every sandbox's
+// socket has the same relative path (fs0.sock in its own directory), so
+// by path a second sandbox with a share could not start while the first
+// ran.
+func virtiofsdCommand(bin string, s backend.Share, listener *os.File) *exec.Cmd {
 	opts := "nodev,nosuid"
 	if s.ReadOnly {
 		opts = "ro," + opts
 	}
 	script := `mount --make-rprivate / && mount --bind -o ` + opts + ` -- "$1" "$1" && shift && exec "$@"`
 	args := []string{"--mount", "--", "/bin/sh", "-c", script, "sh", s.HostPath,
-		bin, "--socket-path=" + socket, "-o", "source=" + s.HostPath,
+		bin, "--fd=3", "-o", "source=" + s.HostPath,
 		"-o", "sandbox=namespace", "-o", "cache=auto", "-o", "modcaps=-mknod", "-o", "log_level=warn"}
 	cmd := exec.Command("unshare", args...)
+	cmd.ExtraFiles = []*os.File{listener}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd
 }
@@ -119,9 +127,16 @@ func startShares(ctx context.Context, spec backend.Spec) (stop func(), died <-ch
 	for i, s := range spec.Shares {
 		sock := shareSocket(spec.Dir, i)
 		os.Remove(sock)
-		cmd := virtiofsdCommand(bin, s, sock)
+		lf, err := listenFile(sock)
+		if err != nil {
+			stop()
+			return nil, nil, fmt.Errorf("virtiofsd socket for %s: %w", s.HostPath, err)
+		}
+		cmd := virtiofsdCommand(bin, s, lf)
 		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
+		err = cmd.Start()
+		lf.Close() // virtiofsd has its own copy
+		if err != nil {
 			stop()
 			return nil, nil, fmt.Errorf("start virtiofsd for %s: %w", s.HostPath, err)
 		}
@@ -150,4 +165,16 @@ func startShares(ctx context.Context, spec backend.Spec) (stop func(), died <-ch
 		}
 	}
 	return stop, dead, nil
+}
+
+// listenFile creates a listening unix socket at path and returns it as a
+// file for a child to inherit; the socket file stays when it is closed.
+func listenFile(path string) (*os.File, error) {
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	l.SetUnlinkOnClose(false)
+	defer l.Close()
+	return l.File()
 }
