@@ -129,6 +129,18 @@ func (w *world) taskStatus(id string) string {
 	return ""
 }
 
+// waitReady waits until the task's process has set its traps (it touches
+// /tmp/ready), asking with task exec.
+func (w *world) waitReady(id string) {
+	w.t.Helper()
+	n := 0
+	waitFor(w.t, "task "+id+" ready", 2*time.Minute, func() bool {
+		n++
+		_, _, code := w.ctr(time.Minute, "", "task", "exec", "--exec-id", fmt.Sprintf("ready%d", n), id, "test", "-e", "/tmp/ready")
+		return code == 0
+	})
+}
+
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -206,8 +218,8 @@ func TestShimRun(t *testing.T) {
 // rm leaves no VM, supervisor or mount.
 func TestShimTask(t *testing.T) {
 	w := newWorld(t)
-	w.mustCtr(bootDeadline, detached("long", nil, "sh", "-c", "trap 'exit 3' TERM; while :; do sleep 1; done")...)
-	waitFor(t, "task long running", time.Minute, func() bool { return w.taskStatus("long") == "RUNNING" })
+	w.mustCtr(bootDeadline, detached("long", nil, "sh", "-c", "trap 'exit 3' TERM; touch /tmp/ready; while :; do sleep 1; done")...)
+	w.waitReady("long")
 
 	rows := w.sandboxes()
 	if len(rows) != 1 {
@@ -257,8 +269,8 @@ func TestShimTask(t *testing.T) {
 	w.assertNothingLeft("after task rm")
 
 	// SIGTERM ignored: SIGKILL ends it, with 128+9.
-	w.mustCtr(bootDeadline, detached("stubborn", nil, "sh", "-c", "trap '' TERM; while :; do sleep 1; done")...)
-	waitFor(t, "task stubborn running", time.Minute, func() bool { return w.taskStatus("stubborn") == "RUNNING" })
+	w.mustCtr(bootDeadline, detached("stubborn", nil, "sh", "-c", "trap '' TERM; touch /tmp/ready; while :; do sleep 1; done")...)
+	w.waitReady("stubborn")
 	w.mustCtr(time.Minute, "task", "kill", "-s", "SIGTERM", "stubborn")
 	if st := w.taskStatus("stubborn"); st != "RUNNING" {
 		t.Errorf("after an ignored SIGTERM the task is %s", st)
