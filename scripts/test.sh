@@ -59,6 +59,9 @@ go test -count=1 -race $(go list ./internal/... | grep -v /agentapi/agentpb)
 echo "== end-to-end tests (real microVMs; at most 2 at once on this 2-core box)"
 go test -count=1 -parallel 2 -timeout 40m ./tests/e2e/
 
+echo "== containerd shim tests (a private containerd, real microVMs)"
+go test -count=1 -timeout 20m ./tests/shim/
+
 echo "== race pass: supervisors and CLI built with -race against real microVMs"
 racedir=$(mktemp -d)
 MVM_TEST_RACE=1 GORACE="log_path=$racedir/report" go test -count=1 -short -parallel 2 -timeout 20m \

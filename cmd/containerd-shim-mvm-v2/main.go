@@ -17,9 +17,9 @@ import (
 	"github.com/containerd/containerd/plugin"
 	"github.com/containerd/containerd/runtime/v2/shim"
 
-	mvmshim "github.com/mvm-sandbox/mvm/internal/shim"
 	"github.com/mvm-sandbox/mvm/internal/paths"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
+	mvmshim "github.com/mvm-sandbox/mvm/internal/shim"
 )
 
 func newVMs() (*mvmshim.RuntimeVMs, error) {

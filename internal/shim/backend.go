@@ -43,8 +43,10 @@ type BootRequest struct {
 	// Bundle is the OCI bundle directory; RootDir the container's root
 	// filesystem on the host (mounted by the shim).
 	Bundle, RootDir string
-	Resources       Resources
-	Policy          Policy
+	// ReadOnlyRoot is the spec's root.readonly.
+	ReadOnlyRoot bool
+	Resources    Resources
+	Policy       Policy
 }
 
 // VM is a booted VM.

@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/testbin"
 )
 
 // Image is the name the test image is imported under.
@@ -72,7 +74,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
   address = ""
 
 %s
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.Socket, c.Socket+".ttrpc", RuntimeSnippet())
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.Socket, c.Socket+".ttrpc", RuntimeSnippet(tb))
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		tb.Fatal(err)
@@ -121,13 +123,13 @@ func overridden(kv string, env []string) bool {
 }
 
 // RuntimeSnippet is the containerd config that registers the mvm runtime
-// for the CRI (deploy/kubernetes/containerd-mvm.toml holds the same).
-func RuntimeSnippet() string {
-	return `[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.mvm]
-  runtime_type = "io.containerd.mvm.v2"
-  pod_annotations = ["io.mvm.*"]
-  container_annotations = ["io.mvm.*"]
-`
+// for the CRI: deploy/kubernetes/containerd-mvm.toml, as shipped.
+func RuntimeSnippet(tb testing.TB) string {
+	b, err := os.ReadFile(filepath.Join(testbin.Root(), "deploy", "kubernetes", "containerd-mvm.toml"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return string(b)
 }
 
 // LogTail is the end of containerd's log (shim logs go there too).
