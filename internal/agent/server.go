@@ -271,19 +271,26 @@ func (s *server) run() error {
 	if err != nil {
 		return err
 	}
-	port, err := os.OpenFile(dev, os.O_RDWR, 0)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", dev, err)
+	// One session per host connection. A session ends when the host goes
+	// away; normally the VM goes with it, but a VM restored from a saved
+	// state (snapshot, pause to disk) runs on under a new host, which
+	// finds the agent back in the handshake.
+	for {
+		port, err := os.OpenFile(dev, os.O_RDWR, 0)
+		if err != nil {
+			return fmt.Errorf("open %s: %w", dev, err)
+		}
+		if err := agentapi.GuestHandshake(context.Background(), port); err != nil {
+			return err
+		}
+		sess, err := agentapi.GuestSession(port, os.Stderr)
+		if err != nil {
+			return err
+		}
+		bound()
+		err = gs.Serve(sess)
+		sess.Close()
+		port.Close()
+		log.Printf("agent channel closed (%v); waiting for the host again", err)
 	}
-	if err := agentapi.GuestHandshake(context.Background(), port); err != nil {
-		return err
-	}
-	sess, err := agentapi.GuestSession(port, os.Stderr)
-	if err != nil {
-		return err
-	}
-	bound()
-	// Serve returns when the session dies: the host is gone, so is the VM.
-	err = gs.Serve(sess)
-	return fmt.Errorf("agent channel closed: %v", err)
 }

@@ -1,11 +1,13 @@
 package agentapi
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -94,9 +96,11 @@ func GuestHandshake(ctx context.Context, port io.ReadWriter) error {
 			}
 		}
 	}()
-	budget := maxPreamble
 	var err error
 	for {
+		// The budget is per line here: a host resetting a restored
+		// guest's channel (HostReset) may send any number of empty lines.
+		budget := maxPreamble
 		var line string
 		line, err = readLine(ctx, port, &budget, true)
 		if err != nil || line == ackLine {
@@ -130,6 +134,11 @@ func HostHandshake(ctx context.Context, conn net.Conn) error {
 			}
 			return fmt.Errorf("%w: %v", ErrHandshake, err)
 		}
+		if strings.HasSuffix(line, helloLine) {
+			// A restored guest's first hello may follow the end of its
+			// old session (no newline in between).
+			line = helloLine
+		}
 		switch line {
 		case helloLine:
 			if !acked {
@@ -144,6 +153,33 @@ func HostHandshake(ctx context.Context, conn net.Conn) error {
 			}
 		}
 	}
+}
+
+// Resetting a restored guest's channel. A guest restored from a saved
+// state (snapshot, pause to disk) is still inside the channel session it
+// had when it was saved, and its agent only starts a new handshake once
+// that session ends. The host ends it in band: it writes newline bytes.
+// In a session, a frame header that starts with '\n' is a protocol error
+// (yamux's version byte is 0), so the guest's session ends and its agent
+// starts a new handshake; in a handshake, empty lines are ignored. Only
+// if the guest was saved in the middle of a frame does the first burst go
+// into that frame's body; MaxResetBurst is longer than any frame a
+// session admits (its window), so that one always reaches a header.
+const (
+	ResetBurst    = 16
+	MaxResetBurst = 1<<20 + 16
+)
+
+// HostReset writes n newlines on conn (see ResetBurst).
+func HostReset(ctx context.Context, conn net.Conn, n int) error {
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetWriteDeadline(dl)
+		defer conn.SetWriteDeadline(time.Time{})
+	}
+	if _, err := conn.Write(bytes.Repeat([]byte{'\n'}, n)); err != nil {
+		return fmt.Errorf("reset the agent channel: %w", err)
+	}
+	return nil
 }
 
 func yamuxConfig(log io.Writer) *yamux.Config {

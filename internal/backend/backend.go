@@ -52,6 +52,11 @@ type Spec struct {
 	// Shares are host directories (virtiofs); guest RAM is then shared
 	// memory, as vhost-user needs.
 	Shares []Share `json:"shares,omitempty"`
+	// Incoming, when set, is a saved memory and device state to start
+	// from instead of booting: the VM waits, stopped, until the backend
+	// loads it (QEMU: CompleteIncoming). Everything else in the spec must
+	// describe the same machine the state was saved from.
+	Incoming string `json:"incoming,omitempty"`
 }
 
 // Network is a guest NIC on user-mode networking (QEMU slirp).

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
+	"github.com/mvm-sandbox/mvm/internal/snapshot"
 )
 
 // exitRule maps an error kind (and, where the kind alone does not say
@@ -24,6 +25,7 @@ type exitRule struct {
 var exitRules = []exitRule{
 	{errdefs.KindInvalidArgument, "", ExitUsage, "bad flags, arguments, manifest, template or package name"},
 	{errdefs.KindNotFound, errdefs.ReasonSandbox, ExitNotFound, "no such sandbox"},
+	{errdefs.KindNotFound, snapshot.ReasonSnapshot, ExitNotFound, "no such snapshot"},
 	{errdefs.KindNotFound, errdefs.ReasonCommand, ExitNoCommand, "the command does not exist in the guest"},
 	{errdefs.KindNotFound, "", ExitPathNotFound, "no such file, directory or process handle"},
 	{errdefs.KindPermissionDenied, errdefs.ReasonCommand, ExitCannotExec, "the command is not executable"},
@@ -37,6 +39,7 @@ var exitRules = []exitRule{
 	{errdefs.KindFailedPrecondition, "", 1, "the current state does not allow it (e.g. no open stdin)"},
 	{errdefs.KindLimitExceeded, "", ExitTooLarge, "too large, no space left, or a cap was hit"},
 	{errdefs.KindRefused, errdefs.ReasonUnsafe, ExitUnsafe, "an unsafe archive member or symlink was refused"},
+	{errdefs.KindRefused, snapshot.ReasonIntegrity, ExitCannotExec, "a snapshot or paused state failed verification (tampered or truncated): not restored"},
 	{errdefs.KindRefused, "", ExitCannotExec, "refused by the image profile (sealed) or by policy (profile, admission)"},
 	{errdefs.KindTimeout, errdefs.ReasonCommand, ExitTimeout, "`--timeout` passed; the command was killed"},
 	{errdefs.KindTimeout, errdefs.ReasonNotReady, ExitNotReady, "`wait`: the sandbox did not become ready in time"},
@@ -89,6 +92,8 @@ var hints = []struct {
 }{
 	{errdefs.KindNotFound, errdefs.ReasonSandbox, "`mvmctl ls -a` lists sandboxes"},
 	{errdefs.KindAlreadyExists, errdefs.ReasonSandbox, "choose another --name, or `mvmctl down` that sandbox first"},
+	{errdefs.KindNotFound, snapshot.ReasonSnapshot, "`mvmctl snapshot ls` lists snapshots"},
+	{errdefs.KindRefused, snapshot.ReasonIntegrity, "`mvmctl snapshot rm TAG` removes it; `mvmctl snapshot save` makes a new one"},
 }
 
 // withHint is err's message with the hint for its kind, if any and if the

@@ -131,6 +131,19 @@ func newUpCmd(app *App) *cobra.Command {
 			if err := o.Validate(); err != nil {
 				return exitCode(ExitUsage, err)
 			}
+			if o.FromSnapshot != "" {
+				for _, f := range []string{"image", "cpus", "memory", "disk", "env", "network", "allow", "publish", "volume", "secret"} {
+					if cmd.Flags().Lookup(f) != nil && cmd.Flags().Changed(f) {
+						return exitCode(ExitUsage, fmt.Errorf("--%s cannot be combined with --from-snapshot: a clone runs the snapshot's image, resources, environment, network and secrets", f))
+					}
+				}
+				if len(args) == 1 {
+					return exitCode(ExitUsage, errors.New("give either DIR or --from-snapshot, not both"))
+				}
+				if !cmd.Flags().Changed("profile") {
+					o.RunProfile = ""
+				}
+			}
 			rt, err := app.runtime()
 			if err != nil {
 				return err
@@ -184,6 +197,7 @@ func newUpCmd(app *App) *cobra.Command {
 	fl.DurationVar(&o.TTL, "ttl", 0, "stop the sandbox after this long (e.g. 30m); 0 = no limit")
 	fl.BoolVar(&o.Cold, "cold", false, "boot the kernel even when the image's ready snapshot could be restored (docs/snapshots.md)")
 	fl.BoolVar(&jsonOut, "json", false, "print the sandbox as JSON")
+	fl.StringVar(&o.FromSnapshot, "from-snapshot", "", "start from snapshot TAG (`snapshot save`) instead of booting: its own name, id and disk copy")
 	nf.register(fl, true)
 	af.register(fl)
 	return cmd

@@ -27,7 +27,12 @@ func newSuperviseCmd(app *App) *cobra.Command {
 			if err != nil {
 				pub = nil // refused below: no key, no boot
 			}
-			if err := supervisor.RunWith(args[0], ready, supervisor.Options{Events: auditHook(app), TrustedKey: pub, RequireKey: true}); err != nil {
+			// Snapshots and pause to disk are signed with the same key.
+			signer, err := evidence.LoadOrCreateSigner(app.Dirs.Keys())
+			if err != nil {
+				signer = nil // refused when asked for
+			}
+			if err := supervisor.RunWith(args[0], ready, supervisor.Options{Events: auditHook(app), TrustedKey: pub, RequireKey: true, Signer: signer}); err != nil {
 				return exitCode(1, err)
 			}
 			return nil

@@ -101,6 +101,9 @@ type UpOptions struct {
 	Cold bool
 	// pool marks a warm pool's member (started by the pool's filler).
 	pool *poolMember
+	// FromSnapshot starts the sandbox from this snapshot's saved state
+	// (its own name, id and disk copy) instead of booting an image.
+	FromSnapshot string
 }
 
 // Sandbox is a booted sandbox.
@@ -222,6 +225,9 @@ func validEnvKey(k string) bool {
 // Up boots a sandbox and returns once its agent is ready. On any failure
 // nothing is left behind: no process, no directory, no name.
 func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
+	if o.FromSnapshot != "" {
+		return r.upFromSnapshot(ctx, o)
+	}
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}

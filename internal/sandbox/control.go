@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/backend"
+	"github.com/mvm-sandbox/mvm/internal/snapshot"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,6 +24,18 @@ type Request struct {
 	Reason string `json:"reason,omitempty"`
 	// Publish is the -p spec of a "forward" request.
 	Publish string `json:"publish,omitempty"`
+	// Snapshot is the snapshot a "snapshot" request saves.
+	Snapshot *SnapshotRequest `json:"snapshot,omitempty"`
+}
+
+// SnapshotRequest asks the supervisor to save its sandbox (memory, device
+// state and writable disk, taken while the guest is stopped) as snapshot
+// Tag of the store in StoreDir. Meta carries what the runtime knows
+// (secret names); the supervisor fills in the rest.
+type SnapshotRequest struct {
+	StoreDir string        `json:"store_dir"`
+	Tag      string        `json:"tag"`
+	Meta     snapshot.Meta `json:"meta"`
 }
 
 // Response answers a Request.
@@ -30,6 +43,8 @@ type Response struct {
 	OK    bool   `json:"ok"`
 	Error string `json:"error,omitempty"`
 	State *State `json:"state,omitempty"`
+	// Snapshot is the sidecar of a snapshot just saved.
+	Snapshot *snapshot.Meta `json:"snapshot,omitempty"`
 }
 
 // DialIn connects to the unix socket name inside dir, going through

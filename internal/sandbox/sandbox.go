@@ -82,6 +82,13 @@ type Spec struct {
 	// Start is how the runtime chose to start the sandbox; the
 	// supervisor reports it in the boot report.
 	Start StartInfo `json:"start,omitempty"`
+	// TTLPaused lets the TTL run while the sandbox is paused to disk;
+	// otherwise PausedFor, the time it spent paused to disk, pushes its
+	// expiry back.
+	TTLPaused bool          `json:"ttl_paused,omitempty"`
+	PausedFor time.Duration `json:"paused_for,omitempty"`
+	// FromSnapshot is the tag of the snapshot the sandbox was cloned from.
+	FromSnapshot string `json:"from_snapshot,omitempty"`
 }
 
 // StartInfo says how a sandbox started: "cold" (the kernel booted) or
@@ -94,6 +101,11 @@ type StartInfo struct {
 	// Pool names the warm pool the sandbox was claimed from.
 	Pool string `json:"pool,omitempty"`
 }
+
+// SuspendedDir is the snapshot of a sandbox paused to disk, inside its
+// directory: while it exists (complete, renamed into place), the sandbox
+// is paused and no process of it runs.
+const SuspendedDir = "suspended"
 
 // ImageRef names the image a sandbox boots.
 type ImageRef struct {
@@ -189,9 +201,11 @@ type State struct {
 	Created       time.Time  `json:"created"`
 	Expires       *time.Time `json:"expires,omitempty"`
 	SupervisorPID int        `json:"supervisor_pid,omitempty"`
-	VMMPID        int        `json:"vmm_pid,omitempty"`
-	Boot          BootReport `json:"boot"`
-	Updated       time.Time  `json:"updated"`
+	// Suspended: paused to disk (Status is paused and no process runs).
+	Suspended bool       `json:"suspended,omitempty"`
+	VMMPID    int        `json:"vmm_pid,omitempty"`
+	Boot      BootReport `json:"boot"`
+	Updated   time.Time  `json:"updated"`
 	// Attachments are filled in from AttachmentsFile when read through
 	// the runtime; the supervisor does not write them.
 	Attachments *Attachments `json:"attachments,omitempty"`

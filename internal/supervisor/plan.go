@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 
+	"github.com/mvm-sandbox/mvm/internal/evidence"
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
@@ -21,6 +22,9 @@ type Options struct {
 	TrustedKey ed25519.PublicKey
 	// RequireKey refuses to boot without a TrustedKey.
 	RequireKey bool
+	// Signer signs snapshots and pause-to-disk state; without it both are
+	// refused.
+	Signer *evidence.Signer
 }
 
 // loadPlan reads the plan the sandbox was admitted with: the one whose

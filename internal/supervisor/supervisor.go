@@ -28,6 +28,8 @@ import (
 	"github.com/hashicorp/yamux"
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
+	"github.com/mvm-sandbox/mvm/internal/backend"
+	"github.com/mvm-sandbox/mvm/internal/evidence"
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 	"github.com/mvm-sandbox/mvm/internal/termsafe"
@@ -69,12 +71,22 @@ type supervisor struct {
 	net *netState // network.go
 
 	plan *plan.Plan // the admitted plan the sandbox boots from
+
+	signer    *evidence.Signer // signs snapshots; nil refuses them
+	opMu      sync.Mutex       // one save at a time
+	vmSpec    backend.Spec     // the machine as started
+	bootStart time.Time
 }
+
+func (s *supervisor) logf(format string, args ...any) { log.Printf(format, args...) }
 
 type stopRequest struct {
 	reason string
 	remove bool // remove the sandbox directory afterwards
-	done   chan struct{}
+	// suspended: the sandbox was paused to disk; end the VMM and leave
+	// the sandbox paused.
+	suspended bool
+	done      chan struct{}
 }
 
 // Run is RunWith without a trusted key (the plan must still be the one
@@ -92,7 +104,7 @@ func RunWith(dir string, ready io.WriteCloser, o Options) error {
 	if events == nil {
 		events = func(string, *sandbox.State, map[string]any) {}
 	}
-	s := &supervisor{dir: dir, events: events, stopCh: make(chan stopRequest, 4), finished: make(chan struct{}), holderGone: make(chan struct{}), ttl: time.NewTimer(time.Hour)}
+	s := &supervisor{dir: dir, events: events, stopCh: make(chan stopRequest, 4), finished: make(chan struct{}), holderGone: make(chan struct{}), ttl: time.NewTimer(time.Hour), signer: o.Signer}
 	s.ttl.Stop()
 	defer close(s.finished)
 	if err := sandbox.ReadJSON(filepath.Join(dir, sandbox.SpecFile), &s.spec); err != nil {
@@ -120,6 +132,9 @@ func RunWith(dir string, ready io.WriteCloser, o Options) error {
 	s.state.Boot.Snapshot, s.state.Boot.Pool = s.spec.Start.Snapshot, s.spec.Start.Pool
 	if s.spec.TTL > 0 {
 		exp := s.spec.Created.Add(s.spec.TTL)
+		if !s.spec.TTLPaused {
+			exp = exp.Add(s.spec.PausedFor)
+		}
 		s.state.Expires = &exp
 	}
 	s.save()
@@ -198,6 +213,23 @@ func RunWith(dir string, ready io.WriteCloser, o Options) error {
 	}
 	agentL.Close()
 	ctlL.Close()
+	if req.suspended {
+		// The state is on disk (SuspendedDir): nothing of the VM is kept.
+		s.vm.Kill()
+		if s.session != nil {
+			s.session.Close()
+		}
+		s.stopNetwork()
+		s.mu.Lock()
+		s.state.Suspended = true
+		s.state.VMMPID = 0
+		s.state.SupervisorPID = 0
+		s.mu.Unlock()
+		s.setStatus(sandbox.Paused, "paused to disk")
+		s.events("sandbox.paused", s.snapshot(), map[string]any{"to": "disk"})
+		close(req.done)
+		return nil
+	}
 	s.shutdown(req.remove)
 	s.stopNetwork()
 	s.finish(req)
@@ -214,6 +246,7 @@ func reportFailure(ready io.WriteCloser, err error) error {
 // boot starts the VMM and waits for the agent.
 func (s *supervisor) boot(ctx context.Context, sigs <-chan os.Signal, holderGone <-chan struct{}) error {
 	t0 := time.Now()
+	s.bootStart = t0
 	spec := s.spec.VM
 	spec.Dir = "."
 	spec.Name = sandbox.VMMTag(s.spec.ID)
@@ -233,6 +266,7 @@ func (s *supervisor) boot(ctx context.Context, sigs <-chan os.Signal, holderGone
 		return err
 	}
 	spec.Console = consoleW
+	s.vmSpec = spec
 	vm, err := startVMM(ctx, s.plan.Backend, spec)
 	consoleW.Close() // the VMM holds its own copy; EOF comes when it exits
 	if err != nil {
@@ -269,12 +303,25 @@ func (s *supervisor) boot(ctx context.Context, sigs <-chan os.Signal, holderGone
 		}
 		return fmt.Errorf("%s: %w%s", what, err, consoleTail(vm.ConsolePath()))
 	}
+	if s.state.Boot.Start == "" {
+		s.state.Boot.Start = "cold"
+	}
+	if spec.Incoming != "" {
+		s.state.Boot.Start = "restored"
+		if err := s.restore(ctx); err != nil {
+			return fail("the saved state", err)
+		}
+	}
 	conn, err := vm.DialChannel(ctx)
 	if err != nil {
 		return fail("the agent channel", err)
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	err = agentapi.HostHandshake(ctx, conn)
+	if spec.Incoming != "" {
+		err = resetAgent(ctx, conn)
+	} else {
+		err = agentapi.HostHandshake(ctx, conn)
+	}
 	stop()
 	if err != nil {
 		return fail("the guest agent", err)
@@ -293,6 +340,13 @@ func (s *supervisor) boot(ctx context.Context, sigs <-chan os.Signal, holderGone
 	rep, err := client.Agent.Readiness(ctx, &pb.ReadinessRequest{})
 	if err != nil {
 		return fail("agent readiness", err)
+	}
+	if spec.Incoming != "" {
+		// A restored guest is a copy of the saved one until it has its
+		// own identity; nothing may reach it before.
+		if err := s.refreshIdentity(ctx); err != nil {
+			return fail("the restored guest's identity refresh", err)
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -472,6 +526,26 @@ func (s *supervisor) handleControl(c net.Conn) {
 			files = nil
 		}
 		reply(resp)
+	case "snapshot":
+		meta, err := s.saveSnapshot(req.Snapshot)
+		if err != nil {
+			reply(sandbox.Response{Error: err.Error()})
+			return
+		}
+		reply(sandbox.Response{OK: true, State: s.snapshot(), Snapshot: meta})
+	case "suspend":
+		meta, err := s.suspend()
+		if err != nil {
+			reply(sandbox.Response{Error: err.Error()})
+			return
+		}
+		done := make(chan struct{})
+		select {
+		case s.stopCh <- stopRequest{suspended: true, reason: "paused to disk", done: done}:
+			<-done
+		case <-s.finished:
+		}
+		reply(sandbox.Response{OK: true, State: s.snapshot(), Snapshot: meta})
 	default:
 		reply(sandbox.Response{Error: fmt.Sprintf("unknown op %q", req.Op)})
 	}

@@ -63,7 +63,7 @@ func Args(spec backend.Spec, accel string) []string {
 	}
 	args := []string{
 		"-name", spec.Name,
-		"-M", MachineType + memBackend(spec),
+		"-M", MachineOptions(spec),
 		"-accel", accel,
 		"-m", strconv.Itoa(spec.MemoryMiB),
 		"-smp", strconv.Itoa(spec.CPUs),
@@ -97,7 +97,17 @@ func Args(spec backend.Spec, accel string) []string {
 	}
 	args = append(args, shareArgs(spec)...)
 	args = append(args, netArgs(spec.Network)...)
+	if spec.Incoming != "" {
+		// Wait, stopped, for the saved state (CompleteIncoming).
+		args = append(args, "-incoming", "defer", "-S")
+	}
 	return args
+}
+
+// MachineOptions is the -M argument of spec: the machine type and its
+// options.
+func MachineOptions(spec backend.Spec) string {
+	return "microvm,x-option-roms=off,isa-serial=on" + memBackend(spec)
 }
 
 // consoleFD is the descriptor QEMU finds spec.Console on (ExtraFiles[0]).
@@ -134,6 +144,8 @@ type Machine struct {
 	*backend.Process
 	dir   string
 	accel string
+	// incoming: started to load a saved state (Spec.Incoming).
+	incoming bool
 
 	mu  sync.Mutex // guards qmp
 	qmp *qmp
@@ -171,6 +183,18 @@ func Start(ctx context.Context, spec backend.Spec) (*Machine, error) {
 	if spec.Console != nil {
 		cmd.ExtraFiles = []*os.File{spec.Console} // fd 3 = consoleFD
 	}
+	if spec.Incoming != "" {
+		in, err := os.Open(spec.Incoming)
+		if err != nil {
+			stopShares()
+			return nil, fmt.Errorf("qemu: saved state: %w", err)
+		}
+		defer in.Close() // QEMU holds its own copy
+		if len(cmd.ExtraFiles) == 0 {
+			cmd.ExtraFiles = []*os.File{nil} // fd 3 stays closed
+		}
+		cmd.ExtraFiles = append(cmd.ExtraFiles, in) // fd 4 = incomingFD
+	}
 	proc, err := backend.StartProcess(cmd, "qemu", filepath.Join(spec.Dir, VMMLog))
 	if err != nil {
 		stopShares()
@@ -185,7 +209,7 @@ func Start(ctx context.Context, spec backend.Spec) (*Machine, error) {
 		}
 		stopShares()
 	}()
-	return &Machine{Process: proc, dir: spec.Dir, accel: accel}, nil
+	return &Machine{Process: proc, dir: spec.Dir, accel: accel, incoming: spec.Incoming != ""}, nil
 }
 
 func (m *Machine) Accel() string       { return m.accel }

@@ -158,3 +158,21 @@ func TestStartRefusesBadSpecAndMissingBinary(t *testing.T) {
 		t.Fatalf("missing qemu: %v", err)
 	}
 }
+
+// TestArgsIncoming: a machine started from a saved state waits for it,
+// stopped (-incoming defer -S); one that boots does not.
+func TestArgsIncoming(t *testing.T) {
+	spec := backend.Spec{Name: "t", Kernel: "k", CPUs: 1, MemoryMiB: 256, Dir: "/d"}
+	if slices.Contains(Args(spec, "tcg"), "-incoming") {
+		t.Fatal("a boot waits for a saved state")
+	}
+	spec.Incoming = "/snap/memory.state"
+	args := Args(spec, "tcg")
+	i := slices.Index(args, "-incoming")
+	if i < 0 || args[i+1] != "defer" || !slices.Contains(args, "-S") {
+		t.Fatalf("args %q", args)
+	}
+	if MachineOptions(spec) != argValues(args, "-M")[0] {
+		t.Fatalf("machine %q", argValues(args, "-M"))
+	}
+}

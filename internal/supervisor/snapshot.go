@@ -1,0 +1,288 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/agentapi"
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/mvm-sandbox/mvm/internal/snapshot"
+)
+
+// stateSaver is a VMM that can save and restore its memory and device
+// state (QEMU; see internal/backend/qemu/snapshot.go).
+type stateSaver interface {
+	SaveState(ctx context.Context, path string) (int64, error)
+	CompleteIncoming(ctx context.Context) error
+}
+
+// ErrNoSaveState refuses snapshots on a backend without them.
+var errNoSaveState = errors.New("snapshots and pause to disk need the qemu backend (firecracker's snapshot API is not wired)")
+
+// envFile is the runtime's file of the sandbox's default environment.
+const envFile = "env.json"
+
+// snapshotOpTimeout bounds one save: stop, migrate, copy the disk, commit.
+const snapshotOpTimeout = 10 * time.Minute
+
+// savable checks that the sandbox can be saved: a backend that saves, and
+// no state outside the VM and its own disk (a host directory lives in
+// virtiofsd, a volume outlives the sandbox).
+func (s *supervisor) savable() (stateSaver, error) {
+	sv, ok := s.vm.(stateSaver)
+	if !ok {
+		return nil, errNoSaveState
+	}
+	if len(s.spec.VM.Shares) > 0 {
+		return nil, errors.New("the sandbox has a host directory (-v DIR:PATH): virtiofs state does not travel in a snapshot, so it cannot be snapshotted or paused to disk; pause it in memory instead")
+	}
+	for _, d := range s.spec.VM.Disks {
+		if d.Serial != "" {
+			return nil, errors.New("the sandbox has a volume: its disk is shared with later sandboxes and is not captured, so it cannot be snapshotted or paused to disk; pause it in memory instead")
+		}
+	}
+	return sv, nil
+}
+
+// upperDisk is the sandbox's own writable disk ("" when it boots from the
+// initramfs alone).
+func (s *supervisor) upperDisk() string {
+	for _, d := range s.spec.VM.Disks {
+		if !d.ReadOnly && d.Serial == "" {
+			return d.Path
+		}
+	}
+	return ""
+}
+
+// match is the machine this supervisor runs, as a restore must rebuild it.
+func (s *supervisor) match() (snapshot.Match, error) {
+	return MachineMatch(s.vmSpec, s.vm.Accel(), s.spec.Image.Digest, s.spec.Image.OCIDigest, s.spec.Kernel)
+}
+
+// saveInto stops the guest (unless paused already), saves its memory and
+// device state into dir and captures its writable disk with link (copy for
+// a snapshot, hard link for pause to disk, where the VM does not run on),
+// all while the guest is stopped. resume says whether to continue the
+// guest afterwards. It returns how long the guest was stopped.
+func (s *supervisor) saveInto(ctx context.Context, sv stateSaver, dir string, link bool, resume bool) (time.Duration, error) {
+	s.mu.Lock()
+	wasPaused := s.state.Status == sandbox.Paused
+	s.mu.Unlock()
+	t0 := time.Now()
+	if err := s.vm.Pause(ctx); err != nil {
+		return 0, fmt.Errorf("stop the guest: %w", err)
+	}
+	cont := func() {
+		if resume && !wasPaused {
+			cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := s.vm.Resume(cctx); err != nil {
+				s.logf("continue after save: %v", err)
+			}
+		}
+	}
+	if _, err := sv.SaveState(ctx, filepath.Join(dir, snapshot.MemoryFile)); err != nil {
+		cont()
+		return 0, err
+	}
+	if up := s.upperDisk(); up != "" {
+		dst := filepath.Join(dir, snapshot.DiskFile)
+		var err error
+		if link {
+			err = os.Link(up, dst)
+		} else {
+			_, err = snapshot.CopySparse(up, dst)
+		}
+		if err != nil {
+			cont()
+			return 0, fmt.Errorf("capture the disk: %w", err)
+		}
+	}
+	stopped := time.Since(t0)
+	cont()
+	return stopped, nil
+}
+
+// saveSnapshot saves the running sandbox as a snapshot (it keeps running).
+func (s *supervisor) saveSnapshot(req *sandbox.SnapshotRequest) (*snapshot.Meta, error) {
+	if req == nil {
+		return nil, errors.New("snapshot: no snapshot named")
+	}
+	if s.signer == nil {
+		return nil, errors.New("snapshot: the supervisor has no host key to sign it with")
+	}
+	sv, err := s.savable()
+	if err != nil {
+		return nil, err
+	}
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	m, err := s.match()
+	if err != nil {
+		return nil, err
+	}
+	p, err := (&snapshot.Store{Dir: req.StoreDir}).Begin(req.Tag)
+	if err != nil {
+		return nil, err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			p.Abort()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), snapshotOpTimeout)
+	defer cancel()
+	stopped, err := s.saveInto(ctx, sv, p.Dir, false, true)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", req.Tag, err)
+	}
+	for _, f := range []struct{ from, to string }{
+		{filepath.Join(s.dir, sandbox.PlanFile), snapshot.PlanFile},
+		{filepath.Join(s.dir, sandbox.SpecFile), snapshot.SpecFile},
+		{filepath.Join(s.dir, envFile), snapshot.EnvFile},
+	} {
+		if _, err := os.Stat(f.from); errors.Is(err, os.ErrNotExist) && f.to == snapshot.EnvFile {
+			continue
+		}
+		if _, err := snapshot.CopySparse(f.from, filepath.Join(p.Dir, f.to)); err != nil {
+			return nil, fmt.Errorf("snapshot %s: %w", req.Tag, err)
+		}
+	}
+	meta := req.Meta
+	meta.Created = time.Now().UTC()
+	meta.SourceID, meta.SourceName, meta.ImageName = s.spec.ID, s.spec.Name, s.spec.Image.Name
+	meta.Match = m
+	meta.SaveMS = stopped.Milliseconds()
+	out, err := p.Commit(meta, s.signer)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", req.Tag, err)
+	}
+	committed = true
+	s.events("snapshot.saved", s.snapshot(), map[string]any{"tag": req.Tag, "save_ms": meta.SaveMS, "bytes": out.Size()})
+	return out, nil
+}
+
+// suspend saves the sandbox into its directory (SuspendedDir) for pause to
+// disk. On success the guest stays stopped and the caller ends the VMM.
+func (s *supervisor) suspend() (*snapshot.Meta, error) {
+	if s.signer == nil {
+		return nil, errors.New("pause: the supervisor has no host key to sign the saved state with")
+	}
+	sv, err := s.savable()
+	if err != nil {
+		return nil, err
+	}
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	m, err := s.match()
+	if err != nil {
+		return nil, err
+	}
+	p, err := (&snapshot.Store{Dir: s.dir}).Begin(sandbox.SuspendedDir)
+	if err != nil {
+		return nil, err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			p.Abort()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), snapshotOpTimeout)
+	defer cancel()
+	stopped, err := s.saveInto(ctx, sv, p.Dir, true, false)
+	resumeGuest := func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if s.state.Status != sandbox.Paused {
+			s.vm.Resume(cctx)
+		}
+	}
+	if err != nil {
+		resumeGuest()
+		return nil, fmt.Errorf("pause to disk: %w", err)
+	}
+	meta := snapshot.Meta{
+		Created:  time.Now().UTC(),
+		SourceID: s.spec.ID, SourceName: s.spec.Name, ImageName: s.spec.Image.Name,
+		Match: m, SaveMS: stopped.Milliseconds(),
+	}
+	out, err := p.Commit(meta, s.signer)
+	if err != nil {
+		resumeGuest()
+		return nil, fmt.Errorf("pause to disk: %w", err)
+	}
+	committed = true
+	return out, nil
+}
+
+// restore loads the saved state the VMM was started with, consumes a pause
+// to disk (from then on the disk moves on, so the saved memory no longer
+// matches it) and continues the guest. Its agent is still in the session
+// it had when it was saved; boot resets it (agentapi.HostReset).
+func (s *supervisor) restore(ctx context.Context) error {
+	sv, ok := s.vm.(stateSaver)
+	if !ok {
+		return errNoSaveState
+	}
+	if err := sv.CompleteIncoming(ctx); err != nil {
+		return err
+	}
+	s.state.Boot.RestoreMS = time.Since(s.bootStart).Milliseconds()
+	if err := consumeSuspended(s.dir); err != nil {
+		return err
+	}
+	if err := s.vm.Resume(ctx); err != nil {
+		return fmt.Errorf("restore: continue the guest: %w", err)
+	}
+	return nil
+}
+
+// consumeSuspended removes the pause-to-disk state of the sandbox in dir,
+// if any: first out of sight (a rename), then its files.
+func consumeSuspended(dir string) error {
+	src := filepath.Join(dir, sandbox.SuspendedDir)
+	if _, err := os.Stat(src); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	gone := filepath.Join(dir, ".resumed-"+sandbox.NewID())
+	if err := os.Rename(src, gone); err != nil {
+		return fmt.Errorf("resume: %w", err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	go os.RemoveAll(gone)
+	return nil
+}
+
+// resetAgentWait is how long a restored guest gets to answer a short
+// reset burst before the long one is sent.
+const resetAgentWait = 2 * time.Second
+
+// resetAgent ends the channel session a restored guest was saved in and
+// runs a new handshake (agentapi.HostReset): a short burst first, the long
+// one if the guest was saved in the middle of a frame.
+func resetAgent(ctx context.Context, conn net.Conn) error {
+	if err := agentapi.HostReset(ctx, conn, agentapi.ResetBurst); err != nil {
+		return err
+	}
+	hctx, cancel := context.WithTimeout(ctx, resetAgentWait)
+	err := agentapi.HostHandshake(hctx, conn)
+	cancel()
+	if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	if err := agentapi.HostReset(ctx, conn, agentapi.MaxResetBurst); err != nil {
+		return err
+	}
+	return agentapi.HostHandshake(ctx, conn)
+}
