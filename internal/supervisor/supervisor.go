@@ -258,6 +258,9 @@ func (s *supervisor) boot(ctx context.Context, sigs <-chan os.Signal, holderGone
 	if err != nil {
 		return err
 	}
+	if err := checkPlanMounts(spec, s.plan); err != nil {
+		return err
+	}
 	if err := s.startNetwork(&spec, netCfg); err != nil {
 		return err
 	}
