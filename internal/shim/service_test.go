@@ -287,3 +287,26 @@ func TestExitStatus(t *testing.T) {
 		}
 	}
 }
+
+func TestBundleCaps(t *testing.T) {
+	dir := t.TempDir()
+	big := `{"process":{"args":["sh"]},"annotations":{"x":"` + strings.Repeat("a", maxConfigBytes) + `"}}`
+	os.WriteFile(filepath.Join(dir, "config.json"), []byte(big), 0o600)
+	if _, err := readSpec(dir); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("oversized config.json: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"process":`), 0o600)
+	if _, err := readSpec(dir); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("malformed config.json: %v", err)
+	}
+	many := strings.Repeat("a.example,", maxAllow+1)
+	if _, err := MapPolicy(map[string]string{AnnotationAllow: many}); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("%d allowlist entries: %v", maxAllow+1, err)
+	}
+	if p, err := MapPolicy(nil); err != nil || p.Profile != "restrictive" || p.Allow != nil {
+		t.Errorf("no annotations: %+v %v", p, err)
+	}
+	if _, err := MapPolicy(map[string]string{AnnotationProfile: ""}); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("empty profile annotation: %v", err)
+	}
+}
