@@ -503,11 +503,26 @@ func (r *Runtime) Invoke(ctx context.Context, name string, o InvokeOptions) (*In
 	if err != nil && ctx.Err() == context.DeadlineExceeded {
 		err = fmt.Errorf("%w after %s", ErrTimeout, o.Timeout)
 	}
+	red := r.Redactor(name)
 	if res != nil {
 		res.IRHash = wi.IRSHA256
-		res.redact(r.Redactor(name))
+		res.redact(red)
 	}
-	return res, err
+	return res, redactErr(err, red)
+}
+
+// redactErr is err with the sandbox's secret values replaced in its
+// message (a reply the runner garbled is quoted in the error), keeping
+// its kind and reason; err itself when there is nothing to replace.
+func redactErr(err error, red *secret.Redactor) error {
+	if err == nil || red.Empty() {
+		return err
+	}
+	msg := err.Error()
+	if r := red.String(msg); r != msg {
+		return errdefs.WithReason(errdefs.KindOf(err), errdefs.ReasonOf(err), errors.New(r))
+	}
+	return err
 }
 
 // redact replaces the sandbox's secret values in a reply (the result and

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/mvm-sandbox/mvm/internal/approval"
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/secret"
 )
 
@@ -110,5 +111,20 @@ func TestInvokeResultRedacted(t *testing.T) {
 	plain.redact(nil)
 	if string(plain.Result) != `"x"` {
 		t.Fatal(plain.Result)
+	}
+}
+
+// An error that quotes the guest's reply (a garbled one) is redacted too,
+// and keeps its kind.
+func TestInvokeErrorRedacted(t *testing.T) {
+	red := secret.NewRedactor(map[string][]byte{"openai": []byte("sk-123")})
+	_, perr := parseReply([]byte("not json sk-123"))
+	err := redactErr(errdefs.New(errdefs.KindGuest, perr), red)
+	if err == nil || strings.Contains(err.Error(), "sk-123") || !strings.Contains(err.Error(), "[secret:openai]") || errdefs.KindOf(err) != errdefs.KindGuest {
+		t.Fatalf("%v (kind %v)", err, errdefs.KindOf(err))
+	}
+	plain := errors.New("no secret here")
+	if redactErr(plain, red) != plain || redactErr(nil, red) != nil {
+		t.Fatal("an error without a value was rewritten")
 	}
 }
