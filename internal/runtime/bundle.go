@@ -18,6 +18,7 @@ import (
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/mvm-sandbox/mvm/internal/plan"
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
 	"github.com/mvm-sandbox/mvm/internal/volume"
 )
 
@@ -349,7 +350,7 @@ func SortedLabels(l map[string]string) []string {
 
 // RootDirTag is the virtiofs tag of a bundle sandbox's root directory;
 // the agent mounts it (mvm.rootdir=TAG) and chroots processes into it.
-const RootDirTag = "mvmroot"
+const RootDirTag = sandbox.RootDirTag
 
 // OCIResources maps an OCI spec's Linux resources to a VM's size: CPU
 // quota/period to vCPUs, rounded up (no quota, or a period of 0: 0, the

@@ -33,6 +33,10 @@ const (
 	sandboxesDir  = "sb"
 )
 
+// RootDirTag is the virtiofs tag of a bundle sandbox's root directory
+// (plan.RootDir): always the last share of its VM.
+const RootDirTag = "mvmroot"
+
 // Statuses a sandbox can be in.
 const (
 	Starting = "starting"

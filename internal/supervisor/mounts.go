@@ -7,6 +7,7 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/backend"
 	"github.com/mvm-sandbox/mvm/internal/plan"
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
 
 // volumeSerialPrefix names a volume's virtio-blk disk (runtime's
@@ -22,10 +23,24 @@ func checkPlanMounts(spec backend.Spec, p *plan.Plan) error {
 	refuse := func(format string, a ...any) error {
 		return fmt.Errorf("mounts: %s; spec.json is not what the plan admitted, refusing to boot", fmt.Sprintf(format, a...))
 	}
-	if len(spec.Shares) != len(p.Mounts) {
-		return refuse("%d host directories in the spec, %d in the plan", len(spec.Shares), len(p.Mounts))
+	shares := spec.Shares
+	// A bundle sandbox's root directory (plan.RootDir) is its last share,
+	// read-write, under its own tag; nothing else may use that tag.
+	if n := len(shares); p.RootDir != nil {
+		if n == 0 || shares[n-1].Tag != sandbox.RootDirTag || filepath.Clean(shares[n-1].HostPath) != p.RootDir.HostPath || shares[n-1].ReadOnly {
+			return refuse("the root directory share is not the plan's root_dir %s", p.RootDir.HostPath)
+		}
+		shares = shares[:n-1]
 	}
-	for i, s := range spec.Shares {
+	for _, s := range shares {
+		if s.Tag == sandbox.RootDirTag {
+			return refuse("a root directory share without a root_dir in the plan")
+		}
+	}
+	if len(shares) != len(p.Mounts) {
+		return refuse("%d host directories in the spec, %d in the plan", len(shares), len(p.Mounts))
+	}
+	for i, s := range shares {
 		m := p.Mounts[i]
 		if filepath.Clean(s.HostPath) != m.HostPath || s.ReadOnly != m.ReadOnly {
 			return refuse("host directory #%d is %s (read-only %v), the plan admitted %s (read-only %v)", i+1, s.HostPath, s.ReadOnly, m.HostPath, m.ReadOnly)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/backend"
 	"github.com/mvm-sandbox/mvm/internal/plan"
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
 
 // The supervisor boots only the host directories and volumes the plan
@@ -47,5 +48,38 @@ func TestCheckPlanMounts(t *testing.T) {
 	}
 	if err := checkPlanMounts(backend.Spec{Disks: good.Disks[:2]}, &plan.Plan{}); err != nil {
 		t.Errorf("no mounts: %v", err)
+	}
+}
+
+// A bundle sandbox's root directory is the plan's root_dir, its last
+// share, read-write; a spec that moves, drops, narrows or smuggles it is
+// refused.
+func TestCheckPlanRootDir(t *testing.T) {
+	p := &plan.Plan{Mounts: []plan.Mount{{HostPath: "/srv/proj", GuestPath: "/work", ReadOnly: true}},
+		RootDir: &plan.RootDir{HostPath: "/run/c/rootfs"}}
+	good := backend.Spec{Shares: []backend.Share{{Tag: "mvmfs0", HostPath: "/srv/proj", ReadOnly: true}, {Tag: sandbox.RootDirTag, HostPath: "/run/c/rootfs"}}}
+	if err := checkPlanMounts(good, p); err != nil {
+		t.Fatal(err)
+	}
+	only := backend.Spec{Shares: good.Shares[1:]}
+	if err := checkPlanMounts(only, &plan.Plan{RootDir: p.RootDir}); err != nil {
+		t.Fatalf("root directory alone: %v", err)
+	}
+	mutate := map[string]func(s *backend.Spec){
+		"another root":        func(s *backend.Spec) { s.Shares[1].HostPath = "/etc" },
+		"root not last":       func(s *backend.Spec) { s.Shares[0], s.Shares[1] = s.Shares[1], s.Shares[0] },
+		"root dropped":        func(s *backend.Spec) { s.Shares = s.Shares[:1] },
+		"root read-only flip": func(s *backend.Spec) { s.Shares[1].ReadOnly = true },
+	}
+	for name, m := range mutate {
+		s := backend.Spec{Shares: append([]backend.Share(nil), good.Shares...)}
+		m(&s)
+		if err := checkPlanMounts(s, p); err == nil || !strings.Contains(err.Error(), "refusing to boot") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	// A root directory share the plan does not have.
+	if err := checkPlanMounts(good, &plan.Plan{Mounts: p.Mounts}); err == nil {
+		t.Error("a root directory share without root_dir in the plan was accepted")
 	}
 }
