@@ -153,6 +153,7 @@ func (s *Server) limitsInfo() LimitsInfo {
 		SessionIdleS: int64(s.lim.SessionIdle / time.Second), SessionMaxS: int64(s.lim.SessionMax / time.Second),
 		MaxInflight: s.lim.MaxInflight, MemCeilingMiB: s.lim.MemCeilingMiB, OutputCapBytes: OutputCapBytes,
 		MaxSandboxes: s.lim.MaxSandboxes, TotalMemMiB: s.lim.TotalMemMiB,
+		MaxSnapshots: s.lim.MaxSnapshots, SnapshotMiB: s.lim.SnapshotMiB,
 	}
 }
 
@@ -245,7 +246,13 @@ func checkNetwork(allow []string) (netpolicy.Config, plan.Profile, error) {
 
 func (s *Server) sandboxCreate(ctx context.Context, a CreateArgs) (SandboxInfo, string, error) {
 	var zero SandboxInfo
-	mem, err := s.sizing(a.Template, a.MemoryMiB)
+	var mem int
+	var err error
+	if a.Snapshot != "" {
+		mem, err = s.cloneArgs(a)
+	} else {
+		mem, err = s.sizing(a.Template, a.MemoryMiB)
+	}
 	if err != nil {
 		return zero, "", err
 	}
@@ -276,20 +283,28 @@ func (s *Server) sandboxCreate(ctx context.Context, a CreateArgs) (SandboxInfo, 
 	}
 	handle := "mcp-" + sandbox.NewID()[:8]
 	t0, start := s.now(), time.Now()
-	sb, err := s.rt.Up(ctx, runtime.UpOptions{
+	up := runtime.UpOptions{
 		Name: handle, Image: a.Template, CPUs: cpus, MemoryMiB: mem, TTL: ttl,
 		Transient:  true, // held by this server: it dies with it
 		RunProfile: string(profile),
 		Network:    netCfg,
 		NoBuildDir: true,
-	})
+	}
+	template := a.Template
+	if a.Snapshot != "" {
+		// The snapshot's plan (profile, network, resources) is re-admitted
+		// by the runtime; what it was admitted with is read back below.
+		up = runtime.UpOptions{Name: handle, FromSnapshot: a.Snapshot, TTL: ttl, Transient: true}
+		template = "snapshot " + a.Snapshot
+	}
+	sb, err := s.rt.Up(ctx, up)
 	if err != nil {
 		free()
-		return zero, "", toolError(op{boot: true, template: a.Template}, err)
+		return zero, "", toolError(op{boot: true, template: template}, err)
 	}
 	now := s.now()
 	b := &box{
-		handle: sb.Name, id: sb.ID, template: templateName(a.Template), cpus: cpus, mem: mem,
+		handle: sb.Name, id: sb.ID, template: templateName(template), cpus: cpus, mem: mem,
 		created: now, expires: t0.Add(ttl), hold: sb.Hold, lastUsed: now, free: free,
 		network: "unknown", profile: "unknown",
 	}
@@ -298,6 +313,9 @@ func (s *Server) sandboxCreate(ctx context.Context, a CreateArgs) (SandboxInfo, 
 	}
 	if p := sb.Plan; p != nil {
 		b.network, b.allow, b.profile, b.imageProfile = string(p.Network.Mode), p.Network.Allow, string(p.RunProfile), p.ImageProfile
+		if a.Snapshot != "" {
+			b.cpus = p.Resources.CPUs
+		}
 	}
 	s.mu.Lock()
 	closing := s.closing

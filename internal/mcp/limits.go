@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/snapshot"
 )
 
 // Environment variables that bound the server. docs/mcp.md lists them with
@@ -16,6 +18,14 @@ const (
 	EnvMemCeilingMiB = "MVM_MCP_MEM_CEILING_MIB"
 	EnvMaxSandboxes  = "MVM_MCP_MAX_SANDBOXES"
 	EnvTotalMemMiB   = "MVM_MCP_TOTAL_MEM_MIB"
+	// EnvSnapshots lists the operator's snapshot tags a client may start
+	// clones of (sandbox_create's snapshot), comma-separated.
+	EnvSnapshots = "MVM_MCP_SNAPSHOTS"
+	// EnvMaxSnapshots caps the snapshots one server may save with
+	// sandbox_snapshot (0, the default, disables the tool).
+	EnvMaxSnapshots = "MVM_MCP_MAX_SNAPSHOTS"
+	// EnvSnapshotMiB caps the bytes of those snapshots, in MiB.
+	EnvSnapshotMiB = "MVM_MCP_SNAPSHOT_MIB"
 )
 
 // Defaults of the limits.
@@ -26,6 +36,8 @@ const (
 	DefaultMemCeilingMiB = 4096
 	DefaultMaxSandboxes  = 8
 	DefaultTotalMemMiB   = 8192
+	DefaultMaxSnapshots  = 0
+	DefaultSnapshotMiB   = 4096
 )
 
 // Fixed bounds: what the variables may be set to, and per-call caps.
@@ -40,6 +52,9 @@ const (
 	maxSandboxLimit  = 1024
 	maxTotalMemMiB   = 1 << 20
 	maxSessionLimit  = 7 * 24 * time.Hour
+	maxSnapshotLimit = 64
+	maxSnapshotMiB   = 1 << 20
+	maxSnapshotTags  = 64
 
 	// OutputCapBytes caps each of stdout and stderr in a run result; the
 	// rest is counted and reported as truncated.
@@ -78,6 +93,14 @@ type Limits struct {
 	// TotalMemMiB: the sum of the memory of those sandboxes; a sandbox
 	// that would take the sum past it is refused before it boots.
 	TotalMemMiB int
+	// Snapshots are the operator's snapshot tags a client may clone.
+	Snapshots []string
+	// MaxSnapshots: snapshots sandbox_snapshot may save in this server's
+	// life (0: the tool is refused).
+	MaxSnapshots int
+	// SnapshotMiB: their total size; a save that would pass it is refused
+	// (or removed again, when its size is only known afterwards).
+	SnapshotMiB int
 }
 
 // DefaultLimits are the limits with no variable set.
@@ -89,6 +112,8 @@ func DefaultLimits() Limits {
 		MemCeilingMiB: DefaultMemCeilingMiB,
 		MaxSandboxes:  DefaultMaxSandboxes,
 		TotalMemMiB:   DefaultTotalMemMiB,
+		MaxSnapshots:  DefaultMaxSnapshots,
+		SnapshotMiB:   DefaultSnapshotMiB,
 	}
 }
 
@@ -126,6 +151,34 @@ func LimitsFromEnv(getenv func(string) string) (Limits, error) {
 	if v := strings.TrimSpace(getenv(EnvTotalMemMiB)); v != "" {
 		if l.TotalMemMiB, err = parseLimitInt(EnvTotalMemMiB, v, MinMemoryMiB, maxTotalMemMiB, " MiB"); err != nil {
 			return l, err
+		}
+	}
+	if v := strings.TrimSpace(getenv(EnvMaxSnapshots)); v != "" {
+		if l.MaxSnapshots, err = parseLimitInt(EnvMaxSnapshots, v, 0, maxSnapshotLimit, ""); err != nil {
+			return l, err
+		}
+	}
+	if v := strings.TrimSpace(getenv(EnvSnapshotMiB)); v != "" {
+		if l.SnapshotMiB, err = parseLimitInt(EnvSnapshotMiB, v, MinMemoryMiB, maxSnapshotMiB, " MiB"); err != nil {
+			return l, err
+		}
+	}
+	if v := strings.TrimSpace(getenv(EnvSnapshots)); v != "" {
+		for _, t := range strings.Split(v, ",") {
+			t = strings.TrimSpace(t)
+			if t == "" {
+				continue
+			}
+			if err := snapshot.ValidateTag(t); err != nil {
+				return l, fmt.Errorf("%s=%q: %v", EnvSnapshots, v, err)
+			}
+			if strings.HasPrefix(t, sessionSnapshotPrefix) {
+				return l, fmt.Errorf("%s=%q: %q: tags starting with %q are this server's own", EnvSnapshots, v, t, sessionSnapshotPrefix)
+			}
+			l.Snapshots = append(l.Snapshots, t)
+		}
+		if len(l.Snapshots) > maxSnapshotTags {
+			return l, fmt.Errorf("%s: %d tags, at most %d", EnvSnapshots, len(l.Snapshots), maxSnapshotTags)
 		}
 	}
 	return l, nil

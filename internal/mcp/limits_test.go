@@ -2,6 +2,7 @@ package mcp
 
 import (
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +17,9 @@ func TestLimitsDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Limits{SessionIdle: 5 * time.Minute, SessionMax: time.Hour, MaxInflight: 4, MemCeilingMiB: 4096, MaxSandboxes: 8, TotalMemMiB: 8192}
-	if l != want || l != DefaultLimits() {
+	want := Limits{SessionIdle: 5 * time.Minute, SessionMax: time.Hour, MaxInflight: 4, MemCeilingMiB: 4096, MaxSandboxes: 8, TotalMemMiB: 8192,
+		SnapshotMiB: 4096}
+	if !reflect.DeepEqual(l, want) || !reflect.DeepEqual(l, DefaultLimits()) {
 		t.Fatalf("defaults = %+v, want %+v", l, want)
 	}
 }
@@ -30,8 +32,9 @@ func TestLimitsFromEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Limits{SessionIdle: 3 * time.Second, SessionMax: 15 * time.Minute, MaxInflight: 2, MemCeilingMiB: 1024, MaxSandboxes: 3, TotalMemMiB: 2048}
-	if l != want {
+	want := Limits{SessionIdle: 3 * time.Second, SessionMax: 15 * time.Minute, MaxInflight: 2, MemCeilingMiB: 1024, MaxSandboxes: 3, TotalMemMiB: 2048,
+		SnapshotMiB: DefaultSnapshotMiB}
+	if !reflect.DeepEqual(l, want) {
 		t.Fatalf("got %+v, want %+v", l, want)
 	}
 	l, err = LimitsFromEnv(envOf(map[string]string{EnvSessionIdle: "1h30m", EnvSessionMax: ""}))

@@ -71,10 +71,20 @@ func (s *Server) addTools() {
 		Description: "Boot a microVM sandbox and return its handle as \"sandbox\". It keeps files and processes between calls " +
 			"until sandbox_destroy, its ttl, MVM_MCP_SESSION_IDLE of inactivity, or the end of this server. " +
 			"Restrictive profile and no network unless allow is given (then the standard profile with egress to those names only); " +
-			"the result reports the network and profile the sandbox was admitted with. Refused when this server's caps on live " +
+			"the result reports the network and profile the sandbox was admitted with. With snapshot, it starts a copy of that snapshot instead. Refused when this server's caps on live " +
 			"sandboxes or their total memory would be exceeded (sandbox_list shows them).",
 		Annotations: &sdk.ToolAnnotations{DestructiveHint: ptr(false), OpenWorldHint: ptr(false)},
 	}, true, nil, s.sandboxCreate, func(CreateArgs) string { return "" })
+
+	addTool(s, &sdk.Tool{
+		Name:  "sandbox_snapshot",
+		Title: "Snapshot a sandbox",
+		Description: "Save a sandbox's memory, processes and files as a snapshot (the sandbox keeps running) and return its tag as \"snapshot\"; " +
+			"sandbox_create with that snapshot starts a copy of it as it is now, with its own identity. Refused unless the operator " +
+			"enabled snapshots (MVM_MCP_MAX_SNAPSHOTS), and past that many or MVM_MCP_SNAPSHOT_MIB in total; this server's snapshots " +
+			"are removed when it stops.",
+		Annotations: &sdk.ToolAnnotations{DestructiveHint: ptr(false), OpenWorldHint: ptr(false)},
+	}, true, nil, s.sandboxSnapshot, func(a SandboxArgs) string { return a.Sandbox })
 
 	addTool(s, &sdk.Tool{
 		Name:        "sandbox_list",

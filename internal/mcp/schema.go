@@ -11,6 +11,7 @@ type CreateArgs struct {
 	Allow     []string `json:"allow,omitempty" jsonschema:"network allowlist: host names, each optionally with :port (443 by default); no IP addresses, wildcards or host.mvm.internal; empty means no network"`
 	CPUs      int      `json:"cpus,omitempty" jsonschema:"virtual CPUs (default 1, at most the host's CPU count)"`
 	MemoryMiB int      `json:"memory_mib,omitempty" jsonschema:"guest memory in MiB (default 512, at most MVM_MCP_MEM_CEILING_MIB)"`
+	Snapshot  string   `json:"snapshot,omitempty" jsonschema:"start a copy of this snapshot instead of booting a template: one sandbox_snapshot returned, or one the operator allows; then template, cpus, memory_mib and allow must be empty (the snapshot's apply)"`
 }
 
 // SandboxInfo describes one sandbox of this server.
@@ -38,6 +39,18 @@ type SandboxArgs struct {
 	Sandbox string `json:"sandbox" jsonschema:"the handle returned by sandbox_create"`
 }
 
+// SnapshotResult is sandbox_snapshot's result.
+type SnapshotResult struct {
+	Sandbox  string `json:"sandbox"`
+	Snapshot string `json:"snapshot" jsonschema:"the snapshot's tag: pass it as snapshot to sandbox_create"`
+	Bytes    int64  `json:"bytes"`
+	// What this server has saved, and may.
+	Saved       int   `json:"snapshots_saved"`
+	MaxSaved    int   `json:"max_snapshots"`
+	SavedBytes  int64 `json:"snapshot_bytes"`
+	MaxSavedMiB int   `json:"max_snapshot_mib"`
+}
+
 // ListArgs are sandbox_list's (no) arguments.
 type ListArgs struct{}
 
@@ -50,6 +63,8 @@ type LimitsInfo struct {
 	MaxSandboxes   int   `json:"max_sandboxes" jsonschema:"sandboxes alive at once (booting ones and transient runs included)"`
 	TotalMemMiB    int   `json:"total_mem_mib" jsonschema:"the most memory all those sandboxes may have together"`
 	OutputCapBytes int   `json:"output_cap_bytes"`
+	MaxSnapshots   int   `json:"max_snapshots" jsonschema:"snapshots sandbox_snapshot may save in this server's life (0: none)"`
+	SnapshotMiB    int   `json:"snapshot_mib" jsonschema:"the most all those snapshots may take together"`
 }
 
 // ListResult is sandbox_list's result.

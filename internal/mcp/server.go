@@ -25,6 +25,7 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/mvm-sandbox/mvm/internal/snapshot"
 )
 
 // Runtime is what the server needs of internal/runtime; *runtime.Runtime
@@ -39,6 +40,9 @@ type Runtime interface {
 	FsRead(ctx context.Context, name, p string, w io.Writer) (int64, error)
 	FsWrite(ctx context.Context, name, p string, rd io.Reader, o runtime.FsWriteOptions) (*runtime.WriteResult, error)
 	Run(ctx context.Context, o runtime.RunOptions) (*runtime.RunResult, error)
+	SaveSnapshot(ctx context.Context, nameOrID, tag string) (*snapshot.Meta, error)
+	ListSnapshots() ([]runtime.SnapshotInfo, error)
+	RemoveSnapshot(tag string) error
 }
 
 var _ Runtime = (*runtime.Runtime)(nil)
@@ -99,6 +103,7 @@ type Server struct {
 	liveMem   int            // their memory in MiB (TotalMemMiB)
 	calls     sync.WaitGroup // tool calls running
 	destroys  sync.WaitGroup // background destroys (reaper)
+	snaps     snapshotState  // snapshots this server saved (snapshot.go)
 }
 
 // New builds a server; Run serves it.
@@ -140,6 +145,7 @@ func New(o Options) *Server {
 		sem: make(chan struct{}, lim.MaxInflight), maxCPUs: maxCPUs, resolveImage: o.ResolveImage, reapInt: reap, grace: grace, now: now,
 		base: base, cancelBase: cancel,
 		boxes: map[string]*box{}, gone: map[string]string{},
+		snaps: snapshotState{bytes: map[string]int64{}},
 	}
 	sdkLog := slog.New(minLevel{log.Handler(), slog.LevelWarn}) // the SDK logs every session event at info
 	if log.Enabled(context.Background(), slog.LevelDebug) {
@@ -224,6 +230,7 @@ func (s *Server) Shutdown() {
 		s.destroyAsync(b, "server shutting down")
 	}
 	s.destroys.Wait()
+	s.removeSnapshots()
 	s.log.Info("mcp server stopped", "sandboxes_destroyed", len(boxes), "cleanup", time.Since(t0).Round(time.Millisecond))
 }
 

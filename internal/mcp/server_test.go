@@ -21,6 +21,7 @@ import (
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/runtime"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/mvm-sandbox/mvm/internal/snapshot"
 	"github.com/mvm-sandbox/mvm/internal/testenv"
 )
 
@@ -37,11 +38,15 @@ type fakeRuntime struct {
 	started chan string              // argv[0] of each exec, when set
 	gate    chan struct{}            // "gate" commands and "slow" images wait for it
 	downed  map[string]chan struct{} // closed when the sandbox is destroyed
+	// snapshots by tag; snapBytes is the size a save reports (default 1 MiB)
+	snaps     map[string]runtime.SnapshotInfo
+	snapBytes int64
+	removed   []string
 }
 
 func newFake() *fakeRuntime {
 	return &fakeRuntime{live: map[string]runtime.UpOptions{}, files: map[string][]byte{}, gate: make(chan struct{}),
-		downed: map[string]chan struct{}{}}
+		downed: map[string]chan struct{}{}, snaps: map[string]runtime.SnapshotInfo{}}
 }
 
 // knownImages stands in for the image cache: templates and built images.
@@ -84,13 +89,59 @@ func (f *fakeRuntime) Up(ctx context.Context, o runtime.UpOptions) (*runtime.San
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	pl := &plan.Plan{RunProfile: plan.Profile(o.RunProfile), ImageProfile: "dev", Network: o.PlanNetwork()}
+	if o.FromSnapshot != "" {
+		in, ok := f.snaps[o.FromSnapshot]
+		if !ok {
+			return nil, snapshot.ErrNotFound
+		}
+		pl = &plan.Plan{RunProfile: plan.Restrictive, ImageProfile: "dev", Network: plan.Network{Mode: plan.NetNone},
+			Resources: plan.Resources{CPUs: in.Meta.Match.CPUs, MemoryMiB: in.Meta.Match.MemoryMiB}}
+	}
 	id := sandbox.NewID()
 	f.live[id] = o
 	f.downed[id] = make(chan struct{})
 	f.holds++
 	return &runtime.Sandbox{ID: id, Name: o.Name, Hold: &fakeHold{f: f},
 		State: &sandbox.State{ID: id, Name: o.Name, Status: sandbox.Running, Image: sandbox.ImageRef{Name: "minimal"}},
-		Plan:  &plan.Plan{RunProfile: plan.Profile(o.RunProfile), ImageProfile: "dev", Network: o.PlanNetwork()}}, nil
+		Plan:  pl}, nil
+}
+
+func (f *fakeRuntime) SaveSnapshot(ctx context.Context, id, tag string) (*snapshot.Meta, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	o, ok := f.live[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", runtime.ErrNotFound, id)
+	}
+	size := f.snapBytes
+	if size == 0 {
+		size = 1 << 20
+	}
+	m := snapshot.Meta{Tag: tag, Match: snapshot.Match{MemoryMiB: o.MemoryMiB, CPUs: o.CPUs}, Files: []snapshot.File{{Name: "memory", Size: size}}}
+	f.snaps[tag] = runtime.SnapshotInfo{Tag: tag, Meta: m, Bytes: size}
+	return &m, nil
+}
+
+func (f *fakeRuntime) ListSnapshots() ([]runtime.SnapshotInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []runtime.SnapshotInfo
+	for _, in := range f.snaps {
+		out = append(out, in)
+	}
+	return out, nil
+}
+
+func (f *fakeRuntime) RemoveSnapshot(tag string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.snaps[tag]; !ok {
+		return snapshot.ErrNotFound
+	}
+	delete(f.snaps, tag)
+	f.removed = append(f.removed, tag)
+	return nil
 }
 
 // Run is runtime.Run over the fake: boot, one command, Down then the hold.
@@ -335,10 +386,10 @@ func TestToolsList(t *testing.T) {
 		got[tl.Name] = tl
 	}
 	for name, args := range map[string][]string{
-		"sandbox_create": {"template", "ttl", "allow", "cpus", "memory_mib"}, "sandbox_list": {}, "sandbox_destroy": {"sandbox"},
+		"sandbox_create": {"template", "ttl", "allow", "cpus", "memory_mib", "snapshot"}, "sandbox_list": {}, "sandbox_destroy": {"sandbox"},
 		"run_command": {"sandbox", "command", "argv", "timeout"}, "run_code": {"sandbox", "language", "code"},
 		"files_write": {"sandbox", "path", "content", "content_base64"}, "files_read": {"sandbox", "path"},
-		"files_list": {"sandbox", "path"},
+		"files_list": {"sandbox", "path"}, "sandbox_snapshot": {"sandbox"},
 	} {
 		tl := got[name]
 		if tl == nil {
@@ -355,8 +406,8 @@ func TestToolsList(t *testing.T) {
 			t.Errorf("%s has no output schema", name)
 		}
 	}
-	if len(got) != 8 {
-		t.Errorf("%d tools, want 8", len(got))
+	if len(got) != 9 {
+		t.Errorf("%d tools, want 9", len(got))
 	}
 }
 

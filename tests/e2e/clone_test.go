@@ -143,3 +143,87 @@ func TestRestoredIdentityFreshVM(t *testing.T) {
 func restoredRequest(id guestid.Identity) *pb.RestoredRequest {
 	return &pb.RestoredRequest{Entropy: id.Entropy, UnixNanos: id.UnixNanos, Hostname: id.Hostname, MachineId: id.MachineID, Mac: id.MAC}
 }
+
+// TestCloneUniqueness is issue 13's clone check: two clones of one
+// snapshot read different bytes from /dev/urandom (the first read in
+// each, right after the restore), have their own hostnames and
+// machine-ids, and both clocks are within 1 s of the host right after the
+// restore. The source's clock is set back to 2001 before the snapshot, so
+// a clone that kept the saved clock fails by decades, not by a margin.
+func TestCloneUniqueness(t *testing.T) {
+	e := newEnv(t)
+	defer func() {
+		e.run("down", "--all")
+		e.run("snapshot", "rm", "base")
+		e.assertClean()
+	}()
+	e.must("up", "--name", "src")
+	e.must("exec", "src", "--", "date", "-s", "@1000000000")
+	e.must("snapshot", "save", "src", "base")
+	e.must("down", "src")
+
+	type seen struct{ random, hostname, machineID string }
+	var got []seen
+	for _, name := range []string{"clone-a", "clone-b"} {
+		e.must("up", "--from-snapshot", "base", "--name", name)
+		// The first thing run in the clone: its first random bytes.
+		r := e.must("exec", name, "--", "sh", "-c", "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; hostname; cat /etc/machine-id 2>/dev/null || echo none")
+		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+		if len(lines) != 3 || len(lines[0]) != 32 {
+			t.Fatalf("%s: %q", name, r.stdout)
+		}
+		got = append(got, seen{lines[0], lines[1], lines[2]})
+		if g, b, a, ok := e.guestClock(name, time.Second); !ok {
+			t.Errorf("%s: guest clock %s not within 1s of the host's [%s, %s] after the restore", name, g, b, a)
+		}
+	}
+	a, b := got[0], got[1]
+	if a.random == b.random {
+		t.Errorf("both clones read %s first from /dev/urandom", a.random)
+	}
+	if a.hostname != "clone-a" || b.hostname != "clone-b" {
+		t.Errorf("hostnames %q, %q; want the sandbox names", a.hostname, b.hostname)
+	}
+	if a.machineID == b.machineID || guestid.ValidMachineID(a.machineID) != nil || guestid.ValidMachineID(b.machineID) != nil {
+		t.Errorf("machine-ids %q, %q: want two different valid ones", a.machineID, b.machineID)
+	}
+}
+
+// TestMCPSnapshotClone: through `mvmctl mcp stdio`, with snapshots enabled
+// by the operator (MVM_MCP_MAX_SNAPSHOTS=1): a model snapshots its
+// sandbox, starts a copy that has the source's file and its own hostname,
+// is refused a second snapshot (the count cap) and a tag it did not make;
+// when the server stops, its snapshot is gone from disk.
+func TestMCPSnapshotClone(t *testing.T) {
+	e := newEnv(t)
+	defer func() {
+		e.run("down", "--all")
+		e.assertClean()
+	}()
+	m := startMCP(t, e, "MVM_MCP_MAX_SNAPSHOTS=1", "MVM_MCP_SNAPSHOT_MIB=2048")
+	src := m.ok("sandbox_create", map[string]any{"memory_mib": 256}, 3*time.Minute)["sandbox"].(string)
+	m.ok("files_write", map[string]any{"sandbox": src, "path": "/root/mark", "content": "from-source"}, time.Minute)
+	snap := m.ok("sandbox_snapshot", map[string]any{"sandbox": src}, 3*time.Minute)
+	tag, _ := snap["snapshot"].(string)
+	if !strings.HasPrefix(tag, "mcp-") || snap["bytes"].(float64) <= 0 {
+		t.Fatalf("sandbox_snapshot: %v", snap)
+	}
+	m.fails("sandbox_snapshot", map[string]any{"sandbox": src}, "MVM_MCP_MAX_SNAPSHOTS=1")
+	m.fails("sandbox_create", map[string]any{"snapshot": "not-mine"}, "not one this server may start")
+	clone := m.ok("sandbox_create", map[string]any{"snapshot": tag}, 3*time.Minute)
+	cl := clone["sandbox"].(string)
+	if cl == src || clone["memory_mib"].(float64) != 256 || clone["network"] != "none" {
+		t.Fatalf("clone: %v", clone)
+	}
+	r := m.ok("run_command", map[string]any{"sandbox": cl, "command": "cat /root/mark; echo; hostname"}, time.Minute)
+	if r["stdout"] != "from-source\n"+cl+"\n" {
+		t.Errorf("clone: %q", r["stdout"])
+	}
+	if out := e.must("snapshot", "ls", "--json").stdout; !strings.Contains(out, tag) {
+		t.Fatalf("snapshot ls while the server runs: %s", out)
+	}
+	m.closeAndWait()
+	if out := e.must("snapshot", "ls", "--json").stdout; strings.Contains(out, tag) {
+		t.Errorf("the server's snapshot outlived it: %s", out)
+	}
+}
