@@ -24,7 +24,7 @@ func (f *attachFlags) register(fl *pflag.FlagSet) {
 	fl.StringArrayVarP(&f.volumes, "volume", "v", nil, "HOST_DIR:GUEST_PATH[:ro|:rw] (read-only by default) or VOLUME:GUEST_PATH[:ro|:rw] (repeatable); see docs/volumes.md")
 	fl.BoolVar(&f.allowRW, "allow-rw-mount", false, "admit read-write host directories (:rw) under the standard and dev profiles (recorded in the plan)")
 	fl.BoolVar(&f.allowManifest, "allow-manifest-mounts", false, "grant the host directories and volumes the build directory's mvm.toml asks for ([[mount]]); they are printed before boot and recorded in the plan")
-	fl.BoolVar(&f.allowSecrets, "allow-manifest-secrets", false, "grant the secrets the build directory's mvm.toml asks for ([secrets], by name); they are printed before boot and recorded in the plan")
+	fl.BoolVar(&f.allowSecrets, "allow-manifest-secrets", false, "grant the secrets the build directory's mvm.toml ([secrets]) or a workload declaration (mvm.secret) asks for, by name; they are printed before boot and recorded in the plan")
 	fl.StringArrayVar(&f.secrets, "secret", nil, "NAME, NAME:ENV_VAR or NAME:/run/secrets/FILE: hand a stored secret to the guest (repeatable); see docs/secrets.md")
 }
 

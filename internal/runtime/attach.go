@@ -98,7 +98,7 @@ func withAttachments(in *plan.Input, a *sandbox.Attachments, o UpOptions) {
 		in.AllowManifestMounts = in.AllowManifestMounts || (o.AllowManifestMounts && v.Origin == volume.OriginManifest)
 	}
 	for _, s := range a.Secrets {
-		in.AllowManifestSecrets = in.AllowManifestSecrets || (o.AllowManifestSecrets && s.Origin == volume.OriginManifest)
+		in.AllowManifestSecrets = in.AllowManifestSecrets || (o.AllowManifestSecrets && s.Origin != "")
 	}
 }
 

@@ -234,6 +234,68 @@ func (r *Runtime) checkDeclaredNetwork(wl *Workload, o *UpOptions) error {
 	return &DeclaredNetworkError{Name: wl.IR.Name, Hash: wl.Hash, File: wl.File, Allow: n.Allow}
 }
 
+// DeclaredSecretsError refuses a declaration's secrets that neither an
+// approval of its hash nor the operator's --allow-manifest-secrets grants.
+type DeclaredSecretsError struct {
+	Name, Hash, File string
+	Secrets          []string // NAME:ENV_VAR
+}
+
+func (e *DeclaredSecretsError) Error() string {
+	return fmt.Sprintf("the declaration of %s asks for the secret(s) %s, which nobody has granted; "+
+		"a declaration is a request: review and approve it (`mvmctl approve %s`), or grant them for this boot with --allow-manifest-secrets",
+		e.Name, strings.Join(e.Secrets, ", "), e.File)
+}
+
+// Unwrap makes it a policy refusal.
+func (e *DeclaredSecretsError) Unwrap() error { return ErrPolicy }
+
+// OriginDeclaration marks a secret a workload declaration asked for
+// (mvm.secret in its env).
+const OriginDeclaration = "declaration"
+
+// declaredSecrets treats a declaration's mvm.secret(...) like a manifest's
+// [secrets]: shown before boot (name and variable) and handed over only when
+// the exact IR hash is approved or the operator consents
+// (AllowManifestSecrets). It returns the references, marked with their
+// origin.
+func (r *Runtime) declaredSecrets(wl *Workload, o *UpOptions) ([]secret.Ref, error) {
+	w := wl.IR
+	var refs []secret.Ref
+	var names []string
+	keys := make([]string, 0, len(w.Env))
+	for k := range w.Env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if v := w.Env[k]; v.Kind == "secret" {
+			ref := secret.Ref{Name: v.Name, Env: k, Origin: OriginDeclaration}
+			refs = append(refs, ref)
+			names = append(names, ref.String())
+		}
+	}
+	if len(refs) == 0 {
+		return nil, nil
+	}
+	if o.Notice != nil {
+		o.Notice(fmt.Sprintf("the declaration of %s asks for the secret(s) %s (name:variable)", w.Name, strings.Join(names, ", ")))
+	}
+	if o.AllowManifestSecrets {
+		return refs, nil
+	}
+	wit, err := r.witness()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := approval.Check(r.Dirs.Data, wl.Hash, wit.signer.Public); err == nil {
+		return refs, nil
+	}
+	r.Audit("workload.refused", "workload:"+w.Name, map[string]any{
+		"workload_ir_sha256": wl.Hash, "reason": "secrets_not_granted", "secret_count": len(refs)})
+	return nil, &DeclaredSecretsError{Name: w.Name, Hash: wl.Hash, File: wl.File, Secrets: names}
+}
+
 // Approve records the workload's hash as approved with the host key.
 func (r *Runtime) Approve(wl *Workload) (*approval.Approval, error) {
 	w, err := r.witness()
@@ -269,6 +331,10 @@ func (r *Runtime) UpWorkload(ctx context.Context, wl *Workload, o UpOptions) (*S
 	if err := r.checkDeclaredNetwork(wl, &o); err != nil {
 		return nil, err
 	}
+	declared, err := r.declaredSecrets(wl, &o)
+	if err != nil {
+		return nil, err
+	}
 	art, err := r.BuildWorkload(ctx, wl, o.pullOptions(), o.BuildProgress)
 	if err != nil {
 		return nil, err
@@ -301,16 +367,7 @@ func (r *Runtime) UpWorkload(ctx context.Context, wl *Workload, o UpOptions) (*S
 		wi.Module, wi.Function, wi.Warm, wi.WorkingDir = ep.Module, ep.Function, ep.Warm, ep.WorkingDir
 	}
 	// mvm.secret(NAME) env values: handed over by name, like --secret.
-	envKeys := make([]string, 0, len(w.Env))
-	for k := range w.Env {
-		envKeys = append(envKeys, k)
-	}
-	sort.Strings(envKeys)
-	for _, k := range envKeys {
-		if v := w.Env[k]; v.Kind == "secret" {
-			o.Secrets = append(o.Secrets, secret.Ref{Name: v.Name, Env: k})
-		}
-	}
+	o.Secrets = append(o.Secrets, declared...)
 	o.Workload = wi
 	if o.Name == "" {
 		o.Name = w.Name

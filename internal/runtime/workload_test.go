@@ -128,3 +128,46 @@ func TestInvokeErrorRedacted(t *testing.T) {
 		t.Fatal("an error without a value was rewritten")
 	}
 }
+
+// A declaration's mvm.secret(...) is a request like a manifest's [secrets]:
+// printed before boot (names and variables, never a value), refused before
+// anything is built or created unless its hash is approved or the operator
+// consents, and the refusal is audited.
+func TestDeclaredSecretsNeedApprovalOrConsent(t *testing.T) {
+	r := testRuntime(t)
+	wl, err := LoadWorkload(context.Background(), writeDecl(t, `import mvm
+@mvm.app(name="keyed", image=mvm.python_image("3.13"), env={"API_KEY": mvm.secret("openai"), "MODE": "x"})
+def run() -> str:
+    return "ok"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var notices []string
+	o := UpOptions{Notice: func(s string) { notices = append(notices, s) }}
+	_, err = r.UpWorkload(context.Background(), wl, o)
+	var de *DeclaredSecretsError
+	if !errors.As(err, &de) || !errors.Is(err, ErrPolicy) || !strings.Contains(err.Error(), "mvmctl approve") || !strings.Contains(err.Error(), "openai:API_KEY") {
+		t.Fatalf("ungranted secrets: %v", err)
+	}
+	if len(notices) != 1 || !strings.Contains(notices[0], "openai:API_KEY") {
+		t.Errorf("secrets not shown before boot: %v", notices)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(r.Dirs.State, "sb")); len(ents) != 0 {
+		t.Errorf("a refused up left state: %v", ents)
+	}
+	if chain, _ := os.ReadFile(filepath.Join(r.Dirs.Audit(), "chain.jsonl")); !strings.Contains(string(chain), "secrets_not_granted") {
+		t.Error("refusal not audited")
+	}
+	// Consent, then approval, grant them, marked as the declaration's.
+	refs, err := r.declaredSecrets(wl, &UpOptions{AllowManifestSecrets: true})
+	if err != nil || len(refs) != 1 || refs[0] != (secret.Ref{Name: "openai", Env: "API_KEY", Origin: OriginDeclaration}) {
+		t.Fatalf("consent: %v %+v", err, refs)
+	}
+	if _, err := r.Approve(wl); err != nil {
+		t.Fatal(err)
+	}
+	if refs, err := r.declaredSecrets(wl, &UpOptions{}); err != nil || len(refs) != 1 {
+		t.Fatalf("approved: %v %+v", err, refs)
+	}
+}

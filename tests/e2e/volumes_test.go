@@ -454,7 +454,8 @@ func TestSecrets(t *testing.T) {
 }
 
 // TestDeclaredWorkloadSecret boots an @mvm.app declaration whose env holds
-// mvm.secret("openai"): refused until the secret is stored, then the
+// mvm.secret("openai"): refused until the secret is stored and the
+// declaration approved (its secrets are a request), then the
 // function (a warm worker, whose reply is read from a file in the guest,
 // not captured from an exec) sees the value (compared by digest, never
 // printed), its result, its exception and exec output come back redacted, and the value is in no
@@ -478,13 +479,20 @@ def run(kind="digest"):
         raise ValueError("rejected key " + v)
     return hashlib.sha256(v.encode()).hexdigest()
 `)
-	if r := e.run("up", p); r.code != 2 || !strings.Contains(r.stderr, "E_SECRET_NOT_FOUND") || !strings.Contains(r.stderr, "secret set") {
+	if r := e.run("up", p, "--allow-manifest-secrets"); r.code != 2 || !strings.Contains(r.stderr, "E_SECRET_NOT_FOUND") || !strings.Contains(r.stderr, "secret set") {
 		t.Fatalf("up with the secret not stored: %s", r)
 	}
 	e.assertClean()
 	if r := e.runIn(strings.NewReader(value), "secret", "set", "openai"); r.code != 0 {
 		t.Fatalf("secret set: %s", r)
 	}
+	// A declaration's secrets are a request: not handed over until the
+	// declaration is approved (or --allow-manifest-secrets).
+	if r := e.run("up", p); r.code != 126 || !strings.Contains(r.stderr, "openai:API_KEY") || !strings.Contains(r.stderr, "mvmctl approve") {
+		t.Fatalf("up of an unapproved declaration with secrets: %s", r)
+	}
+	e.assertClean()
+	e.must("approve", p)
 	e.must("up", p)
 	defer e.run("down", "secw")
 	sum := sha256.Sum256([]byte(value))
@@ -503,7 +511,9 @@ def run(kind="digest"):
 	if r := e.run("secret", "rm", "openai"); r.code != 1 || !strings.Contains(r.stderr, "in use by secw") {
 		t.Errorf("rm while the workload holds it: %s", r)
 	}
-	e.must("ls", "--json")
+	if ls := e.must("ls", "--json"); !strings.Contains(ls.stdout, `"origin":"declaration"`) {
+		t.Errorf("ls --json does not mark the declaration's secret: %s", ls)
+	}
 	e.must("inspect", "secw")
 	e.must("logs", "secw")
 	e.must("audit", "verify")
