@@ -362,3 +362,33 @@ func TestShimKilledShim(t *testing.T) {
 	w.ctr(time.Minute, "", "task", "rm", "victim")
 	w.mustCtr(time.Minute, "container", "rm", "victim")
 }
+
+// TestShimContainerdConfig: the CRI snippet as shipped
+// (deploy/kubernetes/containerd-mvm.toml) is read by containerd's CRI
+// plugin as the runtime "mvm" of type io.containerd.mvm.v2, with the
+// io.mvm.* annotations passed through.
+func TestShimContainerdConfig(t *testing.T) {
+	dir := t.TempDir()
+	cfg := fmt.Sprintf("version = 2\nroot = %q\nstate = %q\n%s", filepath.Join(dir, "root"), filepath.Join(dir, "state"), ctrtest.RuntimeSnippet(t))
+	os.WriteFile(filepath.Join(dir, "config.toml"), []byte(cfg), 0o600)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "containerd", "--config", filepath.Join(dir, "config.toml"), "config", "dump").CombinedOutput()
+	if err != nil {
+		t.Fatalf("containerd config dump: %v\n%s", err, out)
+	}
+	s := string(out)
+	i := strings.Index(s, `[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.mvm]`)
+	if i < 0 {
+		t.Fatalf("the CRI plugin has no runtime mvm:\n%s", s)
+	}
+	section := s[i:]
+	if j := strings.Index(section[1:], "\n    ["); j > 0 {
+		section = section[:j+1]
+	}
+	for _, want := range []string{`runtime_type = "io.containerd.mvm.v2"`, `pod_annotations = ["io.mvm.*"]`, `container_annotations = ["io.mvm.*"]`} {
+		if !strings.Contains(section, want) {
+			t.Errorf("runtime mvm lacks %s:\n%s", want, section)
+		}
+	}
+}
