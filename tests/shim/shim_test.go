@@ -115,6 +115,7 @@ func (w *world) assertNothingLeft(what string) {
 		w.t.Errorf("%s: sandboxes left: %v", what, rows)
 	}
 	waitFor(w.t, what+": no mount left", 30*time.Second, func() bool { return len(w.c.Mounts()) == 0 })
+	waitFor(w.t, what+": no shim left", 30*time.Second, func() bool { return len(w.c.Shims()) == 0 })
 }
 
 // taskStatus is a task's STATUS column in `ctr task ls`, "" if not listed.
