@@ -52,6 +52,9 @@ func stateJSON(st *sandbox.State) map[string]any {
 	} else {
 		obj["expires"] = nil
 	}
+	if st.Suspended {
+		obj["paused_to"] = "disk"
+	}
 	attachJSON(obj, st.Attachments)
 	if len(st.Labels) > 0 {
 		obj["labels"] = st.Labels
@@ -638,12 +641,21 @@ func startLine(b sandbox.BootReport) string {
 	return line
 }
 
-func newPauseCmd(app *App) *cobra.Command { return controlCmd(app, "pause", "Pause a sandbox's vCPUs") }
-func newResumeCmd(app *App) *cobra.Command {
-	return controlCmd(app, "resume", "Resume a paused sandbox")
+func newPauseCmd(app *App) *cobra.Command {
+	var o runtime.PauseOptions
+	cmd := controlCmd(app, "pause", "Pause a sandbox to disk: memory, device state and disk are saved and its VMM exits (--in-memory: only stop its vCPUs)",
+		func(ctx context.Context, rt *runtime.Runtime, name string) (*sandbox.State, error) { return rt.Pause(ctx, name, o) })
+	cmd.Flags().BoolVar(&o.InMemory, "in-memory", false, "only stop the vCPUs; the VMM keeps the guest's RAM (and its TTL runs)")
+	cmd.Flags().BoolVar(&o.TTLPaused, "ttl-paused", false, "let the TTL run while paused to disk (by default it waits)")
+	return cmd
 }
 
-func controlCmd(app *App, op, short string) *cobra.Command {
+func newResumeCmd(app *App) *cobra.Command {
+	return controlCmd(app, "resume", "Resume a paused sandbox (from disk: restored in place, same name and id)",
+		func(ctx context.Context, rt *runtime.Runtime, name string) (*sandbox.State, error) { return rt.Resume(ctx, name) })
+}
+
+func controlCmd(app *App, op, short string, do func(context.Context, *runtime.Runtime, string) (*sandbox.State, error)) *cobra.Command {
 	var jsonOut bool
 	cmd := &cobra.Command{
 		Use:   op + " NAME",
@@ -657,14 +669,20 @@ func controlCmd(app *App, op, short string) *cobra.Command {
 			if _, err := rt.Get(args[0]); err != nil {
 				return err
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			// Pause to disk and resume from it bound their own waits
+			// (save, boot deadline).
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 			defer cancel()
-			st, err := rt.Control(ctx, args[0], op)
+			st, err := do(ctx, rt, args[0])
 			if err != nil {
 				return err
 			}
 			if jsonOut {
 				return writeJSON(app.Stdout, stateJSON(st))
+			}
+			if st.Suspended {
+				fmt.Fprintln(app.Stdout, st.Name, st.Status, "(to disk)")
+				return nil
 			}
 			fmt.Fprintln(app.Stdout, st.Name, st.Status)
 			return nil

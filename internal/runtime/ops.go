@@ -260,6 +260,9 @@ func (r *Runtime) state(dir string) (*sandbox.State, error) {
 	if sandbox.ReadJSON(filepath.Join(dir, sandbox.SpecFile), &spec) == nil {
 		st.Labels, st.RootDir = spec.Labels, spec.RootDir
 	}
+	if suspendedState(dir, st) {
+		return st, nil
+	}
 	if sandbox.Active(st.Status) && !sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
 		st.Status = sandbox.Failed
 		st.Reason = fmt.Sprintf("supervisor (pid %d) died", st.SupervisorPID)

@@ -12,6 +12,7 @@
 package snapshot
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
@@ -318,14 +319,24 @@ func (s *Store) CleanStale() {
 			continue
 		}
 		pid, _ := strconv.Atoi(strings.SplitN(strings.TrimPrefix(name, tmpPrefix), "-", 2)[0])
-		if pid > 0 && pid != os.Getpid() && syscall.Kill(pid, 0) == nil {
+		if pid == os.Getpid() || alive(pid) {
 			continue // its writer still runs
-		}
-		if pid == os.Getpid() {
-			continue
 		}
 		os.RemoveAll(filepath.Join(s.Dir, name))
 	}
+}
+
+// alive reports whether pid runs (a zombie does not).
+func alive(pid int) bool {
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
 
 // Snapshot is a stored snapshot.

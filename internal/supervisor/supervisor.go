@@ -86,7 +86,10 @@ type stopRequest struct {
 	// suspended: the sandbox was paused to disk; end the VMM and leave
 	// the sandbox paused.
 	suspended bool
-	done      chan struct{}
+	// ack, when set, answers the requester once the final state is
+	// written (before the supervisor exits).
+	ack  func()
+	done chan struct{}
 }
 
 // Run is RunWith without a trusted key (the plan must still be the one
@@ -227,6 +230,9 @@ func RunWith(dir string, ready io.WriteCloser, o Options) error {
 		s.mu.Unlock()
 		s.setStatus(sandbox.Paused, "paused to disk")
 		s.events("sandbox.paused", s.snapshot(), map[string]any{"to": "disk"})
+		if req.ack != nil {
+			req.ack()
+		}
 		close(req.done)
 		return nil
 	}
@@ -543,12 +549,13 @@ func (s *supervisor) handleControl(c net.Conn) {
 			return
 		}
 		done := make(chan struct{})
+		ack := func() { reply(sandbox.Response{OK: true, State: s.snapshot(), Snapshot: meta}) }
 		select {
-		case s.stopCh <- stopRequest{suspended: true, reason: "paused to disk", done: done}:
+		case s.stopCh <- stopRequest{suspended: true, reason: "paused to disk", ack: ack, done: done}:
 			<-done
 		case <-s.finished:
+			reply(sandbox.Response{Error: "pause: the sandbox stopped meanwhile"})
 		}
-		reply(sandbox.Response{OK: true, State: s.snapshot(), Snapshot: meta})
 	default:
 		reply(sandbox.Response{Error: fmt.Sprintf("unknown op %q", req.Op)})
 	}

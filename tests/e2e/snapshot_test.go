@@ -1,11 +1,15 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // upSmall boots a sandbox of the minimal template with a writable disk
@@ -110,5 +114,177 @@ func TestSnapshotTamperedRefused(t *testing.T) {
 	if r.code != 126 || !strings.Contains(r.stdout, `"reason":"integrity"`) || !strings.Contains(r.stdout, "truncated") {
 		t.Fatalf("truncated snapshot: %s", r)
 	}
+	e.assertClean()
+}
+
+// row is the `ls -a --json` object of one sandbox (nil when it is gone).
+func (e *env) row(name string) map[string]any {
+	e.t.Helper()
+	for _, r := range e.sandboxes() {
+		if r["name"] == name {
+			return r
+		}
+	}
+	return nil
+}
+
+// guestInt reads an integer the guest keeps in a file.
+func (e *env) guestInt(name, path string) int {
+	e.t.Helper()
+	r := e.must("exec", name, "--", "cat", path)
+	n, err := strconv.Atoi(strings.TrimSpace(r.stdout))
+	if err != nil {
+		e.t.Fatalf("%s in %s: %q", path, name, r.stdout)
+	}
+	return n
+}
+
+// TestPauseToDisk: pause saves the sandbox and ends its VMM and supervisor
+// (nothing of it runs; ls shows paused, the TTL waits); resume restores it
+// in place: a counting process counts on from where it was, a file it
+// holds open stays open, background process handles are still there.
+// `pause --in-memory` is the freeze that keeps the VMM.
+func TestPauseToDisk(t *testing.T) {
+	e := newEnv(t)
+	e.upSmall("pz", "--ttl", "1h")
+	e.must("proc", "start", "pz", "--", "sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done")
+	e.must("proc", "start", "pz", "--", "sh", "-c", "exec 7>/tmp/open.txt; echo one >&7; while sleep 0.1; do if [ -e /tmp/go ]; then echo two >&7; rm /tmp/go; fi; done")
+	waitFor(t, "the guest to count", time.Minute, func() bool {
+		r := e.run("exec", "pz", "--", "cat", "/tmp/count")
+		n, _ := strconv.Atoi(strings.TrimSpace(r.stdout))
+		return n >= 3
+	})
+	before := e.guestInt("pz", "/tmp/count")
+	if r := e.must("pause", "pz"); r.stdout != "pz paused (to disk)\n" {
+		t.Fatalf("pause: %s", r)
+	}
+	if p := e.processes(); len(p) != 0 {
+		t.Fatalf("a sandbox paused to disk still has processes: %v", p)
+	}
+	row := e.row("pz")
+	if row["state"] != "paused" || row["paused_to"] != "disk" || row["expires"] != nil {
+		t.Fatalf("ls after pause: %v", row)
+	}
+	if r := e.run("exec", "pz", "--", "true"); r.code != 125 || !strings.Contains(r.stderr, "paused") {
+		t.Fatalf("exec while paused to disk: %s", r)
+	}
+	if r := e.run("snapshot", "save", "pz", "t"); r.code != 125 {
+		t.Fatalf("snapshot of a sandbox paused to disk: %s", r)
+	}
+	e.must("resume", "pz")
+	after := e.guestInt("pz", "/tmp/count")
+	if after < before || after > before+20 {
+		t.Fatalf("the count was %d at pause and %d after resume: not continued", before, after)
+	}
+	waitFor(t, "the guest to count on", time.Minute, func() bool { return e.guestInt("pz", "/tmp/count") > after })
+	e.must("exec", "pz", "--", "touch", "/tmp/go")
+	waitFor(t, "the open file to take a write", time.Minute, func() bool {
+		return e.must("exec", "pz", "--", "cat", "/tmp/open.txt").stdout == "one\ntwo\n"
+	})
+	if r := e.must("proc", "ls", "pz"); strings.Count(r.stdout, "running") != 2 {
+		t.Fatalf("background processes after resume: %s", r.stdout)
+	}
+	if row := e.row("pz"); row["state"] != "running" || row["expires"] == nil {
+		t.Fatalf("ls after resume: %v", row)
+	}
+	e.must("pause", "--in-memory", "pz")
+	if row := e.row("pz"); row["state"] != "paused" || row["paused_to"] != nil || len(e.processes()) == 0 {
+		t.Fatalf("pause --in-memory: %v", row)
+	}
+	e.must("resume", "pz")
+	e.must("exec", "pz", "--", "true")
+	e.must("down", "pz")
+	e.assertClean()
+}
+
+// TestSnapshotPauseFaults: SIGKILL during save, pause and resume leaves
+// each sandbox in its old state or its new one, never half, and `ls` says
+// which: a pause whose CLI is killed completes (the supervisor does the
+// work); a resume whose supervisor is killed before the saved state is
+// consumed leaves the sandbox paused, resumable; a save whose supervisor
+// is killed leaves no snapshot (and the sandbox failed, as any sandbox
+// whose supervisor dies); `down` cleans every case.
+func TestSnapshotPauseFaults(t *testing.T) {
+	e := newEnv(t)
+	e.upSmall("k")
+	dir := filepath.Join(e.state, "sb", e.row("k")["id"].(string))
+
+	// kill the CLI while the supervisor saves for pause
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cli := e.command(ctx, "pause", "k")
+	if err := cli.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the pause to start saving", time.Minute, func() bool {
+		m, _ := filepath.Glob(filepath.Join(dir, ".tmp-*-suspended"))
+		s, _ := os.Stat(filepath.Join(dir, "suspended"))
+		return len(m) > 0 || s != nil
+	})
+	cli.Process.Kill()
+	cli.Wait()
+	waitFor(t, "the pause to complete without its CLI", time.Minute, func() bool {
+		return e.row("k")["state"] == "paused" && len(e.processes()) == 0
+	})
+
+	// kill the new supervisor as soon as it runs during resume
+	cli = e.command(ctx, "resume", "k")
+	if err := cli.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var sup int
+	waitFor(t, "the resume's supervisor", time.Minute, func() bool {
+		b, _ := os.ReadFile(filepath.Join(dir, "state.json"))
+		var st struct {
+			PID int `json:"supervisor_pid"`
+		}
+		json.Unmarshal(b, &st)
+		sup = st.PID
+		return sup > 0
+	})
+	syscall.Kill(sup, syscall.SIGKILL)
+	cli.Wait()
+	switch row := e.row("k"); row["state"] {
+	case "paused":
+		e.must("resume", "k") // its saved state was kept
+		e.must("exec", "k", "--", "true")
+	case "failed":
+		t.Logf("the supervisor was killed after the saved state was consumed: %v", row["reason"])
+		e.must("down", "k")
+		e.upSmall("k")
+		dir = filepath.Join(e.state, "sb", e.row("k")["id"].(string))
+	default:
+		t.Fatalf("after a killed resume: %v", row)
+	}
+
+	// kill the supervisor while it saves a snapshot
+	cli = e.command(ctx, "snapshot", "save", "k", "half")
+	if err := cli.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the save to start", time.Minute, func() bool {
+		m, _ := filepath.Glob(filepath.Join(e.data, "snapshots", ".tmp-*-half"))
+		return len(m) > 0
+	})
+	b, _ := os.ReadFile(filepath.Join(dir, "state.json"))
+	var st struct {
+		PID int `json:"supervisor_pid"`
+	}
+	json.Unmarshal(b, &st)
+	syscall.Kill(st.PID, syscall.SIGKILL)
+	cli.Wait()
+	if r := e.must("snapshot", "ls", "--json"); strings.Contains(r.stdout, "half") {
+		t.Fatalf("a half snapshot is listed: %s", r.stdout)
+	}
+	if m, _ := filepath.Glob(filepath.Join(e.data, "snapshots", ".tmp-*")); len(m) != 0 {
+		t.Fatalf("the half save was not cleaned: %v", m)
+	}
+	if r := e.run("up", "--from-snapshot", "half", "--name", "c"); r.code != 3 {
+		t.Fatalf("restore of a half snapshot: %s", r)
+	}
+	if row := e.row("k"); row["state"] != "failed" {
+		t.Fatalf("sandbox whose supervisor was killed during a save: %v", row)
+	}
+	e.must("down", "k")
 	e.assertClean()
 }
