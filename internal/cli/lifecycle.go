@@ -644,7 +644,9 @@ func startLine(b sandbox.BootReport) string {
 func newPauseCmd(app *App) *cobra.Command {
 	var o runtime.PauseOptions
 	cmd := controlCmd(app, "pause", "Pause a sandbox to disk: memory, device state and disk are saved and its VMM exits (--in-memory: only stop its vCPUs)",
-		func(ctx context.Context, rt *runtime.Runtime, name string) (*sandbox.State, error) { return rt.Pause(ctx, name, o) })
+		func(ctx context.Context, rt *runtime.Runtime, name string) (*sandbox.State, error) {
+			return rt.Pause(ctx, name, o)
+		})
 	cmd.Flags().BoolVar(&o.InMemory, "in-memory", false, "only stop the vCPUs; the VMM keeps the guest's RAM (and its TTL runs)")
 	cmd.Flags().BoolVar(&o.TTLPaused, "ttl-paused", false, "let the TTL run while paused to disk (by default it waits)")
 	return cmd
@@ -652,7 +654,9 @@ func newPauseCmd(app *App) *cobra.Command {
 
 func newResumeCmd(app *App) *cobra.Command {
 	return controlCmd(app, "resume", "Resume a paused sandbox (from disk: restored in place, same name and id)",
-		func(ctx context.Context, rt *runtime.Runtime, name string) (*sandbox.State, error) { return rt.Resume(ctx, name) })
+		func(ctx context.Context, rt *runtime.Runtime, name string) (*sandbox.State, error) {
+			return rt.Resume(ctx, name)
+		})
 }
 
 func controlCmd(app *App, op, short string, do func(context.Context, *runtime.Runtime, string) (*sandbox.State, error)) *cobra.Command {
