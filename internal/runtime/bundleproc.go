@@ -190,10 +190,18 @@ func (r *Runtime) StartProcess(ctx context.Context, name string, spec ProcessSpe
 	case pid := <-startedCh:
 		p.pid, p.started = pid, startTime
 	case res := <-resCh:
-		if res.err == nil {
-			res.err = errdefs.Errorf(errdefs.KindGuest, "agent protocol: process %s ended before it started", spec.ID)
+		// A quick process may have started and ended before this select
+		// ran: its start was reported all the same.
+		select {
+		case pid := <-startedCh:
+			p.pid, p.started = pid, startTime
+			resCh <- res // for the waiter below
+		default:
+			if res.err == nil {
+				res.err = errdefs.Errorf(errdefs.KindGuest, "agent protocol: process %s ended before it started", spec.ID)
+			}
+			return failed(res.err)
 		}
-		return failed(res.err)
 	case <-ctx.Done():
 		return failed(ctx.Err())
 	}

@@ -210,6 +210,16 @@ func TestBundle(t *testing.T) {
 	}
 	pw.Close()
 
+	// Processes that end at once still start (their exit may reach the
+	// host together with their start).
+	for i := 0; i < 10; i++ {
+		id := "quick" + strconv.Itoa(i)
+		start(runtime.ProcessSpec{ID: id, Env: env, Args: []string{"sh", "-c", "exit " + strconv.Itoa(i)}}, runtime.ProcessIO{})
+		if st := wait(id); st.Exit.Code != int32(i) {
+			t.Fatalf("%s: %+v", id, st.Exit)
+		}
+	}
+
 	// A command that does not exist fails the start, with its kind.
 	if _, err := rt.StartProcess(ctx, "bndl", runtime.ProcessSpec{ID: "nosuch", Env: env, Args: []string{"nosuch"}}, runtime.ProcessIO{}); !errdefs.IsNotFound(err) {
 		t.Fatalf("start of a missing command: %v", err)
