@@ -43,8 +43,9 @@ type BootRequest struct {
 	// Bundle is the OCI bundle directory; RootDir the container's root
 	// filesystem on the host (mounted by the shim).
 	Bundle, RootDir string
-	// ReadOnlyRoot is the spec's root.readonly.
+	// ReadOnlyRoot is the spec's root.readonly; Hostname its hostname.
 	ReadOnlyRoot bool
+	Hostname     string
 	Resources    Resources
 	Policy       Policy
 }

@@ -57,7 +57,7 @@ func NewRuntimeVMs(r *runtime.Runtime) (*RuntimeVMs, error) {
 // transient: the shim holds it, and it goes when the shim goes.
 func (v *RuntimeVMs) Boot(ctx context.Context, req BootRequest) (*VM, error) {
 	sb, err := v.R.UpBundle(ctx, runtime.BundleOptions{
-		BundleDir: req.Bundle, RootDir: req.RootDir, ReadOnlyRoot: req.ReadOnlyRoot,
+		BundleDir: req.Bundle, RootDir: req.RootDir, ReadOnlyRoot: req.ReadOnlyRoot, Hostname: req.Hostname,
 		CPUs: req.Resources.CPUs, MemoryMiB: req.Resources.MemoryMiB,
 		Profile: req.Policy.Profile, Allow: req.Policy.Allow, Transient: true,
 		Labels: map[string]string{

@@ -163,8 +163,8 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}
 	vm, err := s.vms.Boot(ctx, BootRequest{
 		Namespace: s.namespace, ContainerID: r.ID, Bundle: r.Bundle, RootDir: c.rootfs,
-		ReadOnlyRoot: spec.Root != nil && spec.Root.Readonly,
-		Resources:    res, Policy: pol,
+		ReadOnlyRoot: spec.Root != nil && spec.Root.Readonly, Hostname: spec.Hostname,
+		Resources: res, Policy: pol,
 	})
 	if err != nil {
 		return nil, err

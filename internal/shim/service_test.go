@@ -121,6 +121,8 @@ func TestServiceLifecycle(t *testing.T) {
 	quota, period, mem := int64(150000), uint64(100000), int64(300<<20+1)
 	dir := bundle(t, specs.Spec{
 		Process:     &specs.Process{Args: []string{"sh"}},
+		Hostname:    "box",
+		Root:        &specs.Root{Path: "rootfs", Readonly: true},
 		Annotations: map[string]string{AnnotationProfile: "standard", AnnotationAllow: "example.com:443, pypi.org"},
 		Linux:       &specs.Linux{Resources: &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: &quota, Period: &period}, Memory: &specs.LinuxMemory{Limit: &mem}}},
 	})
@@ -133,7 +135,8 @@ func TestServiceLifecycle(t *testing.T) {
 		t.Errorf("create pid %d, want the VMM's", cr.Pid)
 	}
 	b := f.booted[0]
-	if b.Resources != (Resources{CPUs: 2, MemoryMiB: 301}) || b.Policy.Profile != "standard" || strings.Join(b.Policy.Allow, ",") != "example.com:443,pypi.org" || b.Namespace != "ns" || b.ContainerID != "c1" {
+	if b.Resources != (Resources{CPUs: 2, MemoryMiB: 301}) || b.Policy.Profile != "standard" || strings.Join(b.Policy.Allow, ",") != "example.com:443,pypi.org" || b.Namespace != "ns" || b.ContainerID != "c1" ||
+		b.Hostname != "box" || !b.ReadOnlyRoot || b.RootDir != filepath.Join(dir, "rootfs") {
 		t.Errorf("boot request %+v", b)
 	}
 	if _, err := os.Stat(filepath.Join(dir, StateFile)); err != nil {
