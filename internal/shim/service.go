@@ -56,7 +56,12 @@ type container struct {
 	vm                 *VM
 	init               *process
 	execs              map[string]*process
-	runningExecs       sync.WaitGroup
+	// runningExecs counts started execs that have not exited, under
+	// Service.mu; execsGone is signalled when it drops to 0. initExiting
+	// refuses new execs once the task's process has exited.
+	runningExecs int
+	execsGone    *sync.Cond
+	initExiting  bool
 	profile            string
 }
 
@@ -133,6 +138,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}
 	c := &container{id: r.ID, bundle: r.Bundle, rootfs: filepath.Join(r.Bundle, "rootfs"), execs: map[string]*process{}, profile: pol.Profile}
+	c.execsGone = sync.NewCond(&s.mu)
 	if spec.Root != nil && spec.Root.Path != "" && len(r.Rootfs) == 0 {
 		c.rootfs = spec.Root.Path
 		if !filepath.IsAbs(c.rootfs) {
@@ -260,7 +266,16 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	p.status = task.Status_RUNNING
 	p.mu.Unlock()
 	if p.execID != "" {
-		c.runningExecs.Add(1)
+		s.mu.Lock()
+		exiting := c.initExiting
+		if !exiting {
+			c.runningExecs++
+		}
+		s.mu.Unlock()
+		if exiting {
+			p.stopUnstarted(int(syscall.SIGKILL))
+			return nil, fmt.Errorf("start %s in task %s: the task has exited: %w", p.name(), r.ID, errdefs.ErrFailedPrecondition)
+		}
 	}
 	pid, err := s.vms.Start(ctx, c.vm.ID, ProcessRequest{
 		ID: p.procID(), Process: p.spec, Init: p.execID == "",
@@ -318,14 +333,25 @@ func (s *Service) exited(c *container, p *process, status uint32) {
 	p.io.close()
 	<-p.published
 	if p.execID == "" {
+		s.mu.Lock()
+		c.initExiting = true
+		s.mu.Unlock()
 		s.killExecs(c)
-		c.runningExecs.Wait()
+		s.mu.Lock()
+		for c.runningExecs > 0 {
+			c.execsGone.Wait()
+		}
+		s.mu.Unlock()
 	}
 	if !p.setExited(status) {
 		return
 	}
 	if p.execID != "" {
-		c.runningExecs.Done()
+		s.mu.Lock()
+		if c.runningExecs--; c.runningExecs == 0 {
+			c.execsGone.Broadcast()
+		}
+		s.mu.Unlock()
 	}
 	_, pid, st, at := p.state()
 	id := p.execID
