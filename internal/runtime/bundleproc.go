@@ -180,21 +180,30 @@ func (r *Runtime) StartProcess(ctx context.Context, name string, spec ProcessSpe
 		cancel()
 		c.Close()
 		unreserve()
+		p.mu.Lock()
+		p.err = err
+		p.mu.Unlock()
+		close(p.done) // a WaitProcess that raced the start returns
 		f := inv.Fields()
 		f["process_id"] = spec.ID
 		f["outcome"] = execFailureTag(err, ctx)
 		w.chain.Append("exec.failed", st.ID, f)
 		return nil, err
 	}
+	started := func(pid int32) {
+		p.mu.Lock()
+		p.pid, p.started = pid, startTime
+		p.mu.Unlock()
+	}
 	select {
 	case pid := <-startedCh:
-		p.pid, p.started = pid, startTime
+		started(pid)
 	case res := <-resCh:
 		// A quick process may have started and ended before this select
 		// ran: its start was reported all the same.
 		select {
 		case pid := <-startedCh:
-			p.pid, p.started = pid, startTime
+			started(pid)
 			resCh <- res // for the waiter below
 		default:
 			if res.err == nil {
