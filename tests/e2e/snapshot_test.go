@@ -88,13 +88,21 @@ func TestSnapshotClones(t *testing.T) {
 
 // TestSnapshotTamperedRefused: a snapshot whose memory file has one byte
 // flipped, or is truncated, is refused before anything is created, with
-// an error that says what to do (exit 126); nothing is left behind.
+// an error that says what to do (exit 126); nothing is left behind. An
+// intact snapshot's plan is admitted again for a clone: saved under the
+// permissive profile with its acknowledgement, it is refused without.
 func TestSnapshotTamperedRefused(t *testing.T) {
 	e := newEnv(t)
-	e.upSmall("src")
+	e.extra = []string{"MVM_ACK_PERMISSIVE_RUN=1"}
+	e.upSmall("src", "--profile", "permissive")
 	e.must("snapshot", "save", "src", "flipped")
 	e.must("snapshot", "save", "src", "short")
+	e.must("snapshot", "save", "src", "intact")
 	e.must("down", "src")
+	e.extra = nil
+	if r := e.run("up", "--from-snapshot", "intact", "--name", "c"); r.code != 126 || !strings.Contains(r.stderr, "MVM_ACK_PERMISSIVE_RUN") {
+		t.Fatalf("a permissive snapshot restored without the acknowledgement: %s", r)
+	}
 	mem := filepath.Join(e.data, "snapshots", "flipped", "memory.state")
 	f, err := os.OpenFile(mem, os.O_RDWR, 0)
 	if err != nil {
