@@ -11,12 +11,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
+
+import mvm
 
 from conftest import (
     CHILD_TIMEOUT,
     child_env,
+    mvmctl,
     qemu_running,
     requires_cli,
     run_script,
@@ -178,3 +182,47 @@ def test_create_from_a_build_dir(tmp_path: Path) -> None:
         assert sb.workload_id == "app"
         assert sb.files.read("/work/data.txt") == "shipped with the image\n"
         assert sb.commands.run('echo "$GREETING"').stdout == "from the manifest\n"
+
+
+def test_snapshot_clone_pause_to_disk_and_resume(template: str) -> None:
+    """snapshot(tag) → create(from_snapshot=tag) gives a clone with the
+    source's files and its own identity; pause() saves to disk and releases
+    the sandbox; Sandbox.resume(name) brings it back where it was; missing
+    snapshots and clashing arguments are typed errors."""
+    tag = f"sdk-{os.getpid()}"
+    src = mvm.Sandbox.create(template, workload_id="sdk-snap", ttl="20m")
+    clone: Optional[mvm.Sandbox] = None
+    resumed: Optional[mvm.Sandbox] = None
+    try:
+        src.files.write("/root/mark", "before-snapshot\n")
+        info = src.snapshot(tag)
+        assert info.tag == tag and info.bytes > 0 and not info.holds_secrets
+        assert tag in [s.tag for s in mvm.Sandbox.list_snapshots()]
+
+        clone = mvm.Sandbox.create(from_snapshot=tag, ttl="10m")
+        assert clone.name != src.name and clone.info.state == "running"
+        assert clone.files.read("/root/mark") == "before-snapshot\n"
+        ids = [sb.commands.run("hostname; cat /etc/machine-id").stdout for sb in (src, clone)]
+        assert ids[1].split("\n")[0] == clone.name and ids[0] != ids[1], ids
+
+        # pause to disk: released from this process, state "paused"
+        src.commands.run("echo during > /root/during")
+        name = src.pause()
+        assert name == src.name and src.refresh().state == "paused"
+        assert src.name in sandbox_names()
+        resumed = mvm.Sandbox.resume(name)
+        assert resumed.info.state == "running"
+        assert resumed.commands.run("cat /root/mark /root/during").stdout == "before-snapshot\nduring\n"
+
+        with pytest.raises(mvm.SnapshotNotFound):
+            mvm.Sandbox.create(from_snapshot="no-such-snapshot-xyz")
+        with pytest.raises(mvm.InvalidArgument):
+            mvm.Sandbox.create(template, from_snapshot=tag)
+        mvm.Sandbox.remove_snapshot(tag)
+        with pytest.raises(mvm.SnapshotNotFound):
+            mvm.Sandbox.remove_snapshot(tag)
+    finally:
+        for sb in (clone, resumed, src):
+            if sb is not None:
+                sb.destroy()
+        mvmctl("snapshot", "rm", tag)

@@ -153,6 +153,9 @@ def test_exit_codes_map_to_typed_errors(
         (9, "refused", "unsafe", mvm.CLIError),
         (7, "failed_precondition", "not_empty", mvm.CLIError),
         (1, "failed_precondition", "no_stdin", mvm.CLIError),
+        (3, "not_found", "snapshot", mvm.SnapshotNotFound),
+        (126, "refused", "integrity", mvm.SnapshotError),
+        (1, "failed_precondition", "snapshot", mvm.SnapshotError),
     ],
 )
 def test_json_error_kinds_map_to_typed_errors(
@@ -370,3 +373,77 @@ def test_record_mode_refuses_reads_and_bad_modes(tmp_path: Path, monkeypatch: py
     monkeypatch.delenv("MVM_SDK_OUT_PATH")
     with pytest.raises(mvm.ModeError, match="MVM_SDK_OUT_PATH"):
         mvm.Sandbox.create("minimal")
+
+
+# -- snapshots, pause and resume (argv and errors against the stand-in CLI) ---
+
+SANDBOX_JSON = json.dumps({"name": "fake", "id": "0", "state": "running"})
+SNAPSHOT_JSON = json.dumps({"tag": "t1", "created": "2026-11-30T01:00:00Z", "source": "fake", "image": "minimal",
+                            "image_digest": "sha256:ab", "cpus": 1, "memory_mib": 256, "bytes": 1234,
+                            "holds_secrets": False})
+
+
+def test_snapshot_pause_resume_argv(fake_cli: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sb = fake_sandbox()
+    monkeypatch.setenv("FAKE_STDOUT", SNAPSHOT_JSON)
+    snap = sb.snapshot("t1")
+    assert (snap.tag, snap.bytes, snap.memory_mib, snap.holds_secrets) == ("t1", 1234, 256, False)
+    monkeypatch.setenv("FAKE_STDOUT", json.dumps({"schema_version": 1, "snapshots": [json.loads(SNAPSHOT_JSON)]}))
+    assert [s.tag for s in mvm.Sandbox.list_snapshots()] == ["t1"]
+    monkeypatch.setenv("FAKE_STDOUT", SANDBOX_JSON.replace("running", "paused"))
+    assert sb.pause(in_memory=True) == "fake" and sb.info.state == "paused"
+    assert sb.pause() == "fake"
+    monkeypatch.setenv("FAKE_STDOUT", SANDBOX_JSON)
+    assert sb.resume() is sb and sb.info.state == "running"
+    other = mvm.Sandbox.resume("fake")
+    assert isinstance(other, mvm.Sandbox) and other is not sb and other.info.state == "running"
+    monkeypatch.setenv("FAKE_STDOUT", "")
+    mvm.Sandbox.remove_snapshot("t1")
+    monkeypatch.setenv("FAKE_STDOUT", SANDBOX_JSON)
+    clone = mvm.Sandbox.create(from_snapshot="t1", name="c1", ttl="5m")
+    clone.detach()
+    assert calls(tmp_path) == [
+        "snapshot save fake t1 --json",
+        "snapshot ls --json",
+        "pause fake --json --in-memory",
+        "pause fake --json",
+        "resume fake --json",
+        "resume fake --json",
+        "snapshot rm t1",
+        "up --from-snapshot t1 --name c1 --json --ttl 300s",
+    ]
+
+
+def test_snapshot_arguments_are_checked_on_the_host(fake_cli: Path, tmp_path: Path) -> None:
+    for bad in ("", "Tag", "-t", "a/b", "a b", "x" * 64):
+        with pytest.raises(mvm.InvalidArgument):
+            fake_sandbox().snapshot(bad)
+        with pytest.raises(mvm.InvalidArgument):
+            mvm.Sandbox.create(from_snapshot=bad)
+        with pytest.raises(mvm.InvalidArgument):
+            mvm.Sandbox.remove_snapshot(bad)
+    for kw in ({"cpus": 2}, {"memory_mb": 512}, {"env": {"A": "b"}}, {"network": ["x.org"]},
+               {"ports": [80]}, {"mounts": ["./a:/a"]}, {"allow_rw_mount": True}):
+        with pytest.raises(mvm.InvalidArgument, match="from_snapshot cannot be combined"):
+            mvm.Sandbox.create(from_snapshot="t1", **kw)
+    with pytest.raises(mvm.InvalidArgument, match="template"):
+        mvm.Sandbox.create("minimal", from_snapshot="t1")
+    with pytest.raises(mvm.InvalidArgument):
+        mvm.Sandbox.resume("Bad Name")
+    assert not (tmp_path / "log").exists()  # nothing reached the CLI
+
+
+def test_snapshot_not_found_is_typed(fake_cli: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_CODE", "3")
+    monkeypatch.setenv("FAKE_STDERR", 'snapshot "nope": snapshot not found')
+    with pytest.raises(mvm.SnapshotNotFound):  # exit 3 of `snapshot rm` (no --json) is the snapshot
+        mvm.Sandbox.remove_snapshot("nope")
+    monkeypatch.setenv("FAKE_STDOUT", json.dumps({"error": {"kind": "not_found", "reason": "snapshot",
+                                                            "message": "no snapshot nope"}}))
+    with pytest.raises(mvm.SnapshotNotFound):
+        mvm.Sandbox.create(from_snapshot="nope")
+    monkeypatch.setenv("FAKE_CODE", "126")
+    monkeypatch.setenv("FAKE_STDOUT", json.dumps({"error": {"kind": "refused", "reason": "integrity",
+                                                            "message": "failed verification"}}))
+    with pytest.raises(mvm.SnapshotError):
+        mvm.Sandbox.resume("fake")

@@ -11,6 +11,8 @@ import {
   MvmError,
   PolicyDenied,
   SandboxNotFound,
+  SnapshotError,
+  SnapshotNotFound,
   TransportError,
   Unsupported,
   type MvmErrorOptions,
@@ -101,6 +103,10 @@ type ErrorClass = new (message: string, opts: MvmErrorOptions) => MvmError;
  * exit codes); null leaves the choice to the exit code.
  */
 function errorOfKind(kind: string, reason: string): ErrorClass | null {
+  if (reason === "snapshot" || reason === "integrity") {
+    if (kind === "not_found") return SnapshotNotFound;
+    if (kind === "refused" || kind === "failed_precondition") return SnapshotError;
+  }
   switch (kind) {
     case "not_found":
       if (reason === "sandbox") return SandboxNotFound;

@@ -30,6 +30,16 @@ export class CLIError extends MvmError {}
 /** No sandbox of that name exists (CLI exit 3). */
 export class SandboxNotFound extends CLIError {}
 
+/** No snapshot of that tag exists (`mvmctl snapshot ls` lists them). */
+export class SnapshotNotFound extends CLIError {}
+
+/**
+ * A snapshot (or a sandbox paused to disk) cannot be restored: it failed
+ * verification (tampered or truncated: refused, never restored) or it does
+ * not match this host (another QEMU, kernel or image).
+ */
+export class SnapshotError extends CLIError {}
+
 /**
  * A command ran past its timeout (CLI exit 124). `result` holds what the
  * command printed before it was killed (commands.run), or null

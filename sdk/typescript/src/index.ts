@@ -5,7 +5,7 @@
 //   await sandbox.files.write("/app/main.py", "print('hello')");
 //   await sandbox.commands.start(["python", "/app/main.py"]);
 
-export { Sandbox, Ports, type SandboxInfo, type CreateOptions, type PortForward } from "./sandbox.js";
+export { Sandbox, Ports, type SandboxInfo, type SnapshotInfo, type CreateOptions, type PortForward } from "./sandbox.js";
 export {
   Commands,
   CommandHandle,
@@ -20,6 +20,8 @@ export {
   MvmError,
   CLIError,
   SandboxNotFound,
+  SnapshotNotFound,
+  SnapshotError,
   CommandTimeout,
   PolicyDenied,
   TransportError,

@@ -8,7 +8,7 @@ import * as path from "node:path";
 import * as cli from "./cli.js";
 import { register, unregister } from "./cleanup.js";
 import { Commands, type CommandHandle } from "./commands.js";
-import { InvalidArgument, MvmError, SandboxNotFound, TransportError, Unsupported } from "./errors.js";
+import { InvalidArgument, MvmError, SandboxNotFound, SnapshotNotFound, TransportError, Unsupported } from "./errors.js";
 import { Files } from "./files.js";
 import { Recording, literalEnv, sdkMode } from "./record.js";
 import * as v from "./validate.js";
@@ -54,6 +54,42 @@ export function sandboxInfo(o: unknown): SandboxInfo {
   };
 }
 
+/** A snapshot as `mvmctl snapshot save/ls --json` describes it. */
+export interface SnapshotInfo {
+  tag: string;
+  created: string | null;
+  source: string;
+  image: string;
+  imageDigest: string;
+  cpus: number;
+  memoryMib: number;
+  bytes: number;
+  holdsSecrets: boolean;
+  raw: Record<string, unknown>;
+}
+
+export function snapshotInfo(o: unknown): SnapshotInfo {
+  if (!o || typeof o !== "object" || typeof (o as Record<string, unknown>).tag !== "string") {
+    throw new TransportError("expected a snapshot object with a tag");
+  }
+  const r = o as Record<string, unknown>;
+  return {
+    tag: r.tag as string,
+    created: typeof r.created === "string" ? r.created : null,
+    source: String(r.source ?? ""),
+    image: String(r.image ?? ""),
+    imageDigest: String(r.image_digest ?? ""),
+    cpus: Number(r.cpus ?? 0),
+    memoryMib: Number(r.memory_mib ?? 0),
+    bytes: Number(r.bytes ?? 0),
+    holdsSecrets: Boolean(r.holds_secrets),
+    raw: r,
+  };
+}
+
+/** What fromSnapshot cannot be combined with: a clone runs the snapshot's image, resources, environment, network and attachments. */
+const NOT_WITH_SNAPSHOT = ["cpus", "memoryMb", "env", "network", "ports", "mounts", "secrets", "allowRwMount"] as const;
+
 export interface CreateOptions {
   /** Sandbox name (default: sdk-<workloadId>-<8 hex>). */
   name?: string;
@@ -77,6 +113,14 @@ export interface CreateOptions {
   /** Env variables (or /run/secrets/FILE) to secret(NAME); values never pass through the SDK. */
   secrets?: Record<string, Secret>;
   allowRwMount?: boolean;
+  /**
+   * Start a clone of snapshot TAG (sb.snapshot(tag)) instead of booting: its
+   * memory, processes and files as they were, with its own name, disk copy
+   * and a fresh identity (RNG seed, clock, hostname, machine-id). Takes no
+   * template and none of cpus, memoryMb, env, network, ports, mounts,
+   * secrets, allowRwMount (the snapshot's apply).
+   */
+  fromSnapshot?: string;
 }
 
 /** A published port: host:hostPort on the host reaches guestPort in the sandbox. */
@@ -196,7 +240,23 @@ export class Sandbox implements AsyncDisposable, Disposable {
    * digest) or a build directory holding mvm.toml ("./app"), and wait until
    * it is ready.
    */
-  static async create(template: string, opts: CreateOptions = {}): Promise<Sandbox> {
+  static async create(template: string, opts?: CreateOptions): Promise<Sandbox>;
+  /** Start a clone of a snapshot: `Sandbox.create({ fromSnapshot: "tag" })`. */
+  static async create(opts: CreateOptions & { fromSnapshot: string }): Promise<Sandbox>;
+  static async create(templateOrOpts: string | CreateOptions, maybeOpts: CreateOptions = {}): Promise<Sandbox> {
+    const fromOpts = typeof templateOrOpts === "object" && templateOrOpts !== null;
+    const opts: CreateOptions = fromOpts ? (templateOrOpts as CreateOptions) : maybeOpts;
+    if (opts.fromSnapshot !== undefined) {
+      const clash: string[] = fromOpts ? [] : ["template"];
+      for (const k of NOT_WITH_SNAPSHOT) if (opts[k] !== undefined && opts[k] !== false) clash.push(k);
+      if (clash.length > 0) {
+        throw new InvalidArgument(
+          `fromSnapshot cannot be combined with ${clash.join(", ")}: a clone runs the snapshot's image, resources, environment, network and secrets`,
+        );
+      }
+      return Sandbox.createFromSnapshot(v.snapshotTag(opts.fromSnapshot), opts);
+    }
+    const template = templateOrOpts;
     if (typeof template !== "string" || !template.trim()) {
       throw new InvalidArgument("template: expected a non-empty template name or directory");
     }
@@ -260,6 +320,73 @@ export class Sandbox implements AsyncDisposable, Disposable {
     }
     unregister(pending);
     return new Sandbox(sandboxInfo(cli.parseJSON(done)), { cli: c, owned: true, workloadId: wid });
+  }
+
+  private static async createFromSnapshot(tag: string, opts: CreateOptions): Promise<Sandbox> {
+    const wid = v.workloadId(opts.workloadId, tag);
+    if (opts.name !== undefined) v.sandboxName(opts.name);
+    const ttl = v.ttlSeconds(opts.ttl);
+    if (sdkMode() === "record") throw new Unsupported("fromSnapshot is not available in record mode");
+    const c = new cli.CLI();
+    const name = opts.name ?? `sdk-${wid.slice(0, 24).replace(/-+$/, "")}-${randomBytes(4).toString("hex")}`;
+    const args = ["up", "--from-snapshot", tag, "--name", name, "--json", "--ttl", `${ttl}s`];
+    const pending = { cleanupSync: () => void c.callSync(["down", name], 60_000) };
+    register(pending);
+    let done: cli.Completed;
+    try {
+      done = await c.call(args, { timeoutMs: cli.createTimeoutMs(), what: "up" });
+    } catch (e) {
+      unregister(pending);
+      if (e instanceof TransportError) await c.call(["down", name], { ok: () => true }).catch(() => undefined);
+      if (e instanceof Unsupported) {
+        throw new Unsupported("fromSnapshot needs `mvmctl up --from-snapshot TAG`, which this mvmctl lacks", {
+          exitCode: e.exitCode,
+          argv: e.argv,
+          stderr: e.stderr,
+        });
+      }
+      throw e;
+    }
+    unregister(pending);
+    return new Sandbox(sandboxInfo(cli.parseJSON(done)), { cli: c, owned: true, workloadId: wid });
+  }
+
+  /**
+   * Resume a paused sandbox by name and return it, connected (not owned, as
+   * connect(): destroy() or an `await using` block stops it). A sandbox
+   * paused to disk continues where it was (processes keep running, open
+   * files stay open) with its RNG reseeded and its clock set from the host.
+   * Throws SandboxNotFound, or SnapshotError when the saved state fails
+   * verification.
+   */
+  static async resume(name: string): Promise<Sandbox> {
+    v.sandboxName(name);
+    if (sdkMode() === "record") throw new Unsupported("Sandbox.resume() is not available in record mode");
+    const c = new cli.CLI();
+    const done = await c.call(["resume", name, "--json"], { timeoutMs: cli.createTimeoutMs(), what: "resume" });
+    return new Sandbox(sandboxInfo(cli.parseJSON(done)), { cli: c });
+  }
+
+  /** The snapshots on this host (`mvmctl snapshot ls --json`). */
+  static async listSnapshots(): Promise<SnapshotInfo[]> {
+    if (sdkMode() === "record") throw new Unsupported("Sandbox.listSnapshots() is not available in record mode");
+    const obj = cli.parseJSON(await new cli.CLI().call(["snapshot", "ls", "--json"], { what: "snapshot ls" }));
+    const items = obj && typeof obj === "object" ? (obj as Record<string, unknown>).snapshots : undefined;
+    if (!Array.isArray(items)) throw new TransportError('snapshot ls --json: expected {"snapshots": [...]}');
+    return items.filter((x) => x && typeof x === "object" && !(x as Record<string, unknown>).invalid).map(snapshotInfo);
+  }
+
+  /** Remove a snapshot (sandboxes started from it are not affected). Throws SnapshotNotFound. */
+  static async removeSnapshot(tag: string): Promise<void> {
+    v.snapshotTag(tag);
+    if (sdkMode() === "record") throw new Unsupported("Sandbox.removeSnapshot() is not available in record mode");
+    try {
+      await new cli.CLI().call(["snapshot", "rm", tag], { what: "snapshot rm" });
+    } catch (e) {
+      // exit 3 without --json: here, the snapshot
+      if (e instanceof SandboxNotFound) throw new SnapshotNotFound(e.message, { exitCode: e.exitCode, argv: e.argv, stderr: e.stderr });
+      throw e;
+    }
   }
 
   /** Attach to an existing sandbox (e.g. one another process created and detached). */
@@ -350,17 +477,48 @@ export class Sandbox implements AsyncDisposable, Disposable {
     return obj as Record<string, unknown>;
   }
 
-  /** Pause the sandbox's vCPUs (commands fail until resume()). */
-  async pause(): Promise<void> {
+  /**
+   * Pause the sandbox and return its name. By default its memory, device
+   * state and disk are saved and its VM exits: a paused sandbox holds no RAM
+   * or CPU, and survives this process, its supervisor and a host reboot.
+   * Pausing to disk releases the sandbox from this process (as detach()
+   * does) so that it is still there to resume: Sandbox.resume(name) from any
+   * process, or resume() on this object. `inMemory: true` only freezes the
+   * vCPUs (the VM keeps its RAM; ownership does not change). Commands fail
+   * until resumed.
+   */
+  async pause(opts: { inMemory?: boolean } = {}): Promise<string> {
     if (this._recording) throw new Unsupported("pause() is not available in record mode");
-    await this._cli.call(["pause", this._liveName()], { what: "pause" });
-    this._info.state = "paused";
+    const args = ["pause", this._liveName(), "--json", ...(opts.inMemory ? ["--in-memory"] : [])];
+    const done = await this._cli.call(args, { timeoutMs: cli.createTimeoutMs(), what: "pause" });
+    this._info = sandboxInfo(cli.parseJSON(done));
+    if (!opts.inMemory) this.detach();
+    return this.name;
   }
 
-  async resume(): Promise<void> {
+  /** Resume this sandbox (paused to disk or in memory) and return it. */
+  async resume(): Promise<Sandbox> {
     if (this._recording) throw new Unsupported("resume() is not available in record mode");
-    await this._cli.call(["resume", this._liveName()], { what: "resume" });
-    this._info.state = "running";
+    const done = await this._cli.call(["resume", this._liveName(), "--json"], { timeoutMs: cli.createTimeoutMs(), what: "resume" });
+    this._info = sandboxInfo(cli.parseJSON(done));
+    return this;
+  }
+
+  /**
+   * Save the sandbox's memory, device state and disk as snapshot `tag`
+   * (`mvmctl snapshot save`); the sandbox keeps running. Start clones with
+   * Sandbox.create({ fromSnapshot: tag }). A snapshot holds whatever the
+   * guest's memory holds (secrets included: see holdsSecrets); it is stored
+   * mode 0600 under the data directory.
+   */
+  async snapshot(tag: string): Promise<SnapshotInfo> {
+    v.snapshotTag(tag);
+    if (this._recording) throw new Unsupported("snapshot() is not available in record mode");
+    const done = await this._cli.call(["snapshot", "save", this._liveName(), tag, "--json"], {
+      timeoutMs: cli.createTimeoutMs(),
+      what: "snapshot save",
+    });
+    return snapshotInfo(cli.parseJSON(done));
   }
 
   /** Leave the sandbox running after this process exits (its TTL still applies); returns its name. */

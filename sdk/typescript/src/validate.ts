@@ -99,6 +99,17 @@ export function workloadId(value: string | undefined | null, template: string): 
   return slug.slice(0, 63).replace(/-+$/, "") || "sandbox";
 }
 
+const TAG = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+
+export function snapshotTag(tag: unknown): string {
+  if (typeof tag !== "string" || !TAG.test(tag)) {
+    throw new InvalidArgument(
+      `snapshot tag ${JSON.stringify(tag)}: use 1-63 lowercase letters, digits, '.', '_' and '-', starting with a letter or digit`,
+    );
+  }
+  return tag;
+}
+
 export function sandboxName(name: unknown): string {
   if (typeof name !== "string" || !NAME.test(name)) {
     throw new InvalidArgument(

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { describe, test } from "node:test";
-import { Sandbox } from "../src/index.js";
+import { InvalidArgument, Sandbox, SnapshotNotFound } from "../src/index.js";
 import { CHILD_TIMEOUT_MS, mvmctl, qemuRunning, fixture, runNode, sandboxNames, setupEnv, waitGone } from "./helpers.js";
 
 const haveCli = setupEnv();
@@ -93,5 +93,40 @@ describe("lifecycle", { skip: haveCli ? false : "no mvmctl: set MVM_CLI_BIN or r
     }
     assert.equal(body, "hello from the guest\n");
     await server.kill();
+  });
+  test("snapshot, clone, pause to disk, resume by name", async () => {
+    const tag = `sdk-ts-${process.pid}`;
+    const src = await Sandbox.create(TEMPLATE, { workloadId: "sdk-snap", ttl: "20m" });
+    const made: Sandbox[] = [src];
+    try {
+      await src.files.write("/root/mark", "before-snapshot\n");
+      const info = await src.snapshot(tag);
+      assert.ok(info.tag === tag && info.bytes > 0 && !info.holdsSecrets);
+      assert.ok((await Sandbox.listSnapshots()).some((s) => s.tag === tag));
+
+      const clone = await Sandbox.create({ fromSnapshot: tag, ttl: "10m" });
+      made.push(clone);
+      assert.notEqual(clone.name, src.name);
+      assert.equal(await clone.files.read("/root/mark"), "before-snapshot\n");
+      const ids = await Promise.all([src, clone].map(async (sb) => (await sb.commands.run("hostname; cat /etc/machine-id")).stdout));
+      assert.equal(ids[1]!.split("\n")[0], clone.name);
+      assert.notEqual(ids[0], ids[1]);
+
+      await src.commands.run("echo during > /root/during");
+      const name = await src.pause();
+      assert.equal((await src.refresh()).state, "paused");
+      const resumed = await Sandbox.resume(name);
+      made.push(resumed);
+      assert.equal(resumed.info.state, "running");
+      assert.equal((await resumed.commands.run("cat /root/mark /root/during")).stdout, "before-snapshot\nduring\n");
+
+      await assert.rejects(Sandbox.create({ fromSnapshot: "no-such-snapshot-xyz" }), SnapshotNotFound);
+      await assert.rejects(Sandbox.create(TEMPLATE, { fromSnapshot: tag }), InvalidArgument);
+      await Sandbox.removeSnapshot(tag);
+      await assert.rejects(Sandbox.removeSnapshot(tag), SnapshotNotFound);
+    } finally {
+      for (const sb of made.reverse()) await sb.destroy().catch(() => undefined);
+      mvmctl("snapshot", "rm", tag);
+    }
   });
 });

@@ -2,7 +2,7 @@
 // replaying an exit code and message), record mode, CLI discovery.
 
 import assert from "node:assert/strict";
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, test } from "node:test";
 import * as sdk from "../src/index.js";
@@ -104,6 +104,9 @@ describe("stand-in CLI", () => {
     [9, "refused", "unsafe", sdk.CLIError],
     [7, "failed_precondition", "not_empty", sdk.CLIError],
     [1, "failed_precondition", "no_stdin", sdk.CLIError],
+    [3, "not_found", "snapshot", sdk.SnapshotNotFound],
+    [126, "refused", "integrity", sdk.SnapshotError],
+    [1, "failed_precondition", "snapshot", sdk.SnapshotError],
   ];
   for (const [code, kind, reason, cls] of kindCases) {
     test(`--json error kind ${kind}/${reason || "-"} maps to ${cls.name}`, async () => {
@@ -219,6 +222,69 @@ describe("stand-in CLI", () => {
     assert.ok(lastCall()!.includes("--network dev") && lastCall()!.endsWith(":8000"));
     await assert.rejects(sdk.Sandbox.create("minimal", { network: ["bad host!"] }), sdk.InvalidArgument);
     await assert.rejects(sdk.Sandbox.create("minimal", { ports: ["x:y"] }), sdk.InvalidArgument);
+  });
+
+  test("snapshot, pause, resume and fromSnapshot argv", async () => {
+    const sb = fakeSandbox();
+    const snap = { tag: "t1", created: "2026-11-30T01:00:00Z", source: "fake", image: "minimal", cpus: 1, memory_mib: 256, bytes: 1234, holds_secrets: false };
+    process.env.FAKE_STDOUT = JSON.stringify(snap);
+    const info = await sb.snapshot("t1");
+    assert.deepEqual([info.tag, info.bytes, info.memoryMib, info.holdsSecrets], ["t1", 1234, 256, false]);
+    process.env.FAKE_STDOUT = JSON.stringify({ schema_version: 1, snapshots: [snap] });
+    assert.deepEqual((await sdk.Sandbox.listSnapshots()).map((s) => s.tag), ["t1"]);
+    process.env.FAKE_STDOUT = JSON.stringify({ name: "fake", id: "0", state: "paused" });
+    assert.equal(await sb.pause({ inMemory: true }), "fake");
+    assert.equal(sb.info.state, "paused");
+    assert.equal(await sb.pause(), "fake");
+    process.env.FAKE_STDOUT = JSON.stringify({ name: "fake", id: "0", state: "running" });
+    assert.equal(await sb.resume(), sb);
+    assert.equal(sb.info.state, "running");
+    const other = await sdk.Sandbox.resume("fake");
+    assert.ok(other instanceof sdk.Sandbox && other !== sb);
+    process.env.FAKE_STDOUT = "";
+    await sdk.Sandbox.removeSnapshot("t1");
+    process.env.FAKE_STDOUT = JSON.stringify({ name: "c1", id: "1", state: "running" });
+    const clone = await sdk.Sandbox.create({ fromSnapshot: "t1", name: "c1", ttl: "5m" });
+    clone.detach();
+    assert.deepEqual(readFileSync(path.join(dir, "log"), "utf8").trim().split("\n"), [
+      "snapshot save fake t1 --json",
+      "snapshot ls --json",
+      "pause fake --json --in-memory",
+      "pause fake --json",
+      "resume fake --json",
+      "resume fake --json",
+      "snapshot rm t1",
+      "up --from-snapshot t1 --name c1 --json --ttl 300s",
+    ]);
+  });
+
+  test("snapshot arguments are checked on the host", async () => {
+    for (const bad of ["", "Tag", "-t", "a/b", "a b", "x".repeat(64)]) {
+      await assert.rejects(fakeSandbox().snapshot(bad), sdk.InvalidArgument);
+      await assert.rejects(sdk.Sandbox.create({ fromSnapshot: bad }), sdk.InvalidArgument);
+      await assert.rejects(sdk.Sandbox.removeSnapshot(bad), sdk.InvalidArgument);
+    }
+    const clashes: sdk.CreateOptions[] = [
+      { cpus: 2 }, { memoryMb: 512 }, { env: { A: "b" } }, { network: ["x.org"] }, { ports: [80] }, { mounts: ["./a:/a"] }, { allowRwMount: true },
+    ];
+    for (const o of clashes) {
+      await assert.rejects(sdk.Sandbox.create({ ...o, fromSnapshot: "t1" }), /fromSnapshot cannot be combined/);
+    }
+    await assert.rejects(sdk.Sandbox.create("minimal", { fromSnapshot: "t1" }), /template/);
+    await assert.rejects(sdk.Sandbox.resume("Bad Name"), sdk.InvalidArgument);
+    assert.ok(!existsSync(path.join(dir, "log"))); // nothing reached the CLI
+  });
+
+  test("a missing snapshot is SnapshotNotFound", async () => {
+    Object.assign(process.env, { FAKE_CODE: "3", FAKE_STDERR: 'snapshot "nope": snapshot not found' });
+    await assert.rejects(sdk.Sandbox.removeSnapshot("nope"), sdk.SnapshotNotFound);
+    process.env.FAKE_STDOUT = JSON.stringify({ error: { kind: "not_found", reason: "snapshot", message: "no snapshot nope" } });
+    await assert.rejects(sdk.Sandbox.create({ fromSnapshot: "nope" }), sdk.SnapshotNotFound);
+    Object.assign(process.env, {
+      FAKE_CODE: "126",
+      FAKE_STDOUT: JSON.stringify({ error: { kind: "refused", reason: "integrity", message: "failed verification" } }),
+    });
+    await assert.rejects(sdk.Sandbox.resume("fake"), sdk.SnapshotError);
   });
 
   test("create flags, build dirs, idempotent destroy", async () => {

@@ -26,6 +26,8 @@ from ._errors import (
     MvmError,
     PolicyDenied,
     SandboxNotFound,
+    SnapshotError,
+    SnapshotNotFound,
     TransportError,
     Unsupported,
 )
@@ -49,7 +51,7 @@ from ._declare import (
 )
 from ._files import EntryInfo, Files
 from ._secrets import Secret, secret
-from ._sandbox import PortForward, Ports, Sandbox, SandboxInfo
+from ._sandbox import PortForward, Ports, Sandbox, SandboxInfo, SnapshotInfo
 
 __version__ = "0.1.0"
 
@@ -58,6 +60,7 @@ __all__ = [
     "Secret",
     "secret",
     "SandboxInfo",
+    "SnapshotInfo",
     "Commands",
     "CommandResult",
     "CommandHandle",
@@ -70,6 +73,8 @@ __all__ = [
     "MvmError",
     "CLIError",
     "SandboxNotFound",
+    "SnapshotNotFound",
+    "SnapshotError",
     "CommandTimeout",
     "PolicyDenied",
     "TransportError",

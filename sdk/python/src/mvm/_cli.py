@@ -18,6 +18,8 @@ from ._errors import (
     MvmError,
     PolicyDenied,
     SandboxNotFound,
+    SnapshotError,
+    SnapshotNotFound,
     TransportError,
     Unsupported,
 )
@@ -101,6 +103,11 @@ def json_error(stdout: bytes) -> Optional[Dict[str, str]]:
 def _error_of_kind(kind: str, reason: str) -> Optional[type]:
     """The typed error of an error kind of the CLI's one error model (see
     docs/cli.md, exit codes); ``None`` leaves the choice to the exit code."""
+    if reason in ("snapshot", "integrity"):
+        if kind == "not_found":
+            return SnapshotNotFound
+        if kind in ("refused", "failed_precondition"):
+            return SnapshotError
     if kind == "not_found":
         if reason == "sandbox":
             return SandboxNotFound

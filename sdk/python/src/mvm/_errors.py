@@ -70,6 +70,16 @@ class PolicyDenied(CLIError):
     image refusing ad-hoc exec or file writes, a network rule, ...)."""
 
 
+class SnapshotNotFound(CLIError):
+    """No snapshot of that tag exists (``mvmctl snapshot ls`` lists them)."""
+
+
+class SnapshotError(CLIError):
+    """A snapshot (or a sandbox paused to disk) cannot be restored: it failed
+    verification (tampered or truncated: refused, never restored) or it does
+    not match this host (another QEMU, kernel or image)."""
+
+
 class TransportError(MvmError):
     """The SDK could not talk to the sandbox: ``mvmctl`` is missing or hung,
     its output was not what the contract says, or mvm itself failed (CLI
@@ -98,6 +108,8 @@ __all__ = [
     "MvmError",
     "CLIError",
     "SandboxNotFound",
+    "SnapshotNotFound",
+    "SnapshotError",
     "CommandTimeout",
     "PolicyDenied",
     "TransportError",

@@ -7,7 +7,7 @@ import secrets as _random
 import threading
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Type, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Type, Union, overload
 
 from . import _cleanup
 from . import _cli
@@ -15,8 +15,10 @@ from . import _validate as v
 from ._commands import CommandHandle, Commands
 from . import _secrets
 from ._errors import (
+    InvalidArgument,
     MvmError,
     SandboxNotFound,
+    SnapshotNotFound,
     TransportError,
     Unsupported,
 )
@@ -63,6 +65,63 @@ class SandboxInfo:
             transient=bool(obj.get("transient")),
             raw=dict(obj),
         )
+
+
+@dataclass
+class SnapshotInfo:
+    """A snapshot as ``mvmctl snapshot save/ls --json`` describes it."""
+
+    tag: str
+    created: Optional[str] = None
+    source: str = ""
+    image: str = ""
+    image_digest: str = ""
+    cpus: int = 0
+    memory_mib: int = 0
+    bytes: int = 0
+    holds_secrets: bool = False
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "SnapshotInfo":
+        if not isinstance(obj, dict) or not isinstance(obj.get("tag"), str):
+            raise TransportError("expected a snapshot object with a tag")
+        return cls(
+            tag=obj["tag"],
+            created=obj.get("created"),
+            source=str(obj.get("source", "")),
+            image=str(obj.get("image", "")),
+            image_digest=str(obj.get("image_digest", "")),
+            cpus=int(obj.get("cpus") or 0),
+            memory_mib=int(obj.get("memory_mib") or 0),
+            bytes=int(obj.get("bytes") or 0),
+            holds_secrets=bool(obj.get("holds_secrets")),
+            raw=dict(obj),
+        )
+
+
+class _Resume:
+    """``Sandbox.resume(name)`` on the class (resume a paused sandbox by
+    name and return it, connected), ``sandbox.resume()`` on an instance
+    (resume that one)."""
+
+    @overload
+    def __get__(self, obj: None, owner: Type["Sandbox"]) -> Callable[[str], "Sandbox"]: ...
+
+    @overload
+    def __get__(self, obj: "Sandbox", owner: Type["Sandbox"]) -> Callable[[], "Sandbox"]: ...
+
+    def __get__(
+        self, obj: Optional["Sandbox"], owner: Type["Sandbox"]
+    ) -> Union[Callable[[str], "Sandbox"], Callable[[], "Sandbox"]]:
+        if obj is None:
+            return owner._resume_named
+        return obj._resume_self
+
+
+#: What ``from_snapshot`` cannot be combined with: a clone runs the
+#: snapshot's image, resources, environment, network and attachments.
+_NOT_WITH_SNAPSHOT = ("cpus", "memory_mb", "env", "network", "ports", "mounts", "secrets")
 
 
 @dataclass
@@ -188,7 +247,7 @@ class Sandbox:
     @classmethod
     def create(
         cls,
-        template: str,
+        template: Optional[str] = None,
         *,
         name: Optional[str] = None,
         workload_id: Optional[str] = None,
@@ -201,6 +260,7 @@ class Sandbox:
         mounts: Optional[Sequence[str]] = None,
         secrets: Optional[Mapping[str, _secrets.Secret]] = None,
         allow_rw_mount: bool = False,
+        from_snapshot: Optional[str] = None,
     ) -> "Sandbox":
         """Boot a sandbox from a template (``"python"``, ``"minimal"``, an
         image name or digest) or a build directory holding ``mvm.toml``
@@ -215,7 +275,31 @@ class Sandbox:
         ``mounts`` are host directories (read-only unless ``:rw`` and
         ``allow_rw_mount``) or volumes: ``["./src:/work", "cache:/cache"]``.
         ``secrets`` maps env variables (or ``/run/secrets/FILE``) to
-        ``mvm.secret(NAME)``; values never pass through the SDK."""
+        ``mvm.secret(NAME)``; values never pass through the SDK.
+
+        ``from_snapshot=TAG`` starts a clone of a snapshot
+        (:meth:`snapshot`) instead of booting: its memory, processes and
+        files as they were, with its own name, disk copy and a fresh
+        identity (RNG seed, clock, hostname, machine-id). It takes no
+        ``template`` and none of ``cpus``, ``memory_mb``, ``env``,
+        ``network``, ``ports``, ``mounts``, ``secrets`` (the snapshot's
+        apply). Raises :class:`SnapshotNotFound` or :class:`SnapshotError`."""
+        if from_snapshot is not None:
+            given = dict(cpus=cpus, memory_mb=memory_mb, env=env, network=network, ports=ports,
+                         mounts=mounts, secrets=secrets)
+            clash = [k for k in _NOT_WITH_SNAPSHOT if given[k] is not None]
+            if template is not None:
+                clash.insert(0, "template")
+            if allow_rw_mount:
+                clash.append("allow_rw_mount")
+            if clash:
+                raise InvalidArgument(
+                    f"from_snapshot cannot be combined with {', '.join(clash)}: a clone runs the "
+                    "snapshot's image, resources, environment, network and secrets"
+                )
+            return cls._create_from_snapshot(
+                v.snapshot_tag(from_snapshot), name=name, workload_id=workload_id, ttl=ttl
+            )
         if not isinstance(template, str) or not template.strip():
             raise v.InvalidArgument("template: expected a non-empty template name or directory")
         wid = v.workload_id(workload_id, template)
@@ -286,6 +370,66 @@ class Sandbox:
             raise
         info = SandboxInfo.from_json(done.json())
         return cls(info, cli=cli, owned=True, workload_id=wid)
+
+    @classmethod
+    def _create_from_snapshot(
+        cls, tag: str, *, name: Optional[str], workload_id: Optional[str], ttl: v.TTL
+    ) -> "Sandbox":
+        wid = v.workload_id(workload_id, tag)
+        if name is not None:
+            v.sandbox_name(name)
+        ttl_s = v.ttl_seconds(ttl)
+        if sdk_mode() == "record":
+            raise Unsupported("from_snapshot is not available in record mode")
+        _cleanup.install()
+        cli = _cli.CLI()
+        sb_name = name or f"sdk-{wid[:24].rstrip('-')}-{_random.token_hex(4)}"
+        args = ["up", "--from-snapshot", tag, "--name", sb_name, "--json", "--ttl", f"{ttl_s}s"]
+        try:
+            done = cli.call(args, timeout=_cli.create_timeout(), what="up")
+        except (TransportError, KeyboardInterrupt, SystemExit):
+            _cleanup.run_uninterrupted([cli.binary, "down", sb_name], 60)
+            raise
+        except Unsupported as exc:
+            raise Unsupported(
+                "from_snapshot needs `mvmctl up --from-snapshot TAG`, which this mvmctl lacks",
+                exit_code=exc.exit_code, argv=exc.argv, stderr=exc.stderr,
+            ) from None
+        info = SandboxInfo.from_json(done.json())
+        return cls(info, cli=cli, owned=True, workload_id=wid)
+
+    @classmethod
+    def _resume_named(cls, name: str) -> "Sandbox":
+        v.sandbox_name(name)
+        if sdk_mode() == "record":
+            raise Unsupported("Sandbox.resume() is not available in record mode")
+        cli = _cli.CLI()
+        done = cli.call(["resume", name, "--json"], timeout=_cli.create_timeout(), what="resume")
+        return cls(SandboxInfo.from_json(done.json()), cli=cli, owned=False)
+
+    @staticmethod
+    def list_snapshots() -> List[SnapshotInfo]:
+        """The snapshots on this host (``mvmctl snapshot ls --json``)."""
+        if sdk_mode() == "record":
+            raise Unsupported("Sandbox.list_snapshots() is not available in record mode")
+        obj = _cli.CLI().call(["snapshot", "ls", "--json"], what="snapshot ls").json()
+        items = obj.get("snapshots") if isinstance(obj, dict) else None
+        if not isinstance(items, list):
+            raise TransportError('snapshot ls --json: expected {"snapshots": [...]}')
+        return [SnapshotInfo.from_json(x) for x in items if isinstance(x, dict) and not x.get("invalid")]
+
+    @staticmethod
+    def remove_snapshot(tag: str) -> None:
+        """Remove a snapshot (sandboxes started from it are not affected).
+        Raises :class:`SnapshotNotFound`."""
+        v.snapshot_tag(tag)
+        if sdk_mode() == "record":
+            raise Unsupported("Sandbox.remove_snapshot() is not available in record mode")
+        try:
+            _cli.CLI().call(["snapshot", "rm", tag], what="snapshot rm")
+        except SandboxNotFound as exc:  # exit 3 without --json: here, the snapshot
+            raise SnapshotNotFound(exc.message, exit_code=exc.exit_code, argv=exc.argv,
+                                   stderr=exc.stderr) from None
 
     @classmethod
     def connect(cls, name: str) -> "Sandbox":
@@ -382,18 +526,58 @@ class Sandbox:
             raise TransportError("stats --json: expected an object")
         return obj
 
-    def pause(self) -> None:
-        """Pause the sandbox's vCPUs (commands fail until :meth:`resume`)."""
+    def pause(self, *, in_memory: bool = False) -> str:
+        """Pause the sandbox and return its name.
+
+        By default its memory, device state and disk are saved and its VM
+        exits: a paused sandbox holds no RAM or CPU, and survives this
+        process, its supervisor and a host reboot. Pausing to disk releases
+        the sandbox from this process (as :meth:`detach` does) so that it is
+        still there to resume: ``Sandbox.resume(name)`` from any process, or
+        :meth:`resume` on this object.
+
+        ``in_memory=True`` only freezes the vCPUs (the VM keeps its RAM, and
+        ownership does not change). Commands fail until resumed."""
         if self._recording is not None:
             raise Unsupported("pause() is not available in record mode")
-        self._cli.call(["pause", self._live_name()], what="pause")
-        self._info.state = "paused"
+        args = ["pause", self._live_name(), "--json"] + (["--in-memory"] if in_memory else [])
+        done = self._cli.call(args, timeout=_cli.create_timeout(), what="pause")
+        self._info = SandboxInfo.from_json(done.json())
+        if not in_memory:
+            self.detach()
+        return self.name
 
-    def resume(self) -> None:
+    #: ``Sandbox.resume(name)`` resumes a paused sandbox by name and returns
+    #: it connected (not owned, as :meth:`connect`; a ``with`` block or
+    #: :meth:`destroy` stops it); ``sandbox.resume()`` resumes this one and
+    #: returns it. A sandbox paused to disk continues where it was (its
+    #: processes keep running, open files stay open) with its own RNG
+    #: reseeded and its clock set from the host. Raises
+    #: :class:`SandboxNotFound`, or :class:`SnapshotError` when the saved
+    #: state fails verification.
+    resume = _Resume()
+
+    def _resume_self(self) -> "Sandbox":
         if self._recording is not None:
             raise Unsupported("resume() is not available in record mode")
-        self._cli.call(["resume", self._live_name()], what="resume")
-        self._info.state = "running"
+        done = self._cli.call(["resume", self._live_name(), "--json"], timeout=_cli.create_timeout(),
+                              what="resume")
+        self._info = SandboxInfo.from_json(done.json())
+        return self
+
+    def snapshot(self, tag: str) -> SnapshotInfo:
+        """Save the sandbox's memory, device state and disk as snapshot
+        ``tag`` (``mvmctl snapshot save``); the sandbox keeps running. Start
+        clones of it with ``Sandbox.create(from_snapshot=tag)``. A snapshot
+        holds whatever the guest's memory holds (secrets included: see
+        ``holds_secrets``); it is stored mode 0600 under the data
+        directory."""
+        v.snapshot_tag(tag)
+        if self._recording is not None:
+            raise Unsupported("snapshot() is not available in record mode")
+        done = self._cli.call(["snapshot", "save", self._live_name(), tag, "--json"],
+                              timeout=_cli.create_timeout(), what="snapshot save")
+        return SnapshotInfo.from_json(done.json())
 
     def detach(self) -> str:
         """Leave the sandbox running after this process exits (its TTL

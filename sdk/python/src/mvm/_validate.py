@@ -137,6 +137,18 @@ def sandbox_name(name: str) -> str:
     return name
 
 
+_TAG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def snapshot_tag(tag: str) -> str:
+    if not isinstance(tag, str) or not _TAG.match(tag):
+        raise InvalidArgument(
+            f"snapshot tag {tag!r}: use 1-63 lowercase letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return tag
+
+
 def positive_int(value: Optional[int], what: str) -> Optional[int]:
     if value is None:
         return None
