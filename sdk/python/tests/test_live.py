@@ -175,8 +175,8 @@ def test_logs_list_connect_and_info(sandbox: mvm.Sandbox) -> None:
     assert sandbox.stats().get("mem_total_bytes", 1) > 0
 
 
-def test_pause_in_memory_and_resume(sandbox: mvm.Sandbox) -> None:
-    sandbox.pause(in_memory=True)
+def test_pause_and_resume(sandbox: mvm.Sandbox) -> None:
+    assert sandbox.pause() == sandbox.name
     try:
         assert sandbox.refresh().state == "paused"
         with pytest.raises(mvm.MvmError):
