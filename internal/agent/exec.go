@@ -235,6 +235,10 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 			pty.Setsize(ptmx, &pty.Winsize{Rows: rows, Cols: cols})
 			cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
 			cmd.SysProcAttr.Ctty = 0
+			if hs != nil {
+				// The container's user owns its terminal, as under runc.
+				tty.Chown(int(hs.UID), -1)
+			}
 			waitCh, startErr = startCmd(cmd)
 			tty.Close()
 		}

@@ -190,8 +190,8 @@ func TestBundle(t *testing.T) {
 	// A terminal: its size, a resize, and CloseStdin (^D) ending it.
 	pr, pw := io.Pipe()
 	var ttyOut syncBuffer
-	start(runtime.ProcessSpec{ID: "tty", Env: env, Terminal: true, Rows: 30, Cols: 100,
-		Args: []string{"sh", "-c", `tty; test -t 0 && echo isatty; stty size; while read x; do stty size; done; echo bye`}},
+	start(runtime.ProcessSpec{ID: "tty", Env: env, Terminal: true, Rows: 30, Cols: 100, UID: 1000, GID: 1000,
+		Args: []string{"sh", "-c", `tty; test -t 0 && echo isatty; test -O "$(tty)" && echo owned; stty size; while read x; do stty size; done; echo bye`}},
 		runtime.ProcessIO{Stdin: pr, Stdout: &ttyOut})
 	waitFor(t, "the terminal's size", time.Minute, func() bool { return strings.Contains(ttyOut.String(), "30 100") })
 	if err := rt.ResizePTY(ctx, "bndl", "tty", 40, 120); err != nil {
@@ -205,7 +205,7 @@ func TestBundle(t *testing.T) {
 	if err := rt.CloseStdin(ctx, "bndl", "tty"); err != nil {
 		t.Fatal(err)
 	}
-	if st := wait("tty"); st.Exit.Code != 0 || !strings.Contains(ttyOut.String(), "/dev/pts/") || !strings.Contains(ttyOut.String(), "isatty") || !strings.Contains(ttyOut.String(), "bye") {
+	if st := wait("tty"); st.Exit.Code != 0 || !strings.Contains(ttyOut.String(), "/dev/pts/") || !strings.Contains(ttyOut.String(), "isatty") || !strings.Contains(ttyOut.String(), "owned") || !strings.Contains(ttyOut.String(), "bye") {
 		t.Fatalf("tty: exit %+v output %q", st.Exit, ttyOut.String())
 	}
 	pw.Close()
