@@ -30,6 +30,9 @@ type VMs interface {
 	Pids(ctx context.Context, vmID string) ([]GuestProcess, error)
 	// Stats reads the guest's metrics.
 	Stats(ctx context.Context, vmID string) (*Stats, error)
+	// Pause stops the VM's vCPUs (in memory); Resume lets them run.
+	Pause(ctx context.Context, vmID string) error
+	Resume(ctx context.Context, vmID string) error
 	// Down stops the VM and removes its state; it is not an error when
 	// the VM is already gone.
 	Down(ctx context.Context, vmID string) error

@@ -172,6 +172,19 @@ func (v *RuntimeVMs) Stats(ctx context.Context, vmID string) (*Stats, error) {
 		CPUUsec: st.CPUUserUsec + st.CPUSystemUsec, CPUUserUsec: st.CPUUserUsec, CPUSystemUsec: st.CPUSystemUsec}, nil
 }
 
+// Pause freezes the VM in memory (QMP stop): its processes stop, its RAM
+// stays.
+func (v *RuntimeVMs) Pause(ctx context.Context, vmID string) error {
+	_, err := v.R.Pause(ctx, vmID, runtime.PauseOptions{InMemory: true})
+	return toContainerd(err)
+}
+
+// Resume lets a paused VM run again.
+func (v *RuntimeVMs) Resume(ctx context.Context, vmID string) error {
+	_, err := v.R.Resume(ctx, vmID)
+	return toContainerd(err)
+}
+
 // Down takes the VM down; a VM already gone is not an error.
 func (v *RuntimeVMs) Down(ctx context.Context, vmID string) error {
 	err := v.R.Down(ctx, vmID)

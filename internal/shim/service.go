@@ -62,6 +62,8 @@ type container struct {
 	runningExecs int
 	execsGone    *sync.Cond
 	initExiting  bool
+	// paused is set while the VM is frozen (Pause), under Service.mu.
+	paused bool
 	profile            string
 }
 
@@ -477,6 +479,11 @@ func (s *Service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 	if id == "" {
 		id = c.id
 	}
+	s.mu.Lock()
+	if c.paused && st == task.Status_RUNNING {
+		st = task.Status_PAUSED
+	}
+	s.mu.Unlock()
 	return &taskAPI.StateResponse{
 		ID: id, Bundle: c.bundle, Pid: uint32(s.hostPid(c, p)), Status: st,
 		Stdin: p.stdio.Stdin, Stdout: p.stdio.Stdout, Stderr: p.stdio.Stderr, Terminal: p.stdio.Terminal,
@@ -504,6 +511,22 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 			ContainerID: c.id, ID: id, Pid: uint32(s.hostPid(c, p)), ExitStatus: st, ExitedAt: protobuf.ToTimestamp(at),
 		})
 		return empty, nil
+	}
+	s.mu.Lock()
+	paused := c.paused
+	if paused && sig == int(syscall.SIGKILL) {
+		// SIGKILL ends a paused task, as it ends a frozen container: the
+		// VM runs again only to die.
+		if err := s.vms.Resume(ctx, c.vm.ID); err != nil {
+			s.mu.Unlock()
+			return nil, fmt.Errorf("resume task %s to kill it: %w", r.ID, err)
+		}
+		c.paused, paused = false, false
+		s.send(runtime.TaskResumedEventTopic, &eventstypes.TaskResumed{ContainerID: c.id})
+	}
+	s.mu.Unlock()
+	if paused {
+		return nil, fmt.Errorf("task %s is paused: resume it before signalling its processes (SIGKILL is let through): %w", r.ID, errdefs.ErrFailedPrecondition)
 	}
 	if st, _, _, _ := p.state(); st == task.Status_STOPPED && !r.All {
 		return nil, fmt.Errorf("process %s of task %s: %w: process already finished", p.name(), r.ID, errdefs.ErrNotFound)
@@ -623,15 +646,46 @@ func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*pt
 	return empty, nil
 }
 
-// Pause is not offered: containerd would expect a frozen cgroup it can
-// inspect, and pausing a VM is `mvmctl pause`.
+// Pause freezes the task's VM in memory (its vCPUs stop; `ctr task
+// pause`). While paused, the task reports PAUSED and signals are refused.
 func (s *Service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*ptypes.Empty, error) {
-	return nil, fmt.Errorf("%w: the mvm shim does not pause tasks yet (pause the VM with `mvmctl pause`)", errdefs.ErrNotImplemented)
+	c, p, err := s.get(r.ID, "")
+	if err != nil {
+		return nil, err
+	}
+	if st, _, _, _ := p.state(); st != task.Status_RUNNING {
+		return nil, fmt.Errorf("task %s is %s, not running: %w", r.ID, st, errdefs.ErrFailedPrecondition)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c.paused {
+		return empty, nil
+	}
+	if err := s.vms.Pause(ctx, c.vm.ID); err != nil {
+		return nil, fmt.Errorf("pause task %s: %w", r.ID, err)
+	}
+	c.paused = true
+	s.send(runtime.TaskPausedEventTopic, &eventstypes.TaskPaused{ContainerID: c.id})
+	return empty, nil
 }
 
-// Resume is not offered (see Pause).
+// Resume lets a paused task's VM run again.
 func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*ptypes.Empty, error) {
-	return nil, fmt.Errorf("%w: the mvm shim does not resume tasks yet (`mvmctl resume`)", errdefs.ErrNotImplemented)
+	c, _, err := s.get(r.ID, "")
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !c.paused {
+		return nil, fmt.Errorf("task %s is not paused: %w", r.ID, errdefs.ErrFailedPrecondition)
+	}
+	if err := s.vms.Resume(ctx, c.vm.ID); err != nil {
+		return nil, fmt.Errorf("resume task %s: %w", r.ID, err)
+	}
+	c.paused = false
+	s.send(runtime.TaskResumedEventTopic, &eventstypes.TaskResumed{ContainerID: c.id})
+	return empty, nil
 }
 
 // Checkpoint is not offered: VM snapshots are mvm's, not CRIU images.

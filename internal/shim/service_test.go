@@ -84,6 +84,8 @@ func (f *fakeVMs) Pids(ctx context.Context, vmID string) ([]GuestProcess, error)
 func (f *fakeVMs) Stats(ctx context.Context, vmID string) (*Stats, error) {
 	return &Stats{MemTotalBytes: 200, MemAvailableBytes: 50, Processes: 3}, nil
 }
+func (f *fakeVMs) Pause(ctx context.Context, vmID string) error  { return nil }
+func (f *fakeVMs) Resume(ctx context.Context, vmID string) error { return nil }
 func (f *fakeVMs) Down(ctx context.Context, vmID string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -159,6 +161,22 @@ func TestServiceLifecycle(t *testing.T) {
 	if _, err := s.Delete(ctx, &taskAPI.DeleteRequest{ID: "c1"}); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("delete of a running task: %v", err)
 	}
+	// Paused: reported, signals other than SIGKILL refused, resumed.
+	if _, err := s.Pause(ctx, &taskAPI.PauseRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := s.State(ctx, &taskAPI.StateRequest{ID: "c1"}); st.Status != task.Status_PAUSED {
+		t.Errorf("paused task is %v", st.Status)
+	}
+	if _, err := s.Kill(ctx, &taskAPI.KillRequest{ID: "c1", Signal: 15}); !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("SIGTERM to a paused task: %v", err)
+	}
+	if _, err := s.Resume(ctx, &taskAPI.ResumeRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := s.State(ctx, &taskAPI.StateRequest{ID: "c1"}); st.Status != task.Status_RUNNING {
+		t.Errorf("resumed task is %v", st.Status)
+	}
 	// The task's exit waits for its execs, and reports the code.
 	f.ch("init") <- 7
 	f.Signal(ctx, "vm1", "e1", int(syscall.SIGKILL), false)
@@ -198,7 +216,7 @@ func TestServiceLifecycle(t *testing.T) {
 	got := strings.Join(topics(s), " ")
 	// The exec's exit comes before the task's (the task waits for it).
 	want := strings.Join([]string{runtime.TaskCreateEventTopic, runtime.TaskStartEventTopic, runtime.TaskExecAddedEventTopic,
-		runtime.TaskExecStartedEventTopic, runtime.TaskExitEventTopic, runtime.TaskExitEventTopic, runtime.TaskDeleteEventTopic}, " ")
+		runtime.TaskExecStartedEventTopic, runtime.TaskPausedEventTopic, runtime.TaskResumedEventTopic, runtime.TaskExitEventTopic, runtime.TaskExitEventTopic, runtime.TaskDeleteEventTopic}, " ")
 	if got != want {
 		t.Errorf("events\n got %s\nwant %s", got, want)
 	}
@@ -247,7 +265,6 @@ func TestServiceRefusals(t *testing.T) {
 		t.Errorf("exec into an exited task: %v", err)
 	}
 	for _, m := range []func() error{
-		func() error { _, err := s.Pause(ctx, &taskAPI.PauseRequest{ID: "k"}); return err },
 		func() error { _, err := s.Update(ctx, &taskAPI.UpdateTaskRequest{ID: "k"}); return err },
 		func() error { _, err := s.Checkpoint(ctx, &taskAPI.CheckpointTaskRequest{ID: "k"}); return err },
 	} {

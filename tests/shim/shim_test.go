@@ -260,6 +260,19 @@ func TestShimTask(t *testing.T) {
 		}
 	}
 
+	// Pause freezes the VM; resume lets it run.
+	w.mustCtr(time.Minute, "task", "pause", "long")
+	if st := w.taskStatus("long"); st != "PAUSED" {
+		t.Errorf("after task pause the task is %q", st)
+	}
+	if _, errOut, code := w.ctr(time.Minute, "", "task", "kill", "-s", "SIGTERM", "long"); code == 0 || !strings.Contains(errOut, "paused") {
+		t.Errorf("SIGTERM to a paused task: exit %d, stderr %q", code, errOut)
+	}
+	w.mustCtr(time.Minute, "task", "resume", "long")
+	if st := w.taskStatus("long"); st != "RUNNING" {
+		t.Errorf("after task resume the task is %q", st)
+	}
+
 	w.mustCtr(time.Minute, "task", "kill", "-s", "SIGTERM", "long")
 	waitFor(t, "task long stopped after SIGTERM", time.Minute, func() bool { return w.taskStatus("long") == "STOPPED" })
 	// The trap ran: the task's own exit code (ctr task rm warns of it).
