@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/image"
 	"github.com/mvm-sandbox/mvm/internal/image/cache"
@@ -85,6 +87,9 @@ type PoolStatus struct {
 type poolMember struct {
 	Pool  string    `json:"pool"`
 	Shape PoolShape `json:"shape"`
+	// Warm is set once the member has run its warm-up command: only warm
+	// members are claimed.
+	Warm bool `json:"warm"`
 }
 
 func (r *Runtime) poolsRoot() string { return filepath.Join(r.Dirs.State, poolsDir) }
@@ -182,9 +187,27 @@ func (r *Runtime) lockPool(ctx context.Context, id string) (func(), error) {
 	return cache.Lock(ctx, filepath.Join(r.poolsRoot(), id+".lock"))
 }
 
+// RefillDelayEnv sets how long the background refill waits before it
+// starts a replacement (a Go duration; default 1s): on a small host a VM
+// starting beside the taker would slow the taker's first commands.
+const RefillDelayEnv = "MVM_POOL_REFILL_DELAY"
+
+func refillDelay() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(RefillDelayEnv)); err == nil && d >= 0 {
+		return d
+	}
+	return time.Second
+}
+
 // FillPool tops pool id up to its size (the background refill after a
-// claim). A pool removed meanwhile is drained instead.
+// claim, which waits refillDelay first). A pool removed meanwhile is
+// drained instead.
 func (r *Runtime) FillPool(ctx context.Context, id string) error {
+	select {
+	case <-time.After(refillDelay()):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	unlock, err := r.lockPool(ctx, id)
 	if err != nil {
 		return err
@@ -221,8 +244,13 @@ func (r *Runtime) fillLocked(ctx context.Context, cfg PoolConfig, progress func(
 			if cfg.ImageName == "minimal" {
 				up.Image = "" // the initramfs image has no artifact digest to name
 			}
-			if _, err := r.Up(ctx, up); err != nil {
+			sb, err := r.Up(ctx, up)
+			if err != nil {
 				return fmt.Errorf("pool %s: start a member: %w", cfg.ID, err)
+			}
+			if err := r.warmMember(ctx, sb, *up.pool); err != nil {
+				r.Down(context.Background(), sb.ID)
+				return fmt.Errorf("pool %s: warm a member: %w", cfg.ID, err)
 			}
 		case n > cfg.Size:
 			// Starting members go first (they are not ready anyway), then
@@ -272,7 +300,7 @@ func (r *Runtime) poolMembers(id string) members {
 		if !sandbox.Active(st.Status) || !sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
 			continue // failed or dead: not a member anyone can use
 		}
-		all = append(all, member{id: sid, created: st.Created, ready: st.Status == sandbox.Running})
+		all = append(all, member{id: sid, created: st.Created, ready: st.Status == sandbox.Running && pm.Warm})
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i].created.Before(all[j].created) })
 	for _, x := range all {
@@ -458,7 +486,7 @@ func (r *Runtime) finishClaim(ctx context.Context, o *UpOptions, img *bootImage,
 	if hold != nil {
 		sb.Hold = hold
 	}
-	r.Audit("sandbox.claimed", id, map[string]any{"pool": poolID, "plan_hash": adm.Hash})
+	// The supervisor recorded sandbox.claimed in the audit chain.
 	if err := r.placeSecretFiles(ctx, id, att); err != nil {
 		r.Down(context.Background(), id)
 		if hold != nil {
@@ -518,4 +546,31 @@ func (r *Runtime) claimSupervisor(ctx context.Context, dir string, transient boo
 func isPoolMember(dir string) bool {
 	_, err := os.Lstat(filepath.Join(dir, poolMarker))
 	return err == nil
+}
+
+// warmMember runs `true` in a new member before it can be claimed: under
+// emulation (TCG) the first process in a VM pays for translating the code
+// of the agent's exec path and the guest kernel's fork and exec, about
+// 0.1-0.3 s that would otherwise land on the claimer's first command. The
+// run is recorded in the audit chain under the member's id.
+func (r *Runtime) warmMember(ctx context.Context, sb *Sandbox, m poolMember) error {
+	c, err := agentapi.Dial(ctx, func(ctx context.Context) (net.Conn, error) {
+		return sandbox.DialIn(ctx, sb.Dir, sandbox.AgentSocket)
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	res, err := c.Exec(ctx, agentapi.ExecRequest{Argv: []string{"true"}})
+	if err != nil {
+		return err
+	}
+	if res.ExitCode != 0 {
+		return fmt.Errorf("warm-up command exited %d", res.ExitCode)
+	}
+	if _, err := r.Audit("pool.member_warmed", sb.ID, map[string]any{"pool": m.Pool}); err != nil {
+		return err
+	}
+	m.Warm = true
+	return sandbox.WriteJSON(filepath.Join(sb.Dir, poolMarker), m)
 }

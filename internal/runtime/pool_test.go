@@ -39,7 +39,7 @@ func fakeMember(t *testing.T, r *Runtime, pool, status string, pid int) string {
 	if err := r.Layout.Reserve("pool-"+id, id); err != nil {
 		t.Fatal(err)
 	}
-	sandbox.WriteJSON(filepath.Join(dir, poolMarker), poolMember{Pool: pool})
+	sandbox.WriteJSON(filepath.Join(dir, poolMarker), poolMember{Pool: pool, Warm: true})
 	sandbox.WriteJSON(filepath.Join(dir, sandbox.StateFile), sandbox.State{ID: id, Name: "pool-" + id, Status: status, SupervisorPID: pid, Created: time.Now()})
 	return id
 }
@@ -89,9 +89,11 @@ func TestPoolMembersAndListing(t *testing.T) {
 	ready := fakeMember(t, r, "p1", sandbox.Running, pid)
 	starting := fakeMember(t, r, "p1", sandbox.Starting, pid)
 	fakeMember(t, r, "p1", sandbox.Running, 0) // its supervisor is dead
+	cold := fakeMember(t, r, "p1", sandbox.Running, pid)
+	sandbox.WriteJSON(filepath.Join(r.Layout.Dir(cold), poolMarker), poolMember{Pool: "p1"}) // not warmed yet
 	fakeMember(t, r, "p2", sandbox.Running, pid)
 	m := r.poolMembers("p1")
-	if len(m.ready) != 1 || m.ready[0] != ready || len(m.starting) != 1 || m.starting[0] != starting {
+	if len(m.ready) != 1 || m.ready[0] != ready || len(m.starting) != 2 || m.starting[0] != starting || m.starting[1] != cold {
 		t.Fatalf("members %+v", m)
 	}
 	// Listed as pooled, never as running: ls shows them only with -a,
@@ -113,8 +115,8 @@ func TestPoolMembersAndListing(t *testing.T) {
 			pooled++
 		}
 	}
-	if pooled != 3 { // the dead one is failed, not pooled
-		t.Fatalf("%d pooled with -a, want 3", pooled)
+	if pooled != 4 { // the dead one is failed, not pooled
+		t.Fatalf("%d pooled with -a, want 4", pooled)
 	}
 	if _, _, err := r.Connect(context.Background(), ready); err == nil {
 		t.Fatal("connected to a pooled sandbox")
