@@ -128,6 +128,9 @@ type Sandbox struct {
 	// Pool names the warm pool the sandbox was claimed from ("" when it
 	// was started for the caller).
 	Pool string
+	// Ready is the tag of the ready snapshot the sandbox was restored
+	// from or recorded ("" for none).
+	Ready string
 }
 
 func (o *UpOptions) defaults(img *bootImage) {
@@ -384,10 +387,20 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 		Start:    sandbox.StartInfo{Mode: dec.Start, Reason: dec.Reason},
 	}
 	if dec.Start == StartRestored {
-		spec.Start.Snapshot = dec.Key.ID()
-		if err := r.restoreFrom(&spec, dec.Dir); err != nil {
-			cleanup()
-			return nil, err
+		spec.Start.Snapshot = dec.Tag
+		if err := r.restoreFrom(&spec, adm.Plan, dec.Tag, dir); err != nil {
+			// Tampered, truncated or no longer this host's machine: it is
+			// replaced, never used. This sandbox boots cold and records a
+			// good one.
+			r.dropReady(dec)
+			r.unrestore(&spec)
+			dec = warmDecision{Start: StartCold, Key: dec.Key, Tag: dec.Tag, Record: true,
+				Reason: "ready snapshot refused (replaced by this boot): " + firstLine(err.Error())}
+			spec.Start = sandbox.StartInfo{Mode: dec.Start, Reason: dec.Reason}
+			if _, err := img.vmDisks(ctx, dir, o.DiskMiB); err != nil {
+				cleanup()
+				return nil, err
+			}
 		}
 	}
 	if err := sandbox.WriteJSON(filepath.Join(dir, sandbox.SpecFile), spec); err != nil {
@@ -432,6 +445,9 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 		return nil, fmt.Errorf("%w: %s: %v", ErrBoot, name, err)
 	}
 	sb := &Sandbox{ID: id, Name: name, Dir: dir, State: st, Plan: adm.Plan, Start: dec.Start}
+	if dec.Start == StartRestored {
+		sb.Ready = dec.Tag
+	}
 	if hold != nil {
 		sb.Hold = hold
 	}
@@ -443,6 +459,7 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 			sb.RecordErr = err
 		} else if rec != nil {
 			sb.Recorded = time.Duration(rec.SaveMS) * time.Millisecond
+			sb.Ready = rec.Snapshot
 		}
 	}
 	if err := r.placeSecretFiles(ctx, id, att); err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/mvm-sandbox/mvm/internal/image/cache"
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/mvm-sandbox/mvm/internal/snapshot"
 )
 
 // Start modes a boot report names.
@@ -94,10 +95,17 @@ func (k ReadyKey) mismatch(want ReadyKey) string {
 	return ""
 }
 
-// ReadyRecord is ready.json, written beside a ready snapshot's files.
+// ReadyRecord is TAG.ready.json, written beside the ready snapshot TAG
+// (a snapshot of the store in the cache's ready/ directory) once the
+// snapshot is complete.
 type ReadyRecord struct {
 	Key     ReadyKey  `json:"key"`
 	Created time.Time `json:"created"`
+	// Snapshot is the tag and SnapshotCreated the creation time of the
+	// snapshot this record describes: a snapshot replaced since does not
+	// match it.
+	Snapshot        string    `json:"snapshot"`
+	SnapshotCreated time.Time `json:"snapshot_created"`
 	// Source is the sandbox whose first boot was recorded, BootMS its cold
 	// boot (VMM start to agent ready) and SaveMS the time the save took.
 	Source string `json:"source"`
@@ -105,7 +113,8 @@ type ReadyRecord struct {
 	SaveMS int64  `json:"save_ms"`
 }
 
-const readyRecordFile = "ready.json"
+// readyRecordExt ends the name of a ready snapshot's record.
+const readyRecordExt = ".ready.json"
 
 // readyRoot is where ready snapshots live: the cache, private to its
 // owner like every artifact there.
@@ -116,7 +125,7 @@ type warmDecision struct {
 	Start  string // StartCold or StartRestored
 	Reason string // why cold
 	Key    ReadyKey
-	Dir    string // the ready snapshot to restore, or to record into
+	Tag    string // the ready snapshot's tag in readyStore
 	// Record is set when a cold boot should record the ready snapshot
 	// once the agent is ready.
 	Record bool
@@ -218,33 +227,43 @@ func qemuVersion(ctx context.Context) string {
 // decideStart looks for a ready snapshot of key. It never waits for a
 // recorder: a snapshot being recorded is not there yet.
 func (r *Runtime) decideStart(key ReadyKey, why string) warmDecision {
-	d := warmDecision{Start: StartCold, Key: key}
+	d := warmDecision{Start: StartCold, Key: key, Tag: key.ID()}
 	if why != "" {
 		d.Reason = why
 		return d
 	}
-	d.Dir = filepath.Join(r.readyRoot(), key.ID())
-	rec, err := readReady(d.Dir)
+	if !snapshotsSupported {
+		d.Reason = "ready snapshots are not supported by this build"
+		return d
+	}
+	rec, err := r.readReady(d.Tag)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		d.Reason, d.Record = "no ready snapshot yet (this boot records it)", true
 	case err != nil:
-		d.Reason, d.Record = "ready snapshot unreadable (replaced by this boot)", true
+		d.Reason, d.Record = "ready snapshot incomplete or unreadable (replaced by this boot)", true
 	case rec.Key.mismatch(key) != "":
 		d.Reason, d.Record = "ready snapshot stale: "+rec.Key.mismatch(key)+" changed (replaced by this boot)", true
 	default:
 		d.Start, d.rec = StartRestored, rec
 	}
-	if !snapshotsSupported {
-		d.Start, d.Record, d.rec = StartCold, false, nil
-		d.Reason = "ready snapshots are not supported by this build"
-	}
 	return d
 }
 
-func readReady(dir string) (*ReadyRecord, error) {
+// readyStore is the store of ready snapshots: in the cache, shared by
+// every data directory of the user (their sidecars are checked with
+// VerifyFiles, as the kernel and initramfs beside them are trusted).
+func (r *Runtime) readyStore() *snapshot.Store { return &snapshot.Store{Dir: r.readyRoot()} }
+
+func (r *Runtime) readyRecordPath(tag string) string {
+	return filepath.Join(r.readyRoot(), tag+readyRecordExt)
+}
+
+// readReady reads the record of ready snapshot tag and checks that the
+// snapshot it describes is the one in the store.
+func (r *Runtime) readReady(tag string) (*ReadyRecord, error) {
 	var rec ReadyRecord
-	b, err := os.ReadFile(filepath.Join(dir, readyRecordFile))
+	b, err := os.ReadFile(r.readyRecordPath(tag))
 	if err != nil {
 		return nil, err
 	}
@@ -254,26 +273,33 @@ func readReady(dir string) (*ReadyRecord, error) {
 	if err := json.Unmarshal(b, &rec); err != nil {
 		return nil, err
 	}
+	sn, err := r.readyStore().Get(tag)
+	if err != nil {
+		return nil, fmt.Errorf("ready snapshot %s: %w", tag, err)
+	}
+	if rec.Snapshot != tag || !sn.Meta.Created.Equal(rec.SnapshotCreated) {
+		return nil, fmt.Errorf("ready snapshot %s was replaced since its record was written", tag)
+	}
 	return &rec, nil
 }
 
-// ReadySaver writes a snapshot of running sandbox id into dir (which
-// exists and is empty); the sandbox keeps running.
-type ReadySaver func(ctx context.Context, id, dir string) error
+// ReadySaver saves running sandbox id as snapshot tag of store; the
+// sandbox keeps running.
+type ReadySaver func(ctx context.Context, id string, store *snapshot.Store, tag string) (*snapshot.Meta, error)
 
-// recordReady records the ready snapshot of key from sandbox sb, which
+// recordReady records the ready snapshot of d.Key from sandbox sb, which
 // has just booted cold and has run nothing. Concurrent first boots of the
 // same shape do not wait for each other: the one that takes the shape's
 // lock records, the others go on (their sandboxes stay cold-booted). The
-// snapshot is written into a private directory and published with one
-// rename, so a reader sees the old snapshot, the new one or none, never
-// part of one.
+// store writes the snapshot into a private directory and renames it into
+// place; the record that makes it usable is written after, atomically. A
+// reader sees a complete snapshot with its record, or none.
 func (r *Runtime) recordReady(ctx context.Context, save ReadySaver, sb *Sandbox, d warmDecision) (*ReadyRecord, error) {
 	root := r.readyRoot()
 	if err := os.MkdirAll(root, cache.DirMode); err != nil {
 		return nil, err
 	}
-	lk := flock.New(d.Dir+".lock", flock.SetPermissions(cache.FileMode))
+	lk := flock.New(filepath.Join(root, d.Tag+".lock"), flock.SetPermissions(cache.FileMode))
 	ok, err := lk.TryLock()
 	if err != nil {
 		return nil, fmt.Errorf("lock ready snapshot: %w", err)
@@ -282,33 +308,33 @@ func (r *Runtime) recordReady(ctx context.Context, save ReadySaver, sb *Sandbox,
 		return nil, nil // another first boot records it
 	}
 	defer lk.Unlock()
-	if rec, err := readReady(d.Dir); err == nil && rec.Key.mismatch(d.Key) == "" {
+	if rec, err := r.readReady(d.Tag); err == nil && rec.Key.mismatch(d.Key) == "" {
 		return nil, nil // recorded while this sandbox booted
 	}
-	staged, err := os.MkdirTemp(root, ".tmp-"+d.Key.ID()+"-")
-	if err != nil {
+	// What is there is stale or incomplete: the record goes first, so
+	// nobody restores the snapshot while it is replaced.
+	if err := os.Remove(r.readyRecordPath(d.Tag)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	defer os.RemoveAll(staged) // gone once published
+	if err := r.readyStore().Remove(d.Tag); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
+		return nil, err
+	}
 	t0 := time.Now()
-	if err := save(ctx, sb.ID, staged); err != nil {
+	meta, err := save(ctx, sb.ID, r.readyStore(), d.Tag)
+	if err != nil {
 		return nil, fmt.Errorf("record ready snapshot: %w", err)
 	}
 	key := d.Key
 	key.VMMVersion = qemuVersion(ctx)
-	rec := &ReadyRecord{Key: key, Created: time.Now().UTC(), Source: sb.ID, SaveMS: time.Since(t0).Milliseconds()}
+	rec := &ReadyRecord{Key: key, Created: time.Now().UTC(), Snapshot: d.Tag, SnapshotCreated: meta.Created,
+		Source: sb.ID, SaveMS: time.Since(t0).Milliseconds()}
 	if sb.State != nil {
 		rec.BootMS = sb.State.Boot.AgentReadyMS
 	}
 	b, _ := json.MarshalIndent(rec, "", "  ")
-	if err := cache.WriteFile(filepath.Join(staged, readyRecordFile), append(b, '\n'), cache.FileMode); err != nil {
+	if err := cache.WriteFile(r.readyRecordPath(d.Tag), append(b, '\n'), cache.FileMode); err != nil {
 		return nil, err
 	}
-	aside := staged + ".old"
-	if _, err := cache.PublishDir(staged, d.Dir, aside, nil); err != nil {
-		return nil, err
-	}
-	os.RemoveAll(aside)
 	return rec, nil
 }
 
@@ -320,19 +346,17 @@ func (r *Runtime) dropReady(d warmDecision) {
 	failed := d.rec
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	unlock, err := cache.Lock(ctx, d.Dir+".lock")
+	unlock, err := cache.Lock(ctx, filepath.Join(r.readyRoot(), d.Tag+".lock"))
 	if err != nil {
 		return
 	}
 	defer unlock()
-	rec, err := readReady(d.Dir)
-	if err != nil || failed == nil || !rec.Created.Equal(failed.Created) {
+	rec, err := r.readReady(d.Tag)
+	if err == nil && (failed == nil || !rec.Created.Equal(failed.Created)) {
 		return
 	}
-	aside := d.Dir + ".drop-" + sandbox.NewID()
-	if os.Rename(d.Dir, aside) == nil {
-		os.RemoveAll(aside)
-	}
+	os.Remove(r.readyRecordPath(d.Tag))
+	r.readyStore().Remove(d.Tag)
 }
 
 // bootColdAfterRestore boots the sandbox in dir cold after its restore
@@ -361,4 +385,33 @@ func firstLine(s string) string {
 		line = line[:200]
 	}
 	return line
+}
+
+// RecordReady makes sure image (as Up names it) has the ready snapshot of
+// its default shape (the manifest's resources, the standard run profile,
+// no network): it starts a transient sandbox, which records the snapshot
+// when there is none (or restores from it when there is), and removes it.
+// `mvmctl build` calls it so that the first `up` is already warm. It
+// returns the sandbox's start ("cold" when it recorded) and the tag.
+func (r *Runtime) RecordReady(ctx context.Context, image string, progress func(string)) (start, tag string, err error) {
+	sb, err := r.Up(ctx, UpOptions{Image: image, NoBuildDir: true, Transient: true, Progress: progress})
+	if err != nil {
+		return "", "", err
+	}
+	defer func() {
+		r.Down(context.Background(), sb.ID)
+		sb.Hold.Close()
+	}()
+	if sb.RecordErr != nil {
+		return "", "", sb.RecordErr
+	}
+	if sb.Ready == "" {
+		why := "another boot is recording it"
+		if sb.State != nil && !strings.Contains(sb.State.Boot.StartReason, "this boot records it") {
+			why = sb.State.Boot.StartReason
+		}
+		return sb.Start, "", fmt.Errorf("no ready snapshot recorded: %s", why)
+	}
+	tag = sb.Ready
+	return sb.Start, tag, nil
 }

@@ -11,10 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/evidence"
 	"github.com/mvm-sandbox/mvm/internal/image"
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/mvm-sandbox/mvm/internal/snapshot"
 )
 
 func withSnapshots(t *testing.T) {
@@ -32,15 +34,33 @@ func testKey() ReadyKey {
 	}
 }
 
-// fakeSave writes a file standing for a snapshot, after wait returns.
-func fakeSave(saves *atomic.Int32, wait func()) ReadySaver {
-	return func(ctx context.Context, id, dir string) error {
+// fakeSave stores a snapshot whose memory file names the source, after
+// wait returns.
+func fakeSave(t *testing.T, saves *atomic.Int32, wait func()) ReadySaver {
+	signer, err := evidence.LoadOrCreateSigner(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(ctx context.Context, id string, store *snapshot.Store, tag string) (*snapshot.Meta, error) {
 		saves.Add(1)
 		if wait != nil {
 			wait()
 		}
-		return os.WriteFile(filepath.Join(dir, "memory"), []byte("state of "+id), 0o600)
+		p, err := store.Begin(tag)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(p.Dir, snapshot.MemoryFile), []byte("state of "+id), 0o600); err != nil {
+			return nil, err
+		}
+		return p.Commit(snapshot.Meta{Created: time.Now().UTC(), SourceID: id}, signer)
 	}
+}
+
+func memoryOf(t *testing.T, r *Runtime, tag string) string {
+	t.Helper()
+	b, _ := os.ReadFile(filepath.Join(r.readyStore().Path(tag), snapshot.MemoryFile))
+	return string(b)
 }
 
 func TestDecideStart(t *testing.T) {
@@ -54,19 +74,23 @@ func TestDecideStart(t *testing.T) {
 	}
 	var saves atomic.Int32
 	sb := &Sandbox{ID: "src1"}
-	rec, err := r.recordReady(context.Background(), fakeSave(&saves, nil), sb, d)
+	rec, err := r.recordReady(context.Background(), fakeSave(t, &saves, nil), sb, d)
 	if err != nil || rec == nil {
 		t.Fatalf("record: %v %v", rec, err)
 	}
 	d = r.decideStart(key, "")
-	if d.Start != StartRestored || d.Record || d.Dir == "" {
+	if d.Start != StartRestored || d.Record || d.Tag != key.ID() {
 		t.Fatalf("after recording: %+v", d)
 	}
-	if b, err := os.ReadFile(filepath.Join(d.Dir, "memory")); err != nil || string(b) != "state of src1" {
-		t.Fatalf("published snapshot: %q %v", b, err)
+	if got := memoryOf(t, r, d.Tag); got != "state of src1" {
+		t.Fatalf("published snapshot: %q", got)
 	}
-	// The shape's directory and files are private.
-	if st, err := os.Stat(d.Dir); err != nil || st.Mode().Perm() != 0o700 {
+	// The snapshot is the store's: verified files, private modes.
+	sn, err := r.readyStore().Get(d.Tag)
+	if err != nil || sn.VerifyFiles() != nil {
+		t.Fatalf("stored snapshot: %v", err)
+	}
+	if st, err := os.Stat(sn.Dir); err != nil || st.Mode().Perm() != 0o700 {
 		t.Fatalf("ready dir mode: %v %v", st.Mode(), err)
 	}
 
@@ -104,11 +128,21 @@ func TestDecideStart(t *testing.T) {
 		t.Fatalf("cold requested: %+v", d)
 	}
 	// A corrupt record is replaced, not trusted.
-	if err := os.WriteFile(filepath.Join(d.Dir, readyRecordFile), []byte("{"), 0o600); err != nil {
+	if err := os.WriteFile(r.readyRecordPath(d.Tag), []byte("{"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if d := r.decideStart(key, ""); d.Start != StartCold || !d.Record || !strings.Contains(d.Reason, "unreadable") {
 		t.Fatalf("corrupt record: %+v", d)
+	}
+	// So is a record whose snapshot was replaced behind its back.
+	r.readyStore().Remove(d.Tag)
+	r.recordReady(context.Background(), fakeSave(t, &saves, nil), &Sandbox{ID: "src2"}, r.decideStart(key, ""))
+	recBytes, _ := os.ReadFile(r.readyRecordPath(d.Tag))
+	r.readyStore().Remove(d.Tag)
+	fakeSave(t, &saves, nil)(context.Background(), "intruder", r.readyStore(), d.Tag)
+	os.WriteFile(r.readyRecordPath(d.Tag), recBytes, 0o600)
+	if d := r.decideStart(key, ""); d.Start != StartCold || !d.Record {
+		t.Fatalf("a record of another snapshot: %+v", d)
 	}
 }
 
@@ -117,7 +151,7 @@ func TestRecordReadyReplacesStale(t *testing.T) {
 	r := testRuntime(t)
 	old := testKey()
 	var saves atomic.Int32
-	if _, err := r.recordReady(context.Background(), fakeSave(&saves, nil), &Sandbox{ID: "old"}, r.decideStart(old, "")); err != nil {
+	if _, err := r.recordReady(context.Background(), fakeSave(t, &saves, nil), &Sandbox{ID: "old"}, r.decideStart(old, "")); err != nil {
 		t.Fatal(err)
 	}
 	cur := old
@@ -126,15 +160,15 @@ func TestRecordReadyReplacesStale(t *testing.T) {
 	if !d.Record {
 		t.Fatalf("stale: %+v", d)
 	}
-	if _, err := r.recordReady(context.Background(), fakeSave(&saves, nil), &Sandbox{ID: "new"}, d); err != nil {
+	if _, err := r.recordReady(context.Background(), fakeSave(t, &saves, nil), &Sandbox{ID: "new"}, d); err != nil {
 		t.Fatal(err)
 	}
 	d = r.decideStart(cur, "")
 	if d.Start != StartRestored {
 		t.Fatalf("replaced: %+v", d)
 	}
-	if b, _ := os.ReadFile(filepath.Join(d.Dir, "memory")); string(b) != "state of new" {
-		t.Fatalf("the stale snapshot is still there: %q", b)
+	if got := memoryOf(t, r, d.Tag); got != "state of new" {
+		t.Fatalf("the stale snapshot is still there: %q", got)
 	}
 	if d := r.decideStart(old, ""); d.Start != StartCold {
 		t.Fatalf("the old key must not restore the new snapshot: %+v", d)
@@ -146,7 +180,7 @@ func assertNoStaging(t *testing.T, r *Runtime) {
 	t.Helper()
 	ents, _ := os.ReadDir(r.readyRoot())
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".tmp-") || strings.Contains(e.Name(), ".old") || strings.Contains(e.Name(), ".drop-") {
+		if strings.HasPrefix(e.Name(), ".") {
 			t.Errorf("left in %s: %s", r.readyRoot(), e.Name())
 		}
 	}
@@ -161,7 +195,7 @@ func TestRecordReadyConcurrentFirstBoots(t *testing.T) {
 	var saves atomic.Int32
 	release := make(chan struct{})
 	entered := make(chan struct{}, 2)
-	save := fakeSave(&saves, func() { entered <- struct{}{}; <-release })
+	save := fakeSave(t, &saves, func() { entered <- struct{}{}; <-release })
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
 	recs := make([]*ReadyRecord, 2)
@@ -200,9 +234,14 @@ func TestRecordReadySaveFailureLeavesNothing(t *testing.T) {
 	r := testRuntime(t)
 	key := testKey()
 	boom := errors.New("migrate failed")
-	_, err := r.recordReady(context.Background(), func(ctx context.Context, id, dir string) error {
-		os.WriteFile(filepath.Join(dir, "memory"), []byte("half"), 0o600)
-		return boom
+	_, err := r.recordReady(context.Background(), func(ctx context.Context, id string, store *snapshot.Store, tag string) (*snapshot.Meta, error) {
+		p, err := store.Begin(tag)
+		if err != nil {
+			return nil, err
+		}
+		defer p.Abort()
+		os.WriteFile(filepath.Join(p.Dir, snapshot.MemoryFile), []byte("half"), 0o600)
+		return nil, boom
 	}, &Sandbox{ID: "a"}, r.decideStart(key, ""))
 	if !errors.Is(err, boom) {
 		t.Fatalf("err %v", err)
@@ -218,19 +257,24 @@ func TestDropReadyKeepsANewerSnapshot(t *testing.T) {
 	r := testRuntime(t)
 	key := testKey()
 	var saves atomic.Int32
-	r.recordReady(context.Background(), fakeSave(&saves, nil), &Sandbox{ID: "a"}, r.decideStart(key, ""))
+	r.recordReady(context.Background(), fakeSave(t, &saves, nil), &Sandbox{ID: "a"}, r.decideStart(key, ""))
 	failed := r.decideStart(key, "")
+	if failed.Start != StartRestored {
+		t.Fatalf("%+v", failed)
+	}
 	// Meanwhile someone replaced it.
-	time.Sleep(time.Millisecond) // distinct Created
-	os.RemoveAll(failed.Dir)
-	r.recordReady(context.Background(), fakeSave(&saves, nil), &Sandbox{ID: "b"}, r.decideStart(key, ""))
+	os.Remove(r.readyRecordPath(key.ID()))
+	r.recordReady(context.Background(), fakeSave(t, &saves, nil), &Sandbox{ID: "b"}, r.decideStart(key, ""))
 	r.dropReady(failed)
-	if d := r.decideStart(key, ""); d.Start != StartRestored {
+	if d := r.decideStart(key, ""); d.Start != StartRestored || memoryOf(t, r, d.Tag) != "state of b" {
 		t.Fatalf("a newer snapshot was dropped: %+v", d)
 	}
 	r.dropReady(r.decideStart(key, ""))
 	if d := r.decideStart(key, ""); d.Start != StartCold || !d.Record {
 		t.Fatalf("after drop: %+v", d)
+	}
+	if _, err := r.readyStore().Get(key.ID()); err == nil {
+		t.Fatal("the dropped snapshot is still in the store")
 	}
 	assertNoStaging(t, r)
 }

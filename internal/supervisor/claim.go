@@ -52,15 +52,10 @@ func (s *supervisor) claim(ctx context.Context, files []*os.File) (resp sandbox.
 	return sandbox.Response{OK: true, State: s.snapshot()}, took
 }
 
-// afterClaim refreshes what must differ between sandboxes that came from
-// one snapshot (wired to the guest identity refresh).
-var afterClaimHook func(s *supervisor, ctx context.Context) error
-
+// afterClaim gives the claimed guest its own identity: its hostname from
+// the claimer's name, fresh entropy, clock and machine-id.
 func (s *supervisor) afterClaim(ctx context.Context) error {
-	if afterClaimHook == nil {
-		return nil
-	}
-	return afterClaimHook(s, ctx)
+	return s.refreshIdentity(ctx)
 }
 
 // watchHolder ends the sandbox when f (the read end of a hold pipe)

@@ -2,12 +2,181 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
+
+// privateCache gives the test its own cache directory, so that it sees
+// ready snapshots appear and go: the kernel and images are the shared
+// cache's (symlinked).
+func (e *env) privateCache() string {
+	e.t.Helper()
+	shared := os.Getenv("MVM_CACHE_DIR")
+	if shared == "" {
+		home, _ := os.UserHomeDir()
+		shared = filepath.Join(home, ".cache", "mvm")
+		if x := os.Getenv("XDG_CACHE_HOME"); x != "" {
+			shared = filepath.Join(x, "mvm")
+		}
+	}
+	c := filepath.Join(e.t.TempDir(), "cache")
+	if err := os.MkdirAll(c, 0o700); err != nil {
+		e.t.Fatal(err)
+	}
+	for _, d := range []string{"kernel", "images"} {
+		if err := os.Symlink(filepath.Join(shared, d), filepath.Join(c, d)); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	e.extra = append(e.extra, "MVM_CACHE_DIR="+c)
+	return filepath.Join(c, "ready")
+}
+
+// bootOf returns boot-report NAME --json's "boot".
+func (e *env) bootOf(name string) map[string]any {
+	e.t.Helper()
+	var br map[string]any
+	if err := json.Unmarshal([]byte(e.must("boot-report", name, "--json").stdout), &br); err != nil {
+		e.t.Fatal(err)
+	}
+	boot, _ := br["boot"].(map[string]any)
+	return boot
+}
+
+func (e *env) wantStart(name, start, reason string) map[string]any {
+	e.t.Helper()
+	b := e.bootOf(name)
+	if b["start"] != start || !strings.Contains(fmt.Sprint(b["start_reason"]), reason) {
+		e.t.Fatalf("%s: start %v (%v), want %s (%s)", name, b["start"], b["start_reason"], start, reason)
+	}
+	return b
+}
+
+// readyTags lists the ready snapshots with a record.
+func readyTags(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, _ := os.ReadDir(dir)
+	var tags []string
+	for _, e := range ents {
+		if tag, ok := strings.CutSuffix(e.Name(), ".ready.json"); ok {
+			tags = append(tags, tag)
+		}
+	}
+	return tags
+}
+
+// Warm start by default: the first boot of an image records its ready
+// snapshot, later sandboxes (up and run) restore from it with their own
+// identity, --cold boots, and a stale, tampered or half-made snapshot is
+// replaced, never used. Two first boots at once publish one snapshot.
+func TestWarmStart(t *testing.T) {
+	e := newEnv(t)
+	ready := e.privateCache()
+
+	e.must("up", "--name", "a")
+	e.wantStart("a", "cold", "no ready snapshot yet")
+	tags := readyTags(t, ready)
+	if len(tags) != 1 {
+		t.Fatalf("ready snapshots after the first boot: %v", tags)
+	}
+	tag := tags[0]
+	for _, f := range []string{tag + ".ready.json", filepath.Join(tag, "memory.state"), filepath.Join(tag, "meta.json")} {
+		if fi, err := os.Stat(filepath.Join(ready, f)); err != nil || fi.Mode().Perm()&0o077 != 0 {
+			t.Fatalf("%s: %v %v", f, fi, err)
+		}
+	}
+
+	e.must("up", "--name", "b")
+	b := e.wantStart("b", "restored", "")
+	if b["snapshot"] != tag {
+		t.Fatalf("b restored from %v, want %s", b["snapshot"], tag)
+	}
+	// Its own identity, and a working guest.
+	if out := e.must("exec", "b", "--", "sh", "-c", "hostname; echo x > /tmp/f; cat /tmp/f").stdout; out != "b\nx\n" {
+		t.Fatalf("restored sandbox answered %q", out)
+	}
+	ua := e.must("exec", "a", "--", "cat", "/proc/sys/kernel/random/uuid").stdout
+	ub := e.must("exec", "b", "--", "cat", "/proc/sys/kernel/random/uuid").stdout
+	if ua == ub {
+		t.Fatalf("two sandboxes gave the same random uuid %q", ua)
+	}
+
+	e.must("up", "--name", "c", "--cold")
+	e.wantStart("c", "cold", "cold start requested")
+
+	r := e.must("run", "--json", "--", "echo", "hi")
+	if !strings.Contains(r.stdout, `"start": "restored"`) && !strings.Contains(r.stdout, `"start":"restored"`) {
+		t.Fatalf("run did not restore: %s", r)
+	}
+	e.must("down", "a", "b", "c")
+
+	// Stale: the record names another kernel. Replaced by the next boot.
+	recPath := filepath.Join(ready, tag+".ready.json")
+	rec, _ := os.ReadFile(recPath)
+	var k map[string]any
+	json.Unmarshal(rec, &k)
+	k["key"].(map[string]any)["kernel_digest"] = "sha256:" + strings.Repeat("0", 64)
+	stale, _ := json.Marshal(k)
+	os.WriteFile(recPath, stale, 0o600)
+	e.must("up", "--name", "d")
+	e.wantStart("d", "cold", "stale: kernel changed")
+	e.must("up", "--name", "e")
+	e.wantStart("e", "restored", "")
+	e.must("down", "d", "e")
+
+	// Tampered memory: refused (never restored), replaced.
+	mem := filepath.Join(ready, tag, "memory.state")
+	f, err := os.OpenFile(mem, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("tampered"), 4096)
+	f.Close()
+	e.must("up", "--name", "g")
+	e.wantStart("g", "cold", "ready snapshot refused")
+	e.must("up", "--name", "h")
+	e.wantStart("h", "restored", "")
+	e.must("down", "g", "h")
+
+	// Two first boots of a new shape at once: both run, one snapshot.
+	var wg sync.WaitGroup
+	res := make([]result, 2)
+	for i := range res {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res[i] = e.run("up", "--name", fmt.Sprintf("p%d", i), "--memory", "384M")
+		}()
+	}
+	wg.Wait()
+	for i, r := range res {
+		if r.code != 0 {
+			t.Fatalf("concurrent first boot %d: %s", i, r)
+		}
+	}
+	if tags := readyTags(t, ready); len(tags) != 2 {
+		t.Fatalf("ready snapshots after two concurrent first boots of a new shape: %v", tags)
+	}
+	e.must("up", "--name", "q", "--memory", "384M")
+	e.wantStart("q", "restored", "")
+	if out := e.must("exec", "q", "--", "hostname").stdout; out != "q\n" {
+		t.Fatalf("hostname %q", out)
+	}
+	e.must("down", "--all")
+	e.assertClean()
+	// Nothing half-made is left in the store.
+	ents, _ := os.ReadDir(ready)
+	for _, ent := range ents {
+		if strings.HasPrefix(ent.Name(), ".") {
+			t.Errorf("left in the ready store: %s", ent.Name())
+		}
+	}
+}
 
 // poolLs returns `pool ls --json`.
 func (e *env) poolLs() []map[string]any {
@@ -61,9 +230,9 @@ func TestWarmPool(t *testing.T) {
 	if st["name"] != "mine" || st["state"] != "running" {
 		t.Fatalf("claimed sandbox: %s", up)
 	}
-	out := e.must("exec", "mine", "--", "sh", "-c", `echo "$GREETING"`).stdout
-	if strings.TrimSpace(out) != "hi" {
-		t.Fatalf("claimed sandbox answered %q, want the caller's env", out)
+	out := e.must("exec", "mine", "--", "sh", "-c", `echo "$GREETING $(hostname)"`).stdout
+	if strings.TrimSpace(out) != "hi mine" {
+		t.Fatalf("claimed sandbox answered %q, want the caller's env and a hostname from its new name", out)
 	}
 	var br map[string]any
 	json.Unmarshal([]byte(e.must("boot-report", "mine", "--json").stdout), &br)
