@@ -198,3 +198,53 @@ func duBytes(dir string) int64 {
 func duSummary(dir string) string {
 	return fmt.Sprintf("%.1f MiB on disk under %s", float64(duBytes(dir))/(1<<20), dir)
 }
+
+// BenchmarkPauseResume pauses a sandbox to disk and resumes it, for guests
+// with 512 MiB and 1 GiB of touched memory (a file of that size in the
+// guest's RAM-backed root): pause, resume and resume -> first exec, and the
+// bytes the paused sandbox takes on disk against its memory. The floor is
+// the cold boot of the same guest (`up --cold`) in the same run.
+func BenchmarkPauseResume(b *testing.B) {
+	e := newMvmEnv(b)
+	for _, c := range []struct {
+		touchMiB int
+		memory   string
+	}{{512, "1G"}, {1024, "2G"}} {
+		name := fmt.Sprintf("p%d", c.touchMiB)
+		_, boot := e.must("up", "--name", name, "--cold", "--memory", c.memory)
+		e.must("exec", name, "--", "sh", "-c", fmt.Sprintf("yes 0123456789abcdef | head -c %dM > /tmp/fill && sync", c.touchMiB))
+		var pauses, resumes, firsts []time.Duration
+		var onDisk int64
+		for i := 0; i < 3; i++ {
+			_, dp := e.must("pause", name)
+			dir := sandboxDir(e, name)
+			if _, err := os.Stat(filepath.Join(dir, "suspended")); err != nil {
+				b.Fatalf("pause did not go to disk (no %s/suspended): %v", dir, err)
+			}
+			onDisk = duBytes(filepath.Join(dir, "suspended"))
+			_, dr := e.must("resume", name)
+			_, dx := e.must("exec", name, "--", "true")
+			pauses, resumes, firsts = append(pauses, dp), append(resumes, dr), append(firsts, dr+dx)
+		}
+		out, _ := e.must("exec", name, "--", "sh", "-c", "wc -c < /tmp/fill")
+		if strings.TrimSpace(out) != fmt.Sprint(c.touchMiB<<20) {
+			b.Fatalf("the guest's file after resume: %q", out)
+		}
+		p, r, f := median(pauses), median(resumes), median(firsts)
+		b.ReportMetric(float64(p.Milliseconds()), fmt.Sprintf("pause-%dM-ms", c.touchMiB))
+		b.ReportMetric(float64(f.Milliseconds()), fmt.Sprintf("resume-exec-%dM-ms", c.touchMiB))
+		fmt.Printf("pause to disk, %d MiB touched (%s guest, 3 rounds, medians): pause %v, resume %v, resume -> first exec %v; cold boot of the same guest %v; %.0f MiB on disk (%.2fx the touched memory)\n",
+			c.touchMiB, c.memory, p.Round(time.Millisecond), r.Round(time.Millisecond), f.Round(time.Millisecond),
+			boot.Round(time.Millisecond), float64(onDisk)/(1<<20), float64(onDisk)/float64(c.touchMiB<<20))
+		e.must("down", name)
+	}
+}
+
+// sandboxDir is the state directory of sandbox name.
+func sandboxDir(e *mvmEnv, name string) string {
+	link, err := os.Readlink(filepath.Join(e.work, "s", "names", name))
+	if err != nil {
+		e.b.Fatal(err)
+	}
+	return filepath.Join(e.work, "s", "sb", filepath.Base(link))
+}
