@@ -15,6 +15,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -246,6 +248,8 @@ func (r *Runtime) decideStart(key ReadyKey, why string) warmDecision {
 		d.Reason, d.Record = "ready snapshot stale: "+rec.Key.mismatch(key)+" changed (replaced by this boot)", true
 	default:
 		d.Start, d.rec = StartRestored, rec
+		now := time.Now()
+		os.Chtimes(r.readyRecordPath(d.Tag), now, now) // recently used (pruneReady)
 	}
 	return d
 }
@@ -335,7 +339,57 @@ func (r *Runtime) recordReady(ctx context.Context, save ReadySaver, sb *Sandbox,
 	if err := cache.WriteFile(r.readyRecordPath(d.Tag), append(b, '\n'), cache.FileMode); err != nil {
 		return nil, err
 	}
+	r.pruneReady(d.Tag)
 	return rec, nil
+}
+
+// ReadyMaxEnv caps how many ready snapshots the cache keeps (default
+// 16); recording one more removes the least recently used.
+const ReadyMaxEnv = "MVM_READY_MAX"
+
+func readyMax() int {
+	if n, err := strconv.Atoi(os.Getenv(ReadyMaxEnv)); err == nil && n > 0 {
+		return n
+	}
+	return 16
+}
+
+// pruneReady removes the least recently used ready snapshots beyond
+// readyMax (a restore touches its record), never keep and never one whose
+// lock is held (being recorded or dropped).
+func (r *Runtime) pruneReady(keep string) {
+	ents, err := os.ReadDir(r.readyRoot())
+	if err != nil {
+		return
+	}
+	type used struct {
+		tag string
+		at  time.Time
+	}
+	var all []used
+	for _, e := range ents {
+		tag, ok := strings.CutSuffix(e.Name(), readyRecordExt)
+		if !ok || tag == keep {
+			continue
+		}
+		if fi, err := e.Info(); err == nil {
+			all = append(all, used{tag, fi.ModTime()})
+		}
+	}
+	if len(all) < readyMax() {
+		return
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].at.After(all[j].at) })
+	for _, u := range all[readyMax()-1:] {
+		lk := flock.New(filepath.Join(r.readyRoot(), u.tag+".lock"), flock.SetPermissions(cache.FileMode))
+		if ok, err := lk.TryLock(); err != nil || !ok {
+			continue
+		}
+		os.Remove(r.readyRecordPath(u.tag))
+		r.readyStore().Remove(u.tag)
+		os.Remove(filepath.Join(r.readyRoot(), u.tag+".lock"))
+		lk.Unlock()
+	}
 }
 
 // dropReady removes a ready snapshot that failed to restore, so that the

@@ -330,3 +330,40 @@ func TestReadyKeyShape(t *testing.T) {
 		t.Fatalf("rootfs key %+v", b)
 	}
 }
+
+// The cache keeps at most MVM_READY_MAX ready snapshots: recording one
+// more removes the least recently used (a restore counts as a use).
+func TestPruneReadyKeepsTheRecentlyUsed(t *testing.T) {
+	withSnapshots(t)
+	t.Setenv(ReadyMaxEnv, "2")
+	r := testRuntime(t)
+	var saves atomic.Int32
+	key := func(mem int) ReadyKey { k := testKey(); k.MemoryMiB = mem; return k }
+	record := func(mem int) {
+		t.Helper()
+		if _, err := r.recordReady(context.Background(), fakeSave(t, &saves, nil), &Sandbox{ID: "s"}, r.decideStart(key(mem), "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record(256)
+	record(512)
+	old := time.Now().Add(-time.Hour)
+	os.Chtimes(r.readyRecordPath(key(256).ID()), old, old)
+	os.Chtimes(r.readyRecordPath(key(512).ID()), old.Add(time.Minute), old.Add(time.Minute))
+	if d := r.decideStart(key(256), ""); d.Start != StartRestored { // a use
+		t.Fatalf("%+v", d)
+	}
+	record(1024)
+	if d := r.decideStart(key(512), ""); d.Start != StartCold {
+		t.Fatalf("the least recently used snapshot was kept: %+v", d)
+	}
+	for _, m := range []int{256, 1024} {
+		if d := r.decideStart(key(m), ""); d.Start != StartRestored {
+			t.Fatalf("%d MiB: %+v", m, d)
+		}
+	}
+	if _, err := r.readyStore().Get(key(512).ID()); err == nil {
+		t.Fatal("the pruned snapshot is still in the store")
+	}
+	assertNoStaging(t, r)
+}
