@@ -209,6 +209,7 @@ def test_snapshot_clone_pause_to_disk_and_resume(template: str) -> None:
         src.commands.run("echo during > /root/during")
         name = src.pause()
         assert name == src.name and src.refresh().state == "paused"
+        assert src.info.raw.get("paused_to") == "disk", src.info.raw
         assert src.name in sandbox_names()
         resumed = mvm.Sandbox.resume(name)
         assert resumed.info.state == "running"

@@ -175,8 +175,10 @@ def test_logs_list_connect_and_info(sandbox: mvm.Sandbox) -> None:
     assert sandbox.stats().get("mem_total_bytes", 1) > 0
 
 
-def test_pause_and_resume(sandbox: mvm.Sandbox) -> None:
-    assert sandbox.pause() == sandbox.name
+def test_pause_in_memory_and_resume(sandbox: mvm.Sandbox) -> None:
+    """in_memory=True: the vCPUs freeze, ownership stays (pause to disk is
+    in test_lifecycle.py)."""
+    assert sandbox.pause(in_memory=True) == sandbox.name
     try:
         assert sandbox.refresh().state == "paused"
         with pytest.raises(mvm.MvmError):

@@ -115,6 +115,7 @@ describe("lifecycle", { skip: haveCli ? false : "no mvmctl: set MVM_CLI_BIN or r
       await src.commands.run("echo during > /root/during");
       const name = await src.pause();
       assert.equal((await src.refresh()).state, "paused");
+      assert.equal(src.info.raw.paused_to, "disk");
       const resumed = await Sandbox.resume(name);
       made.push(resumed);
       assert.equal(resumed.info.state, "running");

@@ -170,8 +170,8 @@ describe("live sandbox", { skip: haveCli ? false : "no mvmctl: set MVM_CLI_BIN o
     assert.ok(typeof (await sb.stats()) === "object");
   });
 
-  test("pause and resume", async () => {
-    assert.equal(await sb.pause(), sb.name);
+  test("pause in memory and resume (pause to disk: lifecycle.test.ts)", async () => {
+    assert.equal(await sb.pause({ inMemory: true }), sb.name);
     try {
       assert.equal((await sb.refresh()).state, "paused");
       await assert.rejects(sb.commands.run("true", { timeoutMs: 5000 }), sdk.MvmError);
