@@ -298,9 +298,9 @@ func TestShimTask(t *testing.T) {
 	w.assertNothingLeft("after SIGKILL and task rm")
 }
 
-// TestShimTerminal: ctr run -t gives the process a terminal of the
-// client's size; a terminal under the default (restrictive) profile is
-// refused before anything boots.
+// TestShimTerminal: ctr run -t and ctr task exec -t give the process a
+// terminal of the client's size; a terminal under the default
+// (restrictive) profile is refused before anything boots.
 func TestShimTerminal(t *testing.T) {
 	w := newWorld(t)
 	_, errOut, code := w.ctr(time.Minute, "", "run", "--rm", "-t", "--runtime", ctrtest.Runtime, ctrtest.Image, "tty0", "tty")
@@ -323,7 +323,30 @@ func TestShimTerminal(t *testing.T) {
 	if werr != nil || !strings.Contains(out, "/dev/pts/") || !strings.Contains(out, "33 101") || !strings.Contains(out, "done") {
 		t.Fatalf("ctr run -t: %v; output %q (stderr of the refused run: %q)", werr, out, errOut)
 	}
-	w.assertNothingLeft("after ctr run -t")
+
+	// task exec -t: a second process with its own terminal, of the
+	// client's size, in a running task.
+	w.mustCtr(bootDeadline, detached("tty2", []string{"--annotation", "io.mvm.profile=dev"}, "sleep", "600")...)
+	ectx, ecancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer ecancel()
+	ecmd := w.c.CtrCommand(ectx, "task", "exec", "-t", "--exec-id", "term", "tty2", "sh", "-c", "tty; stty size; echo done")
+	eptmx, err := pty.StartWithSize(ecmd, &pty.Winsize{Rows: 21, Cols: 77})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eptmx.Close()
+	buf.Reset()
+	io.Copy(&buf, eptmx)
+	werr = ecmd.Wait()
+	out = strings.ReplaceAll(buf.String(), "\r", "")
+	if werr != nil || !strings.Contains(out, "/dev/pts/") || !strings.Contains(out, "21 77") || !strings.Contains(out, "done") {
+		t.Errorf("ctr task exec -t: %v; output %q", werr, out)
+	}
+	w.mustCtr(time.Minute, "task", "kill", "-s", "SIGKILL", "tty2")
+	waitFor(t, "task tty2 stopped", time.Minute, func() bool { return w.taskStatus("tty2") == "STOPPED" })
+	w.mustCtr(time.Minute, "task", "rm", "tty2")
+	w.mustCtr(time.Minute, "container", "rm", "tty2")
+	w.assertNothingLeft("after ctr run -t and task exec -t")
 }
 
 // TestShimConcurrent: ten containers at once, each with its own VM.
