@@ -114,7 +114,7 @@ func pausedExpiry(spec *sandbox.Spec) *time.Time {
 // id) after verifying it. A failed resume leaves the sandbox paused when
 // the saved state was not consumed yet, failed otherwise.
 func (r *Runtime) Resume(ctx context.Context, nameOrID string) (*sandbox.State, error) {
-	id, dir, err := r.dir(nameOrID)
+	_, dir, err := r.dir(nameOrID)
 	if err != nil {
 		return nil, err
 	}
@@ -171,7 +171,6 @@ func (r *Runtime) Resume(ctx context.Context, nameOrID string) (*sandbox.State, 
 		}
 		return nil, fmt.Errorf("%w: resume %s: %v", ErrBoot, st.Name, err)
 	}
-	r.Audit("sandbox.resumed", id, map[string]any{"from": "disk", "restore_ms": ns.Boot.RestoreMS})
 	ns.Attachments = readAttachments(dir)
 	return ns, nil
 }

@@ -368,18 +368,7 @@ func (r *Runtime) upFromSnapshot(ctx context.Context, o UpOptions) (*Sandbox, er
 	if hold != nil {
 		sb.Hold = hold
 	}
-	fail := func(err error) (*Sandbox, error) {
-		r.Down(context.Background(), id)
-		if hold != nil {
-			hold.Close()
-		}
-		return nil, err
-	}
-	if _, err := r.Audit("snapshot.restored", id, map[string]any{
-		"tag": tag, "source_id": sn.Meta.SourceID, "match_key": sn.Meta.Match.Key(), "restore_ms": st.Boot.RestoreMS,
-	}); err != nil {
-		return fail(err)
-	}
+	// The supervisor audited snapshot.restored.
 	st.Attachments = att
 	return sb, nil
 }

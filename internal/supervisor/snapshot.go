@@ -286,3 +286,25 @@ func resetAgent(ctx context.Context, conn net.Conn) error {
 	}
 	return agentapi.HostHandshake(ctx, conn)
 }
+
+// auditRestore records a restore in the audit chain: here, not in the
+// caller, so that it is recorded even when the caller is gone (a killed
+// CLI does not stop a restore).
+func (s *supervisor) auditRestore() {
+	in := s.spec.VM.Incoming
+	if in == "" {
+		return
+	}
+	fields := map[string]any{"restore_ms": s.state.Boot.RestoreMS}
+	if filepath.Dir(in) == filepath.Join(s.dir, sandbox.SuspendedDir) {
+		fields["from"] = "disk"
+		s.events("sandbox.resumed", s.snapshot(), fields)
+		return
+	}
+	tag := s.spec.FromSnapshot
+	if tag == "" {
+		tag = s.spec.Start.Snapshot
+	}
+	fields["tag"] = tag
+	s.events("snapshot.restored", s.snapshot(), fields)
+}

@@ -178,6 +178,7 @@ func RunWith(dir string, ready io.WriteCloser, o Options) error {
 	go s.serveControl(ctlL)
 	s.setStatus(sandbox.Running, "")
 	s.events("sandbox.started", s.snapshot(), map[string]any{"accel": s.vm.Accel(), "boot_ms": s.state.Boot.AgentReadyMS})
+	s.auditRestore()
 	b, _ := json.Marshal(Ready{OK: true, State: s.snapshot()})
 	ready.Write(append(b, '\n'))
 	ready.Close()

@@ -82,6 +82,14 @@ func TestSnapshotClones(t *testing.T) {
 	if r := e.run("up", "--from-snapshot", "t1", "--name", "c3"); r.code != 3 || !strings.Contains(r.stderr, "snapshot ls") {
 		t.Fatalf("restore of a removed snapshot: %s", r)
 	}
+	// save, restore and removal are in the audit chain, which verifies
+	e.must("audit", "verify")
+	chain, _ := os.ReadFile(filepath.Join(e.data, "audit", "chain.jsonl"))
+	for _, kind := range []string{`"kind":"snapshot.saved"`, `"kind":"snapshot.restored"`, `"kind":"snapshot.removed"`, `"kind":"sandbox.identity_refreshed"`} {
+		if !strings.Contains(string(chain), kind) {
+			t.Errorf("audit chain lacks %s", kind)
+		}
+	}
 	e.must("down", "--all")
 	e.assertClean()
 }
@@ -180,6 +188,10 @@ func TestPauseToDisk(t *testing.T) {
 		t.Fatalf("snapshot of a sandbox paused to disk: %s", r)
 	}
 	e.must("resume", "pz")
+	chain, _ := os.ReadFile(filepath.Join(e.data, "audit", "chain.jsonl"))
+	if !strings.Contains(string(chain), `"kind":"sandbox.paused"`) || !strings.Contains(string(chain), `"kind":"sandbox.resumed"`) {
+		t.Errorf("pause and resume are not in the audit chain")
+	}
 	after := e.guestInt("pz", "/tmp/count")
 	if after < before || after > before+20 {
 		t.Fatalf("the count was %d at pause and %d after resume: not continued", before, after)
@@ -265,6 +277,30 @@ func TestSnapshotPauseFaults(t *testing.T) {
 		t.Fatalf("after a killed resume: %v", row)
 	}
 
+	// kill the CLI while a clone is being restored: the supervisor
+	// finishes, and the clone runs
+	e.must("snapshot", "save", "k", "good")
+	cli = e.command(ctx, "up", "--from-snapshot", "good", "--name", "kc")
+	if err := cli.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the clone's supervisor", time.Minute, func() bool {
+		link, err := os.Readlink(filepath.Join(e.state, "names", "kc"))
+		if err != nil {
+			return false
+		}
+		b, _ := os.ReadFile(filepath.Join(e.state, "sb", filepath.Base(link), "state.json"))
+		return strings.Contains(string(b), `"supervisor_pid"`)
+	})
+	cli.Process.Kill()
+	cli.Wait()
+	waitFor(t, "the clone to run without its CLI", time.Minute, func() bool {
+		row := e.row("kc")
+		return row != nil && row["state"] == "running"
+	})
+	e.must("exec", "kc", "--", "true")
+	e.must("down", "kc")
+
 	// kill the supervisor while it saves a snapshot
 	cli = e.command(ctx, "snapshot", "save", "k", "half")
 	if err := cli.Start(); err != nil {
@@ -281,7 +317,7 @@ func TestSnapshotPauseFaults(t *testing.T) {
 	json.Unmarshal(b, &st)
 	syscall.Kill(st.PID, syscall.SIGKILL)
 	cli.Wait()
-	if r := e.must("snapshot", "ls", "--json"); strings.Contains(r.stdout, "half") {
+	if r := e.must("snapshot", "ls", "--json"); strings.Contains(r.stdout, "half") || !strings.Contains(r.stdout, "good") {
 		t.Fatalf("a half snapshot is listed: %s", r.stdout)
 	}
 	if m, _ := filepath.Glob(filepath.Join(e.data, "snapshots", ".tmp-*")); len(m) != 0 {
