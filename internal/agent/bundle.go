@@ -205,7 +205,16 @@ type helperSpec struct {
 	Rlimits    []helperRlimit `json:"rlimits,omitempty"`
 	NoNewPrivs bool           `json:"no_new_privs,omitempty"`
 	Umask      int            `json:"umask"` // -1: unchanged
+	Caps       *helperCaps    `json:"caps,omitempty"`
 }
+
+// helperCaps are capability sets as bit masks.
+type helperCaps struct {
+	Bounding, Effective, Permitted, Inheritable, Ambient uint64
+}
+
+// lastCap is the highest capability the guest kernel (Linux 6.1) knows.
+const lastCap = 40
 
 type helperRlimit struct {
 	Resource int    `json:"r"`
@@ -280,6 +289,22 @@ func bundleSpec(st *pb.ExecStart, root string) (*helperSpec, error) {
 		Groups: append([]uint32{}, b.AdditionalGids...), NoNewPrivs: b.NoNewPrivileges, Umask: -1}
 	if b.HasUmask {
 		hs.Umask = int(b.Umask)
+	}
+	if b.HasCapabilities {
+		c := &helperCaps{Bounding: b.CapBounding, Effective: b.CapEffective, Permitted: b.CapPermitted,
+			Inheritable: b.CapInheritable, Ambient: b.CapAmbient}
+		for _, m := range []uint64{c.Bounding, c.Effective, c.Permitted, c.Inheritable, c.Ambient} {
+			if m>>(lastCap+1) != 0 {
+				return nil, bad("capability mask %#x names capabilities this kernel does not have", m)
+			}
+		}
+		if c.Effective&^c.Permitted != 0 {
+			return nil, bad("effective capabilities must be permitted")
+		}
+		if c.Ambient&^(c.Permitted&c.Inheritable) != 0 {
+			return nil, bad("ambient capabilities must be permitted and inheritable")
+		}
+		hs.Caps = c
 	}
 	seen := map[int32]bool{}
 	for _, l := range b.Rlimits {
@@ -405,6 +430,22 @@ func applySpec(hs *helperSpec) error {
 	if !home {
 		env = append(env, "HOME="+passwdHome(hs.UID))
 	}
+	if hs.Caps != nil {
+		// Keep the permitted set across setuid, and drop the bounding
+		// set while still privileged (both are per thread: this one,
+		// locked, is the one that executes).
+		if err := unix.Prctl(unix.PR_SET_KEEPCAPS, 1, 0, 0, 0); err != nil {
+			return guest("keepcaps", err)
+		}
+		for c := 0; c <= 63; c++ {
+			if hs.Caps.Bounding&(1<<c) != 0 {
+				continue
+			}
+			if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+				return guest("drop capability "+strconv.Itoa(c)+" from the bounding set", err)
+			}
+		}
+	}
 	if err := syscall.Setgroups(intSlice(hs.Groups)); err != nil {
 		return guest("setgroups", err)
 	}
@@ -413,6 +454,32 @@ func applySpec(hs *helperSpec) error {
 	}
 	if err := syscall.Setuid(int(hs.UID)); err != nil {
 		return guest("setuid", err)
+	}
+	if c := hs.Caps; c != nil {
+		// What this process does not hold it cannot grant (the agent, as
+		// PID 1, holds them all; a test on a host may not).
+		var cur [2]unix.CapUserData
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		if err := unix.Capget(&hdr, &cur[0]); err != nil {
+			return guest("capget", err)
+		}
+		held := uint64(cur[0].Permitted) | uint64(cur[1].Permitted)<<32
+		c.Effective, c.Permitted, c.Inheritable = c.Effective&held, c.Permitted&held, c.Inheritable&held
+		c.Ambient &= c.Permitted & c.Inheritable
+		data := [2]unix.CapUserData{
+			{Effective: uint32(c.Effective), Permitted: uint32(c.Permitted), Inheritable: uint32(c.Inheritable)},
+			{Effective: uint32(c.Effective >> 32), Permitted: uint32(c.Permitted >> 32), Inheritable: uint32(c.Inheritable >> 32)},
+		}
+		if err := unix.Capset(&unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}, &data[0]); err != nil {
+			return guest("capset", err)
+		}
+		for n := 0; n <= lastCap; n++ {
+			if c.Ambient&(1<<n) != 0 {
+				if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, uintptr(n), 0, 0); err != nil {
+					return guest("raise ambient capability "+strconv.Itoa(n), err)
+				}
+			}
+		}
 	}
 	if hs.NoNewPrivs {
 		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,6 +97,15 @@ func TestBundleSpecRefusals(t *testing.T) {
 		"id control char": func(s *pb.ExecStart) { s.Id = "a\nb" },
 		"long id":         func(s *pb.ExecStart) { s.Id = strings.Repeat("a", agentapi.MaxProcessIDBytes+1) },
 		"huge terminal":   func(s *pb.ExecStart) { s.Rows = 1 << 20 },
+		"unknown cap": func(s *pb.ExecStart) {
+			s.Bundle.HasCapabilities, s.Bundle.CapBounding = true, 1<<(lastCap+1)
+		},
+		"effective not permitted": func(s *pb.ExecStart) {
+			s.Bundle.HasCapabilities, s.Bundle.CapEffective = true, 1
+		},
+		"ambient not inheritable": func(s *pb.ExecStart) {
+			s.Bundle.HasCapabilities, s.Bundle.CapPermitted, s.Bundle.CapAmbient = true, 1, 1
+		},
 	}
 	for name, mut := range cases {
 		st := ok()
@@ -121,7 +131,7 @@ func bundleRootfs(t *testing.T) string {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(root, "bin", "busybox"), b, 0o755)
-	for _, n := range []string{"sh", "id", "env", "pwd", "cat", "sleep"} {
+	for _, n := range []string{"sh", "id", "env", "pwd", "cat", "sleep", "chown"} {
 		os.Symlink("busybox", filepath.Join(root, "bin", n))
 	}
 	os.WriteFile(filepath.Join(root, "etc", "passwd"), []byte("root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\n"), 0o644)
@@ -178,6 +188,31 @@ func TestBundleExec(t *testing.T) {
 	os.WriteFile(filepath.Join(root, "secret"), []byte("x"), 0o600)
 	if out, res, err = run([]string{"cat", "/secret"}, user(), ""); err != nil || res.ExitCode == 0 {
 		t.Fatalf("cat as alice: %v %+v %q", err, res, out)
+	}
+
+	// Capabilities are applied: a user with CAP_CHOWN as an ambient
+	// capability can give a file away, without it not; root without
+	// CAP_CHOWN in its bounding set cannot either.
+	const capChown = 1 << 0
+	f := filepath.Join(root, "work", "f")
+	os.WriteFile(f, nil, 0o644)
+	os.Chown(f, 1000, 1000)
+	if out, res, err = run([]string{"chown", "0", "/work/f"}, user(), ""); err != nil || res.ExitCode == 0 {
+		t.Fatalf("chown without CAP_CHOWN: %v %+v %q", err, res, out)
+	}
+	bp = user()
+	bp.HasCapabilities, bp.CapPermitted, bp.CapInheritable, bp.CapEffective, bp.CapAmbient, bp.CapBounding = true, capChown, capChown, capChown, capChown, capChown
+	if out, res, err = run([]string{"chown", "0", "/work/f"}, bp, ""); err != nil || res.ExitCode != 0 {
+		t.Fatalf("chown with an ambient CAP_CHOWN: %v %+v %q", err, res, out)
+	}
+	all := uint64(1)<<(lastCap+1) - 1
+	rootNoChown := &pb.BundleProcess{Env: []string{"PATH=/bin"}, HasCapabilities: true,
+		CapBounding: all &^ capChown, CapPermitted: all &^ capChown, CapEffective: all &^ capChown}
+	if out, res, err = run([]string{"chown", "1000", "/work/f"}, rootNoChown, ""); err != nil || res.ExitCode == 0 {
+		t.Fatalf("root without CAP_CHOWN: %v %+v %q", err, res, out)
+	}
+	if st, _ := os.Stat(f); st.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Fatalf("owner of /work/f: %d", st.Sys().(*syscall.Stat_t).Uid)
 	}
 
 	// Starts that cannot run say why, before anything runs.

@@ -216,6 +216,10 @@ type ProcessSpec struct {
 	Umask           *uint32
 	Rlimits         []Rlimit
 	NoNewPrivileges bool
+	// Capabilities, when set, are the process's capability sets (OCI
+	// process.capabilities, names such as "CAP_CHOWN"); nil keeps what the
+	// uid gets (all of them for root).
+	Capabilities *Capabilities
 	// Terminal runs the process on a pseudo-terminal of Rows x Cols
 	// (stdout and stderr are then one stream, written to Stdout).
 	Terminal   bool
@@ -309,10 +313,52 @@ func (p *ProcessSpec) Validate() error {
 			return bad("rlimit %s: soft %d above hard %d", l.Type, l.Soft, l.Hard)
 		}
 	}
+	if c := p.Capabilities; c != nil {
+		for _, set := range [][]string{c.Bounding, c.Effective, c.Permitted, c.Inheritable, c.Ambient} {
+			if len(set) > 2*len(CapabilityNumbers) {
+				return bad("too many capabilities")
+			}
+			if _, err := capMask(set); err != nil {
+				return bad("%v", err)
+			}
+		}
+	}
 	if p.Terminal && (p.Rows > 0xffff || p.Cols > 0xffff) {
 		return bad("console size %dx%d is too large", p.Cols, p.Rows)
 	}
 	return nil
+}
+
+// Capabilities are a process's capability sets, by name.
+type Capabilities struct {
+	Bounding, Effective, Permitted, Inheritable, Ambient []string
+}
+
+// CapabilityNumbers are the Linux capabilities a spec may name (those of
+// the guest kernel, Linux 6.1: up to CAP_CHECKPOINT_RESTORE).
+var CapabilityNumbers = map[string]uint{
+	"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_FOWNER": 3, "CAP_FSETID": 4,
+	"CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8, "CAP_LINUX_IMMUTABLE": 9,
+	"CAP_NET_BIND_SERVICE": 10, "CAP_NET_BROADCAST": 11, "CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13,
+	"CAP_IPC_LOCK": 14, "CAP_IPC_OWNER": 15, "CAP_SYS_MODULE": 16, "CAP_SYS_RAWIO": 17, "CAP_SYS_CHROOT": 18,
+	"CAP_SYS_PTRACE": 19, "CAP_SYS_PACCT": 20, "CAP_SYS_ADMIN": 21, "CAP_SYS_BOOT": 22, "CAP_SYS_NICE": 23,
+	"CAP_SYS_RESOURCE": 24, "CAP_SYS_TIME": 25, "CAP_SYS_TTY_CONFIG": 26, "CAP_MKNOD": 27, "CAP_LEASE": 28,
+	"CAP_AUDIT_WRITE": 29, "CAP_AUDIT_CONTROL": 30, "CAP_SETFCAP": 31, "CAP_MAC_OVERRIDE": 32,
+	"CAP_MAC_ADMIN": 33, "CAP_SYSLOG": 34, "CAP_WAKE_ALARM": 35, "CAP_BLOCK_SUSPEND": 36,
+	"CAP_AUDIT_READ": 37, "CAP_PERFMON": 38, "CAP_BPF": 39, "CAP_CHECKPOINT_RESTORE": 40,
+}
+
+// capMask turns capability names into a bit mask.
+func capMask(names []string) (uint64, error) {
+	var m uint64
+	for _, n := range names {
+		c, ok := CapabilityNumbers[n]
+		if !ok {
+			return 0, fmt.Errorf("unknown capability %q", trunc(n, 40))
+		}
+		m |= 1 << c
+	}
+	return m, nil
 }
 
 // Caps of a process spec (the agent enforces the same).

@@ -93,6 +93,7 @@ func TestProcessSpecValidate(t *testing.T) {
 		"umask out of range": func(p *ProcessSpec) { p.Umask = &umask },
 		"too many groups":    func(p *ProcessSpec) { p.AdditionalGids = make([]uint32, maxSpecGroups+1) },
 		"too many args":      func(p *ProcessSpec) { p.Args = make([]string, maxSpecArgs+1) },
+		"unknown capability": func(p *ProcessSpec) { p.Capabilities = &Capabilities{Bounding: []string{"CAP_FLY"}} },
 	}
 	for name, mut := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -110,12 +111,16 @@ func TestBundleProcessMapping(t *testing.T) {
 	s := validSpec()
 	u := uint32(0o022)
 	s.Umask, s.NoNewPrivileges, s.Init = &u, true, true
+	s.Capabilities = &Capabilities{Bounding: []string{"CAP_CHOWN", "CAP_KILL"}, Effective: []string{"CAP_KILL"}, Ambient: []string{"CAP_CHECKPOINT_RESTORE"}}
 	bp, err := bundleProcess(s)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if bp.Uid != 1000 || bp.Gid != 1000 || len(bp.AdditionalGids) != 1 || !bp.HasUmask || bp.Umask != 0o022 || !bp.NoNewPrivileges || !bp.Init {
 		t.Fatalf("mapped %+v", bp)
+	}
+	if !bp.HasCapabilities || bp.CapBounding != 1|1<<5 || bp.CapEffective != 1<<5 || bp.CapPermitted != 0 || bp.CapAmbient != 1<<40 {
+		t.Fatalf("capabilities %+v", bp)
 	}
 	if len(bp.Rlimits) != 1 || bp.Rlimits[0].Resource != 7 || bp.Rlimits[0].Soft != 100 || bp.Rlimits[0].Hard != 200 {
 		t.Fatalf("rlimits %+v", bp.Rlimits)

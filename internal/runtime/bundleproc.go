@@ -263,6 +263,20 @@ func bundleProcess(spec ProcessSpec) (*pb.BundleProcess, error) {
 	if spec.Umask != nil {
 		bp.HasUmask, bp.Umask = true, *spec.Umask
 	}
+	if c := spec.Capabilities; c != nil {
+		bp.HasCapabilities = true
+		for _, x := range []struct {
+			names []string
+			mask  *uint64
+		}{{c.Bounding, &bp.CapBounding}, {c.Effective, &bp.CapEffective}, {c.Permitted, &bp.CapPermitted},
+			{c.Inheritable, &bp.CapInheritable}, {c.Ambient, &bp.CapAmbient}} {
+			m, err := capMask(x.names)
+			if err != nil {
+				return nil, errdefs.New(errdefs.KindInvalidArgument, err)
+			}
+			*x.mask = m
+		}
+	}
 	for _, l := range spec.Rlimits {
 		res, ok := RlimitTypes[l.Type]
 		if !ok {

@@ -178,6 +178,19 @@ func TestBundle(t *testing.T) {
 		t.Errorf("file written by the container: %v", err)
 	}
 
+	// Capabilities (OCI process.capabilities): root limited to CAP_CHOWN
+	// and CAP_KILL; root without a capabilities spec keeps them all.
+	var capsOut syncBuffer
+	caps := []string{"CAP_CHOWN", "CAP_KILL"}
+	start(runtime.ProcessSpec{ID: "caps", Env: env, Capabilities: &runtime.Capabilities{Bounding: caps, Effective: caps, Permitted: caps},
+		Args: []string{"grep", "-E", "^Cap(Eff|Bnd)", "/proc/self/status"}}, runtime.ProcessIO{Stdout: &capsOut})
+	start(runtime.ProcessSpec{ID: "allcaps", Env: env, Args: []string{"grep", "-E", "^CapEff", "/proc/self/status"}}, runtime.ProcessIO{Stdout: &capsOut})
+	wait("caps")
+	wait("allcaps")
+	if o := capsOut.String(); !strings.Contains(o, "CapEff:\t0000000000000021\nCapBnd:\t0000000000000021\n") || !strings.Contains(o, "CapEff:\t000001ffffffffff") {
+		t.Fatalf("capabilities: %q", o)
+	}
+
 	// Binary-safe stdin: every byte value, more than one chunk.
 	in := make([]byte, 300<<10)
 	rand.Read(in)

@@ -681,9 +681,17 @@ type BundleProcess struct {
 	// is killed, as a PID namespace would.
 	Init bool `protobuf:"varint,8,opt,name=init,proto3" json:"init,omitempty"`
 	// The whole environment, KEY=VALUE.
-	Env           []string `protobuf:"bytes,9,rep,name=env,proto3" json:"env,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Env []string `protobuf:"bytes,9,rep,name=env,proto3" json:"env,omitempty"`
+	// Capability sets as bit masks (bit N = capability N), applied when
+	// has_capabilities; otherwise the process keeps what its uid gets.
+	HasCapabilities bool   `protobuf:"varint,10,opt,name=has_capabilities,json=hasCapabilities,proto3" json:"has_capabilities,omitempty"`
+	CapBounding     uint64 `protobuf:"varint,11,opt,name=cap_bounding,json=capBounding,proto3" json:"cap_bounding,omitempty"`
+	CapEffective    uint64 `protobuf:"varint,12,opt,name=cap_effective,json=capEffective,proto3" json:"cap_effective,omitempty"`
+	CapPermitted    uint64 `protobuf:"varint,13,opt,name=cap_permitted,json=capPermitted,proto3" json:"cap_permitted,omitempty"`
+	CapInheritable  uint64 `protobuf:"varint,14,opt,name=cap_inheritable,json=capInheritable,proto3" json:"cap_inheritable,omitempty"`
+	CapAmbient      uint64 `protobuf:"varint,15,opt,name=cap_ambient,json=capAmbient,proto3" json:"cap_ambient,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *BundleProcess) Reset() {
@@ -777,6 +785,48 @@ func (x *BundleProcess) GetEnv() []string {
 		return x.Env
 	}
 	return nil
+}
+
+func (x *BundleProcess) GetHasCapabilities() bool {
+	if x != nil {
+		return x.HasCapabilities
+	}
+	return false
+}
+
+func (x *BundleProcess) GetCapBounding() uint64 {
+	if x != nil {
+		return x.CapBounding
+	}
+	return 0
+}
+
+func (x *BundleProcess) GetCapEffective() uint64 {
+	if x != nil {
+		return x.CapEffective
+	}
+	return 0
+}
+
+func (x *BundleProcess) GetCapPermitted() uint64 {
+	if x != nil {
+		return x.CapPermitted
+	}
+	return 0
+}
+
+func (x *BundleProcess) GetCapInheritable() uint64 {
+	if x != nil {
+		return x.CapInheritable
+	}
+	return 0
+}
+
+func (x *BundleProcess) GetCapAmbient() uint64 {
+	if x != nil {
+		return x.CapAmbient
+	}
+	return 0
 }
 
 type Resize struct {
@@ -3742,7 +3792,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x06Rlimit\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\x05R\bresource\x12\x12\n" +
 	"\x04soft\x18\x02 \x01(\x04R\x04soft\x12\x12\n" +
-	"\x04hard\x18\x03 \x01(\x04R\x04hard\"\x91\x02\n" +
+	"\x04hard\x18\x03 \x01(\x04R\x04hard\"\xf3\x03\n" +
 	"\rBundleProcess\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\rR\x03gid\x12'\n" +
@@ -3752,7 +3802,15 @@ const file_agent_proto_rawDesc = "" +
 	"\thas_umask\x18\x06 \x01(\bR\bhasUmask\x12\x14\n" +
 	"\x05umask\x18\a \x01(\rR\x05umask\x12\x12\n" +
 	"\x04init\x18\b \x01(\bR\x04init\x12\x10\n" +
-	"\x03env\x18\t \x03(\tR\x03env\"0\n" +
+	"\x03env\x18\t \x03(\tR\x03env\x12)\n" +
+	"\x10has_capabilities\x18\n" +
+	" \x01(\bR\x0fhasCapabilities\x12!\n" +
+	"\fcap_bounding\x18\v \x01(\x04R\vcapBounding\x12#\n" +
+	"\rcap_effective\x18\f \x01(\x04R\fcapEffective\x12#\n" +
+	"\rcap_permitted\x18\r \x01(\x04R\fcapPermitted\x12'\n" +
+	"\x0fcap_inheritable\x18\x0e \x01(\x04R\x0ecapInheritable\x12\x1f\n" +
+	"\vcap_ambient\x18\x0f \x01(\x04R\n" +
+	"capAmbient\"0\n" +
 	"\x06Resize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
 	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xc8\x01\n" +
