@@ -133,8 +133,10 @@ func (s *server) Restored(_ context.Context, req *pb.RestoredRequest) (*pb.Resto
 	s.restore.hostMu.Lock()
 	s.restore.hostname = id.Hostname
 	s.restore.hostMu.Unlock()
-	if err := sys.writeFile(machineIDPath, []byte(id.MachineID+"\n"), 0o444); err != nil {
-		return nil, restoreErr("write "+machineIDPath, err)
+	if id.MachineID != "" { // empty: a resume keeps the machine's own
+		if err := sys.writeFile(machineIDPath, []byte(id.MachineID+"\n"), 0o444); err != nil {
+			return nil, restoreErr("write "+machineIDPath, err)
+		}
 	}
 	if err := sys.writeFile(hostnamePath, []byte(id.Hostname+"\n"), 0o644); err != nil {
 		log.Printf("restored: %s not rewritten: %v", hostnamePath, err)

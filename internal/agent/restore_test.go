@@ -126,6 +126,25 @@ func TestRestoredAppliesIdentity(t *testing.T) {
 	}
 }
 
+// TestRestoredResumeKeepsMachineID: without a machine-id (a sandbox
+// resumed from its own saved state) the RNG, clock and hostname are
+// refreshed and /etc/machine-id is left alone.
+func TestRestoredResumeKeepsMachineID(t *testing.T) {
+	f := &fakeRestoreSys{}
+	c, _ := restoreServer(t, f, "", time.Now())
+	id, err := guestid.ForResume("web-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Restored(context.Background(), &pb.RestoredRequest{Entropy: id.Entropy, UnixNanos: id.UnixNanos, Hostname: id.Hostname}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"addEntropy", "reseed", "setClock", "setHostname", "write " + hostnamePath}
+	if !reflect.DeepEqual(f.calls, want) {
+		t.Fatalf("calls %v, want %v", f.calls, want)
+	}
+}
+
 func slicesContains(s []string, v string) bool {
 	for _, x := range s {
 		if x == v {

@@ -53,9 +53,14 @@ func (c *Client) Restored(ctx context.Context, id guestid.Identity) (*RestoreRep
 
 // RefreshIdentity makes a fresh identity for the sandbox called name (a
 // NIC address too when nic) and hands it to the guest with Restored.
+// With resume (the sandbox's own saved state, pause to disk) only the
+// RNG, clock and hostname are refreshed: it keeps its machine-id and MAC.
 // This is the one call a restore path makes.
-func (c *Client) RefreshIdentity(ctx context.Context, name string, nic bool) (*RestoreReport, error) {
+func (c *Client) RefreshIdentity(ctx context.Context, name string, nic, resume bool) (*RestoreReport, error) {
 	id, err := guestid.New(name, nic)
+	if resume {
+		id, err = guestid.ForResume(name)
+	}
 	if err != nil {
 		return nil, err
 	}

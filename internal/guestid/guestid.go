@@ -41,7 +41,9 @@ type Identity struct {
 	UnixNanos int64
 	// Hostname is a DNS label: [a-z0-9-], not starting or ending with '-'.
 	Hostname string
-	// MachineID is 32 lowercase hex digits, not all zero.
+	// MachineID is 32 lowercase hex digits, not all zero; empty keeps the
+	// guest's (a sandbox resumed from its own saved state is the same
+	// machine).
 	MachineID string
 	// MAC, when set, is the NIC's new address: locally administered,
 	// unicast. Nil for a guest without a NIC.
@@ -77,6 +79,19 @@ func New(name string, nic bool) (Identity, error) {
 		}
 	}
 	id.UnixNanos = time.Now().UnixNano()
+	return id, nil
+}
+
+// ForResume makes the identity of a sandbox resumed from its own saved
+// state (pause to disk): fresh entropy and the host's clock, since the
+// saved RNG state and clock are stale, and its hostname; it keeps its
+// machine-id and MAC, being the same machine.
+func ForResume(name string) (Identity, error) {
+	id, err := New(name, false)
+	if err != nil {
+		return Identity{}, err
+	}
+	id.MachineID = ""
 	return id, nil
 }
 
@@ -140,8 +155,10 @@ func (id Identity) Validate() error {
 	if err := ValidHostname(id.Hostname); err != nil {
 		return err
 	}
-	if err := ValidMachineID(id.MachineID); err != nil {
-		return err
+	if id.MachineID != "" {
+		if err := ValidMachineID(id.MachineID); err != nil {
+			return err
+		}
 	}
 	if id.MAC != nil {
 		if err := ValidMAC(id.MAC); err != nil {

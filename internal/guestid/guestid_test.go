@@ -88,3 +88,15 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestForResume: a resumed sandbox gets fresh entropy and the clock, keeps
+// its machine-id and MAC (none sent), and is valid.
+func TestForResume(t *testing.T) {
+	id, err := ForResume("web-1")
+	if err != nil || id.Validate() != nil {
+		t.Fatalf("%+v %v", id, err)
+	}
+	if id.MachineID != "" || id.MAC != nil || id.Hostname != "web-1" || len(id.Entropy) != EntropyBytes || id.UnixNanos == 0 {
+		t.Errorf("resume identity %+v", id)
+	}
+}

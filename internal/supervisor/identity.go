@@ -3,6 +3,10 @@ package supervisor
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
 
 // refreshIdentity gives a guest that was just restored from a memory
@@ -12,17 +16,37 @@ import (
 // internal/guestid). Every restore path calls it once the agent answers
 // and before the sandbox is reported ready: until then the guest is an
 // exact copy of every other guest restored from the same snapshot.
+//
+// A sandbox resumed from its own saved state (pause to disk) is the same
+// machine: its RNG and clock are refreshed, its machine-id and MAC kept.
 func (s *supervisor) refreshIdentity(ctx context.Context) error {
 	if s.client == nil {
 		return fmt.Errorf("refresh the guest's identity: no agent connection")
 	}
-	nic := s.net != nil && s.net.cfg.HasNIC()
-	rep, err := s.client.RefreshIdentity(ctx, s.spec.Name, nic)
+	resume := ownSavedState(s.dir, s.spec.VM.Incoming)
+	nic := s.net != nil && s.net.cfg.HasNIC() && !resume
+	rep, err := s.client.RefreshIdentity(ctx, s.spec.Name, nic, resume)
 	if err != nil {
 		return err
 	}
 	s.events("sandbox.identity_refreshed", s.snapshot(), map[string]any{
-		"clock_step_ms": rep.ClockStep.Milliseconds(), "nic": rep.NIC,
+		"clock_step_ms": rep.ClockStep.Milliseconds(), "nic": rep.NIC, "resume": resume,
 	})
 	return nil
+}
+
+// ownSavedState says whether incoming (the saved memory a restore loads)
+// is the sandbox's own pause-to-disk state, <dir>/suspended/..., rather
+// than a snapshot or a ready snapshot (a clone: another machine).
+func ownSavedState(dir, incoming string) bool {
+	if incoming == "" {
+		return false
+	}
+	saved := filepath.Dir(incoming)
+	if filepath.Base(saved) != sandbox.SuspendedDir {
+		return false
+	}
+	a, errA := os.Stat(filepath.Dir(saved))
+	b, errB := os.Stat(dir)
+	return errA == nil && errB == nil && os.SameFile(a, b)
 }

@@ -227,3 +227,26 @@ func TestMCPSnapshotClone(t *testing.T) {
 		t.Errorf("the server's snapshot outlived it: %s", out)
 	}
 }
+
+// TestResumeRefreshesClockKeepsMachine: a sandbox paused to disk and
+// resumed is the same machine: its machine-id and hostname are kept, while
+// its clock (set back to 2001 before the pause, as hours on disk would
+// leave it) is within 1 s of the host right after the resume.
+func TestResumeRefreshesClockKeepsMachine(t *testing.T) {
+	e := newEnv(t)
+	defer func() {
+		e.run("down", "--all")
+		e.assertClean()
+	}()
+	e.must("up", "--name", "keeper")
+	const mid = "0123456789abcdef0123456789abcdef"
+	e.must("exec", "keeper", "--", "sh", "-c", "echo "+mid+" > /etc/machine-id && date -s @1000000000 >/dev/null")
+	e.must("pause", "keeper")
+	e.must("resume", "keeper")
+	if g, b, a, ok := e.guestClock("keeper", time.Second); !ok {
+		t.Errorf("guest clock %s not within 1s of the host's [%s, %s] after the resume", g, b, a)
+	}
+	if r := e.must("exec", "keeper", "--", "sh", "-c", "hostname; cat /etc/machine-id"); r.stdout != "keeper\n"+mid+"\n" {
+		t.Errorf("after the resume: %q, want the same hostname and machine-id", r.stdout)
+	}
+}

@@ -1467,7 +1467,8 @@ type RestoredRequest struct {
 	UnixNanos int64 `protobuf:"varint,2,opt,name=unix_nanos,json=unixNanos,proto3" json:"unix_nanos,omitempty"`
 	// 1 to 63 bytes of [a-z0-9-], not starting or ending with '-'.
 	Hostname string `protobuf:"bytes,3,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	// 32 lowercase hex digits, not all zero.
+	// 32 lowercase hex digits, not all zero; empty keeps the guest's (a
+	// sandbox resumed from its own saved state is the same machine).
 	MachineId string `protobuf:"bytes,4,opt,name=machine_id,json=machineId,proto3" json:"machine_id,omitempty"`
 	// Set for a guest with a NIC: a locally administered unicast MAC, 6 bytes.
 	Mac           []byte `protobuf:"bytes,5,opt,name=mac,proto3" json:"mac,omitempty"`
