@@ -332,3 +332,21 @@ func TestSnapshotPauseFaults(t *testing.T) {
 	e.must("down", "k")
 	e.assertClean()
 }
+
+// TestPauseTTLRuns: with --ttl-paused the TTL runs while the sandbox is
+// paused to disk; one that expires meanwhile is shown stopped (ttl), is
+// not resumed, and down removes it.
+func TestPauseTTLRuns(t *testing.T) {
+	e := newEnv(t)
+	e.upSmall("tp", "--ttl", "10s")
+	e.must("pause", "--ttl-paused", "tp")
+	if row := e.row("tp"); row["state"] != "paused" || row["expires"] == nil {
+		t.Fatalf("paused with its TTL running: %v", row)
+	}
+	waitFor(t, "the TTL to pass while paused", time.Minute, func() bool { return e.row("tp")["state"] == "stopped" })
+	if r := e.run("resume", "tp"); r.code == 0 || !strings.Contains(r.stderr, "expired while paused") {
+		t.Fatalf("resume after the TTL: %s", r)
+	}
+	e.must("down", "tp")
+	e.assertClean()
+}
