@@ -201,7 +201,7 @@ func duSummary(dir string) string {
 
 // BenchmarkPauseResume pauses a sandbox to disk and resumes it, for guests
 // with 512 MiB and 1 GiB of touched memory (a file of that size in the
-// guest's RAM-backed root): pause, resume and resume -> first exec, and the
+// guest's RAM-backed /tmp): pause, resume and resume -> first exec, and the
 // bytes the paused sandbox takes on disk against its memory. The floor is
 // the cold boot of the same guest (`up --cold`) in the same run.
 func BenchmarkPauseResume(b *testing.B) {
@@ -209,7 +209,7 @@ func BenchmarkPauseResume(b *testing.B) {
 	for _, c := range []struct {
 		touchMiB int
 		memory   string
-	}{{512, "1G"}, {1024, "2G"}} {
+	}{{512, "1536M"}, {1024, "2560M"}} { // the guest's /tmp holds at most half its memory
 		name := fmt.Sprintf("p%d", c.touchMiB)
 		_, boot := e.must("up", "--name", name, "--cold", "--memory", c.memory)
 		e.must("exec", name, "--", "sh", "-c", fmt.Sprintf("yes 0123456789abcdef | head -c %dM > /tmp/fill && sync", c.touchMiB))

@@ -320,6 +320,7 @@ func (r *Runtime) recordReady(ctx context.Context, save ReadySaver, sb *Sandbox,
 	if err := os.Remove(r.readyRecordPath(d.Tag)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
+	os.Remove(filepath.Join(root, d.Tag+readyVerifiedExt))
 	if err := r.readyStore().Remove(d.Tag); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
 		return nil, err
 	}
@@ -386,6 +387,7 @@ func (r *Runtime) pruneReady(keep string) {
 			continue
 		}
 		os.Remove(r.readyRecordPath(u.tag))
+		os.Remove(filepath.Join(r.readyRoot(), u.tag+readyVerifiedExt))
 		r.readyStore().Remove(u.tag)
 		os.Remove(filepath.Join(r.readyRoot(), u.tag+".lock"))
 		lk.Unlock()
@@ -410,6 +412,7 @@ func (r *Runtime) dropReady(d warmDecision) {
 		return
 	}
 	os.Remove(r.readyRecordPath(d.Tag))
+	os.Remove(filepath.Join(r.readyRoot(), d.Tag+readyVerifiedExt))
 	r.readyStore().Remove(d.Tag)
 }
 

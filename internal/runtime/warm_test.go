@@ -11,12 +11,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/backend"
+	"github.com/mvm-sandbox/mvm/internal/backend/qemu"
 	"github.com/mvm-sandbox/mvm/internal/evidence"
 	"github.com/mvm-sandbox/mvm/internal/image"
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 	"github.com/mvm-sandbox/mvm/internal/snapshot"
+	"github.com/mvm-sandbox/mvm/internal/supervisor"
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 )
 
 func withSnapshots(t *testing.T) {
@@ -366,4 +370,55 @@ func TestPruneReadyKeepsTheRecentlyUsed(t *testing.T) {
 		t.Fatal("the pruned snapshot is still in the store")
 	}
 	assertNoStaging(t, r)
+}
+
+// A restore hashes a ready snapshot in full the first time; later ones
+// trust it only while every file (and the QEMU binary, kernel and
+// initramfs) has the stamp the full verification saw: a rewrite of the
+// memory file, same size or not, is hashed again and refused.
+func TestRestoreFromVerifiesAgainAfterAChange(t *testing.T) {
+	withSnapshots(t)
+	testenv.NeedTools(t, qemu.Binary())
+	r := testRuntime(t)
+	dir := t.TempDir()
+	kernel, initrd := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "initrd")
+	os.WriteFile(kernel, []byte("kernel"), 0o600)
+	os.WriteFile(initrd, []byte("initrd"), 0o600)
+	spec := sandbox.Spec{Kernel: "sha256:k", Image: sandbox.ImageRef{Digest: "sha256:i"},
+		VM: backend.Spec{Kernel: kernel, Initrd: initrd, CPUs: 1, MemoryMiB: 512}}
+	p := &plan.Plan{Resources: plan.Resources{CPUs: 1, MemoryMiB: 512}}
+	accel := qemu.DetectAccel().Accel
+	m, err := supervisor.MachineMatch(spec.VM, accel, spec.Image.Digest, "", spec.Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, _ := evidence.LoadOrCreateSigner(t.TempDir())
+	pend, err := r.readyStore().Begin("tag1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(pend.Dir, snapshot.MemoryFile), []byte("memory state"), 0o600)
+	if _, err := pend.Commit(snapshot.Meta{Created: time.Now(), Match: m}, signer); err != nil {
+		t.Fatal(err)
+	}
+	sb := t.TempDir()
+	for i := 0; i < 2; i++ {
+		s := spec
+		if err := r.restoreFrom(&s, p, "tag1", sb); err != nil {
+			t.Fatalf("restore %d: %v", i, err)
+		}
+		if s.VM.Incoming != r.readyStore().Path("tag1")+"/"+snapshot.MemoryFile {
+			t.Fatalf("incoming %q", s.VM.Incoming)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(r.readyRoot(), "tag1"+readyVerifiedExt)); err != nil {
+		t.Fatalf("no verification record: %v", err)
+	}
+	f, _ := os.OpenFile(filepath.Join(r.readyStore().Path("tag1"), snapshot.MemoryFile), os.O_WRONLY, 0)
+	f.WriteAt([]byte("M"), 0) // same size
+	f.Close()
+	s := spec
+	if err := r.restoreFrom(&s, p, "tag1", sb); !errors.Is(err, snapshot.ErrIntegrity) {
+		t.Fatalf("a rewritten memory file was restored: %v", err)
+	}
 }
