@@ -212,7 +212,7 @@ func BenchmarkPauseResume(b *testing.B) {
 	}{{512, "1536M"}, {1024, "2560M"}} { // the guest's /tmp holds at most half its memory
 		name := fmt.Sprintf("p%d", c.touchMiB)
 		_, boot := e.must("up", "--name", name, "--cold", "--memory", c.memory)
-		e.must("exec", name, "--", "sh", "-c", fmt.Sprintf("yes 0123456789abcdef | head -c %dM > /tmp/fill && sync", c.touchMiB))
+		e.must("exec", name, "--", "sh", "-c", fmt.Sprintf("yes 0123456789abcdef | head -c %d > /tmp/fill && sync", c.touchMiB<<20))
 		var pauses, resumes, firsts []time.Duration
 		var onDisk int64
 		for i := 0; i < 3; i++ {
