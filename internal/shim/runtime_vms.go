@@ -93,6 +93,10 @@ func ProcessSpec(id string, p *specs.Process, init bool) runtime.ProcessSpec {
 	for _, l := range p.Rlimits {
 		ps.Rlimits = append(ps.Rlimits, runtime.Rlimit{Type: l.Type, Soft: l.Soft, Hard: l.Hard})
 	}
+	if c := p.Capabilities; c != nil {
+		ps.Capabilities = &runtime.Capabilities{Bounding: c.Bounding, Effective: c.Effective,
+			Permitted: c.Permitted, Inheritable: c.Inheritable, Ambient: c.Ambient}
+	}
 	return ps
 }
 

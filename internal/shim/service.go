@@ -63,8 +63,8 @@ type container struct {
 	execsGone    *sync.Cond
 	initExiting  bool
 	// paused is set while the VM is frozen (Pause), under Service.mu.
-	paused bool
-	profile            string
+	paused  bool
+	profile string
 }
 
 // NewService is a task service that calls shutdown when the shim may
