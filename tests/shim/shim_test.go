@@ -241,6 +241,13 @@ func TestShimTask(t *testing.T) {
 	if out != "second\n" {
 		t.Errorf("task exec: stdout %q", out)
 	}
+	// The spec's capabilities apply: containerd's default set
+	// (CHOWN, DAC_OVERRIDE, FSETID, FOWNER, MKNOD, NET_RAW, SETGID, SETUID,
+	// SETFCAP, SETPCAP, NET_BIND_SERVICE, SYS_CHROOT, KILL, AUDIT_WRITE),
+	// not all of root's.
+	if out := w.mustCtr(2*time.Minute, "task", "exec", "--exec-id", "caps", "long", "sh", "-c", "grep CapEff /proc/self/status"); !strings.Contains(out, "00000000a80425fb") {
+		t.Errorf("effective capabilities of an exec: %q, want containerd's default set 00000000a80425fb", out)
+	}
 	_, errOut, code := w.ctr(2*time.Minute, "", "task", "exec", "--exec-id", "third", "long", "sh", "-c", "exit 5")
 	if code != 5 {
 		t.Errorf("task exec exit 5: exit %d, stderr %q", code, errOut)
