@@ -102,10 +102,18 @@ func TestSnapshotClones(t *testing.T) {
 func TestSnapshotTamperedRefused(t *testing.T) {
 	e := newEnv(t)
 	e.extra = []string{"MVM_ACK_PERMISSIVE_RUN=1"}
-	e.upSmall("src", "--profile", "permissive")
+	if r := e.runIn(strings.NewReader("s3cr3t-value"), "secret", "set", "tok"); r.code != 0 {
+		t.Fatalf("secret set: %s", r)
+	}
+	e.upSmall("src", "--profile", "permissive", "--secret", "tok:TOKEN")
 	e.must("snapshot", "save", "src", "flipped")
 	e.must("snapshot", "save", "src", "short")
 	e.must("snapshot", "save", "src", "intact")
+	// ls says which secrets a snapshot may hold in its memory
+	r := e.must("snapshot", "ls", "--json")
+	if !strings.Contains(r.stdout, `"holds_secrets":true`) || !strings.Contains(r.stdout, `"secrets":["tok"]`) || strings.Contains(r.stdout, "s3cr3t") {
+		t.Fatalf("snapshot ls --json: %s", r.stdout)
+	}
 	e.must("down", "src")
 	e.extra = nil
 	if r := e.run("up", "--from-snapshot", "intact", "--name", "c"); r.code != 126 || !strings.Contains(r.stderr, "MVM_ACK_PERMISSIVE_RUN") {
@@ -121,7 +129,7 @@ func TestSnapshotTamperedRefused(t *testing.T) {
 	b[0] ^= 0xff
 	f.WriteAt(b, 1<<20)
 	f.Close()
-	r := e.run("up", "--from-snapshot", "flipped", "--name", "c")
+	r = e.run("up", "--from-snapshot", "flipped", "--name", "c")
 	if r.code != 126 || !strings.Contains(r.stderr, "memory.state does not match") || !strings.Contains(r.stderr, "snapshot rm") {
 		t.Fatalf("tampered snapshot: %s", r)
 	}
