@@ -218,7 +218,7 @@ func TestMCPFlow(t *testing.T) {
 	for _, tl := range tools.Tools {
 		names = append(names, tl.Name)
 	}
-	want := "files_list files_read files_write run_code run_command sandbox_create sandbox_destroy sandbox_list"
+	want := "files_list files_read files_write run_code run_command sandbox_create sandbox_destroy sandbox_list sandbox_snapshot"
 	if got := strings.Join(sortedStrings(names), " "); got != want {
 		t.Fatalf("tools: %s\nwant %s", got, want)
 	}
