@@ -50,7 +50,7 @@ func TestListDirCapsEntries(t *testing.T) {
 // one more is refused with ResourceExhausted, and a place frees when a
 // reader leaves.
 func TestProcWaitersCapped(t *testing.T) {
-	c, _ := testClient(t, "dev")
+	c, s := testClient(t, "dev")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	p := start(t, c, false, "sleep", "100")
@@ -71,20 +71,31 @@ func TestProcWaitersCapped(t *testing.T) {
 			}
 		}()
 	}
-	// The server counts a reader once its stream handler runs: poll until
-	// one more is refused.
-	var err error
+	// The server counts a reader once its stream handler runs. Wait for its
+	// own count rather than probing with another reader: a probe holds a
+	// slot while it runs, so a late reader of the sixteen could be refused
+	// in its place (that made this test fail under load).
+	waiters := func() int {
+		s.bg.mu.Lock()
+		bp := s.bg.procs[p.Handle]
+		s.bg.mu.Unlock()
+		bp.mu.Lock()
+		defer bp.mu.Unlock()
+		return bp.waiters
+	}
+	testenv.Eventually(t, 60*time.Second, 10*time.Millisecond, func() bool { return waiters() == agentapi.MaxProcWaiters },
+		func() string { return fmt.Sprintf("%d readers counted, want %d", waiters(), agentapi.MaxProcWaiters) })
 	wait := func() error {
-		_, err = c.ProcWait(ctx, &pb.ProcWaitRequest{Handle: p.Handle, NoFollow: true}, io.Discard, io.Discard, nil)
+		_, err := c.ProcWait(ctx, &pb.ProcWaitRequest{Handle: p.Handle, NoFollow: true}, io.Discard, io.Discard, nil)
 		return err
 	}
-	testenv.Eventually(t, 10*time.Second, 10*time.Millisecond, func() bool { return status.Code(wait()) == codes.ResourceExhausted },
-		func() string {
-			return fmt.Sprintf("reader %d to be refused: %v, want ResourceExhausted", agentapi.MaxProcWaiters+1, err)
-		})
+	if err := wait(); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("reader %d: %v, want ResourceExhausted", agentapi.MaxProcWaiters+1, err)
+	}
 	streams[0]()
-	testenv.Poll(10*time.Second, 10*time.Millisecond, func() bool { return wait() == nil })
-	if err != nil {
+	testenv.Eventually(t, 60*time.Second, 10*time.Millisecond, func() bool { return waiters() < agentapi.MaxProcWaiters },
+		func() string { return fmt.Sprintf("a reader left but %d are still counted", waiters()) })
+	if err := wait(); err != nil {
 		t.Fatalf("a reader left but a new one is still refused: %v", err)
 	}
 }
