@@ -266,3 +266,53 @@ func TestResumeRefreshesClockKeepsMachine(t *testing.T) {
 		t.Errorf("after the resume: %q, want the same hostname and machine-id", r.stdout)
 	}
 }
+
+// TestCloneWithNetwork: clones of a snapshot of a sandbox with a NIC each
+// take their own MAC (not the source's, not each other's) and keep
+// working egress through the allowlist the snapshot's plan carries.
+func TestCloneWithNetwork(t *testing.T) {
+	e := newEnv(t)
+	defer func() {
+		e.run("down", "--all")
+		e.run("snapshot", "rm", "netbase")
+		e.assertClean()
+	}()
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "host-page") }))
+	defer web.Close()
+	hostsFile := filepath.Join(t.TempDir(), "hosts")
+	if err := os.WriteFile(hostsFile, []byte("127.0.0.1 ok.test\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.extra = append(e.extra, "MVM_NET_HOSTS="+hostsFile)
+	wp := port(web.Listener.Addr())
+	e.must("up", "--name", "netsrc", "--allow", "ok.test:"+wp)
+	srcMAC := strings.TrimSpace(e.must("exec", "netsrc", "--", "cat", "/sys/class/net/eth0/address").stdout)
+	e.must("snapshot", "save", "netsrc", "netbase")
+	e.must("down", "netsrc")
+
+	macs := map[string]string{srcMAC: "netsrc"}
+	for _, name := range []string{"netclone-a", "netclone-b"} {
+		e.must("up", "--from-snapshot", "netbase", "--name", name)
+		mac := strings.TrimSpace(e.must("exec", name, "--", "cat", "/sys/class/net/eth0/address").stdout)
+		if other, dup := macs[mac]; dup {
+			t.Errorf("%s has MAC %s, the same as %s", name, mac, other)
+		}
+		macs[mac] = name
+		sh := func(script string) result { return e.run("exec", name, "--", "sh", "-c", script) }
+		var r result
+		var m []string
+		if !testenv.Poll(60*time.Second, 200*time.Millisecond, func() bool {
+			r = sh("nslookup ok.test")
+			m = regexp.MustCompile(`Address:\s*(10\.0\.2\.\d+)`).FindStringSubmatch(r.stdout)
+			return r.code == 0 && m != nil
+		}) {
+			t.Fatalf("%s: DNS through the allowlist: %s", name, r)
+		}
+		if !testenv.Poll(60*time.Second, 200*time.Millisecond, func() bool {
+			r = sh(fmt.Sprintf(`printf 'GET / HTTP/1.0\r\nHost: ok.test\r\n\r\n' | nc -w 10 %s %s`, m[1], wp))
+			return strings.Contains(r.stdout, "host-page")
+		}) {
+			t.Errorf("%s: egress through the allowlist: %s", name, r)
+		}
+	}
+}
