@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/testenv"
 )
 
 // mvmEnv is one benchmark's private state and data directories (the cache,
@@ -156,20 +158,17 @@ const poolClaimTarget = 60 * time.Millisecond
 // waitPool waits until the pool of minimal has size ready members.
 func waitPool(b *testing.B, e *mvmEnv, size int) {
 	b.Helper()
-	deadline := time.Now().Add(5 * time.Minute)
-	for {
-		out, _ := e.must("pool", "ls", "--json")
+	var out string
+	refilled := func() bool {
+		out, _ = e.must("pool", "ls", "--json")
 		var rows []struct {
 			Ready []string `json:"ready"`
 		}
 		json.Unmarshal([]byte(out), &rows)
-		if len(rows) == 1 && len(rows[0].Ready) == size {
-			return
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("the pool was not refilled: %s", out)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return len(rows) == 1 && len(rows[0].Ready) == size
+	}
+	if !testenv.Poll(5*time.Minute, 100*time.Millisecond, refilled) {
+		b.Fatalf("the pool was not refilled: %s", out)
 	}
 }
 

@@ -212,7 +212,6 @@ func TestBundle(t *testing.T) {
 	}
 	waitFor(t, "the resize", time.Minute, func() bool {
 		pw.Write([]byte("x\n"))
-		time.Sleep(100 * time.Millisecond)
 		return strings.Contains(ttyOut.String(), "40 120")
 	})
 	if err := rt.CloseStdin(ctx, "bndl", "tty"); err != nil {

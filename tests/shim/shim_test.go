@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/testenv"
+
 	"github.com/creack/pty"
 
 	"github.com/mvm-sandbox/mvm/internal/shim/ctrtest"
@@ -144,13 +146,7 @@ func (w *world) waitReady(id string) {
 
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testenv.Eventually(t, d, 100*time.Millisecond, cond, testenv.Msg("%s", what))
 }
 
 func run(id string, argv ...string) []string {

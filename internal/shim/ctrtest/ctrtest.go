@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/testenv"
+
 	"github.com/mvm-sandbox/mvm/internal/testbin"
 )
 
@@ -96,18 +98,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 	if err := c.cmd.Start(); err != nil {
 		tb.Fatalf("start containerd: %v", err)
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	answers := func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
 		_, _, code := c.Ctr(ctx, nil, "version")
-		cancel()
-		if code == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("containerd did not answer within 60s:\n%s", c.LogTail())
-		}
-		time.Sleep(100 * time.Millisecond)
+		return code == 0
+	}
+	if !testenv.Poll(60*time.Second, 100*time.Millisecond, answers) {
+		tb.Fatalf("containerd did not answer within 60s:\n%s", c.LogTail())
 	}
 	return c
 }
