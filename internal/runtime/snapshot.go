@@ -294,17 +294,9 @@ func (r *Runtime) upFromSnapshot(ctx context.Context, o UpOptions) (*Sandbox, er
 		// at boot): the clone gets no more than the source had.
 		Console: src.Console,
 	}
-	if err := r.Layout.Reserve(name, id); err != nil {
+	dir, cleanup, err := r.newSandboxDir(name, id)
+	if err != nil {
 		return nil, err
-	}
-	dir := r.Layout.Dir(id)
-	cleanup := func() {
-		os.RemoveAll(dir)
-		r.Layout.Release(name, id)
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		cleanup()
-		return nil, fmt.Errorf("create sandbox dir: %w", err)
 	}
 	adm, err := r.admit(ctx, in, dir)
 	if err != nil {

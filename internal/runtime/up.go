@@ -293,17 +293,9 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	if o.RootDir != nil {
 		in.RootDir = &plan.RootDir{HostPath: rootDir, BundleDir: o.RootDir.BundleDir, ReadOnly: o.RootDir.ReadOnly}
 	}
-	if err := r.Layout.Reserve(name, id); err != nil {
+	dir, cleanup, err := r.newSandboxDir(name, id)
+	if err != nil {
 		return nil, err
-	}
-	dir := r.Layout.Dir(id)
-	cleanup := func() {
-		os.RemoveAll(dir)
-		r.Layout.Release(name, id)
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		cleanup()
-		return nil, fmt.Errorf("create sandbox dir: %w", err)
 	}
 	if o.pool != nil {
 		// Marked before anything runs: a member is never listed as an
@@ -573,4 +565,22 @@ func logTail(path string) string {
 		s = s[len(s)-2000:]
 	}
 	return ": " + s
+}
+
+// newSandboxDir reserves name for id and creates the sandbox's private
+// directory; cleanup releases both.
+func (r *Runtime) newSandboxDir(name, id string) (dir string, cleanup func(), err error) {
+	if err := r.Layout.Reserve(name, id); err != nil {
+		return "", nil, err
+	}
+	dir = r.Layout.Dir(id)
+	cleanup = func() {
+		os.RemoveAll(dir)
+		r.Layout.Release(name, id)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		cleanup()
+		return "", nil, fmt.Errorf("create sandbox dir: %w", err)
+	}
+	return dir, cleanup, nil
 }
