@@ -40,3 +40,62 @@ def test_mounts_and_secrets(tmp_path: Path) -> None:
         assert r.stdout == "from the host\nkey=[secret:sdk-key]\nro\n", r
         assert VALUE not in repr(r)
     assert not (share / "x").exists()
+
+
+def _manifest_app(tmp_path: Path, port: int) -> Path:
+    """A build directory whose mvm.toml asks for a host directory, a stored
+    secret and egress: three requests, each needing its own consent."""
+    app = tmp_path / "app"
+    (app / "data").mkdir(parents=True)
+    (app / "data" / "hello.txt").write_text("from the manifest's directory\n")
+    (app / "mvm.toml").write_text(
+        'template = "minimal"\n'
+        f'allow = ["ok.test:{port}"]\n'
+        '[files]\n"/work" = ""\n'
+        '[secrets]\nAPI_KEY = "sdk-mkey"\n'
+        '[[mount]]\nhost = "data"\nguest = "/data"\n'
+    )
+    return app
+
+
+def test_manifest_requests_need_consent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build directory's [[mount]], [secrets] and allow are refused through
+    the SDK (PolicyDenied, the CLI's exit 126 and message naming what was
+    asked and the flag that grants it, nothing created) until the matching
+    allow_manifest_* option is given; with all three the sandbox boots with
+    them and its signed plan records the consents."""
+    requires_cli()
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 ok.test\n")
+    monkeypatch.setenv("MVM_NET_HOSTS", str(hosts))
+    app = _manifest_app(tmp_path, 8080)
+    subprocess.run([os.environ["MVM_CLI_BIN"], "secret", "set", "sdk-mkey"], input=VALUE + "\n",
+                   text=True, check=True, capture_output=True, timeout=60)
+    name = "sdk-manifest-consent"
+    # (mounts, secrets) granted -> what the refusal must name
+    refused = [
+        ((False, False), ["--allow-manifest-mounts", f"{app / 'data'}:/data:ro"]),
+        ((True, False), ["--allow-manifest-secrets", "sdk-mkey:API_KEY"]),
+        ((True, True), ["--allow-manifest-network", "ok.test:8080"]),
+    ]
+    for grants, wants in refused:
+        with pytest.raises(mvm.PolicyDenied) as ei:
+            mvm.Sandbox.create(str(app), name=name, ttl="5m", allow_manifest_mounts=grants[0],
+                               allow_manifest_secrets=grants[1])
+        assert ei.value.exit_code == 126, (grants, ei.value)
+        for want in wants:
+            assert want in ei.value.message, (grants, want, ei.value.message)
+        assert VALUE not in str(ei.value)
+        assert name not in [s.name for s in mvm.Sandbox.list(all=True)], grants
+
+    with mvm.Sandbox.create(str(app), name=name, ttl="5m", allow_manifest_mounts=True,
+                            allow_manifest_secrets=True, allow_manifest_network=True) as sb:
+        r = sb.commands.run('cat /data/hello.txt; echo "key=$API_KEY"')
+        assert r.stdout == "from the manifest's directory\nkey=[secret:sdk-mkey]\n", r
+        plan = (Path(os.environ["MVM_STATE_DIR"]) / "sb" / sb.info.id / "plan.json").read_text()
+        assert '"allow_manifest_mounts":true' in plan and '"allow_manifest_secrets":true' in plan, plan
+        assert plan.count('"origin":"manifest"') == 2 and '"allow":["ok.test:8080"]' in plan, plan
+        assert VALUE not in plan
+
+    with pytest.raises(mvm.InvalidArgument):
+        mvm.Sandbox.create(from_snapshot="x", allow_manifest_mounts=True)

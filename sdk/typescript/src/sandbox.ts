@@ -31,26 +31,43 @@ export interface SandboxInfo {
   raw: Record<string, unknown>;
 }
 
-export function sandboxInfo(o: unknown): SandboxInfo {
-  if (!o || typeof o !== "object" || typeof (o as Record<string, unknown>).name !== "string") {
-    throw new TransportError("expected a sandbox object with a name");
+/**
+ * The fields of one JSON object of the CLI's output (`up/ls --json`,
+ * `snapshot save/ls --json`): it must be an object whose `key` is a string;
+ * absent fields read as "", 0, false or null.
+ */
+function jsonFields(o: unknown, what: string, key: string) {
+  if (!o || typeof o !== "object" || typeof (o as Record<string, unknown>)[key] !== "string") {
+    throw new TransportError(`expected ${what} object with a ${key}`);
   }
   const r = o as Record<string, unknown>;
   return {
-    name: r.name as string,
-    id: String(r.id ?? ""),
-    state: String(r.state ?? ""),
-    image: String(r.image ?? ""),
-    imageDigest: String(r.image_digest ?? ""),
-    imageProfile: String(r.image_profile ?? r.profile ?? ""),
-    runProfile: String(r.run_profile ?? ""),
-    backend: String(r.backend ?? ""),
-    cpus: Number(r.cpus ?? 0),
-    memoryMib: Number(r.memory_mib ?? 0),
-    created: typeof r.created === "string" ? r.created : null,
-    expires: typeof r.expires === "string" ? r.expires : null,
-    transient: Boolean(r.transient),
     raw: r,
+    /** The first of keys that is present, as a string. */
+    str: (...keys: string[]): string => String(keys.map((k) => r[k]).find((x) => x !== undefined && x !== null) ?? ""),
+    num: (k: string): number => Number(r[k] ?? 0),
+    bool: (k: string): boolean => Boolean(r[k]),
+    time: (k: string): string | null => (typeof r[k] === "string" ? (r[k] as string) : null),
+  };
+}
+
+export function sandboxInfo(o: unknown): SandboxInfo {
+  const f = jsonFields(o, "a sandbox", "name");
+  return {
+    name: f.str("name"),
+    id: f.str("id"),
+    state: f.str("state"),
+    image: f.str("image"),
+    imageDigest: f.str("image_digest"),
+    imageProfile: f.str("image_profile", "profile"),
+    runProfile: f.str("run_profile"),
+    backend: f.str("backend"),
+    cpus: f.num("cpus"),
+    memoryMib: f.num("memory_mib"),
+    created: f.time("created"),
+    expires: f.time("expires"),
+    transient: f.bool("transient"),
+    raw: f.raw,
   };
 }
 
@@ -69,26 +86,35 @@ export interface SnapshotInfo {
 }
 
 export function snapshotInfo(o: unknown): SnapshotInfo {
-  if (!o || typeof o !== "object" || typeof (o as Record<string, unknown>).tag !== "string") {
-    throw new TransportError("expected a snapshot object with a tag");
-  }
-  const r = o as Record<string, unknown>;
+  const f = jsonFields(o, "a snapshot", "tag");
   return {
-    tag: r.tag as string,
-    created: typeof r.created === "string" ? r.created : null,
-    source: String(r.source ?? ""),
-    image: String(r.image ?? ""),
-    imageDigest: String(r.image_digest ?? ""),
-    cpus: Number(r.cpus ?? 0),
-    memoryMib: Number(r.memory_mib ?? 0),
-    bytes: Number(r.bytes ?? 0),
-    holdsSecrets: Boolean(r.holds_secrets),
-    raw: r,
+    tag: f.str("tag"),
+    created: f.time("created"),
+    source: f.str("source"),
+    image: f.str("image"),
+    imageDigest: f.str("image_digest"),
+    cpus: f.num("cpus"),
+    memoryMib: f.num("memory_mib"),
+    bytes: f.num("bytes"),
+    holdsSecrets: f.bool("holds_secrets"),
+    raw: f.raw,
   };
 }
 
 /** What fromSnapshot cannot be combined with: a clone runs the snapshot's image, resources, environment, network and attachments. */
-const NOT_WITH_SNAPSHOT = ["cpus", "memoryMb", "env", "network", "ports", "mounts", "secrets", "allowRwMount"] as const;
+const NOT_WITH_SNAPSHOT = [
+  "cpus",
+  "memoryMb",
+  "env",
+  "network",
+  "ports",
+  "mounts",
+  "secrets",
+  "allowRwMount",
+  "allowManifestMounts",
+  "allowManifestSecrets",
+  "allowManifestNetwork",
+] as const;
 
 export interface CreateOptions {
   /** Sandbox name (default: sdk-<workloadId>-<8 hex>). */
@@ -113,6 +139,17 @@ export interface CreateOptions {
   /** Env variables (or /run/secrets/FILE) to secret(NAME); values never pass through the SDK. */
   secrets?: Record<string, Secret>;
   allowRwMount?: boolean;
+  /**
+   * Grant what a build directory's mvm.toml asks for: its host directories
+   * and volumes ([[mount]]), stored secrets ([secrets]) and network egress
+   * (network/allow). Each is a request (`mvmctl up --allow-manifest-mounts`,
+   * `--allow-manifest-secrets`, `--allow-manifest-network`, recorded in the
+   * signed plan); without the grant the CLI refuses before anything is
+   * created and PolicyDenied carries its message.
+   */
+  allowManifestMounts?: boolean;
+  allowManifestSecrets?: boolean;
+  allowManifestNetwork?: boolean;
   /**
    * Start a clone of snapshot TAG (sb.snapshot(tag)) instead of booting: its
    * memory, processes and files as they were, with its own name, disk copy
@@ -271,6 +308,9 @@ export class Sandbox implements AsyncDisposable, Disposable {
     const buildDir = isBuildDir(template);
     const attach = [...mountFlags(opts.mounts), ...secretFlags(opts.secrets)];
     if (opts.allowRwMount) attach.push("--allow-rw-mount");
+    if (opts.allowManifestMounts) attach.push("--allow-manifest-mounts");
+    if (opts.allowManifestSecrets) attach.push("--allow-manifest-secrets");
+    if (opts.allowManifestNetwork) attach.push("--allow-manifest-network");
 
     if (sdkMode() === "record") {
       const rec = new Recording(wid, {

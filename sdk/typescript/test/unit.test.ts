@@ -7,8 +7,31 @@ import * as path from "node:path";
 import { afterEach, beforeEach, describe, test } from "node:test";
 import * as sdk from "../src/index.js";
 import { Recording } from "../src/record.js";
+import { sandboxInfo, snapshotInfo } from "../src/sandbox.js";
 import * as v from "../src/validate.js";
 import { fixture, runNode, tmpDir } from "./helpers.js";
+
+describe("JSON of the CLI", () => {
+  test("sandboxInfo and snapshotInfo read their fields; absent ones are empty", () => {
+    const sb = sandboxInfo({ name: "a", id: "i", cpus: 2, memory_mib: 512, profile: "dev", created: "2026-11-30T00:00:00Z", transient: true });
+    assert.deepEqual(
+      { ...sb, raw: undefined },
+      {
+        name: "a", id: "i", state: "", image: "", imageDigest: "", imageProfile: "dev", runProfile: "", backend: "",
+        cpus: 2, memoryMib: 512, created: "2026-11-30T00:00:00Z", expires: null, transient: true, raw: undefined,
+      },
+    );
+    assert.equal(sandboxInfo({ name: "a", image_profile: "sealed", profile: "dev" }).imageProfile, "sealed");
+    const sn = snapshotInfo({ tag: "t", source: "s", bytes: 7, holds_secrets: true, created: 5 });
+    assert.deepEqual(
+      { ...sn, raw: undefined },
+      { tag: "t", created: null, source: "s", image: "", imageDigest: "", cpus: 0, memoryMib: 0, bytes: 7, holdsSecrets: true, raw: undefined },
+    );
+    assert.throws(() => sandboxInfo({ id: "x" }), /expected a sandbox object with a name/);
+    assert.throws(() => snapshotInfo({ tag: 1 }), (e: unknown) => e instanceof sdk.TransportError && /a snapshot object with a tag/.test(e.message));
+    assert.throws(() => snapshotInfo(null), sdk.TransportError);
+  });
+});
 
 describe("validation", () => {
   test("bad guest paths are refused on the host", () => {

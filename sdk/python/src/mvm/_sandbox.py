@@ -260,6 +260,9 @@ class Sandbox:
         mounts: Optional[Sequence[str]] = None,
         secrets: Optional[Mapping[str, _secrets.Secret]] = None,
         allow_rw_mount: bool = False,
+        allow_manifest_mounts: bool = False,
+        allow_manifest_secrets: bool = False,
+        allow_manifest_network: bool = False,
         from_snapshot: Optional[str] = None,
     ) -> "Sandbox":
         """Boot a sandbox from a template (``"python"``, ``"minimal"``, an
@@ -277,6 +280,15 @@ class Sandbox:
         ``secrets`` maps env variables (or ``/run/secrets/FILE``) to
         ``mvm.secret(NAME)``; values never pass through the SDK.
 
+        A build directory's ``mvm.toml`` may ask for host directories or
+        volumes (``[[mount]]``), stored secrets (``[secrets]``) and network
+        egress (``network``/``allow``); each is a request the caller grants
+        with ``allow_manifest_mounts``, ``allow_manifest_secrets`` or
+        ``allow_manifest_network`` (``mvmctl up --allow-manifest-*``,
+        recorded in the signed plan). Without the grant the CLI refuses
+        before anything is created and :class:`PolicyDenied` carries its
+        message, which names what was asked for.
+
         ``from_snapshot=TAG`` starts a clone of a snapshot
         (:meth:`snapshot`) instead of booting: its memory, processes and
         files as they were, with its own name, disk copy and a fresh
@@ -290,8 +302,12 @@ class Sandbox:
             clash = [k for k in _NOT_WITH_SNAPSHOT if given[k] is not None]
             if template is not None:
                 clash.insert(0, "template")
-            if allow_rw_mount:
-                clash.append("allow_rw_mount")
+            for flag, on in (("allow_rw_mount", allow_rw_mount),
+                             ("allow_manifest_mounts", allow_manifest_mounts),
+                             ("allow_manifest_secrets", allow_manifest_secrets),
+                             ("allow_manifest_network", allow_manifest_network)):
+                if on:
+                    clash.append(flag)
             if clash:
                 raise InvalidArgument(
                     f"from_snapshot cannot be combined with {', '.join(clash)}: a clone runs the "
@@ -313,8 +329,12 @@ class Sandbox:
         publish = v.publish_specs(ports)
         build_dir = _is_build_dir(template)
         attach = _secrets.mount_flags(mounts) + _secrets.secret_flags(secrets)
-        if allow_rw_mount:
-            attach.append("--allow-rw-mount")
+        for flag, on in (("--allow-rw-mount", allow_rw_mount),
+                         ("--allow-manifest-mounts", allow_manifest_mounts),
+                         ("--allow-manifest-secrets", allow_manifest_secrets),
+                         ("--allow-manifest-network", allow_manifest_network)):
+            if on:
+                attach.append(flag)
 
         if sdk_mode() == "record":
             rec = Recording(
