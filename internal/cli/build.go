@@ -49,7 +49,7 @@ resolves from the cache. Templates: ` + fmt.Sprint(image.TemplateNames()),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir := ""
 			if len(args) == 1 && runtime.IsWorkloadFile(args[0]) {
-				return buildWorkloadRun(cmd, app, args[0], jsonOut)
+				return buildWorkloadRun(cmd, app, args[0], refresh, jsonOut)
 			}
 			switch {
 			case len(args) == 1:
@@ -75,7 +75,7 @@ resolves from the cache. Templates: ` + fmt.Sprint(image.TemplateNames()),
 	f := cmd.Flags()
 	f.StringVarP(&template, "template", "t", "", "template to build from (overrides the manifest's)")
 	f.BoolVar(&jsonOut, "json", false, "print NDJSON progress events, then {\"artifact\": {...}}")
-	f.BoolVar(&refresh, "refresh", false, "rebuild even if cached (picks up Debian updates)")
+	f.BoolVar(&refresh, "refresh", false, "rebuild even if cached (picks up Debian updates); an OCI image = REF / mvm.oci_image(REF) is resolved on the registry again instead of using its pinned digest")
 	f.StringVar(&profile, "profile", "", "profile of a bare template image: dev (default) or sealed")
 	return cmd
 }

@@ -115,7 +115,7 @@ call).`,
 }
 
 // buildWorkloadRun builds a declaration or IR (mvmctl build FILE).
-func buildWorkloadRun(cmd *cobra.Command, app *App, path string, jsonOut bool) error {
+func buildWorkloadRun(cmd *cobra.Command, app *App, path string, refresh, jsonOut bool) error {
 	wl, err := loadWorkload(cmd.Context(), path)
 	if err != nil {
 		return err
@@ -124,7 +124,7 @@ func buildWorkloadRun(cmd *cobra.Command, app *App, path string, jsonOut bool) e
 	if err != nil {
 		return err
 	}
-	a, err := rt.BuildWorkload(cmd.Context(), wl, image.PullOptions{}, buildProgress(app, jsonOut))
+	a, err := rt.BuildWorkload(cmd.Context(), wl, image.PullOptions{Refresh: refresh}, buildProgress(app, jsonOut))
 	if err != nil {
 		code := exitFor(err)
 		if jsonOut {

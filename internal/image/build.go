@@ -157,7 +157,9 @@ type BuildOptions struct {
 	// Debian updates).
 	Refresh bool
 	// Pull applies to a manifest whose base is an OCI image (image = REF):
-	// its platform, and whether a tag is refused (RequireDigest).
+	// its platform, whether a tag is refused (RequireDigest), and whether
+	// the reference is resolved on the registry again (Refresh; so does
+	// Refresh above) instead of using the digest it was pinned to.
 	Pull PullOptions
 }
 
@@ -442,7 +444,7 @@ func Build(ctx context.Context, d paths.Dirs, dir, templateName string, opts Bui
 	}
 	b := &build{start: time.Now(), progress: progress, phase: PhaseResolve, l: layoutOf(d), refresh: opts.Refresh}
 	b.emit(StatusStarted, "")
-	plan, err := resolve(ctx, dir, templateName, opts)
+	plan, err := resolve(ctx, b, dir, templateName, opts)
 	if err != nil {
 		return b.fail(err)
 	}
@@ -527,7 +529,7 @@ func (b *build) fail(err error) (*Artifact, error) {
 }
 
 // resolve loads the manifest (unless given) and makes the build plan.
-func resolve(ctx context.Context, dir, templateName string, opts BuildOptions) (*buildPlan, error) {
+func resolve(ctx context.Context, b *build, dir, templateName string, opts BuildOptions) (*buildPlan, error) {
 	m := opts.Manifest
 	if m == nil && dir != "" {
 		var err error
@@ -536,7 +538,7 @@ func resolve(ctx context.Context, dir, templateName string, opts BuildOptions) (
 		}
 	}
 	if m != nil && m.Image != "" && templateName == "" {
-		return makeOCIPlan(ctx, m, opts.Pull)
+		return makeOCIPlan(ctx, b, m, opts.Pull, opts.Refresh || opts.Pull.Refresh)
 	}
 	return makePlan(m, templateName, opts)
 }

@@ -7,6 +7,17 @@ package image
 // bytes. Cache layout additions, under d.Images():
 //
 //	oci-refs/<sha256(ref)>.json    reference -> artifact digest (last pull)
+//	oci-pins/<sha256(ref, platform)>.json  reference -> resolved manifest
+//	                               digest, repository, configuration and
+//	                               layer count (last resolution)
+//
+// A manifest or declaration on image = REF resolves REF on its registry
+// once and builds from the pin after that: a rebuild of an unchanged
+// input asks the registry nothing (the tree is cached by digest). A
+// refresh (BuildOptions.Refresh, PullOptions.Refresh: `mvmctl build
+// --refresh`) or `mvmctl image pull REF` resolves it again and replaces
+// the pin. If the tree is gone, the layers are fetched by the pinned
+// digest, never by the tag.
 
 import (
 	"bufio"
@@ -16,6 +27,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -71,7 +83,10 @@ func (e *NotPulledError) Error() string {
 type PullOptions struct {
 	Platform      string
 	RequireDigest bool
-	Refresh       bool // unpack and pack again even when cached
+	// Refresh unpacks and packs again even when cached; for a build on an
+	// OCI image it also resolves the reference again instead of using its
+	// pin.
+	Refresh bool
 }
 
 // PullEvent is a pull's per-layer progress.
@@ -81,6 +96,83 @@ func (l layout) ref(ref string) string {
 	return filepath.Join(l.root, "oci-refs", hashKey("ref", ref)+".json")
 }
 
+func (l layout) pin(ref, platform string) string {
+	return filepath.Join(l.root, "oci-pins", hashKey("pin", ref, platform)+".json")
+}
+
+// pinRecord is a reference's last resolution.
+type pinRecord struct {
+	oci.Pin
+	Resolved time.Time `json:"resolved"`
+}
+
+// maxPinBytes caps a pin file (a configuration with a long environment
+// is a few KiB).
+const maxPinBytes = 1 << 20
+
+// readPin returns the pin of ref for platform, if a valid one is kept.
+func readPin(l layout, ref, platform string) (oci.Pin, bool) {
+	f, err := os.Open(l.pin(ref, platform))
+	if err != nil {
+		return oci.Pin{}, false
+	}
+	defer f.Close()
+	raw, err := io.ReadAll(io.LimitReader(f, maxPinBytes+1))
+	if err != nil || len(raw) > maxPinBytes {
+		return oci.Pin{}, false
+	}
+	var rec pinRecord
+	if json.Unmarshal(raw, &rec) != nil || rec.Ref != ref || rec.Platform != platform || !validRootfsDigest(rec.Digest) || rec.Repo == "" {
+		return oci.Pin{}, false
+	}
+	return rec.Pin, true
+}
+
+// writePin records im as the resolution of its reference for platform.
+func writePin(l layout, platform string, im *oci.Image) error {
+	p := im.Pin()
+	p.Platform = platform
+	raw, err := json.Marshal(pinRecord{Pin: p, Resolved: time.Now().UTC()})
+	if err != nil {
+		return err
+	}
+	if err := cache.WriteFile(l.pin(im.Ref, platform), raw, cache.FileMode); err != nil {
+		return fmt.Errorf("record the resolution of %s: %w", im.Ref, err)
+	}
+	return nil
+}
+
+// resolvePinned resolves ref for a build: from its pin unless refresh is
+// asked or there is none, else on the registry (and pins the answer). The
+// digest rule (RequireDigest) is applied first, whatever is pinned.
+func (b *build) resolvePinned(ctx context.Context, ref string, o PullOptions, refresh bool) (*oci.Image, error) {
+	if _, err := oci.CheckReference(ref, o.RequireDigest); err != nil {
+		return nil, err
+	}
+	platform, err := oci.PlatformKey(o.Platform)
+	if err != nil {
+		return nil, err
+	}
+	po := oci.PullOptions{Platform: o.Platform, RequireDigest: o.RequireDigest}
+	if !refresh {
+		if p, ok := readPin(b.l, ref, platform); ok {
+			if im, err := oci.FromPin(p, po); err == nil {
+				b.emit(StatusProgress, "%s is pinned to %s (resolve it again: --refresh)", ref, p.Digest)
+				return im, nil
+			}
+		}
+	}
+	im, err := oci.Resolve(ctx, ref, po)
+	if err != nil {
+		return nil, err
+	}
+	if err := writePin(b.l, platform, im); err != nil {
+		return nil, err
+	}
+	b.emit(StatusProgress, "%s resolved to %s", ref, im.Digest)
+	return im, nil
+}
+
 // Pull resolves ref on its registry and makes (or finds in the cache) its
 // artifact. layers (may be nil) receives per-layer byte counts.
 func Pull(ctx context.Context, d paths.Dirs, ref string, o PullOptions, progress func(Event), layers func(PullEvent)) (*Artifact, error) {
@@ -88,6 +180,11 @@ func Pull(ctx context.Context, d paths.Dirs, ref string, o PullOptions, progress
 	b.emit(StatusStarted, "%s", ref)
 	im, err := oci.Resolve(ctx, ref, oci.PullOptions{Platform: o.Platform, RequireDigest: o.RequireDigest})
 	if err != nil {
+		return b.fail(err)
+	}
+	// a pull is the explicit way to move a reference: builds on it use
+	// what it resolved to from now on
+	if err := writePin(b.l, im.Platform, im); err != nil {
 		return b.fail(err)
 	}
 	b.emit(StatusDone, "%s is %s (%s)", ref, im.Digest, im.Platform)
@@ -378,9 +475,9 @@ func resolveRef(d paths.Dirs, ref string) (*Artifact, error) {
 // (image = REF): the image's configuration gives the defaults, the
 // manifest's keys override them (env is merged), and its files are added
 // on the unpacked image, which is cached as a tree keyed by the manifest
-// digest.
-func makeOCIPlan(ctx context.Context, m *manifest.Manifest, o PullOptions) (*buildPlan, error) {
-	im, err := oci.Resolve(ctx, m.Image, oci.PullOptions{Platform: o.Platform, RequireDigest: o.RequireDigest})
+// digest. The reference is resolved through its pin (resolvePinned).
+func makeOCIPlan(ctx context.Context, b *build, m *manifest.Manifest, o PullOptions, refresh bool) (*buildPlan, error) {
+	im, err := b.resolvePinned(ctx, m.Image, o, refresh)
 	if err != nil {
 		return nil, err
 	}

@@ -461,3 +461,76 @@ func TestPullWithCredentialHelpers(t *testing.T) {
 		}
 	}
 }
+
+// TestBuildOnOCITagIsPinned: a manifest on image = TAG resolves the tag on
+// the registry once; rebuilding the unchanged input asks the registry
+// nothing, even after the tag moved, and keeps the digest it was pinned
+// to. Pull.Refresh resolves it again (one manifest request) and moves the
+// pin; so does `image pull`. With the cached tree gone, the layers come by
+// the pinned digest, not by the tag. A pinned tag is still refused when
+// digests are required.
+func TestBuildOnOCITagIsPinned(t *testing.T) {
+	rfNeedTools(t)
+	t.Setenv("DOCKER_CONFIG", t.TempDir())
+	reg := ocitest.NewRegistry(t, "", "")
+	img1, img2, img3 := testOCIImage(t, "linux/amd64", "one"), testOCIImage(t, "linux/amd64", "two"), testOCIImage(t, "linux/amd64", "three")
+	reg.Push(t, "app:1", img1, nil)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "mvm.toml"), []byte("image = \""+reg.Host+"/app:1\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := rfTestDirs(t)
+	build := func(what string, o BuildOptions, wantReads int64, want v1.Image) *Artifact {
+		t.Helper()
+		before := reg.ManifestReads()
+		a, err := Build(context.Background(), d, dir, "", o, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if got := reg.ManifestReads() - before; got != wantReads {
+			t.Errorf("%s: %d manifest request(s) to the registry, want %d", what, got, wantReads)
+		}
+		if a.OCI == nil || a.OCI.Digest != ociDigest(t, want) {
+			t.Errorf("%s: built on %+v, want %s", what, a.OCI, ociDigest(t, want))
+		}
+		return a
+	}
+	first := build("first build", BuildOptions{}, 1, img1)
+	reg.Push(t, "app:1", img2, nil) // the tag moves
+	again := build("rebuild", BuildOptions{}, 0, img1)
+	if !again.Cached || again.Digest != first.Digest {
+		t.Errorf("rebuild of an unchanged input: cached %v digest %s, want %s", again.Cached, again.Digest, first.Digest)
+	}
+	// a changed file rebuilds the image on the pinned tree: still no request
+	os.WriteFile(filepath.Join(dir, "new.txt"), []byte("x"), 0o644)
+	build("rebuild with a new file", BuildOptions{}, 0, img1)
+
+	build("refresh", BuildOptions{Pull: PullOptions{Refresh: true}}, 1, img2)
+	build("rebuild after the refresh", BuildOptions{}, 0, img2)
+
+	reg.Push(t, "app:1", img3, nil)
+	if _, err := Pull(context.Background(), d, reg.Host+"/app:1", PullOptions{}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	// the pull moved the pin; its tree is not a build tree yet, so the
+	// build fetches the pinned digest's manifest once to unpack it
+	a3 := build("rebuild after image pull", BuildOptions{}, 1, img3)
+	if guestCat(t, a3.Path, "/app/marker") != "three" {
+		t.Errorf("built on the wrong tree")
+	}
+
+	// the tree is gone: fetched again by the pinned digest (one request for
+	// its manifest), although the tag now names another image
+	reg.Push(t, "app:1", img1, nil)
+	if err := os.RemoveAll(filepath.Join(d.Images(), "trees")); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "new.txt"), []byte("y"), 0o644)
+	build("rebuild without the cached tree", BuildOptions{}, 1, img3)
+
+	before := reg.ManifestReads()
+	_, err := Build(context.Background(), d, dir, "", BuildOptions{Pull: PullOptions{RequireDigest: true}}, nil)
+	if errdefs.KindOf(err) != errdefs.KindRefused || !strings.Contains(err.Error(), "@sha256:") || reg.ManifestReads() != before {
+		t.Errorf("a pinned tag with digests required: want refused before any request, got %v (%d requests)", err, reg.ManifestReads()-before)
+	}
+}

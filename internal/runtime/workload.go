@@ -107,7 +107,9 @@ func readCapped(path string, max int64) ([]byte, error) {
 // BuildWorkload realises the workload's image (template, packages, or an
 // OCI image pulled with pull's options; the source with include/exclude,
 // the function runner) through the image builder. An image no Debian
-// release provides fails here with E_IMAGE_UNAVAILABLE.
+// release provides fails here with E_IMAGE_UNAVAILABLE. An OCI reference
+// is resolved once and pinned (image.BuildOptions.Pull); pull.Refresh
+// resolves it again and rebuilds even if cached.
 func (r *Runtime) BuildWorkload(ctx context.Context, wl *Workload, pull image.PullOptions, progress func(image.Event)) (*image.Artifact, error) {
 	store := r.Secrets()
 	st, err := workload.Prepare(wl.IR, wl.BaseDir, filepath.Join(r.Dirs.Images(), "tmp"), func(n string) bool { return store.Check(n) == nil })
@@ -115,7 +117,7 @@ func (r *Runtime) BuildWorkload(ctx context.Context, wl *Workload, pull image.Pu
 		return nil, err
 	}
 	defer st.Remove()
-	return image.Build(ctx, r.Dirs, st.Dir, "", image.BuildOptions{Manifest: st.Manifest, Pull: pull}, progress)
+	return image.Build(ctx, r.Dirs, st.Dir, "", image.BuildOptions{Manifest: st.Manifest, Pull: pull, Refresh: pull.Refresh}, progress)
 }
 
 // WorkloadFile is the sandbox-directory record of a declared workload.

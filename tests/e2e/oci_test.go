@@ -168,9 +168,12 @@ func TestOCIImageDeclaration(t *testing.T) {
 	img := ocitest.Image(t, v1.Config{Env: []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, Cmd: []string{"/bin/sh"}},
 		"linux/amd64", ocitest.Layer(ocitest.Tar(append(ocitest.BusyboxEntries(t, rootfs.HostBusybox),
 			ocitest.Entry{Name: "etc/marker", Body: hex.EncodeToString(rnd)}))))
-	pinned := reg.Push(t, "e2e/decl:1", img, nil)
+	// a repository of its own: builds pin a tag's digest in the shared
+	// cache, and another run's registry may have had this port
+	repo := "e2e/decl-" + hex.EncodeToString(rnd)
+	pinned := reg.Push(t, repo+":1", img, nil)
 	digest := pinned[strings.Index(pinned, "@")+1:]
-	ref := reg.Host + "/e2e/decl:1"
+	ref := reg.Host + "/" + repo + ":1"
 
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "hello.txt"), []byte("from the source\n"), 0o644); err != nil {
@@ -229,4 +232,56 @@ def run():
 	e.must("receipt", "verify", receipt)
 	e.must("down", "ocidecl")
 	e.assertClean()
+}
+
+// TestOCIDeclarationPinned: `mvmctl build app.py` on mvm.oci_image(TAG)
+// resolves the tag on the registry once; building the unchanged
+// declaration again makes no manifest request, even after the tag moved,
+// and keeps the digest; `build --refresh` resolves it again (one request)
+// and builds on what the tag names now. No VM boots.
+func TestOCIDeclarationPinned(t *testing.T) {
+	e := newEnv(t)
+	e.extra = append(e.extra, "DOCKER_CONFIG="+t.TempDir())
+	reg := ocitest.NewRegistry(t, "", "")
+	rnd := make([]byte, 8)
+	rand.Read(rnd)
+	image := func(marker string) v1.Image {
+		return ocitest.Image(t, v1.Config{Env: []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, Cmd: []string{"/bin/sh"}},
+			"linux/amd64", ocitest.Layer(ocitest.Tar(append(ocitest.BusyboxEntries(t, rootfs.HostBusybox),
+				ocitest.Entry{Name: "etc/marker", Body: marker}))))
+	}
+	repo := "e2e/pin-" + hex.EncodeToString(rnd)
+	first := reg.Push(t, repo+":1", image("first-"+hex.EncodeToString(rnd)), nil)
+	ref := reg.Host + "/" + repo + ":1"
+	dir := t.TempDir()
+	app := filepath.Join(dir, "app.py")
+	src := "import mvm\n\n@mvm.app(name=\"ocipin\", source=mvm.local_path(\".\"), image=mvm.oci_image(\"" + ref + "\"))\ndef run():\n    pass\n"
+	if err := os.WriteFile(app, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	build := func(what string, wantReads int64, wantDigest string, args ...string) {
+		t.Helper()
+		before := reg.ManifestReads()
+		r := e.must(append([]string{"build", app, "--json"}, args...)...)
+		var out struct {
+			Artifact struct {
+				OCI struct {
+					Digest string `json:"digest"`
+				} `json:"oci"`
+			} `json:"artifact"`
+		}
+		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+		if err := json.Unmarshal([]byte(lines[len(lines)-1]), &out); err != nil || out.Artifact.OCI.Digest != wantDigest {
+			t.Fatalf("%s: built on %q, want %s: %v\n%s", what, out.Artifact.OCI.Digest, wantDigest, err, r.stdout)
+		}
+		if got := reg.ManifestReads() - before; got != wantReads {
+			t.Errorf("%s: %d manifest request(s) to the registry, want %d", what, got, wantReads)
+		}
+	}
+	digest := func(pinned string) string { return pinned[strings.Index(pinned, "@")+1:] }
+	build("first build", 1, digest(first))
+	second := reg.Push(t, repo+":1", image("second-"+hex.EncodeToString(rnd)), nil)
+	build("rebuild of the unchanged declaration", 0, digest(first))
+	build("build --refresh", 1, digest(second), "--refresh")
+	build("rebuild after the refresh", 0, digest(second))
 }

@@ -10,8 +10,10 @@ package oci
 
 import (
 	"archive/tar"
+	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -66,6 +68,95 @@ type Image struct {
 	Platform string
 	Config   Config
 	img      v1.Image
+	// an image made from a Pin is fetched (by digest) only when its layers
+	// are needed
+	layers int
+	pull   PullOptions
+}
+
+// Pin is what resolving a reference found: enough to build from a cached
+// tree without asking the registry again (internal/image keeps it).
+type Pin struct {
+	Ref      string `json:"ref"`
+	Repo     string `json:"repo"`
+	Digest   string `json:"digest"` // the platform's image manifest
+	Platform string `json:"platform"`
+	Config   Config `json:"config"`
+	Layers   int    `json:"layers"`
+}
+
+// Pin is the image's resolution.
+func (im *Image) Pin() Pin {
+	return Pin{Ref: im.Ref, Repo: im.Repo, Digest: im.Digest, Platform: im.Platform, Config: im.Config, Layers: im.Layers()}
+}
+
+// FromPin is the image a Pin recorded. Nothing is fetched until Unpack
+// needs the layers; then the manifest is fetched by the pinned digest
+// (repo@digest), never by the reference's tag, and must give the pinned
+// configuration.
+func FromPin(p Pin, o PullOptions) (*Image, error) {
+	if _, err := name.NewDigest(p.Repo + "@" + p.Digest); err != nil {
+		return nil, errdefs.Errorf(errdefs.KindInvalidArgument, "pinned image %s: %v", p.Ref, err)
+	}
+	return &Image{Ref: p.Ref, Repo: p.Repo, Digest: p.Digest, Platform: p.Platform, Config: p.Config, layers: p.Layers, pull: o}, nil
+}
+
+// CheckReference parses ref and refuses a tag when digests are required;
+// pinned reports whether ref names a digest.
+func CheckReference(ref string, requireDigest bool) (pinned bool, err error) {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return false, errdefs.Errorf(errdefs.KindInvalidArgument, "image reference %q: %v", ref, err)
+	}
+	_, pinned = r.(name.Digest)
+	if requireDigest && !pinned {
+		return false, errdefs.Errorf(errdefs.KindRefused, "image reference %q is a tag and digests are required: pin it as %s@sha256:<digest> (mvmctl image pull prints the digest)", ref, r.Context().Name())
+	}
+	return pinned, nil
+}
+
+// PlatformKey is the platform a pull selects, normalised ("" =
+// DefaultPlatform).
+func PlatformKey(s string) (string, error) {
+	p, err := parsePlatform(s)
+	if err != nil {
+		return "", err
+	}
+	return p.String(), nil
+}
+
+// fetch gets the manifest of an image made from a Pin, by its digest.
+func (im *Image) fetch(ctx context.Context) error {
+	if im.img != nil {
+		return nil
+	}
+	d, err := name.NewDigest(im.Repo + "@" + im.Digest)
+	if err != nil {
+		return errdefs.Errorf(errdefs.KindInvalidArgument, "pinned image %s: %v", im.Ref, err)
+	}
+	p, err := parsePlatform(im.pull.Platform)
+	if err != nil {
+		return err
+	}
+	kc := im.pull.Keychain
+	if kc == nil {
+		kc = authn.DefaultKeychain
+	}
+	img, err := remote.Image(d, remote.WithContext(ctx), remote.WithAuthFromKeychain(kc), remote.WithPlatform(*p))
+	if err != nil {
+		return registryError(d.String(), err)
+	}
+	got, err := newImage(img, im.Ref, im.Repo)
+	if err != nil {
+		return err
+	}
+	gotCfg, _ := json.Marshal(got.Config)
+	pinCfg, _ := json.Marshal(im.Config)
+	if got.Digest != im.Digest || !bytes.Equal(gotCfg, pinCfg) {
+		return errdefs.Errorf(errdefs.KindRefused, "pinned image %s: the registry's %s is not what was pinned (digest %s); resolve it again with --refresh", im.Ref, d, got.Digest)
+	}
+	im.img = img
+	return nil
 }
 
 // PullOptions adjust a pull.
@@ -96,8 +187,8 @@ func Resolve(ctx context.Context, ref string, o PullOptions) (*Image, error) {
 	if err != nil {
 		return nil, errdefs.Errorf(errdefs.KindInvalidArgument, "image reference %q: %v", ref, err)
 	}
-	if _, pinned := r.(name.Digest); o.RequireDigest && !pinned {
-		return nil, errdefs.Errorf(errdefs.KindRefused, "image reference %q is a tag and digests are required: pin it as %s@sha256:<digest> (mvmctl image pull prints the digest)", ref, r.Context().Name())
+	if _, err := CheckReference(ref, o.RequireDigest); err != nil {
+		return nil, err
 	}
 	p, err := parsePlatform(o.Platform)
 	if err != nil {
@@ -292,6 +383,9 @@ type Event struct {
 // existing empty directory). A layer whose bytes do not match fails the
 // whole unpack; the caller removes dir.
 func (im *Image) Unpack(ctx context.Context, dir string, progress func(Event)) (*Unpacker, error) {
+	if err := im.fetch(ctx); err != nil {
+		return nil, err
+	}
 	layers, err := im.img.Layers()
 	if err != nil {
 		return nil, errdefs.Errorf(errdefs.KindUnavailable, "image %s: layers: %v", im.Ref, err)
@@ -427,6 +521,9 @@ func decompress(r io.Reader) (io.Reader, error) {
 
 // Layers is how many layers the image has (0 if unknown).
 func (im *Image) Layers() int {
+	if im.img == nil {
+		return im.layers
+	}
 	ls, err := im.img.Layers()
 	if err != nil {
 		return 0

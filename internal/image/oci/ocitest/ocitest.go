@@ -20,6 +20,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -168,10 +169,15 @@ func BusyboxEntries(t testing.TB, busybox string) []Entry {
 
 // Registry is an in-process registry on 127.0.0.1.
 type Registry struct {
-	Host string // "127.0.0.1:PORT"
-	srv  *httptest.Server
-	blob *blobs
+	Host      string // "127.0.0.1:PORT"
+	srv       *httptest.Server
+	blob      *blobs
+	manifests atomic.Int64
 }
+
+// ManifestReads is how many GET or HEAD requests for a manifest (by tag or
+// digest) the registry has answered: what resolving a reference costs.
+func (r *Registry) ManifestReads() int64 { return r.manifests.Load() }
 
 // NewRegistry starts a registry; with user set it requires HTTP basic
 // authentication with user and password.
@@ -191,9 +197,18 @@ func NewRegistry(t testing.TB, user, password string) *Registry {
 			inner.ServeHTTP(w, r)
 		})
 	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return &Registry{Host: strings.TrimPrefix(srv.URL, "http://"), srv: srv, blob: b}
+	reg := &Registry{blob: b}
+	counted := h
+	h = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if (req.Method == http.MethodGet || req.Method == http.MethodHead) && strings.Contains(req.URL.Path, "/manifests/") {
+			reg.manifests.Add(1)
+		}
+		counted.ServeHTTP(w, req)
+	})
+	reg.srv = httptest.NewServer(h)
+	t.Cleanup(reg.srv.Close)
+	reg.Host = strings.TrimPrefix(reg.srv.URL, "http://")
+	return reg
 }
 
 // Push pushes img as repo:tag and returns the reference with its digest.
