@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	pb "github.com/mvm-sandbox/mvm/internal/agentapi/agentpb"
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
@@ -21,6 +22,10 @@ type Client struct {
 	Agent pb.AgentClient
 	Hello *pb.HelloResponse
 }
+
+// HelloTimeout bounds Dial's handshake with an agent that accepted the
+// connection but does not answer.
+const HelloTimeout = time.Minute
 
 // Dial connects to an agent through dial (a supervisor's proxy socket, or
 // a yamux session) and checks the protocol with Hello.
@@ -43,7 +48,12 @@ func Dial(ctx context.Context, dial func(context.Context) (net.Conn, error)) (*C
 		return nil, fmt.Errorf("agent client: %w", err)
 	}
 	c := &Client{conn: conn, Agent: pb.NewAgentClient(conn)}
-	hello, err := c.Agent.Hello(ctx, &pb.HelloRequest{ProtocolVersion: ProtocolVersion}, grpc.WaitForReady(true))
+	// Fail fast: the peer is a local socket that is either there or gone
+	// for good (its supervisor died). Waiting for it to come back would
+	// hang a caller whose context has no deadline.
+	hctx, cancel := context.WithTimeout(ctx, HelloTimeout)
+	defer cancel()
+	hello, err := c.Agent.Hello(hctx, &pb.HelloRequest{ProtocolVersion: ProtocolVersion})
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("agent hello: %w", err)
