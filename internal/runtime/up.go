@@ -423,9 +423,12 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	}
 	progress(fmt.Sprintf("%s %s (%s, %d cpu, %d MiB)", verb, name, img.ref.Name, o.CPUs, o.MemoryMiB))
 	st, hold, err := r.spawnSupervisor(ctx, dir, o.BootTimeout, o.Transient, locks)
-	if err != nil && dec.Start == StartRestored && ctx.Err() == nil {
+	if err != nil && dec.Start == StartRestored && ctx.Err() == nil && !errors.Is(err, errSupervisorVanished) {
 		// A ready snapshot that does not restore is dropped (the next
 		// first boot records a good one) and this sandbox boots cold.
+		// Not when the supervisor vanished without reporting: it was
+		// killed (perhaps after the sandbox was announced running), and
+		// booting a second VM behind the killer's back would be wrong.
 		r.dropReady(dec)
 		dec.Reason = "ready snapshot failed to restore: " + firstLine(err.Error())
 		progress(fmt.Sprintf("%s; booting %s", dec.Reason, name))
@@ -467,6 +470,10 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 
 // envFile holds the sandbox's default environment for every exec.
 const envFile = "env.json"
+
+// errSupervisorVanished: the supervisor exited (or was killed) without
+// reporting, failure or success.
+var errSupervisorVanished = errors.New("supervisor exited before the sandbox was ready")
 
 // spawnSupervisor re-executes mvmctl as the sandbox's supervisor and
 // waits for its ready line. A transient sandbox also gets a hold pipe
@@ -522,7 +529,7 @@ func (r *Runtime) spawnSupervisor(ctx context.Context, dir string, bootTimeout t
 	go func() {
 		line, err := bufio.NewReader(rd).ReadBytes('\n')
 		if err != nil {
-			ch <- result{err: fmt.Errorf("supervisor exited before the sandbox was ready%s", logTail(filepath.Join(dir, sandbox.SupervisorLog)))}
+			ch <- result{err: fmt.Errorf("%w%s", errSupervisorVanished, logTail(filepath.Join(dir, sandbox.SupervisorLog)))}
 			return
 		}
 		var res result

@@ -226,6 +226,69 @@ func TestSupervisorKillTakesVMDown(t *testing.T) {
 	e.assertClean()
 }
 
+// TestSupervisorKillDuringRestore: a warm `run` whose supervisor is
+// SIGKILLed while it restores the ready snapshot fails; it does not take
+// the kill for a snapshot that would not restore and boot a second VM
+// cold behind the killer's back (it used to, and then ran the command
+// there: `run -- sleep 600` never returned). The VMM is stopped first so
+// that the kill lands inside the restore, whatever the machine's speed.
+func TestSupervisorKillDuringRestore(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.privateCache()
+	e.must("run", "--", "true") // records the ready snapshot
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		cmd := e.command(ctx, "run", "--", "sleep", "600")
+		var so, se bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &so, &se
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		var st map[string]any
+		waitFor(t, "the restore's VMM", 3*time.Minute, func() bool {
+			for _, id := range e.sandboxDirs() {
+				b, err := os.ReadFile(filepath.Join(e.state, "sb", id, "state.json"))
+				if err == nil && json.Unmarshal(b, &st) == nil && st["vmm_pid"] != nil {
+					return true
+				}
+			}
+			return false
+		})
+		vmm, sup := int(st["vmm_pid"].(float64)), int(st["supervisor_pid"].(float64))
+		if b, _ := st["boot"].(map[string]any); b["start"] != "restored" {
+			t.Fatalf("the run did not restore: %v", st["boot"])
+		}
+		syscall.Kill(vmm, syscall.SIGSTOP) // the restore cannot finish now
+		b, _ := os.ReadFile(filepath.Join(e.state, "sb", st["id"].(string), "state.json"))
+		json.Unmarshal(b, &st)
+		syscall.Kill(sup, syscall.SIGKILL) // and the VMM dies with it
+		select {
+		case <-done:
+		case <-time.After(time.Minute):
+			t.Fatalf("run did not exit within a minute after its supervisor was killed\nstderr: %s", se.String())
+		}
+		if st["status"] == "running" && attempt < 3 {
+			t.Logf("attempt %d: the restore had finished before the VMM was stopped; again", attempt)
+			continue
+		}
+		if st["status"] == "running" {
+			t.Fatal("three restores finished before the test could stop their VMM")
+		}
+		if cmd.ProcessState.ExitCode() == 0 {
+			t.Fatalf("run succeeded although its supervisor was killed: %s", so.String())
+		}
+		if strings.Contains(se.String(), "booting") {
+			t.Fatalf("run booted again after its supervisor was killed:\n%s", se.String())
+		}
+		break
+	}
+	e.assertClean()
+}
+
 func isZombie(pid int) bool {
 	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {
