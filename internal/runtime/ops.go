@@ -366,10 +366,12 @@ func (r *Runtime) Control(ctx context.Context, nameOrID, op string) (*sandbox.St
 	}
 	resp, err := sandbox.Control(ctx, dir, sandbox.Request{Op: op})
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", op, nameOrID, err)
+		return nil, errdefs.New(errdefs.KindTransport, fmt.Errorf("%s %s: %w (is its supervisor alive? `mvmctl ls` shows its state)", op, nameOrID, err))
 	}
 	if !resp.OK {
-		return nil, fmt.Errorf("%s %s: %s", op, nameOrID, resp.Error)
+		// The supervisor could not do it in the sandbox's present state
+		// (a VMM that refused to stop or continue).
+		return nil, errdefs.Errorf(errdefs.KindFailedPrecondition, "%s %s: %s", op, nameOrID, resp.Error)
 	}
 	return resp.State, nil
 }

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mvm-sandbox/mvm/internal/errdefs"
+	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
 
 // TestSpawnSupervisorVanished: a supervisor that exits without a ready
@@ -41,5 +44,27 @@ func TestSpawnSupervisorVanished(t *testing.T) {
 				t.Fatalf("vanished = %v, want %v (%v)", got, tc.vanished, err)
 			}
 		})
+	}
+}
+
+// TestControlErrorsClassified: a lifecycle request to a sandbox whose
+// supervisor is gone is a transport error in the one error model (it was
+// unclassified).
+func TestControlErrorsClassified(t *testing.T) {
+	state := t.TempDir()
+	r := &Runtime{Layout: sandbox.Layout{Root: state}}
+	id := "0123456789ab"
+	dir := r.Layout.Dir(id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Layout.Reserve("gone", id); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := r.Control(ctx, "gone", "pause")
+	if k := errdefs.KindOf(err); k != errdefs.KindTransport {
+		t.Fatalf("kind %q, want transport: %v", k, err)
 	}
 }
