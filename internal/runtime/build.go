@@ -50,11 +50,15 @@ func (r *Runtime) Images() ([]*image.Artifact, error) {
 // RemoveImage removes a built image by digest or unique digest prefix. It
 // refuses (failed precondition) an image a sandbox of this state directory
 // was booted from, in any state: a stopped one can still be inspected.
-// When the sandboxes cannot be listed, the image is kept.
+// When the sandboxes cannot be listed, the image is kept. Its ready
+// snapshots go with it.
 func (r *Runtime) RemoveImage(idOrPrefix string) (*image.Artifact, error) {
 	a, err := image.RemoveArtifact(r.Dirs, idOrPrefix, r.imageInUse)
 	if errors.Is(err, image.ErrArtifactInUse) {
 		return nil, errdefs.FailedPrecondition(err)
+	}
+	if err == nil {
+		r.dropReadyOf(a.Digest) // booted from the image, useless without it
 	}
 	return a, err
 }

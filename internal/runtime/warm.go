@@ -386,9 +386,7 @@ func (r *Runtime) pruneReady(keep string) {
 		if ok, err := lk.TryLock(); err != nil || !ok {
 			continue
 		}
-		os.Remove(r.readyRecordPath(u.tag))
-		os.Remove(filepath.Join(r.readyRoot(), u.tag+readyVerifiedExt))
-		r.readyStore().Remove(u.tag)
+		r.removeReady(u.tag)
 		os.Remove(filepath.Join(r.readyRoot(), u.tag+".lock"))
 		lk.Unlock()
 	}
@@ -411,9 +409,40 @@ func (r *Runtime) dropReady(d warmDecision) {
 	if err == nil && (failed == nil || !rec.Created.Equal(failed.Created)) {
 		return
 	}
-	os.Remove(r.readyRecordPath(d.Tag))
-	os.Remove(filepath.Join(r.readyRoot(), d.Tag+readyVerifiedExt))
-	r.readyStore().Remove(d.Tag)
+	r.removeReady(d.Tag)
+}
+
+// removeReady removes ready snapshot tag: its record first, so that
+// nobody starts restoring it meanwhile. The caller holds its lock.
+func (r *Runtime) removeReady(tag string) {
+	os.Remove(r.readyRecordPath(tag))
+	os.Remove(filepath.Join(r.readyRoot(), tag+readyVerifiedExt))
+	r.readyStore().Remove(tag)
+}
+
+// dropReadyOf removes the ready snapshots recorded from image digest (the
+// image is gone: they could never match again). One being recorded or
+// restored-and-dropped right now (its lock held) is left to the LRU cap.
+func (r *Runtime) dropReadyOf(digest string) {
+	ents, err := os.ReadDir(r.readyRoot())
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		tag, ok := strings.CutSuffix(e.Name(), readyRecordExt)
+		if !ok {
+			continue
+		}
+		if rec, err := r.readReady(tag); err != nil || rec.Key.Image != digest {
+			continue
+		}
+		lk := flock.New(filepath.Join(r.readyRoot(), tag+".lock"), flock.SetPermissions(cache.FileMode))
+		if ok, err := lk.TryLock(); err != nil || !ok {
+			continue
+		}
+		r.removeReady(tag)
+		lk.Unlock()
+	}
 }
 
 // bootColdAfterRestore boots the sandbox in dir cold after its restore

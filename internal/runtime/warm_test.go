@@ -422,3 +422,34 @@ func TestRestoreFromVerifiesAgainAfterAChange(t *testing.T) {
 		t.Fatalf("a rewritten memory file was restored: %v", err)
 	}
 }
+
+// Removing an image drops the ready snapshots booted from it (they can
+// never match again) and keeps the others'. They used to stay until the
+// LRU cap pushed them out.
+func TestDropReadyOfRemovedImage(t *testing.T) {
+	withSnapshots(t)
+	r := testRuntime(t)
+	var saves atomic.Int32
+	gone, kept := testKey(), testKey()
+	kept.Image = "sha256:" + strings.Repeat("b", 64)
+	other := gone
+	other.MemoryMiB = 1024 // a second shape of the removed image
+	for _, k := range []ReadyKey{gone, kept, other} {
+		if _, err := r.recordReady(context.Background(), fakeSave(t, &saves, nil), &Sandbox{ID: "s"}, r.decideStart(k, "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.dropReadyOf(gone.Image)
+	for _, k := range []ReadyKey{gone, other} {
+		if d := r.decideStart(k, ""); d.Start != StartCold {
+			t.Fatalf("a ready snapshot of the removed image is still used: %+v", d)
+		}
+		if _, err := r.readyStore().Get(k.ID()); err == nil {
+			t.Fatal("a ready snapshot of the removed image is still in the store")
+		}
+	}
+	if d := r.decideStart(kept, ""); d.Start != StartRestored {
+		t.Fatalf("another image's ready snapshot was dropped: %+v", d)
+	}
+	assertNoStaging(t, r)
+}
