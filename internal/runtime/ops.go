@@ -260,6 +260,9 @@ func (r *Runtime) state(dir string) (*sandbox.State, error) {
 	if sandbox.ReadJSON(filepath.Join(dir, sandbox.SpecFile), &spec) == nil {
 		st.Labels, st.RootDir = spec.Labels, spec.RootDir
 	}
+	if !sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
+		reconcileDead(dir, st)
+	}
 	if suspendedState(dir, st) {
 		return st, nil
 	}

@@ -3,7 +3,9 @@ package runtime
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
@@ -77,6 +79,15 @@ func (r *Runtime) Pause(ctx context.Context, nameOrID string, o PauseOptions) (*
 	defer cancel()
 	resp, err := sandbox.Control(cctx, dir, sandbox.Request{Op: "suspend"})
 	if err != nil {
+		// The supervisor may have died (SIGKILL) during the pause: what
+		// it left is the sandbox's state now, committed or not.
+		waitGone(st.SupervisorPID, SupervisorCommand, 5*time.Second)
+		if now, serr := r.state(dir); serr == nil && !sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
+			if now.Suspended {
+				return now, nil // it died after the commit: paused
+			}
+			return nil, errdefs.Errorf(errdefs.KindTransport, "pause %s: %v: %s is %s (%s); `mvmctl down %s` removes it", st.Name, err, st.Name, now.Status, now.Reason, st.Name)
+		}
 		return nil, errdefs.New(errdefs.KindTransport, fmt.Errorf("pause %s: %w", st.Name, err))
 	}
 	if !resp.OK {
@@ -111,12 +122,22 @@ func pausedExpiry(spec *sandbox.Spec) *time.Time {
 
 // Resume continues a paused sandbox: in memory (QMP cont), or from disk,
 // where a new supervisor restores the saved state in place (same name and
-// id) after verifying it. A failed resume leaves the sandbox paused when
-// the saved state was not consumed yet, failed otherwise.
+// id) after verifying it. A resume that fails, or whose CLI or supervisor
+// is killed, before the resumed sandbox is ready leaves it paused with its
+// saved state intact.
 func (r *Runtime) Resume(ctx context.Context, nameOrID string) (*sandbox.State, error) {
 	_, dir, err := r.dir(nameOrID)
 	if err != nil {
 		return nil, err
+	}
+	// One resume at a time: a second waits, then finds it running.
+	lf, err := os.OpenFile(filepath.Join(dir, resumeLock), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("resume %s: %w", nameOrID, err)
+	}
+	defer lf.Close() // releases the lock
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("resume %s: %w", nameOrID, err)
 	}
 	st, err := r.state(dir)
 	if err != nil {
@@ -145,11 +166,25 @@ func (r *Runtime) Resume(ctx context.Context, nameOrID string) (*sandbox.State, 
 		return nil, err
 	}
 	what := fmt.Sprintf("the paused state of %s", st.Name)
-	if err := sn.Verify(w.signer.Public); err != nil {
+	_, hasDisk := sn.Meta.File(snapshot.DiskFile)
+	var skip []string
+	if hasDisk {
+		skip = append(skip, snapshot.DiskFile) // verified while copied, below
+	}
+	if err := sn.Verify(w.signer.Public, skip...); err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	if err := r.checkMatch(what, sn.Meta.Match, spec, &sp.Payload); err != nil {
 		return nil, err
+	}
+	if hasDisk {
+		// The resumed VMM writes to its own copy of the saved disk, so the
+		// saved state stays whole until the resumed sandbox commits
+		// (supervisor.commitResume): a resume killed at any instant leaves
+		// the sandbox paused and resumable (docs/snapshots.md, "Faults").
+		if err := resumeDisk(sn, filepath.Join(dir, sandbox.UpperDisk)); err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
 	}
 	if !spec.TTLPaused {
 		spec.PausedFor += time.Since(sn.Meta.Created)
@@ -165,6 +200,9 @@ func (r *Runtime) Resume(ctx context.Context, nameOrID string) (*sandbox.State, 
 	spec.VM.Incoming = ""
 	sandbox.WriteJSON(filepath.Join(dir, sandbox.SpecFile), spec)
 	if err != nil {
+		if raw, rerr := sandbox.ReadState(dir); rerr == nil { // it was killed: let it go
+			waitGone(raw.SupervisorPID, SupervisorCommand, 5*time.Second)
+		}
 		now, _ := r.state(dir)
 		if now != nil && now.Suspended {
 			return nil, fmt.Errorf("%w: resume %s: %v (it is still paused; its saved state is kept)", ErrBoot, st.Name, err)
@@ -173,6 +211,45 @@ func (r *Runtime) Resume(ctx context.Context, nameOrID string) (*sandbox.State, 
 	}
 	ns.Attachments = readAttachments(dir)
 	return ns, nil
+}
+
+// resumeLock serialises resumes of one sandbox (in its directory).
+const resumeLock = "resume.lock"
+
+// resumeDisk puts a verified copy of the saved disk of sn at dst (the
+// sandbox's upper disk, until now a hard link of the saved one). The copy
+// is written under a temporary name (removed by snapshot.Store.CleanStale
+// if this process dies) and renamed into place.
+func resumeDisk(sn *snapshot.Snapshot, dst string) error {
+	tmp := filepath.Join(filepath.Dir(dst), fmt.Sprintf(".tmp-%d-resume-%s", os.Getpid(), filepath.Base(dst)))
+	os.Remove(tmp)
+	if err := sn.CopyVerifiedUnsynced(snapshot.DiskFile, tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// reconcileDead settles a sandbox whose supervisor is not running
+// (st.SupervisorPID dead): a supervisor killed while it paused to disk,
+// before the commit, took its VM along, so the sandbox is failed, and its
+// state file says so from now on; whatever a dead writer left half-written
+// in the sandbox directory (an uncommitted pause, a resume's disk copy, a
+// saved state being removed) is removed.
+func reconcileDead(dir string, st *sandbox.State) {
+	if pending, _ := filepath.Glob(filepath.Join(dir, ".tmp-*-"+sandbox.SuspendedDir)); len(pending) > 0 && sandbox.Active(st.Status) {
+		if raw, err := sandbox.ReadState(dir); err == nil {
+			raw.Status = sandbox.Failed
+			raw.Reason = fmt.Sprintf("supervisor (pid %d) died while pausing to disk, before the paused state was complete; the VM ended with it (down removes the sandbox)", st.SupervisorPID)
+			if sandbox.WriteJSON(filepath.Join(dir, sandbox.StateFile), raw) == nil {
+				st.Status, st.Reason = raw.Status, raw.Reason
+			}
+		}
+	}
+	(&snapshot.Store{Dir: dir}).CleanStale()
 }
 
 // suspendedState corrects st for a sandbox paused to disk: no process

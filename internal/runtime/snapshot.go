@@ -73,6 +73,17 @@ func (r *Runtime) SaveSnapshotIn(ctx context.Context, nameOrID string, store *sn
 		StoreDir: store.Dir, Tag: tag, Meta: meta,
 	}})
 	if err != nil {
+		// The supervisor may have died (SIGKILL) during the save: its VM
+		// went with it. A committed snapshot is whole; an uncommitted one
+		// is removed now rather than at the next save.
+		waitGone(st.SupervisorPID, SupervisorCommand, 5*time.Second)
+		if !sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
+			store.CleanStale()
+			if sn, gerr := store.Get(tag); gerr == nil {
+				return &sn.Meta, nil
+			}
+			return nil, errdefs.Errorf(errdefs.KindTransport, "snapshot %s: %v: its supervisor died during the save, so no snapshot was made and its VM ended with it (`mvmctl down %s` removes the sandbox)", st.Name, err, st.Name)
+		}
 		return nil, errdefs.New(errdefs.KindTransport, fmt.Errorf("snapshot %s: %w", st.Name, err))
 	}
 	if !resp.OK {

@@ -125,7 +125,14 @@ func FileDigest(path string) (string, int64, error) {
 // CopySparse copies src to dst (created with mode 0600; it must not exist)
 // leaving holes where src has holes or zero chunks, syncs it, and returns
 // the digest of what it copied: a copy and its verification in one read.
-func CopySparse(src, dst string) (string, error) {
+func CopySparse(src, dst string) (string, error) { return copySparse(src, dst, true) }
+
+// CopySparseUnsynced is CopySparse without the sync: for a working copy
+// whose durability is its user's (a VM's disk: the guest's first flush
+// syncs the file, whoever wrote its pages).
+func CopySparseUnsynced(src, dst string) (string, error) { return copySparse(src, dst, false) }
+
+func copySparse(src, dst string, sync bool) (string, error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return "", err
@@ -168,8 +175,10 @@ func CopySparse(src, dst string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := out.Sync(); err != nil {
-		return "", fmt.Errorf("copy %s: %w", src, err)
+	if sync {
+		if err := out.Sync(); err != nil {
+			return "", fmt.Errorf("copy %s: %w", src, err)
+		}
 	}
 	if err := out.Close(); err != nil {
 		return "", err

@@ -517,11 +517,21 @@ func (sn *Snapshot) VerifyFiles(skip ...string) error {
 // against the sidecar: a mismatch removes dst and is an integrity error.
 // Verify must have read the sidecar first.
 func (sn *Snapshot) CopyVerified(name, dst string) error {
+	return sn.copyVerified(name, dst, CopySparse)
+}
+
+// CopyVerifiedUnsynced is CopyVerified without syncing the copy
+// (CopySparseUnsynced).
+func (sn *Snapshot) CopyVerifiedUnsynced(name, dst string) error {
+	return sn.copyVerified(name, dst, CopySparseUnsynced)
+}
+
+func (sn *Snapshot) copyVerified(name, dst string, copyFile func(src, dst string) (string, error)) error {
 	f, ok := sn.Meta.File(name)
 	if !ok {
 		return fmt.Errorf("snapshot %q: %w: %s is not in its sidecar", sn.Meta.Tag, ErrIntegrity, name)
 	}
-	d, err := CopySparse(sn.Path(name), dst)
+	d, err := copyFile(sn.Path(name), dst)
 	if err != nil {
 		return fmt.Errorf("snapshot %q: copy %s: %w", sn.Meta.Tag, name, err)
 	}

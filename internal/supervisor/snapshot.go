@@ -109,37 +109,73 @@ func (s *supervisor) saveInto(ctx context.Context, sv stateSaver, dir string, li
 	return stopped, nil
 }
 
-// saveSnapshot saves the running sandbox as a snapshot (it keeps running).
-func (s *supervisor) saveSnapshot(req *sandbox.SnapshotRequest) (*snapshot.Meta, error) {
-	if req == nil {
-		return nil, errors.New("snapshot: no snapshot named")
-	}
+// saveOp is one save in progress: the save lock is held, the state is
+// written into p.Dir under a deadline, and end aborts it unless commit
+// put it under its tag.
+type saveOp struct {
+	s         *supervisor
+	sv        stateSaver
+	match     snapshot.Match
+	p         *snapshot.Pending
+	ctx       context.Context
+	cancel    context.CancelFunc
+	committed bool
+}
+
+// beginSave checks that the sandbox can be saved (a host key to sign
+// with, a backend that saves, nothing outside the VM), takes the save
+// lock and starts writing tag in store. what names the operation in
+// errors. The caller must call end.
+func (s *supervisor) beginSave(what string, store *snapshot.Store, tag string) (*saveOp, error) {
 	if s.signer == nil {
-		return nil, errors.New("snapshot: the supervisor has no host key to sign it with")
+		return nil, fmt.Errorf("%s: the supervisor has no host key to sign the saved state with", what)
 	}
 	sv, err := s.savable()
 	if err != nil {
 		return nil, err
 	}
 	s.opMu.Lock()
-	defer s.opMu.Unlock()
-	m, err := s.match()
+	op := &saveOp{s: s, sv: sv}
+	if op.match, err = s.match(); err == nil {
+		op.p, err = store.Begin(tag)
+	}
+	if err != nil {
+		s.opMu.Unlock()
+		return nil, err
+	}
+	op.ctx, op.cancel = context.WithTimeout(context.Background(), snapshotOpTimeout)
+	return op, nil
+}
+
+// commit signs the saved state and puts it under its tag (the commit
+// point: before it nothing is visible under the tag, after it all is).
+func (op *saveOp) commit(meta snapshot.Meta) (*snapshot.Meta, error) {
+	meta.Match = op.match
+	out, err := op.p.Commit(meta, op.s.signer)
+	op.committed = err == nil
+	return out, err
+}
+
+// end removes an uncommitted save and releases the save lock.
+func (op *saveOp) end() {
+	if !op.committed {
+		op.p.Abort()
+	}
+	op.cancel()
+	op.s.opMu.Unlock()
+}
+
+// saveSnapshot saves the running sandbox as a snapshot (it keeps running).
+func (s *supervisor) saveSnapshot(req *sandbox.SnapshotRequest) (*snapshot.Meta, error) {
+	if req == nil {
+		return nil, errors.New("snapshot: no snapshot named")
+	}
+	op, err := s.beginSave("snapshot", &snapshot.Store{Dir: req.StoreDir}, req.Tag)
 	if err != nil {
 		return nil, err
 	}
-	p, err := (&snapshot.Store{Dir: req.StoreDir}).Begin(req.Tag)
-	if err != nil {
-		return nil, err
-	}
-	committed := false
-	defer func() {
-		if !committed {
-			p.Abort()
-		}
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), snapshotOpTimeout)
-	defer cancel()
-	stopped, err := s.saveInto(ctx, sv, p.Dir, false, true)
+	defer op.end()
+	stopped, err := s.saveInto(op.ctx, op.sv, op.p.Dir, false, true)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", req.Tag, err)
 	}
@@ -151,53 +187,35 @@ func (s *supervisor) saveSnapshot(req *sandbox.SnapshotRequest) (*snapshot.Meta,
 		if _, err := os.Stat(f.from); errors.Is(err, os.ErrNotExist) && f.to == snapshot.EnvFile {
 			continue
 		}
-		if _, err := snapshot.CopySparse(f.from, filepath.Join(p.Dir, f.to)); err != nil {
+		if _, err := snapshot.CopySparse(f.from, filepath.Join(op.p.Dir, f.to)); err != nil {
 			return nil, fmt.Errorf("snapshot %s: %w", req.Tag, err)
 		}
 	}
 	meta := req.Meta
 	meta.Created = time.Now().UTC()
 	meta.SourceID, meta.SourceName, meta.ImageName = s.spec.ID, s.spec.Name, s.spec.Image.Name
-	meta.Match = m
 	meta.SaveMS = stopped.Milliseconds()
-	out, err := p.Commit(meta, s.signer)
+	killPoint("snapshot.saved")
+	out, err := op.commit(meta)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", req.Tag, err)
 	}
-	committed = true
 	s.events("snapshot.saved", s.snapshot(), map[string]any{"tag": req.Tag, "save_ms": meta.SaveMS, "bytes": out.Size()})
 	return out, nil
 }
 
 // suspend saves the sandbox into its directory (SuspendedDir) for pause to
 // disk. On success the guest stays stopped and the caller ends the VMM.
+// A supervisor killed before the commit takes its VM along (the sandbox
+// is failed, and the runtime removes the uncommitted directory); after
+// it, the sandbox is paused (runtime.suspendedState).
 func (s *supervisor) suspend() (*snapshot.Meta, error) {
-	if s.signer == nil {
-		return nil, errors.New("pause: the supervisor has no host key to sign the saved state with")
-	}
-	sv, err := s.savable()
+	op, err := s.beginSave("pause", &snapshot.Store{Dir: s.dir}, sandbox.SuspendedDir)
 	if err != nil {
 		return nil, err
 	}
-	s.opMu.Lock()
-	defer s.opMu.Unlock()
-	m, err := s.match()
-	if err != nil {
-		return nil, err
-	}
-	p, err := (&snapshot.Store{Dir: s.dir}).Begin(sandbox.SuspendedDir)
-	if err != nil {
-		return nil, err
-	}
-	committed := false
-	defer func() {
-		if !committed {
-			p.Abort()
-		}
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), snapshotOpTimeout)
-	defer cancel()
-	stopped, err := s.saveInto(ctx, sv, p.Dir, true, false)
+	defer op.end()
+	stopped, err := s.saveInto(op.ctx, op.sv, op.p.Dir, true, false)
 	resumeGuest := func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -209,24 +227,26 @@ func (s *supervisor) suspend() (*snapshot.Meta, error) {
 		resumeGuest()
 		return nil, fmt.Errorf("pause to disk: %w", err)
 	}
-	meta := snapshot.Meta{
+	killPoint("pause.saved")
+	out, err := op.commit(snapshot.Meta{
 		Created:  time.Now().UTC(),
 		SourceID: s.spec.ID, SourceName: s.spec.Name, ImageName: s.spec.Image.Name,
-		Match: m, SaveMS: stopped.Milliseconds(),
-	}
-	out, err := p.Commit(meta, s.signer)
+		SaveMS: stopped.Milliseconds(),
+	})
 	if err != nil {
 		resumeGuest()
 		return nil, fmt.Errorf("pause to disk: %w", err)
 	}
-	committed = true
+	killPoint("pause.committed")
 	return out, nil
 }
 
-// restore loads the saved state the VMM was started with, consumes a pause
-// to disk (from then on the disk moves on, so the saved memory no longer
-// matches it) and continues the guest. Its agent is still in the session
-// it had when it was saved; boot resets it (agentapi.HostReset).
+// restore loads the saved state the VMM was started with and continues
+// the guest. The saved state is not touched: a resume from disk gave the
+// VMM its own copy of the saved disk (runtime.Resume), and commitResume
+// removes the saved state once the resumed sandbox is ready. Its agent is
+// still in the session it had when it was saved; boot resets it
+// (agentapi.HostReset).
 func (s *supervisor) restore(ctx context.Context) error {
 	sv, ok := s.vm.(stateSaver)
 	if !ok {
@@ -236,25 +256,31 @@ func (s *supervisor) restore(ctx context.Context) error {
 		return err
 	}
 	s.state.Boot.RestoreMS = time.Since(s.bootStart).Milliseconds()
-	if err := consumeSuspended(s.dir); err != nil {
-		return err
-	}
 	if err := s.vm.Resume(ctx); err != nil {
 		return fmt.Errorf("restore: continue the guest: %w", err)
 	}
 	return nil
 }
 
-// consumeSuspended removes the pause-to-disk state of the sandbox in dir,
-// if any: first out of sight (a rename), then its files.
-func consumeSuspended(dir string) error {
+// resumesOwn reports whether the VMM was started from the sandbox's own
+// pause-to-disk state (a resume, not a clone or a warm start).
+func (s *supervisor) resumesOwn() bool {
+	in := s.spec.VM.Incoming
+	return in != "" && filepath.Dir(in) == filepath.Join(s.dir, sandbox.SuspendedDir)
+}
+
+// commitResume is the commit point of a resume from disk: it removes the
+// saved state the sandbox was resumed from. Until then a killed
+// supervisor leaves the sandbox paused with its saved state intact (the
+// resumed guest wrote to a copy of the saved disk); from then on the
+// sandbox is running. The directory is renamed out of sight (".rm-",
+// removed by snapshot.Store.CleanStale if this process dies first), then
+// removed.
+func commitResume(dir string) error {
 	src := filepath.Join(dir, sandbox.SuspendedDir)
-	if _, err := os.Stat(src); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	gone := filepath.Join(dir, ".resumed-"+sandbox.NewID())
+	gone := filepath.Join(dir, ".rm-"+sandbox.NewID()+"-"+sandbox.SuspendedDir)
 	if err := os.Rename(src, gone); err != nil {
-		return fmt.Errorf("resume: %w", err)
+		return fmt.Errorf("resume: remove the saved state: %w", err)
 	}
 	if d, err := os.Open(dir); err == nil {
 		d.Sync()
@@ -296,7 +322,7 @@ func (s *supervisor) auditRestore() {
 		return
 	}
 	fields := map[string]any{"restore_ms": s.state.Boot.RestoreMS}
-	if filepath.Dir(in) == filepath.Join(s.dir, sandbox.SuspendedDir) {
+	if s.resumesOwn() {
 		fields["from"] = "disk"
 		s.events("sandbox.resumed", s.snapshot(), fields)
 		return

@@ -164,6 +164,11 @@ func RunWith(dir string, ready io.WriteCloser, o Options) error {
 		s.events("sandbox.failed", s.snapshot(), map[string]any{"phase": "boot"})
 		return reportFailure(ready, err)
 	}
+	// A supervisor of this sandbox killed before (during a resume or a
+	// pause to disk) left its socket files; only one supervisor runs per
+	// sandbox, so they are stale.
+	os.Remove(sandbox.AgentSocket)
+	os.Remove(sandbox.ControlSocket)
 	agentL, err := net.Listen("unix", sandbox.AgentSocket)
 	if err != nil {
 		s.vm.Kill()
@@ -173,6 +178,13 @@ func RunWith(dir string, ready io.WriteCloser, o Options) error {
 	if err != nil {
 		s.vm.Kill()
 		return reportFailure(ready, err)
+	}
+	if s.resumesOwn() {
+		killPoint("resume.running")
+		if err := commitResume(s.dir); err != nil {
+			s.vm.Kill()
+			return reportFailure(ready, err)
+		}
 	}
 	go s.serveAgent(agentL)
 	go s.serveControl(ctlL)

@@ -225,17 +225,61 @@ func TestPauseToDisk(t *testing.T) {
 	e.assertClean()
 }
 
-// TestSnapshotPauseFaults: SIGKILL during save, pause and resume leaves
-// each sandbox in its old state or its new one, never half, and `ls` says
-// which: a pause whose CLI is killed completes (the supervisor does the
-// work); a resume whose supervisor is killed before the saved state is
-// consumed leaves the sandbox paused, resumable; a save whose supervisor
-// is killed leaves no snapshot (and the sandbox failed, as any sandbox
-// whose supervisor dies); `down` cleans every case.
+// withKillAt runs f with the supervisors it starts told to SIGKILL
+// themselves at point (supervisor.KillAtEnv): a kill at an exact instant.
+func (e *env) withKillAt(point string, f func()) {
+	e.t.Helper()
+	saved := e.extra
+	e.extra = append(append([]string(nil), e.extra...), "MVM_TEST_SUPERVISOR_KILL_AT="+point)
+	defer func() { e.extra = saved }()
+	f()
+}
+
+// statePID reads the supervisor pid a sandbox's state file records.
+func statePID(dir string) int {
+	b, _ := os.ReadFile(filepath.Join(dir, "state.json"))
+	var st struct {
+		PID int `json:"supervisor_pid"`
+	}
+	json.Unmarshal(b, &st)
+	return st.PID
+}
+
+// leftovers lists the temporary directories of saves and removals in dir.
+func leftovers(dir string) []string {
+	var out []string
+	for _, p := range []string{".tmp-*", ".rm-*", ".resumed-*"} {
+		m, _ := filepath.Glob(filepath.Join(dir, p))
+		out = append(out, m...)
+	}
+	return out
+}
+
+// TestSnapshotPauseFaults: SIGKILL of the CLI or the supervisor during
+// pause, resume, snapshot save and clone leaves each sandbox in its old
+// state or its new one, never half, and `ls` says which. The supervisor is
+// killed from outside at the first moment it can be seen, and by itself
+// at exact points (supervisor.KillAtEnv):
+//   - pause, CLI killed: the supervisor completes it (paused);
+//   - resume, supervisor killed as soon as it runs, or once the guest has
+//     run on (and written to its disk) but before the resume commits:
+//     still paused, its saved state intact (the next resume verifies it),
+//     and resume works;
+//   - pause, supervisor killed after the state is committed: paused, and
+//     resume works;
+//   - clone, CLI killed: the clone runs;
+//   - snapshot save, supervisor killed before commit: no snapshot, no
+//     temporary directory; the sandbox is failed (its VM dies with its
+//     supervisor), `down` cleans it;
+//   - pause, supervisor killed before commit: failed, `ls` says it died
+//     pausing, nothing half-written remains; `down` cleans it.
 func TestSnapshotPauseFaults(t *testing.T) {
 	e := newEnv(t)
 	e.upSmall("k")
 	dir := filepath.Join(e.state, "sb", e.row("k")["id"].(string))
+	// The guest writes its disk all the time: a resumed guest that runs
+	// on modifies the disk it was given.
+	e.must("proc", "start", "k", "--", "sh", "-c", "while true; do echo x >> /w.log; sync; sleep 0.05; done")
 
 	// kill the CLI while the supervisor saves for pause
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -251,9 +295,14 @@ func TestSnapshotPauseFaults(t *testing.T) {
 	})
 	cli.Process.Kill()
 	cli.Wait()
-	waitFor(t, "the pause to complete without its CLI", time.Minute, func() bool {
-		return e.row("k")["state"] == "paused" && len(e.processes()) == 0
-	})
+	paused := func(what string) {
+		t.Helper()
+		waitFor(t, what, time.Minute, func() bool {
+			row := e.row("k")
+			return row["state"] == "paused" && row["paused_to"] == "disk" && len(e.processes()) == 0
+		})
+	}
+	paused("the pause to complete without its CLI")
 
 	// kill the new supervisor as soon as it runs during resume
 	cli = e.command(ctx, "resume", "k")
@@ -262,43 +311,67 @@ func TestSnapshotPauseFaults(t *testing.T) {
 	}
 	var sup int
 	waitFor(t, "the resume's supervisor", time.Minute, func() bool {
-		b, _ := os.ReadFile(filepath.Join(dir, "state.json"))
-		var st struct {
-			PID int `json:"supervisor_pid"`
-		}
-		json.Unmarshal(b, &st)
-		sup = st.PID
+		sup = statePID(dir)
 		return sup > 0
 	})
 	syscall.Kill(sup, syscall.SIGKILL)
 	cli.Wait()
-	switch row := e.row("k"); row["state"] {
-	case "paused":
-		e.must("resume", "k") // its saved state was kept
-		e.must("exec", "k", "--", "true")
-	case "failed":
-		t.Logf("the supervisor was killed after the saved state was consumed: %v", row["reason"])
-		e.must("down", "k")
-		e.upSmall("k")
-		dir = filepath.Join(e.state, "sb", e.row("k")["id"].(string))
-	default:
-		t.Fatalf("after a killed resume: %v", row)
+	paused("paused after a resume whose supervisor was killed early")
+
+	// the supervisor dies once the guest runs on, before the resume commits
+	e.withKillAt("resume.running", func() {
+		if r := e.run("resume", "k"); r.code == 0 || !strings.Contains(r.stderr, "still paused") {
+			t.Fatalf("resume killed before its commit: %s", r)
+		}
+	})
+	paused("paused after a resume killed before its commit")
+
+	// resume works (the saved state verifies: nothing consumed it), and
+	// with its CLI killed once its supervisor runs, the supervisor
+	// completes it; this supervisor will die right after committing the
+	// next pause
+	prev := statePID(dir)
+	e.withKillAt("pause.committed", func() { cli = e.command(ctx, "resume", "k") })
+	if err := cli.Start(); err != nil {
+		t.Fatal(err)
 	}
+	waitFor(t, "the resume's supervisor", time.Minute, func() bool {
+		p := statePID(dir)
+		return p > 0 && p != prev
+	})
+	cli.Process.Kill()
+	cli.Wait()
+	waitFor(t, "the resume to complete without its CLI", time.Minute, func() bool {
+		row := e.row("k")
+		return row["state"] == "running" && row["paused_to"] == nil
+	})
+	waitFor(t, "the consumed saved state to be removed", time.Minute, func() bool { return len(leftovers(dir)) == 0 })
+	e.must("exec", "k", "--", "test", "-s", "/w.log")
+
+	// kill the CLI while the supervisor saves a snapshot: it completes
+	cli = e.command(ctx, "snapshot", "save", "k", "good")
+	if err := cli.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the save to start", time.Minute, func() bool {
+		m, _ := filepath.Glob(filepath.Join(e.data, "snapshots", "*good"))
+		return len(m) > 0
+	})
+	cli.Process.Kill()
+	cli.Wait()
+	waitFor(t, "the save to complete without its CLI", time.Minute, func() bool {
+		return strings.Contains(e.must("snapshot", "ls", "--json").stdout, `"good"`)
+	})
 
 	// kill the CLI while a clone is being restored: the supervisor
 	// finishes, and the clone runs
-	e.must("snapshot", "save", "k", "good")
 	cli = e.command(ctx, "up", "--from-snapshot", "good", "--name", "kc")
 	if err := cli.Start(); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the clone's supervisor", time.Minute, func() bool {
 		link, err := os.Readlink(filepath.Join(e.state, "names", "kc"))
-		if err != nil {
-			return false
-		}
-		b, _ := os.ReadFile(filepath.Join(e.state, "sb", filepath.Base(link), "state.json"))
-		return strings.Contains(string(b), `"supervisor_pid"`)
+		return err == nil && statePID(filepath.Join(e.state, "sb", filepath.Base(link))) > 0
 	})
 	cli.Process.Kill()
 	cli.Wait()
@@ -309,27 +382,23 @@ func TestSnapshotPauseFaults(t *testing.T) {
 	e.must("exec", "kc", "--", "true")
 	e.must("down", "kc")
 
-	// kill the supervisor while it saves a snapshot
-	cli = e.command(ctx, "snapshot", "save", "k", "half")
-	if err := cli.Start(); err != nil {
-		t.Fatal(err)
+	// pause whose supervisor dies right after the commit: paused
+	if r := e.run("pause", "k"); r.code != 0 || r.stdout != "k paused (to disk)\n" {
+		t.Fatalf("pause whose supervisor died after the commit: %s", r)
 	}
-	waitFor(t, "the save to start", time.Minute, func() bool {
-		m, _ := filepath.Glob(filepath.Join(e.data, "snapshots", ".tmp-*-half"))
-		return len(m) > 0
-	})
-	b, _ := os.ReadFile(filepath.Join(dir, "state.json"))
-	var st struct {
-		PID int `json:"supervisor_pid"`
+	paused("paused after its supervisor died past the commit")
+	e.withKillAt("snapshot.saved", func() { e.must("resume", "k") })
+	e.must("exec", "k", "--", "true")
+
+	// kill the supervisor while it saves a snapshot, before the commit
+	if r := e.run("snapshot", "save", "k", "half"); r.code == 0 || !strings.Contains(r.stderr, "no snapshot") {
+		t.Fatalf("snapshot save whose supervisor died: %s", r)
 	}
-	json.Unmarshal(b, &st)
-	syscall.Kill(st.PID, syscall.SIGKILL)
-	cli.Wait()
 	if r := e.must("snapshot", "ls", "--json"); strings.Contains(r.stdout, "half") || !strings.Contains(r.stdout, "good") {
 		t.Fatalf("a half snapshot is listed: %s", r.stdout)
 	}
-	if m, _ := filepath.Glob(filepath.Join(e.data, "snapshots", ".tmp-*")); len(m) != 0 {
-		t.Fatalf("the half save was not cleaned: %v", m)
+	if l := leftovers(filepath.Join(e.data, "snapshots")); len(l) != 0 {
+		t.Fatalf("the half save was not cleaned: %v", l)
 	}
 	if r := e.run("up", "--from-snapshot", "half", "--name", "c"); r.code != 3 {
 		t.Fatalf("restore of a half snapshot: %s", r)
@@ -338,6 +407,25 @@ func TestSnapshotPauseFaults(t *testing.T) {
 		t.Fatalf("sandbox whose supervisor was killed during a save: %v", row)
 	}
 	e.must("down", "k")
+
+	// kill the supervisor while it pauses, before the commit: the VM is
+	// gone with it, so the sandbox cannot be running; it is failed, says
+	// so, and no half-written state remains
+	e.withKillAt("pause.saved", func() { e.upSmall("k2") })
+	dir = filepath.Join(e.state, "sb", e.row("k2")["id"].(string))
+	if r := e.run("pause", "k2"); r.code == 0 || !strings.Contains(r.stderr, "down") {
+		t.Fatalf("pause whose supervisor died before the commit: %s", r)
+	}
+	if row := e.row("k2"); row["state"] != "failed" || !strings.Contains(row["reason"].(string), "pausing to disk") {
+		t.Fatalf("ls after a pause killed before its commit: %v", row)
+	}
+	if l := leftovers(dir); len(l) != 0 {
+		t.Fatalf("a pause killed before its commit left %v", l)
+	}
+	if r := e.run("resume", "k2"); r.code == 0 {
+		t.Fatalf("resume of a sandbox whose pause died before the commit: %s", r)
+	}
+	e.must("down", "k2")
 	e.assertClean()
 }
 
