@@ -3,13 +3,13 @@ package agent
 // Bundle sandboxes: the root of the sandbox's processes is a host
 // directory (an OCI bundle's rootfs) shared over virtiofs (mvm.rootdir=TAG
 // on the kernel command line). The agent keeps its own root; it mounts the
-// share at bundleRoot, gives it /proc, /sys, /dev, /dev/pts, /dev/shm and
-// /tmp as a container runtime would, and starts each process through a
-// re-exec of itself (bundleExecArg) that applies the OCI process spec
-// (rlimits, umask, chroot, groups, gid, uid, no_new_privs, cwd) and then
-// executes the command. A failure before the exec comes back to the agent
-// on a close-on-exec pipe, so a start either runs the command or reports
-// why not.
+// share at bundleRoot and starts each process through a re-exec of itself
+// (bundleExecArg) that sets up the container (the init: namespaces, the
+// spec's mounts, pivot_root; container.go) or joins it (any other
+// process), applies the OCI process spec (rlimits, umask, groups, gid,
+// uid, capabilities, no_new_privs, cwd) and then executes the command. A
+// failure before the exec comes back to the agent on a close-on-exec
+// pipe, so a start either runs the command or reports why not.
 
 import (
 	"bufio"
@@ -91,19 +91,9 @@ func rootDirReadOnly(cmdline string) bool {
 	return false
 }
 
-// sealRoot remounts the root directory read-only, once everything mvm
-// mounts on it is in place (those mounts stay writable), as a container
-// runtime applies root.readonly.
-func sealRoot(root string) error {
-	if err := unix.Mount("", root, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
-		return fmt.Errorf("root directory: remount read-only: %w", err)
-	}
-	return nil
-}
-
-// setupBundleRoot mounts the root directory share at bundleRoot and the
-// pseudo file systems its processes need. It fails the boot on any error:
-// a container never runs without its root.
+// setupBundleRoot mounts the root directory share at bundleRoot (the
+// container's mounts are made by its init, in its own mount namespace).
+// It fails the boot on any error: a container never runs without its root.
 func setupBundleRoot(tag string) error {
 	if !validTag(tag) {
 		return fmt.Errorf("mvm.rootdir: bad tag %q", tag)
@@ -114,7 +104,7 @@ func setupBundleRoot(tag string) error {
 	if err := unix.Mount(tag, bundleRoot, "virtiofs", unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
 		return fmt.Errorf("mount root directory (virtiofs %s) on %s: %w", tag, bundleRoot, err)
 	}
-	return prepareRoot(bundleRoot)
+	return nil
 }
 
 // mountDir makes root/name a directory to mount on: created when missing,
@@ -139,60 +129,6 @@ func mountDir(root, name string) (string, error) {
 	return p, nil
 }
 
-// prepareRoot mounts /proc, /sys (read-only), /dev (a tmpfs with the
-// standard device nodes), /dev/pts (the agent's, so that the terminals it
-// opens are visible inside), /dev/shm and /tmp into root.
-func prepareRoot(root string) error {
-	type m struct {
-		name, src, fstype string
-		flags             uintptr
-		data              string
-	}
-	for _, x := range []m{
-		{"proc", "proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
-		{"sys", "sysfs", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC | unix.MS_RDONLY, ""},
-		{"dev", "tmpfs", "tmpfs", unix.MS_NOSUID | unix.MS_STRICTATIME, "mode=0755,size=65536k"},
-		{"tmp", "tmpfs", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
-	} {
-		p, err := mountDir(root, x.name)
-		if err != nil {
-			return err
-		}
-		if err := unix.Mount(x.src, p, x.fstype, x.flags, x.data); err != nil {
-			return fmt.Errorf("root directory: mount %s on /%s: %w", x.fstype, x.name, err)
-		}
-	}
-	dev := filepath.Join(root, "dev")
-	// The dev tmpfs is ours: nothing in it comes from the rootfs.
-	for _, n := range []struct {
-		name         string
-		major, minor uint32
-	}{{"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0}} {
-		if err := unix.Mknod(filepath.Join(dev, n.name), unix.S_IFCHR|0o666, int(unix.Mkdev(n.major, n.minor))); err != nil {
-			return fmt.Errorf("root directory: mknod /dev/%s: %w", n.name, err)
-		}
-		os.Chmod(filepath.Join(dev, n.name), 0o666) // the umask applied to mknod
-	}
-	for name, target := range map[string]string{"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
-		"stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx", "core": "/proc/kcore"} {
-		if err := os.Symlink(target, filepath.Join(dev, name)); err != nil {
-			return fmt.Errorf("root directory: /dev/%s: %w", name, err)
-		}
-	}
-	for _, d := range []string{"pts", "shm"} {
-		if err := os.Mkdir(filepath.Join(dev, d), 0o755); err != nil {
-			return fmt.Errorf("root directory: /dev/%s: %w", d, err)
-		}
-	}
-	if err := unix.Mount("/dev/pts", filepath.Join(dev, "pts"), "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("root directory: bind /dev/pts: %w", err)
-	}
-	if err := unix.Mount("shm", filepath.Join(dev, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=1777,size=65536k"); err != nil {
-		return fmt.Errorf("root directory: mount /dev/shm: %w", err)
-	}
-	return nil
-}
-
 // helperSpec is what the exec helper applies before it executes Argv.
 type helperSpec struct {
 	Root       string         `json:"root"`
@@ -206,6 +142,11 @@ type helperSpec struct {
 	NoNewPrivs bool           `json:"no_new_privs,omitempty"`
 	Umask      int            `json:"umask"` // -1: unchanged
 	Caps       *helperCaps    `json:"caps,omitempty"`
+	// Container is set for the init: the container it sets up
+	// (container.go); Join for every other process: the files (fds 5..)
+	// of the init's root and namespaces it enters.
+	Container *helperContainer `json:"container,omitempty"`
+	Join      []string         `json:"join,omitempty"`
 }
 
 // helperCaps are capability sets as bit masks.
@@ -232,7 +173,7 @@ type helperError struct {
 // bundleSpec checks a bundle start from the host and returns what the
 // helper applies. Everything here came from the host: it is validated,
 // whatever the host already checked.
-func bundleSpec(st *pb.ExecStart, root string) (*helperSpec, error) {
+func bundleSpec(st *pb.ExecStart, root string, readOnlyRoot bool) (*helperSpec, error) {
 	b := st.Bundle
 	bad := func(format string, a ...any) error {
 		return errdefs.Errorf(errdefs.KindInvalidArgument, "bundle process: "+format, a...)
@@ -306,6 +247,15 @@ func bundleSpec(st *pb.ExecStart, root string) (*helperSpec, error) {
 		}
 		hs.Caps = c
 	}
+	if b.Init {
+		c, err := containerSpec(b.Container, readOnlyRoot)
+		if err != nil {
+			return nil, err
+		}
+		hs.Container = c
+	} else if b.Container != nil {
+		return nil, bad("only the init creates the container (the others join it)")
+	}
 	seen := map[int32]bool{}
 	for _, l := range b.Rlimits {
 		if l.Resource < 0 || l.Resource >= maxRlimits || seen[l.Resource] {
@@ -324,10 +274,6 @@ func bundleSpec(st *pb.ExecStart, root string) (*helperSpec, error) {
 // exec helper for hs and returns once the helper has executed the command
 // or with the reason it could not.
 func (s *server) startBundle(cmd *exec.Cmd, hs *helperSpec) (<-chan unix.WaitStatus, error) {
-	spec, err := json.Marshal(hs)
-	if err != nil {
-		return nil, err
-	}
 	specR, specW, err := os.Pipe()
 	if err != nil {
 		return nil, errdefs.Errorf(errdefs.KindGuest, "pipe: %v", err)
@@ -344,20 +290,82 @@ func (s *server) startBundle(cmd *exec.Cmd, hs *helperSpec) (<-chan unix.WaitSta
 	cmd.Env = []string{}
 	cmd.Dir = "/"
 	cmd.ExtraFiles = []*os.File{specR, errW} // fd 3, fd 4
-	waitCh, err := s.reaper.start(cmd)
+	var pidns *os.File
+	started := false // an init's start went through
+	if hs.Container != nil {
+		// The init: namespaces of its own.
+		if err := s.ctr.reserve(); err != nil {
+			specR.Close()
+			specW.Close()
+			errW.Close()
+			return nil, err
+		}
+		defer func() {
+			if !started {
+				s.ctr.set(0, 0) // releases the reservation
+			}
+		}()
+		if cmd.SysProcAttr == nil {
+			cmd.SysProcAttr = &syscall.SysProcAttr{}
+		}
+		cmd.SysProcAttr.Cloneflags |= hs.Container.Cloneflags
+	} else {
+		// Any other process: the init's root and namespaces (fd 5..).
+		files, names, pns, err := s.ctr.joinFiles()
+		if err != nil {
+			specR.Close()
+			specW.Close()
+			errW.Close()
+			return nil, err
+		}
+		defer func() {
+			for _, f := range files {
+				f.Close()
+			}
+			if pns != nil {
+				pns.Close()
+			}
+		}()
+		hs.Join, pidns = names, pns
+		cmd.ExtraFiles = append(cmd.ExtraFiles, files...)
+	}
+	spec, err := json.Marshal(hs)
+	if err != nil {
+		specR.Close()
+		specW.Close()
+		errW.Close()
+		return nil, err
+	}
+	var waitCh <-chan unix.WaitStatus
+	start := func() (err error) { waitCh, err = s.reaper.start(cmd); return err }
+	if pidns != nil {
+		err = startInPIDNamespace(pidns, start)
+	} else {
+		err = start()
+	}
 	specR.Close()
 	errW.Close()
 	if err != nil {
 		specW.Close()
+		if errdefs.KindOf(err) != errdefs.Unknown {
+			return nil, err
+		}
 		return nil, errdefs.Errorf(errdefs.KindGuest, "start the exec helper: %v", err)
 	}
+
 	go func() {
 		specW.Write(spec)
 		specW.Close()
 	}()
 	b, _ := io.ReadAll(io.LimitReader(errR, 64<<10))
 	if len(b) == 0 {
-		return waitCh, nil // the helper executed the command
+		// The helper executed the command: the container is set up, and
+		// the next processes may join it.
+		if hs.Container != nil {
+			s.ctr.set(cmd.Process.Pid, hs.Container.Cloneflags)
+			started = true
+		}
+		return waitCh, nil
 	}
 	<-waitCh // the helper exits after reporting
 	var he helperError
@@ -410,14 +418,20 @@ func applySpec(hs *helperSpec) error {
 			return errdefs.Errorf(errdefs.KindInvalidArgument, "rlimit %d (soft %d, hard %d): %v", l.Resource, l.Soft, l.Hard, err)
 		}
 	}
+	switch {
+	case hs.Container != nil:
+		if err := setupContainer(hs.Root, hs.Container); err != nil {
+			return err
+		}
+	case len(hs.Join) > 0:
+		if err := joinContainer(hs.Join); err != nil {
+			return err
+		}
+	default:
+		return guest("container", errors.New("a bundle process is the container's init or joins it"))
+	}
 	if hs.Umask >= 0 {
 		unix.Umask(hs.Umask)
-	}
-	if err := syscall.Chroot(hs.Root); err != nil {
-		return guest("chroot", err)
-	}
-	if err := os.Chdir("/"); err != nil {
-		return guest("chdir /", err)
 	}
 	env := hs.Env
 	pathEnv, home := defaultPath, false

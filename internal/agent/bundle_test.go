@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -69,10 +70,10 @@ func TestBundleSpecRefusals(t *testing.T) {
 	ok := func() *pb.ExecStart {
 		return &pb.ExecStart{Argv: []string{"/bin/true"}, Cwd: "/", Bundle: &pb.BundleProcess{Uid: 1, Gid: 1, Env: []string{"A=1"}}}
 	}
-	if _, err := bundleSpec(ok(), "/r"); err != nil {
+	if _, err := bundleSpec(ok(), "/r", false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := bundleSpec(ok(), ""); !errdefs.IsFailedPrecondition(err) {
+	if _, err := bundleSpec(ok(), "", false); !errdefs.IsFailedPrecondition(err) {
 		t.Fatalf("no root directory: %v", err)
 	}
 	cases := map[string]func(*pb.ExecStart){
@@ -110,7 +111,7 @@ func TestBundleSpecRefusals(t *testing.T) {
 	for name, mut := range cases {
 		st := ok()
 		mut(st)
-		if _, err := bundleSpec(st, "/r"); !errdefs.IsInvalidArgument(err) {
+		if _, err := bundleSpec(st, "/r", false); !errdefs.IsInvalidArgument(err) {
 			t.Errorf("%s: %v, want an invalid argument", name, err)
 		}
 	}
@@ -131,7 +132,7 @@ func bundleRootfs(t *testing.T) string {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(root, "bin", "busybox"), b, 0o755)
-	for _, n := range []string{"sh", "id", "env", "pwd", "cat", "sleep", "chown"} {
+	for _, n := range []string{"sh", "id", "env", "pwd", "cat", "sleep", "chown", "ps", "test", "touch", "hostname", "wc"} {
 		os.Symlink("busybox", filepath.Join(root, "bin", n))
 	}
 	os.WriteFile(filepath.Join(root, "etc", "passwd"), []byte("root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\n"), 0o644)
@@ -150,6 +151,7 @@ func TestBundleExec(t *testing.T) {
 	s.rootDir = root
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	startInit(t, c, s, nil)
 	run := func(argv []string, bp *pb.BundleProcess, cwd string) (string, *agentapi.ExecResult, error) {
 		var out bytes.Buffer
 		res, err := c.Exec(ctx, agentapi.ExecRequest{Argv: argv, Cwd: cwd, Bundle: bp, Stdout: &out, Stderr: &out})
@@ -256,5 +258,122 @@ func TestMountDirRefusesSymlinks(t *testing.T) {
 	}
 	if st, err := os.Lstat(p); err != nil || !st.IsDir() {
 		t.Fatalf("sys not created: %v", err)
+	}
+}
+
+// startInit starts a container init (sleep) with cc (nil: the defaults)
+// and returns once it runs; the test's end kills it.
+func startInit(t *testing.T, c *agentapi.Client, s *server, cc *pb.ContainerConfig) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var out bytes.Buffer
+	go func() {
+		_, err := c.Exec(ctx, agentapi.ExecRequest{Argv: []string{"sleep", "1000"}, Stdout: &out, Stderr: &out,
+			Bundle: &pb.BundleProcess{Init: true, Env: []string{"PATH=/bin"}, Container: cc}})
+		done <- err
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	testenv.Eventually(t, 30*time.Second, 10*time.Millisecond, func() bool {
+		select {
+		case err := <-done:
+			done <- err
+			t.Fatalf("init ended: %v %q", err, out.String())
+		default:
+		}
+		return s.ctr.running()
+	}, testenv.Msg("the init did not start"))
+}
+
+// TestBundleContainer: the init creates the container (mount, PID, UTS and
+// IPC namespaces, pivot_root into the root, the spec's mounts, masked and
+// read-only paths) and every other process joins it. Seen failing on the
+// chroot-only helper (the test binary, outside the root, was reachable).
+func TestBundleContainer(t *testing.T) {
+	root := bundleRootfs(t)
+	c, s := testClient(t, "dev")
+	s.rootDir = root
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	run := func(argv ...string) (string, int) {
+		t.Helper()
+		var out bytes.Buffer
+		res, err := c.Exec(ctx, agentapi.ExecRequest{Argv: argv, Stdout: &out, Stderr: &out,
+			Bundle: &pb.BundleProcess{Env: []string{"PATH=/bin"}}})
+		if err != nil {
+			t.Fatalf("%v: %v", argv, err)
+		}
+		return out.String(), int(res.ExitCode)
+	}
+	// Without an init, nothing runs in the root.
+	if _, err := c.Exec(ctx, agentapi.ExecRequest{Argv: []string{"true"}, Bundle: &pb.BundleProcess{Env: []string{"PATH=/bin"}}}); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("a process without a running init: %v", err)
+	}
+	startInit(t, c, s, nil)
+	if _, err := c.Exec(ctx, agentapi.ExecRequest{Argv: []string{"true"}, Bundle: &pb.BundleProcess{Init: true, Env: []string{"PATH=/bin"}}}); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("a second init: %v", err)
+	}
+	self, _ := os.Executable()
+	if out, code := run("test", "-e", self); code == 0 {
+		t.Errorf("the agent's binary %s is reachable from the container: %q", self, out)
+	}
+	if out, _ := run("cat", "/proc/1/cmdline"); out != "sleep\x001000\x00" {
+		t.Errorf("PID 1 of the container is %q, want its init", out)
+	}
+	// The glob is expanded by the shell alone: the init and the shell.
+	if out, _ := run("sh", "-c", "for p in /proc/[0-9]*; do echo ${p#/proc/} $(cat $p/comm); done"); !regexp.MustCompile(`^1 sleep\n[0-9]+ sh\n$`).MatchString(out) {
+		t.Errorf("the container's processes: %q, want only its init (1) and the shell", out)
+	}
+	if out, code := run("wc", "-c", "/proc/timer_list"); code != 0 || !strings.HasPrefix(out, "0 ") {
+		t.Errorf("masked /proc/timer_list: exit %d %q", code, out)
+	}
+	if out, code := run("sh", "-c", "echo x > /proc/sys/kernel/hostname"); code == 0 {
+		t.Errorf("read-only /proc/sys was written: %q", out)
+	}
+	if out, code := run("touch", "/tmp/x", "/dev/shm/x"); code != 0 {
+		t.Errorf("tmpfs mounts: exit %d %q", code, out)
+	}
+	if out, code := run("test", "-c", "/dev/null"); code != 0 {
+		t.Errorf("/dev/null: exit %d %q", code, out)
+	}
+	// The UTS namespace is the container's own.
+	if out, code := run("sh", "-c", "hostname inner && hostname"); code != 0 || out != "inner\n" {
+		t.Errorf("hostname in the container: exit %d %q", code, out)
+	}
+	if h, _ := os.Hostname(); h == "inner" {
+		t.Errorf("the container's hostname leaked out")
+	}
+	if out, _ := run("hostname"); out != "inner\n" {
+		t.Errorf("a later process sees hostname %q, not the container's", out)
+	}
+}
+
+func TestContainerSpecRefusals(t *testing.T) {
+	if c, err := containerSpec(nil, true); err != nil || c.Cloneflags != syscall.CLONE_NEWNS|syscall.CLONE_NEWPID|syscall.CLONE_NEWUTS|syscall.CLONE_NEWIPC || !c.ReadOnlyRoot {
+		t.Fatalf("defaults: %+v %v", c, err)
+	}
+	c, err := containerSpec(&pb.ContainerConfig{Mounts: []*pb.ContainerMount{{Destination: "/proc", Type: "proc", Options: []string{"nosuid", "ro", "rw", "noexec", "rprivate"}}}}, false)
+	if err != nil || c.Cloneflags != syscall.CLONE_NEWNS || len(c.Mounts) != 3 || c.Mounts[0].Dest != "/dev" ||
+		c.Mounts[1].Flags != syscall.MS_NOSUID|syscall.MS_NOEXEC || c.Mounts[2].Type != "devpts" {
+		t.Fatalf("no namespaces, one mount: %+v %v", c, err)
+	}
+	for name, cc := range map[string]*pb.ContainerConfig{
+		"net namespace":  {Namespaces: []string{"network"}},
+		"bind":           {Mounts: []*pb.ContainerMount{{Destination: "/x", Type: "bind", Source: "/etc"}}},
+		"bind option":    {Mounts: []*pb.ContainerMount{{Destination: "/x", Type: "tmpfs", Options: []string{"rbind"}}}},
+		"root":           {Mounts: []*pb.ContainerMount{{Destination: "/", Type: "tmpfs"}}},
+		"relative":       {Mounts: []*pb.ContainerMount{{Destination: "x", Type: "tmpfs"}}},
+		"dotdot":         {Mounts: []*pb.ContainerMount{{Destination: "/a/../b", Type: "tmpfs"}}},
+		"comma option":   {Mounts: []*pb.ContainerMount{{Destination: "/x", Type: "tmpfs", Options: []string{"mode=1,uid=0"}}}},
+		"too many":       {Mounts: make([]*pb.ContainerMount, maxMounts+1)},
+		"masked root":    {MaskedPaths: []string{"/"}},
+		"readonly relat": {ReadonlyPaths: []string{"proc"}},
+	} {
+		if _, err := containerSpec(cc, false); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("%s: %v, want an invalid argument", name, err)
+		}
+	}
+	if _, err := bundleSpec(&pb.ExecStart{Argv: []string{"x"}, Bundle: &pb.BundleProcess{Container: &pb.ContainerConfig{}}}, "/r", false); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("a container config on a process that is not the init: %v", err)
 	}
 }

@@ -159,7 +159,7 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 	}
 	var hs *helperSpec // set for a process of a bundle sandbox
 	if st.Bundle != nil {
-		if hs, err = bundleSpec(st, s.rootDir); err != nil {
+		if hs, err = bundleSpec(st, s.rootDir, s.rootReadOnly); err != nil {
 			return err
 		}
 	}
@@ -375,10 +375,14 @@ func (s *server) Exec(stream pb.Agent_ExecServer) error {
 		kill(unix.SIGKILL)
 		ws = <-waitCh
 	}
-	if hs != nil && st.Bundle.Init && os.Getpid() == 1 {
-		// The container's init is gone: so is every other process of
-		// the guest but the agent, as in a PID namespace.
-		unix.Kill(-1, unix.SIGKILL)
+	if hs != nil && st.Bundle.Init {
+		s.ctr.set(0, 0)
+		if os.Getpid() == 1 {
+			// The container's init is gone: so is every other process
+			// of the guest but the agent (its PID namespace's are
+			// already; not every container has one).
+			unix.Kill(-1, unix.SIGKILL)
+		}
 	}
 	grace := time.NewTimer(drainGrace)
 	defer grace.Stop()

@@ -47,6 +47,10 @@ type server struct {
 	// rootDir is the root of a bundle sandbox's processes ("" when the
 	// sandbox has none; bundle.go).
 	rootDir string
+	// rootReadOnly is the bundle's root.readonly (applied in the
+	// container's mount namespace); ctr is the container's running init.
+	rootReadOnly bool
+	ctr          containerInit
 	// names maps the pid of an Exec process to its ExecStart.id.
 	names sync.Map
 }
@@ -177,7 +181,9 @@ func findPort(name string, timeout time.Duration) (string, error) {
 // error it logs to the console and powers the guest off, so the host sees
 // the VMM exit instead of a hang.
 func Main() {
-	if len(os.Args) > 1 && os.Args[1] == bundleExecArg && os.Getpid() != 1 {
+	// The exec helper is never the guest's PID 1, but a container's init
+	// is PID 1 of its own namespace: /proc (the agent's) tells it apart.
+	if len(os.Args) > 1 && os.Args[1] == bundleExecArg && (os.Getpid() != 1 || !guestInit()) {
 		bundleExecMain()
 		return
 	}
@@ -191,6 +197,14 @@ func Main() {
 		}
 		os.Exit(1)
 	}
+}
+
+// guestInit reports whether this process is the guest's PID 1 (and not
+// PID 1 of a PID namespace under it): the agent's /proc, when mounted,
+// names it 1 (before /proc is mounted, only the guest's init runs).
+func guestInit() bool {
+	self, err := os.Readlink("/proc/self")
+	return err != nil || self == "1"
 }
 
 func (s *server) run() error {
@@ -241,11 +255,7 @@ func (s *server) run() error {
 			if err := shareResolvConf(s.rootDir); err != nil {
 				log.Printf("%v", err) // the container then has no resolver: fails closed
 			}
-			if rootDirReadOnly(string(b)) {
-				if err := sealRoot(s.rootDir); err != nil {
-					return err // never run a read-only root writable
-				}
-			}
+			s.rootReadOnly = rootDirReadOnly(string(b))
 		}
 	} else {
 		s.reaper = newReaper()

@@ -228,6 +228,32 @@ type ProcessSpec struct {
 	// process of the sandbox is killed (as in a container's PID
 	// namespace).
 	Init bool
+	// Container is what the init sets up in the guest (Init only): its
+	// namespaces, mounts, masked and read-only paths; nil is mvm's
+	// default container (docs/kubernetes.md). Every other process joins
+	// the running init's namespaces and root.
+	Container *ContainerSpec
+}
+
+// ContainerSpec is the part of an OCI spec's linux and mounts sections
+// the guest applies when the init starts. The init always has a mount
+// namespace of its own and pivots into the root directory.
+type ContainerSpec struct {
+	// Namespaces of its own besides the mount namespace: "pid", "uts",
+	// "ipc" (the network namespace is the VM's).
+	Namespaces []string
+	// Mounts inside the root, in order: types proc, sysfs, tmpfs, devpts
+	// (the VM's terminals) and mqueue. No host paths: they do not exist
+	// in the guest.
+	Mounts        []ContainerMount
+	MaskedPaths   []string
+	ReadonlyPaths []string
+}
+
+// ContainerMount is one mount of ContainerSpec.Mounts.
+type ContainerMount struct {
+	Destination, Type, Source string
+	Options                   []string
 }
 
 // ProcessIO is a process's stdio. A nil Stdin is /dev/null; Stdin's EOF
@@ -293,6 +319,12 @@ func (p *ProcessSpec) Validate() error {
 	}
 	if len(p.AdditionalGids) > maxSpecGroups {
 		return bad("%d additional groups exceed the limit of %d", len(p.AdditionalGids), maxSpecGroups)
+	}
+	if p.Container != nil && !p.Init {
+		return bad("only the init creates the container (the other processes join it)")
+	}
+	if c := p.Container; c != nil && (len(c.Mounts) > 64 || len(c.MaskedPaths) > 128 || len(c.ReadonlyPaths) > 128 || len(c.Namespaces) > 8) {
+		return bad("more than 64 mounts, 128 masked or 128 read-only paths")
 	}
 	if p.Umask != nil && *p.Umask > 0o777 {
 		return bad("umask %o is not a permission mask", *p.Umask)

@@ -94,6 +94,8 @@ func TestProcessSpecValidate(t *testing.T) {
 		"too many groups":    func(p *ProcessSpec) { p.AdditionalGids = make([]uint32, maxSpecGroups+1) },
 		"too many args":      func(p *ProcessSpec) { p.Args = make([]string, maxSpecArgs+1) },
 		"unknown capability": func(p *ProcessSpec) { p.Capabilities = &Capabilities{Bounding: []string{"CAP_FLY"}} },
+		"container not init": func(p *ProcessSpec) { p.Init, p.Container = false, &ContainerSpec{} },
+		"too many mounts":    func(p *ProcessSpec) { p.Init, p.Container = true, &ContainerSpec{Mounts: make([]ContainerMount, 65)} },
 	}
 	for name, mut := range cases {
 		t.Run(name, func(t *testing.T) {

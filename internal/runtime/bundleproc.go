@@ -263,6 +263,12 @@ func bundleProcess(spec ProcessSpec) (*pb.BundleProcess, error) {
 	if spec.Umask != nil {
 		bp.HasUmask, bp.Umask = true, *spec.Umask
 	}
+	if c := spec.Container; c != nil {
+		bp.Container = &pb.ContainerConfig{Namespaces: c.Namespaces, MaskedPaths: c.MaskedPaths, ReadonlyPaths: c.ReadonlyPaths}
+		for _, m := range c.Mounts {
+			bp.Container.Mounts = append(bp.Container.Mounts, &pb.ContainerMount{Destination: m.Destination, Type: m.Type, Source: m.Source, Options: m.Options})
+		}
+	}
 	if c := spec.Capabilities; c != nil {
 		bp.HasCapabilities = true
 		for _, x := range []struct {

@@ -72,6 +72,9 @@ type ProcessRequest struct {
 	Process *specs.Process
 	// Init marks the task's process: when it exits, the rest are killed.
 	Init bool
+	// Spec is the bundle's spec, for the init: the container it sets up
+	// (namespaces, mounts, masked and read-only paths; ContainerSpec).
+	Spec *specs.Spec
 	// Stdin, when not nil, is copied to the process; EOF closes its stdin.
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer

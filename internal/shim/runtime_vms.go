@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 
 	"github.com/containerd/containerd/errdefs"
@@ -100,9 +101,66 @@ func ProcessSpec(id string, p *specs.Process, init bool) runtime.ProcessSpec {
 	return ps
 }
 
+// ContainerSpec maps the bundle's namespaces, mounts, masked and
+// read-only paths to what the guest applies (docs/kubernetes.md, "What of
+// the OCI spec is applied"); skipped says what is left out and why.
+func ContainerSpec(s *specs.Spec) (c *runtime.ContainerSpec, skipped []string) {
+	c = &runtime.ContainerSpec{}
+	if l := s.Linux; l != nil {
+		for _, ns := range l.Namespaces {
+			switch ns.Type {
+			case specs.PIDNamespace, specs.UTSNamespace, specs.IPCNamespace:
+				c.Namespaces = append(c.Namespaces, string(ns.Type))
+				if ns.Path != "" {
+					skipped = append(skipped, fmt.Sprintf("namespace %s %s: a host namespace; the container gets one of its own in its VM", ns.Type, ns.Path))
+				}
+			case specs.MountNamespace:
+				// always: the init pivots into its root in a mount
+				// namespace of its own
+			case specs.NetworkNamespace:
+				skipped = append(skipped, "network namespace: the container uses its VM's network")
+			default:
+				skipped = append(skipped, fmt.Sprintf("namespace %s: not created in the guest", ns.Type))
+			}
+		}
+		c.MaskedPaths, c.ReadonlyPaths = l.MaskedPaths, l.ReadonlyPaths
+	}
+	for _, m := range s.Mounts {
+		bind := m.Type == "bind"
+		for _, o := range m.Options {
+			bind = bind || o == "bind" || o == "rbind"
+		}
+		switch {
+		case bind && m.Destination == "/dev/shm":
+			// The CRI binds the pod's shared memory: the container gets
+			// a /dev/shm of its own.
+			c.Mounts = append(c.Mounts, runtime.ContainerMount{Destination: m.Destination, Type: "tmpfs", Source: "shm",
+				Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}})
+			skipped = append(skipped, fmt.Sprintf("bind mount %s on /dev/shm: a tmpfs of the guest instead", m.Source))
+		case bind:
+			skipped = append(skipped, fmt.Sprintf("bind mount %s on %s: host paths are not shared into the guest", m.Source, m.Destination))
+		case m.Type == "cgroup" || m.Type == "cgroup2":
+			skipped = append(skipped, fmt.Sprintf("%s mount on %s: cgroups are not applied in the guest", m.Type, m.Destination))
+		case m.Type == "proc" || m.Type == "sysfs" || m.Type == "tmpfs" || m.Type == "devpts" || m.Type == "mqueue":
+			c.Mounts = append(c.Mounts, runtime.ContainerMount{Destination: path.Clean(m.Destination), Type: m.Type, Source: m.Source, Options: m.Options})
+		default:
+			skipped = append(skipped, fmt.Sprintf("%s mount on %s: not a file system mounted in the guest", m.Type, m.Destination))
+		}
+	}
+	return c, skipped
+}
+
 // Start starts a process through runtime.StartProcess.
 func (v *RuntimeVMs) Start(ctx context.Context, vmID string, p ProcessRequest) (int, error) {
-	st, err := v.R.StartProcess(ctx, vmID, ProcessSpec(p.ID, p.Process, p.Init),
+	ps := ProcessSpec(p.ID, p.Process, p.Init)
+	if p.Init && p.Spec != nil {
+		var skipped []string
+		ps.Container, skipped = ContainerSpec(p.Spec)
+		for _, s := range skipped {
+			fmt.Fprintf(os.Stderr, "mvm shim: %s: not applied: %s\n", vmID, s)
+		}
+	}
+	st, err := v.R.StartProcess(ctx, vmID, ps,
 		runtime.ProcessIO{Stdin: p.Stdin, Stdout: p.Stdout, Stderr: p.Stderr})
 	if err != nil {
 		return 0, toContainerd(err)

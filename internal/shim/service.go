@@ -52,6 +52,7 @@ type Service struct {
 
 type container struct {
 	id, bundle, rootfs string
+	spec               *specs.Spec // the bundle's config.json
 	mounted            bool
 	vm                 *VM
 	init               *process
@@ -165,6 +166,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if spec.Process.Terminal != r.Terminal {
 		spec.Process.Terminal = r.Terminal
 	}
+	c.spec = spec
 	c.init = newProcess("", spec.Process, stdio)
 	if c.init.io, err = openIO(ctx, stdio); err != nil {
 		return nil, err
@@ -279,8 +281,12 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 			return nil, fmt.Errorf("start %s in task %s: the task has exited: %w", p.name(), r.ID, errdefs.ErrFailedPrecondition)
 		}
 	}
+	var bundleSpec *specs.Spec
+	if p.execID == "" {
+		bundleSpec = c.spec
+	}
 	pid, err := s.vms.Start(ctx, c.vm.ID, ProcessRequest{
-		ID: p.procID(), Process: p.spec, Init: p.execID == "",
+		ID: p.procID(), Process: p.spec, Init: p.execID == "", Spec: bundleSpec,
 		Stdin: p.io.stdin, Stdout: p.io.stdout, Stderr: p.io.stderr,
 	})
 	if err != nil {

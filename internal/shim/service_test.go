@@ -330,3 +330,44 @@ func TestBundleCaps(t *testing.T) {
 		t.Errorf("empty profile annotation: %v", err)
 	}
 }
+
+// TestContainerSpec: a CRI-shaped spec maps to what the guest applies;
+// host bind mounts, cgroup mounts and the network namespace are left out
+// and said so; the pod's /dev/shm bind becomes a tmpfs of the guest.
+func TestContainerSpec(t *testing.T) {
+	s := &specs.Spec{
+		Mounts: []specs.Mount{
+			{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
+			{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue"},
+			{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"ro"}},
+			{Destination: "/etc/hosts", Type: "bind", Source: "/var/lib/containerd/hosts", Options: []string{"rbind", "ro"}},
+			{Destination: "/etc/resolv.conf", Source: "/run/resolv.conf", Options: []string{"bind"}},
+			{Destination: "/dev/shm", Type: "bind", Source: "/run/containerd/shm", Options: []string{"rbind"}},
+			{Destination: "/data", Type: "nfs", Source: "server:/x"},
+		},
+		Linux: &specs.Linux{
+			Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace, Path: "/proc/42/ns/ipc"},
+				{Type: specs.UTSNamespace}, {Type: specs.MountNamespace}, {Type: specs.NetworkNamespace}, {Type: specs.CgroupNamespace}},
+			MaskedPaths: []string{"/proc/kcore"}, ReadonlyPaths: []string{"/proc/sys"},
+		},
+	}
+	c, skipped := ContainerSpec(s)
+	if strings.Join(c.Namespaces, ",") != "pid,ipc,uts" || len(c.MaskedPaths) != 1 || len(c.ReadonlyPaths) != 1 {
+		t.Fatalf("container: %+v", c)
+	}
+	var dests []string
+	for _, m := range c.Mounts {
+		dests = append(dests, m.Destination+":"+m.Type)
+	}
+	if strings.Join(dests, " ") != "/proc:proc /dev/mqueue:mqueue /dev/shm:tmpfs" {
+		t.Fatalf("mounts: %v", dests)
+	}
+	all := strings.Join(skipped, "\n")
+	for _, want := range []string{"/proc/42/ns/ipc", "network namespace", "namespace cgroup", "cgroup mount on /sys/fs/cgroup",
+		"bind mount /var/lib/containerd/hosts on /etc/hosts", "bind mount /run/resolv.conf on /etc/resolv.conf",
+		"/run/containerd/shm on /dev/shm", "nfs mount on /data"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("skipped lacks %q:\n%s", want, all)
+		}
+	}
+}

@@ -72,7 +72,7 @@ func makeBundleRootfs(t *testing.T) string {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(rootfs, "bin", "busybox"), b, 0o755)
-	for _, n := range []string{"sh", "id", "cat", "sleep", "pwd", "grep", "stty", "tty", "test", "touch", "env", "ls", "hostname"} {
+	for _, n := range []string{"sh", "id", "cat", "sleep", "pwd", "grep", "stty", "tty", "test", "touch", "env", "ls", "hostname", "readlink"} {
 		os.Symlink("busybox", filepath.Join(rootfs, "bin", n))
 	}
 	os.WriteFile(filepath.Join(rootfs, "etc", "passwd"), []byte("root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\n"), 0o644)
@@ -148,12 +148,81 @@ func TestBundle(t *testing.T) {
 	}
 	env := []string{"PATH=/bin", "FOO=bar baz"}
 
-	// The init process, then a second one beside it.
+	// The init process, with the container it creates (the spec's
+	// namespaces, mounts, masked and read-only paths), then a second
+	// process beside it, which joins that container.
+	os.WriteFile(filepath.Join(rootfs, "etc", "secret"), []byte("s3cret"), 0o644)
+	os.MkdirAll(filepath.Join(rootfs, "work", "hidden"), 0o755)
+	os.WriteFile(filepath.Join(rootfs, "work", "hidden", "f"), []byte("x"), 0o644)
+	os.MkdirAll(filepath.Join(rootfs, "work", "ro"), 0o777)
+	mnt := func(dest, typ string, opts ...string) runtime.ContainerMount {
+		return runtime.ContainerMount{Destination: dest, Type: typ, Source: typ, Options: opts}
+	}
+	container := &runtime.ContainerSpec{Namespaces: []string{"pid", "uts", "ipc"},
+		Mounts: []runtime.ContainerMount{
+			mnt("/proc", "proc", "nosuid", "noexec", "nodev"),
+			mnt("/dev", "tmpfs", "nosuid", "strictatime", "mode=755", "size=65536k"),
+			mnt("/dev/pts", "devpts", "nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"),
+			mnt("/dev/shm", "tmpfs", "nosuid", "noexec", "nodev", "mode=1777", "size=65536k"),
+			mnt("/sys", "sysfs", "nosuid", "noexec", "nodev", "ro"),
+			mnt("/run", "tmpfs", "nosuid", "nodev", "noexec", "mode=755"),
+		},
+		MaskedPaths:   []string{"/etc/secret", "/work/hidden", "/proc/timer_list", "/no/such/path"},
+		ReadonlyPaths: []string{"/work/ro", "/proc/sys"},
+	}
 	var initOut syncBuffer
-	start(runtime.ProcessSpec{ID: "init", Init: true, Env: env,
+	start(runtime.ProcessSpec{ID: "init", Init: true, Env: env, Container: container,
 		Args: []string{"sh", "-c", `trap 'echo got TERM; exit 42' TERM; echo ready; while :; do sleep 0.2; done`}},
 		runtime.ProcessIO{Stdout: &initOut, Stderr: &initOut})
 	waitFor(t, "init to run", time.Minute, func() bool { return strings.Contains(initOut.String(), "ready") })
+
+	// Inside the container (a process beside the init, as root): PID 1
+	// is the init and the other processes are the container's; no
+	// process, root or mount of the agent's is in sight; the masked paths
+	// read empty, the read-only ones refuse writes; /proc, /sys and /run
+	// are mounted as the spec says. Seen failing on the chroot-only agent
+	// (PID 1 was the agent, /proc/1/root its initramfs).
+	var nsOut syncBuffer
+	start(runtime.ProcessSpec{ID: "ns", Env: env, Args: []string{"sh", "-c", `echo "EXE1 $(readlink /proc/1/exe)"
+echo "CMD1 $(cat /proc/1/cmdline)"
+for p in /proc/[0-9]*; do echo "PROC $(cat $p/comm) $(readlink $p/exe)"; done
+test -e /proc/1/root/init && echo AGENT-ROOT-REACHABLE
+ls /proc/1/root/ | grep -qx work || echo NOT-THE-CONTAINER-ROOT
+echo "SECRET[$(cat /etc/secret)]"
+echo "HIDDEN[$(ls /work/hidden)]"
+echo "TIMERS[$(cat /proc/timer_list | head -c 20)]"
+touch /work/ro/f 2>/dev/null || echo RO-REFUSED
+echo 1 > /proc/sys/kernel/ns_last_pid 2>/dev/null || echo PROCSYS-REFUSED
+touch /work/rw && echo RW-OK
+echo "HOST $(hostname)"
+cat /proc/self/mountinfo`}}, runtime.ProcessIO{Stdout: &nsOut, Stderr: &nsOut})
+	if st := wait("ns"); st.Exit.Code != 0 {
+		t.Fatalf("ns: exit %+v: %q", st.Exit, nsOut.String())
+	}
+	nsText := nsOut.String()
+	for _, want := range []string{"EXE1 /bin/busybox\n", "CMD1 sh-ctrap 'echo got TERM", "SECRET[]\n", "HIDDEN[]\n", "TIMERS[]\n",
+		"RO-REFUSED\n", "PROCSYS-REFUSED\n", "RW-OK\n", "HOST pod-1\n",
+		" / rw,nosuid,nodev", " /proc rw,nosuid,nodev,noexec", " /sys ro,nosuid,nodev,noexec", " /run rw,nosuid,nodev,noexec", " /dev/pts rw,nosuid,noexec"} {
+		if !strings.Contains(nsText, want) {
+			t.Errorf("in the container: output lacks %q:\n%s", want, nsText)
+		}
+	}
+	for _, bad := range []string{"AGENT-ROOT-REACHABLE", "NOT-THE-CONTAINER-ROOT", "/run/mvm", "mvm-agent", "/init"} {
+		if strings.Contains(nsText, bad) {
+			t.Errorf("in the container: output has %q:\n%s", bad, nsText)
+		}
+	}
+	for _, line := range strings.Split(nsText, "\n") {
+		// The init's sleep may be gone by the time it is read (no comm,
+		// or no exe); a kernel thread has a comm and no exe.
+		f := strings.Fields(line)
+		if len(f) > 0 && f[0] == "PROC" && (len(f) == 3 && f[2] != "/bin/busybox" || len(f) == 2 && f[1] != "sleep" || len(f) > 3) {
+			t.Errorf("a process that is not the container's is visible: %q", line)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(rootfs, "etc", "secret")); string(b) != "s3cret" {
+		t.Errorf("the masked file changed on the host: %q", b)
+	}
 
 	// User, groups, env, cwd, rlimit, no_new_privs, exit code, and a file
 	// written through the share as the user.
@@ -270,13 +339,19 @@ func TestBundle(t *testing.T) {
 	if err := rt.SignalProcess(ctx, "bndl", "init", int(syscall.SIGTERM), false); !errdefs.IsNotFound(err) {
 		t.Fatalf("signal to an exited process: %v", err)
 	}
-	// Signal all.
+	// With the init gone, nothing else starts: there is no container to
+	// join.
+	if _, err := rt.StartProcess(ctx, "bndl", runtime.ProcessSpec{ID: "late", Env: env, Args: []string{"true"}}, runtime.ProcessIO{}); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("a process after the init exited: %v", err)
+	}
+	// Signal all, in a new container (mvm's default one).
+	start(runtime.ProcessSpec{ID: "init2", Init: true, Env: env, Args: []string{"sleep", "1000"}}, runtime.ProcessIO{})
 	start(runtime.ProcessSpec{ID: "s1", Env: env, Args: []string{"sleep", "1000"}}, runtime.ProcessIO{})
 	start(runtime.ProcessSpec{ID: "s2", Env: env, Args: []string{"sh", "-c", "sleep 1000"}}, runtime.ProcessIO{})
 	if err := rt.SignalProcess(ctx, "bndl", "", int(syscall.SIGKILL), true); err != nil {
 		t.Fatal(err)
 	}
-	for _, id := range []string{"s1", "s2"} {
+	for _, id := range []string{"init2", "s1", "s2"} {
 		if st := wait(id); st.Exit.Code != 137 {
 			t.Fatalf("%s after signal all: %+v", id, st.Exit)
 		}
@@ -363,7 +438,7 @@ if nslookup bad.test >/dev/null 2>&1; then echo BAD-RESOLVED; fi
 echo > /etc/resolv.conf 2>/dev/null || echo ro
 touch /rootfile 2>/dev/null || echo rootro
 touch /tmp/x && echo tmprw`
-	if _, err := rt.StartProcess(ctx, "egress", runtime.ProcessSpec{ID: "w", Env: []string{"PATH=/bin"}, Args: []string{"sh", "-c", script}},
+	if _, err := rt.StartProcess(ctx, "egress", runtime.ProcessSpec{ID: "w", Init: true, Env: []string{"PATH=/bin"}, Args: []string{"sh", "-c", script}},
 		runtime.ProcessIO{Stdout: &out, Stderr: &out}); err != nil {
 		t.Fatal(err)
 	}

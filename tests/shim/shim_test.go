@@ -215,8 +215,44 @@ func TestShimRun(t *testing.T) {
 // rm leaves no VM, supervisor or mount.
 func TestShimTask(t *testing.T) {
 	w := newWorld(t)
-	w.mustCtr(bootDeadline, detached("long", nil, "sh", "-c", "trap 'exit 3' TERM; touch /tmp/ready; while :; do sleep 1; done")...)
+	// A bind mount of a host directory (as the CRI's /etc/hosts): host
+	// paths are not shared into the guest, the mount is left out.
+	hostDir := t.TempDir()
+	os.WriteFile(filepath.Join(hostDir, "hostfile"), []byte("host"), 0o644)
+	w.mustCtr(bootDeadline, detached("long", []string{"--mount", "type=bind,src=" + hostDir + ",dst=/hostdir,options=rbind:ro"},
+		"sh", "-c", "trap 'exit 3' TERM; touch /tmp/ready; while :; do sleep 1; done")...)
 	w.waitReady("long")
+
+	// An exec is in the task's container: its PID namespace (PID 1 is
+	// the task's process, ps shows no process of the VM's: no agent, no
+	// kernel thread), its root (the agent's is out of reach), the spec's
+	// mounts, masked and read-only paths (containerd's defaults). Seen
+	// failing on the chroot-only agent.
+	ps := w.mustCtr(2*time.Minute, "task", "exec", "--exec-id", "ps", "long", "ps")
+	inside := w.mustCtr(2*time.Minute, "task", "exec", "--exec-id", "inside", "long", "sh", "-c", `echo "CMD1 $(cat /proc/1/cmdline)"
+test -e /proc/1/root/init && echo AGENT"-ROOT-REACHABLE"
+test -e /hostdir/hostfile && echo HOST"-BIND-VISIBLE"
+echo "MASKED[$(head -c 10 /proc/timer_list)]"
+echo 1 2>&1 > /proc/sys/kernel/ns_last_pid
+cat /proc/self/mountinfo`)
+	for _, want := range []string{"CMD1 sh-ctrap 'exit 3' TERM", "MASKED[]", "Read-only file system",
+		" /proc rw,nosuid,nodev,noexec", " /sys ro,nosuid,nodev,noexec", " /dev/mqueue rw,nosuid,nodev,noexec", " /dev/shm rw,nosuid,nodev,noexec", " /run rw,nosuid"} {
+		if !strings.Contains(inside, want) {
+			t.Errorf("in the container: output lacks %q:\n%s", want, inside)
+		}
+	}
+	for _, bad := range []string{"AGENT-ROOT-REACHABLE", "HOST-BIND-VISIBLE", "/run/mvm"} {
+		if strings.Contains(inside, bad) {
+			t.Errorf("in the container: output has %q:\n%s", bad, inside)
+		}
+	}
+	// ps: the task's process (PID 1), its sleep, ps itself; nothing else.
+	for _, line := range strings.Split(strings.TrimSpace(ps), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 3 || (f[0] == "1") != strings.Contains(line, "trap 'exit 3'") || !(strings.Contains(line, "trap") || f[2] == "sleep" || f[2] == "ps") {
+			t.Errorf("ps in the container: %q is not one of its processes (PID 1 the task's):\n%s", line, ps)
+		}
+	}
 
 	rows := w.sandboxes()
 	if len(rows) != 1 {

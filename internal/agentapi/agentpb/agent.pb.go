@@ -98,7 +98,7 @@ func (x FsError_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use FsError_Kind.Descriptor instead.
 func (FsError_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20, 0}
+	return file_agent_proto_rawDescGZIP(), []int{22, 0}
 }
 
 type HelloRequest struct {
@@ -690,8 +690,12 @@ type BundleProcess struct {
 	CapPermitted    uint64 `protobuf:"varint,13,opt,name=cap_permitted,json=capPermitted,proto3" json:"cap_permitted,omitempty"`
 	CapInheritable  uint64 `protobuf:"varint,14,opt,name=cap_inheritable,json=capInheritable,proto3" json:"cap_inheritable,omitempty"`
 	CapAmbient      uint64 `protobuf:"varint,15,opt,name=cap_ambient,json=capAmbient,proto3" json:"cap_ambient,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The container the init creates (init only; absent: mvm's defaults,
+	// docs/kubernetes.md). Other processes join the running init's
+	// namespaces and root.
+	Container     *ContainerConfig `protobuf:"bytes,16,opt,name=container,proto3" json:"container,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *BundleProcess) Reset() {
@@ -829,6 +833,156 @@ func (x *BundleProcess) GetCapAmbient() uint64 {
 	return 0
 }
 
+func (x *BundleProcess) GetContainer() *ContainerConfig {
+	if x != nil {
+		return x.Container
+	}
+	return nil
+}
+
+// ContainerConfig is what of an OCI spec's linux and mounts sections the
+// agent applies when it starts a container's init. The init always gets a
+// mount namespace of its own and pivots into the root directory.
+type ContainerConfig struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Namespaces of its own besides mount: "pid", "uts", "ipc" (others
+	// are refused; the network namespace is the VM's).
+	Namespaces []string `protobuf:"bytes,1,rep,name=namespaces,proto3" json:"namespaces,omitempty"`
+	// Mounts inside the root, in order (types proc, sysfs, tmpfs, devpts,
+	// mqueue; no host paths).
+	Mounts        []*ContainerMount `protobuf:"bytes,2,rep,name=mounts,proto3" json:"mounts,omitempty"`
+	MaskedPaths   []string          `protobuf:"bytes,3,rep,name=masked_paths,json=maskedPaths,proto3" json:"masked_paths,omitempty"`
+	ReadonlyPaths []string          `protobuf:"bytes,4,rep,name=readonly_paths,json=readonlyPaths,proto3" json:"readonly_paths,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContainerConfig) Reset() {
+	*x = ContainerConfig{}
+	mi := &file_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContainerConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContainerConfig) ProtoMessage() {}
+
+func (x *ContainerConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContainerConfig.ProtoReflect.Descriptor instead.
+func (*ContainerConfig) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ContainerConfig) GetNamespaces() []string {
+	if x != nil {
+		return x.Namespaces
+	}
+	return nil
+}
+
+func (x *ContainerConfig) GetMounts() []*ContainerMount {
+	if x != nil {
+		return x.Mounts
+	}
+	return nil
+}
+
+func (x *ContainerConfig) GetMaskedPaths() []string {
+	if x != nil {
+		return x.MaskedPaths
+	}
+	return nil
+}
+
+func (x *ContainerConfig) GetReadonlyPaths() []string {
+	if x != nil {
+		return x.ReadonlyPaths
+	}
+	return nil
+}
+
+type ContainerMount struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Destination   string                 `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	Type          string                 `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	Source        string                 `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	Options       []string               `protobuf:"bytes,4,rep,name=options,proto3" json:"options,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContainerMount) Reset() {
+	*x = ContainerMount{}
+	mi := &file_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContainerMount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContainerMount) ProtoMessage() {}
+
+func (x *ContainerMount) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContainerMount.ProtoReflect.Descriptor instead.
+func (*ContainerMount) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ContainerMount) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *ContainerMount) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *ContainerMount) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *ContainerMount) GetOptions() []string {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
 type Resize struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Rows          uint32                 `protobuf:"varint,1,opt,name=rows,proto3" json:"rows,omitempty"`
@@ -839,7 +993,7 @@ type Resize struct {
 
 func (x *Resize) Reset() {
 	*x = Resize{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +1005,7 @@ func (x *Resize) String() string {
 func (*Resize) ProtoMessage() {}
 
 func (x *Resize) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +1018,7 @@ func (x *Resize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resize.ProtoReflect.Descriptor instead.
 func (*Resize) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Resize) GetRows() uint32 {
@@ -897,7 +1051,7 @@ type ExecInput struct {
 
 func (x *ExecInput) Reset() {
 	*x = ExecInput{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +1063,7 @@ func (x *ExecInput) String() string {
 func (*ExecInput) ProtoMessage() {}
 
 func (x *ExecInput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1076,7 @@ func (x *ExecInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecInput.ProtoReflect.Descriptor instead.
 func (*ExecInput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ExecInput) GetMsg() isExecInput_Msg {
@@ -1020,7 +1174,7 @@ type Started struct {
 
 func (x *Started) Reset() {
 	*x = Started{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1032,7 +1186,7 @@ func (x *Started) String() string {
 func (*Started) ProtoMessage() {}
 
 func (x *Started) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1045,7 +1199,7 @@ func (x *Started) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Started.ProtoReflect.Descriptor instead.
 func (*Started) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Started) GetPid() int32 {
@@ -1067,7 +1221,7 @@ type Exit struct {
 
 func (x *Exit) Reset() {
 	*x = Exit{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1079,7 +1233,7 @@ func (x *Exit) String() string {
 func (*Exit) ProtoMessage() {}
 
 func (x *Exit) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1092,7 +1246,7 @@ func (x *Exit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Exit.ProtoReflect.Descriptor instead.
 func (*Exit) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Exit) GetCode() int32 {
@@ -1124,7 +1278,7 @@ type ExecOutput struct {
 
 func (x *ExecOutput) Reset() {
 	*x = ExecOutput{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1136,7 +1290,7 @@ func (x *ExecOutput) String() string {
 func (*ExecOutput) ProtoMessage() {}
 
 func (x *ExecOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1149,7 +1303,7 @@ func (x *ExecOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecOutput.ProtoReflect.Descriptor instead.
 func (*ExecOutput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ExecOutput) GetMsg() isExecOutput_Msg {
@@ -1231,7 +1385,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1243,7 +1397,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1256,7 +1410,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 type StatsResponse struct {
@@ -1279,7 +1433,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1445,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1458,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StatsResponse) GetMemTotalBytes() uint64 {
@@ -1392,7 +1546,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1558,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1571,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 type ShutdownResponse struct {
@@ -1428,7 +1582,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1440,7 +1594,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1453,7 +1607,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 // See internal/guestid for how each field is made and checked; the agent
@@ -1478,7 +1632,7 @@ type RestoredRequest struct {
 
 func (x *RestoredRequest) Reset() {
 	*x = RestoredRequest{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1644,7 @@ func (x *RestoredRequest) String() string {
 func (*RestoredRequest) ProtoMessage() {}
 
 func (x *RestoredRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +1657,7 @@ func (x *RestoredRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoredRequest.ProtoReflect.Descriptor instead.
 func (*RestoredRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RestoredRequest) GetEntropy() []byte {
@@ -1557,7 +1711,7 @@ type RestoredResponse struct {
 
 func (x *RestoredResponse) Reset() {
 	*x = RestoredResponse{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1723,7 @@ func (x *RestoredResponse) String() string {
 func (*RestoredResponse) ProtoMessage() {}
 
 func (x *RestoredResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1736,7 @@ func (x *RestoredResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoredResponse.ProtoReflect.Descriptor instead.
 func (*RestoredResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RestoredResponse) GetClockStepNanos() int64 {
@@ -1617,7 +1771,7 @@ type FsError struct {
 
 func (x *FsError) Reset() {
 	*x = FsError{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1629,7 +1783,7 @@ func (x *FsError) String() string {
 func (*FsError) ProtoMessage() {}
 
 func (x *FsError) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1642,7 +1796,7 @@ func (x *FsError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FsError.ProtoReflect.Descriptor instead.
 func (*FsError) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *FsError) GetKind() FsError_Kind {
@@ -1677,7 +1831,7 @@ type FileInfo struct {
 
 func (x *FileInfo) Reset() {
 	*x = FileInfo{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1689,7 +1843,7 @@ func (x *FileInfo) String() string {
 func (*FileInfo) ProtoMessage() {}
 
 func (x *FileInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1702,7 +1856,7 @@ func (x *FileInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileInfo.ProtoReflect.Descriptor instead.
 func (*FileInfo) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *FileInfo) GetName() string {
@@ -1777,7 +1931,7 @@ type StatRequest struct {
 
 func (x *StatRequest) Reset() {
 	*x = StatRequest{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1789,7 +1943,7 @@ func (x *StatRequest) String() string {
 func (*StatRequest) ProtoMessage() {}
 
 func (x *StatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1802,7 +1956,7 @@ func (x *StatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatRequest.ProtoReflect.Descriptor instead.
 func (*StatRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StatRequest) GetPath() string {
@@ -1821,7 +1975,7 @@ type ListDirRequest struct {
 
 func (x *ListDirRequest) Reset() {
 	*x = ListDirRequest{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +1987,7 @@ func (x *ListDirRequest) String() string {
 func (*ListDirRequest) ProtoMessage() {}
 
 func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,7 +2000,7 @@ func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirRequest.ProtoReflect.Descriptor instead.
 func (*ListDirRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListDirRequest) GetPath() string {
@@ -1867,7 +2021,7 @@ type ListDirResponse struct {
 
 func (x *ListDirResponse) Reset() {
 	*x = ListDirResponse{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1879,7 +2033,7 @@ func (x *ListDirResponse) String() string {
 func (*ListDirResponse) ProtoMessage() {}
 
 func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1892,7 +2046,7 @@ func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirResponse.ProtoReflect.Descriptor instead.
 func (*ListDirResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListDirResponse) GetEntries() []*FileInfo {
@@ -1920,7 +2074,7 @@ type MakeDirRequest struct {
 
 func (x *MakeDirRequest) Reset() {
 	*x = MakeDirRequest{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1932,7 +2086,7 @@ func (x *MakeDirRequest) String() string {
 func (*MakeDirRequest) ProtoMessage() {}
 
 func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1945,7 +2099,7 @@ func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirRequest.ProtoReflect.Descriptor instead.
 func (*MakeDirRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *MakeDirRequest) GetPath() string {
@@ -1979,7 +2133,7 @@ type RemoveRequest struct {
 
 func (x *RemoveRequest) Reset() {
 	*x = RemoveRequest{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1991,7 +2145,7 @@ func (x *RemoveRequest) String() string {
 func (*RemoveRequest) ProtoMessage() {}
 
 func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2004,7 +2158,7 @@ func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RemoveRequest) GetPath() string {
@@ -2029,7 +2183,7 @@ type RemoveResponse struct {
 
 func (x *RemoveResponse) Reset() {
 	*x = RemoveResponse{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2041,7 +2195,7 @@ func (x *RemoveResponse) String() string {
 func (*RemoveResponse) ProtoMessage() {}
 
 func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2054,7 +2208,7 @@ func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
 func (*RemoveResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 type RenameRequest struct {
@@ -2069,7 +2223,7 @@ type RenameRequest struct {
 
 func (x *RenameRequest) Reset() {
 	*x = RenameRequest{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2081,7 +2235,7 @@ func (x *RenameRequest) String() string {
 func (*RenameRequest) ProtoMessage() {}
 
 func (x *RenameRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2094,7 +2248,7 @@ func (x *RenameRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenameRequest.ProtoReflect.Descriptor instead.
 func (*RenameRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RenameRequest) GetFrom() string {
@@ -2129,7 +2283,7 @@ type ReadFileRequest struct {
 
 func (x *ReadFileRequest) Reset() {
 	*x = ReadFileRequest{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2141,7 +2295,7 @@ func (x *ReadFileRequest) String() string {
 func (*ReadFileRequest) ProtoMessage() {}
 
 func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2154,7 +2308,7 @@ func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileRequest.ProtoReflect.Descriptor instead.
 func (*ReadFileRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReadFileRequest) GetPath() string {
@@ -2191,7 +2345,7 @@ type ReadFileOutput struct {
 
 func (x *ReadFileOutput) Reset() {
 	*x = ReadFileOutput{}
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2203,7 +2357,7 @@ func (x *ReadFileOutput) String() string {
 func (*ReadFileOutput) ProtoMessage() {}
 
 func (x *ReadFileOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2216,7 +2370,7 @@ func (x *ReadFileOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileOutput.ProtoReflect.Descriptor instead.
 func (*ReadFileOutput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReadFileOutput) GetMsg() isReadFileOutput_Msg {
@@ -2274,7 +2428,7 @@ type WriteFileHeader struct {
 
 func (x *WriteFileHeader) Reset() {
 	*x = WriteFileHeader{}
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2286,7 +2440,7 @@ func (x *WriteFileHeader) String() string {
 func (*WriteFileHeader) ProtoMessage() {}
 
 func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2299,7 +2453,7 @@ func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileHeader.ProtoReflect.Descriptor instead.
 func (*WriteFileHeader) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WriteFileHeader) GetPath() string {
@@ -2357,7 +2511,7 @@ type WriteFileInput struct {
 
 func (x *WriteFileInput) Reset() {
 	*x = WriteFileInput{}
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2523,7 @@ func (x *WriteFileInput) String() string {
 func (*WriteFileInput) ProtoMessage() {}
 
 func (x *WriteFileInput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2536,7 @@ func (x *WriteFileInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileInput.ProtoReflect.Descriptor instead.
 func (*WriteFileInput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{32}
+	return file_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *WriteFileInput) GetMsg() isWriteFileInput_Msg {
@@ -2436,7 +2590,7 @@ type WriteFileResponse struct {
 
 func (x *WriteFileResponse) Reset() {
 	*x = WriteFileResponse{}
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2448,7 +2602,7 @@ func (x *WriteFileResponse) String() string {
 func (*WriteFileResponse) ProtoMessage() {}
 
 func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2461,7 +2615,7 @@ func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileResponse.ProtoReflect.Descriptor instead.
 func (*WriteFileResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{33}
+	return file_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *WriteFileResponse) GetBytes() int64 {
@@ -2487,7 +2641,7 @@ type DataChunk struct {
 
 func (x *DataChunk) Reset() {
 	*x = DataChunk{}
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2499,7 +2653,7 @@ func (x *DataChunk) String() string {
 func (*DataChunk) ProtoMessage() {}
 
 func (x *DataChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2512,7 +2666,7 @@ func (x *DataChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataChunk.ProtoReflect.Descriptor instead.
 func (*DataChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{34}
+	return file_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DataChunk) GetData() []byte {
@@ -2531,7 +2685,7 @@ type ArchiveOutRequest struct {
 
 func (x *ArchiveOutRequest) Reset() {
 	*x = ArchiveOutRequest{}
-	mi := &file_agent_proto_msgTypes[35]
+	mi := &file_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2543,7 +2697,7 @@ func (x *ArchiveOutRequest) String() string {
 func (*ArchiveOutRequest) ProtoMessage() {}
 
 func (x *ArchiveOutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[35]
+	mi := &file_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2556,7 +2710,7 @@ func (x *ArchiveOutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveOutRequest.ProtoReflect.Descriptor instead.
 func (*ArchiveOutRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{35}
+	return file_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ArchiveOutRequest) GetPath() string {
@@ -2577,7 +2731,7 @@ type ArchiveInHeader struct {
 
 func (x *ArchiveInHeader) Reset() {
 	*x = ArchiveInHeader{}
-	mi := &file_agent_proto_msgTypes[36]
+	mi := &file_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2589,7 +2743,7 @@ func (x *ArchiveInHeader) String() string {
 func (*ArchiveInHeader) ProtoMessage() {}
 
 func (x *ArchiveInHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[36]
+	mi := &file_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2602,7 +2756,7 @@ func (x *ArchiveInHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveInHeader.ProtoReflect.Descriptor instead.
 func (*ArchiveInHeader) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{36}
+	return file_agent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ArchiveInHeader) GetPath() string {
@@ -2625,7 +2779,7 @@ type ArchiveInInput struct {
 
 func (x *ArchiveInInput) Reset() {
 	*x = ArchiveInInput{}
-	mi := &file_agent_proto_msgTypes[37]
+	mi := &file_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2637,7 +2791,7 @@ func (x *ArchiveInInput) String() string {
 func (*ArchiveInInput) ProtoMessage() {}
 
 func (x *ArchiveInInput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[37]
+	mi := &file_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2650,7 +2804,7 @@ func (x *ArchiveInInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveInInput.ProtoReflect.Descriptor instead.
 func (*ArchiveInInput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{37}
+	return file_agent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ArchiveInInput) GetMsg() isArchiveInInput_Msg {
@@ -2708,7 +2862,7 @@ type ArchiveInResponse struct {
 
 func (x *ArchiveInResponse) Reset() {
 	*x = ArchiveInResponse{}
-	mi := &file_agent_proto_msgTypes[38]
+	mi := &file_agent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2720,7 +2874,7 @@ func (x *ArchiveInResponse) String() string {
 func (*ArchiveInResponse) ProtoMessage() {}
 
 func (x *ArchiveInResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[38]
+	mi := &file_agent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2733,7 +2887,7 @@ func (x *ArchiveInResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveInResponse.ProtoReflect.Descriptor instead.
 func (*ArchiveInResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{38}
+	return file_agent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ArchiveInResponse) GetFiles() int64 {
@@ -2789,7 +2943,7 @@ type ProcStartRequest struct {
 
 func (x *ProcStartRequest) Reset() {
 	*x = ProcStartRequest{}
-	mi := &file_agent_proto_msgTypes[39]
+	mi := &file_agent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2801,7 +2955,7 @@ func (x *ProcStartRequest) String() string {
 func (*ProcStartRequest) ProtoMessage() {}
 
 func (x *ProcStartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[39]
+	mi := &file_agent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2814,7 +2968,7 @@ func (x *ProcStartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcStartRequest.ProtoReflect.Descriptor instead.
 func (*ProcStartRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{39}
+	return file_agent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ProcStartRequest) GetStart() *ExecStart {
@@ -2845,7 +2999,7 @@ type ProcInfo struct {
 
 func (x *ProcInfo) Reset() {
 	*x = ProcInfo{}
-	mi := &file_agent_proto_msgTypes[40]
+	mi := &file_agent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2857,7 +3011,7 @@ func (x *ProcInfo) String() string {
 func (*ProcInfo) ProtoMessage() {}
 
 func (x *ProcInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[40]
+	mi := &file_agent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2870,7 +3024,7 @@ func (x *ProcInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcInfo.ProtoReflect.Descriptor instead.
 func (*ProcInfo) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{40}
+	return file_agent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ProcInfo) GetHandle() string {
@@ -2965,7 +3119,7 @@ type ProcListRequest struct {
 
 func (x *ProcListRequest) Reset() {
 	*x = ProcListRequest{}
-	mi := &file_agent_proto_msgTypes[41]
+	mi := &file_agent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2977,7 +3131,7 @@ func (x *ProcListRequest) String() string {
 func (*ProcListRequest) ProtoMessage() {}
 
 func (x *ProcListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[41]
+	mi := &file_agent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2990,7 +3144,7 @@ func (x *ProcListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcListRequest.ProtoReflect.Descriptor instead.
 func (*ProcListRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{41}
+	return file_agent_proto_rawDescGZIP(), []int{43}
 }
 
 type ProcListResponse struct {
@@ -3002,7 +3156,7 @@ type ProcListResponse struct {
 
 func (x *ProcListResponse) Reset() {
 	*x = ProcListResponse{}
-	mi := &file_agent_proto_msgTypes[42]
+	mi := &file_agent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3014,7 +3168,7 @@ func (x *ProcListResponse) String() string {
 func (*ProcListResponse) ProtoMessage() {}
 
 func (x *ProcListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[42]
+	mi := &file_agent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3027,7 +3181,7 @@ func (x *ProcListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcListResponse.ProtoReflect.Descriptor instead.
 func (*ProcListResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{42}
+	return file_agent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ProcListResponse) GetProcs() []*ProcInfo {
@@ -3050,7 +3204,7 @@ type ProcWaitRequest struct {
 
 func (x *ProcWaitRequest) Reset() {
 	*x = ProcWaitRequest{}
-	mi := &file_agent_proto_msgTypes[43]
+	mi := &file_agent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3062,7 +3216,7 @@ func (x *ProcWaitRequest) String() string {
 func (*ProcWaitRequest) ProtoMessage() {}
 
 func (x *ProcWaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[43]
+	mi := &file_agent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3075,7 +3229,7 @@ func (x *ProcWaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcWaitRequest.ProtoReflect.Descriptor instead.
 func (*ProcWaitRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{43}
+	return file_agent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ProcWaitRequest) GetHandle() string {
@@ -3119,7 +3273,7 @@ type OutputGap struct {
 
 func (x *OutputGap) Reset() {
 	*x = OutputGap{}
-	mi := &file_agent_proto_msgTypes[44]
+	mi := &file_agent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3131,7 +3285,7 @@ func (x *OutputGap) String() string {
 func (*OutputGap) ProtoMessage() {}
 
 func (x *OutputGap) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[44]
+	mi := &file_agent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3144,7 +3298,7 @@ func (x *OutputGap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutputGap.ProtoReflect.Descriptor instead.
 func (*OutputGap) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{44}
+	return file_agent_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *OutputGap) GetFd() int32 {
@@ -3177,7 +3331,7 @@ type ProcOutput struct {
 
 func (x *ProcOutput) Reset() {
 	*x = ProcOutput{}
-	mi := &file_agent_proto_msgTypes[45]
+	mi := &file_agent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3189,7 +3343,7 @@ func (x *ProcOutput) String() string {
 func (*ProcOutput) ProtoMessage() {}
 
 func (x *ProcOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[45]
+	mi := &file_agent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3202,7 +3356,7 @@ func (x *ProcOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcOutput.ProtoReflect.Descriptor instead.
 func (*ProcOutput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{45}
+	return file_agent_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ProcOutput) GetMsg() isProcOutput_Msg {
@@ -3304,7 +3458,7 @@ type ProcSignalRequest struct {
 
 func (x *ProcSignalRequest) Reset() {
 	*x = ProcSignalRequest{}
-	mi := &file_agent_proto_msgTypes[46]
+	mi := &file_agent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3316,7 +3470,7 @@ func (x *ProcSignalRequest) String() string {
 func (*ProcSignalRequest) ProtoMessage() {}
 
 func (x *ProcSignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[46]
+	mi := &file_agent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3329,7 +3483,7 @@ func (x *ProcSignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcSignalRequest.ProtoReflect.Descriptor instead.
 func (*ProcSignalRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{46}
+	return file_agent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ProcSignalRequest) GetHandle() string {
@@ -3361,7 +3515,7 @@ type PidsRequest struct {
 
 func (x *PidsRequest) Reset() {
 	*x = PidsRequest{}
-	mi := &file_agent_proto_msgTypes[47]
+	mi := &file_agent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3373,7 +3527,7 @@ func (x *PidsRequest) String() string {
 func (*PidsRequest) ProtoMessage() {}
 
 func (x *PidsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[47]
+	mi := &file_agent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3386,7 +3540,7 @@ func (x *PidsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsRequest.ProtoReflect.Descriptor instead.
 func (*PidsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{47}
+	return file_agent_proto_rawDescGZIP(), []int{49}
 }
 
 type GuestPid struct {
@@ -3401,7 +3555,7 @@ type GuestPid struct {
 
 func (x *GuestPid) Reset() {
 	*x = GuestPid{}
-	mi := &file_agent_proto_msgTypes[48]
+	mi := &file_agent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3413,7 +3567,7 @@ func (x *GuestPid) String() string {
 func (*GuestPid) ProtoMessage() {}
 
 func (x *GuestPid) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[48]
+	mi := &file_agent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3426,7 +3580,7 @@ func (x *GuestPid) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestPid.ProtoReflect.Descriptor instead.
 func (*GuestPid) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{48}
+	return file_agent_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *GuestPid) GetPid() int32 {
@@ -3468,7 +3622,7 @@ type PidsResponse struct {
 
 func (x *PidsResponse) Reset() {
 	*x = PidsResponse{}
-	mi := &file_agent_proto_msgTypes[49]
+	mi := &file_agent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3480,7 +3634,7 @@ func (x *PidsResponse) String() string {
 func (*PidsResponse) ProtoMessage() {}
 
 func (x *PidsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[49]
+	mi := &file_agent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3493,7 +3647,7 @@ func (x *PidsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsResponse.ProtoReflect.Descriptor instead.
 func (*PidsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{49}
+	return file_agent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *PidsResponse) GetPids() []*GuestPid {
@@ -3524,7 +3678,7 @@ type ProcStdinInput struct {
 
 func (x *ProcStdinInput) Reset() {
 	*x = ProcStdinInput{}
-	mi := &file_agent_proto_msgTypes[50]
+	mi := &file_agent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3536,7 +3690,7 @@ func (x *ProcStdinInput) String() string {
 func (*ProcStdinInput) ProtoMessage() {}
 
 func (x *ProcStdinInput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[50]
+	mi := &file_agent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3549,7 +3703,7 @@ func (x *ProcStdinInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcStdinInput.ProtoReflect.Descriptor instead.
 func (*ProcStdinInput) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{50}
+	return file_agent_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ProcStdinInput) GetMsg() isProcStdinInput_Msg {
@@ -3617,7 +3771,7 @@ type ProcStdinResponse struct {
 
 func (x *ProcStdinResponse) Reset() {
 	*x = ProcStdinResponse{}
-	mi := &file_agent_proto_msgTypes[51]
+	mi := &file_agent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3629,7 +3783,7 @@ func (x *ProcStdinResponse) String() string {
 func (*ProcStdinResponse) ProtoMessage() {}
 
 func (x *ProcStdinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[51]
+	mi := &file_agent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3642,7 +3796,7 @@ func (x *ProcStdinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcStdinResponse.ProtoReflect.Descriptor instead.
 func (*ProcStdinResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{51}
+	return file_agent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ProcStdinResponse) GetBytes() int64 {
@@ -3661,7 +3815,7 @@ type DiscardResponse struct {
 
 func (x *DiscardResponse) Reset() {
 	*x = DiscardResponse{}
-	mi := &file_agent_proto_msgTypes[52]
+	mi := &file_agent_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3673,7 +3827,7 @@ func (x *DiscardResponse) String() string {
 func (*DiscardResponse) ProtoMessage() {}
 
 func (x *DiscardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[52]
+	mi := &file_agent_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3686,7 +3840,7 @@ func (x *DiscardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscardResponse.ProtoReflect.Descriptor instead.
 func (*DiscardResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{52}
+	return file_agent_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *DiscardResponse) GetBytes() int64 {
@@ -3705,7 +3859,7 @@ type ZerosRequest struct {
 
 func (x *ZerosRequest) Reset() {
 	*x = ZerosRequest{}
-	mi := &file_agent_proto_msgTypes[53]
+	mi := &file_agent_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3717,7 +3871,7 @@ func (x *ZerosRequest) String() string {
 func (*ZerosRequest) ProtoMessage() {}
 
 func (x *ZerosRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[53]
+	mi := &file_agent_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3730,7 +3884,7 @@ func (x *ZerosRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ZerosRequest.ProtoReflect.Descriptor instead.
 func (*ZerosRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{53}
+	return file_agent_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ZerosRequest) GetBytes() int64 {
@@ -3793,7 +3947,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x06Rlimit\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\x05R\bresource\x12\x12\n" +
 	"\x04soft\x18\x02 \x01(\x04R\x04soft\x12\x12\n" +
-	"\x04hard\x18\x03 \x01(\x04R\x04hard\"\xf3\x03\n" +
+	"\x04hard\x18\x03 \x01(\x04R\x04hard\"\xb0\x04\n" +
 	"\rBundleProcess\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\rR\x03gid\x12'\n" +
@@ -3811,7 +3965,20 @@ const file_agent_proto_rawDesc = "" +
 	"\rcap_permitted\x18\r \x01(\x04R\fcapPermitted\x12'\n" +
 	"\x0fcap_inheritable\x18\x0e \x01(\x04R\x0ecapInheritable\x12\x1f\n" +
 	"\vcap_ambient\x18\x0f \x01(\x04R\n" +
-	"capAmbient\"0\n" +
+	"capAmbient\x12;\n" +
+	"\tcontainer\x18\x10 \x01(\v2\x1d.mvm.agent.v1.ContainerConfigR\tcontainer\"\xb1\x01\n" +
+	"\x0fContainerConfig\x12\x1e\n" +
+	"\n" +
+	"namespaces\x18\x01 \x03(\tR\n" +
+	"namespaces\x124\n" +
+	"\x06mounts\x18\x02 \x03(\v2\x1c.mvm.agent.v1.ContainerMountR\x06mounts\x12!\n" +
+	"\fmasked_paths\x18\x03 \x03(\tR\vmaskedPaths\x12%\n" +
+	"\x0ereadonly_paths\x18\x04 \x03(\tR\rreadonlyPaths\"x\n" +
+	"\x0eContainerMount\x12 \n" +
+	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x16\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source\x12\x18\n" +
+	"\aoptions\x18\x04 \x03(\tR\aoptions\"0\n" +
 	"\x06Resize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
 	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xc8\x01\n" +
@@ -4052,7 +4219,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
 var file_agent_proto_goTypes = []any{
 	(FsError_Kind)(0),         // 0: mvm.agent.v1.FsError.Kind
 	(*HelloRequest)(nil),      // 1: mvm.agent.v1.HelloRequest
@@ -4064,127 +4231,131 @@ var file_agent_proto_goTypes = []any{
 	(*ExecStart)(nil),         // 7: mvm.agent.v1.ExecStart
 	(*Rlimit)(nil),            // 8: mvm.agent.v1.Rlimit
 	(*BundleProcess)(nil),     // 9: mvm.agent.v1.BundleProcess
-	(*Resize)(nil),            // 10: mvm.agent.v1.Resize
-	(*ExecInput)(nil),         // 11: mvm.agent.v1.ExecInput
-	(*Started)(nil),           // 12: mvm.agent.v1.Started
-	(*Exit)(nil),              // 13: mvm.agent.v1.Exit
-	(*ExecOutput)(nil),        // 14: mvm.agent.v1.ExecOutput
-	(*StatsRequest)(nil),      // 15: mvm.agent.v1.StatsRequest
-	(*StatsResponse)(nil),     // 16: mvm.agent.v1.StatsResponse
-	(*ShutdownRequest)(nil),   // 17: mvm.agent.v1.ShutdownRequest
-	(*ShutdownResponse)(nil),  // 18: mvm.agent.v1.ShutdownResponse
-	(*RestoredRequest)(nil),   // 19: mvm.agent.v1.RestoredRequest
-	(*RestoredResponse)(nil),  // 20: mvm.agent.v1.RestoredResponse
-	(*FsError)(nil),           // 21: mvm.agent.v1.FsError
-	(*FileInfo)(nil),          // 22: mvm.agent.v1.FileInfo
-	(*StatRequest)(nil),       // 23: mvm.agent.v1.StatRequest
-	(*ListDirRequest)(nil),    // 24: mvm.agent.v1.ListDirRequest
-	(*ListDirResponse)(nil),   // 25: mvm.agent.v1.ListDirResponse
-	(*MakeDirRequest)(nil),    // 26: mvm.agent.v1.MakeDirRequest
-	(*RemoveRequest)(nil),     // 27: mvm.agent.v1.RemoveRequest
-	(*RemoveResponse)(nil),    // 28: mvm.agent.v1.RemoveResponse
-	(*RenameRequest)(nil),     // 29: mvm.agent.v1.RenameRequest
-	(*ReadFileRequest)(nil),   // 30: mvm.agent.v1.ReadFileRequest
-	(*ReadFileOutput)(nil),    // 31: mvm.agent.v1.ReadFileOutput
-	(*WriteFileHeader)(nil),   // 32: mvm.agent.v1.WriteFileHeader
-	(*WriteFileInput)(nil),    // 33: mvm.agent.v1.WriteFileInput
-	(*WriteFileResponse)(nil), // 34: mvm.agent.v1.WriteFileResponse
-	(*DataChunk)(nil),         // 35: mvm.agent.v1.DataChunk
-	(*ArchiveOutRequest)(nil), // 36: mvm.agent.v1.ArchiveOutRequest
-	(*ArchiveInHeader)(nil),   // 37: mvm.agent.v1.ArchiveInHeader
-	(*ArchiveInInput)(nil),    // 38: mvm.agent.v1.ArchiveInInput
-	(*ArchiveInResponse)(nil), // 39: mvm.agent.v1.ArchiveInResponse
-	(*ProcStartRequest)(nil),  // 40: mvm.agent.v1.ProcStartRequest
-	(*ProcInfo)(nil),          // 41: mvm.agent.v1.ProcInfo
-	(*ProcListRequest)(nil),   // 42: mvm.agent.v1.ProcListRequest
-	(*ProcListResponse)(nil),  // 43: mvm.agent.v1.ProcListResponse
-	(*ProcWaitRequest)(nil),   // 44: mvm.agent.v1.ProcWaitRequest
-	(*OutputGap)(nil),         // 45: mvm.agent.v1.OutputGap
-	(*ProcOutput)(nil),        // 46: mvm.agent.v1.ProcOutput
-	(*ProcSignalRequest)(nil), // 47: mvm.agent.v1.ProcSignalRequest
-	(*PidsRequest)(nil),       // 48: mvm.agent.v1.PidsRequest
-	(*GuestPid)(nil),          // 49: mvm.agent.v1.GuestPid
-	(*PidsResponse)(nil),      // 50: mvm.agent.v1.PidsResponse
-	(*ProcStdinInput)(nil),    // 51: mvm.agent.v1.ProcStdinInput
-	(*ProcStdinResponse)(nil), // 52: mvm.agent.v1.ProcStdinResponse
-	(*DiscardResponse)(nil),   // 53: mvm.agent.v1.DiscardResponse
-	(*ZerosRequest)(nil),      // 54: mvm.agent.v1.ZerosRequest
-	nil,                       // 55: mvm.agent.v1.ExecStart.EnvEntry
+	(*ContainerConfig)(nil),   // 10: mvm.agent.v1.ContainerConfig
+	(*ContainerMount)(nil),    // 11: mvm.agent.v1.ContainerMount
+	(*Resize)(nil),            // 12: mvm.agent.v1.Resize
+	(*ExecInput)(nil),         // 13: mvm.agent.v1.ExecInput
+	(*Started)(nil),           // 14: mvm.agent.v1.Started
+	(*Exit)(nil),              // 15: mvm.agent.v1.Exit
+	(*ExecOutput)(nil),        // 16: mvm.agent.v1.ExecOutput
+	(*StatsRequest)(nil),      // 17: mvm.agent.v1.StatsRequest
+	(*StatsResponse)(nil),     // 18: mvm.agent.v1.StatsResponse
+	(*ShutdownRequest)(nil),   // 19: mvm.agent.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),  // 20: mvm.agent.v1.ShutdownResponse
+	(*RestoredRequest)(nil),   // 21: mvm.agent.v1.RestoredRequest
+	(*RestoredResponse)(nil),  // 22: mvm.agent.v1.RestoredResponse
+	(*FsError)(nil),           // 23: mvm.agent.v1.FsError
+	(*FileInfo)(nil),          // 24: mvm.agent.v1.FileInfo
+	(*StatRequest)(nil),       // 25: mvm.agent.v1.StatRequest
+	(*ListDirRequest)(nil),    // 26: mvm.agent.v1.ListDirRequest
+	(*ListDirResponse)(nil),   // 27: mvm.agent.v1.ListDirResponse
+	(*MakeDirRequest)(nil),    // 28: mvm.agent.v1.MakeDirRequest
+	(*RemoveRequest)(nil),     // 29: mvm.agent.v1.RemoveRequest
+	(*RemoveResponse)(nil),    // 30: mvm.agent.v1.RemoveResponse
+	(*RenameRequest)(nil),     // 31: mvm.agent.v1.RenameRequest
+	(*ReadFileRequest)(nil),   // 32: mvm.agent.v1.ReadFileRequest
+	(*ReadFileOutput)(nil),    // 33: mvm.agent.v1.ReadFileOutput
+	(*WriteFileHeader)(nil),   // 34: mvm.agent.v1.WriteFileHeader
+	(*WriteFileInput)(nil),    // 35: mvm.agent.v1.WriteFileInput
+	(*WriteFileResponse)(nil), // 36: mvm.agent.v1.WriteFileResponse
+	(*DataChunk)(nil),         // 37: mvm.agent.v1.DataChunk
+	(*ArchiveOutRequest)(nil), // 38: mvm.agent.v1.ArchiveOutRequest
+	(*ArchiveInHeader)(nil),   // 39: mvm.agent.v1.ArchiveInHeader
+	(*ArchiveInInput)(nil),    // 40: mvm.agent.v1.ArchiveInInput
+	(*ArchiveInResponse)(nil), // 41: mvm.agent.v1.ArchiveInResponse
+	(*ProcStartRequest)(nil),  // 42: mvm.agent.v1.ProcStartRequest
+	(*ProcInfo)(nil),          // 43: mvm.agent.v1.ProcInfo
+	(*ProcListRequest)(nil),   // 44: mvm.agent.v1.ProcListRequest
+	(*ProcListResponse)(nil),  // 45: mvm.agent.v1.ProcListResponse
+	(*ProcWaitRequest)(nil),   // 46: mvm.agent.v1.ProcWaitRequest
+	(*OutputGap)(nil),         // 47: mvm.agent.v1.OutputGap
+	(*ProcOutput)(nil),        // 48: mvm.agent.v1.ProcOutput
+	(*ProcSignalRequest)(nil), // 49: mvm.agent.v1.ProcSignalRequest
+	(*PidsRequest)(nil),       // 50: mvm.agent.v1.PidsRequest
+	(*GuestPid)(nil),          // 51: mvm.agent.v1.GuestPid
+	(*PidsResponse)(nil),      // 52: mvm.agent.v1.PidsResponse
+	(*ProcStdinInput)(nil),    // 53: mvm.agent.v1.ProcStdinInput
+	(*ProcStdinResponse)(nil), // 54: mvm.agent.v1.ProcStdinResponse
+	(*DiscardResponse)(nil),   // 55: mvm.agent.v1.DiscardResponse
+	(*ZerosRequest)(nil),      // 56: mvm.agent.v1.ZerosRequest
+	nil,                       // 57: mvm.agent.v1.ExecStart.EnvEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	5,  // 0: mvm.agent.v1.ReadinessReport.boot:type_name -> mvm.agent.v1.BootTimings
 	4,  // 1: mvm.agent.v1.ReadinessReport.components:type_name -> mvm.agent.v1.Component
-	55, // 2: mvm.agent.v1.ExecStart.env:type_name -> mvm.agent.v1.ExecStart.EnvEntry
+	57, // 2: mvm.agent.v1.ExecStart.env:type_name -> mvm.agent.v1.ExecStart.EnvEntry
 	9,  // 3: mvm.agent.v1.ExecStart.bundle:type_name -> mvm.agent.v1.BundleProcess
 	8,  // 4: mvm.agent.v1.BundleProcess.rlimits:type_name -> mvm.agent.v1.Rlimit
-	7,  // 5: mvm.agent.v1.ExecInput.start:type_name -> mvm.agent.v1.ExecStart
-	10, // 6: mvm.agent.v1.ExecInput.resize:type_name -> mvm.agent.v1.Resize
-	12, // 7: mvm.agent.v1.ExecOutput.started:type_name -> mvm.agent.v1.Started
-	13, // 8: mvm.agent.v1.ExecOutput.exit:type_name -> mvm.agent.v1.Exit
-	0,  // 9: mvm.agent.v1.FsError.kind:type_name -> mvm.agent.v1.FsError.Kind
-	22, // 10: mvm.agent.v1.ListDirResponse.entries:type_name -> mvm.agent.v1.FileInfo
-	22, // 11: mvm.agent.v1.ReadFileOutput.info:type_name -> mvm.agent.v1.FileInfo
-	32, // 12: mvm.agent.v1.WriteFileInput.header:type_name -> mvm.agent.v1.WriteFileHeader
-	22, // 13: mvm.agent.v1.WriteFileResponse.info:type_name -> mvm.agent.v1.FileInfo
-	37, // 14: mvm.agent.v1.ArchiveInInput.header:type_name -> mvm.agent.v1.ArchiveInHeader
-	7,  // 15: mvm.agent.v1.ProcStartRequest.start:type_name -> mvm.agent.v1.ExecStart
-	13, // 16: mvm.agent.v1.ProcInfo.exit:type_name -> mvm.agent.v1.Exit
-	41, // 17: mvm.agent.v1.ProcListResponse.procs:type_name -> mvm.agent.v1.ProcInfo
-	45, // 18: mvm.agent.v1.ProcOutput.gap:type_name -> mvm.agent.v1.OutputGap
-	13, // 19: mvm.agent.v1.ProcOutput.exit:type_name -> mvm.agent.v1.Exit
-	41, // 20: mvm.agent.v1.ProcOutput.running:type_name -> mvm.agent.v1.ProcInfo
-	49, // 21: mvm.agent.v1.PidsResponse.pids:type_name -> mvm.agent.v1.GuestPid
-	1,  // 22: mvm.agent.v1.Agent.Hello:input_type -> mvm.agent.v1.HelloRequest
-	3,  // 23: mvm.agent.v1.Agent.Readiness:input_type -> mvm.agent.v1.ReadinessRequest
-	11, // 24: mvm.agent.v1.Agent.Exec:input_type -> mvm.agent.v1.ExecInput
-	15, // 25: mvm.agent.v1.Agent.Stats:input_type -> mvm.agent.v1.StatsRequest
-	17, // 26: mvm.agent.v1.Agent.Shutdown:input_type -> mvm.agent.v1.ShutdownRequest
-	19, // 27: mvm.agent.v1.Agent.Restored:input_type -> mvm.agent.v1.RestoredRequest
-	23, // 28: mvm.agent.v1.Agent.Stat:input_type -> mvm.agent.v1.StatRequest
-	24, // 29: mvm.agent.v1.Agent.ListDir:input_type -> mvm.agent.v1.ListDirRequest
-	26, // 30: mvm.agent.v1.Agent.MakeDir:input_type -> mvm.agent.v1.MakeDirRequest
-	27, // 31: mvm.agent.v1.Agent.Remove:input_type -> mvm.agent.v1.RemoveRequest
-	29, // 32: mvm.agent.v1.Agent.Rename:input_type -> mvm.agent.v1.RenameRequest
-	30, // 33: mvm.agent.v1.Agent.ReadFile:input_type -> mvm.agent.v1.ReadFileRequest
-	33, // 34: mvm.agent.v1.Agent.WriteFile:input_type -> mvm.agent.v1.WriteFileInput
-	36, // 35: mvm.agent.v1.Agent.ArchiveOut:input_type -> mvm.agent.v1.ArchiveOutRequest
-	38, // 36: mvm.agent.v1.Agent.ArchiveIn:input_type -> mvm.agent.v1.ArchiveInInput
-	40, // 37: mvm.agent.v1.Agent.ProcStart:input_type -> mvm.agent.v1.ProcStartRequest
-	42, // 38: mvm.agent.v1.Agent.ProcList:input_type -> mvm.agent.v1.ProcListRequest
-	44, // 39: mvm.agent.v1.Agent.ProcWait:input_type -> mvm.agent.v1.ProcWaitRequest
-	47, // 40: mvm.agent.v1.Agent.ProcSignal:input_type -> mvm.agent.v1.ProcSignalRequest
-	51, // 41: mvm.agent.v1.Agent.ProcStdin:input_type -> mvm.agent.v1.ProcStdinInput
-	48, // 42: mvm.agent.v1.Agent.Pids:input_type -> mvm.agent.v1.PidsRequest
-	35, // 43: mvm.agent.v1.Agent.Discard:input_type -> mvm.agent.v1.DataChunk
-	54, // 44: mvm.agent.v1.Agent.Zeros:input_type -> mvm.agent.v1.ZerosRequest
-	2,  // 45: mvm.agent.v1.Agent.Hello:output_type -> mvm.agent.v1.HelloResponse
-	6,  // 46: mvm.agent.v1.Agent.Readiness:output_type -> mvm.agent.v1.ReadinessReport
-	14, // 47: mvm.agent.v1.Agent.Exec:output_type -> mvm.agent.v1.ExecOutput
-	16, // 48: mvm.agent.v1.Agent.Stats:output_type -> mvm.agent.v1.StatsResponse
-	18, // 49: mvm.agent.v1.Agent.Shutdown:output_type -> mvm.agent.v1.ShutdownResponse
-	20, // 50: mvm.agent.v1.Agent.Restored:output_type -> mvm.agent.v1.RestoredResponse
-	22, // 51: mvm.agent.v1.Agent.Stat:output_type -> mvm.agent.v1.FileInfo
-	25, // 52: mvm.agent.v1.Agent.ListDir:output_type -> mvm.agent.v1.ListDirResponse
-	22, // 53: mvm.agent.v1.Agent.MakeDir:output_type -> mvm.agent.v1.FileInfo
-	28, // 54: mvm.agent.v1.Agent.Remove:output_type -> mvm.agent.v1.RemoveResponse
-	22, // 55: mvm.agent.v1.Agent.Rename:output_type -> mvm.agent.v1.FileInfo
-	31, // 56: mvm.agent.v1.Agent.ReadFile:output_type -> mvm.agent.v1.ReadFileOutput
-	34, // 57: mvm.agent.v1.Agent.WriteFile:output_type -> mvm.agent.v1.WriteFileResponse
-	35, // 58: mvm.agent.v1.Agent.ArchiveOut:output_type -> mvm.agent.v1.DataChunk
-	39, // 59: mvm.agent.v1.Agent.ArchiveIn:output_type -> mvm.agent.v1.ArchiveInResponse
-	41, // 60: mvm.agent.v1.Agent.ProcStart:output_type -> mvm.agent.v1.ProcInfo
-	43, // 61: mvm.agent.v1.Agent.ProcList:output_type -> mvm.agent.v1.ProcListResponse
-	46, // 62: mvm.agent.v1.Agent.ProcWait:output_type -> mvm.agent.v1.ProcOutput
-	41, // 63: mvm.agent.v1.Agent.ProcSignal:output_type -> mvm.agent.v1.ProcInfo
-	52, // 64: mvm.agent.v1.Agent.ProcStdin:output_type -> mvm.agent.v1.ProcStdinResponse
-	50, // 65: mvm.agent.v1.Agent.Pids:output_type -> mvm.agent.v1.PidsResponse
-	53, // 66: mvm.agent.v1.Agent.Discard:output_type -> mvm.agent.v1.DiscardResponse
-	35, // 67: mvm.agent.v1.Agent.Zeros:output_type -> mvm.agent.v1.DataChunk
-	45, // [45:68] is the sub-list for method output_type
-	22, // [22:45] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	10, // 5: mvm.agent.v1.BundleProcess.container:type_name -> mvm.agent.v1.ContainerConfig
+	11, // 6: mvm.agent.v1.ContainerConfig.mounts:type_name -> mvm.agent.v1.ContainerMount
+	7,  // 7: mvm.agent.v1.ExecInput.start:type_name -> mvm.agent.v1.ExecStart
+	12, // 8: mvm.agent.v1.ExecInput.resize:type_name -> mvm.agent.v1.Resize
+	14, // 9: mvm.agent.v1.ExecOutput.started:type_name -> mvm.agent.v1.Started
+	15, // 10: mvm.agent.v1.ExecOutput.exit:type_name -> mvm.agent.v1.Exit
+	0,  // 11: mvm.agent.v1.FsError.kind:type_name -> mvm.agent.v1.FsError.Kind
+	24, // 12: mvm.agent.v1.ListDirResponse.entries:type_name -> mvm.agent.v1.FileInfo
+	24, // 13: mvm.agent.v1.ReadFileOutput.info:type_name -> mvm.agent.v1.FileInfo
+	34, // 14: mvm.agent.v1.WriteFileInput.header:type_name -> mvm.agent.v1.WriteFileHeader
+	24, // 15: mvm.agent.v1.WriteFileResponse.info:type_name -> mvm.agent.v1.FileInfo
+	39, // 16: mvm.agent.v1.ArchiveInInput.header:type_name -> mvm.agent.v1.ArchiveInHeader
+	7,  // 17: mvm.agent.v1.ProcStartRequest.start:type_name -> mvm.agent.v1.ExecStart
+	15, // 18: mvm.agent.v1.ProcInfo.exit:type_name -> mvm.agent.v1.Exit
+	43, // 19: mvm.agent.v1.ProcListResponse.procs:type_name -> mvm.agent.v1.ProcInfo
+	47, // 20: mvm.agent.v1.ProcOutput.gap:type_name -> mvm.agent.v1.OutputGap
+	15, // 21: mvm.agent.v1.ProcOutput.exit:type_name -> mvm.agent.v1.Exit
+	43, // 22: mvm.agent.v1.ProcOutput.running:type_name -> mvm.agent.v1.ProcInfo
+	51, // 23: mvm.agent.v1.PidsResponse.pids:type_name -> mvm.agent.v1.GuestPid
+	1,  // 24: mvm.agent.v1.Agent.Hello:input_type -> mvm.agent.v1.HelloRequest
+	3,  // 25: mvm.agent.v1.Agent.Readiness:input_type -> mvm.agent.v1.ReadinessRequest
+	13, // 26: mvm.agent.v1.Agent.Exec:input_type -> mvm.agent.v1.ExecInput
+	17, // 27: mvm.agent.v1.Agent.Stats:input_type -> mvm.agent.v1.StatsRequest
+	19, // 28: mvm.agent.v1.Agent.Shutdown:input_type -> mvm.agent.v1.ShutdownRequest
+	21, // 29: mvm.agent.v1.Agent.Restored:input_type -> mvm.agent.v1.RestoredRequest
+	25, // 30: mvm.agent.v1.Agent.Stat:input_type -> mvm.agent.v1.StatRequest
+	26, // 31: mvm.agent.v1.Agent.ListDir:input_type -> mvm.agent.v1.ListDirRequest
+	28, // 32: mvm.agent.v1.Agent.MakeDir:input_type -> mvm.agent.v1.MakeDirRequest
+	29, // 33: mvm.agent.v1.Agent.Remove:input_type -> mvm.agent.v1.RemoveRequest
+	31, // 34: mvm.agent.v1.Agent.Rename:input_type -> mvm.agent.v1.RenameRequest
+	32, // 35: mvm.agent.v1.Agent.ReadFile:input_type -> mvm.agent.v1.ReadFileRequest
+	35, // 36: mvm.agent.v1.Agent.WriteFile:input_type -> mvm.agent.v1.WriteFileInput
+	38, // 37: mvm.agent.v1.Agent.ArchiveOut:input_type -> mvm.agent.v1.ArchiveOutRequest
+	40, // 38: mvm.agent.v1.Agent.ArchiveIn:input_type -> mvm.agent.v1.ArchiveInInput
+	42, // 39: mvm.agent.v1.Agent.ProcStart:input_type -> mvm.agent.v1.ProcStartRequest
+	44, // 40: mvm.agent.v1.Agent.ProcList:input_type -> mvm.agent.v1.ProcListRequest
+	46, // 41: mvm.agent.v1.Agent.ProcWait:input_type -> mvm.agent.v1.ProcWaitRequest
+	49, // 42: mvm.agent.v1.Agent.ProcSignal:input_type -> mvm.agent.v1.ProcSignalRequest
+	53, // 43: mvm.agent.v1.Agent.ProcStdin:input_type -> mvm.agent.v1.ProcStdinInput
+	50, // 44: mvm.agent.v1.Agent.Pids:input_type -> mvm.agent.v1.PidsRequest
+	37, // 45: mvm.agent.v1.Agent.Discard:input_type -> mvm.agent.v1.DataChunk
+	56, // 46: mvm.agent.v1.Agent.Zeros:input_type -> mvm.agent.v1.ZerosRequest
+	2,  // 47: mvm.agent.v1.Agent.Hello:output_type -> mvm.agent.v1.HelloResponse
+	6,  // 48: mvm.agent.v1.Agent.Readiness:output_type -> mvm.agent.v1.ReadinessReport
+	16, // 49: mvm.agent.v1.Agent.Exec:output_type -> mvm.agent.v1.ExecOutput
+	18, // 50: mvm.agent.v1.Agent.Stats:output_type -> mvm.agent.v1.StatsResponse
+	20, // 51: mvm.agent.v1.Agent.Shutdown:output_type -> mvm.agent.v1.ShutdownResponse
+	22, // 52: mvm.agent.v1.Agent.Restored:output_type -> mvm.agent.v1.RestoredResponse
+	24, // 53: mvm.agent.v1.Agent.Stat:output_type -> mvm.agent.v1.FileInfo
+	27, // 54: mvm.agent.v1.Agent.ListDir:output_type -> mvm.agent.v1.ListDirResponse
+	24, // 55: mvm.agent.v1.Agent.MakeDir:output_type -> mvm.agent.v1.FileInfo
+	30, // 56: mvm.agent.v1.Agent.Remove:output_type -> mvm.agent.v1.RemoveResponse
+	24, // 57: mvm.agent.v1.Agent.Rename:output_type -> mvm.agent.v1.FileInfo
+	33, // 58: mvm.agent.v1.Agent.ReadFile:output_type -> mvm.agent.v1.ReadFileOutput
+	36, // 59: mvm.agent.v1.Agent.WriteFile:output_type -> mvm.agent.v1.WriteFileResponse
+	37, // 60: mvm.agent.v1.Agent.ArchiveOut:output_type -> mvm.agent.v1.DataChunk
+	41, // 61: mvm.agent.v1.Agent.ArchiveIn:output_type -> mvm.agent.v1.ArchiveInResponse
+	43, // 62: mvm.agent.v1.Agent.ProcStart:output_type -> mvm.agent.v1.ProcInfo
+	45, // 63: mvm.agent.v1.Agent.ProcList:output_type -> mvm.agent.v1.ProcListResponse
+	48, // 64: mvm.agent.v1.Agent.ProcWait:output_type -> mvm.agent.v1.ProcOutput
+	43, // 65: mvm.agent.v1.Agent.ProcSignal:output_type -> mvm.agent.v1.ProcInfo
+	54, // 66: mvm.agent.v1.Agent.ProcStdin:output_type -> mvm.agent.v1.ProcStdinResponse
+	52, // 67: mvm.agent.v1.Agent.Pids:output_type -> mvm.agent.v1.PidsResponse
+	55, // 68: mvm.agent.v1.Agent.Discard:output_type -> mvm.agent.v1.DiscardResponse
+	37, // 69: mvm.agent.v1.Agent.Zeros:output_type -> mvm.agent.v1.DataChunk
+	47, // [47:70] is the sub-list for method output_type
+	24, // [24:47] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -4192,39 +4363,39 @@ func file_agent_proto_init() {
 	if File_agent_proto != nil {
 		return
 	}
-	file_agent_proto_msgTypes[10].OneofWrappers = []any{
+	file_agent_proto_msgTypes[12].OneofWrappers = []any{
 		(*ExecInput_Start)(nil),
 		(*ExecInput_Stdin)(nil),
 		(*ExecInput_CloseStdin)(nil),
 		(*ExecInput_Signal)(nil),
 		(*ExecInput_Resize)(nil),
 	}
-	file_agent_proto_msgTypes[13].OneofWrappers = []any{
+	file_agent_proto_msgTypes[15].OneofWrappers = []any{
 		(*ExecOutput_Started)(nil),
 		(*ExecOutput_Stdout)(nil),
 		(*ExecOutput_Stderr)(nil),
 		(*ExecOutput_Exit)(nil),
 	}
-	file_agent_proto_msgTypes[30].OneofWrappers = []any{
+	file_agent_proto_msgTypes[32].OneofWrappers = []any{
 		(*ReadFileOutput_Info)(nil),
 		(*ReadFileOutput_Data)(nil),
 	}
-	file_agent_proto_msgTypes[32].OneofWrappers = []any{
+	file_agent_proto_msgTypes[34].OneofWrappers = []any{
 		(*WriteFileInput_Header)(nil),
 		(*WriteFileInput_Data)(nil),
 	}
-	file_agent_proto_msgTypes[37].OneofWrappers = []any{
+	file_agent_proto_msgTypes[39].OneofWrappers = []any{
 		(*ArchiveInInput_Header)(nil),
 		(*ArchiveInInput_Data)(nil),
 	}
-	file_agent_proto_msgTypes[45].OneofWrappers = []any{
+	file_agent_proto_msgTypes[47].OneofWrappers = []any{
 		(*ProcOutput_Stdout)(nil),
 		(*ProcOutput_Stderr)(nil),
 		(*ProcOutput_Gap)(nil),
 		(*ProcOutput_Exit)(nil),
 		(*ProcOutput_Running)(nil),
 	}
-	file_agent_proto_msgTypes[50].OneofWrappers = []any{
+	file_agent_proto_msgTypes[52].OneofWrappers = []any{
 		(*ProcStdinInput_Handle)(nil),
 		(*ProcStdinInput_Data)(nil),
 		(*ProcStdinInput_Close)(nil),
@@ -4235,7 +4406,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   55,
+			NumMessages:   57,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
