@@ -5,8 +5,9 @@ package runtime
 // takes one when the caller's options match instead of starting a VM.
 // There is no daemon: pooled sandboxes are ordinary supervised sandboxes
 // whose directory holds a pool marker; a claim renames the marker away
-// (only one claimer can), and the taker starts a replacement in the
-// background (PoolFillCommand). See docs/snapshots.md, "Warm pools".
+// (only one claimer can), and the claimed member's supervisor starts a
+// replacement in the background (PoolFillCommand) once the claim has
+// settled. See docs/snapshots.md, "Warm pools".
 
 import (
 	"context"
@@ -17,10 +18,8 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
-	"syscall"
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/agentapi"
@@ -187,9 +186,11 @@ func (r *Runtime) lockPool(ctx context.Context, id string) (func(), error) {
 	return cache.Lock(ctx, filepath.Join(r.poolsRoot(), id+".lock"))
 }
 
-// RefillDelayEnv sets how long the background refill waits before it
-// starts a replacement (a Go duration; default 1s): on a small host a VM
-// starting beside the taker would slow the taker's first commands.
+// RefillDelayEnv sets how long after a claim the background refill starts
+// a replacement (a Go duration; default 1s): on a small host a VM starting
+// beside the taker would slow the taker's first commands. The claimed
+// sandbox's supervisor waits it out (and starts the refill at once if
+// the sandbox ends first).
 const RefillDelayEnv = "MVM_POOL_REFILL_DELAY"
 
 func refillDelay() time.Duration {
@@ -200,14 +201,8 @@ func refillDelay() time.Duration {
 }
 
 // FillPool tops pool id up to its size (the background refill after a
-// claim, which waits refillDelay first). A pool removed meanwhile is
-// drained instead.
+// claim). A pool removed meanwhile is drained instead.
 func (r *Runtime) FillPool(ctx context.Context, id string) error {
-	select {
-	case <-time.After(refillDelay()):
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 	unlock, err := r.lockPool(ctx, id)
 	if err != nil {
 		return err
@@ -387,8 +382,9 @@ func poolableReason(o *UpOptions, att *sandbox.Attachments) string {
 // claimPooled takes a ready member of the pool matching o, if there is
 // one, and makes it the caller's sandbox: the caller's plan is admitted
 // (a pool is no way around policy), the name, TTL and environment become
-// the caller's, the guest gets a fresh identity, and a replacement starts
-// in the background. ok is false when no member could be taken; Up then
+// the caller's, the guest gets a fresh identity (its supervisor holds every
+// agent connection until then), and the member's supervisor starts a
+// replacement in the background. ok is false when no member could be taken; Up then
 // starts a sandbox itself.
 func (r *Runtime) claimPooled(ctx context.Context, o *UpOptions, img *bootImage, att *sandbox.Attachments, backendName string) (sb *Sandbox, ok bool, err error) {
 	if poolableReason(o, att) != "" {
@@ -405,7 +401,6 @@ func (r *Runtime) claimPooled(ctx context.Context, o *UpOptions, img *bootImage,
 			r.Down(context.Background(), id)
 			continue
 		}
-		r.startRefill(poolID)
 		return sb, err == nil, err
 	}
 	return nil, false, nil
@@ -444,11 +439,13 @@ func (r *Runtime) finishClaim(ctx context.Context, o *UpOptions, img *bootImage,
 		return nil, err
 	}
 	withAttachments(&in, att, *o)
+	t0 := time.Now()
 	adm, err := r.admit(ctx, in, dir)
 	if err != nil {
 		undo()
 		return nil, err
 	}
+	timings := &sandbox.ClaimReport{AdmitMS: float64(time.Since(t0).Microseconds()) / 1000}
 	// From here on the member is the caller's: failures remove it.
 	envKeys := make([]string, 0, len(o.Env))
 	for k := range o.Env {
@@ -477,7 +474,7 @@ func (r *Runtime) finishClaim(ctx context.Context, o *UpOptions, img *bootImage,
 			return fail(err)
 		}
 	}
-	st, hold, err := r.claimSupervisor(ctx, dir, o.Transient)
+	st, hold, err := r.claimSupervisor(ctx, dir, o.Transient, timings, r.refillRequest(poolID))
 	if err != nil {
 		return fail(err)
 	}
@@ -498,27 +495,21 @@ func (r *Runtime) finishClaim(ctx context.Context, o *UpOptions, img *bootImage,
 	return sb, nil
 }
 
-// startRefill tops the pool up in a background mvmctl that outlives the
-// caller (its own session; its output goes to the pool's log).
-func (r *Runtime) startRefill(poolID string) {
-	logf, err := os.OpenFile(filepath.Join(r.poolsRoot(), poolID+poolFillLogExt), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return
-	}
-	defer logf.Close()
-	cmd := exec.Command(r.Exe, PoolFillCommand, poolID)
-	cmd.Dir = r.Dirs.State
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if cmd.Start() == nil {
-		go cmd.Wait()
+// refillRequest asks the claimed member's supervisor to top the pool up
+// in a background mvmctl (its own session; its output goes to the pool's
+// log) once the claim has settled: started from the claimer, its start-up
+// would compete with the claimer's first commands.
+func (r *Runtime) refillRequest(poolID string) *sandbox.Refill {
+	return &sandbox.Refill{
+		Args: []string{PoolFillCommand, poolID}, Dir: r.Dirs.State,
+		Log: filepath.Join(r.poolsRoot(), poolID+poolFillLogExt), DelayMS: refillDelay().Milliseconds(),
 	}
 }
 
 // claimSupervisor asks a pooled sandbox's supervisor to take over the
 // claimer's spec. A transient claimer keeps the write end of a new hold
 // pipe (returned) and hands the read end over with the request.
-func (r *Runtime) claimSupervisor(ctx context.Context, dir string, transient bool) (*sandbox.State, *os.File, error) {
+func (r *Runtime) claimSupervisor(ctx context.Context, dir string, transient bool, timings *sandbox.ClaimReport, refill *sandbox.Refill) (*sandbox.State, *os.File, error) {
 	var rd, hold *os.File
 	if transient {
 		var err error
@@ -529,7 +520,7 @@ func (r *Runtime) claimSupervisor(ctx context.Context, dir string, transient boo
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := sandbox.ControlWithFile(cctx, dir, sandbox.Request{Op: "claim"}, rd)
+	resp, err := sandbox.ControlWithFile(cctx, dir, sandbox.Request{Op: "claim", Claim: timings, Refill: refill}, rd)
 	if err == nil && !resp.OK {
 		err = errors.New(resp.Error)
 	}

@@ -26,6 +26,22 @@ type Request struct {
 	Publish string `json:"publish,omitempty"`
 	// Snapshot is the snapshot a "snapshot" request saves.
 	Snapshot *SnapshotRequest `json:"snapshot,omitempty"`
+	// Claim carries the claimer's timings so far (a "claim" request).
+	Claim *ClaimReport `json:"claim,omitempty"`
+	// Refill is the pool refill a claim asks the supervisor to start.
+	Refill *Refill `json:"refill,omitempty"`
+}
+
+// Refill is a background command a claimed sandbox's supervisor starts
+// (its own executable with Args, in Dir, output appended to Log) once
+// the claim's identity refresh has finished and DelayMS has passed, or
+// when it ends before that: the replacement of a pool member then does
+// not compete with the claimer's first commands.
+type Refill struct {
+	Args    []string `json:"args"`
+	Dir     string   `json:"dir"`
+	Log     string   `json:"log"`
+	DelayMS int64    `json:"delay_ms"`
 }
 
 // SnapshotRequest asks the supervisor to save its sandbox (memory, device

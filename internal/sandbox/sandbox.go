@@ -184,10 +184,27 @@ type BootReport struct {
 	Pool        string `json:"pool,omitempty"`
 	// RestoreMS is the time from VMM start to the loaded state.
 	RestoreMS int64 `json:"restore_ms,omitempty"`
+	// Claim is where the claim of a pooled sandbox spent its time.
+	Claim *ClaimReport `json:"claim,omitempty"`
 	// Guest-side milliseconds since the kernel started.
 	Guest      map[string]int64  `json:"guest_ms,omitempty"`
 	Components map[string]string `json:"components,omitempty"`
 	AgentInfo  map[string]string `json:"agent,omitempty"`
+}
+
+// ClaimReport is where the claim of a pooled sandbox spent its time, in
+// milliseconds. The guest's identity refresh runs after the supervisor
+// answered, overlapped with the claimer's next steps: the supervisor
+// holds every agent connection until it has finished.
+type ClaimReport struct {
+	// AdmitMS: the claimer's plan admitted (signed, ledger, audit).
+	AdmitMS float64 `json:"admit_ms"`
+	// HandoverMS: the supervisor took the claimer's spec over, from the
+	// request to its answer (state written, claim audited).
+	HandoverMS float64 `json:"handover_ms"`
+	// IdentityMS: the guest's identity refresh (an RPC into the guest),
+	// set once it has finished.
+	IdentityMS float64 `json:"identity_ms,omitempty"`
 }
 
 // State is the supervisor's view of a sandbox, rewritten atomically.

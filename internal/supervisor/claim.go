@@ -2,23 +2,39 @@ package supervisor
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"syscall"
 	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 	"golang.org/x/sys/unix"
 )
+
+// claimIdentityTimeout bounds a claim's identity refresh (an RPC into a
+// guest that answered a moment ago).
+var claimIdentityTimeout = 30 * time.Second
 
 // claim makes a pooled sandbox its claimer's: the runtime has admitted the
 // claimer's plan and rewritten the spec (name, TTL, transient); the
 // supervisor takes them over. A transient claimer hands over the read end
 // of its hold pipe with the request: the sandbox then dies with it, as a
 // sandbox booted for it would.
+//
+// The guest's new identity (hostname from the claimer's name, fresh
+// entropy, clock, machine-id) is sent after the claim is answered, so that
+// the guest's work overlaps with the claimer's: until it has finished, no
+// agent connection is proxied and no operation reaches the guest
+// (awaitIdentity), so the claimer's first command runs in a guest that is
+// already its own. A refresh that fails ends the sandbox failed.
 // took reports that the hold pipe is now the supervisor's.
-func (s *supervisor) claim(ctx context.Context, files []*os.File) (resp sandbox.Response, took bool) {
+func (s *supervisor) claim(timings *sandbox.ClaimReport, refill *sandbox.Refill, files []*os.File) (resp sandbox.Response, took bool) {
+	t0 := time.Now()
 	var spec sandbox.Spec
 	if err := sandbox.ReadJSON(filepath.Join(s.dir, sandbox.SpecFile), &spec); err != nil {
 		return sandbox.Response{Error: "claim: read spec: " + err.Error()}, false
@@ -32,6 +48,14 @@ func (s *supervisor) claim(ctx context.Context, files []*os.File) (resp sandbox.
 	s.state.Name, s.state.Transient = spec.Name, spec.Transient
 	s.state.Boot.Pool = spec.Start.Pool
 	s.state.Created = spec.Created
+	rep := sandbox.ClaimReport{}
+	if timings != nil {
+		rep.AdmitMS = timings.AdmitMS
+	}
+	s.state.Boot.Claim = &rep
+	gate := make(chan struct{})
+	s.identity, s.identityErr = gate, nil
+	s.refill = refill
 	s.state.Expires = nil
 	s.ttl.Stop()
 	if spec.TTL > 0 {
@@ -44,19 +68,142 @@ func (s *supervisor) claim(ctx context.Context, files []*os.File) (resp sandbox.
 		s.watchHolder(files[0])
 		took = true
 	}
-	if err := s.afterClaim(ctx); err != nil {
-		return sandbox.Response{Error: "claim: " + err.Error()}, took
-	}
+	// The guest starts on its identity now; the state and the audit
+	// entry are written meanwhile.
+	sent := make(chan identityResult, 1)
+	go func() { sent <- s.sendIdentity() }()
 	s.save()
 	s.events("sandbox.claimed", s.snapshot(), map[string]any{"pool": spec.Start.Pool})
-	return sandbox.Response{OK: true, State: s.snapshot()}, took
+	s.mu.Lock()
+	s.state.Boot.Claim.HandoverMS = msSince(t0)
+	s.mu.Unlock()
+	resp = sandbox.Response{OK: true, State: s.snapshot()}
+	go s.finishIdentity(gate, sent)
+	return resp, took
 }
 
-// afterClaim gives the claimed guest its own identity: its hostname from
-// the claimer's name, fresh entropy, clock and machine-id.
-func (s *supervisor) afterClaim(ctx context.Context) error {
-	return s.refreshIdentity(ctx)
+type identityResult struct {
+	rep    *agentapi.RestoreReport
+	resume bool
+	took   time.Duration
+	err    error
 }
+
+// sendIdentity hands a claimed guest its new identity.
+func (s *supervisor) sendIdentity() identityResult {
+	ctx, cancel := context.WithTimeout(context.Background(), claimIdentityTimeout)
+	defer cancel()
+	t0 := time.Now()
+	rep, resume, err := s.sendRefresh(ctx)
+	return identityResult{rep: rep, resume: resume, took: time.Since(t0), err: err}
+}
+
+// finishIdentity records how a claim's identity refresh ended (after the
+// claim's own audit entry) and opens the gate; a failed refresh ends the
+// sandbox: a clone that could not be made unique is not used.
+func (s *supervisor) finishIdentity(gate chan struct{}, sent <-chan identityResult) {
+	res := <-sent
+	s.mu.Lock()
+	if s.state.Boot.Claim != nil {
+		s.state.Boot.Claim.IdentityMS = float64(res.took.Microseconds()) / 1000
+	}
+	if res.err != nil {
+		s.identityErr = fmt.Errorf("claim: %w", res.err)
+	}
+	transient := s.spec.Transient
+	s.mu.Unlock()
+	s.refillAfterDelay()
+	if res.err == nil {
+		s.identityEvent(res.rep, res.resume)
+		s.save()
+		close(gate)
+		return
+	}
+	close(gate)
+	s.logf("claim: %v", res.err)
+	select {
+	case s.stopCh <- stopRequest{reason: "claim: the guest's identity could not be refreshed", failed: true, remove: transient}:
+	case <-s.finished:
+	}
+}
+
+// refillAfterDelay starts the refill a claim asked for once its delay has
+// passed.
+func (s *supervisor) refillAfterDelay() {
+	s.mu.Lock()
+	rf := s.refill
+	s.mu.Unlock()
+	if rf == nil {
+		return
+	}
+	time.AfterFunc(time.Duration(rf.DelayMS)*time.Millisecond, s.startRefill)
+}
+
+// startRefill starts the refill a claim asked for, once.
+func (s *supervisor) startRefill() {
+	s.mu.Lock()
+	rf := s.refill
+	s.mu.Unlock()
+	if rf == nil {
+		return
+	}
+	s.refillOnce.Do(func() {
+		if err := spawnRefill(rf); err != nil {
+			s.logf("pool refill: %v", err)
+		}
+	})
+}
+
+// spawnRefill runs the supervisor's own executable with rf.Args in its
+// own session, detached (it outlives the supervisor). A seam for tests.
+var spawnRefill = func(rf *sandbox.Refill) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(rf.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(exe, rf.Args...)
+	cmd.Dir = rf.Dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	go cmd.Wait()
+	return nil
+}
+
+// awaitIdentity waits for a claim's identity refresh, if one is under
+// way, and returns its error.
+func (s *supervisor) awaitIdentity(ctx context.Context) error {
+	s.mu.Lock()
+	gate := s.identity
+	s.mu.Unlock()
+	if gate == nil {
+		return nil
+	}
+	if identityWaitHook != nil {
+		identityWaitHook()
+	}
+	select {
+	case <-gate:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.identityErr
+}
+
+// identityWaitHook, when set (tests), is called by whatever starts to wait
+// for a claim's identity refresh.
+var identityWaitHook func()
+
+func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }
 
 // watchHolder ends the sandbox when f (the read end of a hold pipe)
 // reaches EOF: its holder closed it or died.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
 
@@ -20,19 +21,34 @@ import (
 // A sandbox resumed from its own saved state (pause to disk) is the same
 // machine: its RNG and clock are refreshed, its machine-id and MAC kept.
 func (s *supervisor) refreshIdentity(ctx context.Context) error {
-	if s.client == nil {
-		return fmt.Errorf("refresh the guest's identity: no agent connection")
-	}
-	resume := ownSavedState(s.dir, s.spec.VM.Incoming)
-	nic := s.net != nil && s.net.cfg.HasNIC() && !resume
-	rep, err := s.client.RefreshIdentity(ctx, s.spec.Name, nic, resume)
+	rep, resume, err := s.sendRefresh(ctx)
 	if err != nil {
 		return err
 	}
+	s.identityEvent(rep, resume)
+	return nil
+}
+
+// sendRefresh sends the guest its new identity (refreshIdentity without
+// the audit entry).
+func (s *supervisor) sendRefresh(ctx context.Context) (*agentapi.RestoreReport, bool, error) {
+	if s.client == nil {
+		return nil, false, fmt.Errorf("refresh the guest's identity: no agent connection")
+	}
+	s.mu.Lock()
+	name, incoming := s.spec.Name, s.spec.VM.Incoming
+	s.mu.Unlock()
+	resume := ownSavedState(s.dir, incoming)
+	nic := s.net != nil && s.net.cfg.HasNIC() && !resume
+	rep, err := s.client.RefreshIdentity(ctx, name, nic, resume)
+	return rep, resume, err
+}
+
+// identityEvent audits a refreshed identity.
+func (s *supervisor) identityEvent(rep *agentapi.RestoreReport, resume bool) {
 	s.events("sandbox.identity_refreshed", s.snapshot(), map[string]any{
 		"clock_step_ms": rep.ClockStep.Milliseconds(), "nic": rep.NIC, "resume": resume,
 	})
-	return nil
 }
 
 // ownSavedState says whether incoming (the saved memory a restore loads)

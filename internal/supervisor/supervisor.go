@@ -72,6 +72,15 @@ type supervisor struct {
 
 	plan *plan.Plan // the admitted plan the sandbox boots from
 
+	// identity, when set, is closed once a claim's identity refresh has
+	// finished, identityErr how it ended (claim.go): agent connections
+	// and operations on the guest wait for it.
+	identity    chan struct{}
+	identityErr error
+	// refill is the pool refill a claim asked for, started once (claim.go).
+	refill     *sandbox.Refill
+	refillOnce sync.Once
+
 	signer    *evidence.Signer // signs snapshots; nil refuses them
 	opMu      sync.Mutex       // one save at a time
 	vmSpec    backend.Spec     // the machine as started
@@ -86,6 +95,8 @@ type stopRequest struct {
 	// suspended: the sandbox was paused to disk; end the VMM and leave
 	// the sandbox paused.
 	suspended bool
+	// failed: the sandbox ends failed (the VMM is killed), with reason.
+	failed bool
 	// ack, when set, answers the requester once the final state is
 	// written (before the supervisor exits).
 	ack  func()
@@ -110,6 +121,7 @@ func RunWith(dir string, ready io.WriteCloser, o Options) error {
 	s := &supervisor{dir: dir, events: events, stopCh: make(chan stopRequest, 4), finished: make(chan struct{}), holderGone: make(chan struct{}), ttl: time.NewTimer(time.Hour), signer: o.Signer}
 	s.ttl.Stop()
 	defer close(s.finished)
+	defer s.startRefill() // a refill still waiting starts when the sandbox ends
 	if err := sandbox.ReadJSON(filepath.Join(dir, sandbox.SpecFile), &s.spec); err != nil {
 		return reportFailure(ready, fmt.Errorf("read spec: %w", err))
 	}
@@ -249,7 +261,7 @@ func RunWith(dir string, ready io.WriteCloser, o Options) error {
 		close(req.done)
 		return nil
 	}
-	s.shutdown(req.remove)
+	s.shutdown(req.remove || req.failed)
 	s.stopNetwork()
 	s.finish(req)
 	return nil
@@ -460,6 +472,10 @@ func (s *supervisor) serveAgent(l net.Listener) {
 		}
 		go func() {
 			defer c.Close()
+			// Nothing reaches a claimed guest before its new identity.
+			if err := s.awaitIdentity(context.Background()); err != nil {
+				return
+			}
 			stream, err := s.session.Open()
 			if err != nil {
 				return
@@ -509,6 +525,15 @@ func (s *supervisor) handleControl(c net.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	switch req.Op {
+	case "status", "stop", "claim":
+	default:
+		// What acts on the guest waits for a claim's identity refresh.
+		if err := s.awaitIdentity(ctx); err != nil {
+			reply(sandbox.Response{Error: err.Error()})
+			return
+		}
+	}
+	switch req.Op {
 	case "status":
 		reply(sandbox.Response{OK: true, State: s.snapshot()})
 	case "stop":
@@ -543,7 +568,7 @@ func (s *supervisor) handleControl(c net.Conn) {
 	case "forward":
 		reply(s.forward(ctx, req.Publish))
 	case "claim":
-		resp, took := s.claim(ctx, files)
+		resp, took := s.claim(req.Claim, req.Refill, files)
 		if took {
 			files = nil
 		}
@@ -621,6 +646,9 @@ func (s *supervisor) finish(req stopRequest) {
 		if err := os.RemoveAll(s.dir); err != nil {
 			log.Printf("remove %s: %v", s.dir, err)
 		}
+	} else if req.failed {
+		s.setStatus(sandbox.Failed, req.reason)
+		s.events("sandbox.failed", s.snapshot(), map[string]any{"phase": "claim"})
 	} else {
 		s.setStatus(sandbox.Stopped, req.reason)
 		s.events("sandbox.stopped", s.snapshot(), map[string]any{"reason": tag(req.reason)})

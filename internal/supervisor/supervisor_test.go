@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -37,8 +38,35 @@ type fakeAgent struct {
 }
 
 func (a *fakeAgent) Hello(context.Context, *pb.HelloRequest) (*pb.HelloResponse, error) {
+	a.vm.hellos.Add(1)
+	a.vm.mu.Lock()
+	a.vm.order = append(a.vm.order, "hello")
+	if a.vm.helloSeen != nil {
+		select {
+		case a.vm.helloSeen <- struct{}{}:
+		default:
+		}
+	}
+	a.vm.mu.Unlock()
 	return &pb.HelloResponse{ProtocolVersion: agentapi.ProtocolVersion, MinProtocolVersion: agentapi.MinProtocolVersion,
-		AgentVersion: "test", Profile: "dev", KernelRelease: "6.1.0-fake", Capabilities: []string{"exec"}}, nil
+		AgentVersion: "test", Profile: "dev", KernelRelease: "6.1.0-fake", Capabilities: []string{"exec", agentapi.CapRestored}}, nil
+}
+
+// Restored records the call and answers what the test's hook says.
+func (a *fakeAgent) Restored(_ context.Context, req *pb.RestoredRequest) (*pb.RestoredResponse, error) {
+	a.vm.mu.Lock()
+	hook := a.vm.restoredHook
+	a.vm.mu.Unlock()
+	if hook != nil {
+		if err := hook(req); err != nil {
+			return nil, err
+		}
+	}
+	a.vm.record("restored:" + req.Hostname)
+	a.vm.mu.Lock()
+	a.vm.order = append(a.vm.order, "restored:"+req.Hostname)
+	a.vm.mu.Unlock()
+	return &pb.RestoredResponse{HostnameFile: true}, nil
 }
 
 func (a *fakeAgent) Readiness(context.Context, *pb.ReadinessRequest) (*pb.ReadinessReport, error) {
@@ -54,14 +82,19 @@ func (a *fakeAgent) Shutdown(context.Context, *pb.ShutdownRequest) (*pb.Shutdown
 
 // fakeVM is a backend machine without a VM.
 type fakeVM struct {
-	dir      string
-	guest    string // "ok", "silent" (never handshakes), "dies" (exits during boot)
-	done     chan struct{}
-	once     sync.Once
-	mu       sync.Mutex
-	exitErr  error
-	calls    []string
-	guestEnd net.Conn
+	dir       string
+	guest     string // "ok", "silent" (never handshakes), "dies" (exits during boot)
+	done      chan struct{}
+	once      sync.Once
+	mu        sync.Mutex
+	exitErr   error
+	calls     []string
+	guestEnd  net.Conn
+	hellos    atomic.Int32  // Hello calls the fake agent answered
+	order     []string      // Hello and Restored calls, in order
+	helloSeen chan struct{} // when set, told of every Hello
+	// restoredHook, when set, runs in the fake agent's Restored.
+	restoredHook func(*pb.RestoredRequest) error
 }
 
 func (v *fakeVM) record(c string) { v.mu.Lock(); v.calls = append(v.calls, c); v.mu.Unlock() }
