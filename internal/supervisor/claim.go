@@ -74,9 +74,7 @@ func (s *supervisor) claim(timings *sandbox.ClaimReport, refill *sandbox.Refill,
 	go func() { sent <- s.sendIdentity() }()
 	s.save()
 	s.events("sandbox.claimed", s.snapshot(), map[string]any{"pool": spec.Start.Pool})
-	s.mu.Lock()
-	s.state.Boot.Claim.HandoverMS = msSince(t0)
-	s.mu.Unlock()
+	s.setClaimReport(func(c *sandbox.ClaimReport) { c.HandoverMS = msSince(t0) })
 	resp = sandbox.Response{OK: true, State: s.snapshot()}
 	go s.finishIdentity(gate, sent)
 	return resp, took
@@ -103,10 +101,8 @@ func (s *supervisor) sendIdentity() identityResult {
 // sandbox: a clone that could not be made unique is not used.
 func (s *supervisor) finishIdentity(gate chan struct{}, sent <-chan identityResult) {
 	res := <-sent
+	s.setClaimReport(func(c *sandbox.ClaimReport) { c.IdentityMS = float64(res.took.Microseconds()) / 1000 })
 	s.mu.Lock()
-	if s.state.Boot.Claim != nil {
-		s.state.Boot.Claim.IdentityMS = float64(res.took.Microseconds()) / 1000
-	}
 	if res.err != nil {
 		s.identityErr = fmt.Errorf("claim: %w", res.err)
 	}
@@ -125,6 +121,19 @@ func (s *supervisor) finishIdentity(gate chan struct{}, sent <-chan identityResu
 	case s.stopCh <- stopRequest{reason: "claim: the guest's identity could not be refreshed", failed: true, remove: transient}:
 	case <-s.finished:
 	}
+}
+
+// setClaimReport changes the claim's timings. The report is replaced, not
+// changed in place: snapshots of the state share the pointer.
+func (s *supervisor) setClaimReport(f func(*sandbox.ClaimReport)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var c sandbox.ClaimReport
+	if s.state.Boot.Claim != nil {
+		c = *s.state.Boot.Claim
+	}
+	f(&c)
+	s.state.Boot.Claim = &c
 }
 
 // refillAfterDelay starts the refill a claim asked for once its delay has

@@ -220,3 +220,44 @@ func TestClaimIdentityFailureEndsSandbox(t *testing.T) {
 	}
 	waitChan(t, h.refills, "the refill")
 }
+
+// TestClaimRefillStartsWhenSandboxEndsFirst: the refill a claim asked for
+// waits out its delay, but a sandbox that ends first (a `run` that is
+// over, a `down`) starts it on its way out, so the pool is still topped
+// up; it starts once.
+func TestClaimRefillStartsWhenSandboxEndsFirst(t *testing.T) {
+	h := newClaimHarness(t, nil)
+	close(h.release)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	resp, err := sandbox.Control(ctx, h.dir, sandbox.Request{Op: "claim",
+		Refill: &sandbox.Refill{Args: []string{"fill", "pool1"}, DelayMS: time.Hour.Milliseconds()}})
+	if err != nil || !resp.OK {
+		t.Fatalf("claim: %+v %v", resp, err)
+	}
+	// Once the identity is refreshed the sandbox serves; then it stops.
+	c, err := agentapi.Dial(ctx, func(ctx context.Context) (net.Conn, error) { return sandbox.DialIn(ctx, h.dir, sandbox.AgentSocket) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	select {
+	case rf := <-h.refills:
+		t.Fatalf("refill %+v started before its delay, with the sandbox still running", rf)
+	default:
+	}
+	if r, err := sandbox.Control(ctx, h.dir, sandbox.Request{Op: "stop"}); err != nil || !r.OK {
+		t.Fatalf("stop: %+v %v", r, err)
+	}
+	if err := h.wait(); err != nil {
+		t.Fatal(err)
+	}
+	if rf := waitChan(t, h.refills, "the refill at the sandbox's end"); strings.Join(rf.Args, " ") != "fill pool1" {
+		t.Fatalf("refill: %+v", rf)
+	}
+	select {
+	case rf := <-h.refills:
+		t.Fatalf("a second refill: %+v", rf)
+	default:
+	}
+}
