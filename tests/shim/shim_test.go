@@ -114,6 +114,13 @@ func (w *world) assertNothingLeft(what string) {
 	w.t.Helper()
 	waitFor(w.t, what+": no supervisor or VMM left", time.Minute, func() bool { return len(w.vmProcesses()) == 0 })
 	if rows := w.sandboxes(); len(rows) != 0 {
+		filepath.Walk(w.state, func(p string, fi os.FileInfo, err error) error {
+			if err == nil && !fi.IsDir() && fi.Size() < 20000 {
+				b, _ := os.ReadFile(p)
+				w.t.Logf("left in the state directory: %s (modified %s):\n%s", p, fi.ModTime().Format("15:04:05.000"), b)
+			}
+			return nil
+		})
 		w.t.Errorf("%s: sandboxes left: %v", what, rows)
 	}
 	waitFor(w.t, what+": no mount left", 30*time.Second, func() bool { return len(w.c.Mounts()) == 0 })
