@@ -13,22 +13,31 @@ import (
 	"github.com/mvm-sandbox/mvm/internal/testenv"
 )
 
-// tmux drives a real terminal.
+// tmux drives a real terminal. Each test has a tmux server of its own (a
+// private socket): on the shared default server, a test whose session
+// ended took the server down under another test's new-session ("server
+// exited unexpectedly"), and a run of the same test elsewhere on the
+// machine killed this one's session by name.
 type tmux struct {
-	t    *testing.T
-	name string
+	t      *testing.T
+	name   string
+	socket string
+}
+
+func (m *tmux) command(args ...string) *exec.Cmd {
+	return exec.Command("tmux", append([]string{"-S", m.socket}, args...)...)
 }
 
 func (m *tmux) cmd(args ...string) string {
 	m.t.Helper()
-	out, err := exec.Command("tmux", args...).CombinedOutput()
+	out, err := m.command(args...).CombinedOutput()
 	if err != nil {
 		m.t.Fatalf("tmux %v: %v\n%s", args, err, out)
 	}
 	return string(out)
 }
 
-func (m *tmux) close() { exec.Command("tmux", "kill-session", "-t", m.name).Run() }
+func (m *tmux) close() { m.command("kill-server").Run() }
 
 func (m *tmux) screen() string { return m.cmd("capture-pane", "-p", "-t", m.name) }
 
@@ -53,8 +62,7 @@ func (m *tmux) retryUntil(keys, want string, d time.Duration) {
 // again (restored), then idles.
 func startTmux(t *testing.T, e *env, args ...string) *tmux {
 	testenv.NeedTools(t, "tmux") // scripts/test.sh installs it
-	m := &tmux{t: t, name: "mvm-e2e-" + strings.ReplaceAll(t.Name(), "/", "-")}
-	exec.Command("tmux", "kill-session", "-t", m.name).Run()
+	m := &tmux{t: t, name: "mvm-e2e", socket: filepath.Join(t.TempDir(), "tmux")}
 	var env []string
 	for _, kv := range e.environ() {
 		if strings.HasPrefix(kv, "MVM_") {
