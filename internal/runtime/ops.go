@@ -330,6 +330,12 @@ func (r *Runtime) Down(ctx context.Context, nameOrID string) error {
 		cancel()
 		if err == nil {
 			waitGone(st.SupervisorPID, SupervisorCommand, 5*time.Second)
+		} else {
+			// No control socket: the supervisor may be tearing the
+			// sandbox down on its own (a transient one whose holder
+			// went away). Let it finish and audit the stop; a hung one
+			// is killed below.
+			waitGone(st.SupervisorPID, SupervisorCommand, 2*time.Second)
 		}
 		if sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
 			syscall.Kill(st.SupervisorPID, syscall.SIGKILL)

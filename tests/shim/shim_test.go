@@ -113,6 +113,10 @@ func (w *world) sandboxes() []map[string]any {
 func (w *world) assertNothingLeft(what string) {
 	w.t.Helper()
 	waitFor(w.t, what+": no supervisor or VMM left", time.Minute, func() bool { return len(w.vmProcesses()) == 0 })
+	// The sandbox directory goes last, and after a shim died it is the
+	// `delete` containerd runs once it has noticed that removes it: a
+	// VM already gone does not mean the cleanup is over.
+	testenv.Poll(time.Minute, 50*time.Millisecond, func() bool { return len(w.sandboxes()) == 0 })
 	if rows := w.sandboxes(); len(rows) != 0 {
 		filepath.Walk(w.state, func(p string, fi os.FileInfo, err error) error {
 			if err == nil && !fi.IsDir() && fi.Size() < 20000 {
