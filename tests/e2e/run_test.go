@@ -284,6 +284,13 @@ func TestSupervisorKillDuringRestore(t *testing.T) {
 		if strings.Contains(se.String(), "booting") {
 			t.Fatalf("run booted again after its supervisor was killed:\n%s", se.String())
 		}
+		// The VMM dies with its supervisor, but a killed QEMU that held a
+		// restored guest's memory takes a moment to exit; no second one
+		// may appear meanwhile.
+		waitFor(t, "the VMM to die with its supervisor", time.Minute, func() bool {
+			return syscall.Kill(vmm, 0) != nil || isZombie(vmm)
+		})
+		waitFor(t, "no supervisor or VMM left", time.Minute, func() bool { return len(e.processes()) == 0 })
 		break
 	}
 	e.assertClean()
