@@ -340,7 +340,25 @@ export class Sandbox implements AsyncDisposable, Disposable {
     for (const h of hosts) args.push("--allow", h);
     for (const p of publish) args.push("-p", p);
     args.push(...attach);
-    // Owned from before the boot starts: an exit during `up` still runs `down`.
+    return Sandbox.up(c, args, name, wid, (e) =>
+      hosts.length > 0 && e.message.includes("--allow")
+        ? "network needs `mvmctl up --allow HOST[:PORT]`, which this mvmctl lacks"
+        : undefined,
+    );
+  }
+
+  /**
+   * Run `up` (args) for sandbox name and return it, owned. It is owned from
+   * before the boot starts: an exit during `up` still runs `down`. An
+   * Unsupported error is re-raised with the message lacks() gives, if any.
+   */
+  private static async up(
+    c: cli.CLI,
+    args: string[],
+    name: string,
+    wid: string,
+    lacks: (e: Unsupported) => string | undefined,
+  ): Promise<Sandbox> {
     const pending = { cleanupSync: () => void c.callSync(["down", name], 60_000) };
     register(pending);
     let done: cli.Completed;
@@ -349,12 +367,9 @@ export class Sandbox implements AsyncDisposable, Disposable {
     } catch (e) {
       unregister(pending);
       if (e instanceof TransportError) await c.call(["down", name], { ok: () => true }).catch(() => undefined);
-      if (e instanceof Unsupported && hosts.length > 0 && e.message.includes("--allow")) {
-        throw new Unsupported("network needs `mvmctl up --allow HOST[:PORT]`, which this mvmctl lacks", {
-          exitCode: e.exitCode,
-          argv: e.argv,
-          stderr: e.stderr,
-        });
+      if (e instanceof Unsupported) {
+        const msg = lacks(e);
+        if (msg !== undefined) throw new Unsupported(msg, { exitCode: e.exitCode, argv: e.argv, stderr: e.stderr });
       }
       throw e;
     }
@@ -370,25 +385,7 @@ export class Sandbox implements AsyncDisposable, Disposable {
     const c = new cli.CLI();
     const name = opts.name ?? `sdk-${wid.slice(0, 24).replace(/-+$/, "")}-${randomBytes(4).toString("hex")}`;
     const args = ["up", "--from-snapshot", tag, "--name", name, "--json", "--ttl", `${ttl}s`];
-    const pending = { cleanupSync: () => void c.callSync(["down", name], 60_000) };
-    register(pending);
-    let done: cli.Completed;
-    try {
-      done = await c.call(args, { timeoutMs: cli.createTimeoutMs(), what: "up" });
-    } catch (e) {
-      unregister(pending);
-      if (e instanceof TransportError) await c.call(["down", name], { ok: () => true }).catch(() => undefined);
-      if (e instanceof Unsupported) {
-        throw new Unsupported("fromSnapshot needs `mvmctl up --from-snapshot TAG`, which this mvmctl lacks", {
-          exitCode: e.exitCode,
-          argv: e.argv,
-          stderr: e.stderr,
-        });
-      }
-      throw e;
-    }
-    unregister(pending);
-    return new Sandbox(sandboxInfo(cli.parseJSON(done)), { cli: c, owned: true, workloadId: wid });
+    return Sandbox.up(c, args, name, wid, () => "fromSnapshot needs `mvmctl up --from-snapshot TAG`, which this mvmctl lacks");
   }
 
   /**
