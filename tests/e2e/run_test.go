@@ -350,3 +350,22 @@ func TestKilledRunLeavesNothing(t *testing.T) {
 	})
 	e.assertClean()
 }
+
+// TestGuestClockSource: a guest keeps a real clocksource, cold-booted
+// and restored alike. Under TCG the kernel's watchdog used to judge the
+// TSC by jiffies (which lose ticks when the vCPU thread is starved),
+// mark it unstable and fall back to jiffies: 4 ms clock readings, guest
+// time lagging under load, and busybox's nslookup stalling 5 s.
+func TestGuestClockSource(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const path = "/sys/devices/system/clocksource/clocksource0/current_clocksource"
+	for _, mode := range [][]string{{"run"}, {"run", "--cold"}} {
+		r := e.must(append(mode, "--", "cat", path)...)
+		cs := strings.TrimSpace(r.stdout)
+		if cs == "" || strings.Contains(cs, "jiffies") {
+			t.Errorf("%v: guest clocksource %q, want the TSC (or kvm-clock)", mode, cs)
+		}
+	}
+	e.assertClean()
+}

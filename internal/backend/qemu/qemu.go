@@ -42,7 +42,13 @@ func KernelCmdline(accel string) string {
 	parts := []string{"console=ttyS0", "reboot=t", "panic=-1", "quiet", "8250.nr_uarts=1"}
 	if accel == "tcg" {
 		if khz := hostTSCkHz(); khz > 0 {
-			parts = append(parts, "tsc_early_khz="+strconv.Itoa(khz))
+			// The TSC under TCG is the host's TSC plus an offset: steady,
+			// and a far better clock than the jiffies the kernel's
+			// watchdog would otherwise fall back to (those lose ticks
+			// when the vCPU thread is starved, and tick at 4 ms, so
+			// CLOCK_MONOTONIC readings in the guest collide; busybox's
+			// nslookup then sends its A and AAAA queries with one ID).
+			parts = append(parts, "tsc_early_khz="+strconv.Itoa(khz), "tsc=reliable")
 		}
 	}
 	return strings.Join(parts, " ")
