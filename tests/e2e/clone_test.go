@@ -54,14 +54,7 @@ func TestRestoredIdentityFreshVM(t *testing.T) {
 		e.run("down", "--all")
 		e.assertClean()
 	}()
-	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "host-page") }))
-	defer web.Close()
-	hostsFile := filepath.Join(t.TempDir(), "hosts")
-	if err := os.WriteFile(hostsFile, []byte("127.0.0.1 ok.test\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	e.extra = append(e.extra, "MVM_NET_HOSTS="+hostsFile)
-	wp := port(web.Listener.Addr())
+	wp := e.hostWebServer()
 	pub := freePort(t)
 	e.must("up", "--name", "idn", "--allow", "ok.test:"+wp, "-p", pub+":8000")
 	sh := func(script string) result { return e.run("exec", "idn", "--", "sh", "-c", script) }
@@ -267,6 +260,21 @@ func TestResumeRefreshesClockKeepsMachine(t *testing.T) {
 	}
 }
 
+// hostWebServer starts a web server on the host that answers "host-page"
+// (closed when the test ends), makes ok.test name 127.0.0.1 for the
+// sandboxes e starts (MVM_NET_HOSTS) and returns the server's port.
+func (e *env) hostWebServer() string {
+	e.t.Helper()
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "host-page") }))
+	e.t.Cleanup(web.Close)
+	hostsFile := filepath.Join(e.t.TempDir(), "hosts")
+	if err := os.WriteFile(hostsFile, []byte("127.0.0.1 ok.test\n"), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	e.extra = append(e.extra, "MVM_NET_HOSTS="+hostsFile)
+	return port(web.Listener.Addr())
+}
+
 // TestCloneWithNetwork: clones of a snapshot of a sandbox with a NIC each
 // take their own MAC (not the source's, not each other's) and keep
 // working egress through the allowlist the snapshot's plan carries.
@@ -277,14 +285,7 @@ func TestCloneWithNetwork(t *testing.T) {
 		e.run("snapshot", "rm", "netbase")
 		e.assertClean()
 	}()
-	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "host-page") }))
-	defer web.Close()
-	hostsFile := filepath.Join(t.TempDir(), "hosts")
-	if err := os.WriteFile(hostsFile, []byte("127.0.0.1 ok.test\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	e.extra = append(e.extra, "MVM_NET_HOSTS="+hostsFile)
-	wp := port(web.Listener.Addr())
+	wp := e.hostWebServer()
 	e.must("up", "--name", "netsrc", "--allow", "ok.test:"+wp)
 	srcMAC := strings.TrimSpace(e.must("exec", "netsrc", "--", "cat", "/sys/class/net/eth0/address").stdout)
 	e.must("snapshot", "save", "netsrc", "netbase")
