@@ -145,12 +145,24 @@ func buildRun(ctx context.Context, app *App, dir, template string, opts image.Bu
 	if jsonOut {
 		return enc.Encode(map[string]any{"artifact": a, "ready": ready})
 	}
+	printRepinned(app, a.Repinned)
 	how := "built"
 	if a.Cached {
 		how = "cached"
 	}
 	fmt.Fprintf(app.Stdout, "%s  %s  %s  %s in %.1fs\n", a.Digest, a.Template, imgHumanBytes(a.Size), how, time.Since(start).Seconds())
 	return nil
+}
+
+// refreshUsage is the --refresh of up and run.
+const refreshUsage = "with DIR (mvm.toml's image = REF) or a declaration (mvm.oci_image(REF)): resolve the OCI reference on its registry again instead of using its pinned digest, and move the pin (a template base: nothing to do)"
+
+// printRepinned tells, on stderr, that a refresh moved an OCI reference's
+// pin (--json carries it as "repinned").
+func printRepinned(app *App, r *image.Repin) {
+	if r != nil {
+		fmt.Fprintf(app.Stderr, "mvmctl: %s moved: %s → %s (pinned now)\n", r.Ref, r.From, r.To)
+	}
 }
 
 func imgHumanBytes(n int64) string {

@@ -124,7 +124,7 @@ func buildWorkloadRun(cmd *cobra.Command, app *App, path string, refresh, jsonOu
 	if err != nil {
 		return err
 	}
-	a, err := rt.BuildWorkload(cmd.Context(), wl, image.PullOptions{Refresh: refresh}, buildProgress(app, jsonOut))
+	a, err := rt.BuildWorkload(cmd.Context(), wl, image.BuildOptions{Refresh: refresh}, buildProgress(app, jsonOut))
 	if err != nil {
 		code := exitFor(err)
 		if jsonOut {
@@ -135,6 +135,7 @@ func buildWorkloadRun(cmd *cobra.Command, app *App, path string, refresh, jsonOu
 	if jsonOut {
 		return writeJSON(app.Stdout, map[string]any{"artifact": a, "workload_ir_sha256": wl.Hash})
 	}
+	printRepinned(app, a.Repinned)
 	fmt.Fprintf(app.Stdout, "%s  %s  workload %s (ir %s)\n", a.Digest, a.Template, wl.IR.Name, wl.Hash)
 	return nil
 }

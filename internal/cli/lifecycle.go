@@ -135,7 +135,7 @@ func newUpCmd(app *App) *cobra.Command {
 				return exitCode(ExitUsage, err)
 			}
 			if o.FromSnapshot != "" {
-				for _, f := range []string{"image", "cpus", "memory", "disk", "env", "network", "allow", "publish", "volume", "secret"} {
+				for _, f := range []string{"image", "cpus", "memory", "disk", "env", "network", "allow", "publish", "volume", "secret", "refresh"} {
 					if cmd.Flags().Lookup(f) != nil && cmd.Flags().Changed(f) {
 						return exitCode(ExitUsage, fmt.Errorf("--%s cannot be combined with --from-snapshot: a clone runs the snapshot's image, resources, environment, network and secrets", f))
 					}
@@ -181,8 +181,13 @@ func newUpCmd(app *App) *cobra.Command {
 				return exitCode(bootExit(err), manifestNetworkHint(err))
 			}
 			if jsonOut {
-				return writeJSON(app.Stdout, stateJSON(sb.State))
+				obj := stateJSON(sb.State)
+				if sb.Repinned != nil {
+					obj["repinned"] = sb.Repinned
+				}
+				return writeJSON(app.Stdout, obj)
 			}
+			printRepinned(app, sb.Repinned)
 			fmt.Fprintln(app.Stdout, sb.Name)
 			return nil
 		},
@@ -192,6 +197,7 @@ func newUpCmd(app *App) *cobra.Command {
 	fl.StringVar(&o.Image, "image", "", "image or template to boot, or an OCI reference such as python:3.12-slim (default: minimal)")
 	fl.BoolVar(&o.RequireDigest, "require-digest", false, "refuse an OCI image reference that is a tag (default under the restrictive profile)")
 	fl.StringVar(&o.Platform, "platform", "", "platform of a multi-platform OCI image (default linux/amd64)")
+	fl.BoolVar(&o.Refresh, "refresh", false, refreshUsage)
 	fl.IntVar(&o.CPUs, "cpus", 0, "virtual CPUs (default: the manifest's, else 1)")
 	fl.StringVar(&memory, "memory", "512M", "guest memory, e.g. 512M, 1G (default: the manifest's, else 512M)")
 	fl.StringVar(&disk, "disk", "4G", "size of the sandbox's writable layer (sparse; default: the manifest's, else 4G)")

@@ -22,6 +22,7 @@ type runFlags struct {
 	// requireDigest and platform apply to an OCI image reference.
 	requireDigest bool
 	platform      string
+	refresh       bool
 	// entrypoint replaces the image's Entrypoint when set (Docker's
 	// --entrypoint: one executable; "" clears it).
 	entrypoint    string
@@ -85,6 +86,7 @@ Exit codes: the command's own; 124 timeout; 125 mvm failed (boot, transport);
 	fl.StringVar(&f.image, "image", "", "image to boot: a template, a built image, or an OCI reference such as python:3.12-slim (default: the built-in minimal image)")
 	fl.BoolVar(&f.requireDigest, "require-digest", false, "refuse an OCI image reference that is a tag (default under the restrictive profile)")
 	fl.StringVar(&f.platform, "platform", "", "platform of a multi-platform OCI image (default linux/amd64)")
+	fl.BoolVar(&f.refresh, "refresh", false, refreshUsage)
 	fl.StringVar(&f.entrypoint, "entrypoint", "", "run this executable instead of the image's Entrypoint (ARGV follows it; the image's Cmd is dropped); \"\" runs ARGV alone")
 	fl.BoolVar(&f.jsonOut, "json", false, "print one JSON object with the result instead of streaming output")
 	fl.BoolVarP(&f.stdin, "interactive", "i", false, "forward standard input even when it is a terminal")
@@ -127,7 +129,7 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 	defer stop()
 
 	opts := runtime.RunOptions{
-		Up:      runtime.UpOptions{Image: f.image, CPUs: f.cpus, MemoryMiB: mem, Env: env, RunProfile: f.profile, RequireDigest: f.requireDigest, Platform: f.platform, Cold: f.cold},
+		Up:      runtime.UpOptions{Image: f.image, CPUs: f.cpus, MemoryMiB: mem, Env: env, RunProfile: f.profile, RequireDigest: f.requireDigest, Platform: f.platform, Refresh: f.refresh, Cold: f.cold},
 		Exec:    runtime.ExecOptions{Argv: argv, Cwd: f.workdir},
 		Timeout: f.timeout, ImageCommand: true,
 	}
@@ -161,6 +163,9 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 	t0 := time.Now()
 	res, err := rt.Run(ctx, opts)
 	total := time.Since(t0)
+	if res != nil && !f.jsonOut {
+		printRepinned(app, res.Repinned)
+	}
 	if s := sig(); s != nil {
 		fmt.Fprintf(app.Stderr, "mvmctl: interrupted by %v; sandbox removed\n", s)
 		return &ExitError{Code: signalExit(s), Silent: true}
@@ -200,6 +205,9 @@ func runRun(parent context.Context, app *App, f *runFlags, argv []string) error 
 				"boot_ms": ms(res.BootTime), "exec_ms": ms(res.ExecTime), "total_ms": ms(total),
 			},
 			"start": res.Start,
+		}
+		if res.Repinned != nil {
+			obj["repinned"] = res.Repinned
 		}
 		if res.Exit != nil {
 			obj["signal"] = res.Exit.Signal

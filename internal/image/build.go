@@ -132,6 +132,9 @@ type Artifact struct {
 	Path string `json:"path,omitempty"`
 	// Cached is true when Build found the artifact in the cache.
 	Cached bool `json:"cached,omitempty"`
+	// Repinned is set when this build resolved its OCI base again
+	// (refresh) and the pin moved to another digest (not stored).
+	Repinned *Repin `json:"repinned,omitempty"`
 }
 
 // ID is the artifact's sha256 in hex (its directory name).
@@ -463,6 +466,7 @@ func Build(ctx context.Context, d paths.Dirs, dir, templateName string, opts Bui
 			b.emit(StatusDone, "cache hit: %s (%s)", a.Digest, plan.tpl.Name)
 		}
 	}
+	a.Repinned = b.repinned
 	// The name now means what was just built, cache hit or not: two
 	// directories that declare one name are resolved to the last built.
 	if a.Name != "" && safeImageName(a.Name) {
@@ -515,6 +519,7 @@ type build struct {
 	phase    string
 	l        layout
 	refresh  bool
+	repinned *Repin // the pin this build moved, if any
 }
 
 func (b *build) emit(status, format string, args ...any) {

@@ -166,11 +166,25 @@ func (b *build) resolvePinned(ctx context.Context, ref string, o PullOptions, re
 	if err != nil {
 		return nil, err
 	}
+	old, hadPin := readPin(b.l, ref, platform)
 	if err := writePin(b.l, platform, im); err != nil {
 		return nil, err
 	}
-	b.emit(StatusProgress, "%s resolved to %s", ref, im.Digest)
+	if hadPin && old.Digest != im.Digest {
+		b.repinned = &Repin{Ref: ref, From: old.Digest, To: im.Digest}
+		b.emit(StatusProgress, "%s moved: %s -> %s (pinned now)", ref, old.Digest, im.Digest)
+	} else {
+		b.emit(StatusProgress, "%s resolved to %s", ref, im.Digest)
+	}
 	return im, nil
+}
+
+// Repin is a pin a build moved: the reference resolved again (a refresh)
+// named another digest than the one pinned.
+type Repin struct {
+	Ref  string `json:"ref"`
+	From string `json:"from"`
+	To   string `json:"to"`
 }
 
 // Pull resolves ref on its registry and makes (or finds in the cache) its

@@ -505,7 +505,16 @@ func TestBuildOnOCITagIsPinned(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "new.txt"), []byte("x"), 0o644)
 	build("rebuild with a new file", BuildOptions{}, 0, img1)
 
-	build("refresh", BuildOptions{Pull: PullOptions{Refresh: true}}, 1, img2)
+	if again.Repinned != nil {
+		t.Errorf("a build on the pin reports a moved pin: %+v", again.Repinned)
+	}
+	moved := build("refresh", BuildOptions{Pull: PullOptions{Refresh: true}}, 1, img2)
+	if want := (Repin{Ref: reg.Host + "/app:1", From: ociDigest(t, img1), To: ociDigest(t, img2)}); moved.Repinned == nil || *moved.Repinned != want {
+		t.Errorf("refresh after the tag moved: repinned %+v, want %+v", moved.Repinned, want)
+	}
+	if same := build("refresh of an unmoved tag", BuildOptions{Pull: PullOptions{Refresh: true}}, 1, img2); same.Repinned != nil || !same.Cached {
+		t.Errorf("refresh of an unmoved tag: repinned %+v, cached %v; want no move and a cache hit", same.Repinned, same.Cached)
+	}
 	build("rebuild after the refresh", BuildOptions{}, 0, img2)
 
 	reg.Push(t, "app:1", img3, nil)
@@ -532,5 +541,28 @@ func TestBuildOnOCITagIsPinned(t *testing.T) {
 	_, err := Build(context.Background(), d, dir, "", BuildOptions{Pull: PullOptions{RequireDigest: true}}, nil)
 	if errdefs.KindOf(err) != errdefs.KindRefused || !strings.Contains(err.Error(), "@sha256:") || reg.ManifestReads() != before {
 		t.Errorf("a pinned tag with digests required: want refused before any request, got %v (%d requests)", err, reg.ManifestReads()-before)
+	}
+}
+
+// TestRefreshWithoutOCIBase: a pull refresh (up/run --refresh) of a
+// manifest on a template names nothing to resolve again: it is a cache hit
+// and moves nothing.
+func TestRefreshWithoutOCIBase(t *testing.T) {
+	rfNeedTools(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "mvm.toml"), []byte("template = \"minimal\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := rfTestDirs(t)
+	first, err := Build(context.Background(), d, dir, "", BuildOptions{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := Build(context.Background(), d, dir, "", BuildOptions{Pull: PullOptions{Refresh: true}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.Cached || again.Digest != first.Digest || again.Repinned != nil {
+		t.Errorf("pull refresh of a template manifest: cached %v, digest %s (want %s), repinned %+v; want a cache hit that moves nothing", again.Cached, again.Digest, first.Digest, again.Repinned)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
+	"github.com/mvm-sandbox/mvm/internal/image"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 )
 
@@ -50,6 +51,8 @@ type RunResult struct {
 	ExecTime  time.Duration
 	// Start is StartRestored or StartCold (see Sandbox.Start).
 	Start string
+	// Repinned: see Sandbox.Repinned.
+	Repinned *image.Repin
 }
 
 // ErrTimeout reports a command that ran past its timeout and was killed.
@@ -70,7 +73,7 @@ func (r *Runtime) Run(ctx context.Context, o RunOptions) (*RunResult, error) {
 		r.Down(context.Background(), sb.ID)
 		sb.Hold.Close()
 	}()
-	res := &RunResult{SandboxID: sb.ID, Name: sb.Name, BootTime: time.Since(t0), Start: sb.Start}
+	res := &RunResult{SandboxID: sb.ID, Name: sb.Name, BootTime: time.Since(t0), Start: sb.Start, Repinned: sb.Repinned}
 	if o.ImageCommand {
 		o.Exec.Argv, o.Exec.Entrypoint = CommandFor(sb.State.Image, o.Exec.Argv, o.Entrypoint)
 	}

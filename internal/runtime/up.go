@@ -50,6 +50,12 @@ type UpOptions struct {
 	// a multi-platform reference ("" = linux/amd64).
 	RequireDigest bool
 	Platform      string
+	// Refresh resolves the OCI reference of an image built on the fly (a
+	// build directory's image = REF, a declaration's mvm.oci_image(REF))
+	// on its registry again instead of using its pin, and moves the pin
+	// (Sandbox.Repinned says when it moved). It applies only to a build
+	// directory or a declaration; a build on a template is unchanged.
+	Refresh bool
 	// Progress, when set, receives short human-readable phase messages.
 	Progress func(string)
 	// BuildProgress, when set, receives image build events.
@@ -128,6 +134,9 @@ type Sandbox struct {
 	// Pool names the warm pool the sandbox was claimed from ("" when it
 	// was started for the caller).
 	Pool string
+	// Repinned is set when UpOptions.Refresh moved the pin of the image's
+	// OCI base: the digest it had and the one booted.
+	Repinned *image.Repin
 	// Ready is the tag of the ready snapshot the sandbox was restored
 	// from or recorded ("" for none).
 	Ready string
@@ -165,7 +174,7 @@ func (o *UpOptions) defaults(img *bootImage) {
 // pullOptions are the options of an OCI image pull: tags are refused when
 // asked, and always under the restrictive run profile.
 func (o *UpOptions) pullOptions() image.PullOptions {
-	return image.PullOptions{Platform: o.Platform, RequireDigest: o.RequireDigest || o.RunProfile == string(plan.Restrictive)}
+	return image.PullOptions{Platform: o.Platform, RequireDigest: o.RequireDigest || o.RunProfile == string(plan.Restrictive), Refresh: o.Refresh}
 }
 
 // Validate checks options before anything is created. Its errors are
@@ -205,6 +214,9 @@ func (o *UpOptions) validate() error {
 	}
 	if err := ValidateLabels(o.Labels); err != nil {
 		return err
+	}
+	if o.Refresh && !(IsBuildDir(o.Image) && !o.NoBuildDir || IsWorkloadFile(o.Image)) {
+		return fmt.Errorf("refresh applies to an image built on the fly (a directory with mvm.toml, or a declaration), not to %q: to follow a moved tag of an OCI image, pull it again (mvmctl image pull REF)", o.Image)
 	}
 	if o.RootDir != nil && (o.Image != "" && o.Image != "minimal") {
 		return fmt.Errorf("a sandbox whose root is a host directory boots the minimal image, not %q", o.Image)
@@ -264,13 +276,18 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
+	var repinned *image.Repin
 	if img.artifact != nil {
 		if err := o.manifestNetwork(img.artifact.Network, img.artifact.Allow); err != nil {
 			return nil, err
 		}
+		repinned = img.artifact.Repinned
 	}
 	o.defaults(img)
 	if sb, ok, err := r.claimPooled(ctx, &o, img, att, backendName); ok || err != nil {
+		if sb != nil {
+			sb.Repinned = repinned
+		}
 		return sb, err
 	}
 	id := sandbox.NewID()
@@ -439,7 +456,7 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Sandbox, error) {
 		cleanup()
 		return nil, fmt.Errorf("%w: %s: %v", ErrBoot, name, err)
 	}
-	sb := &Sandbox{ID: id, Name: name, Dir: dir, State: st, Plan: adm.Plan, Start: dec.Start}
+	sb := &Sandbox{ID: id, Name: name, Dir: dir, State: st, Plan: adm.Plan, Start: dec.Start, Repinned: repinned}
 	if dec.Start == StartRestored {
 		sb.Ready = dec.Tag
 	}

@@ -107,17 +107,19 @@ func readCapped(path string, max int64) ([]byte, error) {
 // BuildWorkload realises the workload's image (template, packages, or an
 // OCI image pulled with pull's options; the source with include/exclude,
 // the function runner) through the image builder. An image no Debian
-// release provides fails here with E_IMAGE_UNAVAILABLE. An OCI reference
-// is resolved once and pinned (image.BuildOptions.Pull); pull.Refresh
-// resolves it again and rebuilds even if cached.
-func (r *Runtime) BuildWorkload(ctx context.Context, wl *Workload, pull image.PullOptions, progress func(image.Event)) (*image.Artifact, error) {
+// release provides fails here with E_IMAGE_UNAVAILABLE. opts.Manifest is
+// the workload's. An OCI reference is resolved once and pinned;
+// opts.Pull.Refresh resolves it again (and moves the pin), opts.Refresh
+// also rebuilds even if cached (mvmctl build FILE --refresh).
+func (r *Runtime) BuildWorkload(ctx context.Context, wl *Workload, opts image.BuildOptions, progress func(image.Event)) (*image.Artifact, error) {
 	store := r.Secrets()
 	st, err := workload.Prepare(wl.IR, wl.BaseDir, filepath.Join(r.Dirs.Images(), "tmp"), func(n string) bool { return store.Check(n) == nil })
 	if err != nil {
 		return nil, err
 	}
 	defer st.Remove()
-	return image.Build(ctx, r.Dirs, st.Dir, "", image.BuildOptions{Manifest: st.Manifest, Pull: pull, Refresh: pull.Refresh}, progress)
+	opts.Manifest = st.Manifest
+	return image.Build(ctx, r.Dirs, st.Dir, "", opts, progress)
 }
 
 // WorkloadFile is the sandbox-directory record of a declared workload.
@@ -337,12 +339,14 @@ func (r *Runtime) UpWorkload(ctx context.Context, wl *Workload, o UpOptions) (*S
 	if err != nil {
 		return nil, err
 	}
-	art, err := r.BuildWorkload(ctx, wl, o.pullOptions(), o.BuildProgress)
+	// a refresh re-resolves the OCI base (and moves its pin); it does not
+	// rebuild what is cached
+	art, err := r.BuildWorkload(ctx, wl, image.BuildOptions{Pull: o.pullOptions()}, o.BuildProgress)
 	if err != nil {
 		return nil, err
 	}
 	w := wl.IR
-	o.Image = art.Digest
+	o.Image, o.Refresh = art.Digest, false
 	o.CPUs, o.MemoryMiB, o.DiskMiB = w.Resources.CPUCores, w.Resources.MemoryMB, w.Resources.DiskMB
 	o.Network = netpolicy.Config{}
 	if w.Network.Mode == ir.NetAllow {
@@ -378,6 +382,7 @@ func (r *Runtime) UpWorkload(ctx context.Context, wl *Workload, o UpOptions) (*S
 	if err != nil {
 		return nil, err
 	}
+	sb.Repinned = art.Repinned
 	fail := func(err error) (*Sandbox, error) {
 		r.Down(context.Background(), sb.ID)
 		return nil, err

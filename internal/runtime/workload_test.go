@@ -171,3 +171,31 @@ def run() -> str:
 		t.Fatalf("approved: %v %+v", err, refs)
 	}
 }
+
+// TestRefreshOnlyOnImagesBuiltOnTheFly: Refresh is accepted for a build
+// directory and a declaration, and refused (an invalid argument naming
+// image pull) for anything else, before anything is created.
+func TestRefreshOnlyOnImagesBuiltOnTheFly(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "mvm.toml"), []byte("template = \"minimal\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	decl := filepath.Join(t.TempDir(), "app.py")
+	if err := os.WriteFile(decl, []byte("import mvm\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []UpOptions{{Image: dir, Refresh: true}, {Image: decl, Refresh: true}, {Image: "minimal"}} {
+		if err := o.Validate(); err != nil {
+			t.Errorf("%+v: %v", o, err)
+		}
+	}
+	for _, o := range []UpOptions{
+		{Refresh: true}, {Image: "minimal", Refresh: true}, {Image: "python:3.12-slim", Refresh: true},
+		{Image: dir, Refresh: true, NoBuildDir: true}, {Image: t.TempDir(), Refresh: true},
+	} {
+		err := o.Validate()
+		if errdefs.KindOf(err) != errdefs.KindInvalidArgument || !strings.Contains(err.Error(), "image pull") {
+			t.Errorf("%+v: want an invalid argument naming image pull, got %v", o, err)
+		}
+	}
+}

@@ -245,11 +245,7 @@ func TestOCIDeclarationPinned(t *testing.T) {
 	reg := ocitest.NewRegistry(t, "", "")
 	rnd := make([]byte, 8)
 	rand.Read(rnd)
-	image := func(marker string) v1.Image {
-		return ocitest.Image(t, v1.Config{Env: []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, Cmd: []string{"/bin/sh"}},
-			"linux/amd64", ocitest.Layer(ocitest.Tar(append(ocitest.BusyboxEntries(t, rootfs.HostBusybox),
-				ocitest.Entry{Name: "etc/marker", Body: marker}))))
-	}
+	image := func(marker string) v1.Image { return markerImage(t, marker) }
 	repo := "e2e/pin-" + hex.EncodeToString(rnd)
 	first := reg.Push(t, repo+":1", image("first-"+hex.EncodeToString(rnd)), nil)
 	ref := reg.Host + "/" + repo + ":1"
@@ -284,4 +280,121 @@ func TestOCIDeclarationPinned(t *testing.T) {
 	build("rebuild of the unchanged declaration", 0, digest(first))
 	build("build --refresh", 1, digest(second), "--refresh")
 	build("rebuild after the refresh", 0, digest(second))
+}
+
+// markerImage is a one-layer busybox image whose /etc/marker holds marker.
+func markerImage(t *testing.T, marker string) v1.Image {
+	return ocitest.Image(t, v1.Config{Env: []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, Cmd: []string{"/bin/sh"}},
+		"linux/amd64", ocitest.Layer(ocitest.Tar(append(ocitest.BusyboxEntries(t, rootfs.HostBusybox),
+			ocitest.Entry{Name: "etc/marker", Body: marker}))))
+}
+
+// TestOCIManifestUpRefresh: a build directory on image = TAG boots from
+// its pin: after the tag moved, `up DIR` asks the registry nothing and
+// boots the pinned digest; `up DIR --refresh` resolves the tag again (one
+// manifest request), boots what it names now and reports the move
+// ("repinned" in --json); `run --image DIR --refresh` and `up FILE
+// --refresh` (a declaration on the same reference: one pin) do the same
+// and print the move on stderr. --refresh on an image that is not built on
+// the fly is refused before anything is created.
+func TestOCIManifestUpRefresh(t *testing.T) {
+	e := newEnv(t)
+	// no ready snapshots: every boot here is the first of its image
+	e.extra = append(e.extra, "DOCKER_CONFIG="+t.TempDir(), "MVM_WARM=0")
+	reg := ocitest.NewRegistry(t, "", "")
+	rnd := make([]byte, 8)
+	rand.Read(rnd)
+	repo := "e2e/uprefresh-" + hex.EncodeToString(rnd)
+	ref := reg.Host + "/" + repo + ":1"
+	push := func(n string) (marker, digest string) {
+		marker = n + "-" + hex.EncodeToString(rnd)
+		pinned := reg.Push(t, repo+":1", markerImage(t, marker), nil)
+		return marker, pinned[strings.Index(pinned, "@")+1:]
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "mvm.toml"), []byte("image = \""+ref+"\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reads := func(what string, want int64, f func()) {
+		t.Helper()
+		before := reg.ManifestReads()
+		f()
+		if got := reg.ManifestReads() - before; got != want {
+			t.Errorf("%s: %d manifest request(s) to the registry, want %d", what, got, want)
+		}
+	}
+
+	type upJSON struct {
+		OCIDigest string `json:"oci_digest"`
+		Repinned  *struct {
+			Ref, From, To string
+		} `json:"repinned"`
+	}
+	up := func(args ...string) upJSON {
+		t.Helper()
+		r := e.must(append([]string{"up", "--json"}, args...)...)
+		var st upJSON
+		if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+			t.Fatalf("up --json: %v\n%s", err, r.stdout)
+		}
+		return st
+	}
+	marker := func(name string) string { return e.must("exec", name, "--", "cat", "/etc/marker").stdout }
+
+	_, d1 := push("first")
+	reads("build (pins the tag)", 1, func() { e.must("build", dir) })
+	m2, d2 := push("second") // the tag moves
+	reads("up DIR on the pin", 0, func() {
+		if st := up(dir, "--name", "uppin"); st.OCIDigest != d1 || st.Repinned != nil {
+			t.Errorf("up DIR after the tag moved: booted %s, repinned %+v; want the pinned %s and no move", st.OCIDigest, st.Repinned, d1)
+		}
+	})
+	e.must("down", "uppin")
+
+	reads("up DIR --refresh", 1, func() {
+		st := up(dir, "--refresh", "--name", "uprefresh")
+		if st.OCIDigest != d2 || st.Repinned == nil || st.Repinned.Ref != ref || st.Repinned.From != d1 || st.Repinned.To != d2 {
+			t.Errorf("up DIR --refresh: booted %s, repinned %+v; want %s and %s -> %s", st.OCIDigest, st.Repinned, d2, d1, d2)
+		}
+	})
+	if got := marker("uprefresh"); got != m2 {
+		t.Errorf("up DIR --refresh booted marker %q, want %q", got, m2)
+	}
+	e.must("down", "uprefresh")
+
+	m3, d3 := push("third")
+	reads("run --image DIR --refresh", 1, func() {
+		r := e.must("run", "--image", dir, "--refresh", "--", "cat", "/etc/marker")
+		if r.stdout != m3 || !strings.Contains(r.stderr, ref+" moved: "+d2+" → "+d3) {
+			t.Errorf("run --image DIR --refresh: marker %q (want %q), stderr %q (want the move %s → %s)", r.stdout, m3, r.stderr, d2, d3)
+		}
+	})
+
+	// a declaration on the same reference shares the pin
+	ddir := t.TempDir()
+	app := filepath.Join(ddir, "app.py")
+	src := "import mvm\n\n@mvm.app(name=\"uprefresh-decl\", source=mvm.local_path(\".\"), image=mvm.oci_image(\"" + ref + "\"),\n" +
+		"         entrypoint=mvm.entrypoint(command=[\"sleep\", \"3600\"]))\ndef run():\n    pass\n"
+	if err := os.WriteFile(app, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m4, d4 := push("fourth")
+	reads("up FILE --refresh", 1, func() {
+		r := e.must("up", app, "--refresh")
+		if !strings.Contains(r.stderr, ref+" moved: "+d3+" → "+d4) {
+			t.Errorf("up FILE --refresh: stderr %q does not show the move %s → %s", r.stderr, d3, d4)
+		}
+	})
+	if got := marker("uprefresh-decl"); got != m4 {
+		t.Errorf("up FILE --refresh booted marker %q, want %q", got, m4)
+	}
+	e.must("down", "uprefresh-decl")
+
+	// not built on the fly: refused before anything is created
+	for _, args := range [][]string{{"up", "--image", ref, "--refresh"}, {"run", "--refresh", "--", "true"}} {
+		if r := e.run(args...); r.code != 2 || !strings.Contains(r.stderr, "refresh applies to an image built on the fly") || !strings.Contains(r.stderr, "image pull") {
+			t.Errorf("mvmctl %s: want exit 2 naming what --refresh applies to and image pull: %s", strings.Join(args, " "), r)
+		}
+	}
+	e.assertClean()
 }
