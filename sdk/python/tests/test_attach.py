@@ -99,3 +99,15 @@ def test_manifest_requests_need_consent(tmp_path: Path, monkeypatch: pytest.Monk
 
     with pytest.raises(mvm.InvalidArgument):
         mvm.Sandbox.create(from_snapshot="x", allow_manifest_mounts=True)
+
+
+def test_refresh_is_refused_off_a_build_directory() -> None:
+    """refresh=True reaches `mvmctl up --refresh`, which applies only to a
+    build directory: on a template name it is refused before anything is
+    created."""
+    requires_cli()
+    name = "sdk-refresh-refused"
+    with pytest.raises(mvm.CLIError) as ei:
+        mvm.Sandbox.create("minimal", name=name, ttl="5m", refresh=True)
+    assert ei.value.exit_code == 2 and "image pull" in ei.value.message, ei.value
+    assert name not in [s.name for s in mvm.Sandbox.list(all=True)]

@@ -232,6 +232,20 @@ def test_exec_flags_and_json_result(fake_cli: Path, tmp_path: Path, monkeypatch:
     )
 
 
+def test_create_refresh_passes_up_refresh(fake_cli: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "mvm.toml").write_text('image = "registry.example/app:1"\n')
+    monkeypatch.setenv("FAKE_STDOUT", json.dumps({"name": "sdk-refresh", "id": "1", "state": "running"}))
+    # detach(): nothing to bring down at exit, the CLI is a stand-in
+    mvm.Sandbox.create(str(app), name="sdk-refresh", ttl=0, refresh=True).detach()
+    assert calls(tmp_path)[-1] == f"up {app} --name sdk-refresh --json --ttl 0s --refresh"
+    mvm.Sandbox.create(str(app), name="sdk-refresh", ttl=0).detach()
+    assert "--refresh" not in calls(tmp_path)[-1]
+    with pytest.raises(mvm.InvalidArgument, match="refresh"):
+        mvm.Sandbox.create(from_snapshot="x", refresh=True)
+
+
 def test_garbage_output_is_a_transport_error(fake_cli: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_STDOUT", "not json")
     with pytest.raises(mvm.TransportError):

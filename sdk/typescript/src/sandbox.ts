@@ -114,6 +114,7 @@ const NOT_WITH_SNAPSHOT = [
   "allowManifestMounts",
   "allowManifestSecrets",
   "allowManifestNetwork",
+  "refresh",
 ] as const;
 
 export interface CreateOptions {
@@ -150,6 +151,14 @@ export interface CreateOptions {
   allowManifestMounts?: boolean;
   allowManifestSecrets?: boolean;
   allowManifestNetwork?: boolean;
+  /**
+   * `mvmctl up DIR --refresh`: resolve the OCI image a build directory's
+   * `image = REF` names on its registry again instead of using the digest it
+   * was pinned to, and boot what the tag names now (docs/declarations.md). On
+   * a build directory on a template it does nothing; on anything but a build
+   * directory the CLI refuses it (CLIError, exit code 2).
+   */
+  refresh?: boolean;
   /**
    * Start a clone of snapshot TAG (sb.snapshot(tag)) instead of booting: its
    * memory, processes and files as they were, with its own name, disk copy
@@ -311,6 +320,7 @@ export class Sandbox implements AsyncDisposable, Disposable {
     if (opts.allowManifestMounts) attach.push("--allow-manifest-mounts");
     if (opts.allowManifestSecrets) attach.push("--allow-manifest-secrets");
     if (opts.allowManifestNetwork) attach.push("--allow-manifest-network");
+    if (opts.refresh) attach.push("--refresh");
 
     if (sdkMode() === "record") {
       const rec = new Recording(wid, {

@@ -328,6 +328,18 @@ describe("stand-in CLI", () => {
     await assert.rejects(sb2.commands.run("true"), sdk.SandboxNotFound);
   });
 
+  test("create refresh: passes up DIR --refresh", async () => {
+    const d = path.join(dir, "app");
+    mkdirSync(d);
+    writeFileSync(path.join(d, "mvm.toml"), 'image = "registry.example/app:1"\n');
+    process.env.FAKE_STDOUT = JSON.stringify({ name: "n3", id: "ghi", state: "running" });
+    (await sdk.Sandbox.create(d, { name: "n3", ttl: 0, refresh: true })).detach();
+    assert.equal(lastCall(), `up ${d} --name n3 --json --ttl 0s --refresh`);
+    (await sdk.Sandbox.create(d, { name: "n3", ttl: 0 })).detach();
+    assert.ok(!lastCall()!.includes("--refresh"));
+    await assert.rejects(sdk.Sandbox.create({ fromSnapshot: "x", refresh: true }), sdk.InvalidArgument);
+  });
+
   test("create passes an OCI reference through as up --image", async () => {
     process.env.FAKE_STDOUT = JSON.stringify({ name: "o1", id: "abc", state: "running" });
     for (const ref of ["python:3.12-slim", "ghcr.io/org/app@sha256:" + "ab".repeat(32)]) {

@@ -263,6 +263,7 @@ class Sandbox:
         allow_manifest_mounts: bool = False,
         allow_manifest_secrets: bool = False,
         allow_manifest_network: bool = False,
+        refresh: bool = False,
         from_snapshot: Optional[str] = None,
     ) -> "Sandbox":
         """Boot a sandbox from a template (``"python"``, ``"minimal"``, an
@@ -289,6 +290,13 @@ class Sandbox:
         before anything is created and :class:`PolicyDenied` carries its
         message, which names what was asked for.
 
+        ``refresh=True`` (``mvmctl up DIR --refresh``) resolves the OCI
+        image a build directory's ``image = REF`` names on its registry
+        again instead of using the digest it was pinned to, and boots what
+        the tag names now (docs/declarations.md); on a build directory on a
+        template it does nothing, on anything but a build directory the CLI
+        refuses it (:class:`CLIError`, exit code 2).
+
         ``from_snapshot=TAG`` starts a clone of a snapshot
         (:meth:`snapshot`) instead of booting: its memory, processes and
         files as they were, with its own name, disk copy and a fresh
@@ -305,7 +313,8 @@ class Sandbox:
             for flag, on in (("allow_rw_mount", allow_rw_mount),
                              ("allow_manifest_mounts", allow_manifest_mounts),
                              ("allow_manifest_secrets", allow_manifest_secrets),
-                             ("allow_manifest_network", allow_manifest_network)):
+                             ("allow_manifest_network", allow_manifest_network),
+                             ("refresh", refresh)):
                 if on:
                     clash.append(flag)
             if clash:
@@ -332,7 +341,8 @@ class Sandbox:
         for flag, on in (("--allow-rw-mount", allow_rw_mount),
                          ("--allow-manifest-mounts", allow_manifest_mounts),
                          ("--allow-manifest-secrets", allow_manifest_secrets),
-                         ("--allow-manifest-network", allow_manifest_network)):
+                         ("--allow-manifest-network", allow_manifest_network),
+                         ("--refresh", refresh)):
             if on:
                 attach.append(flag)
 
