@@ -126,7 +126,7 @@ func TestWaitJSON(t *testing.T) {
 		if c.opts != nil {
 			o := *c.opts
 			if o.Status == sandbox.Starting {
-				o.SupervisorPID = sandboxtest.Supervisor(t, runtime.SupervisorCommand)
+				o.Supervisor = runtime.SupervisorCommand
 			}
 			sandboxtest.Make(t, app.Dirs.State, c.name, o)
 		}

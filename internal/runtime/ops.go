@@ -260,13 +260,13 @@ func (r *Runtime) state(dir string) (*sandbox.State, error) {
 	if sandbox.ReadJSON(filepath.Join(dir, sandbox.SpecFile), &spec) == nil {
 		st.Labels, st.RootDir = spec.Labels, spec.RootDir
 	}
-	if !sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
+	if !supervisorAlive(st.SupervisorPID, dir) {
 		reconcileDead(dir, st)
 	}
 	if suspendedState(dir, st) {
 		return st, nil
 	}
-	if sandbox.Active(st.Status) && !sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
+	if sandbox.Active(st.Status) && !supervisorAlive(st.SupervisorPID, dir) {
 		st.Status = sandbox.Failed
 		st.Reason = fmt.Sprintf("supervisor (pid %d) died", st.SupervisorPID)
 		if sandbox.ProcessAlive(st.VMMPID, sandbox.VMMTag(st.ID)) {
@@ -319,27 +319,38 @@ func (r *Runtime) Down(ctx context.Context, nameOrID string) error {
 	if err != nil {
 		return err
 	}
+	// Not in the middle of a pause, resume or save: wait for it. The
+	// lock goes with the directory.
+	unlock, err := lockLifecycle(ctx, dir, nameOrID, "down")
+	if errors.Is(err, ErrNotFound) { // removed meanwhile, or a name left dangling
+		r.Layout.Release(nameOrID, id)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	st, _ := sandbox.ReadState(dir)
 	r.dropProcesses(id)
 	if wi := workloadOf(dir); wi != nil && len(wi.BeforeStop) > 0 && st != nil && st.Status == sandbox.Running {
 		r.runBeforeStop(ctx, id, wi)
 	}
-	if st != nil && sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
+	if st != nil && supervisorAlive(st.SupervisorPID, dir) {
 		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		_, err := sandbox.Control(cctx, dir, sandbox.Request{Op: "stop"})
 		cancel()
 		if err == nil {
-			waitGone(st.SupervisorPID, SupervisorCommand, 5*time.Second)
+			waitSupervisorGone(st.SupervisorPID, dir, 5*time.Second)
 		} else {
 			// No control socket: the supervisor may be tearing the
 			// sandbox down on its own (a transient one whose holder
 			// went away). Let it finish and audit the stop; a hung one
 			// is killed below.
-			waitGone(st.SupervisorPID, SupervisorCommand, 2*time.Second)
+			waitSupervisorGone(st.SupervisorPID, dir, 2*time.Second)
 		}
-		if sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
+		if supervisorAlive(st.SupervisorPID, dir) {
 			syscall.Kill(st.SupervisorPID, syscall.SIGKILL)
-			waitGone(st.SupervisorPID, SupervisorCommand, 5*time.Second)
+			waitSupervisorGone(st.SupervisorPID, dir, 5*time.Second)
 		}
 	}
 	if st != nil && sandbox.ProcessAlive(st.VMMPID, sandbox.VMMTag(id)) {

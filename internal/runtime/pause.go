@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
@@ -36,15 +35,20 @@ const pauseTimeout = 11 * time.Minute
 // Pause pauses a running sandbox: to disk (the VMM and supervisor exit),
 // or with InMemory only its vCPUs.
 func (r *Runtime) Pause(ctx context.Context, nameOrID string, o PauseOptions) (*sandbox.State, error) {
-	if o.InMemory {
-		if o.TTLPaused {
-			return nil, errdefs.Errorf(errdefs.KindInvalidArgument, "the TTL always runs while a sandbox is paused in memory: ttl-paused is for pause to disk")
-		}
-		return r.Control(ctx, nameOrID, "pause")
+	if o.InMemory && o.TTLPaused {
+		return nil, errdefs.Errorf(errdefs.KindInvalidArgument, "the TTL always runs while a sandbox is paused in memory: ttl-paused is for pause to disk")
 	}
 	id, dir, err := r.dir(nameOrID)
 	if err != nil {
 		return nil, err
+	}
+	unlock, err := lockLifecycle(ctx, dir, nameOrID, "pause")
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if o.InMemory {
+		return r.Control(ctx, nameOrID, "pause")
 	}
 	st, err := r.state(dir)
 	if err != nil {
@@ -81,8 +85,8 @@ func (r *Runtime) Pause(ctx context.Context, nameOrID string, o PauseOptions) (*
 	if err != nil {
 		// The supervisor may have died (SIGKILL) during the pause: what
 		// it left is the sandbox's state now, committed or not.
-		waitGone(st.SupervisorPID, SupervisorCommand, 5*time.Second)
-		if now, serr := r.state(dir); serr == nil && !sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
+		waitSupervisorGone(st.SupervisorPID, dir, 5*time.Second)
+		if now, serr := r.state(dir); serr == nil && !supervisorAlive(st.SupervisorPID, dir) {
 			if now.Suspended {
 				return now, nil // it died after the commit: paused
 			}
@@ -95,7 +99,7 @@ func (r *Runtime) Pause(ctx context.Context, nameOrID string, o PauseOptions) (*
 	}
 	// The supervisor exits once the state is written; wait for it so that
 	// the caller sees a sandbox that holds nothing.
-	waitGone(st.SupervisorPID, SupervisorCommand, 10*time.Second)
+	waitSupervisorGone(st.SupervisorPID, dir, 10*time.Second)
 	waitGone(st.VMMPID, sandbox.VMMTag(id), 5*time.Second)
 	return r.state(dir)
 }
@@ -130,15 +134,13 @@ func (r *Runtime) Resume(ctx context.Context, nameOrID string) (*sandbox.State, 
 	if err != nil {
 		return nil, err
 	}
-	// One resume at a time: a second waits, then finds it running.
-	lf, err := os.OpenFile(filepath.Join(dir, resumeLock), os.O_CREATE|os.O_RDWR, 0o600)
+	// One lifecycle operation at a time: a second resume waits, then
+	// finds it running (and continuing a running guest changes nothing).
+	unlock, err := lockLifecycle(ctx, dir, nameOrID, "resume")
 	if err != nil {
-		return nil, fmt.Errorf("resume %s: %w", nameOrID, err)
+		return nil, err
 	}
-	defer lf.Close() // releases the lock
-	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
-		return nil, fmt.Errorf("resume %s: %w", nameOrID, err)
-	}
+	defer unlock()
 	st, err := r.state(dir)
 	if err != nil {
 		return nil, err
@@ -201,7 +203,7 @@ func (r *Runtime) Resume(ctx context.Context, nameOrID string) (*sandbox.State, 
 	sandbox.WriteJSON(filepath.Join(dir, sandbox.SpecFile), spec)
 	if err != nil {
 		if raw, rerr := sandbox.ReadState(dir); rerr == nil { // it was killed: let it go
-			waitGone(raw.SupervisorPID, SupervisorCommand, 5*time.Second)
+			waitSupervisorGone(raw.SupervisorPID, dir, 5*time.Second)
 		}
 		now, _ := r.state(dir)
 		if now != nil && now.Suspended {
@@ -212,9 +214,6 @@ func (r *Runtime) Resume(ctx context.Context, nameOrID string) (*sandbox.State, 
 	ns.Attachments = readAttachments(dir)
 	return ns, nil
 }
-
-// resumeLock serialises resumes of one sandbox (in its directory).
-const resumeLock = "resume.lock"
 
 // resumeDisk puts a verified copy of the saved disk of sn at dst (the
 // sandbox's upper disk, until now a hard link of the saved one). The copy
@@ -255,7 +254,7 @@ func reconcileDead(dir string, st *sandbox.State) {
 // suspendedState corrects st for a sandbox paused to disk: no process
 // runs, and that is its normal state. It reports whether st was changed.
 func suspendedState(dir string, st *sandbox.State) bool {
-	if sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
+	if supervisorAlive(st.SupervisorPID, dir) {
 		return false // running, or resuming
 	}
 	sn := suspended(dir)

@@ -3,7 +3,6 @@ package runtime
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -13,23 +12,12 @@ import (
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
+	"github.com/mvm-sandbox/mvm/internal/sandbox/sandboxtest"
 )
 
-// fakeSupervisor is a process whose command line names the supervisor
-// command, so that the runtime takes it for a live supervisor.
-func fakeSupervisor(t *testing.T) int {
-	t.Helper()
-	cmd := exec.Command("sh", "-c", "sleep 60", SupervisorCommand)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	return cmd.Process.Pid
-}
-
 // fakeMember makes a sandbox directory that looks like a pool member in
-// status (its supervisor alive).
-func fakeMember(t *testing.T, r *Runtime, pool, status string, pid int) string {
+// status (with alive, a stand-in for its supervisor runs).
+func fakeMember(t *testing.T, r *Runtime, pool, status string, alive bool) string {
 	t.Helper()
 	id := sandbox.NewID()
 	dir := r.Layout.Dir(id)
@@ -40,6 +28,10 @@ func fakeMember(t *testing.T, r *Runtime, pool, status string, pid int) string {
 		t.Fatal(err)
 	}
 	sandbox.WriteJSON(filepath.Join(dir, poolMarker), poolMember{Pool: pool, Warm: true})
+	pid := 0
+	if alive {
+		pid = sandboxtest.Supervisor(t, SupervisorCommand, dir)
+	}
 	sandbox.WriteJSON(filepath.Join(dir, sandbox.StateFile), sandbox.State{ID: id, Name: "pool-" + id, Status: status, SupervisorPID: pid, Created: time.Now()})
 	return id
 }
@@ -48,10 +40,9 @@ func fakeMember(t *testing.T, r *Runtime, pool, status string, pid int) string {
 // exactly one of them.
 func TestPoolClaimIsAtomic(t *testing.T) {
 	r := testRuntime(t)
-	pid := fakeSupervisor(t)
 	var ids []string
 	for i := 0; i < 3; i++ {
-		ids = append(ids, fakeMember(t, r, "p1", sandbox.Running, pid))
+		ids = append(ids, fakeMember(t, r, "p1", sandbox.Running, true))
 	}
 	if m := r.poolMembers("p1"); len(m.ready) != 3 {
 		t.Fatalf("members %+v", m)
@@ -85,13 +76,12 @@ func TestPoolClaimIsAtomic(t *testing.T) {
 
 func TestPoolMembersAndListing(t *testing.T) {
 	r := testRuntime(t)
-	pid := fakeSupervisor(t)
-	ready := fakeMember(t, r, "p1", sandbox.Running, pid)
-	starting := fakeMember(t, r, "p1", sandbox.Starting, pid)
-	fakeMember(t, r, "p1", sandbox.Running, 0) // its supervisor is dead
-	cold := fakeMember(t, r, "p1", sandbox.Running, pid)
+	ready := fakeMember(t, r, "p1", sandbox.Running, true)
+	starting := fakeMember(t, r, "p1", sandbox.Starting, true)
+	fakeMember(t, r, "p1", sandbox.Running, false) // its supervisor is dead
+	cold := fakeMember(t, r, "p1", sandbox.Running, true)
 	sandbox.WriteJSON(filepath.Join(r.Layout.Dir(cold), poolMarker), poolMember{Pool: "p1"}) // not warmed yet
-	fakeMember(t, r, "p2", sandbox.Running, pid)
+	fakeMember(t, r, "p2", sandbox.Running, true)
 	m := r.poolMembers("p1")
 	if len(m.ready) != 1 || m.ready[0] != ready || len(m.starting) != 2 || m.starting[0] != starting || m.starting[1] != cold {
 		t.Fatalf("members %+v", m)

@@ -45,6 +45,11 @@ func (r *Runtime) SaveSnapshotIn(ctx context.Context, nameOrID string, store *sn
 	if err != nil {
 		return nil, err
 	}
+	unlock, err := lockLifecycle(ctx, dir, nameOrID, "snapshot")
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	st, err := r.state(dir)
 	if err != nil {
 		return nil, err
@@ -76,8 +81,8 @@ func (r *Runtime) SaveSnapshotIn(ctx context.Context, nameOrID string, store *sn
 		// The supervisor may have died (SIGKILL) during the save: its VM
 		// went with it. A committed snapshot is whole; an uncommitted one
 		// is removed now rather than at the next save.
-		waitGone(st.SupervisorPID, SupervisorCommand, 5*time.Second)
-		if !sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
+		waitSupervisorGone(st.SupervisorPID, dir, 5*time.Second)
+		if !supervisorAlive(st.SupervisorPID, dir) {
 			store.CleanStale()
 			if sn, gerr := store.Get(tag); gerr == nil {
 				return &sn.Meta, nil

@@ -42,8 +42,7 @@ func TestWaitSupervisorDied(t *testing.T) {
 // with the not-ready reason.
 func TestWaitNotReady(t *testing.T) {
 	r := testRuntime(t)
-	pid := sandboxtest.Supervisor(t, SupervisorCommand)
-	sandboxtest.Make(t, r.Layout.Root, "slow", sandboxtest.Options{Status: sandbox.Starting, SupervisorPID: pid})
+	sandboxtest.Make(t, r.Layout.Root, "slow", sandboxtest.Options{Status: sandbox.Starting, Supervisor: SupervisorCommand})
 	st, err := r.Wait(context.Background(), "slow", 250*time.Millisecond)
 	if !errdefs.IsTimeout(err) || errdefs.ReasonOf(err) != errdefs.ReasonNotReady || st.Status != sandbox.Starting {
 		t.Fatalf("got %v (%v/%q)", err, errdefs.KindOf(err), errdefs.ReasonOf(err))
@@ -53,8 +52,7 @@ func TestWaitNotReady(t *testing.T) {
 // Running but no agent answers (no socket): still not ready.
 func TestWaitRunningWithoutAgent(t *testing.T) {
 	r := testRuntime(t)
-	pid := sandboxtest.Supervisor(t, SupervisorCommand)
-	sandboxtest.Make(t, r.Layout.Root, "mute", sandboxtest.Options{Status: sandbox.Running, SupervisorPID: pid})
+	sandboxtest.Make(t, r.Layout.Root, "mute", sandboxtest.Options{Status: sandbox.Running, Supervisor: SupervisorCommand})
 	_, err := r.Wait(context.Background(), "mute", 250*time.Millisecond)
 	if !errdefs.IsTimeout(err) || errdefs.ReasonOf(err) != errdefs.ReasonNotReady {
 		t.Fatalf("got %v (%v/%q)", err, errdefs.KindOf(err), errdefs.ReasonOf(err))
@@ -63,8 +61,7 @@ func TestWaitRunningWithoutAgent(t *testing.T) {
 
 func TestWaitCanceled(t *testing.T) {
 	r := testRuntime(t)
-	pid := sandboxtest.Supervisor(t, SupervisorCommand)
-	sandboxtest.Make(t, r.Layout.Root, "slow", sandboxtest.Options{Status: sandbox.Starting, SupervisorPID: pid})
+	sandboxtest.Make(t, r.Layout.Root, "slow", sandboxtest.Options{Status: sandbox.Starting, Supervisor: SupervisorCommand})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	_, err := r.Wait(ctx, "slow", time.Hour)

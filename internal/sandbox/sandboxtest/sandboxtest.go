@@ -22,8 +22,12 @@ type Options struct {
 	// SupervisorPID is recorded in the state; an active status needs a
 	// live process whose command line names the supervisor (Supervisor).
 	SupervisorPID int
-	Network       string              // spec network mode; "" = none recorded
-	Ports         []netpolicy.Publish // written to ports.json when not nil
+	// Supervisor, when set, starts a stand-in supervisor whose command
+	// line is Supervisor (the runtime's supervisor command) and the
+	// sandbox's directory, as the runtime starts one, and records its pid.
+	Supervisor string
+	Network    string              // spec network mode; "" = none recorded
+	Ports      []netpolicy.Publish // written to ports.json when not nil
 }
 
 // Make writes a sandbox named name under the state directory root and
@@ -42,6 +46,9 @@ func Make(t testing.TB, root, name string, o Options) string {
 	status := o.Status
 	if status == "" {
 		status = sandbox.Stopped
+	}
+	if o.Supervisor != "" {
+		o.SupervisorPID = Supervisor(t, o.Supervisor, dir)
 	}
 	now := time.Now().UTC()
 	st := sandbox.State{ID: id, Name: name, Status: status, Reason: o.Reason, CPUs: 1, MemoryMiB: 256,
@@ -62,11 +69,12 @@ func Make(t testing.TB, root, name string, o Options) string {
 }
 
 // Supervisor starts a process whose command line carries tag (the
-// runtime's supervisor command), so that the runtime takes the sandbox for
-// alive; it is killed when the test ends. It returns the pid.
-func Supervisor(t testing.TB, tag string) int {
+// runtime's supervisor command) followed by args (the sandbox directory it
+// supervises, which the runtime checks), so that the runtime takes the
+// sandbox for alive; it is killed when the test ends. It returns the pid.
+func Supervisor(t testing.TB, tag string, args ...string) int {
 	t.Helper()
-	cmd := exec.Command("sh", "-c", "sleep 600; :", tag)
+	cmd := exec.Command("sh", append([]string{"-c", "sleep 600; :", tag}, args...)...)
 	// Its own process group, killed whole: killing only sh orphaned the
 	// sleep, which kept every descriptor the test inherited open for ten
 	// minutes (among them the team's merge lock).
