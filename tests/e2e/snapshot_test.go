@@ -1,9 +1,12 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -444,5 +447,248 @@ func TestPauseTTLRuns(t *testing.T) {
 		t.Fatalf("resume after the TTL: %s", r)
 	}
 	e.must("down", "tp")
+	e.assertClean()
+}
+
+// startAll starts mvmctl with each of cmds at once and waits for all.
+func (e *env) startAll(cmds ...[]string) []result {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	type running struct {
+		cmd    *exec.Cmd
+		so, se *bytes.Buffer
+	}
+	var rs []running
+	for _, args := range cmds {
+		c := e.command(ctx, args...)
+		r := running{cmd: c, so: &bytes.Buffer{}, se: &bytes.Buffer{}}
+		c.Stdout, c.Stderr = r.so, r.se
+		if err := c.Start(); err != nil {
+			e.t.Fatal(err)
+		}
+		rs = append(rs, r)
+	}
+	var out []result
+	for i, r := range rs {
+		out = append(out, e.finish(r.cmd.Wait(), cmds[i], r.so, r.se))
+	}
+	return out
+}
+
+// vmms lists the live VMMs of sandbox id (by the name QEMU runs under).
+func vmms(id string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		stat, _ := os.ReadFile(filepath.Join("/proc", ent.Name(), "stat"))
+		if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
+			continue
+		}
+		if bytes.Contains(cmdline, []byte("mvm-"+id)) && !bytes.Contains(cmdline, []byte("__supervise")) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// startCounter starts a process in the guest that counts in /tmp/count,
+// and waits until it has counted.
+func (e *env) startCounter(name string) {
+	e.t.Helper()
+	e.must("proc", "start", name, "--", "sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done")
+	waitFor(e.t, "the guest to count", time.Minute, func() bool {
+		r := e.run("exec", name, "--", "cat", "/tmp/count")
+		n, _ := strconv.Atoi(strings.TrimSpace(r.stdout))
+		return n >= 3
+	})
+}
+
+// countsOn checks that the guest's counter went on from where it was
+// (before: read just before a pause; a guest booted anew has no counter,
+// one restarted counts from 0) and keeps counting.
+func (e *env) countsOn(name string, before int) {
+	e.t.Helper()
+	after := e.guestInt(name, "/tmp/count")
+	if after < before {
+		e.t.Fatalf("the count was %d before the pause and %d after the resume: not continued", before, after)
+	}
+	waitFor(e.t, "the guest to count on", time.Minute, func() bool { return e.guestInt(name, "/tmp/count") > after })
+}
+
+// busyOrOK accepts a lifecycle command that ran, or that found the
+// sandbox busy with another one (exit 1, kind busy) and said to retry.
+func busyOrOK(t *testing.T, r result) bool {
+	t.Helper()
+	if r.code == 0 {
+		return true
+	}
+	if r.code != 1 || !strings.Contains(r.stderr, "is busy") || !strings.Contains(r.stderr, "retry") {
+		t.Fatalf("a lifecycle command racing another: %s", r)
+	}
+	return false
+}
+
+// TestPauseResumeConcurrent: lifecycle commands on one sandbox issued at
+// the same moment are serialised (runtime's lifecycle lock): two resumes
+// of a sandbox paused to disk give one resumed VM (the second finds it
+// running), never two VMMs or a failed sandbox; a pause and a resume, and
+// a pause and a snapshot save, at once leave it paused or running, whole,
+// with one VMM at most, and its guest counting on from where it was; a
+// resume and a down at once leave nothing behind.
+func TestPauseResumeConcurrent(t *testing.T) {
+	e := newEnv(t)
+	e.upSmall("cc")
+	id := e.row("cc")["id"].(string)
+	e.startCounter("cc")
+	oneVMM := func(what string) {
+		t.Helper()
+		row := e.row("cc")
+		if v := vmms(id); row["state"] != "running" || len(v) != 1 {
+			t.Fatalf("%s: %v with VMMs %v", what, row, v)
+		}
+	}
+
+	before := e.guestInt("cc", "/tmp/count")
+	e.must("pause", "cc")
+	ok := 0
+	for _, r := range e.startAll([]string{"resume", "cc"}, []string{"resume", "cc"}) {
+		if busyOrOK(t, r) {
+			ok++
+		}
+	}
+	if ok == 0 {
+		t.Fatal("neither of two resumes resumed the sandbox")
+	}
+	oneVMM("two resumes at once")
+	e.countsOn("cc", before)
+
+	before = e.guestInt("cc", "/tmp/count")
+	e.startAll([]string{"pause", "cc"}, []string{"resume", "cc"})
+	if row := e.row("cc"); row["state"] == "paused" {
+		if row["paused_to"] != "disk" || len(vmms(id)) != 0 {
+			t.Fatalf("pause and resume at once: %v with VMMs %v", row, vmms(id))
+		}
+		e.must("resume", "cc")
+	}
+	oneVMM("pause and resume at once")
+	e.countsOn("cc", before)
+
+	before = e.guestInt("cc", "/tmp/count")
+	rs := e.startAll([]string{"pause", "cc"}, []string{"snapshot", "save", "cc", "s1"})
+	busyOrOK(t, rs[0])
+	if rs[1].code != 0 && rs[1].code != 125 && !busyOrOK(t, rs[1]) { // 125: it was paused first
+		t.Fatalf("snapshot save during a pause: %s", rs[1])
+	}
+	if row := e.row("cc"); row["state"] != "paused" || row["paused_to"] != "disk" || len(vmms(id)) != 0 {
+		t.Fatalf("pause and snapshot save at once: %v with VMMs %v", row, vmms(id))
+	}
+	e.must("resume", "cc")
+	oneVMM("resumed after a pause raced by a snapshot save")
+	e.countsOn("cc", before)
+
+	// resume and down at once: removed either way, nothing left running
+	// (a down that removed the directory under a resume's restore left
+	// its VMM running)
+	e.must("pause", "cc")
+	rs = e.startAll([]string{"resume", "cc"}, []string{"down", "cc"})
+	if rs[0].code != 0 && rs[0].code != 3 { // 3: removed before it could resume
+		t.Fatalf("resume racing down: %s", rs[0])
+	}
+	if rs[1].code != 0 {
+		t.Fatalf("down racing resume: %s", rs[1])
+	}
+	waitFor(t, "the sandbox's processes to exit", time.Minute, func() bool { return len(e.processes()) == 0 })
+	e.assertClean()
+}
+
+// rebootHost makes the host look rebooted under the paused-to-disk
+// sandbox in dir: nothing of mvm runs, the sockets its processes served
+// are left behind, and the pids its state records belong to unrelated
+// live processes. The supervisor pid is a process whose command line is
+// another sandbox's supervisor's (the pid reused by one started after the
+// reboot), the VMM pid a plain one. It returns those pids.
+func (e *env) rebootHost(dir string) []int {
+	e.t.Helper()
+	if p := e.processes(); len(p) != 0 {
+		e.t.Fatalf("processes of a sandbox paused to disk: %v", p)
+	}
+	for _, s := range []string{"ctl.sock", "agent.sock", "qmp.sock", "channel.sock"} {
+		os.Remove(filepath.Join(dir, s))
+		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, s), Net: "unix"})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		l.SetUnlinkOnClose(false) // left behind, as by a process that died
+		l.Close()
+	}
+	var pids []int
+	for _, argv := range [][]string{
+		{"sh", "-c", "sleep 600; :", "__supervise", filepath.Join(e.t.TempDir(), "sb", "0123456789ab")},
+		{"sh", "-c", "sleep 600; :"},
+	} {
+		c := exec.Command(argv[0], argv[1:]...)
+		c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := c.Start(); err != nil {
+			e.t.Fatal(err)
+		}
+		e.t.Cleanup(func() { syscall.Kill(-c.Process.Pid, syscall.SIGKILL); c.Wait() })
+		pids = append(pids, c.Process.Pid)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var st map[string]any
+	if err := json.Unmarshal(b, &st); err != nil {
+		e.t.Fatal(err)
+	}
+	st["supervisor_pid"], st["vmm_pid"] = pids[0], pids[1]
+	b, _ = json.Marshal(st)
+	if err := os.WriteFile(filepath.Join(dir, "state.json"), b, 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	return pids
+}
+
+// TestPausedSurvivesHostReboot: a sandbox paused to disk outlives a host
+// reboot (simulated: rebootHost). `ls` shows it paused, resume continues
+// it (its guest counts on from where it was), and down of one paused
+// again and "rebooted" again removes it without touching the processes
+// that now have its recorded pids.
+func TestPausedSurvivesHostReboot(t *testing.T) {
+	e := newEnv(t)
+	e.upSmall("rb")
+	dir := filepath.Join(e.state, "sb", e.row("rb")["id"].(string))
+	e.startCounter("rb")
+	before := e.guestInt("rb", "/tmp/count")
+	e.must("pause", "rb")
+	e.rebootHost(dir)
+	if row := e.row("rb"); row["state"] != "paused" || row["paused_to"] != "disk" {
+		t.Fatalf("ls after a reboot: %v", row)
+	}
+	e.must("resume", "rb")
+	if row := e.row("rb"); row["state"] != "running" {
+		t.Fatalf("ls after resuming past a reboot: %v", row)
+	}
+	e.countsOn("rb", before)
+
+	e.must("pause", "rb")
+	pids := e.rebootHost(dir)
+	if row := e.row("rb"); row["state"] != "paused" || row["paused_to"] != "disk" {
+		t.Fatalf("ls after a second reboot: %v", row)
+	}
+	e.must("down", "rb")
+	for _, pid := range pids {
+		stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+		if i := bytes.LastIndexByte(stat, ')'); err != nil || i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z' {
+			t.Errorf("down of a sandbox paused to disk killed pid %d, which the reboot gave to an unrelated process", pid)
+		}
+	}
 	e.assertClean()
 }
