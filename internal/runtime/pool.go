@@ -292,7 +292,7 @@ func (r *Runtime) poolMembers(id string) members {
 			all = append(all, member{id: sid})
 			continue
 		}
-		if !sandbox.Active(st.Status) || !sandbox.ProcessAlive(st.SupervisorPID, SupervisorCommand) {
+		if !sandbox.Active(st.Status) || !supervisorAlive(st.SupervisorPID, dir) {
 			continue // failed or dead: not a member anyone can use
 		}
 		all = append(all, member{id: sid, created: st.Created, ready: st.Status == sandbox.Running && pm.Warm})

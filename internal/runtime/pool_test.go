@@ -79,6 +79,12 @@ func TestPoolMembersAndListing(t *testing.T) {
 	ready := fakeMember(t, r, "p1", sandbox.Running, true)
 	starting := fakeMember(t, r, "p1", sandbox.Starting, true)
 	fakeMember(t, r, "p1", sandbox.Running, false) // its supervisor is dead
+	// Its supervisor died with the host; its pid went to another
+	// sandbox's supervisor after the reboot: not a member either.
+	reused := fakeMember(t, r, "p1", sandbox.Running, false)
+	st, _ := sandbox.ReadState(r.Layout.Dir(reused))
+	st.SupervisorPID = sandboxtest.Supervisor(t, SupervisorCommand, r.Layout.Dir(sandbox.NewID()))
+	sandbox.WriteJSON(filepath.Join(r.Layout.Dir(reused), sandbox.StateFile), st)
 	cold := fakeMember(t, r, "p1", sandbox.Running, true)
 	sandbox.WriteJSON(filepath.Join(r.Layout.Dir(cold), poolMarker), poolMember{Pool: "p1"}) // not warmed yet
 	fakeMember(t, r, "p2", sandbox.Running, true)
@@ -105,7 +111,7 @@ func TestPoolMembersAndListing(t *testing.T) {
 			pooled++
 		}
 	}
-	if pooled != 4 { // the dead one is failed, not pooled
+	if pooled != 4 { // the dead ones are failed, not pooled
 		t.Fatalf("%d pooled with -a, want 4", pooled)
 	}
 	if _, _, err := r.Connect(context.Background(), ready); err == nil {
