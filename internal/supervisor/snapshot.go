@@ -135,6 +135,10 @@ func (s *supervisor) beginSave(what string, store *snapshot.Store, tag string) (
 		return nil, err
 	}
 	s.opMu.Lock()
+	if s.suspending {
+		s.opMu.Unlock()
+		return nil, fmt.Errorf("%s: %w", what, errSuspending)
+	}
 	op := &saveOp{s: s, sv: sv}
 	if op.match, err = s.match(); err == nil {
 		op.p, err = store.Begin(tag)
@@ -237,9 +241,14 @@ func (s *supervisor) suspend() (*snapshot.Meta, error) {
 		resumeGuest()
 		return nil, fmt.Errorf("pause to disk: %w", err)
 	}
+	s.suspending = true // under the save lock, until the supervisor exits
 	killPoint("pause.committed")
 	return out, nil
 }
+
+// errSuspending refuses what reaches a supervisor whose sandbox has been
+// paused to disk and whose VM is ending.
+var errSuspending = errors.New("the sandbox is being paused to disk (its VM is ending); once it is paused, `mvmctl resume` continues it")
 
 // restore loads the saved state the VMM was started with and continues
 // the guest. The saved state is not touched: a resume from disk gave the

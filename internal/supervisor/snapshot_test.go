@@ -1,11 +1,15 @@
 package supervisor
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/mvm-sandbox/mvm/internal/backend"
@@ -84,5 +88,76 @@ func TestSaveFailuresLeaveNothing(t *testing.T) {
 	}
 	if _, err := (&snapshot.Store{Dir: store}).Get("t"); !errors.Is(err, snapshot.ErrNotFound) {
 		t.Fatalf("a failed save is listed: %v", err)
+	}
+}
+
+// blockingSaver is a machine whose first state save waits for release.
+type blockingSaver struct {
+	*fakeVM
+	first   *sync.Once
+	saving  chan struct{}
+	release chan struct{}
+}
+
+func (v blockingSaver) SaveState(_ context.Context, path string) (int64, error) {
+	v.record("save")
+	v.first.Do(func() {
+		close(v.saving)
+		<-v.release
+	})
+	return 5, os.WriteFile(path, []byte("state"), 0o600)
+}
+func (v blockingSaver) CompleteIncoming(context.Context) error { return nil }
+
+// control sends one request to s.handleControl and returns the answer.
+func control(s *supervisor, req sandbox.Request) <-chan sandbox.Response {
+	out := make(chan sandbox.Response, 1)
+	host, sup := net.Pipe()
+	go s.handleControl(sup)
+	go func() {
+		defer host.Close()
+		b, _ := json.Marshal(req)
+		host.Write(append(b, '\n'))
+		var resp sandbox.Response
+		line, _ := bufio.NewReader(host).ReadBytes('\n')
+		json.Unmarshal(line, &resp)
+		out <- resp
+	}()
+	return out
+}
+
+// TestNothingContinuesAPauseToDisk: a continue, a stop of the vCPUs, a snapshot and a
+// second pause to disk that reach the supervisor while it pauses to disk
+// (their caller's lifecycle lock gone with a killed CLI) wait for the save
+// and are then refused: the guest never runs on after its memory was
+// saved, and nothing saves the ending VM again. (Before, the continue was
+// carried out in the middle of the save.)
+func TestNothingContinuesAPauseToDisk(t *testing.T) {
+	dir := t.TempDir()
+	vm := &fakeVM{dir: dir, done: make(chan struct{})}
+	bs := blockingSaver{fakeVM: vm, first: &sync.Once{}, saving: make(chan struct{}), release: make(chan struct{})}
+	s := &supervisor{dir: dir, vm: bs, signer: evidence.GenerateSigner("host:test"), events: func(string, *sandbox.State, map[string]any) {}}
+	s.state.Status = sandbox.Running
+	paused := make(chan error, 1)
+	go func() { _, err := s.suspend(); paused <- err }()
+	<-bs.saving
+	var answers []<-chan sandbox.Response
+	for _, op := range []string{"resume", "pause"} {
+		answers = append(answers, control(s, sandbox.Request{Op: op}))
+	}
+	answers = append(answers,
+		control(s, sandbox.Request{Op: "snapshot", Snapshot: &sandbox.SnapshotRequest{StoreDir: t.TempDir(), Tag: "t"}}),
+		control(s, sandbox.Request{Op: "suspend"}))
+	close(bs.release)
+	if err := <-paused; err != nil {
+		t.Fatalf("pause to disk: %v", err)
+	}
+	for i, a := range answers {
+		if resp := <-a; resp.OK || !strings.Contains(resp.Error, "being paused to disk") {
+			t.Errorf("request %d during a pause to disk: %+v", i, resp)
+		}
+	}
+	if calls := strings.Join(vm.called(), ","); calls != "pause,save" {
+		t.Fatalf("machine calls %s: want the pause's own stop and save only", calls)
 	}
 }

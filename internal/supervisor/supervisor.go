@@ -81,10 +81,13 @@ type supervisor struct {
 	refill     *sandbox.Refill
 	refillOnce sync.Once
 
-	signer    *evidence.Signer // signs snapshots; nil refuses them
-	opMu      sync.Mutex       // one save at a time
-	vmSpec    backend.Spec     // the machine as started
-	bootStart time.Time
+	signer *evidence.Signer // signs snapshots; nil refuses them
+	opMu   sync.Mutex       // one save, or in-memory pause or resume, at a time
+	// suspending (under opMu) is set once a pause to disk has committed:
+	// the VM is about to end, and nothing may continue or save it again.
+	suspending bool
+	vmSpec     backend.Spec // the machine as started
+	bootStart  time.Time
 }
 
 func (s *supervisor) logf(format string, args ...any) { log.Printf(format, args...) }
@@ -549,12 +552,20 @@ func (s *supervisor) handleControl(c net.Conn) {
 		}
 		reply(sandbox.Response{OK: true})
 	case "pause", "resume":
+		// Not in the middle of a save: a continue during a pause to disk
+		// would run the guest on after its memory was saved (the runtime's
+		// lifecycle lock keeps its callers apart; this covers a caller
+		// that was killed and let go of it while the save went on).
+		s.opMu.Lock()
 		var err error
-		if req.Op == "pause" {
+		if s.suspending {
+			err = errSuspending
+		} else if req.Op == "pause" {
 			err = s.vm.Pause(ctx)
 		} else {
 			err = s.vm.Resume(ctx)
 		}
+		s.opMu.Unlock()
 		if err != nil {
 			reply(sandbox.Response{Error: err.Error()})
 			return
