@@ -104,10 +104,13 @@ def test_manifest_requests_need_consent(tmp_path: Path, monkeypatch: pytest.Monk
 def test_refresh_is_refused_off_a_build_directory() -> None:
     """refresh=True reaches `mvmctl up --refresh`, which applies only to a
     build directory: on a template name it is refused before anything is
-    created."""
+    created. The CLI's refusal (kind invalid_argument, exit 2) is an
+    InvalidArgument, as the SDK's own checks raise, and still a CLIError."""
     requires_cli()
     name = "sdk-refresh-refused"
-    with pytest.raises(mvm.CLIError) as ei:
+    with pytest.raises(mvm.InvalidArgument) as ei:
         mvm.Sandbox.create("minimal", name=name, ttl="5m", refresh=True)
+    assert isinstance(ei.value, mvm.CLIInvalidArgument) and isinstance(ei.value, mvm.CLIError), ei.value
     assert ei.value.exit_code == 2 and "image pull" in ei.value.message, ei.value
+    assert ei.value.argv is not None and "--refresh" in ei.value.argv and "image pull" in ei.value.stderr
     assert name not in [s.name for s in mvm.Sandbox.list(all=True)]

@@ -123,6 +123,7 @@ def calls(tmp_path: Path) -> List[str]:
         (126, "refused: sealed image", mvm.PolicyDenied),
         (7, "fs rm /a: directory not empty", mvm.CLIError),
         (2, "unknown flag: --json (see `mvmctl fs stat --help`)", mvm.Unsupported),
+        (2, "accepts 1 arg(s), received 2 (see `mvmctl fs stat --help`)", mvm.CLIInvalidArgument),
         (1, "something else", mvm.CLIError),
     ],
 )
@@ -156,6 +157,7 @@ def test_exit_codes_map_to_typed_errors(
         (3, "not_found", "snapshot", mvm.SnapshotNotFound),
         (126, "refused", "integrity", mvm.SnapshotError),
         (1, "failed_precondition", "snapshot", mvm.SnapshotError),
+        (2, "invalid_argument", "", mvm.CLIInvalidArgument),
     ],
 )
 def test_json_error_kinds_map_to_typed_errors(
@@ -172,6 +174,47 @@ def test_json_error_kinds_map_to_typed_errors(
         fake_sandbox().files.stat("/x")
     assert type(info.value) is err
     assert info.value.exit_code == code and info.value.message == "the message"
+
+
+def test_cli_invalid_argument_is_invalid_argument(fake_cli: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI refusing an argument (kind invalid_argument, exit 2) raises the
+    same InvalidArgument as the SDK's own host-side checks, still catchable
+    as a CLIError and carrying the CLI's message, exit code, argv and stderr."""
+    message = '--memory "-5": invalid size "-5": want a number of MiB or a size like 512M or 1G'
+    monkeypatch.setenv("FAKE_CODE", "2")
+    monkeypatch.setenv("FAKE_STDERR", message)
+    monkeypatch.setenv("FAKE_STDOUT", json.dumps({"schema_version": 1, "error": {
+        "kind": "invalid_argument", "message": message, "exit_code": 2}}))
+    with pytest.raises(mvm.InvalidArgument) as info:
+        fake_sandbox().files.stat("/x")
+    err = info.value
+    assert isinstance(err, mvm.CLIError) and isinstance(err, ValueError) and isinstance(err, mvm.CLIInvalidArgument)
+    assert not isinstance(err, (mvm.SandboxNotFound, mvm.PolicyDenied, mvm.TransportError))
+    assert err.message == message and err.exit_code == 2
+    assert err.argv is not None and err.argv[1:3] == ["fs", "stat"] and "--json" in err.argv
+    assert err.stderr.strip() == "mvmctl: " + message
+    # The SDK's own refusal is an InvalidArgument too, but not a CLIError:
+    # nothing ran.
+    with pytest.raises(mvm.InvalidArgument) as host:
+        fake_sandbox().files.stat("relative")
+    assert not isinstance(host.value, mvm.CLIError) and host.value.exit_code is None
+
+
+@pytest.mark.parametrize("stdout", [True, False])
+def test_cli_unknown_flag_stays_unsupported(
+    fake_cli: Path, monkeypatch: pytest.MonkeyPatch, stdout: bool
+) -> None:
+    """An older mvmctl without a flag reports it as invalid_argument (exit 2):
+    that is Unsupported, with or without the --json error object."""
+    message = "unknown flag: --json (see `mvmctl fs stat --help`)"
+    monkeypatch.setenv("FAKE_CODE", "2")
+    monkeypatch.setenv("FAKE_STDERR", message)
+    if stdout:
+        monkeypatch.setenv("FAKE_STDOUT", json.dumps({"schema_version": 1, "error": {
+            "kind": "invalid_argument", "message": message, "exit_code": 2}}))
+    with pytest.raises(mvm.Unsupported) as info:
+        fake_sandbox().files.stat("/x")
+    assert not isinstance(info.value, mvm.InvalidArgument) and info.value.exit_code == 2
 
 
 def test_exec_missing_sandbox_is_not_a_command_result(fake_cli: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ import { accessSync, constants, statSync } from "node:fs";
 import * as path from "node:path";
 import {
   CLIError,
+  CLIInvalidArgument,
   CommandTimeout,
   FileNotFound,
   MvmError,
@@ -118,6 +119,8 @@ function errorOfKind(kind: string, reason: string): ErrorClass | null {
       return reason === "unsafe" ? CLIError : PolicyDenied;
     case "permission_denied":
       return reason === "command" ? PolicyDenied : null;
+    case "invalid_argument":
+      return CLIInvalidArgument;
     case "transport":
     case "guest":
     case "unavailable":
@@ -136,8 +139,10 @@ export function errorFor(argv: string[], code: number, stderr: string, what = ""
   let msg = cliMessage(stderr) || (what ? `${what}: mvmctl exited with code ${code}` : `mvmctl exited with code ${code}`);
   const opts: MvmErrorOptions = { exitCode: code, argv, stderr };
   const failure = jsonError(stdout);
+  if (failure) msg = failure.message || msg;
+  // An older mvmctl without this command or flag (kind invalid_argument).
+  if (code === EXIT_USAGE && UNSUPPORTED.test(msg)) return new Unsupported(msg, opts);
   if (failure) {
-    msg = failure.message || msg;
     const typed = errorOfKind(failure.kind, failure.reason);
     if (typed) return new typed(msg, opts);
   }
@@ -154,6 +159,7 @@ export function errorFor(argv: string[], code: number, stderr: string, what = ""
       return new PolicyDenied(msg, opts);
   }
   if (UNSUPPORTED.test(msg)) return new Unsupported(msg, opts);
+  if (code === EXIT_USAGE) return new CLIInvalidArgument(msg, opts);
   return new CLIError(msg, opts);
 }
 

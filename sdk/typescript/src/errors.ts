@@ -24,8 +24,17 @@ export class MvmError extends Error {
   }
 }
 
-/** mvmctl failed; `message` and `exitCode` are the CLI's. */
-export class CLIError extends MvmError {}
+/**
+ * mvmctl failed; `message` and `exitCode` are the CLI's. A CLIInvalidArgument
+ * (an InvalidArgument the CLI raised) is a CLIError too: `instanceof
+ * CLIError` says so, as Python's multiple inheritance does.
+ */
+export class CLIError extends MvmError {
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    if (Function.prototype[Symbol.hasInstance].call(this, value)) return true;
+    return this === CLIError && value instanceof CLIInvalidArgument;
+  }
+}
 
 /** No sandbox of that name exists (CLI exit 3). */
 export class SandboxNotFound extends CLIError {}
@@ -67,8 +76,18 @@ export class FileNotFound extends CLIError {
   readonly code = "ENOENT";
 }
 
-/** An argument was rejected on the host before anything was sent. */
+/**
+ * An argument was rejected: on the host before anything was sent, or by
+ * mvmctl itself (CLIInvalidArgument).
+ */
 export class InvalidArgument extends MvmError {}
+
+/**
+ * mvmctl refused an argument (error kind `invalid_argument`, exit 2): an
+ * InvalidArgument that is also `instanceof CLIError`, with the CLI's
+ * message, exitCode, argv and stderr.
+ */
+export class CLIInvalidArgument extends InvalidArgument {}
 
 /** The installed mvmctl lacks the command or flag, or record mode cannot do it. */
 export class Unsupported extends MvmError {}

@@ -27,6 +27,7 @@ export {
   TransportError,
   FileNotFound,
   InvalidArgument,
+  CLIInvalidArgument,
   Unsupported,
   ModeError,
 } from "./errors.js";

@@ -9,7 +9,7 @@ import { spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { describe, test } from "node:test";
-import { CLIError, InvalidArgument, PolicyDenied, Sandbox, type CreateOptions } from "../src/index.js";
+import { CLIError, CLIInvalidArgument, InvalidArgument, PolicyDenied, Sandbox, type CreateOptions } from "../src/index.js";
 import { sandboxNames, setupEnv, tmpDir } from "./helpers.js";
 
 const haveCli = setupEnv();
@@ -74,9 +74,12 @@ describe("manifest requests", { skip: haveCli ? false : "no mvmctl: set MVM_CLI_
   test("refresh reaches up --refresh, which a template name refuses before anything is created", async () => {
     const name = "sdk-ts-refresh-refused";
     await assert.rejects(Sandbox.create("minimal", { name, ttl: "5m", refresh: true }), (e: unknown) => {
-      assert.ok(e instanceof CLIError, String(e));
+      // The CLI's refusal (kind invalid_argument, exit 2) is the SDK's
+      // InvalidArgument, and still a CLIError.
+      assert.ok(e instanceof CLIInvalidArgument && e instanceof InvalidArgument && e instanceof CLIError, String(e));
       assert.equal(e.exitCode, 2);
       assert.ok(e.message.includes("image pull"), e.message);
+      assert.ok(e.argv?.includes("--refresh") && e.stderr.includes("image pull"), String(e.argv));
       return true;
     });
     assert.ok(!sandboxNames().includes(name));

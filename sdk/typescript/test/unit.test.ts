@@ -100,6 +100,7 @@ describe("stand-in CLI", () => {
     [126, "refused: sealed image", sdk.PolicyDenied],
     [7, "fs rm /a: directory not empty", sdk.CLIError],
     [2, "unknown flag: --json (see `mvmctl fs stat --help`)", sdk.Unsupported],
+    [2, "accepts 1 arg(s), received 2 (see `mvmctl fs stat --help`)", sdk.CLIInvalidArgument],
     [1, "something else", sdk.CLIError],
   ];
   for (const [code, message, cls] of cases) {
@@ -130,6 +131,7 @@ describe("stand-in CLI", () => {
     [3, "not_found", "snapshot", sdk.SnapshotNotFound],
     [126, "refused", "integrity", sdk.SnapshotError],
     [1, "failed_precondition", "snapshot", sdk.SnapshotError],
+    [2, "invalid_argument", "", sdk.CLIInvalidArgument],
   ];
   for (const [code, kind, reason, cls] of kindCases) {
     test(`--json error kind ${kind}/${reason || "-"} maps to ${cls.name}`, async () => {
@@ -145,6 +147,51 @@ describe("stand-in CLI", () => {
         assert.equal((e as object).constructor, cls);
         assert.equal((e as sdk.MvmError).exitCode, code);
         assert.equal((e as sdk.MvmError).message, "the message");
+        return true;
+      });
+    });
+  }
+
+  test("the CLI refusing an argument is an InvalidArgument, still a CLIError", async () => {
+    const message = '--memory "-5": invalid size "-5": want a number of MiB or a size like 512M or 1G';
+    Object.assign(process.env, {
+      FAKE_CODE: "2",
+      FAKE_STDERR: message,
+      FAKE_STDOUT: JSON.stringify({ schema_version: 1, error: { kind: "invalid_argument", message, exit_code: 2 } }),
+    });
+    await assert.rejects(fakeSandbox().files.stat("/x"), (e: unknown) => {
+      assert.ok(e instanceof sdk.InvalidArgument && e instanceof sdk.CLIInvalidArgument, String(e));
+      assert.ok(e instanceof sdk.CLIError && e instanceof sdk.MvmError, String(e));
+      assert.ok(!(e instanceof sdk.SandboxNotFound) && !(e instanceof sdk.PolicyDenied) && !(e instanceof sdk.TransportError));
+      assert.equal(e.message, message);
+      assert.equal(e.exitCode, 2);
+      assert.deepEqual(e.argv?.slice(1, 3), ["fs", "stat"]);
+      assert.ok(e.argv?.includes("--json"));
+      assert.equal(e.stderr.trim(), `mvmctl: ${message}`);
+      return true;
+    });
+    // The SDK's own refusal is an InvalidArgument too, but not a CLIError: nothing ran.
+    await assert.rejects(fakeSandbox().files.stat("relative"), (e: unknown) => {
+      assert.ok(e instanceof sdk.InvalidArgument && !(e instanceof sdk.CLIError), String(e));
+      assert.equal((e as sdk.MvmError).exitCode, null);
+      return true;
+    });
+    assert.ok(!(new sdk.CLIError("x") instanceof sdk.InvalidArgument));
+  });
+
+  for (const withJSON of [true, false]) {
+    test(`an unknown flag (invalid_argument, exit 2) stays Unsupported (${withJSON ? "with" : "without"} --json error)`, async () => {
+      const message = "unknown flag: --json (see `mvmctl fs stat --help`)";
+      Object.assign(process.env, {
+        FAKE_CODE: "2",
+        FAKE_STDERR: message,
+        FAKE_STDOUT: withJSON
+          ? JSON.stringify({ schema_version: 1, error: { kind: "invalid_argument", message, exit_code: 2 } })
+          : "",
+      });
+      await assert.rejects(fakeSandbox().files.stat("/x"), (e: unknown) => {
+        assert.ok(e instanceof sdk.Unsupported && !(e instanceof sdk.InvalidArgument), String(e));
+        assert.equal(e.exitCode, 2);
         return true;
       });
     });

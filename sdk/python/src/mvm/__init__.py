@@ -19,6 +19,7 @@ from ._commands import (
 )
 from ._errors import (
     CLIError,
+    CLIInvalidArgument,
     CommandTimeout,
     FileNotFound,
     InvalidArgument,
@@ -80,6 +81,7 @@ __all__ = [
     "TransportError",
     "FileNotFound",
     "InvalidArgument",
+    "CLIInvalidArgument",
     "Unsupported",
     "ModeError",
     "app",

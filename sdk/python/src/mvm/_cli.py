@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ._errors import (
     CLIError,
+    CLIInvalidArgument,
     CommandTimeout,
     FileNotFound,
     MvmError,
@@ -120,6 +121,8 @@ def _error_of_kind(kind: str, reason: str) -> Optional[type]:
         return CLIError if reason == "unsafe" else PolicyDenied
     if kind == "permission_denied" and reason == "command":
         return PolicyDenied
+    if kind == "invalid_argument":
+        return CLIInvalidArgument
     if kind in ("transport", "guest", "unavailable") or (
         kind == "failed_precondition" and reason == "not_running"
     ):
@@ -139,6 +142,10 @@ def error_for(
     failure = json_error(stdout) if stdout else None
     if failure is not None:
         msg = failure["message"] or msg
+    if code == EXIT_USAGE and _UNSUPPORTED.search(msg):
+        # An older mvmctl without this command or flag (kind invalid_argument).
+        return Unsupported(msg, **kw)
+    if failure is not None:
         typed = _error_of_kind(failure["kind"], failure["reason"])
         if typed is not None:
             err: MvmError = typed(msg, **kw)
@@ -155,6 +162,8 @@ def error_for(
         return PolicyDenied(msg, **kw)
     if _UNSUPPORTED.search(msg):
         return Unsupported(msg, **kw)
+    if code == EXIT_USAGE:
+        return CLIInvalidArgument(msg, **kw)
     return CLIError(msg, **kw)
 
 

@@ -91,8 +91,15 @@ class FileNotFound(CLIError, FileNotFoundError):
 
 
 class InvalidArgument(MvmError, ValueError):
-    """An argument was rejected on the host before anything was sent
-    (bad guest path, env name, argv, ttl, ...)."""
+    """An argument was rejected: on the host before anything was sent (bad
+    guest path, env name, argv, ttl, ...), or by ``mvmctl`` itself
+    (:class:`CLIInvalidArgument`)."""
+
+
+class CLIInvalidArgument(InvalidArgument, CLIError):
+    """``mvmctl`` refused an argument (error kind ``invalid_argument``, exit
+    2): an :class:`InvalidArgument` that is also a :class:`CLIError`, with
+    the CLI's message, exit code, argv and stderr."""
 
 
 class Unsupported(MvmError):
@@ -115,6 +122,7 @@ __all__ = [
     "TransportError",
     "FileNotFound",
     "InvalidArgument",
+    "CLIInvalidArgument",
     "Unsupported",
     "ModeError",
 ]
