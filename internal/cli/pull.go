@@ -116,6 +116,7 @@ func ociRun(ctx context.Context, app *App, jsonOut bool, do func(runtimeAPI, fun
 	if jsonOut {
 		return enc.Encode(map[string]any{"artifact": a})
 	}
+	printRepinned(app, a.Repinned)
 	how := "made"
 	if a.Cached {
 		how = "cached"

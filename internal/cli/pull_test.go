@@ -105,3 +105,73 @@ func TestImagePullImportCLI(t *testing.T) {
 		t.Fatalf("image rm %s: exit %d: %s", ref, code, errb)
 	}
 }
+
+// TestImagePullReportsMovedPin: `image pull REF` moves REF's pin like
+// `build --refresh` and says so the same way: nothing on a first pull or an
+// unmoved tag, `mvmctl: REF moved: OLD → NEW (pinned now)` on stderr, and
+// "repinned" in the artifact of --json's last line.
+func TestImagePullReportsMovedPin(t *testing.T) {
+	testenv.NeedTools(t, "mkfs.ext4")
+	testenv.NeedStaticBinary(t, rootfs.HostBusybox, "busybox-static")
+	t.Setenv("DOCKER_CONFIG", t.TempDir())
+	reg := ocitest.NewRegistry(t, "", "")
+	layer := ocitest.Layer(ocitest.Tar(ocitest.BusyboxEntries(t, rootfs.HostBusybox)))
+	imgs := make([]v1.Image, 3)
+	for i := range imgs {
+		imgs[i] = ocitest.Image(t, v1.Config{Cmd: []string{"/bin/sh", "-c", strings.Repeat("x", i+1)}}, "linux/amd64", layer)
+	}
+	ref := reg.Host + "/cli/moving:1"
+	push := func(img v1.Image) string {
+		pinned := reg.Push(t, "cli/moving:1", img, nil)
+		return pinned[strings.Index(pinned, "@")+1:]
+	}
+	app, out, errb := testApp(t)
+	pull := func(what string, args ...string) {
+		t.Helper()
+		out.Reset()
+		errb.Reset()
+		if code := run(app, append([]string{"image", "pull"}, args...)); code != 0 {
+			t.Fatalf("%s: exit %d: %s", what, code, errb)
+		}
+	}
+	type repin struct{ Ref, From, To string }
+	lastRepinned := func(what string) *repin {
+		t.Helper()
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		var last struct {
+			Artifact struct {
+				Repinned *repin `json:"repinned"`
+			} `json:"artifact"`
+		}
+		if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil {
+			t.Fatalf("%s: last line %q: %v", what, lines[len(lines)-1], err)
+		}
+		return last.Artifact.Repinned
+	}
+
+	d0 := push(imgs[0])
+	pull("first pull", ref)
+	if strings.Contains(errb.String(), "moved") {
+		t.Errorf("a first pull reports a move:\n%s", errb)
+	}
+	pull("first pull again, --json", "--json", ref)
+	if r := lastRepinned("unmoved tag"); r != nil {
+		t.Errorf("a pull of an unmoved tag reports a move: %+v", r)
+	}
+
+	d1 := push(imgs[1]) // the tag moves
+	pull("pull after the tag moved, --json", "--json", ref)
+	if r, want := lastRepinned("moved tag"), (repin{ref, d0, d1}); r == nil || *r != want {
+		t.Errorf("pull after the tag moved: repinned %+v, want %+v", r, want)
+	}
+
+	d2 := push(imgs[2]) // and again
+	pull("pull after the tag moved again", ref)
+	if want := "mvmctl: " + ref + " moved: " + d1 + " → " + d2 + " (pinned now)\n"; !strings.Contains(errb.String(), want) {
+		t.Errorf("pull after the tag moved again: stderr lacks %q:\n%s", want, errb)
+	}
+	pull("pull of the unmoved tag", ref)
+	if strings.Contains(errb.String(), "moved") {
+		t.Errorf("a pull of an unmoved tag reports a move:\n%s", errb)
+	}
+}

@@ -179,8 +179,8 @@ func (b *build) resolvePinned(ctx context.Context, ref string, o PullOptions, re
 	return im, nil
 }
 
-// Repin is a pin a build moved: the reference resolved again (a refresh)
-// named another digest than the one pinned.
+// Repin is a pin a build or an image pull moved: the reference resolved
+// again (a refresh, a pull) named another digest than the one pinned.
 type Repin struct {
 	Ref  string `json:"ref"`
 	From string `json:"from"`
@@ -197,12 +197,24 @@ func Pull(ctx context.Context, d paths.Dirs, ref string, o PullOptions, progress
 		return b.fail(err)
 	}
 	// a pull is the explicit way to move a reference: builds on it use
-	// what it resolved to from now on
+	// what it resolved to from now on; a moved pin is reported (Repinned),
+	// a first one is not
+	old, hadPin := readPin(b.l, im.Ref, im.Platform)
 	if err := writePin(b.l, im.Platform, im); err != nil {
 		return b.fail(err)
 	}
-	b.emit(StatusDone, "%s is %s (%s)", ref, im.Digest, im.Platform)
-	return b.fromOCI(ctx, im, layers)
+	if hadPin && old.Digest != im.Digest {
+		b.repinned = &Repin{Ref: im.Ref, From: old.Digest, To: im.Digest}
+		b.emit(StatusDone, "%s moved: %s -> %s (pinned now, %s)", ref, old.Digest, im.Digest, im.Platform)
+	} else {
+		b.emit(StatusDone, "%s is %s (%s)", ref, im.Digest, im.Platform)
+	}
+	a, err := b.fromOCI(ctx, im, layers)
+	if err != nil {
+		return nil, err
+	}
+	a.Repinned = b.repinned
+	return a, nil
 }
 
 // Import makes the artifact of a `docker save` or OCI-layout tarball (or

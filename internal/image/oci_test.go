@@ -518,8 +518,12 @@ func TestBuildOnOCITagIsPinned(t *testing.T) {
 	build("rebuild after the refresh", BuildOptions{}, 0, img2)
 
 	reg.Push(t, "app:1", img3, nil)
-	if _, err := Pull(context.Background(), d, reg.Host+"/app:1", PullOptions{}, nil, nil); err != nil {
+	pulled, err := Pull(context.Background(), d, reg.Host+"/app:1", PullOptions{}, nil, nil)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if want := (Repin{Ref: reg.Host + "/app:1", From: ociDigest(t, img2), To: ociDigest(t, img3)}); pulled.Repinned == nil || *pulled.Repinned != want {
+		t.Errorf("image pull after the tag moved: repinned %+v, want %+v", pulled.Repinned, want)
 	}
 	// the pull moved the pin; its tree is not a build tree yet, so the
 	// build fetches the pinned digest's manifest once to unpack it
@@ -538,7 +542,7 @@ func TestBuildOnOCITagIsPinned(t *testing.T) {
 	build("rebuild without the cached tree", BuildOptions{}, 1, img3)
 
 	before := reg.ManifestReads()
-	_, err := Build(context.Background(), d, dir, "", BuildOptions{Pull: PullOptions{RequireDigest: true}}, nil)
+	_, err = Build(context.Background(), d, dir, "", BuildOptions{Pull: PullOptions{RequireDigest: true}}, nil)
 	if errdefs.KindOf(err) != errdefs.KindRefused || !strings.Contains(err.Error(), "@sha256:") || reg.ManifestReads() != before {
 		t.Errorf("a pinned tag with digests required: want refused before any request, got %v (%d requests)", err, reg.ManifestReads()-before)
 	}
