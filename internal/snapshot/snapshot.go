@@ -34,8 +34,13 @@ import (
 
 // Files of a snapshot directory.
 const (
-	// MemoryFile is the VMM's saved memory and device state.
+	// MemoryFile is the VMM's saved state: QEMU's migration stream
+	// (memory and devices), Firecracker's microVM state file (devices
+	// and vCPUs; its guest memory is GuestMemoryFile).
 	MemoryFile = "memory.state"
+	// GuestMemoryFile is a Firecracker snapshot's guest memory (Firecracker
+	// writes two files where QEMU writes one). A QEMU snapshot has none.
+	GuestMemoryFile = "guest.mem"
 	// DiskFile is the sandbox's writable disk (the overlay's upper layer)
 	// as it was when the memory was saved.
 	DiskFile = "upper.img"
@@ -465,6 +470,9 @@ func (sn *Snapshot) VerifyFiles(skip ...string) error {
 	if m.DigestAlgorithm != DigestAlgorithm {
 		return fail("unknown digest algorithm %q", m.DigestAlgorithm)
 	}
+	if err := checkStateFiles(m); err != nil {
+		return fail("%v", err)
+	}
 	ents, err := os.ReadDir(sn.Dir)
 	if err != nil {
 		return err
@@ -511,6 +519,45 @@ func (sn *Snapshot) VerifyFiles(skip ...string) error {
 		}
 	}
 	return nil
+}
+
+// StateFiles are the files a backend's saved state consists of: a
+// snapshot saved by that backend must list every one of them, and no
+// other backend's.
+func StateFiles(backend string) ([]string, error) {
+	switch backend {
+	case "", "qemu":
+		return []string{MemoryFile}, nil
+	case "firecracker":
+		return []string{MemoryFile, GuestMemoryFile}, nil
+	}
+	return nil, fmt.Errorf("it was saved by an unknown backend %q", backend)
+}
+
+// checkStateFiles checks that m lists exactly the state files of the
+// backend it records (Match.Backend): a Firecracker snapshot without its
+// guest memory, or a QEMU snapshot carrying one, is not restorable.
+func checkStateFiles(m Meta) error {
+	want, err := StateFiles(m.Match.Backend)
+	if err != nil {
+		return err
+	}
+	for _, name := range want {
+		if _, ok := m.File(name); !ok {
+			return fmt.Errorf("its sidecar does not list %s, which a %s snapshot needs", name, backendName(m.Match.Backend))
+		}
+	}
+	if _, ok := m.File(GuestMemoryFile); ok && len(want) == 1 {
+		return fmt.Errorf("it holds %s (a firecracker snapshot's guest memory) but records the %s backend", GuestMemoryFile, backendName(m.Match.Backend))
+	}
+	return nil
+}
+
+func backendName(b string) string {
+	if b == "" {
+		return "qemu"
+	}
+	return b
 }
 
 // CopyVerified copies file name of the snapshot to dst and checks the copy

@@ -224,3 +224,81 @@ func TestValidateTagAndMatch(t *testing.T) {
 		t.Fatalf("diff %q", d)
 	}
 }
+
+// saveFiles commits a snapshot of the given files (name -> content) saved
+// by backend.
+func saveFiles(t *testing.T, st *Store, s *evidence.Signer, tag, backend string, files map[string]string) *Snapshot {
+	t.Helper()
+	p, err := st.Begin(tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range files {
+		// written world-readable: Commit makes every file 0600
+		if err := os.WriteFile(filepath.Join(p.Dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := p.Commit(Meta{Match: Match{Backend: backend}}, s); err != nil {
+		t.Fatal(err)
+	}
+	sn, err := st.Get(tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sn
+}
+
+func TestFirecrackerSnapshotCoversBothStateFiles(t *testing.T) {
+	st := &Store{Dir: filepath.Join(t.TempDir(), "snapshots")}
+	s := evidence.GenerateSigner("host:test")
+	sn := saveFiles(t, st, s, "fc", "firecracker", map[string]string{
+		MemoryFile: "vmstate", GuestMemoryFile: strings.Repeat("guest memory ", 1000), DiskFile: "disk",
+	})
+	if err := sn.Verify(s.Public); err != nil {
+		t.Fatalf("fresh firecracker snapshot refused: %v", err)
+	}
+	for _, name := range []string{MemoryFile, GuestMemoryFile} {
+		f, ok := sn.Meta.File(name)
+		if !ok || f.Digest == "" {
+			t.Fatalf("%s not hashed in the sidecar: %+v", name, sn.Meta.Files)
+		}
+		if fi, err := os.Stat(sn.Path(name)); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: mode %v, %v", name, fi.Mode(), err)
+		}
+	}
+	// the guest memory changed after the save: refused
+	flip(t, sn.Path(GuestMemoryFile), 100)
+	err := sn.Verify(s.Public)
+	if !errors.Is(err, ErrIntegrity) || !strings.Contains(err.Error(), GuestMemoryFile) {
+		t.Fatalf("tampered guest memory: %v", err)
+	}
+	// the guest memory is gone: refused
+	os.Remove(sn.Path(GuestMemoryFile))
+	if err := sn.Verify(s.Public); !errors.Is(err, ErrIntegrity) || !strings.Contains(err.Error(), GuestMemoryFile+" is missing") {
+		t.Fatalf("missing guest memory: %v", err)
+	}
+}
+
+func TestStateFilesMustMatchTheRecordedBackend(t *testing.T) {
+	st := &Store{Dir: filepath.Join(t.TempDir(), "snapshots")}
+	s := evidence.GenerateSigner("host:test")
+	// signed, but a firecracker snapshot without its guest memory
+	half := saveFiles(t, st, s, "half", "firecracker", map[string]string{MemoryFile: "vmstate"})
+	err := half.Verify(s.Public)
+	if !errors.Is(err, ErrIntegrity) || !strings.Contains(err.Error(), "does not list "+GuestMemoryFile) {
+		t.Fatalf("firecracker snapshot without guest memory: %v", err)
+	}
+	// a QEMU snapshot carrying firecracker's guest memory
+	mixed := saveFiles(t, st, s, "mixed", "qemu", map[string]string{MemoryFile: "stream", GuestMemoryFile: "mem"})
+	if err := mixed.Verify(s.Public); !errors.Is(err, ErrIntegrity) || !strings.Contains(err.Error(), "records the qemu backend") {
+		t.Fatalf("qemu snapshot with guest memory: %v", err)
+	}
+	odd := saveFiles(t, st, s, "odd", "cloud-hypervisor", map[string]string{MemoryFile: "x"})
+	if err := odd.Verify(s.Public); !errors.Is(err, ErrIntegrity) || !strings.Contains(err.Error(), "unknown backend") {
+		t.Fatalf("unknown backend: %v", err)
+	}
+	if f, _ := StateFiles("qemu"); len(f) != 1 || f[0] != MemoryFile {
+		t.Fatalf("qemu state files %v", f)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -47,6 +48,33 @@ type vmState struct {
 	State string `json:"state"`
 }
 
+// snapshotCreate is SnapshotCreateParams (PUT /snapshot/create).
+type snapshotCreate struct {
+	SnapshotType string `json:"snapshot_type"`
+	SnapshotPath string `json:"snapshot_path"`
+	MemFilePath  string `json:"mem_file_path"`
+}
+
+// memBackend is MemoryBackend.
+type memBackend struct {
+	BackendType string `json:"backend_type"`
+	BackendPath string `json:"backend_path"`
+}
+
+// snapshotLoad is SnapshotLoadParams (PUT /snapshot/load). mem_backend,
+// not the deprecated mem_file_path (they are mutually exclusive).
+type snapshotLoad struct {
+	SnapshotPath string     `json:"snapshot_path"`
+	MemBackend   memBackend `json:"mem_backend"`
+	ResumeVM     bool       `json:"resume_vm"`
+}
+
+// partialDrive is PartialDrive (PATCH /drives/{drive_id}, post-boot).
+type partialDrive struct {
+	DriveID    string `json:"drive_id"`
+	PathOnHost string `json:"path_on_host"`
+}
+
 // apiFault is Firecracker's error body.
 type apiFault struct {
 	FaultMessage string `json:"fault_message"`
@@ -76,14 +104,29 @@ func BootRequests(spec backend.Spec) []Request {
 		{"PUT", "/boot-source", bootSource{KernelImagePath: spec.Kernel, InitrdPath: spec.Initrd, BootArgs: args}},
 	}
 	for i, d := range spec.Disks {
-		id := fmt.Sprintf("disk%d", i)
-		reqs = append(reqs, Request{"PUT", "/drives/" + id, drive{DriveID: id, PathOnHost: d.Path, IsReadOnly: d.ReadOnly}})
+		id := driveID(i)
+		reqs = append(reqs, Request{"PUT", "/drives/" + id, drive{DriveID: id, PathOnHost: drivePath(spec.Dir, d.Path), IsReadOnly: d.ReadOnly}})
 	}
 	reqs = append(reqs,
 		Request{"PUT", "/vsock", vsock{GuestCID: GuestCID, UDSPath: VsockSocket}},
 		Request{"PUT", "/actions", action{ActionType: "InstanceStart"}},
 	)
 	return reqs
+}
+
+func driveID(i int) string { return fmt.Sprintf("disk%d", i) }
+
+// drivePath is the path Firecracker is given for a disk: relative to its
+// working directory (the sandbox directory) when the disk lives there, so
+// that a saved state names "upper.img", which a clone or a resume finds
+// in its own directory (Firecracker opens a restored VM's disks at the
+// paths they had, "at the same relative paths": docs/snapshotting/
+// snapshot-support.md).
+func drivePath(dir, path string) string {
+	if dir != "" && filepath.Dir(path) == filepath.Clean(dir) {
+		return filepath.Base(path)
+	}
+	return path
 }
 
 // apiClient speaks HTTP to Firecracker's API socket.

@@ -93,6 +93,9 @@ type Machine struct {
 	*backend.Process
 	dir string
 	api *apiClient
+	// incoming is the spec of a machine started to load a saved state
+	// (Spec.Incoming), nil for a boot.
+	incoming *backend.Spec
 }
 
 var _ backend.Machine = (*Machine)(nil)
@@ -130,6 +133,11 @@ func Start(ctx context.Context, spec backend.Spec) (*Machine, error) {
 	if err := check(spec); err != nil {
 		return nil, err
 	}
+	if spec.Incoming != "" {
+		if err := checkIncoming(spec.Incoming); err != nil {
+			return nil, err
+		}
+	}
 	bin, err := LookBinary()
 	if err != nil {
 		return nil, err
@@ -137,6 +145,18 @@ func Start(ctx context.Context, spec backend.Spec) (*Machine, error) {
 	m, err := launch(bin, spec.Name, spec.Dir, spec.Console)
 	if err != nil {
 		return nil, err
+	}
+	if spec.Incoming != "" {
+		// No boot configuration: a snapshot loads only into a fresh
+		// Firecracker (CompleteIncoming).
+		if err := m.waitSocket(ctx, APISocket); err != nil {
+			m.Kill()
+			return nil, err
+		}
+		in := spec
+		in.Console = nil
+		m.incoming = &in
+		return m, nil
 	}
 	if err := m.configure(ctx, spec); err != nil {
 		m.Kill()

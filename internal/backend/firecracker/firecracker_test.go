@@ -67,7 +67,9 @@ func TestBootRequestSequence(t *testing.T) {
 			"kernel_image_path": "/k/vmlinux", "initrd_path": "/k/initrd.img",
 			"boot_args": "console=ttyS0 reboot=k panic=1 pci=off mvm.hostname=box"}},
 		{"PUT", "/drives/disk0", map[string]any{"drive_id": "disk0", "path_on_host": "/img/root.ext4", "is_root_device": false, "is_read_only": true}},
-		{"PUT", "/drives/disk1", map[string]any{"drive_id": "disk1", "path_on_host": dir + "/rw.ext4", "is_root_device": false, "is_read_only": false}},
+		// the sandbox's own disk is named relative to firecracker's working
+		// directory, the sandbox directory (so a saved state names it so)
+		{"PUT", "/drives/disk1", map[string]any{"drive_id": "disk1", "path_on_host": "rw.ext4", "is_root_device": false, "is_read_only": false}},
 		{"PUT", "/vsock", map[string]any{"guest_cid": 3.0, "uds_path": "vsock.sock"}},
 		{"PUT", "/actions", map[string]any{"action_type": "InstanceStart"}},
 	}
@@ -118,7 +120,7 @@ func TestFaultMessageBounded(t *testing.T) {
 
 func TestPauseResumeBodies(t *testing.T) {
 	dir := shortDir(t)
-	f := &fakeAPI{}
+	f := &fakeAPI{phase: phaseRunning}
 	srv := serveFakeAPI(t, filepath.Join(dir, APISocket), f)
 	defer srv.Close()
 	m := &Machine{dir: dir, api: newAPIClient(dir, APISocket)}
