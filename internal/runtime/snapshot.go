@@ -199,11 +199,35 @@ func currentMatch(spec sandbox.Spec, p *plan.Plan, accel string) (snapshot.Match
 	if p.Network.Mode != "" && p.Network.Mode != plan.NetNone {
 		vm.Network = &backend.Network{}
 	}
-	return supervisor.MachineMatch(vm, accel, spec.Image.Digest, spec.Image.OCIDigest, spec.Kernel)
+	return supervisor.MachineMatch(spec.Backend, vm, accel, spec.Image.Digest, spec.Image.OCIDigest, spec.Kernel)
+}
+
+// checkBackend refuses a saved state of another VMM than the one the
+// restore would start (its plan's backend): a QEMU migration stream is
+// not a Firecracker snapshot, nor the other way round.
+func checkBackend(what string, saved snapshot.Match, restoreBackend string) error {
+	name := func(b string) string {
+		if b == "" {
+			return "qemu"
+		}
+		return b
+	}
+	if name(saved.Backend) != name(restoreBackend) {
+		return fmt.Errorf("%s: %w: it was saved by the %s backend and would be restored by %s; a VMM restores only its own saved state: use a sandbox of the %s backend, or save it again", what, snapshot.ErrMismatch, name(saved.Backend), name(restoreBackend), name(saved.Backend))
+	}
+	return nil
 }
 
 // checkMatch refuses a saved state this host cannot restore exactly.
 func (r *Runtime) checkMatch(what string, saved snapshot.Match, spec sandbox.Spec, p *plan.Plan) error {
+	restoreBackend := spec.Backend
+	if p != nil {
+		restoreBackend = p.Backend
+	}
+	if err := checkBackend(what, saved, restoreBackend); err != nil {
+		return err
+	}
+	spec.Backend = restoreBackend
 	k, err := image.FindKernel(r.Dirs)
 	if err == nil && k.Digest != spec.Kernel {
 		return fmt.Errorf("%s: %w: it was saved with kernel %.19s, this host boots %.19s; save it again", what, snapshot.ErrMismatch, spec.Kernel, k.Digest)

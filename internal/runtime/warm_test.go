@@ -388,7 +388,7 @@ func TestRestoreFromVerifiesAgainAfterAChange(t *testing.T) {
 		VM: backend.Spec{Kernel: kernel, Initrd: initrd, CPUs: 1, MemoryMiB: 512}}
 	p := &plan.Plan{Resources: plan.Resources{CPUs: 1, MemoryMiB: 512}}
 	accel := qemu.DetectAccel().Accel
-	m, err := supervisor.MachineMatch(spec.VM, accel, spec.Image.Digest, "", spec.Kernel)
+	m, err := supervisor.MachineMatch(spec.Backend, spec.VM, accel, spec.Image.Digest, "", spec.Kernel)
 	if err != nil {
 		t.Fatal(err)
 	}

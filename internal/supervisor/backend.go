@@ -64,8 +64,10 @@ func firecrackerUsable() error {
 	return nil
 }
 
-// noHostFwd is a machine without user-mode networking.
-type noHostFwd struct{ backend.Machine }
+// noHostFwd is a Firecracker machine (no user-mode networking). It keeps
+// the machine's own methods, SaveState and CompleteIncoming included
+// (stateSaver).
+type noHostFwd struct{ *firecracker.Machine }
 
 func (noHostFwd) HostFwdAdd(context.Context, backend.HostFwd) error {
 	return errors.New("publishing ports needs networking, which the firecracker backend does not support yet")

@@ -15,14 +15,16 @@ import (
 )
 
 // stateSaver is a VMM that can save and restore its memory and device
-// state (QEMU; see internal/backend/qemu/snapshot.go).
+// state (QEMU: internal/backend/qemu/snapshot.go; Firecracker:
+// internal/backend/firecracker/snapshot.go, which writes a second file,
+// snapshot.GuestMemoryFile, beside the state file).
 type stateSaver interface {
 	SaveState(ctx context.Context, path string) (int64, error)
 	CompleteIncoming(ctx context.Context) error
 }
 
 // ErrNoSaveState refuses snapshots on a backend without them.
-var errNoSaveState = errors.New("snapshots and pause to disk need the qemu backend (firecracker's snapshot API is not wired)")
+var errNoSaveState = errors.New("this sandbox's backend cannot save its state: snapshots and pause to disk need the qemu or firecracker backend")
 
 // envFile is the runtime's file of the sandbox's default environment.
 const envFile = "env.json"
@@ -62,7 +64,7 @@ func (s *supervisor) upperDisk() string {
 
 // match is the machine this supervisor runs, as a restore must rebuild it.
 func (s *supervisor) match() (snapshot.Match, error) {
-	return MachineMatch(s.vmSpec, s.vm.Accel(), s.spec.Image.Digest, s.spec.Image.OCIDigest, s.spec.Kernel)
+	return MachineMatch(s.spec.Backend, s.vmSpec, s.vm.Accel(), s.spec.Image.Digest, s.spec.Image.OCIDigest, s.spec.Kernel)
 }
 
 // saveInto stops the guest (unless paused already), saves its memory and
