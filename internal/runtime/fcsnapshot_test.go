@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -30,5 +31,24 @@ func TestSavedStateOfAnotherBackendIsRefused(t *testing.T) {
 		if err := checkBackend("x", snapshot.Match{Backend: same[0]}, same[1]); err != nil {
 			t.Errorf("%q vs %q: %v", same[0], same[1], err)
 		}
+	}
+}
+
+// TestFirecrackerSandboxIsSavable: the runtime hands a firecracker
+// sandbox's snapshot and pause to disk to its supervisor (before, it
+// refused them as "need the qemu backend").
+func TestFirecrackerSandboxIsSavable(t *testing.T) {
+	dir := t.TempDir()
+	if err := sandbox.WriteJSON(filepath.Join(dir, sandbox.SpecFile), sandbox.Spec{Backend: "firecracker"}); err != nil {
+		t.Fatal(err)
+	}
+	r := &Runtime{}
+	for _, b := range []string{"firecracker", "qemu", ""} {
+		if err := r.checkSavable(&sandbox.State{Name: "sb", Backend: b}, dir); err != nil {
+			t.Errorf("backend %q: %v", b, err)
+		}
+	}
+	if err := r.checkSavable(&sandbox.State{Name: "sb", Backend: "xen"}, dir); err == nil || !strings.Contains(err.Error(), "qemu or firecracker") {
+		t.Errorf("unknown backend: %v", err)
 	}
 }

@@ -100,8 +100,8 @@ func (r *Runtime) SaveSnapshotIn(ctx context.Context, nameOrID string, store *sn
 
 // checkSavable refuses what a snapshot cannot hold.
 func (r *Runtime) checkSavable(st *sandbox.State, dir string) error {
-	if st.Backend != "" && st.Backend != plan.BackendQEMU {
-		return errdefs.Errorf(errdefs.KindUnavailable, "%s runs on the %s backend: snapshots and pause to disk need the qemu backend", st.Name, st.Backend)
+	if st.Backend != "" && st.Backend != plan.BackendQEMU && st.Backend != plan.BackendFirecracker {
+		return errdefs.Errorf(errdefs.KindUnavailable, "%s runs on the %s backend: snapshots and pause to disk need the qemu or firecracker backend", st.Name, st.Backend)
 	}
 	var spec sandbox.Spec
 	if err := sandbox.ReadJSON(filepath.Join(dir, sandbox.SpecFile), &spec); err != nil {
