@@ -2,13 +2,19 @@ package supervisor
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/mvm-sandbox/mvm/internal/agentapi"
 	"github.com/mvm-sandbox/mvm/internal/backend"
 	"github.com/mvm-sandbox/mvm/internal/backend/firecracker"
+	"github.com/mvm-sandbox/mvm/internal/backend/qemu"
 	"github.com/mvm-sandbox/mvm/internal/evidence"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
 	"github.com/mvm-sandbox/mvm/internal/snapshot"
@@ -44,6 +50,15 @@ func TestFirecrackerMachineIsAStateSaver(t *testing.T) {
 	var m vmm = noHostFwd{}
 	if _, ok := m.(stateSaver); !ok {
 		t.Fatal("the firecracker machine cannot save its state")
+	}
+	// Its save resets the agent channel; QEMU's does not (its
+	// virtio-serial channel survives, and nothing reconnects it).
+	if r, ok := m.(channelResetter); !ok || !r.SaveResetsChannel() {
+		t.Fatal("the firecracker machine does not report that a save resets its agent channel")
+	}
+	var q vmm = (*qemu.Machine)(nil)
+	if _, ok := q.(channelResetter); ok {
+		t.Fatal("the qemu machine reports a channel reset on save")
 	}
 	dir := "/data/snap"
 	if got, want := firecracker.GuestMemoryPath(filepath.Join(dir, snapshot.MemoryFile)), filepath.Join(dir, snapshot.GuestMemoryFile); got != want {
@@ -118,5 +133,167 @@ func TestMachineMatchBackends(t *testing.T) {
 	q2, _ := MachineMatch("qemu", backend.Spec{CPUs: 1, MemoryMiB: 128}, "tcg", "", "", "")
 	if q.Backend != "qemu" || q.VMMVersion != "" || q.Key() != q2.Key() || q.Diff(fc) == "" {
 		t.Fatalf("qemu match %+v", q)
+	}
+}
+
+// resettingSaver saves like Firecracker and, like it, resets the agent
+// channel on a save: the connection open at the save is closed
+// (firecracker's snapshot-support.md, "Vsock device reset"). afterSave,
+// when set, is how the guest answers dials after the save.
+type resettingSaver struct {
+	twoFileSaver
+	afterSave string
+}
+
+func (v resettingSaver) SaveState(ctx context.Context, path string) (int64, error) {
+	n, err := v.twoFileSaver.SaveState(ctx, path)
+	if g := v.guestConn(); g != nil {
+		g.Close()
+	}
+	if v.afterSave != "" {
+		v.setGuest(v.afterSave)
+	}
+	return n, err
+}
+func (resettingSaver) SaveResetsChannel() bool { return true }
+
+// startFirecrackerLike runs a supervisor whose machine saves with save.
+func startFirecrackerLike(t *testing.T, save func(*fakeVM) vmm) *harness {
+	t.Helper()
+	fakeFirecrackerBinary(t, "v1.7.0")
+	h := startSupervisorOpts(t, "ok", func(s *sandbox.Spec) { s.Backend = "firecracker" },
+		harnessOpts{wrap: save, signer: evidence.GenerateSigner("host:test")})
+	h.ready = h.readReady()
+	if !h.ready.OK {
+		t.Fatalf("ready: %+v", h.ready)
+	}
+	return h
+}
+
+// execEcho runs `echo WORD` through the sandbox's agent socket, as
+// `mvmctl exec` does.
+func execEcho(ctx context.Context, dir, word string) error {
+	c, err := agentapi.Dial(ctx, func(ctx context.Context) (net.Conn, error) { return sandbox.DialIn(ctx, dir, sandbox.AgentSocket) })
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var out strings.Builder
+	res, err := c.Exec(ctx, agentapi.ExecRequest{Argv: []string{"echo", word}, Stdout: &out})
+	if err != nil {
+		return err
+	}
+	if res.ExitCode != 0 || out.String() != word+"\n" {
+		return fmt.Errorf("exec: exit %d, stdout %q", res.ExitCode, out.String())
+	}
+	return nil
+}
+
+func saveSnap(ctx context.Context, dir, store, tag string) (*sandbox.Response, error) {
+	return sandbox.Control(ctx, dir, sandbox.Request{Op: "snapshot", Snapshot: &sandbox.SnapshotRequest{StoreDir: store, Tag: tag}})
+}
+
+// TestFirecrackerSnapshotSaveKeepsExec: a snapshot save of a running
+// firecracker sandbox resets its agent channel; the supervisor dials a new
+// one and exec works afterwards, and so after a save of the sandbox while
+// it was paused, once it is resumed. (Before, the supervisor kept the dead
+// session and exec failed after the save: seen failing.) A machine whose
+// save keeps the channel (QEMU) is not reconnected.
+func TestFirecrackerSnapshotSaveKeepsExec(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	h := startFirecrackerLike(t, func(vm *fakeVM) vmm { return resettingSaver{twoFileSaver: twoFileSaver{vm}} })
+	store := t.TempDir()
+	if err := execEcho(ctx, h.dir, "before"); err != nil {
+		t.Fatal(err)
+	}
+	hellos := h.vm.hellos.Load()
+	if r, err := saveSnap(ctx, h.dir, store, "t1"); err != nil || !r.OK {
+		t.Fatalf("snapshot save: %+v %v", r, err)
+	}
+	if err := execEcho(ctx, h.dir, "after"); err != nil {
+		t.Fatalf("exec after a snapshot save: %v", err)
+	}
+	// The supervisor's own client is on the new channel too.
+	if got := h.vm.hellos.Load() - hellos; got != 2 {
+		t.Fatalf("%d Hellos after the save, want 2 (the supervisor's new client and the exec)", got)
+	}
+	// Saved while paused: the guest does not run, so the new channel
+	// comes with the resume.
+	if r, err := sandbox.Control(ctx, h.dir, sandbox.Request{Op: "pause"}); err != nil || !r.OK {
+		t.Fatalf("pause: %+v %v", r, err)
+	}
+	if r, err := saveSnap(ctx, h.dir, store, "t2"); err != nil || !r.OK {
+		t.Fatalf("snapshot save of a paused sandbox: %+v %v", r, err)
+	}
+	if r, err := sandbox.Control(ctx, h.dir, sandbox.Request{Op: "resume"}); err != nil || !r.OK || r.State.Status != sandbox.Running {
+		t.Fatalf("resume: %+v %v", r, err)
+	}
+	if err := execEcho(ctx, h.dir, "resumed"); err != nil {
+		t.Fatalf("exec after a save while paused and a resume: %v", err)
+	}
+	for _, tag := range []string{"t1", "t2"} {
+		if _, err := (&snapshot.Store{Dir: store}).Get(tag); err != nil {
+			t.Fatalf("snapshot %s: %v", tag, err)
+		}
+	}
+	if r, err := sandbox.Control(ctx, h.dir, sandbox.Request{Op: "stop"}); err != nil || !r.OK {
+		t.Fatalf("stop: %+v %v", r, err)
+	}
+	h.wait()
+
+	// A machine whose save keeps the channel: no new channel.
+	q := startFirecrackerLike(t, func(vm *fakeVM) vmm { return twoFileSaver{vm} })
+	hellos = q.vm.hellos.Load()
+	if r, err := saveSnap(ctx, q.dir, t.TempDir(), "q"); err != nil || !r.OK {
+		t.Fatalf("snapshot save: %+v %v", r, err)
+	}
+	if got := q.vm.hellos.Load(); got != hellos {
+		t.Fatalf("a save that keeps the channel reconnected (%d Hellos, want %d)", got, hellos)
+	}
+	if err := execEcho(ctx, q.dir, "kept"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFirecrackerSnapshotSaveChannelLost: when no new channel comes after
+// the save (the guest does not answer), the save fails with what happened
+// and what to do, no snapshot is left under the tag, and the sandbox ends
+// failed with that reason (its VM killed), not a silent hang.
+func TestFirecrackerSnapshotSaveChannelLost(t *testing.T) {
+	old := reconnectTimeout
+	reconnectTimeout = 300 * time.Millisecond
+	t.Cleanup(func() { reconnectTimeout = old })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	h := startFirecrackerLike(t, func(vm *fakeVM) vmm {
+		return resettingSaver{twoFileSaver: twoFileSaver{vm}, afterSave: "silent"}
+	})
+	store := t.TempDir()
+	r, err := saveSnap(ctx, h.dir, store, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"snapshot t", "agent channel did not come back", "firecracker resets vsock", "handshake", "mvmctl down box"} {
+		if r.OK || !strings.Contains(r.Error, want) {
+			t.Fatalf("save whose channel is lost: %+v (want %q)", r, want)
+		}
+	}
+	// The reply came after the failed state was written.
+	st, err := sandbox.ReadState(h.dir)
+	if err != nil || st.Status != sandbox.Failed || !strings.Contains(st.Reason, "agent channel did not come back") {
+		t.Fatalf("state %+v, %v", st, err)
+	}
+	if err := h.wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (&snapshot.Store{Dir: store}).Get("t"); !errors.Is(err, snapshot.ErrNotFound) {
+		t.Fatalf("a save that failed is listed: %v", err)
+	}
+	if calls := h.vm.called(); calls[len(calls)-1] != "kill" {
+		t.Fatalf("machine calls %v: the VM of the failed sandbox was not killed", calls)
+	}
+	if !h.sawEvent("sandbox.failed:") {
+		t.Fatalf("events %v", h.events)
 	}
 }

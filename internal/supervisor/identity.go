@@ -32,7 +32,8 @@ func (s *supervisor) refreshIdentity(ctx context.Context) error {
 // sendRefresh sends the guest its new identity (refreshIdentity without
 // the audit entry).
 func (s *supervisor) sendRefresh(ctx context.Context) (*agentapi.RestoreReport, bool, error) {
-	if s.client == nil {
+	_, client := s.agent()
+	if client == nil {
 		return nil, false, fmt.Errorf("refresh the guest's identity: no agent connection")
 	}
 	s.mu.Lock()
@@ -40,7 +41,7 @@ func (s *supervisor) sendRefresh(ctx context.Context) (*agentapi.RestoreReport, 
 	s.mu.Unlock()
 	resume := ownSavedState(s.dir, incoming)
 	nic := s.net != nil && s.net.cfg.HasNIC() && !resume
-	rep, err := s.client.RefreshIdentity(ctx, name, nic, resume)
+	rep, err := client.RefreshIdentity(ctx, name, nic, resume)
 	return rep, resume, err
 }
 

@@ -71,7 +71,9 @@ func (s *supervisor) match() (snapshot.Match, error) {
 // device state into dir and captures its writable disk with link (copy for
 // a snapshot, hard link for pause to disk, where the VM does not run on),
 // all while the guest is stopped. resume says whether to continue the
-// guest afterwards. It returns how long the guest was stopped.
+// guest afterwards; a guest that continues gets a new agent channel if
+// the save reset it (channel.go), and an error wrapping errChannelLost
+// says that failed. It returns how long the guest was stopped.
 func (s *supervisor) saveInto(ctx context.Context, sv stateSaver, dir string, link bool, resume bool) (time.Duration, error) {
 	s.mu.Lock()
 	wasPaused := s.state.Status == sandbox.Paused
@@ -80,18 +82,21 @@ func (s *supervisor) saveInto(ctx context.Context, sv stateSaver, dir string, li
 	if err := s.vm.Pause(ctx); err != nil {
 		return 0, fmt.Errorf("stop the guest: %w", err)
 	}
-	cont := func() {
+	cont := func() error {
 		if resume && !wasPaused {
 			cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			if err := s.vm.Resume(cctx); err != nil {
 				s.logf("continue after save: %v", err)
+				return nil
 			}
+			return s.reconnectAgent()
 		}
+		return nil
 	}
+	s.channelWillReset()
 	if _, err := sv.SaveState(ctx, filepath.Join(dir, snapshot.MemoryFile)); err != nil {
-		cont()
-		return 0, err
+		return 0, alsoLost(err, cont())
 	}
 	if up := s.upperDisk(); up != "" {
 		dst := filepath.Join(dir, snapshot.DiskFile)
@@ -102,12 +107,13 @@ func (s *supervisor) saveInto(ctx context.Context, sv stateSaver, dir string, li
 			_, err = snapshot.CopySparse(up, dst)
 		}
 		if err != nil {
-			cont()
-			return 0, fmt.Errorf("capture the disk: %w", err)
+			return 0, alsoLost(fmt.Errorf("capture the disk: %w", err), cont())
 		}
 	}
 	stopped := time.Since(t0)
-	cont()
+	if err := cont(); err != nil {
+		return 0, err
+	}
 	return stopped, nil
 }
 
@@ -222,16 +228,20 @@ func (s *supervisor) suspend() (*snapshot.Meta, error) {
 	}
 	defer op.end()
 	stopped, err := s.saveInto(op.ctx, op.sv, op.p.Dir, true, false)
-	resumeGuest := func() {
+	// resumeGuest continues a guest whose pause to disk failed, with a new
+	// agent channel if the save reset it.
+	resumeGuest := func() error {
 		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if s.state.Status != sandbox.Paused {
-			s.vm.Resume(cctx)
+			if s.vm.Resume(cctx) == nil {
+				return s.reconnectAgent()
+			}
 		}
+		return nil
 	}
 	if err != nil {
-		resumeGuest()
-		return nil, fmt.Errorf("pause to disk: %w", err)
+		return nil, fmt.Errorf("pause to disk: %w", alsoLost(err, resumeGuest()))
 	}
 	killPoint("pause.saved")
 	out, err := op.commit(snapshot.Meta{
@@ -240,8 +250,7 @@ func (s *supervisor) suspend() (*snapshot.Meta, error) {
 		SaveMS: stopped.Milliseconds(),
 	})
 	if err != nil {
-		resumeGuest()
-		return nil, fmt.Errorf("pause to disk: %w", err)
+		return nil, fmt.Errorf("pause to disk: %w", alsoLost(err, resumeGuest()))
 	}
 	s.suspending = true // under the save lock, until the supervisor exits
 	killPoint("pause.committed")

@@ -53,9 +53,15 @@ type supervisor struct {
 	mu    sync.Mutex
 	state sandbox.State
 
-	vm      vmm // backend.go
-	session *yamux.Session
-	client  *agentapi.Client
+	vm vmm // backend.go
+	// session and client are the agent channel (under mu: a save on a
+	// backend that resets the channel replaces them, channel.go);
+	// chanGate, when set, is closed once a new channel is up, chanErr why
+	// none came.
+	session  *yamux.Session
+	client   *agentapi.Client
+	chanGate chan struct{}
+	chanErr  error
 
 	stopCh   chan stopRequest
 	finished chan struct{} // closed once the final state is written
@@ -98,8 +104,10 @@ type stopRequest struct {
 	// suspended: the sandbox was paused to disk; end the VMM and leave
 	// the sandbox paused.
 	suspended bool
-	// failed: the sandbox ends failed (the VMM is killed), with reason.
+	// failed: the sandbox ends failed (the VMM is killed), with reason;
+	// phase names what failed in the audit entry ("claim" when empty).
 	failed bool
+	phase  string
 	// ack, when set, answers the requester once the final state is
 	// written (before the supervisor exits).
 	ack  func()
@@ -247,8 +255,8 @@ func RunWith(dir string, ready io.WriteCloser, o Options) error {
 	if req.suspended {
 		// The state is on disk (SuspendedDir): nothing of the VM is kept.
 		s.vm.Kill()
-		if s.session != nil {
-			s.session.Close()
+		if sess, _ := s.agent(); sess != nil {
+			sess.Close()
 		}
 		s.stopNetwork()
 		s.mu.Lock()
@@ -368,12 +376,13 @@ func (s *supervisor) boot(ctx context.Context, sigs <-chan os.Signal, holderGone
 	if err != nil {
 		return fail("the agent session", err)
 	}
-	s.session = sess
 	client, err := agentapi.Dial(ctx, func(context.Context) (net.Conn, error) { return sess.Open() })
 	if err != nil {
 		return fail("agent hello", err)
 	}
-	s.client = client
+	s.mu.Lock()
+	s.session, s.client = sess, client
+	s.mu.Unlock()
 	rep, err := client.Agent.Readiness(ctx, &pb.ReadinessRequest{})
 	if err != nil {
 		return fail("agent readiness", err)
@@ -479,7 +488,11 @@ func (s *supervisor) serveAgent(l net.Listener) {
 			if err := s.awaitIdentity(context.Background()); err != nil {
 				return
 			}
-			stream, err := s.session.Open()
+			sess, err := s.awaitChannel()
+			if err != nil {
+				return
+			}
+			stream, err := sess.Open()
 			if err != nil {
 				return
 			}
@@ -525,6 +538,15 @@ func (s *supervisor) handleControl(c net.Conn) {
 		reply(sandbox.Response{Error: "bad request: " + err.Error()})
 		return
 	}
+	// replyErr answers an error; one that lost the agent channel ends the
+	// sandbox failed first (channel.go).
+	replyErr := func(err error) {
+		if errors.Is(err, errChannelLost) {
+			s.failChannel(err, func(msg string) { reply(sandbox.Response{Error: msg}) })
+			return
+		}
+		reply(sandbox.Response{Error: err.Error()})
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	switch req.Op {
@@ -562,12 +584,13 @@ func (s *supervisor) handleControl(c net.Conn) {
 			err = errSuspending
 		} else if req.Op == "pause" {
 			err = s.vm.Pause(ctx)
-		} else {
-			err = s.vm.Resume(ctx)
+		} else if err = s.vm.Resume(ctx); err == nil {
+			// A save while it was stopped may have reset the channel.
+			err = s.reconnectAgent()
 		}
 		s.opMu.Unlock()
 		if err != nil {
-			reply(sandbox.Response{Error: err.Error()})
+			replyErr(err)
 			return
 		}
 		if req.Op == "pause" {
@@ -587,14 +610,14 @@ func (s *supervisor) handleControl(c net.Conn) {
 	case "snapshot":
 		meta, err := s.saveSnapshot(req.Snapshot)
 		if err != nil {
-			reply(sandbox.Response{Error: err.Error()})
+			replyErr(err)
 			return
 		}
 		reply(sandbox.Response{OK: true, State: s.snapshot(), Snapshot: meta})
 	case "suspend":
 		meta, err := s.suspend()
 		if err != nil {
-			reply(sandbox.Response{Error: err.Error()})
+			replyErr(err)
 			return
 		}
 		done := make(chan struct{})
@@ -617,8 +640,8 @@ func (s *supervisor) handleControl(c net.Conn) {
 // power off cleanly first, so its filesystems are consistent.
 func (s *supervisor) shutdown(discard bool) {
 	defer func() {
-		if s.session != nil {
-			s.session.Close()
+		if sess, _ := s.agent(); sess != nil {
+			sess.Close()
 		}
 	}()
 	if discard {
@@ -630,9 +653,9 @@ func (s *supervisor) shutdown(discard bool) {
 		s.vm.Resume(ctx)
 		cancel()
 	}
-	if s.client != nil {
+	if _, client := s.agent(); client != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err := s.client.Agent.Shutdown(ctx, &pb.ShutdownRequest{})
+		_, err := client.Agent.Shutdown(ctx, &pb.ShutdownRequest{})
 		cancel()
 		if err == nil {
 			select {
@@ -659,10 +682,17 @@ func (s *supervisor) finish(req stopRequest) {
 		}
 	} else if req.failed {
 		s.setStatus(sandbox.Failed, req.reason)
-		s.events("sandbox.failed", s.snapshot(), map[string]any{"phase": "claim"})
+		phase := req.phase
+		if phase == "" {
+			phase = "claim"
+		}
+		s.events("sandbox.failed", s.snapshot(), map[string]any{"phase": phase})
 	} else {
 		s.setStatus(sandbox.Stopped, req.reason)
 		s.events("sandbox.stopped", s.snapshot(), map[string]any{"reason": tag(req.reason)})
+	}
+	if req.ack != nil {
+		req.ack()
 	}
 	if req.done != nil {
 		close(req.done)

@@ -74,6 +74,29 @@ func (a *fakeAgent) Readiness(context.Context, *pb.ReadinessRequest) (*pb.Readin
 		Components: []*pb.Component{{Name: "rootfs", State: "ready"}}}, nil
 }
 
+// Exec runs nothing: it answers started, echoes argv[1:] on stdout and
+// exits 0.
+func (a *fakeAgent) Exec(stream pb.Agent_ExecServer) error {
+	in, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	start := in.GetStart()
+	if start == nil || len(start.Argv) == 0 {
+		return errors.New("exec: no start")
+	}
+	for _, m := range []*pb.ExecOutput{
+		{Msg: &pb.ExecOutput_Started{Started: &pb.Started{Pid: 42}}},
+		{Msg: &pb.ExecOutput_Stdout{Stdout: []byte(strings.Join(start.Argv[1:], " ") + "\n")}},
+		{Msg: &pb.ExecOutput_Exit{Exit: &pb.Exit{}}},
+	} {
+		if err := stream.Send(m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (a *fakeAgent) Shutdown(context.Context, *pb.ShutdownRequest) (*pb.ShutdownResponse, error) {
 	a.vm.record("agent-shutdown")
 	go a.vm.exit(nil)
@@ -108,8 +131,8 @@ func (v *fakeVM) exit(err error) {
 		v.mu.Lock()
 		v.exitErr = err
 		v.mu.Unlock()
-		if v.guestEnd != nil {
-			v.guestEnd.Close()
+		if g := v.guestConn(); g != nil {
+			g.Close()
 		}
 		close(v.done)
 	})
@@ -133,8 +156,21 @@ func (v *fakeVM) HostFwdAdd(context.Context, backend.HostFwd) error {
 	return errors.New("no network")
 }
 
+// guestConn is the guest's end of the last channel dialed.
+func (v *fakeVM) guestConn() net.Conn {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.guestEnd
+}
+
+// setGuest changes how the guest answers the next dial.
+func (v *fakeVM) setGuest(g string) { v.mu.Lock(); v.guest = g; v.mu.Unlock() }
+
 func (v *fakeVM) DialChannel(ctx context.Context) (net.Conn, error) {
-	switch v.guest {
+	v.mu.Lock()
+	mode := v.guest
+	v.mu.Unlock()
+	switch mode {
 	case "dies":
 		go v.exit(errors.New("qemu exit status 1: guest crashed"))
 		<-v.done
@@ -151,8 +187,10 @@ func (v *fakeVM) DialChannel(ctx context.Context) (net.Conn, error) {
 		return c
 	}
 	host, guest := conn(fds[0]), conn(fds[1])
+	v.mu.Lock()
 	v.guestEnd = guest
-	if v.guest == "silent" {
+	v.mu.Unlock()
+	if mode == "silent" {
 		return host, nil // the guest never says hello
 	}
 	go func() {
@@ -212,6 +250,19 @@ func (h *harness) readReady() Ready {
 // for its ready line.
 func startSupervisorAsync(t *testing.T, guest string, mutate func(*sandbox.Spec)) *harness {
 	t.Helper()
+	return startSupervisorOpts(t, guest, mutate, harnessOpts{})
+}
+
+// harnessOpts: wrap, when set, is the machine the supervisor gets for the
+// fake VM (one that saves, say); signer, when set, signs its snapshots.
+type harnessOpts struct {
+	wrap   func(*fakeVM) vmm
+	signer *evidence.Signer
+}
+
+// startSupervisorOpts is startSupervisorAsync with options.
+func startSupervisorOpts(t *testing.T, guest string, mutate func(*sandbox.Spec), o harnessOpts) *harness {
+	t.Helper()
 	t.Chdir(t.TempDir()) // Run changes directory; restore it afterwards
 	root := t.TempDir()
 	dir := filepath.Join(root, "sandboxes", "0123456789ab")
@@ -243,7 +294,13 @@ func startSupervisorAsync(t *testing.T, guest string, mutate func(*sandbox.Spec)
 	os.WriteFile(filepath.Join(dir, "console.log"), []byte("Linux version 6.1.0-fake\nlast console line\n"), 0o600)
 	h := &harness{t: t, dir: dir, vm: &fakeVM{dir: dir, guest: guest, done: make(chan struct{})}, done: make(chan error, 1)}
 	oldStart, oldHold := startVMM, holdPipe
-	startVMM = func(ctx context.Context, _ string, s backend.Spec) (vmm, error) { h.gotSpec = s; return h.vm, nil }
+	startVMM = func(ctx context.Context, _ string, s backend.Spec) (vmm, error) {
+		h.gotSpec = s
+		if o.wrap != nil {
+			return o.wrap(h.vm), nil
+		}
+		return h.vm, nil
+	}
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -272,7 +329,7 @@ func startSupervisorAsync(t *testing.T, guest string, mutate func(*sandbox.Spec)
 	}
 	h.readyR = pr
 	go func() {
-		h.done <- RunWith(dir, pw, Options{Events: events, TrustedKey: signer.Public, RequireKey: true})
+		h.done <- RunWith(dir, pw, Options{Events: events, TrustedKey: signer.Public, RequireKey: true, Signer: o.signer})
 	}()
 	return h
 }

@@ -38,6 +38,10 @@ type fakeAPI struct {
 	// itself).
 	onLoad       func(udsPath string)
 	onLoadFailed func()
+	// onSnapshot runs after a snapshot was created, before the answer:
+	// Firecracker resets the vsock device then, closing every open
+	// connection (docs/snapshotting/snapshot-support.md).
+	onSnapshot func()
 	// dir is the VMM's working directory, where relative paths resolve
 	// ("" for the test's own).
 	dir string
@@ -230,7 +234,7 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !bad {
 		err = f.order(route(r.Method, r.URL.Path), body)
 	}
-	onAction, onVsock, onLoad, onLoadFailed, vsockPath := f.onAction, f.onVsock, f.onLoad, f.onLoadFailed, f.vsock
+	onAction, onVsock, onLoad, onLoadFailed, onSnapshot, vsockPath := f.onAction, f.onVsock, f.onLoad, f.onLoadFailed, f.onSnapshot, f.vsock
 	f.mu.Unlock()
 	if err != nil {
 		msg, bad = err.Error(), true
@@ -246,6 +250,9 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			onLoadFailed()
 		}
 		return
+	}
+	if name == "PUT /snapshot/create" && onSnapshot != nil {
+		onSnapshot()
 	}
 	if name == "PUT /snapshot/load" && onLoad != nil {
 		onLoad(vsockPath)
@@ -283,6 +290,12 @@ func serveFakeAPI(t testing.TB, sock string, f *fakeAPI) *httptest.Server {
 // connection like Firecracker does when nothing listens in the guest.
 // After the acknowledgement it plays a guest that speaks first.
 func fakeGuest(l net.Listener, ready func() bool, greeting string) {
+	fakeGuestConns(l, ready, greeting, nil)
+}
+
+// fakeGuestConns is fakeGuest keeping its open connections in conns (when
+// not nil), so that a snapshot can reset them.
+func fakeGuestConns(l net.Listener, ready func() bool, greeting string, conns *vsockConns) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -295,12 +308,48 @@ func fakeGuest(l net.Listener, ready func() bool, greeting string) {
 				c.Close()
 				return
 			}
+			if conns != nil {
+				conns.add(c)
+				defer conns.remove(c)
+			}
 			// The acknowledgement and the guest's first bytes arrive
 			// together: the dialer must not swallow the latter.
 			io.WriteString(c, "OK 1073741824\n"+greeting)
 			io.Copy(c, c) // echo
 			c.Close()
 		}(c)
+	}
+}
+
+// vsockConns are a fake Firecracker's open vsock connections.
+type vsockConns struct {
+	mu sync.Mutex
+	m  map[net.Conn]struct{}
+}
+
+func (v *vsockConns) add(c net.Conn) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.m == nil {
+		v.m = map[net.Conn]struct{}{}
+	}
+	v.m[c] = struct{}{}
+}
+
+func (v *vsockConns) remove(c net.Conn) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	delete(v.m, c)
+}
+
+// reset closes every open connection, as Firecracker's vsock device reset
+// on a snapshot does (the listener stays).
+func (v *vsockConns) reset() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for c := range v.m {
+		c.Close()
+		delete(v.m, c)
 	}
 }
 
@@ -362,7 +411,8 @@ func fakeFirecracker(args []string) {
 	}
 	exit := make(chan int, 1)
 	var vsockPath string
-	f := &fakeAPI{}
+	conns := &vsockConns{}
+	f := &fakeAPI{onSnapshot: conns.reset}
 	f.onLoad = func(p string) {
 		vl, err := net.Listen("unix", p)
 		if err != nil {
@@ -370,7 +420,7 @@ func fakeFirecracker(args []string) {
 			exit <- 2
 			return
 		}
-		go fakeGuest(vl, func() bool { return true }, "MVM-HELLO 1\n")
+		go fakeGuestConns(vl, func() bool { return true }, "MVM-HELLO 1\n", conns)
 	}
 	f.onLoadFailed = func() { exit <- 1 }
 	if msg := os.Getenv("MVM_FAKE_FAIL"); msg != "" {
@@ -388,7 +438,7 @@ func fakeFirecracker(args []string) {
 				exit <- 2
 				return
 			}
-			go fakeGuest(vl, func() bool { return true }, "MVM-HELLO 1\n")
+			go fakeGuestConns(vl, func() bool { return true }, "MVM-HELLO 1\n", conns)
 		case "SendCtrlAltDel":
 			exit <- 0
 		}

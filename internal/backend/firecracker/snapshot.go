@@ -79,6 +79,17 @@ func (m *Machine) SaveState(ctx context.Context, path string) (int64, error) {
 	return total, nil
 }
 
+// SaveResetsChannel reports that a save ends the agent channel's
+// connection. Firecracker resets the vsock device on PUT /snapshot/create
+// (docs/snapshotting/snapshot-support.md, "Vsock device reset"): it closes
+// the host side of every open vsock connection and sends the guest
+// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, which the guest handles when it runs
+// again; listening sockets stay. So the machine that was saved, not only a
+// restored one, needs a new connection (DialChannel) and a new handshake
+// once it continues. (QEMU's virtio-serial channel survives a save and
+// has no such method.)
+func (m *Machine) SaveResetsChannel() bool { return true }
+
 func syncFile(path string) (int64, error) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -361,5 +362,51 @@ func TestFakeEnforcesTheDocumentedOrder(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestSaveResetsTheVsockConnections: as Firecracker documents, a save
+// closes the vsock connections that were open (the fake resets them on
+// PUT /snapshot/create) and the guest's listener stays, so the machine
+// that was saved reports SaveResetsChannel and a new DialChannel after
+// Resume reaches the agent again.
+func TestSaveResetsTheVsockConnections(t *testing.T) {
+	fakeProcess(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	shared, dir, snap := shortDir(t), shortDir(t), shortDir(t)
+	m, err := Start(ctx, snapSpec(t, shared, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Kill()
+	if !m.SaveResetsChannel() {
+		t.Fatal("a firecracker machine does not report that a save resets its agent channel")
+	}
+	old, err := m.DialChannel(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	r := bufio.NewReader(old)
+	if line, err := r.ReadString('\n'); line != "MVM-HELLO 1\n" {
+		t.Fatalf("hello %q %v", line, err)
+	}
+	if err := m.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.SaveState(ctx, filepath.Join(snap, "memory.state")); err != nil {
+		t.Fatal(err)
+	}
+	old.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := r.Read(make([]byte, 1)); n != 0 || err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the connection open at the save still answers after it: %d bytes, %v", n, err)
+	}
+	if err := m.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	hello(t, ctx, m)
+	if err := m.Stop(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
