@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -143,9 +144,14 @@ func TestMachineMatchBackends(t *testing.T) {
 type resettingSaver struct {
 	twoFileSaver
 	afterSave string
+	// hold, when set, makes the save wait until it is closed.
+	hold <-chan struct{}
 }
 
 func (v resettingSaver) SaveState(ctx context.Context, path string) (int64, error) {
+	if v.hold != nil {
+		<-v.hold
+	}
 	n, err := v.twoFileSaver.SaveState(ctx, path)
 	if g := v.guestConn(); g != nil {
 		g.Close()
@@ -295,5 +301,66 @@ func TestFirecrackerSnapshotSaveChannelLost(t *testing.T) {
 	}
 	if !h.sawEvent("sandbox.failed:") {
 		t.Fatalf("events %v", h.events)
+	}
+}
+
+// TestFirecrackerSaveHoldsNewAgentStreams: an agent connection made while
+// a save is in progress waits for the new channel and works (it is not
+// put on the channel the save is about to reset).
+func TestFirecrackerSaveHoldsNewAgentStreams(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	hold := make(chan struct{})
+	h := startFirecrackerLike(t, func(vm *fakeVM) vmm {
+		return resettingSaver{twoFileSaver: twoFileSaver{vm}, hold: hold}
+	})
+	saved := make(chan error, 1)
+	go func() {
+		r, err := saveSnap(ctx, h.dir, t.TempDir(), "t")
+		if err == nil && !r.OK {
+			err = errors.New(r.Error)
+		}
+		saved <- err
+	}()
+	// The save is under way once the guest is stopped.
+	for !slices.Contains(h.vm.called(), "pause") {
+		select {
+		case <-ctx.Done():
+			t.Fatal("the save did not stop the guest")
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	conn, err := sandbox.DialIn(ctx, h.dir, sandbox.AgentSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	execd := make(chan error, 1)
+	go func() {
+		first := true
+		c, err := agentapi.Dial(ctx, func(context.Context) (net.Conn, error) {
+			if !first {
+				return nil, errors.New("one connection only")
+			}
+			first = false
+			return conn, nil
+		})
+		if err != nil {
+			execd <- err
+			return
+		}
+		defer c.Close()
+		var out strings.Builder
+		if _, err := c.Exec(ctx, agentapi.ExecRequest{Argv: []string{"echo", "during"}, Stdout: &out}); err != nil || out.String() != "during\n" {
+			execd <- fmt.Errorf("exec: %q %v", out.String(), err)
+			return
+		}
+		execd <- nil
+	}()
+	close(hold)
+	if err := <-saved; err != nil {
+		t.Fatalf("save: %v", err)
+	}
+	if err := <-execd; err != nil {
+		t.Fatalf("an agent connection made during the save: %v", err)
 	}
 }
