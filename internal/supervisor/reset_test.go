@@ -103,17 +103,47 @@ func (r *relay) connect() net.Conn {
 	return b
 }
 
+// written counts the bytes written through a connection.
+type written struct {
+	net.Conn
+	mu sync.Mutex
+	n  int
+}
+
+func (w *written) Write(b []byte) (int, error) {
+	n, err := w.Conn.Write(b)
+	w.mu.Lock()
+	w.n += n
+	w.mu.Unlock()
+	return n, err
+}
+
+func (w *written) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.n
+}
+
 // TestResetAgentAfterRestore: a restored guest is still in the session it
 // was saved in, with a host that no longer exists. resetAgent ends that
 // session in band and handshakes again: at a frame boundary with the short
 // burst; when the guest was saved in the middle of a frame (the old host had
-// written a header and part of a body), with the long one.
+// written a header and part of a body), with the long one. Which burst was
+// sent is read from the bytes written, not from how long it took: the
+// frame-boundary case gets a generous wait so that a starved test process
+// cannot push it onto the long burst, and the mid-frame case a short one,
+// since no wait lets the short burst end a frame.
 func TestResetAgentAfterRestore(t *testing.T) {
+	defer func(w time.Duration) { resetAgentWait = w }(resetAgentWait)
 	for _, midFrame := range []bool{false, true} {
+		resetAgentWait = time.Minute
+		if midFrame {
+			resetAgentWait = 200 * time.Millisecond
+		}
 		guest, port := net.Pipe()
 		fakeGuest(t, port)
 		r := newRelay(guest)
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		host := r.connect()
 		if err := agentapi.HostHandshake(ctx, host); err != nil {
 			t.Fatal(err)
@@ -126,21 +156,20 @@ func TestResetAgentAfterRestore(t *testing.T) {
 			host.Write(make([]byte, 10))
 		}
 		// The restore: a new host on the same guest port.
-		host = r.connect()
-		start := time.Now()
-		if err := resetAgent(ctx, host); err != nil {
+		w := &written{Conn: r.connect()}
+		if err := resetAgent(ctx, w); err != nil {
 			t.Fatalf("midFrame=%v: %v", midFrame, err)
 		}
-		took := time.Since(start)
-		if !midFrame && took > resetAgentWait {
-			t.Errorf("a guest at a frame boundary needed the long burst (%s)", took)
+		long := w.count() >= agentapi.ResetBurst+agentapi.MaxResetBurst
+		if !midFrame && long {
+			t.Errorf("a guest at a frame boundary needed the long burst (%d bytes written)", w.count())
 		}
-		if midFrame && took < resetAgentWait {
-			t.Errorf("mid-frame reset took %s: the short burst cannot have ended the frame", took)
+		if midFrame && !long {
+			t.Errorf("mid-frame reset wrote %d bytes: the short burst cannot have ended the frame", w.count())
 		}
-		echoes(t, host)
+		echoes(t, w.Conn)
 		cancel()
-		host.Close()
+		w.Close()
 		port.Close()
 	}
 }

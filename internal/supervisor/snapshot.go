@@ -312,7 +312,7 @@ func commitResume(dir string) error {
 
 // resetAgentWait is how long a restored guest gets to answer a short
 // reset burst before the long one is sent.
-const resetAgentWait = 2 * time.Second
+var resetAgentWait = 2 * time.Second
 
 // resetAgent ends the channel session a restored guest was saved in and
 // runs a new handshake (agentapi.HostReset): a short burst first, the long
