@@ -3,6 +3,7 @@ package bench
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -167,6 +168,65 @@ func BenchmarkPoolClaim(b *testing.B) {
 }
 
 const poolClaimTarget = 60 * time.Millisecond
+
+// BenchmarkPoolRun measures the one-process path from a warm pool: `mvmctl
+// run -- echo ok` takes a pooled member and runs the command in the same
+// process, so claim -> first output costs one mvmctl start-up, not the two
+// of `up` then `exec` (BenchmarkPoolClaim, whose row it does not replace).
+// Timed from starting mvmctl to the first byte of the command's output on
+// its stdout; the whole run (teardown of the transient sandbox included)
+// is reported beside it, and `exec -- true` on a running sandbox in the
+// same run is the floor. Every run must have claimed a member: the audit
+// chain gains one sandbox.claimed entry per run.
+func BenchmarkPoolRun(b *testing.B) {
+	e := newMvmEnv(b)
+	const size = 2
+	e.must("pool", "set", "minimal", fmt.Sprint(size))
+	e.must("up", "--name", "floor", "--cold")
+	chain := filepath.Join(e.work, "d", "audit", "chain.jsonl")
+	claimed := func() int {
+		raw, _ := os.ReadFile(chain)
+		return strings.Count(string(raw), `"kind":"sandbox.claimed"`)
+	}
+	var firsts, totals, floors []time.Duration
+	n := 2 * runs()
+	for i := 0; i < n; i++ {
+		waitPool(b, e, size)
+		before := claimed()
+		cmd := exec.Command(filepath.Join(binDir, "mvmctl"), "run", "--", "echo", "ok")
+		cmd.Env = e.env
+		var errb strings.Builder
+		cmd.Stderr = &errb
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		t0 := time.Now()
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		k, _ := out.Read(buf)
+		first := time.Since(t0)
+		rest, _ := io.ReadAll(out)
+		if err := cmd.Wait(); err != nil || strings.TrimSpace(string(buf[:k])+string(rest)) != "ok" {
+			b.Fatalf("mvmctl run -- echo ok: %v: %q %s", err, string(buf[:k])+string(rest), errb.String())
+		}
+		total := time.Since(t0)
+		if got := claimed(); got != before+1 {
+			b.Fatalf("run %d did not take a pooled sandbox (sandbox.claimed entries %d -> %d): %s", i, before, got, errb.String())
+		}
+		firsts, totals = append(firsts, first), append(totals, total)
+		_, dFloor := e.must("exec", "floor", "--", "true")
+		floors = append(floors, dFloor)
+	}
+	f50, f95, t50, fl50 := percentile(firsts, 0.5), percentile(firsts, 0.95), percentile(totals, 0.5), percentile(floors, 0.5)
+	b.ReportMetric(float64(f50.Microseconds())/1000, "run-claim-first-output-p50-ms")
+	b.ReportMetric(float64(fl50.Microseconds())/1000, "exec-p50-ms")
+	fmt.Printf("pool claim -> first output, one process (`run -- echo ok`, %d claims): p50 %v p95 %v (whole run with teardown p50 %v); exec on a running sandbox p50 %v (ratio %.2f)\n",
+		n, f50.Round(100*time.Microsecond), f95.Round(100*time.Microsecond), t50.Round(100*time.Microsecond),
+		fl50.Round(100*time.Microsecond), float64(f50)/float64(fl50))
+}
 
 // waitPool waits until the pool of minimal has size ready members.
 func waitPool(b *testing.B, e *mvmEnv, size int) {
