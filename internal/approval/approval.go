@@ -13,12 +13,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/atomicfile"
 	"github.com/mvm-sandbox/mvm/internal/evidence"
+	"github.com/mvm-sandbox/mvm/internal/lazyre"
 )
 
 // Domain separates approval signatures from every other signature made
@@ -44,7 +44,7 @@ type Approval struct {
 	Signature string  `json:"signature"`
 }
 
-var hexRe = regexp.MustCompile(`^[0-9a-f]{64}$`)
+var hexRe = lazyre.New(`^[0-9a-f]{64}$`)
 
 // Dir is the store under the data directory.
 func Dir(dataDir string) string { return filepath.Join(dataDir, "approvals") }

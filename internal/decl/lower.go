@@ -3,10 +3,10 @@ package decl
 import (
 	"fmt"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"github.com/mvm-sandbox/mvm/internal/ir"
+	"github.com/mvm-sandbox/mvm/internal/lazyre"
 )
 
 // lowerer turns the found mvm.app into IR, reporting problems at the
@@ -154,7 +154,7 @@ func (l *lowerer) call(v *Value, want ...string) (map[string]*Value, error) {
 	return l.bind(v)
 }
 
-var moduleNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+var moduleNameRe = lazyre.New(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 var appParams = []string{"name", "source", "image", "resources", "network", "env", "entrypoint", "entrypoints", "hooks", "before_start", "after_start", "before_stop"}
 

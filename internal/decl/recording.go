@@ -6,11 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"path"
-	"regexp"
 	"strconv"
 	"strings"
 
 	"github.com/mvm-sandbox/mvm/internal/ir"
+	"github.com/mvm-sandbox/mvm/internal/lazyre"
 )
 
 // recording is the record-mode file of the runtime SDKs
@@ -34,7 +34,7 @@ type recCreate struct {
 	Network any `json:"network"`
 }
 
-var nonID = regexp.MustCompile(`[^a-z0-9-]+`)
+var nonID = lazyre.New(`[^a-z0-9-]+`)
 
 // compileRecording lowers a recording: the template becomes the image,
 // file writes become files of the image, the last started command the

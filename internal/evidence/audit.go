@@ -13,7 +13,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -22,6 +21,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/gofrs/flock"
+	"github.com/mvm-sandbox/mvm/internal/lazyre"
 )
 
 // Audit chain file names inside paths.Dirs.Audit().
@@ -51,7 +51,7 @@ const (
 )
 
 // KindPattern is the syntax of an audit entry kind.
-var KindPattern = regexp.MustCompile(`^[a-z]+(\.[a-z_]+)+$`)
+var KindPattern = lazyre.New(`^[a-z]+(\.[a-z_]+)+$`)
 
 // Entry is one audit chain entry. On disk each entry is one line holding
 // exactly JCS(entry) followed by "\n".
@@ -296,7 +296,7 @@ var forbiddenFieldKeys = map[string]bool{
 	"secret": true, "secrets": true, "password": true, "token": true,
 }
 
-var fieldKeyRe = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
+var fieldKeyRe = lazyre.New(`^[a-z][a-z0-9_]{0,63}$`)
 
 // Limits on audit field shapes.
 const (

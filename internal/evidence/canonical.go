@@ -18,10 +18,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"regexp"
 	"time"
 
 	"github.com/gowebpki/jcs"
+	"github.com/mvm-sandbox/mvm/internal/lazyre"
 )
 
 // Canonical returns the RFC 8785 (JCS) canonical JSON encoding of v.
@@ -52,7 +52,7 @@ func SHA256Hex(b []byte) string {
 // ZeroHash is the prev value of the first audit entry.
 const ZeroHash = "0000000000000000000000000000000000000000000000000000000000000000"
 
-var hex64 = regexp.MustCompile(`^[0-9a-f]{64}$`)
+var hex64 = lazyre.New(`^[0-9a-f]{64}$`)
 
 // IsHex64 reports whether s is a lowercase hex SHA-256 digest.
 func IsHex64(s string) bool { return hex64.MatchString(s) }
@@ -89,7 +89,7 @@ func NewID() string {
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }
 
-var uuidRe = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+var uuidRe = lazyre.New(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
 
 // IsID reports whether s is a lowercase UUID v4 as NewID makes.
 func IsID(s string) bool { return uuidRe.MatchString(s) }
@@ -112,7 +112,7 @@ func decodeStrict(raw []byte, v any) error {
 // DecodeStrict is decodeStrict for other packages of this module (plan).
 func DecodeStrict(raw []byte, v any) error { return decodeStrict(raw, v) }
 
-var digestRe = regexp.MustCompile(`^([a-z0-9]+:)?[0-9a-f]{64,128}$`)
+var digestRe = lazyre.New(`^([a-z0-9]+:)?[0-9a-f]{64,128}$`)
 
 // IsDigest reports whether s is a content digest: lowercase hex of 64-128
 // digits, optionally prefixed by an algorithm ("sha256:...").

@@ -10,11 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/mvm-sandbox/mvm/internal/lazyre"
 )
 
 // ReceiptSchemaVersion is the receipt schema this build writes. Version 2
@@ -451,8 +452,8 @@ func VerifyReceipt(data []byte, trust Trust) (*ReceiptReport, error) {
 }
 
 var (
-	envKeyRe  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	signerRe  = regexp.MustCompile(`^host:[A-Za-z0-9._-]{1,253}$`)
+	envKeyRe  = lazyre.New(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	signerRe  = lazyre.New(`^host:[A-Za-z0-9._-]{1,253}$`)
 	idTextMax = 128
 )
 

@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"net/netip"
 	"path"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
+	"github.com/mvm-sandbox/mvm/internal/lazyre"
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 )
 
@@ -90,15 +90,15 @@ const (
 )
 
 var (
-	idRe      = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
-	envKeyRe  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
-	debPkgRe  = regexp.MustCompile(`^[a-z0-9][a-z0-9+.-]{0,99}$`)
-	nixNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.+-]{0,99}$`)
-	moduleRe  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$`)
-	identRe   = regexp.MustCompile(`^[A-Za-z_$][A-Za-z0-9_$]{0,127}$`)
-	secretRe  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
-	versionRe = regexp.MustCompile(`^[0-9]+(\.[0-9]+)?$`)
-	tmplRe    = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,62}$`)
+	idRe      = lazyre.New(`^[a-z][a-z0-9-]{0,62}$`)
+	envKeyRe  = lazyre.New(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
+	debPkgRe  = lazyre.New(`^[a-z0-9][a-z0-9+.-]{0,99}$`)
+	nixNameRe = lazyre.New(`^[A-Za-z_][A-Za-z0-9_.+-]{0,99}$`)
+	moduleRe  = lazyre.New(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$`)
+	identRe   = lazyre.New(`^[A-Za-z_$][A-Za-z0-9_$]{0,127}$`)
+	secretRe  = lazyre.New(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+	versionRe = lazyre.New(`^[0-9]+(\.[0-9]+)?$`)
+	tmplRe    = lazyre.New(`^[a-z0-9][a-z0-9.-]{0,62}$`)
 )
 
 // Validate checks a normalized workload. It reports every problem found.
@@ -296,7 +296,7 @@ func (w *Workload) validateImage(add func(code, p, format string, a ...any)) {
 			add(EImage, "image.ref", "image kind %s takes no ref", im.Kind)
 		}
 	}
-	pkgs := func(re *regexp.Regexp, what string) {
+	pkgs := func(re *lazyre.Regexp, what string) {
 		if len(im.Packages) > MaxListItems {
 			add(EImage, "image.packages", "at most %d packages", MaxListItems)
 		}

@@ -20,11 +20,11 @@ import (
 	"path"
 	"path/filepath"
 	"reflect"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 
+	"github.com/mvm-sandbox/mvm/internal/lazyre"
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/mvm-sandbox/mvm/internal/secret"
 	"github.com/mvm-sandbox/mvm/internal/volume"
@@ -179,12 +179,12 @@ type rawManifest struct {
 }
 
 var (
-	nameRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
-	envKeyRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	packageRE = regexp.MustCompile(`^[a-z0-9][a-z0-9+.-]+$`)
+	nameRE    = lazyre.New(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	envKeyRE  = lazyre.New(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	packageRE = lazyre.New(`^[a-z0-9][a-z0-9+.-]+$`)
 	// TemplateRE is the syntax of a template name (whether it exists is the
 	// image package's business).
-	TemplateRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,62}$`)
+	TemplateRE = lazyre.New(`^[a-z0-9][a-z0-9.-]{0,62}$`)
 )
 
 // reservedGuestDirs may not be the target of a file mapping.
@@ -859,7 +859,7 @@ func knownKeysHint(key []string) string {
 	return ""
 }
 
-var fieldRE = regexp.MustCompile(`rawManifest\.(\w+)`)
+var fieldRE = lazyre.New(`rawManifest\.(\w+)`)
 
 func guessKey(msg string) string {
 	if m := fieldRE.FindStringSubmatch(msg); m != nil {
@@ -875,7 +875,7 @@ func guessKey(msg string) string {
 	return ""
 }
 
-var typeMsgRE = regexp.MustCompile(`cannot decode TOML (\w+) into .*`)
+var typeMsgRE = lazyre.New(`cannot decode TOML (\w+) into .*`)
 
 var wantType = map[string]string{
 	"template": "a string", "name": "a string", "packages": "a list of package names",

@@ -21,13 +21,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 
 	"github.com/mvm-sandbox/mvm/internal/atomicfile"
 	"github.com/mvm-sandbox/mvm/internal/guestnet"
+	"github.com/mvm-sandbox/mvm/internal/lazyre"
 )
 
 // Mode is the kind of network a sandbox has.
@@ -180,7 +180,7 @@ func PresetNames() []string {
 	return names
 }
 
-var labelRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+var labelRE = lazyre.New(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 // CanonicalName lowercases name, drops one trailing dot and checks that it
 // is a DNS host name. It rejects IP literals and wildcards.

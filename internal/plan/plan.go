@@ -15,12 +15,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/atomicfile"
 	"github.com/mvm-sandbox/mvm/internal/evidence"
+	"github.com/mvm-sandbox/mvm/internal/lazyre"
 )
 
 // SchemaVersion is the plan schema this build writes and admits. Version 1
@@ -229,8 +229,8 @@ func Synthesize(in Input, now time.Time) (*Plan, error) {
 }
 
 var (
-	nameRe  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
-	nonceRe = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	nameRe  = lazyre.New(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	nonceRe = lazyre.New(`^[0-9a-f]{64}$`)
 )
 
 // Check verifies that the plan is well formed (schema, not policy).

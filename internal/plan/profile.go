@@ -5,8 +5,9 @@ import (
 	"net"
 	"os"
 	"path"
-	"regexp"
 	"strings"
+
+	"github.com/mvm-sandbox/mvm/internal/lazyre"
 )
 
 // Profile is a run profile: how much of the host an invocation may reach.
@@ -210,7 +211,7 @@ func (e *PolicyDenied) Error() string {
 }
 
 // EnvKeyPattern is the syntax of an environment variable name.
-var EnvKeyPattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+var EnvKeyPattern = lazyre.New(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // PermissiveAcknowledged reports whether MVM_ACK_PERMISSIVE_RUN=1 is set in
 // the environment seen through lookup (os.LookupEnv when nil).
@@ -382,7 +383,7 @@ func isCleanAbs(p string) bool {
 	return p != "" && path.IsAbs(p) && path.Clean(p) == p && !strings.ContainsAny(p, "\x00\n") && len(p) <= 4096
 }
 
-var hostRe = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+var hostRe = lazyre.New(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 func validDestination(s string) bool {
 	if len(s) == 0 || len(s) > 260 {

@@ -10,12 +10,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
+	"github.com/mvm-sandbox/mvm/internal/lazyre"
 	"github.com/mvm-sandbox/mvm/internal/netpolicy"
 	"github.com/mvm-sandbox/mvm/internal/plan"
 	"github.com/mvm-sandbox/mvm/internal/sandbox"
@@ -84,7 +84,7 @@ const (
 	maxLabelValueLen = 256
 )
 
-var labelKeyRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]*$`)
+var labelKeyRe = lazyre.New(`^[A-Za-z0-9][A-Za-z0-9._/-]*$`)
 
 // ValidateLabels checks sandbox labels: at most 16, keys of letters,
 // digits and ._/- (at most 128 bytes), printable values of at most 256
@@ -163,7 +163,7 @@ type RootDir struct {
 	Hostname  string // validated by the caller (bundleUpOptions)
 }
 
-var hostnameRe = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+var hostnameRe = lazyre.New(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
 
 // checkRootDir applies the host-directory rules (volume.CheckHostDir: an
 // existing real directory, not /, not $HOME, not mvm's own) and returns
@@ -287,7 +287,7 @@ type GuestProcess struct {
 	ID string
 }
 
-var processIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+var processIDRe = lazyre.New(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 // Validate checks a process spec on the host (the agent checks it again).
 func (p *ProcessSpec) Validate() error {

@@ -11,13 +11,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/atomicfile"
 	"github.com/mvm-sandbox/mvm/internal/backend"
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
+	"github.com/mvm-sandbox/mvm/internal/lazyre"
 )
 
 // Files inside a sandbox directory ($MVM_STATE_DIR/sb/<id>).
@@ -245,7 +245,7 @@ func (l Layout) Dir(id string) string { return filepath.Join(l.Root, sandboxesDi
 // NameLink is the symlink reserving name for one sandbox.
 func (l Layout) NameLink(name string) string { return filepath.Join(l.Root, namesDir, name) }
 
-var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,39}$`)
+var nameRE = lazyre.New(`^[a-z0-9][a-z0-9-]{0,39}$`)
 
 // ValidateName checks a user-chosen sandbox name.
 func ValidateName(name string) error {

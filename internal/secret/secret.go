@@ -22,12 +22,12 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/atomicfile"
+	"github.com/mvm-sandbox/mvm/internal/lazyre"
 )
 
 // MaxValueBytes caps a secret's value.
@@ -43,7 +43,7 @@ var (
 	ErrInvalid = errors.New("invalid secret")
 )
 
-var nameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+var nameRe = lazyre.New(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
 // ValidateName checks a secret name.
 func ValidateName(name string) error {
@@ -221,7 +221,7 @@ func (r Ref) Target() string {
 	return "env:" + r.Env
 }
 
-var envRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
+var envRe = lazyre.New(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
 
 // SecretsDir is where file secrets live in the guest (a tmpfs).
 const SecretsDir = "/run/secrets"

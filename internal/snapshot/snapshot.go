@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -30,6 +29,7 @@ import (
 
 	"github.com/mvm-sandbox/mvm/internal/errdefs"
 	"github.com/mvm-sandbox/mvm/internal/evidence"
+	"github.com/mvm-sandbox/mvm/internal/lazyre"
 )
 
 // Files of a snapshot directory.
@@ -178,7 +178,7 @@ func (m *Meta) File(name string) (File, bool) {
 	return File{}, false
 }
 
-var tagRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+var tagRE = lazyre.New(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
 // ValidateTag checks a user-chosen tag.
 func ValidateTag(tag string) error {

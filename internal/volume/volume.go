@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -25,6 +24,7 @@ import (
 	"time"
 
 	"github.com/mvm-sandbox/mvm/internal/atomicfile"
+	"github.com/mvm-sandbox/mvm/internal/lazyre"
 )
 
 // SchemaVersion of volume.json.
@@ -52,7 +52,7 @@ func (e *invalid) Is(target error) bool { return target == ErrInvalid }
 
 func invalidf(format string, a ...any) error { return &invalid{fmt.Sprintf(format, a...)} }
 
-var nameRe = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
+var nameRe = lazyre.New(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 
 // ValidateName checks a volume name.
 func ValidateName(name string) error {
