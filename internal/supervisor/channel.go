@@ -95,7 +95,7 @@ func (s *supervisor) reconnectAgent() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), reconnectTimeout)
 	defer cancel()
-	sess, client, err := s.dialAgent(ctx)
+	sess, client, err := s.dialAgent(ctx, agentapi.HostHandshake, nil)
 	s.mu.Lock()
 	oldSess, oldClient := s.session, s.client
 	if err == nil {
@@ -121,31 +121,53 @@ func (s *supervisor) reconnectAgent() error {
 	return nil
 }
 
-// dialAgent opens a new channel to a running agent: a new connection,
-// the channel handshake, a session and a client that has said Hello.
-func (s *supervisor) dialAgent(ctx context.Context) (*yamux.Session, *agentapi.Client, error) {
+// agentDialError is a failed step of dialAgent: step names it in the
+// error ("handshake"; "" for Hello, whose error says so), what as a boot
+// failure says it ("the guest agent").
+type agentDialError struct {
+	step, what string
+	err        error
+}
+
+func (e *agentDialError) Error() string {
+	if e.step == "" {
+		return e.err.Error()
+	}
+	return e.step + ": " + e.err.Error()
+}
+func (e *agentDialError) Unwrap() error { return e.err }
+
+// dialAgent opens a channel to a running agent, at boot and after a save
+// reset the old one: a connection, the channel handshake (handshake:
+// agentapi.HostHandshake, or resetAgent for a guest restored inside the
+// session it was saved in), a session and a client that has said Hello.
+// opened (when not nil) runs once the handshake is done.
+func (s *supervisor) dialAgent(ctx context.Context, handshake func(context.Context, net.Conn) error, opened func()) (*yamux.Session, *agentapi.Client, error) {
 	conn, err := s.vm.DialChannel(ctx)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect: %w", err)
+		return nil, nil, &agentDialError{"connect", "the agent channel", err}
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	err = agentapi.HostHandshake(ctx, conn)
+	err = handshake(ctx, conn)
 	if !stop() || err != nil {
 		conn.Close()
 		if err == nil {
 			err = ctx.Err()
 		}
-		return nil, nil, fmt.Errorf("handshake: %w", err)
+		return nil, nil, &agentDialError{"handshake", "the guest agent", err}
+	}
+	if opened != nil {
+		opened()
 	}
 	sess, err := agentapi.HostSession(conn, io.Discard)
 	if err != nil {
 		conn.Close()
-		return nil, nil, fmt.Errorf("session: %w", err)
+		return nil, nil, &agentDialError{"session", "the agent session", err}
 	}
 	client, err := agentapi.Dial(ctx, func(context.Context) (net.Conn, error) { return sess.Open() })
 	if err != nil {
 		sess.Close()
-		return nil, nil, err
+		return nil, nil, &agentDialError{"", "agent hello", err}
 	}
 	return sess, client, nil
 }

@@ -357,28 +357,17 @@ func (s *supervisor) boot(ctx context.Context, sigs <-chan os.Signal, holderGone
 			return fail("the saved state", err)
 		}
 	}
-	conn, err := vm.DialChannel(ctx)
-	if err != nil {
-		return fail("the agent channel", err)
-	}
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	handshake := agentapi.HostHandshake
 	if spec.Incoming != "" {
-		err = resetAgent(ctx, conn)
-	} else {
-		err = agentapi.HostHandshake(ctx, conn)
+		handshake = resetAgent
 	}
-	stop()
+	sess, client, err := s.dialAgent(ctx, handshake, func() { s.state.Boot.ChannelOpenMS = time.Since(t0).Milliseconds() })
 	if err != nil {
-		return fail("the guest agent", err)
-	}
-	s.state.Boot.ChannelOpenMS = time.Since(t0).Milliseconds()
-	sess, err := agentapi.HostSession(conn, io.Discard)
-	if err != nil {
-		return fail("the agent session", err)
-	}
-	client, err := agentapi.Dial(ctx, func(context.Context) (net.Conn, error) { return sess.Open() })
-	if err != nil {
-		return fail("agent hello", err)
+		var de *agentDialError
+		if errors.As(err, &de) {
+			return fail(de.what, de.err)
+		}
+		return fail("the agent channel", err)
 	}
 	s.mu.Lock()
 	s.session, s.client = sess, client
